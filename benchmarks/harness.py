@@ -1,0 +1,195 @@
+"""The shared benchmark harness: environment report, timing, peak memory, tables and JSON.
+
+Every benchmark compares against baselines measured in the same process, reports ratios, and on a
+GPU also TFLOP/s and GB/s as a fraction of the device's own peak. Without a GPU it says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+# Dense bf16/fp16 tensor-core peak (TFLOP/s) and memory bandwidth (TB/s) by device-name substring.
+GPU_PEAKS = {
+    "H100 SXM": (989.0, 3.35),
+    "H100 NVL": (835.0, 3.9),
+    "H100 PCIe": (756.0, 2.0),
+    "H200": (989.0, 4.8),
+    "B200": (2250.0, 8.0),
+    "A100-SXM4-80GB": (312.0, 2.039),
+    "A100-SXM4-40GB": (312.0, 1.555),
+    "A100-PCIE": (312.0, 1.935),
+    "L40S": (362.0, 0.864),
+}
+
+BASELINE_PACKAGES = ("torch", "triton", "liger-kernel", "cut-cross-entropy", "flash-attn", "fastscale")
+
+
+def has_gpu() -> bool:
+    return torch.cuda.is_available()
+
+
+def device_peak() -> tuple[float, float] | None:
+    """(TFLOP/s, TB/s) of the current GPU, or None without a GPU or for an unlisted device."""
+    if not has_gpu():
+        return None
+    name = torch.cuda.get_device_name()
+    for key, peak in GPU_PEAKS.items():
+        if all(part in name for part in key.split()):
+            return peak
+    return None
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment() -> dict:
+    """Hardware and versions, printed at the top of every benchmark and stored in its JSON."""
+    versions = {}
+    for name in BASELINE_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    env = {
+        "cpu": cpu_model(),
+        "cpu_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name() if has_gpu() else None,
+        "python": platform.python_version(),
+        "versions": versions,
+    }
+    return env
+
+
+def describe_environment(env: dict) -> str:
+    versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
+    device = env["gpu"] or f"no GPU; CPU {env['cpu']} ({env['cpu_threads']} threads)"
+    return f"device: {device}\nversions: python {env['python']}, {versions}"
+
+
+def no_gpu_notice(goal: str) -> str:
+    return (
+        "NOTE: ran without a GPU. The Triton/CUDA backends, TFLOP/s and the fraction of peak were not "
+        f"measured; the GPU goal ({goal}) needs a GPU to check."
+    )
+
+
+class _RssSampler:
+    """Peak resident memory of this process, sampled every 0.2 ms on a thread (torch ops release
+    the GIL). Large tensors are mmapped by glibc and unmapped on free, so RSS follows them."""
+
+    def __init__(self) -> None:
+        self.page = os.sysconf("SC_PAGE_SIZE")
+        self.start = self.peak = self.read()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def read(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * self.page
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.read())
+            time.sleep(0.0002)
+
+    def __enter__(self) -> "_RssSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.read())
+
+
+@contextmanager
+def peak_memory(device: torch.device):
+    """Yields a dict whose 'bytes' is set on exit to the peak memory allocated beyond what was
+    allocated on entry (CUDA: the caching allocator's peak; CPU: sampled RSS)."""
+    result = {"bytes": 0}
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        start = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        yield result
+        torch.cuda.synchronize()
+        result["bytes"] = torch.cuda.max_memory_allocated() - start
+    else:
+        with _RssSampler() as sampler:
+            yield result
+        result["bytes"] = sampler.peak - sampler.start
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+@dataclass
+class Measurement:
+    name: str
+    times_s: list[float] = field(default_factory=list)
+    peak_bytes: int = 0
+    error: str | None = None
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.times_s) if self.times_s else float("nan")
+
+
+def _timed(fn: Callable[[], object], device: torch.device) -> float:
+    t0 = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - t0
+
+
+def measure(name: str, fn: Callable[[], object], device: torch.device, *, repeats: int, warmup: int = 1) -> Measurement:
+    """Runs fn `warmup` times, then `repeats` timed runs, the first under the memory probe.
+    fn must drop its outputs before returning, so that nothing it made outlives the probe."""
+    result = Measurement(name)
+    try:
+        for _ in range(warmup):
+            fn()
+        synchronize(device)
+        with peak_memory(device) as mem:
+            result.times_s.append(_timed(fn, device))
+        result.peak_bytes = mem["bytes"]
+        result.times_s += [_timed(fn, device) for _ in range(repeats - 1)]
+    except Exception as exc:  # a baseline that cannot run is reported, not fatal
+        result.error = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+    return result
+
+
+def format_table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def write_json(path: str | os.PathLike, payload: dict) -> None:
+    """Writes atomically: a killed benchmark never leaves a torn file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, path)

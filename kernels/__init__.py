@@ -1,0 +1,1 @@
+"""Triton kernels, one module per family. Use them through fastscale.ops, which validates inputs."""

@@ -1,0 +1,2 @@
+"""Public ops: the only doors to fastscale's kernels. Each validates its inputs, picks a backend and
+returns; see DESIGN.md, 'One entry per op'."""
