@@ -35,7 +35,7 @@ def cuda_extensions() -> list[Extension]:
     wanted = os.environ.get("FASTSCALE_BUILD_CUDA", "")
     if wanted not in ("", "0", "1"):
         raise SystemExit(f"FASTSCALE_BUILD_CUDA={wanted!r}: expected 0, 1 or unset")
-    if wanted == "0":
+    if wanted == "0" or not CUDA_SOURCES:
         return []
     if find_nvcc() is None:
         if wanted == "1":
