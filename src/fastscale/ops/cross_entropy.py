@@ -1,0 +1,157 @@
+"""fastscale.ops.linear_cross_entropy: softmax cross-entropy of hidden @ weight.T (+ bias) against
+targets, without the [tokens, V] logits. Validation, the autograd Function and backend dispatch live
+here; the math lives in the backends:
+
+- "torch":  ops/cross_entropy_torch.py, chunked over tokens (the CPU path and the readable reference)
+- "triton": kernels/cross_entropy.py, matmul fused with an online logsumexp; no logits buffer at all
+- "cuda":   ops/cross_entropy_cuda.py over csrc/, torch matmuls in chunks + a CUDA softmax epilogue
+
+Every backend module provides
+    forward(hidden, weight, bias, targets, opts) -> (loss [N], lse [N])
+    gradients(hidden, weight, bias, targets, token_grad, opts) -> (dh, dw, db, loss, lse)
+on 2-D hidden [N, d] and 1-D int64 targets [N], with losses and lse in float32 (float64 inputs: float64).
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+import torch
+
+from . import cross_entropy_torch
+from ._checks import FLOAT_DTYPES, check_choice, check_number, check_same, check_tensor
+from .cross_entropy_torch import LossOptions, accumulation_dtype
+
+BACKENDS = ("auto", "triton", "cuda", "torch")
+REDUCTIONS = ("mean", "sum", "none")
+_BACKEND_MODULES = {
+    "torch": "fastscale.ops.cross_entropy_torch",
+    "triton": "fastscale.kernels.cross_entropy",
+    "cuda": "fastscale.ops.cross_entropy_cuda",
+}
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """With reduction mean/sum the upstream gradient is one scalar, so the gradients are computed in
+    the forward pass (one pass over the logits) and scaled in backward. With reduction "none" the
+    per-token upstream gradient is only known in backward, which recomputes the logits."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, opts: LossOptions, reduction: str, backend: ModuleType):
+        acc = accumulation_dtype(hidden.dtype)
+        valid = targets != opts.ignore_index
+        n_valid = valid.sum().clamp(min=1)  # all ignored: loss 0, gradients 0
+        ctx.fused = reduction != "none" and any(ctx.needs_input_grad[:3])
+        ctx.backend, ctx.opts = backend, opts
+        if ctx.fused:
+            token_grad = valid.to(acc) / n_valid if reduction == "mean" else valid.to(acc)
+            d_hidden, d_weight, d_bias, loss, lse = backend.gradients(hidden, weight, bias, targets, token_grad, opts)
+            ctx.save_for_backward(d_hidden, d_weight, d_bias)
+        else:
+            loss, lse = backend.forward(hidden, weight, bias, targets, opts)
+            ctx.save_for_backward(hidden, weight, bias, targets)
+        ctx.mark_non_differentiable(lse)
+        if reduction == "mean":
+            loss = loss.sum() / n_valid
+        elif reduction == "sum":
+            loss = loss.sum()
+        return loss, lse
+
+    @staticmethod
+    def backward(ctx, grad_loss, grad_lse):
+        if ctx.fused:
+            scaled = [None if g is None else g * grad_loss.to(g.dtype) for g in ctx.saved_tensors]
+            return (*scaled, None, None, None, None)
+        hidden, weight, bias, targets = ctx.saved_tensors
+        token_grad = torch.where(targets != ctx.opts.ignore_index, grad_loss, 0.0)
+        d_hidden, d_weight, d_bias, _, _ = ctx.backend.gradients(hidden, weight, bias, targets, token_grad, ctx.opts)
+        return d_hidden, d_weight, d_bias, None, None, None, None
+
+
+def linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    return_lse: bool = False,
+    backend: str = "auto",
+):
+    """Cross-entropy of the logits hidden @ weight.T + bias against targets, never holding them all.
+
+    hidden [..., d] and weight [V, d] share a dtype (float32, bfloat16, float16; float64 on the torch
+    backend) and a device; targets [...] are integers in [0, V) or ignore_index; bias is [V].
+    reduction "mean" averages over non-ignored tokens (0 if there are none), "sum" adds them,
+    "none" returns per-token losses shaped like targets (0 where ignored). label_smoothing is
+    F.cross_entropy's; z_loss adds z_loss * lse^2 per non-ignored token (PaLM); softcap maps logits
+    to softcap * tanh(logits / softcap) first (Gemma 2). The loss is float32 (float64 for float64
+    inputs). With return_lse, also returns the per-token logsumexp of the (capped) logits, shaped
+    like targets, for every token including ignored ones; it carries no gradient.
+    backend: "auto" (triton on CUDA tensors, torch on CPU), "triton", "cuda" or "torch".
+    """
+    _check_inputs(hidden, weight, targets, bias)
+    opts = _check_options(ignore_index, reduction, label_smoothing, z_loss, softcap)
+    module = _backend_module(backend, hidden)
+    targets_1d = targets.reshape(-1).long()
+    _check_target_range(targets_1d, weight.shape[0], ignore_index)
+    hidden_2d = hidden.reshape(-1, hidden.shape[-1])
+    loss, lse = _LinearCrossEntropy.apply(hidden_2d, weight, bias, targets_1d, opts, reduction, module)
+    if reduction == "none":
+        loss = loss.view(targets.shape)
+    return (loss, lse.view(targets.shape)) if return_lse else loss
+
+
+def _check_inputs(hidden, weight, targets, bias) -> None:
+    dtypes = (*FLOAT_DTYPES, torch.float64)
+    check_tensor("hidden", hidden, min_ndim=1, dtypes=dtypes)
+    check_tensor("weight", weight, ndim=2, dtypes=dtypes)
+    check_tensor("targets", targets)
+    if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
+        raise TypeError(f"targets: dtype {targets.dtype} is not an integer dtype; expected int64 class indices")
+    check_same("device", "hidden", hidden, weight=weight, targets=targets, bias=bias)
+    check_same("dtype", "hidden", hidden, weight=weight, bias=bias)
+    if weight.shape[1] != hidden.shape[-1]:
+        raise ValueError(f"weight: shape {tuple(weight.shape)} needs {hidden.shape[-1]} columns to match hidden's last dimension (hidden shape {tuple(hidden.shape)})")
+    if weight.shape[0] == 0:
+        raise ValueError("weight: shape has 0 rows; expected a vocabulary of at least 1")
+    if targets.shape != hidden.shape[:-1]:
+        raise ValueError(f"targets: shape {tuple(targets.shape)} must equal hidden's leading shape {tuple(hidden.shape[:-1])}")
+    if bias is not None:
+        check_tensor("bias", bias, ndim=1)
+        if bias.shape[0] != weight.shape[0]:
+            raise ValueError(f"bias: shape {tuple(bias.shape)}; expected ({weight.shape[0]},), one entry per row of weight")
+
+
+def _check_options(ignore_index, reduction, label_smoothing, z_loss, softcap) -> LossOptions:
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise TypeError(f"ignore_index={ignore_index!r}: expected an int")
+    check_choice("reduction", reduction, REDUCTIONS)
+    check_number("label_smoothing", label_smoothing, low=0.0, high=1.0)
+    check_number("z_loss", z_loss, low=0.0)
+    if softcap is not None:
+        check_number("softcap", softcap, low=0.0, low_open=True)
+    return LossOptions(ignore_index, float(label_smoothing), float(z_loss), None if softcap is None else float(softcap))
+
+
+def _check_target_range(targets: torch.Tensor, vocab: int, ignore_index: int) -> None:
+    bad = ((targets < 0) | (targets >= vocab)) & (targets != ignore_index)
+    if bad.any():
+        example = targets[bad][0].item()
+        raise ValueError(f"targets: value {example} is outside [0, {vocab}) and is not ignore_index ({ignore_index})")
+
+
+def _backend_module(backend: str, hidden: torch.Tensor) -> ModuleType:
+    check_choice("backend", backend, BACKENDS)
+    if backend == "auto":
+        backend = "triton" if hidden.is_cuda else "torch"
+    if backend == "torch":
+        return cross_entropy_torch
+    module = importlib.import_module(_BACKEND_MODULES[backend])
+    module.check_supported(hidden)
+    return module

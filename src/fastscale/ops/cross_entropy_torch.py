@@ -1,0 +1,115 @@
+"""The PyTorch reference of linear_cross_entropy: the CPU backend and the tests' readable twin.
+
+Per token t with logits z = hidden @ weight.T + bias (then softcap * tanh(z / softcap) if softcap):
+    lse  = logsumexp(z)
+    loss = lse - (1 - eps) * z[target] - eps * mean(z) + z_loss * lse^2      (0 where ignored)
+and the gradient with respect to z, for an upstream per-token gradient g:
+    dz = g * ((1 + 2 * z_loss * lse) * softmax(z) - (1 - eps) * onehot(target) - eps / V)
+times (1 - (z / softcap)^2) under a softcap. eps is label_smoothing, as in F.cross_entropy.
+
+The work is chunked over tokens, so peak extra memory is a few [chunk, V] float32 buffers, never
+the [tokens, V] logits. Matmuls run in the input dtype; softmax, losses and the weight and bias
+gradients accumulate in float32 (float64 for float64 inputs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+CHUNK_BYTES = 32 * 2**20  # one [chunk, V] float32 logits buffer; two are alive at a time
+
+
+@dataclass(frozen=True)
+class LossOptions:
+    ignore_index: int = -100
+    label_smoothing: float = 0.0
+    z_loss: float = 0.0
+    softcap: float | None = None
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def chunk_rows(vocab: int, dtype: torch.dtype, chunk_bytes: int = CHUNK_BYTES) -> int:
+    return max(1, chunk_bytes // (max(vocab, 1) * torch.finfo(accumulation_dtype(dtype)).bits // 8))
+
+
+def _logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, opts: LossOptions) -> torch.Tensor:
+    z = (hidden @ weight.T).to(accumulation_dtype(hidden.dtype))
+    if bias is not None:
+        z += bias
+    if opts.softcap is not None:
+        z.div_(opts.softcap).tanh_().mul_(opts.softcap)
+    return z
+
+
+def _losses(z: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor, opts: LossOptions):
+    """Per-token loss and logsumexp of a chunk of (capped) logits."""
+    lse = torch.logsumexp(z, dim=-1)
+    target_logit = z.gather(1, targets.clamp(0, z.shape[1] - 1)[:, None])[:, 0]
+    loss = lse - (1 - opts.label_smoothing) * target_logit
+    if opts.label_smoothing:
+        loss -= opts.label_smoothing * z.mean(dim=-1)
+    if opts.z_loss:
+        loss += opts.z_loss * lse.square()
+    return torch.where(valid, loss, 0.0), lse
+
+
+def _logit_grad_(z: torch.Tensor, lse: torch.Tensor, targets: torch.Tensor, token_grad: torch.Tensor, opts: LossOptions) -> torch.Tensor:
+    """Overwrites the chunk of capped logits z with d loss / d (uncapped logits)."""
+    cap_derivative = None
+    if opts.softcap is not None:
+        cap_derivative = (z / opts.softcap).square_().neg_().add_(1)
+    vocab = z.shape[1]
+    p = z.sub_(lse[:, None]).exp_()
+    if opts.z_loss:
+        p.mul_((1 + 2 * opts.z_loss * lse)[:, None])
+    rows = torch.arange(len(targets), device=z.device)
+    p[rows, targets.clamp(0, vocab - 1)] -= 1 - opts.label_smoothing
+    if opts.label_smoothing:
+        p.sub_(opts.label_smoothing / vocab)
+    p.mul_(token_grad[:, None])  # ignored tokens have token_grad 0
+    if cap_derivative is not None:
+        p.mul_(cap_derivative)
+    return p
+
+
+def _chunks(n_tokens: int, rows: int):
+    return (slice(start, min(start + rows, n_tokens)) for start in range(0, n_tokens, rows))
+
+
+def forward(hidden, weight, bias, targets, opts: LossOptions, chunk_bytes: int = CHUNK_BYTES):
+    """Per-token losses and logsumexps of 2-D hidden [N, d] against targets [N]."""
+    acc = accumulation_dtype(hidden.dtype)
+    n = hidden.shape[0]
+    loss = torch.empty(n, dtype=acc, device=hidden.device)
+    lse = torch.empty(n, dtype=acc, device=hidden.device)
+    valid = targets != opts.ignore_index
+    for s in _chunks(n, chunk_rows(weight.shape[0], hidden.dtype, chunk_bytes)):
+        loss[s], lse[s] = _losses(_logits(hidden[s], weight, bias, opts), targets[s], valid[s], opts)
+    return loss, lse
+
+
+def gradients(hidden, weight, bias, targets, token_grad, opts: LossOptions, chunk_bytes: int = CHUNK_BYTES):
+    """Gradients (d hidden, d weight, d bias or None) of sum(token_grad * loss), with the per-token
+    losses and logsumexps computed on the way: one pass over the logits, chunk by chunk."""
+    acc = accumulation_dtype(hidden.dtype)
+    n = hidden.shape[0]
+    valid = targets != opts.ignore_index
+    loss = torch.empty(n, dtype=acc, device=hidden.device)
+    lse_out = torch.empty(n, dtype=acc, device=hidden.device)
+    d_hidden = torch.empty_like(hidden)
+    d_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device)
+    d_bias = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if bias is not None else None
+    for s in _chunks(n, chunk_rows(weight.shape[0], hidden.dtype, chunk_bytes)):
+        z = _logits(hidden[s], weight, bias, opts)
+        loss[s], lse_out[s] = _losses(z, targets[s], valid[s], opts)
+        dz = _logit_grad_(z, lse_out[s], targets[s], token_grad[s].to(acc), opts)
+        d_hidden[s] = dz.to(hidden.dtype) @ weight
+        d_weight.addmm_(dz.T, hidden[s].to(acc))
+        if d_bias is not None:
+            d_bias += dz.sum(dim=0)
+    return d_hidden, d_weight.to(weight.dtype), None if d_bias is None else d_bias.to(bias.dtype), loss, lse_out
