@@ -1,0 +1,209 @@
+"""fastscale.ops.attention: scaled dot-product attention for training, causal or not, on batched or
+packed (cu_seqlens) sequences, with grouped-query heads and a sliding window. Validation, the
+autograd Function and backend dispatch live here; the math lives in the backends:
+
+- "torch":      ops/attention_torch.py, SDPA or a per-document loop (the CPU path and the reference)
+- "triton":     kernels/attention.py, FlashAttention-2-style forward and deterministic backward
+- "flash_attn": the flash-attn package, when it is installed and supports the inputs
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+
+import torch
+
+from . import attention_torch
+from ._checks import FLOAT_DTYPES, check_choice, check_number, check_same, check_tensor
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "triton", "flash_attn", "torch")
+
+
+def attention(q, k, v, *, causal=True, cu_seqlens=None, max_seqlen=None, window=None, scale=None, backend="auto"):
+    """softmax(q k^T * scale + mask) v for every query head, as flash-attn's flash_attn_func /
+    flash_attn_varlen_func compute it.
+
+    q [B, T, Hq, D] and k, v [B, T, Hkv, D] share dtype (float32, bfloat16, float16; float64 on the
+    torch backend) and device; Hq is a multiple of Hkv (GQA/MQA: query head h reads key/value head
+    h // (Hq // Hkv)). With cu_seqlens (int32 [n_docs + 1], 0 first, non-decreasing, total_tokens
+    last) q/k/v are packed [total_tokens, H, D] and no token attends across a document boundary;
+    max_seqlen (the longest document) is computed from cu_seqlens when not given.
+    causal: query i sees keys j <= i. window=W: query i sees key j only if i - W < j (and j < i + W
+    when not causal), so at most W keys on its left, itself included (flash-attn's
+    window_size=(W-1, 0) when causal, (W-1, W-1) when not). scale defaults to 1/sqrt(D).
+    backend: "auto" (triton on CUDA tensors when it supports them, else flash_attn, else torch;
+    torch on CPU), "triton", "flash_attn" or "torch". Returns a tensor shaped and typed like q.
+    """
+    check_choice("backend", backend, BACKENDS)
+    _check_tensors(q, k, v, packed=cu_seqlens is not None)
+    _check_options(causal, window, scale)
+    if cu_seqlens is not None:
+        max_seqlen = _check_cu_seqlens(cu_seqlens, max_seqlen, q)
+    elif max_seqlen is not None:
+        raise ValueError(f"max_seqlen={max_seqlen!r}: only meaningful with cu_seqlens (packed input); pass None")
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    backend = _choose_backend(backend, q)
+    if backend == "torch":
+        return attention_torch.attention(q, k, v, causal=causal, cu_seqlens=cu_seqlens, window=window, scale=scale)
+    if backend == "flash_attn":
+        return _flash_attn(q, k, v, causal, cu_seqlens, max_seqlen, window, scale)
+    return _triton(q, k, v, causal, cu_seqlens, max_seqlen, window, scale)
+
+
+# ---------------------------------------------------------------------------------------------- checks
+
+
+def _check_tensors(q, k, v, *, packed: bool) -> None:
+    ndim = 3 if packed else 4
+    layout = "[total_tokens, H, D] (packed, cu_seqlens given)" if packed else "[B, T, H, D]"
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        check_tensor(name, x, dtypes=(*FLOAT_DTYPES, torch.float64))
+        if x.ndim != ndim:
+            raise ValueError(f"{name}: shape {tuple(x.shape)} has {x.ndim} dimensions; expected {layout}")
+    check_same("dtype", "q", q, k=k, v=v)
+    check_same("device", "q", q, k=k, v=v)
+    if v.shape != k.shape:
+        raise ValueError(f"v: shape {tuple(v.shape)} differs from k's {tuple(k.shape)}")
+    if k.shape[:-2] != q.shape[:-2] or k.shape[-1] != q.shape[-1]:
+        raise ValueError(
+            f"k: shape {tuple(k.shape)} does not match q's {tuple(q.shape)}; expected the same batch, "
+            "tokens and head dim (only the number of heads may differ)"
+        )
+    heads_q, heads_kv = q.shape[-2], k.shape[-2]
+    if q.numel() == 0 or heads_kv == 0:
+        raise ValueError(f"q: shape {tuple(q.shape)} and k: shape {tuple(k.shape)}: expected no empty dimension")
+    if heads_q % heads_kv:
+        raise ValueError(f"q: {heads_q} heads is not a multiple of k's {heads_kv} heads (GQA needs Hq % Hkv == 0)")
+
+
+def _check_options(causal, window, scale) -> None:
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal={causal!r}: expected True or False")
+    if window is not None:
+        if isinstance(window, bool) or not isinstance(window, int):
+            raise TypeError(f"window={window!r}: expected None or an int >= 1 (keys each query sees on its left, itself included)")
+        if window < 1:
+            raise ValueError(f"window={window!r}: expected None or an int >= 1 (keys each query sees on its left, itself included)")
+    if scale is not None:
+        check_number("scale", scale, low=0.0, low_open=True)
+
+
+def _check_cu_seqlens(cu_seqlens, max_seqlen, q) -> int:
+    """Validates the document boundaries (one small device-to-host copy) and returns max_seqlen."""
+    check_tensor("cu_seqlens", cu_seqlens, ndim=1, dtypes=(torch.int32,))
+    check_same("device", "q", q, cu_seqlens=cu_seqlens)
+    if cu_seqlens.shape[0] < 2:
+        raise ValueError(f"cu_seqlens: shape {tuple(cu_seqlens.shape)}; expected [n_docs + 1] with n_docs >= 1")
+    bounds = cu_seqlens.tolist()
+    total = q.shape[0]
+    if bounds[0] != 0 or bounds[-1] != total:
+        raise ValueError(f"cu_seqlens: runs from {bounds[0]} to {bounds[-1]}; expected 0 to total_tokens = {total} (q.shape[0])")
+    lengths = [e - s for s, e in zip(bounds[:-1], bounds[1:])]
+    if min(lengths) < 0:
+        at = lengths.index(min(lengths))
+        raise ValueError(f"cu_seqlens: not sorted, cu_seqlens[{at + 1}] = {bounds[at + 1]} < cu_seqlens[{at}] = {bounds[at]}; expected non-decreasing offsets")
+    longest = max(lengths)
+    if max_seqlen is None:
+        return longest
+    if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int):
+        raise TypeError(f"max_seqlen={max_seqlen!r}: expected None or an int")
+    if max_seqlen < longest:
+        raise ValueError(f"max_seqlen={max_seqlen}: shorter than the longest document in cu_seqlens ({longest} tokens)")
+    return max_seqlen
+
+
+# ---------------------------------------------------------------------------------------------- backends
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _triton_unsupported(q) -> str | None:
+    if q.device.type != "cuda" and not _interpreting():
+        return f"needs CUDA tensors (q is on {q.device}; set TRITON_INTERPRET=1 before import to interpret on CPU)"
+    from fastscale.kernels import attention as kernels
+
+    return kernels.unsupported(q.dtype, q.shape[-1])
+
+
+def _flash_attn_unsupported(q) -> str | None:
+    try:
+        importlib.import_module("flash_attn")
+    except ImportError:
+        return "the flash-attn package is not installed (pip install 'fastscale[flash]' on a CUDA machine)"
+    if q.device.type != "cuda":
+        return f"needs CUDA tensors (q is on {q.device})"
+    if q.dtype not in (torch.float16, torch.bfloat16):
+        return f"supports float16 and bfloat16 only (got {q.dtype})"
+    if q.shape[-1] > 256 or q.shape[-1] % 8:
+        return f"supports head dims that are multiples of 8 up to 256 (got {q.shape[-1]})"
+    return None
+
+
+_UNSUPPORTED = {"triton": _triton_unsupported, "flash_attn": _flash_attn_unsupported}
+
+
+def _choose_backend(backend: str, q) -> str:
+    if backend == "torch":
+        return backend
+    if backend != "auto":
+        reason = _UNSUPPORTED[backend](q)
+        if reason:
+            raise NotImplementedError(f"backend={backend!r} cannot serve these inputs: it {reason}")
+        return backend
+    if q.device.type != "cuda":
+        return "torch"
+    for candidate in ("triton", "flash_attn"):
+        reason = _UNSUPPORTED[candidate](q)
+        if reason is None:
+            return candidate
+        log.debug("attention: backend %s skipped: it %s", candidate, reason)
+    return "torch"
+
+
+def _flash_attn(q, k, v, causal, cu_seqlens, max_seqlen, window, scale):
+    import flash_attn
+
+    left = -1 if window is None else window - 1
+    window_size = (left, 0 if causal and window is not None else left)
+    common = dict(softmax_scale=scale, causal=causal, window_size=window_size, deterministic=True)
+    if cu_seqlens is None:
+        return flash_attn.flash_attn_func(q, k, v, **common)
+    return flash_attn.flash_attn_varlen_func(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, **common)
+
+
+class _TritonAttention(torch.autograd.Function):
+    """Saves q, k, v, the output and the per-row logsumexp; backward recomputes the probabilities."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, cu_seqlens, max_seqlen, causal, window, scale):
+        from fastscale.kernels import attention as kernels
+
+        out, lse = kernels.forward(q, k, v, cu_seqlens, max_seqlen, causal=causal, window=window, scale=scale)
+        ctx.save_for_backward(q, k, v, out, lse, cu_seqlens)
+        ctx.options = dict(max_seqlen=max_seqlen, causal=causal, window=window, scale=scale)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        from fastscale.kernels import attention as kernels
+
+        q, k, v, out, lse, cu_seqlens = ctx.saved_tensors
+        dq, dk, dv = kernels.backward(grad_out, q, k, v, out, lse, cu_seqlens, **ctx.options)
+        return dq, dk, dv, None, None, None, None, None
+
+
+def _triton(q, k, v, causal, cu_seqlens, max_seqlen, window, scale):
+    if cu_seqlens is not None:
+        return _TritonAttention.apply(q, k, v, cu_seqlens, max_seqlen, causal, window, scale)
+    # A batch is a pack of equal documents; reshape is a view for contiguous or fused-qkv layouts.
+    batch, tokens = q.shape[:2]
+    packed = [x.reshape(batch * tokens, *x.shape[2:]) for x in (q, k, v)]
+    out = _TritonAttention.apply(*packed, None, tokens, causal, window, scale)
+    return out.view(batch, tokens, *out.shape[1:])

@@ -1,0 +1,47 @@
+"""The torch backend of fastscale.ops.attention: the CPU path and the readable reference.
+
+Batched input goes to torch's scaled_dot_product_attention; packed input ([total_tokens, H, D] with
+cu_seqlens) is a plain loop over documents, each one a batch of one. A sliding window becomes an
+explicit boolean mask, since SDPA has no window argument. Autograd differentiates all of it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def window_mask(length: int, window: int, causal: bool, device) -> torch.Tensor:
+    """[length, length] bool, True where query i may see key j: i - window < j (and j <= i when
+    causal, j < i + window when not): each query sees at most `window` keys on its left, itself included."""
+    i = torch.arange(length, device=device)[:, None]
+    j = torch.arange(length, device=device)[None, :]
+    visible = i - j < window
+    return visible & (j <= i) if causal else visible & (j - i < window)
+
+
+def attention_dense(q, k, v, *, causal: bool, window: int | None, scale: float | None) -> torch.Tensor:
+    """q [B, T, Hq, D], k/v [B, T, Hkv, D] -> [B, T, Hq, D]."""
+    q, k, v = (x.transpose(1, 2) for x in (q, k, v))  # SDPA wants [B, H, T, D]
+    mask = None if window is None else window_mask(q.shape[2], window, causal, q.device)
+    out = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, is_causal=causal and mask is None, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
+    )
+    return out.transpose(1, 2).contiguous()
+
+
+def attention_packed(q, k, v, cu_seqlens: torch.Tensor, *, causal: bool, window: int | None, scale: float | None) -> torch.Tensor:
+    """q [total, Hq, D], k/v [total, Hkv, D], documents q[cu_seqlens[i]:cu_seqlens[i+1]] -> [total, Hq, D]."""
+    bounds = cu_seqlens.tolist()
+    pieces = [
+        attention_dense(q[None, s:e], k[None, s:e], v[None, s:e], causal=causal, window=window, scale=scale)[0]
+        for s, e in zip(bounds[:-1], bounds[1:])
+        if e > s  # empty documents hold no tokens
+    ]
+    return torch.cat(pieces)
+
+
+def attention(q, k, v, *, causal: bool, cu_seqlens, window: int | None, scale: float | None) -> torch.Tensor:
+    if cu_seqlens is None:
+        return attention_dense(q, k, v, causal=causal, window=window, scale=scale)
+    return attention_packed(q, k, v, cu_seqlens, causal=causal, window=window, scale=scale)

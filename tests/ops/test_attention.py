@@ -1,0 +1,179 @@
+"""fastscale.ops.attention against an independent float64 reference (explicit masked softmax over a
+token list with document ids and positions), on fresh random inputs.
+
+The bar is flash-attn's: a backend's largest error against the float64 reference is at most twice
+the largest error of the same plain math done in the input dtype, plus a small absolute slack
+(SLACK, per dtype). Outputs and gradients (dq, dk, dv for a random upstream gradient) are checked.
+"""
+
+import os
+
+import pytest
+import torch
+
+from fastscale.ops.attention import attention
+
+SLACK = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-4, torch.bfloat16: 1e-3}
+
+
+# --------------------------------------------------------------------------------------- reference
+
+
+def reference(q, k, v, doc, pos, *, causal, window, scale, dtype):
+    """q [N, Hq, D], k/v [N, Hkv, D] for N tokens with document ids `doc` and positions `pos`.
+    Every operation runs in `dtype`: float64 for the oracle, the input dtype for the plain baseline."""
+    q, k, v = (x.to(dtype) for x in (q, k, v))
+    group = q.shape[1] // k.shape[1]
+    k, v = (x.repeat_interleave(group, dim=1) for x in (k, v))
+    i, j = pos[:, None], pos[None, :]
+    visible = doc[:, None] == doc[None, :]
+    if causal:
+        visible &= j <= i
+    if window is not None:
+        visible &= (i - j < window) & (j - i < window)
+    scores = torch.einsum("ihd,jhd->hij", q, k) * scale
+    probs = torch.softmax(scores.masked_fill(~visible, float("-inf")), dim=-1)
+    return torch.einsum("hij,jhd->ihd", probs, v)
+
+
+def tokens_of(lengths):
+    """Document id and position of every token of documents with these lengths, laid end to end."""
+    doc = torch.cat([torch.full((n,), d) for d, n in enumerate(lengths)])
+    pos = torch.cat([torch.arange(n) for n in lengths])
+    return doc, pos
+
+
+def max_error(got, want):
+    return (got.double() - want).abs().max().item()
+
+
+def check_against_reference(backend, dtype, lengths, *, heads_q, heads_kv, head_dim, causal, window, packed):
+    """Runs attention forward and backward on fresh inputs and asserts the flash-attn error bar."""
+    n = sum(lengths)
+    q = torch.randn(n, heads_q, head_dim, dtype=dtype)
+    k = torch.randn(n, heads_kv, head_dim, dtype=dtype)
+    v = torch.randn(n, heads_kv, head_dim, dtype=dtype)
+    grad = torch.randn(n, heads_q, head_dim, dtype=dtype)
+    scale = head_dim**-0.5
+    doc, pos = tokens_of(lengths)
+
+    # Backend under test, on the layout the user passes: packed with cu_seqlens or batched [B, T, H, D].
+    leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+    if packed:
+        cu_seqlens = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+        out = attention(*leaves, causal=causal, cu_seqlens=cu_seqlens, window=window, backend=backend)
+    else:
+        batch, length = len(lengths), lengths[0]
+        batched = [x.view(batch, length, *x.shape[1:]) for x in leaves]
+        out = attention(*batched, causal=causal, window=window, backend=backend).reshape(n, heads_q, head_dim)
+    assert out.dtype == dtype and out.shape == q.shape
+    out.backward(grad)
+    results = [out.detach(), *(x.grad for x in leaves)]
+
+    expected, plain = [], []
+    for ref_dtype, store in ((torch.float64, expected), (dtype, plain)):
+        ref_leaves = [x.to(ref_dtype, copy=True).requires_grad_() for x in (q, k, v)]
+        ref = reference(*ref_leaves, doc, pos, causal=causal, window=window, scale=scale, dtype=ref_dtype)
+        ref.backward(grad.to(ref_dtype))
+        store += [ref.detach(), *(x.grad for x in ref_leaves)]
+
+    for name, got, want, base in zip(("out", "dq", "dk", "dv"), results, expected, plain):
+        assert torch.isfinite(got).all(), f"{name}: non-finite values"
+        bar = 2 * max_error(base, want) + SLACK[dtype]
+        assert max_error(got, want) <= bar, f"{name}: error {max_error(got, want):.3g} > bar {bar:.3g} (plain {dtype}: {max_error(base, want):.3g})"
+
+
+# --------------------------------------------------------------------------------------- torch backend
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("length", [1, 7, 129, 300])
+def test_torch_batched(dtype, causal, length):
+    check_against_reference("torch", dtype, [length, length], heads_q=4, heads_kv=2, head_dim=32, causal=causal, window=None, packed=False)
+
+
+@pytest.mark.parametrize("heads_q,heads_kv", [(2, 2), (4, 2), (8, 1)])
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("window", [None, 1, 5, 64])
+def test_torch_packed(heads_q, heads_kv, causal, window):
+    lengths = [1, 7, 129, 1, 40]
+    check_against_reference("torch", torch.float32, lengths, heads_q=heads_q, heads_kv=heads_kv, head_dim=16, causal=causal, window=window, packed=True)
+
+
+@pytest.mark.parametrize("window", [1, 6, 33, 500])
+@pytest.mark.parametrize("causal", [True, False])
+def test_torch_window(window, causal):
+    check_against_reference("torch", torch.bfloat16, [77, 77, 77], heads_q=2, heads_kv=1, head_dim=64, causal=causal, window=window, packed=False)
+
+
+def test_torch_float64_and_empty_documents():
+    """float64 is served by the torch backend; a document of length 0 holds no tokens."""
+    check_against_reference("torch", torch.float64, [5, 0, 3, 0], heads_q=3, heads_kv=1, head_dim=8, causal=True, window=2, packed=True)
+
+
+def test_auto_is_torch_on_cpu():
+    q, k, v = (torch.randn(2, 9, 4, 16) for _ in range(3))
+    assert torch.equal(attention(q, k, v), attention(q, k, v, backend="torch"))
+
+
+def test_default_scale_is_inverse_sqrt_head_dim():
+    q, k, v = (torch.randn(1, 5, 2, 16) for _ in range(3))
+    assert torch.equal(attention(q, k, v), attention(q, k, v, scale=0.25))
+    assert not torch.equal(attention(q, k, v), attention(q, k, v, scale=0.5))
+
+
+# --------------------------------------------------------------------------------------- bad input
+
+
+def _inputs(shape_q=(2, 8, 4, 16), shape_kv=(2, 8, 2, 16), dtype=torch.float32):
+    return torch.randn(shape_q, dtype=dtype), torch.randn(shape_kv, dtype=dtype), torch.randn(shape_kv, dtype=dtype)
+
+
+def _packed(total=10, heads=2):
+    return [torch.randn(total, heads, 16) for _ in range(3)]
+
+
+BAD_INPUTS = [
+    # (description, call, error type, words the message must contain)
+    ("q not a tensor", lambda: attention([1.0], *_inputs()[1:]), TypeError, ["q", "torch.Tensor"]),
+    ("integer dtype", lambda: attention(*(x.long() for x in _inputs())), TypeError, ["q", "int64"]),
+    ("dtype mismatch", lambda: attention(_inputs()[0], *(x.half() for x in _inputs()[1:])), ValueError, ["k", "dtype", "float16"]),
+    ("3-D without cu_seqlens", lambda: attention(*_packed()), ValueError, ["q", "[B, T, H, D]"]),
+    ("4-D with cu_seqlens", lambda: attention(*_inputs(), cu_seqlens=torch.tensor([0, 8], dtype=torch.int32)), ValueError, ["q", "packed"]),
+    ("k/v shapes differ", lambda: attention(*_inputs()[:2], torch.randn(2, 8, 1, 16)), ValueError, ["v", "(2, 8, 1, 16)"]),
+    ("sequence lengths differ", lambda: attention(*_inputs((2, 8, 4, 16), (2, 7, 2, 16))), ValueError, ["k", "(2, 7, 2, 16)"]),
+    ("head dims differ", lambda: attention(*_inputs((2, 8, 4, 16), (2, 8, 2, 32))), ValueError, ["k", "head dim"]),
+    ("Hq not a multiple of Hkv", lambda: attention(*_inputs((2, 8, 3, 16), (2, 8, 2, 16))), ValueError, ["q", "3 heads", "multiple", "2 heads"]),
+    ("empty sequence", lambda: attention(*_inputs((2, 0, 4, 16), (2, 0, 2, 16))), ValueError, ["q", "empty"]),
+    ("causal not a bool", lambda: attention(*_inputs(), causal=1), TypeError, ["causal=1"]),
+    ("window zero", lambda: attention(*_inputs(), window=0), ValueError, ["window=0", ">= 1"]),
+    ("window a float", lambda: attention(*_inputs(), window=2.0), TypeError, ["window=2.0"]),
+    ("negative scale", lambda: attention(*_inputs(), scale=-1.0), ValueError, ["scale=-1.0"]),
+    ("unknown backend", lambda: attention(*_inputs(), backend="cudnn"), ValueError, ["backend='cudnn'", "torch"]),
+    ("max_seqlen without cu_seqlens", lambda: attention(*_inputs(), max_seqlen=8), ValueError, ["max_seqlen=8", "cu_seqlens"]),
+    ("cu_seqlens int64", lambda: attention(*_packed(), cu_seqlens=torch.tensor([0, 10])), TypeError, ["cu_seqlens", "int64", "int32"]),
+    ("cu_seqlens 2-D", lambda: attention(*_packed(), cu_seqlens=torch.tensor([[0, 10]], dtype=torch.int32)), ValueError, ["cu_seqlens", "1 dimensions"]),
+    ("cu_seqlens too short", lambda: attention(*_packed(), cu_seqlens=torch.tensor([0], dtype=torch.int32)), ValueError, ["cu_seqlens", "n_docs"]),
+    ("cu_seqlens not from 0", lambda: attention(*_packed(), cu_seqlens=torch.tensor([1, 10], dtype=torch.int32)), ValueError, ["cu_seqlens", "from 1", "total_tokens = 10"]),
+    ("cu_seqlens past the end", lambda: attention(*_packed(), cu_seqlens=torch.tensor([0, 4, 12], dtype=torch.int32)), ValueError, ["cu_seqlens", "to 12", "total_tokens = 10"]),
+    ("cu_seqlens unsorted", lambda: attention(*_packed(), cu_seqlens=torch.tensor([0, 6, 3, 10], dtype=torch.int32)), ValueError, ["cu_seqlens", "not sorted", "cu_seqlens[2] = 3"]),
+    ("max_seqlen too small", lambda: attention(*_packed(), cu_seqlens=torch.tensor([0, 3, 10], dtype=torch.int32), max_seqlen=5), ValueError, ["max_seqlen=5", "7 tokens"]),
+    ("flash_attn unavailable on CPU", lambda: attention(*_inputs(), backend="flash_attn"), NotImplementedError, ["flash_attn"]),
+]
+
+
+@pytest.mark.parametrize("call,error,words", [case[1:] for case in BAD_INPUTS], ids=[case[0] for case in BAD_INPUTS])
+def test_bad_input_is_named(call, error, words):
+    with pytest.raises(error) as info:
+        call()
+    for word in words:
+        assert word in str(info.value), f"{word!r} not in {str(info.value)!r}"
+
+
+def test_triton_on_cpu_without_interpreter_says_why(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(NotImplementedError, match="backend='triton'.*CUDA tensors"):
+        attention(*_inputs(), backend="triton")
