@@ -1,0 +1,3 @@
+"""Module wrappers around fastscale.ops for users' own models."""
+
+from .attention import Attention  # noqa: F401
