@@ -11,6 +11,7 @@ import os
 import pytest
 import torch
 
+from fastscale.kernels import attention as kernels
 from fastscale.ops.attention import attention
 
 SLACK = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-4, torch.bfloat16: 1e-3}
@@ -47,28 +48,32 @@ def max_error(got, want):
     return (got.double() - want).abs().max().item()
 
 
-def check_against_reference(backend, dtype, lengths, *, heads_q, heads_kv, head_dim, causal, window, packed):
-    """Runs attention forward and backward on fresh inputs and asserts the flash-attn error bar."""
+def check_against_reference(backend, dtype, lengths, *, heads_q, heads_kv, head_dim, causal, window, packed, fused_qkv=False):
+    """Runs attention forward and backward on fresh inputs and asserts the flash-attn error bar.
+    fused_qkv: q, k, v are strided views of one [tokens, Hq + 2 Hkv, D] projection, as a model makes them."""
     n = sum(lengths)
-    q = torch.randn(n, heads_q, head_dim, dtype=dtype)
-    k = torch.randn(n, heads_kv, head_dim, dtype=dtype)
-    v = torch.randn(n, heads_kv, head_dim, dtype=dtype)
+    qkv = torch.randn(n, heads_q + 2 * heads_kv, head_dim, dtype=dtype)
+    q, k, v = qkv.split([heads_q, heads_kv, heads_kv], dim=1)
+    if not fused_qkv:
+        q, k, v = (x.contiguous() for x in (q, k, v))
     grad = torch.randn(n, heads_q, head_dim, dtype=dtype)
     scale = head_dim**-0.5
     doc, pos = tokens_of(lengths)
 
     # Backend under test, on the layout the user passes: packed with cu_seqlens or batched [B, T, H, D].
-    leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+    fused = qkv.clone().requires_grad_()
+    leaves = list(fused.split([heads_q, heads_kv, heads_kv], dim=1)) if fused_qkv else [x.clone().requires_grad_() for x in (q, k, v)]
     if packed:
         cu_seqlens = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
         out = attention(*leaves, causal=causal, cu_seqlens=cu_seqlens, window=window, backend=backend)
     else:
         batch, length = len(lengths), lengths[0]
-        batched = [x.view(batch, length, *x.shape[1:]) for x in leaves]
+        batched = [x.unflatten(0, (batch, length)) for x in leaves]
         out = attention(*batched, causal=causal, window=window, backend=backend).reshape(n, heads_q, head_dim)
     assert out.dtype == dtype and out.shape == q.shape
     out.backward(grad)
-    results = [out.detach(), *(x.grad for x in leaves)]
+    grads = fused.grad.split([heads_q, heads_kv, heads_kv], dim=1) if fused_qkv else [x.grad for x in leaves]
+    results = [out.detach(), *grads]
 
     expected, plain = [], []
     for ref_dtype, store in ((torch.float64, expected), (dtype, plain)):
@@ -177,3 +182,78 @@ def test_triton_on_cpu_without_interpreter_says_why(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(NotImplementedError, match="backend='triton'.*CUDA tensors"):
         attention(*_inputs(), backend="triton")
+
+
+# --------------------------------------------------------------------------------------- triton backend
+# Under TRITON_INTERPRET=1 (tests/conftest.py) the kernels run on CPU tensors, one program at a time.
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    """Every buffer the kernels write (output, lse, delta, dq, dk, dv) starts as NaN, so an element a
+    kernel forgets to write shows up."""
+    def nan_filled(shape, dtype, device):
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+
+    monkeypatch.setattr(kernels, "_empty", nan_filled)
+
+
+TRITON_BATCHED = [
+    *[(torch.float32, causal, length) for causal in (True, False) for length in (1, 7, 129, 300)],
+    (torch.bfloat16, True, 129),
+    (torch.bfloat16, False, 300),
+    (torch.float16, False, 7),
+    (torch.float16, True, 129),
+]
+
+
+@pytest.mark.parametrize("dtype,causal,length", TRITON_BATCHED, ids=lambda x: str(x).replace("torch.", ""))
+def test_triton_batched(poisoned, dtype, causal, length):
+    check_against_reference("triton", dtype, [length, length], heads_q=4, heads_kv=2, head_dim=32, causal=causal, window=None, packed=False)
+
+
+TRITON_PACKED = [
+    # (heads_q, heads_kv, causal, window)
+    (2, 2, True, None),
+    (4, 2, False, None),
+    (8, 1, True, 5),
+    (8, 1, False, 5),
+    (2, 2, True, 64),
+    (4, 2, False, 33),
+    (2, 1, True, 1),
+]
+
+
+@pytest.mark.parametrize("heads_q,heads_kv,causal,window", TRITON_PACKED)
+def test_triton_packed(poisoned, heads_q, heads_kv, causal, window):
+    lengths = [1, 7, 129, 1, 40, 0, 3]
+    check_against_reference("triton", torch.float32, lengths, heads_q=heads_q, heads_kv=heads_kv, head_dim=32, causal=causal, window=window, packed=True)
+
+
+@pytest.mark.parametrize("head_dim,dtype", [(64, torch.bfloat16), (96, torch.float16), (128, torch.bfloat16), (256, torch.float16)], ids=str)
+def test_triton_head_dims(poisoned, head_dim, dtype):
+    check_against_reference("triton", dtype, [37, 70], heads_q=2, heads_kv=1, head_dim=head_dim, causal=True, window=50, packed=True)
+
+
+def test_triton_fused_qkv_views(poisoned):
+    """Strided q/k/v views of one projection, as GPT makes them, need no copy and give the same answer."""
+    check_against_reference("triton", torch.bfloat16, [45, 45], heads_q=4, heads_kv=1, head_dim=32, causal=True, window=None, packed=False, fused_qkv=True)
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="the interpreter runs programs one at a time: determinism shows only on a GPU")
+def test_triton_backward_is_deterministic():
+    q, k, v = (torch.randn(4096, h, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True) for h in (8, 2, 2))
+    cu_seqlens = torch.tensor([0, 1000, 1001, 4096], dtype=torch.int32, device="cuda")
+    grads = []
+    for _ in range(2):
+        out = attention(q, k, v, cu_seqlens=cu_seqlens, backend="triton")
+        grads.append(torch.autograd.grad(out, (q, k, v), torch.ones_like(out)))
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+@pytest.mark.parametrize("dtype,head_dim,words", [(torch.float64, 32, ["float64"]), (torch.float32, 48, ["head dims", "48"])], ids=["float64", "head_dim_48"])
+def test_triton_unsupported_inputs_say_why(dtype, head_dim, words):
+    q, k, v = (torch.randn(1, 5, 2, head_dim, dtype=dtype) for _ in range(3))
+    with pytest.raises(NotImplementedError, match="backend='triton'") as info:
+        attention(q, k, v, backend="triton")
+    assert all(word in str(info.value) for word in words)
