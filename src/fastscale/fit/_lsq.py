@@ -1,0 +1,101 @@
+"""Weighted least squares on log y for the smooth laws (power law, Kaplan, allocation, critical batch).
+
+Residuals are taken in log space because losses, sizes and step counts are compared by ratio: a
+1% miss at N=1e5 counts as much as at N=1e9. Each fit runs scipy L-BFGS-B from a few starts and keeps
+the best; the bootstrap refits every resample from that optimum.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from fastscale.fit._optimize import minimize_lbfgs
+
+log = logging.getLogger(__name__)
+
+# A residual on the wrong side of a one-sided fit costs this much more (Henighan's frontier fit:
+# the law should lie on or below the lower envelope).
+ONE_SIDED_PENALTY = 1e4
+GRADIENT_TOL = 1e-7
+
+
+@dataclass(frozen=True)
+class LogModel:
+    names: tuple  # internal parameter names, for messages
+    log_y: np.ndarray  # [n] observed log values
+    log_prediction: Callable  # theta -> (log prediction [n], jacobian [n, P])
+    bounds: tuple  # (low, high) per parameter, None for unbounded
+    starts: tuple  # initial theta vectors
+    one_sided: bool = False  # penalize predictions above the data (fit a lower bound)
+
+
+@dataclass(frozen=True)
+class Solution:
+    theta: np.ndarray
+    objective: float
+    converged: bool
+    at_bound: tuple  # names of parameters that ended on a bound
+
+
+def objective(model: LogModel, weights: np.ndarray):
+    total = weights.sum()
+
+    def value_and_gradient(theta):
+        log_pred, jac = model.log_prediction(theta)
+        r = model.log_y - log_pred
+        w = weights * np.where(r < 0, ONE_SIDED_PENALTY, 1.0) if model.one_sided else weights
+        return 0.5 * np.sum(w * r * r) / total, -(w * r) @ jac / total
+
+    return value_and_gradient
+
+
+def solve(model: LogModel, weights: np.ndarray, starts=None) -> Solution:
+    """Best of L-BFGS-B from each start; flags non-convergence and parameters at a bound."""
+    fun = objective(model, weights)
+    best = None
+    for start in model.starts if starts is None else starts:
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            result = minimize_lbfgs(fun, start, bounds=model.bounds)
+        if np.isfinite(result.fun) and (best is None or result.fun < best.fun):
+            best = result
+    if best is None:
+        raise FloatingPointError(f"every start gave a non-finite objective for parameters {model.names}")
+    converged = bool(best.success) or float(np.max(np.abs(best.jac))) <= GRADIENT_TOL
+    return Solution(best.x, float(best.fun), converged, _at_bound(model, best.x))
+
+
+def _at_bound(model: LogModel, theta) -> tuple:
+    hits = []
+    for name, value, (low, high) in zip(model.names, theta, model.bounds):
+        for bound in (low, high):
+            if bound is not None and abs(value - bound) <= 1e-6 * max(1.0, abs(bound)):
+                hits.append(name)
+    return tuple(hits)
+
+
+def bootstrap(model: LogModel, theta: np.ndarray, counts: np.ndarray, weights: np.ndarray):
+    """Refit every resample from theta; returns ([n_ok, P] draws, number of failed refits)."""
+    draws, failed = [], 0
+    for row in counts:
+        solution = solve(model, weights * row, starts=(theta,))
+        if solution.converged:
+            draws.append(solution.theta)
+        else:
+            failed += 1
+    return np.array(draws).reshape(-1, len(theta)), failed
+
+
+def flags_for(solution: Solution, labels: dict, n_failed: int, n_bootstrap: int) -> list:
+    """Messages for a solution; labels map internal names to the papers' names."""
+    flags = []
+    if not solution.converged:
+        flags.append("the optimizer did not converge: treat the parameters as unreliable")
+    for name in solution.at_bound:
+        flags.append(f"{labels.get(name, name)} ended on its bound: the data do not determine it")
+    if n_failed:
+        flags.append(f"{n_failed} of {n_bootstrap} bootstrap refits did not converge and were left out of the intervals")
+    return flags

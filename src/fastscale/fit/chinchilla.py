@@ -1,0 +1,195 @@
+"""Chinchilla approach 3 (Hoffmann et al. 2022): L(N, D) = E + A/N^alpha + B/D^beta.
+
+The fit follows the paper and Epoch AI's replication (Besiroglu et al. 2024): in log space,
+log L_hat = LSE(a - alpha log N, b - beta log D, e) with A, B, E = exp(a), exp(b), exp(e); minimize the
+SUM over points of Huber_delta(log L_hat - log L), delta = 1e-3, with L-BFGS from every point of the
+4,500-start grid, and keep the best. All starts run at once in the batched L-BFGS (one vectorized
+objective call per iteration); the best is then polished by scipy's L-BFGS-B. Units: N as counted by
+the data (Chinchilla counts all parameters), D in tokens, C = 6 N D in FLOPs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from fastscale.fit._checks import as_values, enough_points, positive_int, probability, same_length
+from fastscale.fit._optimize import batched_lbfgs, minimize_lbfgs
+from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP, resample_counts
+from fastscale.fit.results import Estimate, FitResult, intervals_from, report_flags
+
+log = logging.getLogger(__name__)
+
+HUBER_DELTA = 1e-3
+# Hoffmann et al.'s initialization grid, theta = (a, b, e, alpha, beta): 6 * 6 * 5 * 5 * 5 = 4,500 starts.
+GRID_A = (0.0, 5.0, 10.0, 15.0, 20.0, 25.0)
+GRID_B = GRID_A
+GRID_E = (-1.0, -0.5, 0.0, 0.5, 1.0)
+GRID_ALPHA = (0.0, 0.5, 1.0, 1.5, 2.0)
+GRID_BETA = GRID_ALPHA
+PARAM_NAMES = ("E", "A", "B", "alpha", "beta", "a", "b")
+# A start "reached the optimum" when its objective is within this relative distance of the best.
+SAME_OPTIMUM_RTOL = 1e-6
+GRADIENT_TOL = 1e-7
+
+
+def chinchilla_grid() -> np.ndarray:
+    """The 4,500 starts of Hoffmann et al. as rows (a, b, e, alpha, beta)."""
+    return np.array(list(itertools.product(GRID_A, GRID_B, GRID_E, GRID_ALPHA, GRID_BETA)), dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class ChinchillaFit(FitResult):
+    """params: E, A, B, alpha, beta, and the derived compute-optimal exponents a = beta/(alpha+beta)
+    (N_opt proportional to C^a) and b = alpha/(alpha+beta) (D_opt proportional to C^b)."""
+
+    n_starts: int
+    starts_at_optimum: int  # how many grid starts ended at the best objective (a flat surface shows here)
+
+    @staticmethod
+    def _law(p, n, d):
+        return p["E"] + p["A"] / n ** p["alpha"] + p["B"] / d ** p["beta"]
+
+    def compute_optimal(self, compute) -> tuple[np.ndarray, np.ndarray]:
+        """(N_opt, D_opt) minimizing L under C = 6 N D (closed form of Hoffmann et al. eq. 4)."""
+        return _allocation(self.params, np.asarray(compute, dtype=np.float64))
+
+    def compute_optimal_estimate(self, compute: float) -> tuple[Estimate, Estimate]:
+        """N_opt and D_opt at one compute budget, with bootstrap intervals."""
+        return (
+            self.estimate(lambda p: _allocation(p, compute)[0]),
+            self.estimate(lambda p: _allocation(p, compute)[1]),
+        )
+
+    def compute_for_loss(self, loss: float) -> Estimate:
+        """The compute C (FLOPs) at which a compute-optimal model reaches `loss`; nan where E >= loss."""
+        return self.estimate(lambda p: _compute_for_loss(p, loss))
+
+
+def _allocation(p, compute):
+    g = (p["alpha"] * p["A"] / (p["beta"] * p["B"])) ** (1.0 / (p["alpha"] + p["beta"]))
+    n_opt = g * (compute / 6.0) ** p["a"]
+    return n_opt, compute / (6.0 * n_opt)
+
+
+def _compute_for_loss(p, loss):
+    """At the optimum alpha A N^-alpha = beta B D^-beta, so L - E = (1 + alpha/beta) A N_opt^-alpha,
+    and N_opt = G (C/6)^a inverts in closed form."""
+    g = (p["alpha"] * p["A"] / (p["beta"] * p["B"])) ** (1.0 / (p["alpha"] + p["beta"]))
+    reducible = loss - p["E"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        n_opt = (np.abs(reducible) / ((1.0 + p["alpha"] / p["beta"]) * p["A"])) ** (-1.0 / p["alpha"])
+        return np.where(reducible > 0, 6.0 * (n_opt / g) ** (1.0 / p["a"]), np.nan)
+
+
+def huber_objective(log_n, log_d, log_loss, weights, delta=HUBER_DELTA):
+    """Batched objective f(theta [S, 5], rows) -> (sum of weighted Huber losses [S], gradients [S, 5]).
+
+    weights: [n] for one data set, or [n_resamples, n] bootstrap counts indexed by `rows`.
+    """
+    weights = np.asarray(weights, dtype=np.float64)
+
+    def value_and_gradient(theta, rows):
+        w = weights if weights.ndim == 1 else weights[rows]
+        a, b, e, alpha, beta = (theta[:, j, None] for j in range(5))
+        t_n = a - alpha * log_n
+        t_d = b - beta * log_d
+        top = np.maximum(np.maximum(t_n, t_d), e)  # log-sum-exp without overflow
+        exp_n, exp_d, exp_e = np.exp(t_n - top), np.exp(t_d - top), np.exp(e - top)
+        total = exp_n + exp_d + exp_e
+        r = top + np.log(total) - log_loss
+        abs_r = np.abs(r)
+        huber = np.where(abs_r <= delta, 0.5 * r * r, delta * (abs_r - 0.5 * delta))
+        slope = w * np.clip(r, -delta, delta) / total
+        g_n, g_d, g_e = slope * exp_n, slope * exp_d, slope * exp_e
+        gradient = np.stack([g_n.sum(1), g_d.sum(1), g_e.sum(1), -(g_n @ log_n), -(g_d @ log_d)], axis=1)
+        return (w * huber).sum(1), gradient
+
+    return value_and_gradient
+
+
+def fit_chinchilla(
+    n_params,
+    n_tokens,
+    loss,
+    *,
+    delta: float = HUBER_DELTA,
+    starts=None,
+    n_bootstrap: int = DEFAULT_N_BOOTSTRAP,
+    level: float = DEFAULT_LEVEL,
+    seed: int = 0,
+) -> ChinchillaFit:
+    """Fit L(N, D) = E + A/N^alpha + B/D^beta (approach 3) from the full Hoffmann grid.
+
+    n_params: N per run; n_tokens: D per run (D = C / 6N when only compute is known); loss: final loss
+    in nats per token. starts: rows (a, b, e, alpha, beta), default `chinchilla_grid()`. Bootstrap
+    refits start from the optimum (as Epoch's standard errors do), all resamples in one batched run.
+    """
+    n = as_values("n_params", n_params, positive=True)
+    d = as_values("n_tokens", n_tokens, positive=True)
+    y = as_values("loss", loss, positive=True)
+    size = same_length(n_params=n, n_tokens=d, loss=y)
+    enough_points("chinchilla", size, 5)
+    grid = chinchilla_grid() if starts is None else np.atleast_2d(np.asarray(starts, dtype=np.float64))
+    log_n, log_d, log_y = np.log(n), np.log(d), np.log(y)
+
+    with np.errstate(over="ignore", invalid="ignore"):
+        batch = batched_lbfgs(huber_objective(log_n, log_d, log_y, np.ones(size), delta), grid)
+    best = int(np.nanargmin(np.where(np.isfinite(batch.f), batch.f, np.inf)))
+    single = huber_objective(log_n, log_d, log_y, np.ones(size), delta)
+    polished = minimize_lbfgs(lambda t: tuple(v[0] for v in single(t[None], np.zeros(1, dtype=int))), batch.x[best])
+    theta = polished.x if polished.fun <= batch.f[best] else batch.x[best]
+    objective = float(min(polished.fun, batch.f[best]))
+    _, gradient = single(theta[None], np.zeros(1, dtype=int))
+    converged = bool(polished.success) or float(np.abs(gradient).max()) <= GRADIENT_TOL
+    at_optimum = int(np.sum(batch.f <= objective * (1 + SAME_OPTIMUM_RTOL)))
+    log.info("chinchilla: %d starts, %d at the optimum %.10g after %d batched iterations", len(grid), at_optimum, objective, batch.iterations)
+
+    counts = resample_counts(size, positive_int("n_bootstrap", n_bootstrap, minimum=0), seed)
+    draws, failed = _bootstrap(log_n, log_d, log_y, theta, counts, delta)
+    params = dict(zip(PARAM_NAMES, _to_params(theta)))
+    samples = np.array([_to_params(t) for t in draws]).reshape(-1, len(PARAM_NAMES))
+    flags = _flags(params, converged, failed, len(counts))
+    return ChinchillaFit(
+        law="chinchilla",
+        params=params,
+        intervals=intervals_from(PARAM_NAMES, samples, probability("level", level)),
+        samples=samples,
+        level=level,
+        residuals=log_y - np.log(ChinchillaFit._law(params, n, d)),
+        objective=objective,
+        converged=converged,
+        flags=report_flags("chinchilla", flags),
+        n_points=size,
+        n_starts=len(grid),
+        starts_at_optimum=at_optimum,
+    )
+
+
+def _bootstrap(log_n, log_d, log_y, theta, counts, delta):
+    if len(counts) == 0:
+        return np.zeros((0, 5)), 0
+    objective = huber_objective(log_n, log_d, log_y, counts, delta)
+    with np.errstate(over="ignore", invalid="ignore"):
+        batch = batched_lbfgs(objective, np.repeat(theta[None], len(counts), axis=0), max_iter=2000)
+    return batch.x[batch.converged], int(np.sum(~batch.converged))
+
+
+def _to_params(theta):
+    a, b, e, alpha, beta = theta
+    return np.exp(e), np.exp(a), np.exp(b), alpha, beta, beta / (alpha + beta), alpha / (alpha + beta)
+
+
+def _flags(params, converged, failed, n_bootstrap):
+    flags = []
+    if not converged:
+        flags.append("the optimizer did not converge: treat the parameters as unreliable")
+    for name in ("alpha", "beta"):
+        if params[name] <= 0:
+            flags.append(f"{name}={params[name]:.4g} <= 0: loss does not fall with {'N' if name == 'alpha' else 'D'}")
+    if failed:
+        flags.append(f"{failed} of {n_bootstrap} bootstrap refits did not converge and were left out of the intervals")
+    return flags

@@ -1,0 +1,141 @@
+"""L(x) = L_inf + (x0/x)^alpha (Henighan et al. 2020) and the pure power law L = (x0/x)^alpha
+(Kaplan et al. 2020, L_inf = 0), for x = N (non-embedding parameters), D (tokens), C (FLOPs or
+PF-days: x0 comes out in the units of x) or steps.
+
+Reading: L_inf estimates the irreducible loss (the entropy of the data) and (x0/x)^alpha the reducible
+loss (the KL divergence between data and model), both in the units of the loss (nats per token;
+multiply by tokens per item for nats per image or document, see `units.per_item`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fastscale.fit import _lsq
+from fastscale.fit._checks import FitInputError, as_values, enough_points, positive_int, probability, same_length
+from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP, resample_counts
+from fastscale.fit.results import Estimate, FitResult, intervals_from, report_flags
+
+MAX_ALPHA = 10.0
+L_INF_START_FRACTIONS = (0.0, 0.3, 0.6, 0.8, 0.9, 0.97)
+
+
+@dataclass(frozen=True)
+class PowerLawFit(FitResult):
+    """params: L_inf (0 for the pure law), x0, alpha."""
+
+    @staticmethod
+    def _law(p, x):
+        return p["L_inf"] + (p["x0"] / x) ** p["alpha"]
+
+    def reducible(self, x) -> np.ndarray:
+        """The reducible loss (x0/x)^alpha at x."""
+        return (self.params["x0"] / np.asarray(x, dtype=np.float64)) ** self.params["alpha"]
+
+    def x_for_loss(self, loss: float) -> Estimate:
+        """Which x (N, C, ...) reaches this loss; nan where a draw's L_inf is at or above the target."""
+        return self.estimate(lambda p: _solve_x(p, loss - p["L_inf"]))
+
+    def x_for_reducible(self, reducible: float) -> Estimate:
+        """Which x brings the reducible loss down to epsilon = `reducible`."""
+        if not reducible > 0:
+            raise FitInputError(f"reducible={reducible!r}: expected a reducible loss > 0")
+        return self.estimate(lambda p: _solve_x(p, reducible))
+
+
+def _solve_x(p, target):
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(target > 0, p["x0"] * np.abs(target) ** (-1.0 / p["alpha"]), np.nan)
+
+
+def fit_power_law(
+    x,
+    y,
+    *,
+    irreducible: bool = True,
+    weights=None,
+    n_bootstrap: int = DEFAULT_N_BOOTSTRAP,
+    level: float = DEFAULT_LEVEL,
+    seed: int = 0,
+    groups=None,
+    lower_envelope: bool = False,
+) -> PowerLawFit:
+    """Fit y = L_inf + (x0/x)^alpha by least squares on log y (L_inf = 0 when irreducible=False).
+
+    weights: per-point weights (e.g. 1/variance of log y). groups: labels resampled together by the
+    bootstrap. lower_envelope: penalize points the law passes above, so it lies on or below the data
+    (how Henighan fits L(C) to the compute frontier). Bounds: 0 <= L_inf <= min(y), 0 < alpha <= 10;
+    a parameter ending on a bound is flagged.
+    """
+    x, y = as_values("x", x, positive=True), as_values("y", y, positive=True)
+    n = same_length(x=x, y=y)
+    enough_points("power law" if irreducible else "pure power law", n, 3 if irreducible else 2)
+    w = np.ones(n) if weights is None else as_values("weights", weights, positive=True)
+    same_length(x=x, weights=w)
+    model = _model(x, y, irreducible, lower_envelope, w)
+    solution = _lsq.solve(model, w)
+    counts = resample_counts(n, positive_int("n_bootstrap", n_bootstrap, minimum=0), seed, groups)
+    draws, failed = _lsq.bootstrap(model, solution.theta, counts, w)
+    center = np.log(x).mean()
+    names = ("L_inf", "x0", "alpha")
+    params = dict(zip(names, _to_params(solution.theta, irreducible, center)))
+    samples = np.array([_to_params(t, irreducible, center) for t in draws]).reshape(-1, 3)
+    labels = {"k": "x0", "alpha": "alpha", "L_inf": "L_inf"}
+    flags = _lsq.flags_for(solution, labels, failed, len(counts))
+    if not irreducible:
+        flags = [f for f in flags if not f.startswith("L_inf")]
+    law = "power" if irreducible else "pure power"
+    pred = PowerLawFit._law(params, x)
+    return PowerLawFit(
+        law=law,
+        params=params,
+        intervals=intervals_from(names if irreducible else names[1:], samples[:, 0 if irreducible else 1 :], probability("level", level)),
+        samples=samples,
+        level=level,
+        residuals=np.log(y) - np.log(pred),
+        objective=solution.objective,
+        converged=solution.converged,
+        flags=report_flags(law, flags),
+        n_points=n,
+    )
+
+
+def _model(x, y, irreducible, lower_envelope, w) -> _lsq.LogModel:
+    """Centered parametrization: power = exp(k - alpha*u), u = log x - mean(log x), so k and alpha are
+    nearly uncorrelated and L-BFGS converges in a few dozen steps."""
+    u = np.log(x) - np.log(x).mean()
+    log_y = np.log(y)
+    if irreducible:
+
+        def log_prediction(theta):
+            l_inf, k, alpha = theta
+            power = np.exp(k - alpha * u)
+            pred = l_inf + power
+            return np.log(pred), np.stack([1.0 / pred, power / pred, -u * power / pred], axis=1)
+
+        starts = tuple(_start(u, y, f * y.min(), w) for f in L_INF_START_FRACTIONS)
+        bounds = ((0.0, float(y.min())), (None, None), (1e-8, MAX_ALPHA))
+        names = ("L_inf", "k", "alpha")
+    else:
+
+        def log_prediction(theta):
+            k, alpha = theta
+            return k - alpha * u, np.stack([np.ones_like(u), -u], axis=1)
+
+        starts = (_start(u, y, 0.0, w)[1:],)
+        bounds = ((None, None), (1e-8, MAX_ALPHA))
+        names = ("k", "alpha")
+    return _lsq.LogModel(names, log_y, log_prediction, bounds, starts, one_sided=lower_envelope)
+
+
+def _start(u, y, l_inf, w):
+    """Weighted straight line through log(y - L_inf) against u."""
+    slope, intercept = np.polyfit(u, np.log(y - l_inf), 1, w=np.sqrt(w))
+    return np.array([l_inf, intercept, float(np.clip(-slope, 1e-3, MAX_ALPHA))])
+
+
+def _to_params(theta, irreducible, center):
+    l_inf, k, alpha = theta if irreducible else (0.0, *theta)
+    return l_inf, float(np.exp(center + k / alpha)), alpha

@@ -1,0 +1,111 @@
+"""Chinchilla approach 3 against Epoch AI's replication (Besiroglu et al. 2024) and synthetic truth."""
+
+import functools
+
+import numpy as np
+import pytest
+
+from fastscale.fit import FitInputError, chinchilla_grid, fit_chinchilla
+
+# Epoch's notebook, "replicate exactly" (Huber-sum, 4,500 starts): A=477.84, B=2143.86, E=1.81724,
+# alpha=0.34731, beta=0.36718, objective 0.00101827; a = beta/(alpha+beta) = 0.514.
+
+
+def test_grid_is_hoffmanns_4500_starts():
+    grid = chinchilla_grid()
+    assert grid.shape == (4500, 5)
+    assert sorted(set(grid[:, 0])) == [0, 5, 10, 15, 20, 25]
+    assert sorted(set(grid[:, 2])) == [-1, -0.5, 0, 0.5, 1]
+    assert sorted(set(grid[:, 3])) == [0, 0.5, 1, 1.5, 2]
+    assert len(np.unique(grid, axis=0)) == 4500
+
+
+def test_epoch_huber_sum_fit(epoch_chinchilla_fit):
+    fit = epoch_chinchilla_fit
+    p = fit.params
+    assert fit.n_points == 240 and fit.n_starts == 4500
+    assert fit.converged and fit.flags == ()
+    assert p["E"] == pytest.approx(1.8172, abs=0.01)
+    assert p["alpha"] == pytest.approx(0.3473, abs=0.005)
+    assert p["beta"] == pytest.approx(0.3672, abs=0.01)
+    assert p["A"] == pytest.approx(477.8, rel=0.05)
+    assert p["B"] == pytest.approx(2143, rel=0.10)
+    assert p["a"] == pytest.approx(0.514, abs=0.01)
+    assert p["b"] == pytest.approx(0.486, abs=0.01)
+    assert fit.objective == pytest.approx(0.00101827, rel=1e-4)
+    assert fit.starts_at_optimum >= 1
+
+
+def test_epoch_bootstrap_intervals_match_their_4000_resamples(epoch_chinchilla_fit):
+    # Epoch's 95% percentile CIs from 4000 resamples: A (285, 744), B (1042, 5810), E (1.769, 1.871),
+    # alpha (0.317, 0.373), beta (0.331, 0.415). 200 resamples here: the ends agree to ~15%.
+    ci = epoch_chinchilla_fit.intervals
+    expected = {"A": (285.2, 743.6), "B": (1042.4, 5810.3), "E": (1.769, 1.871), "alpha": (0.317, 0.373), "beta": (0.331, 0.415)}
+    for name, (low, high) in expected.items():
+        width = high - low
+        assert ci[name][0] == pytest.approx(low, abs=0.15 * width), name
+        assert ci[name][1] == pytest.approx(high, abs=0.15 * width), name
+
+
+def test_epoch_compute_optimal_allocation(epoch_chinchilla_fit):
+    # Epoch README: at C = 5.76e23 FLOP, N_opt = 7.3e10, D_opt = 1.31e12, D/N = 17.9.
+    n_opt, d_opt = epoch_chinchilla_fit.compute_optimal(5.76e23)
+    assert n_opt == pytest.approx(7.3e10, rel=0.02)
+    assert d_opt == pytest.approx(1.31e12, rel=0.02)
+    assert 6 * n_opt * d_opt == pytest.approx(5.76e23, rel=1e-12)
+    n_est, _ = epoch_chinchilla_fit.compute_optimal_estimate(5.76e23)
+    assert n_est.low < n_est.value < n_est.high
+
+
+def test_allocation_minimizes_loss_at_fixed_compute(epoch_chinchilla_fit):
+    fit = epoch_chinchilla_fit
+    compute = 1e22
+    n_opt, _ = fit.compute_optimal(compute)
+    sizes = n_opt * np.exp(np.linspace(-0.5, 0.5, 101))
+    losses = fit.predict(sizes, compute / (6 * sizes))
+    assert np.argmin(losses) == 50
+
+
+def test_compute_for_loss_inverts_the_optimal_loss(epoch_chinchilla_fit):
+    fit = epoch_chinchilla_fit
+    compute = fit.compute_for_loss(2.2).value
+    n_opt, d_opt = fit.compute_optimal(compute)
+    assert fit.predict(n_opt, d_opt) == pytest.approx(2.2, rel=1e-10)
+    assert np.isnan(fit.compute_for_loss(1.5).value)  # below E: unreachable
+
+
+def test_recovers_known_parameters_from_synthetic_data():
+    rng = np.random.default_rng(3)
+    truth = {"E": 1.7, "A": 400.0, "B": 1500.0, "alpha": 0.33, "beta": 0.30}
+    n = np.exp(rng.uniform(np.log(5e7), np.log(2e10), 200))
+    d = np.exp(rng.uniform(np.log(5e9), np.log(5e11), 200))
+    loss = (truth["E"] + truth["A"] / n ** truth["alpha"] + truth["B"] / d ** truth["beta"]) * np.exp(rng.normal(0, 0.002, 200))
+    fit = fit_chinchilla(n, d, loss, n_bootstrap=100, seed=1)
+    assert fit.converged
+    for name in ("E", "alpha", "beta"):
+        assert fit.params[name] == pytest.approx(truth[name], rel=0.05), name
+        low, high = fit.intervals[name]
+        assert low <= truth[name] <= high, name
+
+
+def test_bad_input_is_named():
+    good = np.array([1e8, 2e8, 4e8, 8e8, 1.6e9, 3.2e9])
+    with pytest.raises(FitInputError, match="n_tokens.*> 0"):
+        fit_chinchilla(good, -good, good * 0 + 2)
+    with pytest.raises(FitInputError, match="loss.*finite.*nan"):
+        fit_chinchilla(good, good, [2, 2, np.nan, 2, 2, 2])
+    with pytest.raises(FitInputError, match="chinchilla: got 4 points"):
+        fit_chinchilla(good[:4], good[:4], good[:4] * 0 + 2)
+    with pytest.raises(FitInputError, match="one length"):
+        fit_chinchilla(good, good[:5], good * 0 + 2)
+
+
+def test_stopped_optimizer_is_flagged(monkeypatch, epoch_chinchilla):
+    # Cut both optimizers off after one iteration: the result must say it did not converge.
+    from fastscale.fit import _optimize, chinchilla
+
+    monkeypatch.setattr(chinchilla, "batched_lbfgs", functools.partial(_optimize.batched_lbfgs, max_iter=1))
+    monkeypatch.setattr(_optimize, "POLISH_OPTIONS", {**_optimize.POLISH_OPTIONS, "maxiter": 1})
+    fit = fit_chinchilla(*epoch_chinchilla, n_bootstrap=0)
+    assert not fit.converged
+    assert any("did not converge" in flag for flag in fit.flags)
