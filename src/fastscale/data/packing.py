@@ -32,6 +32,11 @@ class PackedRows:
     def __len__(self) -> int:
         return self.n_rows
 
+    def __getitem__(self, r: int) -> dict:
+        if not 0 <= r < self.n_rows:
+            raise IndexError(f"row {r} out of range for {self.n_rows} rows")
+        return self.row(r)
+
     def row(self, r: int) -> dict:
         """-> dict(idx [T], targets [T], seg_lens list of segment lengths summing to T, positions [T])."""
         T, offsets = self.seq_len, self.shard.offsets

@@ -1,0 +1,141 @@
+"""What `deepspeed train.py` runs: a run config and a DeepSpeed config become a GPT, packed data and a
+Trainer. `build_run` is the library part (checks everything before any work starts); `main` is the
+command line (arguments, progress bar, printing)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+import torch
+
+from fastscale.data import PackedRows, collate, load
+from fastscale.model import GPT, GPTConfig
+
+from .config import ConfigError, RunConfig, check_deepspeed_config, load_deepspeed_config
+from .trainer import Trainer
+
+logger = logging.getLogger(__name__)
+
+
+def model_config(run: RunConfig, vocab_size: int) -> GPTConfig:
+    """The GPT shape of a run: explicit GPTConfig fields, or {"params": N, ...} through from_params."""
+    options = dict(run.model)
+    for key in ("vocab_size", "seq_len"):
+        if key in options:
+            raise ConfigError(f"run config: model.{key} is set by the data and the run's seq_len; remove it")
+    try:
+        if "params" in options:
+            return GPTConfig.from_params(float(options.pop("params")), vocab_size, run.seq_len, **options)
+        return GPTConfig(vocab_size=vocab_size, seq_len=run.seq_len, **options)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"run config: model={run.model!r}: {error}") from None
+
+
+def build_run(run: RunConfig | dict | str, deepspeed_config, out_dir, *, memory_check: bool = True) -> Trainer:
+    """Check the configs, load the data, build the model and return a ready Trainer."""
+    if not isinstance(run, RunConfig):
+        run = RunConfig.from_dict(run) if isinstance(run, dict) else RunConfig.load(run)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    ds = check_deepspeed_config(load_deepspeed_config(deepspeed_config), world_size)
+    train_shard, val_shard = load(run.data)
+    config = model_config(run, train_shard.vocab_size)
+    train_rows = PackedRows(train_shard, run.seq_len)
+    val_rows = PackedRows(val_shard, run.seq_len) if len(val_shard) and val_shard.n_tokens >= run.seq_len else None
+    if val_rows is None:
+        logger.warning("no held-out rows of seq_len=%d: evaluation is off", run.seq_len)
+    if memory_check:
+        from .plan import check_fits
+
+        check_fits(config, ds, world_size)
+    torch.manual_seed(run.train.seed)  # identical initial weights on every rank
+    model = GPT(config)
+    info = {
+        "run": run.to_dict(),
+        "model": config.to_dict(),
+        "n_params": config.n_params,
+        "n_params_exact": config.n_params_exact,
+        "n_params_total": config.n_params_total,
+        "flops_per_token": config.flops_per_token(),
+        "data": {"train": {k: v for k, v in train_shard.meta.items()}, "val": {k: v for k, v in val_shard.meta.items()}, "train_rows": len(train_rows)},
+    }
+    return Trainer(
+        model,
+        ds,
+        train_rows,
+        out_dir=out_dir,
+        val_data=val_rows,
+        collate_fn=collate,
+        settings=run.train,
+        flops_per_token=config.flops_per_token(),
+        n_params=config.n_params,
+        checkpoint_modules=list(model.blocks),
+        run_info=info,
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Train a GPT of the fastscale family with DeepSpeed: deepspeed train.py --config RUN.json --deepspeed_config DS.json --out DIR")
+    p.add_argument("--config", required=True, help="run config (model, data, seq_len, train)")
+    p.add_argument("--out", required=True, help="run directory: config.json, metrics.jsonl, checkpoints/, summary.json")
+    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in OUT/checkpoints")
+    p.add_argument("--steps", type=int, help="override train.steps")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=int(os.environ.get("LOCAL_RANK", 0)), help="set by the launcher")
+    try:
+        import deepspeed
+
+        deepspeed.add_config_arguments(p)  # --deepspeed, --deepspeed_config
+    except ImportError:  # pragma: no cover
+        p.add_argument("--deepspeed_config")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if os.environ.get("FASTSCALE_VERBOSE") else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not args.deepspeed_config:
+        print("error: --deepspeed_config DS.json is required (see configs/ds/)", file=sys.stderr)
+        return 2
+    rank = int(os.environ.get("RANK", "0"))
+    try:
+        run = RunConfig.load(args.config)
+        if args.steps is not None:
+            run.train.steps = args.steps
+            run.train.__post_init__()
+        trainer = build_run(run, args.deepspeed_config, args.out)
+    except (ConfigError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    bar = None
+
+    def progress(record: dict) -> None:
+        nonlocal bar
+        if args.no_progress:
+            return
+        if bar is None:
+            from tqdm import tqdm
+
+            bar = tqdm(total=run.train.steps, initial=record["step"] - 1, unit="step", dynamic_ncols=True)
+        postfix = {"loss": f"{record['loss']:.4f}"}
+        if record.get("tokens_per_s"):
+            postfix["tok/s"] = f"{record['tokens_per_s']:.0f}"
+        if record.get("eval_loss") is not None:
+            postfix["eval"] = f"{record['eval_loss']:.4f}"
+        bar.set_postfix(postfix, refresh=False)
+        bar.update(1)
+
+    summary = trainer.fit(resume=args.resume, callback=progress)
+    if bar is not None:
+        bar.close()
+    if rank == 0:
+        loss = summary["final_loss"]
+        print(
+            f"done: {summary['steps']} steps, {summary['tokens']:,} tokens, {summary['flops']:.3g} FLOPs "
+            f"({summary['pf_days']:.3g} PF-days), loss {loss if loss is None else round(loss, 4)}, eval loss "
+            f"{summary['final_eval_loss'] if summary['final_eval_loss'] is None else round(summary['final_eval_loss'], 4)}, "
+            f"{summary['tokens_per_s'] or 0:.0f} tokens/s; run directory {args.out}"
+        )
+    return 0

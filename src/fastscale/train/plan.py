@@ -1,0 +1,224 @@
+"""The memory planner: bytes per rank of each ZeRO stage / offload / activation-checkpointing choice,
+and the fastest choice that fits.
+
+Model states follow the ZeRO paper (Rajbhandari et al. 2020): with P parameters, mixed precision keeps
+2P bytes of bf16 parameters, 2P of bf16 gradients and 12P of fp32 optimizer state (master copy, Adam's
+m and v): K = 12; plain fp32 keeps 4P + 4P + 8P. Stage 1 partitions the optimizer state over the data-
+parallel ranks, stage 2 also the gradients, stage 3 also the parameters (plus a gathered working set of
+a few layers). Offload moves the optimizer state (and its fp32 gradients) and, at stage 3, the
+parameters to host memory ("cpu") or to disk ("nvme", ZeRO-Infinity). Activations follow Korthikanti
+et al. (2022): per layer s*b*h*(34 + 5*a*s/h) bytes in 16-bit without recomputation, 2*s*b*h with
+full activation checkpointing plus one layer's worth during its recomputation; fp32 doubles both.
+
+On a machine without GPUs (gpus=0) "device" memory is host memory: offload to "cpu" saves nothing
+there, and only "nvme" takes states out of RAM.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from fastscale.model.config import GPTConfig
+
+GiB = 2**30
+
+
+def parse_bytes(text: str | int | float) -> int:
+    """'24GiB', '80GB', '512MiB', '1e9' -> bytes."""
+    if isinstance(text, (int, float)):
+        return int(text)
+    units = {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "b": 1, "": 1}
+    s = text.strip().lower()
+    for unit in sorted(units, key=len, reverse=True):
+        if unit and s.endswith(unit):
+            return int(float(s[: -len(unit)]) * units[unit])
+    try:
+        return int(float(s))
+    except ValueError:
+        raise ValueError(f"memory={text!r}; expected a size such as 24GiB, 80GB or 1e9") from None
+
+
+def host_memory() -> int:
+    """Total RAM of this machine."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+@dataclass(frozen=True)
+class Choice:
+    stage: int
+    offload_optimizer: str = "none"  # none | cpu | nvme
+    offload_param: str = "none"
+    checkpointing: bool = False
+
+    def describe(self) -> str:
+        parts = [f"ZeRO-{self.stage}"]
+        if self.offload_optimizer != "none":
+            parts.append(f"optimizer->{self.offload_optimizer}")
+        if self.offload_param != "none":
+            parts.append(f"params->{self.offload_param}")
+        if self.checkpointing:
+            parts.append("activation checkpointing")
+        return " + ".join(parts)
+
+
+# Fastest first: less communication, then less recomputation, then less traffic to host and disk.
+CHOICES = (
+    Choice(0), Choice(1), Choice(2), Choice(0, checkpointing=True), Choice(1, checkpointing=True), Choice(2, checkpointing=True),
+    Choice(3), Choice(3, checkpointing=True),
+    Choice(2, "cpu", checkpointing=True), Choice(3, "cpu", checkpointing=True), Choice(3, "cpu", "cpu", checkpointing=True),
+    Choice(3, "nvme", checkpointing=True), Choice(3, "nvme", "nvme", checkpointing=True),
+)
+
+
+def activation_bytes(config: GPTConfig, micro_batch: int, bytes_per_value: int, checkpointing: bool) -> int:
+    s, b, h, a, L = config.seq_len, micro_batch, config.d_model, config.n_head, config.n_layer
+    scale = bytes_per_value / 2
+    full_layer = s * b * h * (34 + 5 * a * s / h) * scale
+    if checkpointing:
+        return int(L * 2 * s * b * h * scale + full_layer)
+    return int(L * full_layer)
+
+
+def estimate(config: GPTConfig, choice: Choice, *, world_size: int = 1, micro_batch: int = 1, bf16: bool = True, gpus: int = 1) -> dict:
+    """Bytes per rank by place (device, host, nvme) and by component."""
+    P = config.n_params_total
+    W = world_size
+    p_bytes = 2 if bf16 else 4
+    params, grads, optim = p_bytes * P, p_bytes * P, (12 if bf16 else 8) * P
+    if choice.stage >= 1:
+        optim /= W
+    if choice.stage >= 2:
+        grads /= W
+    working = 0
+    if choice.stage == 3:
+        params /= W
+        per_layer = (config.n_params_exact / config.n_layer) * p_bytes
+        working = 4 * per_layer + config.vocab_size * config.d_model * p_bytes  # prefetched layers, embedding
+    buffers = 0.0
+    if 1 <= choice.stage <= 2:
+        buffers = 2 * min(5e7, P) * 4  # reduce / all-gather buckets (the planner writes 5e7 elements)
+    components = {
+        "params": params,
+        "grads": grads,
+        "optimizer": optim,
+        "gathered_params": working,
+        "activations": activation_bytes(config, micro_batch, p_bytes, choice.checkpointing),
+        "logits": 2 * micro_batch * config.seq_len * min(config.vocab_size, 8192) * 4,  # chunked loss: one chunk and its gradient
+        "buffers": buffers,
+    }
+    place = {k: "device" for k in components}
+    if choice.offload_optimizer != "none":
+        place["optimizer"] = choice.offload_optimizer
+        components["grads_fp32"] = 4 * P / W
+        place["grads_fp32"] = "cpu"
+    if choice.offload_param != "none":
+        place["params"] = choice.offload_param
+    totals = {"device": 0.0, "cpu": 0.0, "nvme": 0.0}
+    for name, value in components.items():
+        totals[place[name]] += value
+    if choice.offload_optimizer == "nvme" or choice.offload_param == "nvme":
+        totals["cpu"] += 2 * 4 * 1e8 + 4 * per_layer_bytes(config, 4)  # aio buffers and pinned swap-in working set
+    if gpus == 0:  # the device is the host
+        totals["cpu"] += totals.pop("device")
+        totals["device"] = 0.0
+    return {"components": {k: int(v) for k, v in components.items()}, "place": place, "device": int(totals["device"]), "host": int(totals["cpu"]), "nvme": int(totals["nvme"])}
+
+
+def per_layer_bytes(config: GPTConfig, bytes_per_value: int) -> float:
+    return config.n_params_exact / config.n_layer * bytes_per_value
+
+
+def plan(config: GPTConfig, *, memory: int, host: int | None = None, gpus: int = 1, nodes: int = 1, micro_batch: int = 1, bf16: bool = True, headroom: float = 0.9, allow_nvme: bool = True) -> list[dict]:
+    """Every choice with its estimate and whether it fits; the first fitting one is the pick.
+
+    memory: bytes per GPU (ignored when gpus=0); host: host RAM per node (default: this machine's),
+    shared by the node's ranks. A choice fits when each place is within headroom of its capacity."""
+    host = host_memory() if host is None else host
+    ranks_per_node = max(gpus, 1)
+    world = ranks_per_node * nodes
+    rows = []
+    for choice in CHOICES:
+        if not allow_nvme and "nvme" in (choice.offload_optimizer, choice.offload_param):
+            continue
+        if gpus == 0 and choice.offload_param == "cpu" or (gpus == 0 and choice.offload_optimizer == "cpu"):
+            continue  # no memory saved on a CPU-only machine
+        est = estimate(config, choice, world_size=world, micro_batch=micro_batch, bf16=bf16, gpus=gpus)
+        fits = est["host"] * ranks_per_node <= headroom * host and (gpus == 0 or est["device"] <= headroom * memory)
+        rows.append({"choice": choice, **est, "fits": fits})
+    return rows
+
+
+def deepspeed_config(choice: Choice, *, micro_batch: int = 1, accumulation: int = 1, bf16: bool = True, nvme_path: str | None = None, lr: float = 3e-4) -> dict:
+    """The DeepSpeed config of a choice (the planner's output file)."""
+    zero: dict = {"stage": choice.stage}
+    if choice.stage in (1, 2):
+        zero.update(reduce_bucket_size=int(5e7), allgather_bucket_size=int(5e7), overlap_comm=False, contiguous_gradients=True)
+    if choice.stage == 3:
+        zero.update(stage3_prefetch_bucket_size=int(5e7), stage3_param_persistence_threshold=int(1e5), stage3_max_live_parameters=int(1e8), stage3_max_reuse_distance=int(1e8))
+    for section, device in (("offload_optimizer", choice.offload_optimizer), ("offload_param", choice.offload_param)):
+        if device != "none":
+            zero[section] = {"device": device, "pin_memory": False}
+            if device == "nvme":
+                if not nvme_path:
+                    raise ValueError(f"{choice.describe()} offloads to nvme: pass nvme_path (a directory on a fast disk)")
+                zero[section]["nvme_path"] = nvme_path
+                if section == "offload_param":
+                    zero[section].update(buffer_count=5, buffer_size=int(1e8), max_in_cpu=int(1e9))
+                else:
+                    zero[section].update(buffer_count=4, fast_init=False)
+    config = {
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": accumulation,
+        "gradient_clipping": 1.0,
+        "bf16": {"enabled": bf16},
+        "zero_optimization": zero,
+        "steps_per_print": 10**9,
+    }
+    if choice.offload_optimizer != "none":
+        config["optimizer"] = {"type": "AdamW", "params": {"lr": lr, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.1}}
+    if choice.offload_optimizer == "nvme" or choice.offload_param == "nvme":
+        config["aio"] = {"block_size": 1048576, "queue_depth": 8, "thread_count": 1, "single_submit": False, "overlap_events": True}
+    if choice.checkpointing:
+        config["activation_checkpointing"] = {"partition_activations": False, "contiguous_memory_optimization": False, "cpu_checkpointing": False}
+    return config
+
+
+def choice_of(ds: dict) -> Choice:
+    zero = ds.get("zero_optimization") or {}
+    return Choice(
+        zero.get("stage", 0),
+        (zero.get("offload_optimizer") or {}).get("device", "none"),
+        (zero.get("offload_param") or {}).get("device", "none"),
+        "activation_checkpointing" in ds,
+    )
+
+
+def check_fits(config: GPTConfig, ds: dict, world_size: int) -> dict:
+    """Raise ConfigError before any work starts when the run cannot fit in this machine's memory."""
+    import torch
+
+    from .config import ConfigError
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    choice = choice_of(ds)
+    bf16 = bool((ds.get("bf16") or {}).get("enabled")) or bool((ds.get("fp16") or {}).get("enabled"))
+    est = estimate(config, choice, world_size=world_size, micro_batch=ds["train_micro_batch_size_per_gpu"], bf16=bf16, gpus=gpus)
+    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    need, have = est["host"] * ranks_here, host_memory()
+    if need > have:
+        raise ConfigError(
+            f"the model cannot fit: {config.n_params_total:.3g} parameters with {choice.describe()} need about {need / GiB:.1f} GiB "
+            f"of host memory for {ranks_here} rank(s), this machine has {have / GiB:.1f} GiB; run `fastscale plan` for a choice that fits"
+        )
+    if gpus:
+        capacity = torch.cuda.get_device_properties(0).total_memory
+        if est["device"] > capacity:
+            raise ConfigError(
+                f"the model cannot fit: {choice.describe()} needs about {est['device'] / GiB:.1f} GiB per GPU, the GPU has "
+                f"{capacity / GiB:.1f} GiB; run `fastscale plan` for a choice that fits"
+            )
+    return est
+
+
+__all__ = ["CHOICES", "Choice", "check_fits", "deepspeed_config", "estimate", "parse_bytes", "plan"]

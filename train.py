@@ -1,0 +1,15 @@
+"""Train a GPT of the fastscale family with DeepSpeed.
+
+    deepspeed --num_gpus 2 train.py --config configs/tiny.json --deepspeed_config configs/ds/zero2.json --out runs/tiny
+    python train.py --config configs/tiny.json --deepspeed_config configs/ds/zero0.json --out runs/tiny   # one process
+    ... --resume                                                       # continue from the newest complete checkpoint
+
+On a CPU, start two ranks with OMP_NUM_THREADS=1. See `python train.py --help`.
+"""
+
+import sys
+
+from fastscale.train.launch import main
+
+if __name__ == "__main__":
+    sys.exit(main())
