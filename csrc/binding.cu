@@ -17,7 +17,8 @@ namespace {
 using fastscale::CrossEntropyArgs;
 using fastscale::DType;
 
-void require_cuda_device() {
+// The number of CUDA devices; an error that says so if there are none.
+int require_cuda_device() {
   int count = 0;
   const cudaError_t err = cudaGetDeviceCount(&count);
   if (err != cudaSuccess) {
@@ -27,6 +28,7 @@ void require_cuda_device() {
   }
   if (count == 0)
     throw std::runtime_error("fastscale._C: no CUDA device is available (cudaGetDeviceCount: 0 devices)");
+  return count;
 }
 
 void check_cuda(cudaError_t err, const char* what) {
@@ -91,9 +93,7 @@ struct Call {
   uintptr_t stream;
 };
 
-CrossEntropyArgs validated(const Call& c, bool backward) {
-  int devices = 0;
-  check_cuda(cudaGetDeviceCount(&devices), "cudaGetDeviceCount");
+CrossEntropyArgs validated(const Call& c, bool backward, int devices) {
   check_range("device", c.device, 0, devices - 1);
   const size_t size = element_size(c.dtype);
   check_range("rows", c.rows, 0, INT32_MAX);  // one block per row along gridDim.x
@@ -120,8 +120,7 @@ CrossEntropyArgs validated(const Call& c, bool backward) {
 }
 
 void run(const Call& call, bool backward) {
-  require_cuda_device();
-  const CrossEntropyArgs args = validated(call, backward);
+  const CrossEntropyArgs args = validated(call, backward, require_cuda_device());
   const DeviceGuard guard(call.device);
   py::gil_scoped_release no_gil;
   if (backward) fastscale::cross_entropy_backward(args);

@@ -104,10 +104,10 @@ def _vocab_splits(rows: int, vocab: int, device: torch.device) -> int:
     return max(1, min(wanted, vocab // MIN_SPLIT_COLUMNS, _C.MAX_SPLITS))
 
 
-def _check_buffer(name: str, t: torch.Tensor, dtype: torch.dtype, device: torch.device) -> None:
-    """The kernels index raw pointers: every buffer must be dense, of the expected dtype and device."""
-    if t.dtype != dtype or t.device != device:
-        raise ValueError(f"backend 'cuda': {name} is {t.dtype} on {t.device}; expected {dtype} on {device}")
+def _check_buffer(name: str, t: torch.Tensor, dtypes: tuple[torch.dtype, ...], device: torch.device) -> None:
+    """The kernels index raw pointers: every buffer must be dense, of an expected dtype and on the device."""
+    if t.dtype not in dtypes or t.device != device:
+        raise ValueError(f"backend 'cuda': {name} is {t.dtype} on {t.device}; expected {' or '.join(map(str, dtypes))} on {device}")
     if not t.is_contiguous():
         raise ValueError(f"backend 'cuda': {name} has strides {t.stride()} for shape {tuple(t.shape)}; expected a contiguous tensor")
 
@@ -115,10 +115,10 @@ def _check_buffer(name: str, t: torch.Tensor, dtype: torch.dtype, device: torch.
 def _launch(entry, z, targets, loss, lse, opts: LossOptions, token_grad: torch.Tensor | None = None) -> None:
     rows, vocab = z.shape
     buffers = {"loss": loss, "lse": lse} | ({} if token_grad is None else {"token_grad": token_grad})
-    _check_buffer("logits chunk", z, z.dtype, z.device)
-    _check_buffer("targets", targets, torch.int64, z.device)
+    _check_buffer("logits chunk", z, FLOAT_DTYPES, z.device)
+    _check_buffer("targets", targets, (torch.int64,), z.device)
     for name, t in buffers.items():
-        _check_buffer(name, t, torch.float32, z.device)
+        _check_buffer(name, t, (torch.float32,), z.device)
     splits = _vocab_splits(rows, vocab, z.device)
     workspace = torch.empty(3, splits, rows, dtype=torch.float32, device=z.device)
     entry(
