@@ -77,9 +77,15 @@ def rows_for(n_rows: int, seed: int, first: int, count: int) -> np.ndarray:
     return rows(n_rows, seed, first, count)
 
 
+_RECOMPUTE = {"on": True}  # off while the noise scale takes gradients with autograd.grad (DeepSpeed's
+# reentrant checkpointing cannot serve .grad())
+
+
 def _checkpointed_forward(forward, *args, **kwargs):
     import deepspeed
 
+    if not (_RECOMPUTE["on"] and torch.is_grad_enabled()):
+        return forward(*args, **kwargs)
     return deepspeed.checkpointing.checkpoint(lambda *a: forward(*a, **kwargs), *args)
 
 
@@ -224,7 +230,11 @@ class Trainer:
 
     def _flat_grad(self, batch) -> torch.Tensor:
         params = [p for p in self.engine.module.parameters() if p.requires_grad]
-        grads = torch.autograd.grad(call_model(self.engine.module, batch), params, allow_unused=True)
+        _RECOMPUTE["on"] = False
+        try:
+            grads = torch.autograd.grad(call_model(self.engine.module, batch), params, allow_unused=True)
+        finally:
+            _RECOMPUTE["on"] = True
         return torch.cat([(torch.zeros_like(p) if g is None else g).float().reshape(-1) for p, g in zip(params, grads)])
 
     def _measure_noise(self, step: int) -> tuple[float, float, float, float] | None:
