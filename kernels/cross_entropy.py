@@ -44,7 +44,7 @@ CONFIGS = {
     ("backward", 4): KernelConfig(64, 128, 32, 8, 2),
 }
 # Under the interpreter every program runs serially on the CPU: big tiles mean few of them.
-INTERPRETER_CONFIG = KernelConfig(64, 256, 64, 4, 1)
+INTERPRETER_CONFIG = KernelConfig(64, 512, 64, 4, 1)
 
 
 def interpreting() -> bool:
@@ -178,7 +178,7 @@ def _row_major(t: torch.Tensor) -> torch.Tensor:
 def _vocab_splits(n_row_blocks: int, n_tiles: int, device: torch.device) -> tuple[int, int]:
     """(splits, tiles per split): enough programs to fill every SM twice."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
-    splits = max(1, min(n_tiles, math.ceil(2 * sms / n_row_blocks)))
+    splits = max(1, min(n_tiles, math.ceil(2 * sms / max(n_row_blocks, 1))))
     per_split = math.ceil(n_tiles / splits)
     return math.ceil(n_tiles / per_split), per_split
 

@@ -10,6 +10,9 @@ import zlib
 
 if os.environ.get("FASTSCALE_TEST_NATIVE_TRITON") != "1":
     os.environ["TRITON_INTERPRET"] = "1"
+# The interpreter's tile matmuls are tiny numpy calls; multi-threaded OpenBLAS makes each one ~7x
+# slower (more when the cores are busy). Set before numpy is imported.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -18,28 +21,44 @@ import torch  # noqa: E402
 INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def _patch_interpreter_bf16_dot() -> None:
-    """Triton 3.9's interpreter multiplies the raw bit patterns of bfloat16 dot operands (triton
-    issue 11584). Upcast them to float32 first, which is what the GPU's fp32 accumulation computes."""
+def _patch_interpreter() -> None:
+    """Three gaps of Triton 3.9's interpreter, patched so kernels are judged by what the GPU computes:
+    tl.dot multiplies the raw bit patterns of bfloat16 operands (triton issue 11584); it runs
+    np.matmul with a dtype argument, which bypasses BLAS and costs ~10 ms per 64x64x512 tile; and
+    float32 -> bfloat16 casts truncate where the GPU rounds to nearest even. Dots of 16- and 32-bit
+    float operands are computed as float32 products with float32 accumulation, as on the GPU."""
     from triton.runtime import interpreter
     import triton.language as tl
 
-    original = interpreter.InterpreterBuilder.create_dot
+    original_dot = interpreter.InterpreterBuilder.create_dot
+    original_cast = interpreter.InterpreterBuilder.cast_impl
 
     def as_float32(handle):
         if handle.dtype.scalar == tl.bfloat16:
-            bits = handle.data.view(np.uint16).astype(np.uint32) << 16
-            return interpreter.TensorHandle(bits.view(np.float32), tl.float32)
-        return handle
+            return (handle.data.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+        return handle.data.astype(np.float32)
 
     def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
-        return original(self, as_float32(a), as_float32(b), d, input_precision, max_num_imprecise_acc)
+        floats = (tl.float32, tl.float16, tl.bfloat16)
+        if a.dtype.scalar in floats and b.dtype.scalar in floats and d.dtype.scalar == tl.float32:
+            product = np.matmul(as_float32(a), as_float32(b))
+            return interpreter.TensorHandle(product + d.data, d.dtype.scalar)
+        return original_dot(self, a, b, d, input_precision, max_num_imprecise_acc)
+
+    def cast_impl(self, src, dst_type):
+        if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
+            bits = src.data.astype(np.float32).view(np.uint32)
+            rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+            rounded = np.where(np.isnan(src.data), 0x7FC0, rounded).astype(np.uint16)
+            return interpreter.TensorHandle(rounded, tl.bfloat16)
+        return original_cast(self, src, dst_type)
 
     interpreter.InterpreterBuilder.create_dot = create_dot
+    interpreter.InterpreterBuilder.cast_impl = cast_impl
 
 
 if INTERPRETING:
-    _patch_interpreter_bf16_dot()
+    _patch_interpreter()
 
 
 @pytest.fixture(autouse=True)
