@@ -12,8 +12,8 @@
 namespace fastscale {
 namespace {
 
-constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / 32;
+constexpr int kMaxThreads = 256;
+constexpr int kMaxWarps = kMaxThreads / 32;
 constexpr int kVectorBytes = 16;
 // Split boundaries are multiples of 8 elements (16 bytes of 16-bit data, 32 of float32), so when a
 // row starts 16-byte aligned every split does too and its vector loads stay aligned.
@@ -126,15 +126,15 @@ __device__ __forceinline__ Stats warp_reduce(Stats s) {
   return s;
 }
 
-// The block's combined stats, valid in thread 0.
+// The block's combined stats, valid in thread 0. blockDim.x is a multiple of 32.
 __device__ __forceinline__ Stats block_reduce(Stats s) {
-  __shared__ Stats per_warp[kWarps];
+  __shared__ Stats per_warp[kMaxWarps];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   s = warp_reduce(s);
   if (lane == 0) per_warp[warp] = s;
   __syncthreads();
   if (warp != 0) return s;
-  return warp_reduce(lane < kWarps ? per_warp[lane] : empty_stats());
+  return warp_reduce(lane < static_cast<int>(blockDim.x / 32) ? per_warp[lane] : empty_stats());
 }
 
 __device__ __forceinline__ int64_t clamped_target(const CrossEntropyArgs& a, int64_t row) {
@@ -146,7 +146,7 @@ __device__ __forceinline__ int64_t clamped_target(const CrossEntropyArgs& a, int
 
 // Block (row, split): the stats of the split's columns of the row -> workspace[:, split, row].
 template <typename T, int VEC>
-__global__ void __launch_bounds__(kThreads) partial_stats_kernel(CrossEntropyArgs a, int64_t split_cols) {
+__global__ void __launch_bounds__(kMaxThreads) partial_stats_kernel(CrossEntropyArgs a, int64_t split_cols) {
   const int64_t row = blockIdx.x;
   const ColumnRange cols = split_range(a.vocab, split_cols);
   const T* z = static_cast<const T*>(a.logits) + row * a.row_stride;
@@ -172,7 +172,7 @@ __global__ void __launch_bounds__(kThreads) partial_stats_kernel(CrossEntropyArg
 // One thread per row: combines the splits into lse and the loss
 //   lse - (1 - eps) * z[target] - eps * mean(z) + z_loss * lse^2   (0 where target == ignore_index).
 template <typename T>
-__global__ void __launch_bounds__(kThreads) finalize_kernel(CrossEntropyArgs a) {
+__global__ void __launch_bounds__(kMaxThreads) finalize_kernel(CrossEntropyArgs a) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (row >= a.rows) return;
   const int64_t plane = static_cast<int64_t>(a.splits) * a.rows;
@@ -198,7 +198,7 @@ __global__ void __launch_bounds__(kThreads) finalize_kernel(CrossEntropyArgs a) 
 //   g * ((1 + 2 z_loss lse) softmax(z) - (1 - eps) onehot(target) - eps / V) * (1 - (z / softcap)^2)
 // where z are the capped logits and g the row's upstream gradient (the last factor only with a softcap).
 template <typename T, int VEC>
-__global__ void __launch_bounds__(kThreads) logit_grad_kernel(CrossEntropyArgs a, int64_t split_cols) {
+__global__ void __launch_bounds__(kMaxThreads) logit_grad_kernel(CrossEntropyArgs a, int64_t split_cols) {
   const int64_t row = blockIdx.x;
   const ColumnRange cols = split_range(a.vocab, split_cols);
   T* z = static_cast<T*>(a.logits) + row * a.row_stride;
@@ -233,6 +233,13 @@ void check_launch(const char* kernel) {
     throw std::runtime_error(std::string("fastscale._C: launch of ") + kernel + " failed: " + cudaGetErrorString(err));
 }
 
+// Threads per block: one per vector of the split, in whole warps, at most kMaxThreads (short rows get
+// small blocks, so that more of them fit on an SM instead of idling threads).
+unsigned block_threads(int64_t split_cols, int vec) {
+  const int64_t warps = ((split_cols + vec - 1) / vec + 31) / 32;
+  return static_cast<unsigned>(32 * (warps < kMaxWarps ? warps : kMaxWarps));
+}
+
 int64_t split_columns(int64_t vocab, int splits) {
   const int64_t per_split = (vocab + splits - 1) / splits;
   return (per_split + kSplitAlign - 1) / kSplitAlign * kSplitAlign;
@@ -250,16 +257,17 @@ void launch(const CrossEntropyArgs& a, bool backward) {
   constexpr int kVec = kVectorBytes / sizeof(T);
   const bool vectors = rows_vector_aligned(a, sizeof(T));
   const int64_t split_cols = split_columns(a.vocab, a.splits);
+  const unsigned threads = block_threads(split_cols, vectors ? kVec : 1);
   const dim3 grid(static_cast<unsigned>(a.rows), static_cast<unsigned>(a.splits));
-  if (vectors) partial_stats_kernel<T, kVec><<<grid, kThreads, 0, a.stream>>>(a, split_cols);
-  else partial_stats_kernel<T, 1><<<grid, kThreads, 0, a.stream>>>(a, split_cols);
+  if (vectors) partial_stats_kernel<T, kVec><<<grid, threads, 0, a.stream>>>(a, split_cols);
+  else partial_stats_kernel<T, 1><<<grid, threads, 0, a.stream>>>(a, split_cols);
   check_launch("partial_stats_kernel");
-  const unsigned finalize_blocks = static_cast<unsigned>((a.rows + kThreads - 1) / kThreads);
-  finalize_kernel<T><<<finalize_blocks, kThreads, 0, a.stream>>>(a);
+  const unsigned finalize_blocks = static_cast<unsigned>((a.rows + kMaxThreads - 1) / kMaxThreads);
+  finalize_kernel<T><<<finalize_blocks, kMaxThreads, 0, a.stream>>>(a);
   check_launch("finalize_kernel");
   if (!backward) return;
-  if (vectors) logit_grad_kernel<T, kVec><<<grid, kThreads, 0, a.stream>>>(a, split_cols);
-  else logit_grad_kernel<T, 1><<<grid, kThreads, 0, a.stream>>>(a, split_cols);
+  if (vectors) logit_grad_kernel<T, kVec><<<grid, threads, 0, a.stream>>>(a, split_cols);
+  else logit_grad_kernel<T, 1><<<grid, threads, 0, a.stream>>>(a, split_cols);
   check_launch("logit_grad_kernel");
 }
 
