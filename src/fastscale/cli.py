@@ -17,6 +17,24 @@ def run_bench(args: argparse.Namespace) -> int:
     return module.main(args.bench_args)
 
 
+def run_data(args: argparse.Namespace) -> int:
+    from fastscale.data.command import run
+
+    return run(args)
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    from fastscale.train.command import run_plan as run
+
+    return run(args)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from fastscale.train.command import run_train as run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastscale", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -28,6 +46,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("name", choices=sorted(BENCHMARKS))
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     bench.set_defaults(handler=run_bench)
+
+    from fastscale.data.command import add_arguments as add_data_arguments
+    from fastscale.train.command import add_plan_arguments, add_train_arguments
+
+    data = commands.add_parser("data", help="write token shards for a domain", description="Tokenize a domain (bundled or your files) into train/val token shards.")
+    add_data_arguments(data)
+    data.set_defaults(handler=run_data)
+    plan = commands.add_parser("plan", help="plan ZeRO/offload/checkpointing for a model size and memory", description="Predict bytes per rank of each ZeRO stage / offload / activation-checkpointing choice, pick the fastest that fits, write its DeepSpeed config.")
+    add_plan_arguments(plan)
+    plan.set_defaults(handler=run_plan)
+    train = commands.add_parser("train", help="train a GPT (same as python train.py)", description="Same arguments as train.py; for several ranks use `deepspeed train.py`.")
+    add_train_arguments(train)
+    train.set_defaults(handler=run_train)
     return parser
 
 

@@ -1,0 +1,65 @@
+"""`fastscale plan` and `fastscale train`: the command line (prints)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .plan import GiB, deepspeed_config, parse_bytes, plan
+
+
+def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", type=float, required=True, help="non-embedding parameters N of the GPT preset (e.g. 1.3e9)")
+    parser.add_argument("--memory", default="80GiB", help="memory per GPU (default 80GiB; ignored with --gpus 0)")
+    parser.add_argument("--host-memory", help="host RAM per node (default: this machine's)")
+    parser.add_argument("--gpus", type=int, default=1, help="GPUs per node; 0 for a CPU-only machine (one rank)")
+    parser.add_argument("--nodes", type=int, default=1)
+    parser.add_argument("--seq-len", type=int, default=1024)
+    parser.add_argument("--vocab-size", type=int, default=50304)
+    parser.add_argument("--micro-batch", type=int, default=1, help="sequences per rank per micro-step")
+    parser.add_argument("--fp32", action="store_true", help="plan for fp32 instead of bf16 mixed precision")
+    parser.add_argument("--nvme-path", help="directory for ZeRO-Infinity offload to disk (enables the nvme choices)")
+    parser.add_argument("--out", help="write the DeepSpeed config of the pick here")
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    from fastscale.model import preset
+
+    try:
+        config = preset(args.params, vocab_size=args.vocab_size, seq_len=args.seq_len)
+        memory = parse_bytes(args.memory)
+        host = parse_bytes(args.host_memory) if args.host_memory else None
+        for name in ("gpus", "nodes", "micro_batch"):
+            if getattr(args, name) < (0 if name == "gpus" else 1):
+                raise ValueError(f"--{name.replace('_', '-')}={getattr(args, name)}; expected a positive integer")
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    rows = plan(config, memory=memory, host=host, gpus=args.gpus, nodes=args.nodes, micro_batch=args.micro_batch, bf16=not args.fp32, allow_nvme=bool(args.nvme_path))
+    print(f"GPT preset for N={args.params:.3g}: n_layer={config.n_layer} d_model={config.d_model} n_head={config.n_head}; "
+          f"{config.n_params_total:,} parameters in all ({config.n_params:,} non-embedding)")
+    print(f"{'choice':<62} {'device GiB':>10} {'host GiB':>9} {'disk GiB':>9}  fits")
+    for row in rows:
+        print(f"{row['choice'].describe():<62} {row['device'] / GiB:>10.1f} {row['host'] / GiB:>9.1f} {row['nvme'] / GiB:>9.1f}  {'yes' if row['fits'] else 'no'}")
+    pick = next((row for row in rows if row["fits"]), None)
+    if pick is None:
+        print("nothing fits" + ("" if args.nvme_path else "; pass --nvme-path to consider offloading to disk"))
+        return 1
+    print(f"pick: {pick['choice'].describe()} (the fastest choice that fits)")
+    if args.out:
+        ds = deepspeed_config(pick["choice"], micro_batch=args.micro_batch, bf16=not args.fp32, nvme_path=args.nvme_path)
+        with open(args.out, "w") as f:
+            json.dump(ds, f, indent=2)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("train_args", nargs=argparse.REMAINDER, help="arguments of train.py (--config, --deepspeed_config, --out, --resume)")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .launch import main
+
+    return main(args.train_args)
