@@ -3,16 +3,20 @@
 `compile_report` builds PTX and a cubin for an architecture (sm_80 A100, sm_90 H100) and reads the
 resources the kernel uses from the cubin with the wheel's own cuobjdump: registers, local memory
 (non-zero means spills) and shared memory, and whether the PTX uses wgmma (Hopper) or mma.sync
-(Ampere) tensor-core instructions. Tests compile every shipped configuration this way.
+(Ampere) tensor-core instructions. Tests compile every shipped configuration this way;
+`python -m fastscale.kernels.aot fastscale.kernels.cross_entropy` prints the report as JSON.
 """
 
 from __future__ import annotations
 
+import importlib
+import json
 import os
 import re
 import subprocess
+import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import triton
@@ -65,13 +69,15 @@ def _resource_usage(cubin: bytes) -> dict[str, int]:
     return {key: int(value) for key, value in usage.items()}
 
 
-def compile_report(fn, signature: dict, constexprs: dict, *, arch: int, num_warps: int, num_stages: int) -> KernelResources:
+def compile_report(fn, signature: dict, constexprs: dict, *, arch: int, num_warps: int, num_stages: int, attrs: dict | None = None) -> KernelResources:
     """Compiles `fn` (a @triton.jit function) for sm_<arch> and reports its resources.
 
     signature maps every argument to a Triton type ('*bf16', 'i32', 'fp32', 'constexpr');
-    constexprs gives the constexpr values."""
+    constexprs gives the constexpr values. attrs optionally marks arguments as the launcher would
+    specialize them at run time, e.g. {(0,): [["tt.divisibility", 16]]} for a 16-byte aligned pointer
+    or an integer divisible by 16 (argument indices as tuples)."""
     compiled = triton.compile(
-        ASTSource(fn, signature, constexprs=constexprs),
+        ASTSource(fn, signature, constexprs=constexprs, attrs=attrs),
         target=GPUTarget("cuda", arch, 32),
         options={"num_warps": num_warps, "num_stages": num_stages},
     )
@@ -90,3 +96,29 @@ def compile_report(fn, signature: dict, constexprs: dict, *, arch: int, num_warp
         uses_wgmma="wgmma" in ptx,
         uses_mma_sync="mma.sync" in ptx,
     )
+
+
+def report_module(module_name: str, archs=(80, 90)) -> list[dict]:
+    """Compiles every configuration a kernel module ships (its `shipped_configurations()` yields
+    (label, jit function, signature, constexprs, config with num_warps/num_stages)) for each arch."""
+    module = importlib.import_module(module_name)
+    reports = []
+    for label, fn, signature, constexprs, cfg in module.shipped_configurations():
+        for arch in archs:
+            report = compile_report(fn, signature, constexprs, arch=arch, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+            reports.append({"label": label, **asdict(report), "spills": report.spills, "fits_shared_memory": report.fits_shared_memory})
+    return reports
+
+
+def report_in_subprocess(module_name: str) -> list[dict]:
+    """report_module in a fresh interpreter: under TRITON_INTERPRET=1 (as in the tests) @triton.jit
+    makes interpreted functions, which cannot be compiled."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run(
+        [sys.executable, "-m", "fastscale.kernels.aot", module_name], env=env, check=True, capture_output=True, text=True
+    ).stdout
+    return json.loads(out)
+
+
+if __name__ == "__main__":
+    json.dump(report_module(sys.argv[1]), sys.stdout, indent=1)

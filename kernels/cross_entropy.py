@@ -240,3 +240,33 @@ def gradients(hidden, weight, bias, targets, token_grad, opts: LossOptions):
         loss,
         lse,
     )
+
+
+_TRITON_DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def shipped_configurations():
+    """Every (kernel, dtype, bias, softcap) this module launches on a GPU, as ahead-of-time compile
+    specs: (label, jit function, signature, constexprs, KernelConfig)."""
+    for kernel_name, fn in (("forward", _forward_kernel), ("backward", _backward_kernel)):
+        for dtype, ty in _TRITON_DTYPES.items():
+            cfg = CONFIGS[(kernel_name, dtype.itemsize)]
+            for has_bias, has_softcap in ((False, False), (True, True)):
+                constexprs = dict(
+                    HAS_BIAS=has_bias, HAS_SOFTCAP=has_softcap, DOT_PRECISION=_dot_precision(dtype),
+                    BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+                )
+                label = f"{kernel_name} {ty} bias={has_bias} softcap={has_softcap}"
+                yield label, fn, _signature(fn, ty), constexprs, cfg
+
+
+def _signature(fn, ty: str) -> dict:
+    named = {"h_ptr": f"*{ty}", "w_ptr": f"*{ty}", "b_ptr": f"*{ty}", "t_ptr": "*i64",
+             "softcap": "fp32", "label_smoothing": "fp32", "z_loss": "fp32"}
+    signature = {}
+    for param in fn.params:
+        if param.is_constexpr:
+            signature[param.name] = "constexpr"
+        else:
+            signature[param.name] = named.get(param.name, "*fp32" if param.name.endswith("_ptr") else "i32")
+    return signature
