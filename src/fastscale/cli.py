@@ -17,6 +17,12 @@ def run_bench(args: argparse.Namespace) -> int:
     return module.main(args.bench_args)
 
 
+def run_fit(args: argparse.Namespace) -> int:
+    from fastscale.fit.command import run
+
+    return run(args)
+
+
 def run_data(args: argparse.Namespace) -> int:
     from fastscale.data.command import run
 
@@ -46,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("name", choices=sorted(BENCHMARKS))
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     bench.set_defaults(handler=run_bench)
+
+    from fastscale.fit.command import add_arguments as add_fit_arguments  # numpy/scipy only, no torch
+
+    fit = commands.add_parser("fit", help="fit a scaling law to measured runs", description="Fit a scaling law to a CSV or run directories.")
+    add_fit_arguments(fit)
+    fit.set_defaults(handler=run_fit)
 
     from fastscale.data.command import add_arguments as add_data_arguments
     from fastscale.train.command import add_plan_arguments, add_train_arguments

@@ -23,9 +23,14 @@ def read_csv(path: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="session")
-def epoch_chinchilla():
+def epoch_csv() -> Path:
+    return data_folder("chinchilla-epoch") / "svg_extracted_data.csv"
+
+
+@pytest.fixture(scope="session")
+def epoch_chinchilla(epoch_csv):
     """Epoch AI's 245 Chinchilla points minus the 5 highest losses (their protocol): N, D = C/6N, loss."""
-    rows = read_csv(data_folder("chinchilla-epoch") / "svg_extracted_data.csv")
+    rows = read_csv(epoch_csv)
     n = np.array([float(r["Model Size"]) for r in rows])
     c = np.array([float(r["Training FLOP"]) for r in rows])
     loss = np.array([float(r["loss"]) for r in rows])

@@ -80,7 +80,7 @@ def test_recovers_known_parameters_from_synthetic_data():
     n = np.exp(rng.uniform(np.log(5e7), np.log(2e10), 200))
     d = np.exp(rng.uniform(np.log(5e9), np.log(5e11), 200))
     loss = (truth["E"] + truth["A"] / n ** truth["alpha"] + truth["B"] / d ** truth["beta"]) * np.exp(rng.normal(0, 0.002, 200))
-    fit = fit_chinchilla(n, d, loss, n_bootstrap=100, seed=1)
+    fit = fit_chinchilla(n, d, loss, n_bootstrap=60, seed=1)
     assert fit.converged
     for name in ("E", "alpha", "beta"):
         assert fit.params[name] == pytest.approx(truth[name], rel=0.05), name

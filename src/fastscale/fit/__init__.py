@@ -1,29 +1,62 @@
 """fastscale.fit: scaling laws fitted to measured runs, with bootstrap intervals and forecasts.
 
-Pure numpy/scipy: importing it never imports torch or DeepSpeed, so `fastscale fit` runs on a laptop.
-Every fit takes plain arrays and returns a frozen result with `params`, `intervals` (percentile
-bootstrap), `residuals` (log observed - log predicted), `converged`, `flags` and `predict`.
+Pure numpy/scipy: importing it never imports torch or DeepSpeed (matplotlib only inside `plots`), so
+`fastscale fit` runs on a laptop. Every fit takes plain arrays and returns a frozen result with
+`params` (names as in the papers), `intervals` (percentile bootstrap), `samples` (the bootstrap draws),
+`residuals` (log observed - log predicted), `converged`, `flags` and `predict` / `predict_interval`.
 Units: N is whatever the data counts (Kaplan and Henighan: non-embedding parameters; Hoffmann: all),
-C in FLOPs unless stated (see `units` for PF-days), losses in nats per token.
+C in FLOPs unless stated (`units` converts PF-days), losses in nats per token.
 """
 
 from fastscale.fit._checks import FitInputError
 from fastscale.fit.allocation import AllocationFit, IsoFlopMinima, fit_allocation, fit_isoflop
-from fastscale.fit.chinchilla import ChinchillaFit, chinchilla_grid, fit_chinchilla
+from fastscale.fit.chinchilla import ChinchillaFit, chinchilla_grid, compute_optimal_allocation, fit_chinchilla
+from fastscale.fit.critical_batch import CriticalBatchFit, CriticalBatchLossFit, fit_critical_batch, fit_critical_batch_vs_loss
+from fastscale.fit.frontier import Frontier, FrontierFit, compute_frontier, fit_frontier
+from fastscale.fit.holdout import HoldoutCheck, holdout_largest
+from fastscale.fit.kaplan import (
+    KaplanNDFit,
+    KaplanNSFit,
+    compute_efficient_exponents,
+    critical_batch_from_loss,
+    fit_kaplan_nd,
+    fit_kaplan_ns,
+    minimum_compute,
+    minimum_steps,
+)
 from fastscale.fit.power import PowerLawFit, fit_power_law
 from fastscale.fit.results import Estimate, FitResult
 
 __all__ = [
     "AllocationFit",
     "ChinchillaFit",
+    "CriticalBatchFit",
+    "CriticalBatchLossFit",
     "Estimate",
     "FitInputError",
     "FitResult",
+    "Frontier",
+    "FrontierFit",
+    "HoldoutCheck",
     "IsoFlopMinima",
+    "KaplanNDFit",
+    "KaplanNSFit",
     "PowerLawFit",
     "chinchilla_grid",
+    "compute_efficient_exponents",
+    "compute_optimal_allocation",
+    "compute_frontier",
+    "critical_batch_from_loss",
     "fit_allocation",
     "fit_chinchilla",
+    "fit_critical_batch",
+    "fit_critical_batch_vs_loss",
+    "fit_frontier",
     "fit_isoflop",
+    "fit_kaplan_nd",
+    "fit_kaplan_ns",
     "fit_power_law",
+    "holdout_largest",
+    "minimum_compute",
+    "minimum_steps",
 ]

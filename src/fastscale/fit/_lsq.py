@@ -13,14 +13,11 @@ from typing import Callable
 
 import numpy as np
 
-from fastscale.fit._optimize import minimize_lbfgs
+from fastscale.fit._optimize import minimize_below, minimize_lbfgs
 
 log = logging.getLogger(__name__)
 
-# A residual on the wrong side of a one-sided fit costs this much more (Henighan's frontier fit:
-# the law should lie on or below the lower envelope).
-ONE_SIDED_PENALTY = 1e4
-GRADIENT_TOL = 1e-7
+GRADIENT_TOL = 1e-7  # a line search that cannot improve a point this flat has converged
 
 
 @dataclass(frozen=True)
@@ -30,7 +27,7 @@ class LogModel:
     log_prediction: Callable  # theta -> (log prediction [n], jacobian [n, P])
     bounds: tuple  # (low, high) per parameter, None for unbounded
     starts: tuple  # initial theta vectors
-    one_sided: bool = False  # penalize predictions above the data (fit a lower bound)
+    below: bool = False  # constrain the law to lie on or below every data point (a lower envelope)
 
 
 @dataclass(frozen=True)
@@ -47,8 +44,7 @@ def objective(model: LogModel, weights: np.ndarray):
     def value_and_gradient(theta):
         log_pred, jac = model.log_prediction(theta)
         r = model.log_y - log_pred
-        w = weights * np.where(r < 0, ONE_SIDED_PENALTY, 1.0) if model.one_sided else weights
-        return 0.5 * np.sum(w * r * r) / total, -(w * r) @ jac / total
+        return 0.5 * np.sum(weights * r * r) / total, -(weights * r) @ jac / total
 
     return value_and_gradient
 
@@ -59,13 +55,24 @@ def solve(model: LogModel, weights: np.ndarray, starts=None) -> Solution:
     best = None
     for start in model.starts if starts is None else starts:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            result = minimize_lbfgs(fun, start, bounds=model.bounds)
+            if model.below:
+                result = minimize_below(fun, lambda t: _margin(model, t, weights > 0), start, bounds=model.bounds)
+            else:
+                result = minimize_lbfgs(fun, start, bounds=model.bounds)
         if np.isfinite(result.fun) and (best is None or result.fun < best.fun):
             best = result
     if best is None:
         raise FloatingPointError(f"every start gave a non-finite objective for parameters {model.names}")
-    converged = bool(best.success) or float(np.max(np.abs(best.jac))) <= GRADIENT_TOL
+    # On a lower envelope the gradient need not vanish at the optimum (constraints are active).
+    converged = bool(best.success) or (not model.below and float(np.max(np.abs(best.jac))) <= GRADIENT_TOL)
     return Solution(best.x, float(best.fun), converged, _at_bound(model, best.x))
+
+
+def _margin(model: LogModel, theta, rows):
+    """log y - log prediction and its jacobian on the rows in use (weight > 0, so a bootstrap resample
+    constrains only the points it drew): >= 0 where the law lies on or below the data."""
+    log_pred, jac = model.log_prediction(theta)
+    return (model.log_y - log_pred)[rows], -jac[rows]
 
 
 def _at_bound(model: LogModel, theta) -> tuple:

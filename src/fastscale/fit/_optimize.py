@@ -17,14 +17,28 @@ log = logging.getLogger(__name__)
 # where rows are the indices of the starts in X (so per-start data such as bootstrap weights can be used).
 Objective = Callable[..., tuple]
 
-# Tight enough that the (A, B) valley of the Chinchilla loss is followed to its floor; scipy's default
-# ftol (2.2e-9 absolute for objectives below 1) stops early on the Huber-sum objective, whose value is ~1e-3.
+# scipy's ftol is relative to max(|f|, 1), so for objectives far below 1 (Huber sums ~1e-3, log-space
+# mean squares ~1e-5) it acts as an absolute tolerance: its default 2.2e-9 stops bootstrap refits
+# early enough to shrink intervals several-fold. These tolerances follow the valleys to their floor.
 POLISH_OPTIONS = {"maxiter": 15000, "ftol": 1e-15, "gtol": 1e-11, "maxcor": 20}
 
 
 def minimize_lbfgs(objective: Objective, x0: np.ndarray, bounds=None) -> OptimizeResult:
     """scipy L-BFGS-B from one start with the analytic gradient and tight tolerances."""
     return minimize(objective, np.asarray(x0, dtype=np.float64), jac=True, method="L-BFGS-B", bounds=bounds, options=POLISH_OPTIONS)
+
+
+def minimize_below(objective: Objective, margin, x0: np.ndarray, bounds=None) -> OptimizeResult:
+    """Minimize subject to margin(x) >= 0 elementwise (margin returns values and their jacobian).
+
+    SLSQP, not L-BFGS: a lower-envelope fit is a constrained problem whose optimum sits on the
+    constraints, where a penalty term would make L-BFGS's line search fail.
+    """
+    constraint = {"type": "ineq", "fun": lambda x: margin(x)[0], "jac": lambda x: margin(x)[1]}
+    return minimize(
+        objective, np.asarray(x0, dtype=np.float64), jac=True, method="SLSQP", bounds=bounds,
+        constraints=[constraint], options={"maxiter": 1000, "ftol": 1e-14},
+    )
 
 
 @dataclass(frozen=True)

@@ -55,13 +55,13 @@ class ChinchillaFit(FitResult):
 
     def compute_optimal(self, compute) -> tuple[np.ndarray, np.ndarray]:
         """(N_opt, D_opt) minimizing L under C = 6 N D (closed form of Hoffmann et al. eq. 4)."""
-        return _allocation(self.params, np.asarray(compute, dtype=np.float64))
+        return compute_optimal_allocation(self.params, np.asarray(compute, dtype=np.float64))
 
     def compute_optimal_estimate(self, compute: float) -> tuple[Estimate, Estimate]:
         """N_opt and D_opt at one compute budget, with bootstrap intervals."""
         return (
-            self.estimate(lambda p: _allocation(p, compute)[0]),
-            self.estimate(lambda p: _allocation(p, compute)[1]),
+            self.estimate(lambda p: compute_optimal_allocation(p, compute)[0]),
+            self.estimate(lambda p: compute_optimal_allocation(p, compute)[1]),
         )
 
     def compute_for_loss(self, loss: float) -> Estimate:
@@ -69,9 +69,11 @@ class ChinchillaFit(FitResult):
         return self.estimate(lambda p: _compute_for_loss(p, loss))
 
 
-def _allocation(p, compute):
+def compute_optimal_allocation(p: dict, compute):
+    """(N_opt, D_opt) for params p (A, B, alpha, beta) at compute C = 6 N D:
+    N_opt = G (C/6)^a, D_opt = G^-1 (C/6)^b, G = (alpha A / (beta B))^(1/(alpha+beta)), a = beta/(alpha+beta)."""
     g = (p["alpha"] * p["A"] / (p["beta"] * p["B"])) ** (1.0 / (p["alpha"] + p["beta"]))
-    n_opt = g * (compute / 6.0) ** p["a"]
+    n_opt = g * (compute / 6.0) ** (p["beta"] / (p["alpha"] + p["beta"]))
     return n_opt, compute / (6.0 * n_opt)
 
 

@@ -65,8 +65,8 @@ def fit_power_law(
     """Fit y = L_inf + (x0/x)^alpha by least squares on log y (L_inf = 0 when irreducible=False).
 
     weights: per-point weights (e.g. 1/variance of log y). groups: labels resampled together by the
-    bootstrap. lower_envelope: penalize points the law passes above, so it lies on or below the data
-    (how Henighan fits L(C) to the compute frontier). Bounds: 0 <= L_inf <= min(y), 0 < alpha <= 10;
+    bootstrap. lower_envelope: constrain the law to lie on or below every point (how L(C) is fitted to
+    the compute frontier). Bounds: 0 <= L_inf <= min(y), 0 < alpha <= 10;
     a parameter ending on a bound is flagged.
     """
     x, y = as_values("x", x, positive=True), as_values("y", y, positive=True)
@@ -127,7 +127,7 @@ def _model(x, y, irreducible, lower_envelope, w) -> _lsq.LogModel:
         starts = (_start(u, y, 0.0, w)[1:],)
         bounds = ((None, None), (1e-8, MAX_ALPHA))
         names = ("k", "alpha")
-    return _lsq.LogModel(names, log_y, log_prediction, bounds, starts, one_sided=lower_envelope)
+    return _lsq.LogModel(names, log_y, log_prediction, bounds, starts, below=lower_envelope)
 
 
 def _start(u, y, l_inf, w):

@@ -1,0 +1,320 @@
+"""`fastscale fit DATA --law ...`: read a CSV or run directories, fit a law, print a table or JSON.
+
+Every law builds one JSON-ready report: `params` (name -> value), `ci` (name -> [low, high]), `flags`,
+and where asked `holdout` and `forecast`. The table output prints the same report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+from fastscale.fit import units
+from fastscale.fit._checks import FitInputError
+from fastscale.fit.allocation import fit_allocation, fit_isoflop
+from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP
+from fastscale.fit.chinchilla import fit_chinchilla
+from fastscale.fit.critical_batch import fit_critical_batch, fit_critical_batch_vs_loss
+from fastscale.fit.frontier import fit_frontier
+from fastscale.fit.holdout import holdout_largest
+from fastscale.fit.io import column, drop_highest_loss, read_table, write_atomically
+from fastscale.fit.kaplan import fit_kaplan_nd
+from fastscale.fit.power import fit_power_law
+
+LAWS = ("power", "chinchilla", "kaplan-nd", "frontier", "critical-batch", "allocation", "isoflop")
+EPILOG = """columns by law:
+  power           --x COL --y COL  [--pure]            L = L_inf + (x0/x)^alpha
+  allocation      --x C --y N_OPT  [--weight COL]      N_opt = (C/C0)^a
+  chinchilla      --N COL (--D COL | --C COL) --loss COL   L = E + A/N^alpha + B/D^beta (D = C/6N)
+  kaplan-nd       --N COL (--D COL | --C COL) --loss COL   L = [(Nc/N)^(alpha_N/alpha_D) + Dc/D]^alpha_D
+  isoflop         --N COL --C COL --loss COL           Chinchilla approach 2: N_opt(C) from IsoFLOP minima
+  frontier        --run COL --N COL --C COL --loss COL learning curves -> frontier, L(C), N_opt(C)
+  critical-batch  --x STEPS --y EXAMPLES [--loss TARGET]  (S/S_min - 1)(E/E_min - 1) = 1, per target loss
+                  --loss COL --noise-scale COL         B_crit(L) = B_star / L^(1/alpha_B)
+DATA is a CSV file or a directory of run directories (config.json + metrics.jsonl)."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = EPILOG
+    parser.add_argument("data", metavar="DATA", help="CSV file, run directory or directory of run directories")
+    parser.add_argument("--law", required=True, choices=LAWS)
+    for name, text in (
+        ("--x", "column of the variable (N, D, C or steps)"),
+        ("--y", "column of the fitted quantity (loss, N_opt, examples)"),
+        ("--N", "column of model sizes (parameters)"),
+        ("--D", "column of training tokens"),
+        ("--C", "column of training compute in FLOPs (D = C / 6N when --D is not given)"),
+        ("--loss", "column of losses (nats/token)"),
+        ("--run", "column naming the run of each row (frontier)"),
+        ("--weight", "column of per-point weights (allocation)"),
+        ("--noise-scale", "column of gradient noise scales (critical-batch)"),
+    ):
+        parser.add_argument(name, metavar="COL", help=text)
+    parser.add_argument("--pure", action="store_true", help="power: fit the pure power law (L_inf = 0)")
+    parser.add_argument("--drop-top-loss", type=int, default=0, metavar="K", help="drop the K highest-loss rows (Epoch's protocol)")
+    parser.add_argument("--holdout-largest", type=int, default=0, metavar="K", help="fit without the K rows of largest N (or x), report the error on them")
+    parser.add_argument("--forecast-loss", type=float, metavar="L", help="report which x (N, C) reaches loss L")
+    parser.add_argument("--bootstrap", type=int, default=DEFAULT_N_BOOTSTRAP, metavar="N", help=f"bootstrap resamples (default {DEFAULT_N_BOOTSTRAP}; 0: no intervals)")
+    parser.add_argument("--level", type=float, default=DEFAULT_LEVEL, help="interval level (default 0.95)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("--out", metavar="FILE", help="also write the JSON report to FILE (atomically)")
+    parser.add_argument("--plot", metavar="FILE", help="draw the fit to FILE (.png or .svg)")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        table = read_table(args.data)
+        report = LAW_RUNNERS[args.law](args, table)
+    except FitInputError as error:
+        print(f"fastscale fit: error: {error}", file=sys.stderr)
+        return 2
+    report = {"data": str(args.data), **report}
+    text = json.dumps(_plain(report), indent=2)
+    if args.out:
+        write_atomically(args.out, text + "\n")
+    print(text if args.json else format_table(report))
+    for flag in report.get("flags", []):
+        print(f"warning: {flag}", file=sys.stderr)
+    return 0
+
+
+def _options(args):
+    return {"n_bootstrap": args.bootstrap, "level": args.level, "seed": args.seed}
+
+
+def _need(args, *names):
+    missing = [f"--{n.lower().replace('_', '-') if n not in 'NDC' else n}" for n in names if getattr(args, n) is None]
+    if missing:
+        raise FitInputError(f"--law {args.law}: expected {' and '.join(missing)} (see fastscale fit --help)")
+
+
+def _refuse(args, *options):
+    for option in options:
+        if getattr(args, option.lstrip("-").replace("-", "_")):
+            raise FitInputError(f"{option} does not apply to --law {args.law}")
+
+
+def _rows(args, loss):
+    """Row mask after --drop-top-loss."""
+    return drop_highest_loss(loss, args.drop_top_loss)
+
+
+def _tokens(args, table):
+    n = column(table, args.N, option="--N")
+    if args.D is not None:
+        return n, column(table, args.D, option="--D")
+    if args.C is not None:
+        return n, units.tokens_from_flops(column(table, args.C, option="--C"), n)
+    raise FitInputError(f"--law {args.law}: expected --D or --C (D = C / 6N)")
+
+
+def run_power(args, table):
+    _need(args, "x", "y")
+    x, y = column(table, args.x, option="--x"), column(table, args.y, option="--y")
+    keep = _rows(args, y)
+    fit = fit_power_law(x[keep], y[keep], irreducible=not args.pure, **_options(args))
+    report = _fit_report(fit)
+    if args.holdout_largest:
+        check = holdout_largest(fit_power_law, (x[keep],), y[keep], args.holdout_largest, irreducible=not args.pure, **_options(args))
+        report["holdout"] = _holdout_report(check, (args.x,), keep)
+    if args.forecast_loss is not None:
+        report["forecast"] = {"loss": args.forecast_loss, args.x: _estimate(fit.x_for_loss(args.forecast_loss))}
+    _maybe_plot(args, lambda plots: plots.plot_law(fit, x[keep], y[keep], args.plot, xlabel=args.x, ylabel=args.y))
+    return report
+
+
+def run_allocation(args, table):
+    _need(args, "x", "y")
+    _refuse(args, "--drop-top-loss", "--forecast-loss")
+    c, n = column(table, args.x, option="--x"), column(table, args.y, option="--y")
+    weights = None if args.weight is None else column(table, args.weight, option="--weight")
+    fit = fit_allocation(c, n, weights=weights, **_options(args))
+    report = _fit_report(fit)
+    if args.holdout_largest:
+        if weights is not None:
+            raise FitInputError("--holdout-largest with --weight is not supported (the weights would need the same split)")
+        report["holdout"] = _holdout_report(holdout_largest(fit_allocation, (c,), n, args.holdout_largest, **_options(args)), (args.x,), np.ones(len(c), dtype=bool))
+    _maybe_plot(args, lambda plots: plots.plot_law(fit, c, n, args.plot, xlabel=args.x, ylabel=args.y))
+    return report
+
+
+def run_two_variable(fit_function):
+    def runner(args, table):
+        _need(args, "N", "loss")
+        n, d = _tokens(args, table)
+        loss = column(table, args.loss, option="--loss")
+        keep = _rows(args, loss)
+        fit = fit_function(n[keep], d[keep], loss[keep], **_options(args))
+        report = _fit_report(fit)
+        if args.holdout_largest:
+            check = holdout_largest(fit_function, (n[keep], d[keep]), loss[keep], args.holdout_largest, **_options(args))
+            report["holdout"] = _holdout_report(check, ("N", "D"), keep)
+        if args.forecast_loss is not None:
+            if not hasattr(fit, "compute_for_loss"):
+                raise FitInputError(f"--forecast-loss: --law {args.law} has no compute-optimal path to forecast along")
+            report["forecast"] = {"loss": args.forecast_loss, "C": _estimate(fit.compute_for_loss(args.forecast_loss))}
+        _maybe_plot(args, lambda plots: plots.plot_two_variable(fit, n[keep], d[keep], loss[keep], args.plot))
+        return report
+
+    return runner
+
+
+def run_isoflop(args, table):
+    _need(args, "N", "C", "loss")
+    _refuse(args, "--holdout-largest", "--forecast-loss")
+    n, c = column(table, args.N, option="--N"), column(table, args.C, option="--C")
+    loss = column(table, args.loss, option="--loss")
+    keep = _rows(args, loss)
+    minima = fit_isoflop(n[keep], c[keep], loss[keep], **_options(args))
+    report = _fit_report(minima.allocation)
+    report["minima"] = [{"C": c_, "N_opt": n_, "loss": l_} for c_, n_, l_ in zip(minima.compute, minima.n_opt, minima.loss_opt)]
+    report["skipped_budgets"] = {str(k): v for k, v in minima.skipped.items()}
+    _maybe_plot(args, lambda plots: plots.plot_law(minima.allocation, minima.compute, minima.n_opt, args.plot, xlabel="C", ylabel="N_opt"))
+    return report
+
+
+def run_frontier(args, table):
+    _need(args, "N", "C", "loss")
+    _refuse(args, "--holdout-largest")
+    runs = table.get(args.run or "run")
+    if runs is None:
+        raise FitInputError(f"--run {args.run or 'run'!r}: no such column in DATA; columns are {sorted(table)}")
+    n, c = column(table, args.N, option="--N"), column(table, args.C, option="--C")
+    loss = column(table, args.loss, option="--loss")
+    # Learning curves log eval losses on some steps only, and step 0 at zero compute: use the rest.
+    keep = np.isfinite(loss) & np.isfinite(c) & (c > 0)
+    keep[keep] = _rows(args, loss[keep])
+    fit = fit_frontier(runs[keep], n[keep], c[keep], loss[keep], **_options(args))
+    loss_report, allocation_report = _fit_report(fit.loss_fit), _fit_report(fit.allocation)
+    report = {
+        "law": "frontier",
+        "params": {**loss_report["params"], **allocation_report["params"]},
+        "ci": {**loss_report["ci"], **allocation_report["ci"]},
+        "level": args.level,
+        "flags": list(fit.flags),
+        "frontier_runs": [{"run": str(r), "C": cc, "N": nn} for r, cc, nn in zip(np.unique(fit.frontier.run), fit.optimal_compute, fit.optimal_n_params)],
+        "max_log_above_frontier": fit.max_above_frontier,
+    }
+    if args.forecast_loss is not None:
+        report["forecast"] = {"loss": args.forecast_loss, "C": _estimate(fit.loss_fit.x_for_loss(args.forecast_loss))}
+    _maybe_plot(args, lambda plots: plots.plot_frontier(fit, runs[keep], c[keep], loss[keep], args.plot))
+    return report
+
+
+def run_critical_batch(args, table):
+    _refuse(args, "--holdout-largest", "--forecast-loss", "--drop-top-loss")
+    if args.noise_scale is not None:
+        _need(args, "loss")
+        loss, noise = column(table, args.loss, option="--loss"), column(table, args.noise_scale, option="--noise-scale")
+        finite = np.isfinite(loss) & np.isfinite(noise)  # noise scales are logged on some steps only
+        fit = fit_critical_batch_vs_loss(loss[finite], noise[finite], **_options(args))
+        _maybe_plot(args, lambda plots: plots.plot_law(fit, loss[finite], noise[finite], args.plot, xlabel="loss", ylabel="B_crit"))
+        return _fit_report(fit)
+    _need(args, "x", "y")
+    steps, examples = column(table, args.x, option="--x"), column(table, args.y, option="--y")
+    if args.loss is None:
+        fit = fit_critical_batch(steps, examples, **_options(args))
+        _maybe_plot(args, lambda plots: plots.plot_law(fit, examples / steps, steps, args.plot, xlabel="batch size", ylabel="steps"))
+        return _fit_report(fit)
+    targets = column(table, args.loss, option="--loss")
+    per_target = {float(t): fit_critical_batch(steps[targets == t], examples[targets == t], **_options(args)) for t in np.unique(targets)}
+    by_loss = fit_critical_batch_vs_loss(list(per_target), [f.params["B_crit"] for f in per_target.values()], **_options(args))
+    report = _fit_report(by_loss)
+    report["per_target"] = [{"loss": t, **_fit_report(f)} for t, f in per_target.items()]
+    report["flags"] = report["flags"] + [f"loss {t}: {flag}" for t, f in per_target.items() for flag in f.flags]
+    _maybe_plot(args, lambda plots: plots.plot_law(by_loss, list(per_target), [f.params["B_crit"] for f in per_target.values()], args.plot, xlabel="loss", ylabel="B_crit"))
+    return report
+
+
+LAW_RUNNERS = {
+    "power": run_power,
+    "allocation": run_allocation,
+    "chinchilla": run_two_variable(fit_chinchilla),
+    "kaplan-nd": run_two_variable(fit_kaplan_nd),
+    "isoflop": run_isoflop,
+    "frontier": run_frontier,
+    "critical-batch": run_critical_batch,
+}
+
+
+def _maybe_plot(args, draw):
+    if args.plot:
+        from fastscale.fit import plots
+
+        draw(plots)
+
+
+def _fit_report(fit) -> dict:
+    summary = fit.summary()
+    return {
+        "law": summary["law"],
+        "params": summary["params"],
+        "ci": summary["ci"],
+        "level": summary["level"],
+        "n_points": summary["n_points"],
+        "n_bootstrap": summary["n_bootstrap"],
+        "rms_log_residual": summary["rms_log_residual"],
+        "converged": summary["converged"],
+        "flags": summary["flags"],
+    }
+
+
+def _holdout_report(check, names, kept) -> dict:
+    """kept: the row mask the fit saw, so held-out rows are numbered as in DATA (0-based, header excluded)."""
+    data_rows = np.flatnonzero(kept)
+    rows = []
+    for i, row in enumerate(data_rows[check.held_out]):
+        inputs = {name: float(values[i]) for name, values in zip(names, check.inputs)}
+        rows.append(
+            {"row": int(row), **inputs, "observed": check.observed[i], "predicted": check.predicted[i],
+             "low": check.low[i], "high": check.high[i], "rel_error": check.relative_error[i]}
+        )
+    return {
+        "mean_abs_rel_error": check.mean_abs_rel_error,
+        "fit_params": {k: float(v) for k, v in check.fit.params.items()},
+        "rows": rows,
+    }
+
+
+def _estimate(estimate) -> dict:
+    return {"value": estimate.value, "low": estimate.low, "high": estimate.high}
+
+
+def _plain(value):
+    """JSON-safe: numpy scalars to floats, nan to None."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        return None if not np.isfinite(value) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def format_table(report: dict) -> str:
+    lines = [f"law: {report['law']}    data: {report['data']}"]
+    if "n_points" in report:
+        lines.append(f"points: {report['n_points']}    bootstrap resamples: {report['n_bootstrap']}    rms log residual: {report['rms_log_residual']:.4g}")
+    level = f"{report['level']:.0%} CI"
+    lines.append(f"{'param':<10} {'value':>14} {level:>32}")
+    for name, value in report["params"].items():
+        low, high = report["ci"].get(name, (float("nan"), float("nan")))
+        lines.append(f"{name:<10} {value:>14.6g}   [{low:>13.6g}, {high:>13.6g}]")
+    if "holdout" in report:
+        holdout = report["holdout"]
+        lines.append(f"holdout: mean |relative error| on the {len(holdout['rows'])} largest = {holdout['mean_abs_rel_error']:.4%}")
+        for row in holdout["rows"]:
+            lines.append(f"  row {row['row']:>5}: observed {row['observed']:.6g}  predicted {row['predicted']:.6g}  ({row['rel_error']:+.3%})")
+    if "forecast" in report:
+        forecast = dict(report["forecast"])
+        target = forecast.pop("loss")
+        for name, estimate in forecast.items():
+            lines.append(f"forecast: {name} reaching loss {target}: {estimate['value']:.4g} [{estimate['low']:.4g}, {estimate['high']:.4g}]")
+    return "\n".join(lines)

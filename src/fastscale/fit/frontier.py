@@ -1,0 +1,109 @@
+"""The compute-efficient frontier from learning curves (Henighan et al. 2020, sec. 2.1; Kaplan et al. 2020).
+
+Every run contributes its learning curve, loss against compute spent so far. The frontier is the lower
+envelope over runs: at each compute, the lowest loss any run reached there (curves are interpolated
+linearly in log-log between logged points, and a run only counts inside the compute range it covered).
+L(C) = L_inf + (C0/C)^alpha is fitted so it lies on or below the frontier, on a log-spaced compute
+grid so densely logged runs do not dominate; N_opt(C) = (C/C0)^a is fitted with one point per run that
+touches the frontier, at the geometric centre of the compute range where it is the best run.
+The bootstrap resamples the runs on the frontier (each run's stretch of frontier moves as one unit).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fastscale.fit._checks import FitInputError, as_values, positive_int, same_length
+from fastscale.fit.allocation import AllocationFit, fit_allocation
+from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP
+from fastscale.fit.power import PowerLawFit, fit_power_law
+
+MIN_FRONTIER_RUNS = 3
+
+
+@dataclass(frozen=True)
+class Frontier:
+    """The lower envelope of loss against compute on a log-spaced grid."""
+
+    compute: np.ndarray  # [G] grid, units of the input compute
+    loss: np.ndarray  # [G] lowest loss at each grid compute
+    run: np.ndarray  # [G] label of the run that attains it
+    n_params: np.ndarray  # [G] its model size
+
+
+@dataclass(frozen=True)
+class FrontierFit:
+    frontier: Frontier
+    loss_fit: PowerLawFit  # L(C) on or below the frontier; x0 is C0 in the units of the input compute
+    allocation: AllocationFit  # N_opt(C) = (C/C0)^a from the runs touching the frontier
+    optimal_compute: np.ndarray  # per frontier run: geometric centre of its stretch of frontier
+    optimal_n_params: np.ndarray  # per frontier run: its size
+    max_above_frontier: float  # largest log(L_fit / L_frontier) on the grid; ~0 when the fit lies below
+
+    @property
+    def flags(self) -> tuple:
+        return self.loss_fit.flags + self.allocation.flags
+
+
+def compute_frontier(run, n_params, compute, loss, *, n_grid: int = 100) -> Frontier:
+    """Lower envelope of the learning curves (rows: one logged point of one run) on n_grid log-spaced computes."""
+    labels = np.asarray(run)
+    n = as_values("n_params", n_params, positive=True)
+    c = as_values("compute", compute, positive=True)
+    y = as_values("loss", loss, positive=True)
+    same_length(run=labels, n_params=n, compute=c, loss=y)
+    runs = np.unique(labels)
+    if len(runs) < MIN_FRONTIER_RUNS:
+        raise FitInputError(f"run: got {len(runs)} runs, expected at least {MIN_FRONTIER_RUNS} learning curves for a frontier")
+    grid = np.geomspace(c.min(), c.max(), positive_int("n_grid", n_grid, minimum=2))
+    curves = np.full((len(runs), len(grid)), np.inf)
+    sizes = np.empty(len(runs))
+    for i, name in enumerate(runs):
+        rows = labels == name
+        order = np.argsort(c[rows])
+        log_c, log_y = np.log(c[rows][order]), np.log(y[rows][order])
+        inside = (grid >= c[rows].min() * (1 - 1e-12)) & (grid <= c[rows].max() * (1 + 1e-12))
+        curves[i, inside] = np.exp(np.interp(np.log(grid[inside]), log_c, log_y))
+        sizes[i] = np.median(n[rows])
+    best = np.argmin(curves, axis=0)
+    lowest = curves[best, np.arange(len(grid))]
+    covered = np.isfinite(lowest)  # grid points between the compute ranges of all runs have no frontier
+    return Frontier(grid[covered], lowest[covered], runs[best][covered], sizes[best][covered])
+
+
+def fit_frontier(
+    run,
+    n_params,
+    compute,
+    loss,
+    *,
+    n_grid: int = 100,
+    irreducible: bool = True,
+    n_bootstrap: int = DEFAULT_N_BOOTSTRAP,
+    level: float = DEFAULT_LEVEL,
+    seed: int = 0,
+) -> FrontierFit:
+    """Frontier, L(C) on or below it, and N_opt(C) from the runs that touch it."""
+    frontier = compute_frontier(run, n_params, compute, loss, n_grid=n_grid)
+    loss_fit = fit_power_law(
+        frontier.compute,
+        frontier.loss,
+        irreducible=irreducible,
+        lower_envelope=True,
+        groups=frontier.run,
+        n_bootstrap=n_bootstrap,
+        level=level,
+        seed=seed,
+    )
+    winners = np.unique(frontier.run)
+    if len(winners) < MIN_FRONTIER_RUNS:
+        raise FitInputError(
+            f"run: {len(winners)} runs touch the frontier ({list(winners)}), expected at least {MIN_FRONTIER_RUNS} to fit N_opt(C)"
+        )
+    centre = np.array([np.exp(np.log(frontier.compute[frontier.run == w]).mean()) for w in winners])
+    size = np.array([frontier.n_params[frontier.run == w][0] for w in winners])
+    allocation = fit_allocation(centre, size, n_bootstrap=n_bootstrap, level=level, seed=seed)
+    above = float(np.max(np.log(loss_fit.predict(frontier.compute) / frontier.loss)))
+    return FrontierFit(frontier, loss_fit, allocation, centre, size, above)

@@ -1,0 +1,153 @@
+"""Kaplan et al. 2020's two-variable laws and the batch-size corrections they rest on.
+
+L(N, D) = [(Nc/N)^(alpha_N/alpha_D) + Dc/D]^alpha_D                      (eq. 1.5)
+L(N, S_min) = (Nc/N)^alpha_N + (Sc/S_min)^alpha_S                          (eq. 1.6)
+S_min = S / (1 + B_crit(L)/B),  C_min = C / (1 + B/B_crit(L)),  B_crit(L) = B* / L^(1/alpha_B)   (eqs. 5.4, 1.4)
+N is non-embedding parameters, D and B in tokens, S in optimizer steps, L in nats per token.
+Both laws are fitted by least squares on log L with scipy L-BFGS-B from a small grid of exponents.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+
+from fastscale.fit import _lsq
+from fastscale.fit._checks import as_values, enough_points, positive_int, probability, same_length
+from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP, resample_counts
+from fastscale.fit.results import FitResult, intervals_from, report_flags
+
+EXPONENT_BOUNDS = (1e-4, 5.0)
+START_EXPONENTS = (0.05, 0.1, 0.3, 0.7)
+
+
+@dataclass(frozen=True)
+class KaplanNDFit(FitResult):
+    """params: Nc, Dc (in the units of N and D), alpha_N, alpha_D."""
+
+    @staticmethod
+    def _law(p, n, d):
+        return ((p["Nc"] / n) ** (p["alpha_N"] / p["alpha_D"]) + p["Dc"] / d) ** p["alpha_D"]
+
+
+@dataclass(frozen=True)
+class KaplanNSFit(FitResult):
+    """params: Nc, Sc (steps), alpha_N, alpha_S."""
+
+    @staticmethod
+    def _law(p, n, s_min):
+        return (p["Nc"] / n) ** p["alpha_N"] + (p["Sc"] / s_min) ** p["alpha_S"]
+
+
+def minimum_steps(steps, batch_size, critical_batch):
+    """S_min = S / (1 + B_crit/B): the steps the run would need at a batch far above B_crit."""
+    return np.asarray(steps, dtype=np.float64) / (1.0 + np.asarray(critical_batch, dtype=np.float64) / np.asarray(batch_size, dtype=np.float64))
+
+
+def minimum_compute(compute, batch_size, critical_batch):
+    """C_min = C / (1 + B/B_crit): the compute the run would need at a batch far below B_crit."""
+    return np.asarray(compute, dtype=np.float64) / (1.0 + np.asarray(batch_size, dtype=np.float64) / np.asarray(critical_batch, dtype=np.float64))
+
+
+def critical_batch_from_loss(loss, b_star, alpha_b):
+    """B_crit(L) = B* / L^(1/alpha_B) (Kaplan eq. 1.4: B* = 2e8 tokens, alpha_B = 0.21 for WebText2)."""
+    return b_star / np.asarray(loss, dtype=np.float64) ** (1.0 / alpha_b)
+
+
+def fit_kaplan_nd(
+    n_params, n_tokens, loss, *, n_bootstrap: int = DEFAULT_N_BOOTSTRAP, level: float = DEFAULT_LEVEL, seed: int = 0
+) -> KaplanNDFit:
+    """Fit L(N, D) = [(Nc/N)^(alpha_N/alpha_D) + Dc/D]^alpha_D to final (early-stopped) losses."""
+    n = as_values("n_params", n_params, positive=True)
+    d = as_values("n_tokens", n_tokens, positive=True)
+    y = as_values("loss", loss, positive=True)
+    size = same_length(n_params=n, n_tokens=d, loss=y)
+    enough_points("kaplan-nd", size, 4)
+    mn, md = np.log(n).mean(), np.log(d).mean()
+    vn, vd = np.log(n) - mn, np.log(d) - md
+
+    def log_prediction(theta):
+        # theta = (k_N, k_D, alpha_N, alpha_D): the log of each bracketed term at the centre of the data,
+        # so the exponents are nearly uncorrelated with the scales and L-BFGS converges quickly.
+        k_n, k_d, alpha_n, alpha_d = theta
+        ratio = alpha_n / alpha_d
+        t_n, t_d = k_n - ratio * vn, k_d - vd
+        top = np.maximum(t_n, t_d)
+        lse = top + np.log(np.exp(t_n - top) + np.exp(t_d - top))
+        w_n = np.exp(t_n - lse)
+        jac = np.stack([alpha_d * w_n, alpha_d * (1.0 - w_n), -w_n * vn, lse + w_n * ratio * vn], axis=1)
+        return alpha_d * lse, jac
+
+    half = np.log(np.exp(np.log(y).mean()) / 2)
+    starts = tuple(np.array([half / a_d, half / a_d, a_n, a_d]) for a_n, a_d in itertools.product(START_EXPONENTS, START_EXPONENTS))
+    model = _lsq.LogModel(("k_N", "k_D", "alpha_N", "alpha_D"), np.log(y), log_prediction, ((None, None), (None, None), EXPONENT_BOUNDS, EXPONENT_BOUNDS), starts)
+
+    def to_params(theta):
+        k_n, k_d, alpha_n, alpha_d = theta
+        return np.exp(mn + k_n * alpha_d / alpha_n), np.exp(md + k_d), alpha_n, alpha_d
+
+    return _finish(KaplanNDFit, "kaplan-nd", ("Nc", "Dc", "alpha_N", "alpha_D"), model, to_params, (n, d), y, n_bootstrap, level, seed)
+
+
+def fit_kaplan_ns(
+    n_params, min_steps, loss, *, n_bootstrap: int = DEFAULT_N_BOOTSTRAP, level: float = DEFAULT_LEVEL, seed: int = 0
+) -> KaplanNSFit:
+    """Fit L(N, S_min) = (Nc/N)^alpha_N + (Sc/S_min)^alpha_S (learning-curve points, S_min from `minimum_steps`)."""
+    n = as_values("n_params", n_params, positive=True)
+    s = as_values("min_steps", min_steps, positive=True)
+    y = as_values("loss", loss, positive=True)
+    size = same_length(n_params=n, min_steps=s, loss=y)
+    enough_points("kaplan-ns", size, 4)
+    mn, ms = np.log(n).mean(), np.log(s).mean()
+    vn, vs = np.log(n) - mn, np.log(s) - ms
+
+    def log_prediction(theta):
+        k_n, k_s, alpha_n, alpha_s = theta  # logs of the two terms at the centre of the data
+        t_n, t_s = k_n - alpha_n * vn, k_s - alpha_s * vs
+        top = np.maximum(t_n, t_s)
+        lse = top + np.log(np.exp(t_n - top) + np.exp(t_s - top))
+        w_n = np.exp(t_n - lse)
+        return lse, np.stack([w_n, 1.0 - w_n, -w_n * vn, -(1.0 - w_n) * vs], axis=1)
+
+    half = np.log(np.exp(np.log(y).mean()) / 2)
+    starts = tuple(np.array([half, half, a_n, a_s]) for a_n, a_s in itertools.product(START_EXPONENTS, START_EXPONENTS))
+    model = _lsq.LogModel(("k_N", "k_S", "alpha_N", "alpha_S"), np.log(y), log_prediction, ((None, None), (None, None), EXPONENT_BOUNDS, EXPONENT_BOUNDS), starts)
+
+    def to_params(theta):
+        k_n, k_s, alpha_n, alpha_s = theta
+        return np.exp(mn + k_n / alpha_n), np.exp(ms + k_s / alpha_s), alpha_n, alpha_s
+
+    return _finish(KaplanNSFit, "kaplan-ns", ("Nc", "Sc", "alpha_N", "alpha_S"), model, to_params, (n, s), y, n_bootstrap, level, seed)
+
+
+def _finish(cls, law, names, model, to_params, inputs, y, n_bootstrap, level, seed):
+    """Solve, bootstrap and package a two-variable law."""
+    weights = np.ones(len(y))
+    solution = _lsq.solve(model, weights)
+    counts = resample_counts(len(y), positive_int("n_bootstrap", n_bootstrap, minimum=0), seed)
+    draws, failed = _lsq.bootstrap(model, solution.theta, counts, weights)
+    params = dict(zip(names, to_params(solution.theta)))
+    samples = np.array([to_params(t) for t in draws]).reshape(-1, 4)
+    labels = dict(zip(model.names, names))
+    return cls(
+        law=law,
+        params=params,
+        intervals=intervals_from(names, samples, probability("level", level)),
+        samples=samples,
+        level=level,
+        residuals=np.log(y) - np.log(cls._law(params, *inputs)),
+        objective=solution.objective,
+        converged=solution.converged,
+        flags=report_flags(law, _lsq.flags_for(solution, labels, failed, len(counts))),
+        n_points=len(y),
+    )
+
+
+def compute_efficient_exponents(alpha_n: float, alpha_s: float, alpha_b: float) -> dict:
+    """Kaplan et al. appendix B: training compute-efficiently on L(N, S_min) with B = B_crit(L),
+    L(C_min) falls as C_min^-alpha_C_min with alpha_C_min = 1/(1/alpha_S + 1/alpha_B + 1/alpha_N), and
+    N, B and S_min grow as C_min to the powers alpha_C_min/alpha_N, /alpha_B and /alpha_S."""
+    alpha_c = 1.0 / (1.0 / alpha_s + 1.0 / alpha_b + 1.0 / alpha_n)
+    return {"alpha_C_min": alpha_c, "N": alpha_c / alpha_n, "B": alpha_c / alpha_b, "S_min": alpha_c / alpha_s}

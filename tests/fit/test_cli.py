@@ -1,0 +1,140 @@
+"""`fastscale fit`: the published Chinchilla numbers as JSON, CSV and run-directory input, errors, plots."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fastscale.cli import main
+
+
+def run_cli(capsys, *argv):
+    code = main(["fit", *map(str, argv)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_chinchilla_json_prints_the_published_fit(capsys, epoch_csv):
+    code, out, err = run_cli(
+        capsys, epoch_csv, "--law", "chinchilla", "--N", "Model Size", "--C", "Training FLOP", "--loss", "loss",
+        "--drop-top-loss", "5", "--bootstrap", "20", "--holdout-largest", "10", "--json",
+    )
+    assert code == 0, err
+    report = json.loads(out)
+    p = report["params"]
+    assert report["n_points"] == 240
+    assert p["E"] == pytest.approx(1.8172, abs=0.01) and p["alpha"] == pytest.approx(0.3473, abs=0.005)
+    assert p["beta"] == pytest.approx(0.3672, abs=0.01) and p["A"] == pytest.approx(477.8, rel=0.05)
+    assert p["B"] == pytest.approx(2143, rel=0.1) and p["a"] == pytest.approx(0.514, abs=0.01)
+    assert set(report["ci"]) == {"E", "A", "B", "alpha", "beta", "a", "b"}
+    holdout = report["holdout"]
+    assert len(holdout["rows"]) == 10
+    assert holdout["mean_abs_rel_error"] == pytest.approx(np.mean([abs(r["rel_error"]) for r in holdout["rows"]]))
+    assert 0 < holdout["mean_abs_rel_error"] < 0.05
+
+
+def write_power_csv(path, seed=0):
+    rng = np.random.default_rng(seed)
+    n = np.logspace(5, 9, 9)
+    loss = (2.0 + (3e4 / n) ** 0.25) * np.exp(rng.normal(0, 0.005, 9))
+    path.write_text("N,loss,name\n" + "".join(f"{a},{b},run{i}\n" for i, (a, b) in enumerate(zip(n, loss))))
+    return path
+
+
+def test_power_table_holdout_forecast_and_results_file(capsys, tmp_path):
+    data = write_power_csv(tmp_path / "runs.csv")
+    out_file = tmp_path / "fit.json"
+    code, out, err = run_cli(
+        capsys, data, "--law", "power", "--x", "N", "--y", "loss", "--bootstrap", "30",
+        "--holdout-largest", "2", "--forecast-loss", "2.05", "--out", out_file,
+    )
+    assert code == 0, err
+    assert "L_inf" in out and "x0" in out and "alpha" in out and "holdout" in out and "forecast" in out
+    report = json.loads(out_file.read_text())
+    assert report["params"]["alpha"] == pytest.approx(0.25, abs=0.05)
+    assert [row["row"] for row in report["holdout"]["rows"]] == [8, 7]
+    assert list(tmp_path.glob(".fit.json.*")) == []  # no temporary file left behind
+
+
+@pytest.mark.parametrize("suffix", [".png", ".svg"])
+def test_plot_is_written(capsys, tmp_path, suffix):
+    pytest.importorskip("matplotlib")
+    data = write_power_csv(tmp_path / "runs.csv")
+    plot = tmp_path / f"law{suffix}"
+    code, _, err = run_cli(capsys, data, "--law", "power", "--x", "N", "--y", "loss", "--bootstrap", "20", "--plot", plot)
+    assert code == 0, err
+    head = plot.read_bytes()[:200]
+    assert head.startswith(b"\x89PNG") if suffix == ".png" else b"<svg" in head or b"<?xml" in head
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--law", "power", "--x", "params", "--y", "loss"], "--x 'params': no such column in DATA; columns are ['N', 'loss', 'name']"),
+        (["--law", "power", "--x", "name", "--y", "loss"], "--x 'name': expected numbers"),
+        (["--law", "power", "--x", "N"], "--law power: expected --y"),
+        (["--law", "chinchilla", "--N", "N", "--loss", "loss"], "expected --D or --C"),
+        (["--law", "critical-batch", "--x", "N", "--y", "loss", "--drop-top-loss", "1"], "--drop-top-loss does not apply"),
+        (["--law", "power", "--x", "N", "--y", "loss", "--drop-top-loss", "9"], "drop_top_loss=9: expected fewer than the 9 rows"),
+    ],
+)
+def test_errors_name_the_option_and_exit_2(capsys, tmp_path, argv, message):
+    data = write_power_csv(tmp_path / "runs.csv")
+    code, out, err = run_cli(capsys, data, *argv, "--bootstrap", "0")
+    assert code == 2 and out == ""
+    assert message in err
+
+
+def test_missing_file_is_an_error(capsys, tmp_path):
+    code, _, err = run_cli(capsys, tmp_path / "nope.csv", "--law", "power", "--x", "N", "--y", "loss")
+    assert code == 2 and "no such file or directory" in err
+
+
+def write_run(directory, n_params, noise_scale=False):
+    """A trainer run directory: config.json and metrics.jsonl, resumed once (steps 40-50 logged twice)."""
+    directory.mkdir(parents=True)
+    (directory / "config.json").write_text(json.dumps({"n_params": n_params}))
+    lines = []
+    for step in list(range(0, 51, 5)) + list(range(40, 101, 5)):
+        tokens = step * 4096
+        loss = (1e4 / n_params) ** 0.3 + (2e5 / max(tokens, 1)) ** 0.6
+        record = {"step": step, "tokens": tokens, "flops": 6 * n_params * tokens, "loss": loss}
+        if noise_scale and step % 20 == 0:
+            record["noise_scale"] = 1e6 / loss ** (1 / 0.21)
+        lines.append(json.dumps(record))
+    (directory / "metrics.jsonl").write_text("\n".join(lines) + '\n{"step": 105, "tok')  # torn last line
+
+
+def test_frontier_from_run_directories(capsys, tmp_path):
+    for i, n in enumerate(np.geomspace(1e4, 1e7, 7)):
+        write_run(tmp_path / "sweep" / f"run{i}", float(n))
+    code, out, err = run_cli(
+        capsys, tmp_path / "sweep", "--law", "frontier", "--N", "n_params", "--C", "flops", "--loss", "loss",
+        "--bootstrap", "20", "--json",
+    )
+    assert code == 0, err
+    report = json.loads(out)
+    assert {"L_inf", "x0", "alpha", "a", "C0"} <= set(report["params"])
+    assert len(report["frontier_runs"]) >= 3
+    assert report["max_log_above_frontier"] <= 1e-3
+
+
+def test_noise_scale_from_run_directory(capsys, tmp_path):
+    write_run(tmp_path / "run", 1e6, noise_scale=True)
+    code, out, err = run_cli(
+        capsys, tmp_path / "run", "--law", "critical-batch", "--loss", "loss", "--noise-scale", "noise_scale", "--bootstrap", "0", "--json"
+    )
+    assert code == 0, err
+    assert json.loads(out)["params"]["alpha_B"] == pytest.approx(0.21, rel=1e-6)
+
+
+def test_fit_layer_imports_without_torch():
+    code = (
+        "import sys, fastscale.fit, fastscale.fit.command, fastscale.fit.plots; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'deepspeed', 'matplotlib')]; "
+        "sys.exit(f'imported {bad}' if bad else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr + result.stdout

@@ -1,0 +1,57 @@
+"""McCandlish et al. 2018: the steps/examples trade-off and B_crit(L)."""
+
+import numpy as np
+import pytest
+
+from fastscale.fit import FitInputError, fit_critical_batch, fit_critical_batch_vs_loss
+
+
+def tradeoff(seed, s_min=2000.0, e_min=4e6, noise=0.02):
+    """(S, E) pairs on (S/S_min - 1)(E/E_min - 1) = 1 at batch sizes around B_crit = 2000, with noise on S."""
+    rng = np.random.default_rng(seed)
+    batch = np.geomspace(64, 65536, 11)
+    steps = s_min * (1 + (e_min / s_min) / batch) * np.exp(rng.normal(0, noise, len(batch)))
+    return steps, steps * batch
+
+
+def test_exact_pairs_give_exact_s_min_e_min_and_b_crit():
+    steps, examples = tradeoff(0, noise=0.0)
+    fit = fit_critical_batch(steps, examples, n_bootstrap=0)
+    assert fit.params["S_min"] == pytest.approx(2000.0, rel=1e-6)
+    assert fit.params["E_min"] == pytest.approx(4e6, rel=1e-6)
+    assert fit.params["B_crit"] == pytest.approx(2000.0, rel=1e-6)
+    batch = np.geomspace(10, 1e6, 7)
+    s, e = fit.predict(batch), fit.examples(batch)
+    assert np.allclose((s / fit.params["S_min"] - 1) * (e / fit.params["E_min"] - 1), 1.0)
+    assert np.allclose(e, s * batch)
+
+
+def test_noisy_pairs_interval_covers_b_crit():
+    covered = 0
+    for seed in range(8):
+        fit = fit_critical_batch(*tradeoff(seed), n_bootstrap=50, seed=seed)
+        low, high = fit.intervals["B_crit"]
+        covered += low <= 2000.0 <= high
+        assert fit.params["B_crit"] == pytest.approx(2000.0, rel=0.25)
+    assert covered >= 6
+
+
+def test_b_crit_against_loss_recovers_kaplans_exponent(published_constants):
+    b = published_constants["kaplan2020"]["B_crit"]
+    covered = 0
+    for seed in range(8):
+        rng = np.random.default_rng(seed)
+        loss = np.linspace(2.5, 5.0, 15)
+        noise_scale = b["B_star_tokens"] / loss ** (1 / b["alpha_B"]) * np.exp(rng.normal(0, 0.1, 15))
+        fit = fit_critical_batch_vs_loss(loss, noise_scale, n_bootstrap=50, seed=seed)
+        assert fit.params["alpha_B"] == pytest.approx(b["alpha_B"], rel=0.15)
+        low, high = fit.intervals["alpha_B"]
+        covered += low <= b["alpha_B"] <= high
+    assert covered >= 6
+
+
+def test_critical_batch_bad_input():
+    with pytest.raises(FitInputError, match="critical batch: got 2 points"):
+        fit_critical_batch([100, 50], [1e4, 2e4])
+    with pytest.raises(FitInputError, match="examples: expected finite numbers"):
+        fit_critical_batch([100, 50, 40], [1e4, np.inf, 3e4])

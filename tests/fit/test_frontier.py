@@ -1,0 +1,53 @@
+"""The compute-efficient frontier from learning curves, against the closed form of Kaplan's L(N, S)."""
+
+import numpy as np
+import pytest
+
+from fastscale.fit import FitInputError, compute_frontier, fit_frontier
+
+ALPHA_N, ALPHA_S = 0.3, 0.6
+
+
+def learning_curves(noise=0.0, seed=0):
+    """Curves of L = (1e4/N)^0.3 + (1e2/S)^0.6 at batch 1, C = 6 N S. Minimizing over N at fixed C gives
+    N_opt proportional to C^(aS/(aN+aS)) = C^(2/3) and L(C) proportional to C^-(aN aS/(aN+aS)) = C^-0.2."""
+    rng = np.random.default_rng(seed)
+    run, n_params, compute, loss = [], [], [], []
+    for i, n in enumerate(np.geomspace(1e4, 1e9, 21)):
+        steps = np.geomspace(1, 1e8, 120)
+        run += [f"run{i:02d}"] * len(steps)
+        n_params += [n] * len(steps)
+        compute += list(6 * n * steps)
+        loss += list(((1e4 / n) ** ALPHA_N + (1e2 / steps) ** ALPHA_S) * np.exp(rng.normal(0, noise, len(steps))))
+    return np.array(run), np.array(n_params), np.array(compute), np.array(loss)
+
+
+def test_frontier_is_the_lower_envelope():
+    run, n, c, loss = learning_curves()
+    frontier = compute_frontier(run, n, c, loss, n_grid=50)
+    for point, value in zip(frontier.compute[::7], frontier.loss[::7]):
+        # every run that reached this compute has a loss at or above the frontier there
+        for name in np.unique(run):
+            rows = run == name
+            if c[rows].min() <= point <= c[rows].max():
+                assert np.interp(np.log(point), np.log(c[rows]), np.log(loss[rows])) >= np.log(value) - 1e-12
+
+
+def test_frontier_fit_recovers_the_closed_form_exponents():
+    run, n, c, loss = learning_curves()
+    # Fit the middle of the compute range, where the ladder of sizes brackets N_opt (at the ends the
+    # smallest and largest runs hold the frontier off the ideal curve).
+    middle = (c > 1e8) & (c < 1e15)
+    fit = fit_frontier(run[middle], n[middle], c[middle], loss[middle], irreducible=False, n_bootstrap=30)
+    alpha_c = ALPHA_N * ALPHA_S / (ALPHA_N + ALPHA_S)
+    assert fit.loss_fit.params["alpha"] == pytest.approx(alpha_c, abs=0.01)
+    assert fit.allocation.params["a"] == pytest.approx(ALPHA_S / (ALPHA_N + ALPHA_S), abs=0.05)
+    assert fit.max_above_frontier <= 1e-3  # on or below the frontier
+    assert fit.loss_fit.intervals["alpha"][0] < fit.loss_fit.params["alpha"] < fit.loss_fit.intervals["alpha"][1]
+
+
+def test_frontier_needs_three_runs():
+    run, n, c, loss = learning_curves()
+    two = np.isin(run, ["run00", "run01"])
+    with pytest.raises(FitInputError, match="got 2 runs, expected at least 3"):
+        compute_frontier(run[two], n[two], c[two], loss[two])
