@@ -47,13 +47,17 @@ def test_power_table_holdout_forecast_and_results_file(capsys, tmp_path):
     data = write_power_csv(tmp_path / "runs.csv")
     out_file = tmp_path / "fit.json"
     code, out, err = run_cli(
-        capsys, data, "--law", "power", "--x", "N", "--y", "loss", "--bootstrap", "30",
-        "--holdout-largest", "2", "--forecast-loss", "2.05", "--out", out_file,
+        capsys, data, "--law", "power", "--x", "N", "--y", "loss", "--bootstrap", "30", "--holdout-largest", "2",
+        "--forecast-loss", "2.05", "--forecast-reducible", "0.05", "--tokens-per-item", "192", "--out", out_file,
     )
     assert code == 0, err
     assert "L_inf" in out and "x0" in out and "alpha" in out and "holdout" in out and "forecast" in out
     report = json.loads(out_file.read_text())
-    assert report["params"]["alpha"] == pytest.approx(0.25, abs=0.05)
+    p = report["params"]
+    assert p["alpha"] == pytest.approx(0.25, abs=0.05)
+    assert p["L_inf"] + (p["x0"] / report["forecast"]["N"]["value"]) ** p["alpha"] == pytest.approx(2.05)
+    assert (p["x0"] / report["forecast_reducible"]["N"]["value"]) ** p["alpha"] == pytest.approx(0.05)
+    assert report["per_item"]["L_inf"] == pytest.approx(192 * p["L_inf"])
     assert [row["row"] for row in report["holdout"]["rows"]] == [8, 7]
     assert list(tmp_path.glob(".fit.json.*")) == []  # no temporary file left behind
 
@@ -138,3 +142,14 @@ def test_fit_layer_imports_without_torch():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr + result.stdout
+
+
+def test_benchmark_reports_both_optimizers(epoch_csv):
+    from fastscale.fit import benchmark
+
+    report = benchmark.run(epoch_csv, baseline_starts=9, repeats=1)
+    assert report["problem"] == {"points": 240, "starts": 4500, "params": 5, "huber_delta": 1e-3}
+    assert report["batched"]["objective"] == pytest.approx(0.00101827, rel=1e-4)
+    assert report["scipy_loop"]["extrapolated"] and report["scipy_loop"]["starts_run"] == 9
+    assert report["speedup"] > 0
+    assert "speed-up" in benchmark.format_report(report)

@@ -58,6 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drop-top-loss", type=int, default=0, metavar="K", help="drop the K highest-loss rows (Epoch's protocol)")
     parser.add_argument("--holdout-largest", type=int, default=0, metavar="K", help="fit without the K rows of largest N (or x), report the error on them")
     parser.add_argument("--forecast-loss", type=float, metavar="L", help="report which x (N, C) reaches loss L")
+    parser.add_argument("--forecast-reducible", type=float, metavar="EPS", help="power, frontier: which x brings the reducible loss down to EPS")
+    parser.add_argument("--tokens-per-item", type=float, metavar="T", help="power, frontier: also state the law in nats per item (image, document) of T tokens")
     parser.add_argument("--bootstrap", type=int, default=DEFAULT_N_BOOTSTRAP, metavar="N", help=f"bootstrap resamples (default {DEFAULT_N_BOOTSTRAP}; 0: no intervals)")
     parser.add_argument("--level", type=float, default=DEFAULT_LEVEL, help="interval level (default 0.95)")
     parser.add_argument("--seed", type=int, default=0)
@@ -122,15 +124,27 @@ def run_power(args, table):
     if args.holdout_largest:
         check = holdout_largest(fit_power_law, (x[keep],), y[keep], args.holdout_largest, irreducible=not args.pure, **_options(args))
         report["holdout"] = _holdout_report(check, (args.x,), keep)
-    if args.forecast_loss is not None:
-        report["forecast"] = {"loss": args.forecast_loss, args.x: _estimate(fit.x_for_loss(args.forecast_loss))}
+    report.update(_power_readings(args, fit, args.x))
     _maybe_plot(args, lambda plots: plots.plot_law(fit, x[keep], y[keep], args.plot, xlabel=args.x, ylabel=args.y))
     return report
 
 
+def _power_readings(args, fit, x_name) -> dict:
+    """Forecasts and the per-item reading of a power law + constant: L_inf is the irreducible loss
+    (the data's entropy), (x0/x)^alpha the reducible loss (KL divergence), in nats per token."""
+    readings = {}
+    if args.forecast_loss is not None:
+        readings["forecast"] = {"loss": args.forecast_loss, x_name: _estimate(fit.x_for_loss(args.forecast_loss))}
+    if args.forecast_reducible is not None:
+        readings["forecast_reducible"] = {"reducible": args.forecast_reducible, x_name: _estimate(fit.x_for_reducible(args.forecast_reducible))}
+    if args.tokens_per_item is not None:
+        readings["per_item"] = {"tokens_per_item": args.tokens_per_item, **units.per_item(fit.params, args.tokens_per_item)}
+    return readings
+
+
 def run_allocation(args, table):
     _need(args, "x", "y")
-    _refuse(args, "--drop-top-loss", "--forecast-loss")
+    _refuse(args, "--drop-top-loss", "--forecast-loss", "--forecast-reducible", "--tokens-per-item")
     c, n = column(table, args.x, option="--x"), column(table, args.y, option="--y")
     weights = None if args.weight is None else column(table, args.weight, option="--weight")
     fit = fit_allocation(c, n, weights=weights, **_options(args))
@@ -146,6 +160,7 @@ def run_allocation(args, table):
 def run_two_variable(fit_function):
     def runner(args, table):
         _need(args, "N", "loss")
+        _refuse(args, "--forecast-reducible", "--tokens-per-item")
         n, d = _tokens(args, table)
         loss = column(table, args.loss, option="--loss")
         keep = _rows(args, loss)
@@ -166,7 +181,7 @@ def run_two_variable(fit_function):
 
 def run_isoflop(args, table):
     _need(args, "N", "C", "loss")
-    _refuse(args, "--holdout-largest", "--forecast-loss")
+    _refuse(args, "--holdout-largest", "--forecast-loss", "--forecast-reducible", "--tokens-per-item")
     n, c = column(table, args.N, option="--N"), column(table, args.C, option="--C")
     loss = column(table, args.loss, option="--loss")
     keep = _rows(args, loss)
@@ -200,14 +215,13 @@ def run_frontier(args, table):
         "frontier_runs": [{"run": str(r), "C": cc, "N": nn} for r, cc, nn in zip(np.unique(fit.frontier.run), fit.optimal_compute, fit.optimal_n_params)],
         "max_log_above_frontier": fit.max_above_frontier,
     }
-    if args.forecast_loss is not None:
-        report["forecast"] = {"loss": args.forecast_loss, "C": _estimate(fit.loss_fit.x_for_loss(args.forecast_loss))}
+    report.update(_power_readings(args, fit.loss_fit, "C"))
     _maybe_plot(args, lambda plots: plots.plot_frontier(fit, runs[keep], c[keep], loss[keep], args.plot))
     return report
 
 
 def run_critical_batch(args, table):
-    _refuse(args, "--holdout-largest", "--forecast-loss", "--drop-top-loss")
+    _refuse(args, "--holdout-largest", "--forecast-loss", "--forecast-reducible", "--tokens-per-item", "--drop-top-loss")
     if args.noise_scale is not None:
         _need(args, "loss")
         loss, noise = column(table, args.loss, option="--loss"), column(table, args.noise_scale, option="--noise-scale")
@@ -312,9 +326,15 @@ def format_table(report: dict) -> str:
         lines.append(f"holdout: mean |relative error| on the {len(holdout['rows'])} largest = {holdout['mean_abs_rel_error']:.4%}")
         for row in holdout["rows"]:
             lines.append(f"  row {row['row']:>5}: observed {row['observed']:.6g}  predicted {row['predicted']:.6g}  ({row['rel_error']:+.3%})")
-    if "forecast" in report:
-        forecast = dict(report["forecast"])
-        target = forecast.pop("loss")
-        for name, estimate in forecast.items():
-            lines.append(f"forecast: {name} reaching loss {target}: {estimate['value']:.4g} [{estimate['low']:.4g}, {estimate['high']:.4g}]")
+    for key, what in (("forecast", "loss"), ("forecast_reducible", "reducible")):
+        if key in report:
+            forecast = dict(report[key])
+            target = forecast.pop(what)
+            for name, estimate in forecast.items():
+                lines.append(f"forecast: {name} reaching {what} loss {target}: {estimate['value']:.4g} [{estimate['low']:.4g}, {estimate['high']:.4g}]")
+    if "per_item" in report:
+        item = report["per_item"]
+        lines.append(
+            f"per item of {item['tokens_per_item']:g} tokens: irreducible {item['L_inf']:.6g} nats, reducible ({item['x0']:.4g}/x)^{item['alpha']:.4g}"
+        )
     return "\n".join(lines)
