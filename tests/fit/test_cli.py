@@ -153,3 +153,13 @@ def test_benchmark_reports_both_optimizers(epoch_csv):
     assert report["scipy_loop"]["extrapolated"] and report["scipy_loop"]["starts_run"] == 9
     assert report["speedup"] > 0
     assert "speed-up" in benchmark.format_report(report)
+
+
+def test_parameter_at_bound_is_warned_on_stderr_and_in_json(capsys, tmp_path):
+    n = np.logspace(5, 9, 8)
+    data = tmp_path / "pure.csv"
+    data.write_text("N,loss\n" + "".join(f"{a},{(1e12 / a) ** 0.1}\n" for a in n))  # no floor: L_inf hits 0
+    code, out, err = run_cli(capsys, data, "--law", "power", "--x", "N", "--y", "loss", "--bootstrap", "0", "--json")
+    assert code == 0
+    assert any(flag.startswith("L_inf ended on its bound") for flag in json.loads(out)["flags"])
+    assert "warning: L_inf ended on its bound" in err

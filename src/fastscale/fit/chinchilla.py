@@ -140,7 +140,7 @@ def fit_chinchilla(
 
     with np.errstate(over="ignore", invalid="ignore"):
         batch = batched_lbfgs(huber_objective(log_n, log_d, log_y, np.ones(size), delta), grid)
-    best = int(np.nanargmin(np.where(np.isfinite(batch.f), batch.f, np.inf)))
+    best = int(np.argmin(np.where(np.isfinite(batch.f), batch.f, np.inf)))
     single = huber_objective(log_n, log_d, log_y, np.ones(size), delta)
     polished = minimize_lbfgs(lambda t: tuple(v[0] for v in single(t[None], np.zeros(1, dtype=int))), batch.x[best])
     theta = polished.x if polished.fun <= batch.f[best] else batch.x[best]

@@ -54,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         ("--noise-scale", "column of gradient noise scales (critical-batch)"),
     ):
         parser.add_argument(name, metavar="COL", help=text)
-    parser.add_argument("--pure", action="store_true", help="power: fit the pure power law (L_inf = 0)")
+    parser.add_argument("--pure", action="store_true", help="power, frontier: fit the pure power law (L_inf = 0)")
     parser.add_argument("--drop-top-loss", type=int, default=0, metavar="K", help="drop the K highest-loss rows (Epoch's protocol)")
     parser.add_argument("--holdout-largest", type=int, default=0, metavar="K", help="fit without the K rows of largest N (or x), report the error on them")
     parser.add_argument("--forecast-loss", type=float, metavar="L", help="report which x (N, C) reaches loss L")
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         write_atomically(args.out, text + "\n")
     print(text if args.json else format_table(report))
-    for flag in report.get("flags", []):
+    for flag in report.get("flags", []) + [f"holdout fit: {f}" for f in report.get("holdout", {}).get("flags", [])]:
         print(f"warning: {flag}", file=sys.stderr)
     return 0
 
@@ -90,14 +90,15 @@ def _options(args):
 
 
 def _need(args, *names):
-    missing = [f"--{n.lower().replace('_', '-') if n not in 'NDC' else n}" for n in names if getattr(args, n) is None]
+    missing = [f"--{n.replace('_', '-')}" for n in names if getattr(args, n) is None]
     if missing:
         raise FitInputError(f"--law {args.law}: expected {' and '.join(missing)} (see fastscale fit --help)")
 
 
 def _refuse(args, *options):
+    """Options another law uses are an error here, not silently ignored."""
     for option in options:
-        if getattr(args, option.lstrip("-").replace("-", "_")):
+        if getattr(args, option.lstrip("-").replace("-", "_")) not in (None, 0, False):
             raise FitInputError(f"{option} does not apply to --law {args.law}")
 
 
@@ -144,7 +145,7 @@ def _power_readings(args, fit, x_name) -> dict:
 
 def run_allocation(args, table):
     _need(args, "x", "y")
-    _refuse(args, "--drop-top-loss", "--forecast-loss", "--forecast-reducible", "--tokens-per-item")
+    _refuse(args, "--drop-top-loss", "--forecast-loss", "--forecast-reducible", "--tokens-per-item", "--pure")
     c, n = column(table, args.x, option="--x"), column(table, args.y, option="--y")
     weights = None if args.weight is None else column(table, args.weight, option="--weight")
     fit = fit_allocation(c, n, weights=weights, **_options(args))
@@ -160,7 +161,7 @@ def run_allocation(args, table):
 def run_two_variable(fit_function):
     def runner(args, table):
         _need(args, "N", "loss")
-        _refuse(args, "--forecast-reducible", "--tokens-per-item")
+        _refuse(args, "--forecast-reducible", "--tokens-per-item", "--pure")
         n, d = _tokens(args, table)
         loss = column(table, args.loss, option="--loss")
         keep = _rows(args, loss)
@@ -181,7 +182,7 @@ def run_two_variable(fit_function):
 
 def run_isoflop(args, table):
     _need(args, "N", "C", "loss")
-    _refuse(args, "--holdout-largest", "--forecast-loss", "--forecast-reducible", "--tokens-per-item")
+    _refuse(args, "--holdout-largest", "--forecast-loss", "--forecast-reducible", "--tokens-per-item", "--pure")
     n, c = column(table, args.N, option="--N"), column(table, args.C, option="--C")
     loss = column(table, args.loss, option="--loss")
     keep = _rows(args, loss)
@@ -204,7 +205,7 @@ def run_frontier(args, table):
     # Learning curves log eval losses on some steps only, and step 0 at zero compute: use the rest.
     keep = np.isfinite(loss) & np.isfinite(c) & (c > 0)
     keep[keep] = _rows(args, loss[keep])
-    fit = fit_frontier(runs[keep], n[keep], c[keep], loss[keep], **_options(args))
+    fit = fit_frontier(runs[keep], n[keep], c[keep], loss[keep], irreducible=not args.pure, **_options(args))
     loss_report, allocation_report = _fit_report(fit.loss_fit), _fit_report(fit.allocation)
     report = {
         "law": "frontier",
@@ -221,7 +222,7 @@ def run_frontier(args, table):
 
 
 def run_critical_batch(args, table):
-    _refuse(args, "--holdout-largest", "--forecast-loss", "--forecast-reducible", "--tokens-per-item", "--drop-top-loss")
+    _refuse(args, "--holdout-largest", "--forecast-loss", "--forecast-reducible", "--tokens-per-item", "--drop-top-loss", "--pure")
     if args.noise_scale is not None:
         _need(args, "loss")
         loss, noise = column(table, args.loss, option="--loss"), column(table, args.noise_scale, option="--noise-scale")
@@ -291,6 +292,7 @@ def _holdout_report(check, names, kept) -> dict:
     return {
         "mean_abs_rel_error": check.mean_abs_rel_error,
         "fit_params": {k: float(v) for k, v in check.fit.params.items()},
+        "flags": list(check.fit.flags),
         "rows": rows,
     }
 

@@ -84,8 +84,6 @@ def fit_power_law(
     samples = np.array([_to_params(t, irreducible, center) for t in draws]).reshape(-1, 3)
     labels = {"k": "x0", "alpha": "alpha", "L_inf": "L_inf"}
     flags = _lsq.flags_for(solution, labels, failed, len(counts))
-    if not irreducible:
-        flags = [f for f in flags if not f.startswith("L_inf")]
     law = "power" if irreducible else "pure power"
     pred = PowerLawFit._law(params, x)
     return PowerLawFit(
