@@ -6,6 +6,7 @@ GPU also TFLOP/s and GB/s as a fraction of the device's own peak. Without a GPU 
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import platform
@@ -121,6 +122,15 @@ class _RssSampler:
         self.peak = max(self.peak, self.read())
 
 
+def _release_free_heap() -> None:
+    """Returns freed heap pages to the OS, so memory a previous method freed but glibc kept is not
+    silently reused (which would make the next method look smaller than it is)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+
+
 @contextmanager
 def peak_memory(device: torch.device):
     """Yields a dict whose 'bytes' is set on exit to the peak memory allocated beyond what was
@@ -134,6 +144,7 @@ def peak_memory(device: torch.device):
         torch.cuda.synchronize()
         result["bytes"] = torch.cuda.max_memory_allocated() - start
     else:
+        _release_free_heap()
         with _RssSampler() as sampler:
             yield result
         result["bytes"] = sampler.peak - sampler.start
@@ -154,6 +165,10 @@ class Measurement:
     @property
     def median_s(self) -> float:
         return statistics.median(self.times_s) if self.times_s else float("nan")
+
+
+def as_record(m: Measurement) -> dict:
+    return {"name": m.name, "median_s": m.median_s, "times_s": m.times_s, "peak_bytes": m.peak_bytes, "error": m.error}
 
 
 def _timed(fn: Callable[[], object], device: torch.device) -> float:

@@ -250,3 +250,15 @@ def test_bad_input_names_the_argument(override, error, message):
         kwargs["backend"] = "triton"
     with pytest.raises(error, match=message.replace("(", r"\(").replace("[", r"\[")):
         linear_cross_entropy(args["hidden"], args["weight"], args["targets"], **kwargs)
+
+
+def test_second_backward_through_a_fused_loss_is_refused():
+    hidden, weight, bias, targets = make_inputs(6, 10, 4, torch.float32)
+    hidden.requires_grad_()
+    loss = linear_cross_entropy(hidden, weight, targets, bias=bias)
+    (2 * loss).backward(retain_graph=True)
+    first = hidden.grad.clone()
+    reference = torch.autograd.grad(2 * full_logits_loss(hidden, weight, targets, bias=bias), hidden)[0]
+    torch.testing.assert_close(first, reference, rtol=1e-5, atol=1e-6)
+    with pytest.raises(RuntimeError, match="second backward"):
+        loss.backward()

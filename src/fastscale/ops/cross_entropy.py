@@ -43,7 +43,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         valid = targets != opts.ignore_index
         n_valid = valid.sum().clamp(min=1)  # all ignored: loss 0, gradients 0
         ctx.fused = reduction != "none" and any(ctx.needs_input_grad[:3])
-        ctx.backend, ctx.opts = backend, opts
+        ctx.backend, ctx.opts, ctx.scaled = backend, opts, False
         if ctx.fused:
             token_grad = valid.to(acc) / n_valid if reduction == "mean" else valid.to(acc)
             d_hidden, d_weight, d_bias, loss, lse = backend.gradients(hidden, weight, bias, targets, token_grad, opts)
@@ -61,8 +61,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss, grad_lse):
         if ctx.fused:
-            scaled = [None if g is None else g * grad_loss.to(g.dtype) for g in ctx.saved_tensors]
-            return (*scaled, None, None, None, None)
+            # Scaled in place: a copy of d weight would double the memory this op exists to save.
+            if ctx.scaled:
+                raise RuntimeError(
+                    "linear_cross_entropy: a second backward through a mean/sum loss (retain_graph) is not "
+                    "supported, because its gradients were precomputed and scaled in place; use reduction='none'"
+                )
+            ctx.scaled = True
+            grads = [None if g is None else g.mul_(grad_loss.to(g.dtype)) for g in ctx.saved_tensors]
+            return (*grads, None, None, None, None)
         hidden, weight, bias, targets = ctx.saved_tensors
         token_grad = torch.where(targets != ctx.opts.ignore_index, grad_loss, 0.0)
         d_hidden, d_weight, d_bias, _, _ = ctx.backend.gradients(hidden, weight, bias, targets, token_grad, ctx.opts)

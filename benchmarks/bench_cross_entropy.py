@@ -1,0 +1,136 @@
+"""Benchmark of fused linear + cross-entropy: `fastscale bench cross-entropy` or
+`python benchmarks/bench_cross_entropy.py`.
+
+Each method runs forward + backward of mean cross-entropy of hidden @ weight.T against targets,
+from the same inputs in the same process. Reported: median wall time, the peak memory beyond the
+inputs, and the peak beyond the inputs and the gradients (dX, dW) every method must hold, with
+ratios against eager PyTorch (full logits). FLOPs: 6 * tokens * d * V (the two matmuls of the
+forward logits and of the backward, no recomputation counted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from fastscale.benchmarks import harness
+from fastscale.ops import linear_cross_entropy
+
+GPU_GOAL = ">= 60% of 989 TFLOP/s at 32k tokens, V 128k, d 4096 bf16 on an H100, with megabytes of extra memory"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def flops(tokens: int, d: int, vocab: int) -> float:
+    return 6.0 * tokens * d * vocab
+
+
+def eager(h, w, t):
+    return F.cross_entropy(F.linear(h, w).float(), t)
+
+
+def baselines(device: torch.device) -> dict:
+    """name -> loss function (hidden, weight, targets) -> scalar loss, for what this machine has."""
+    methods = {"eager (full logits)": eager, "torch.compile": torch.compile(eager)}
+    if hasattr(F, "linear_cross_entropy") and hasattr(torch.nn, "LinearCrossEntropyOptions"):
+        options = torch.nn.LinearCrossEntropyOptions()
+        methods["F.linear_cross_entropy (chunked)"] = lambda h, w, t: F.linear_cross_entropy(h, w, t, options=options)
+    methods["fastscale torch"] = lambda h, w, t: linear_cross_entropy(h, w, t, backend="torch")
+    if device.type == "cuda":
+        methods["fastscale triton"] = lambda h, w, t: linear_cross_entropy(h, w, t, backend="triton")
+        methods["fastscale cuda"] = lambda h, w, t: linear_cross_entropy(h, w, t, backend="cuda")
+        methods.update(_installed_gpu_baselines())
+    return methods
+
+
+def _installed_gpu_baselines() -> dict:
+    methods = {}
+    try:
+        from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+
+        methods["liger-kernel"] = lambda h, w, t: liger_fused_linear_cross_entropy(h, w, t)
+    except ImportError:
+        pass
+    try:
+        from cut_cross_entropy import linear_cross_entropy as cce
+
+        methods["cut-cross-entropy"] = lambda h, w, t: cce(h, w, t)
+    except ImportError:
+        pass
+    return methods
+
+
+def make_step(loss_fn, hidden, weight, targets):
+    def step():
+        loss = loss_fn(hidden, weight, targets)
+        loss.backward()
+        hidden.grad = weight.grad = None
+    return step
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="fastscale bench cross-entropy", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokens", type=int, default=4096)
+    parser.add_argument("--d", type=int, default=1024)
+    parser.add_argument("--vocab", type=int, default=131072)
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per method (median reported)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", default="bench-results/cross_entropy.json", help="JSON results file")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    env = harness.environment()
+    print(harness.describe_environment(env))
+    print(f"problem: tokens {args.tokens}, d {args.d}, V {args.vocab}, {args.dtype}, forward + backward, median of {args.repeats}")
+    hidden = torch.randn(args.tokens, args.d, device=device, dtype=dtype, requires_grad=True)
+    weight = (torch.randn(args.vocab, args.d, device=device) / args.d**0.5).to(dtype).requires_grad_()
+    targets = torch.randint(0, args.vocab, (args.tokens,), device=device)
+    grad_bytes = (hidden.numel() + weight.numel()) * dtype.itemsize
+
+    results = []
+    for name, loss_fn in baselines(device).items():
+        print(f"  running {name} ...", file=sys.stderr, flush=True)
+        results.append(harness.measure(name, make_step(loss_fn, hidden, weight, targets), device, repeats=args.repeats))
+
+    print(render(results, grad_bytes, flops(args.tokens, args.d, args.vocab), device))
+    if device.type != "cuda":
+        print(harness.no_gpu_notice(GPU_GOAL))
+    harness.write_json(args.out, {
+        "benchmark": "cross_entropy", "environment": env, "problem": vars(args), "flops": flops(args.tokens, args.d, args.vocab),
+        "gradient_bytes": grad_bytes, "results": [harness.as_record(r) for r in results],
+    })
+    print(f"wrote {args.out}")
+    return 0
+
+
+def render(results, grad_bytes: int, n_flops: float, device: torch.device) -> str:
+    base = results[0]
+    peak = harness.device_peak()
+    header = ["method", "time s", "x eager", "peak extra MB", "beyond grads MB", "x eager"]
+    if device.type == "cuda":
+        header += ["TFLOP/s", "% of peak" if peak else "% of peak (unknown device)"]
+    rows = []
+    for r in results:
+        if r.error:
+            rows.append([r.name, f"failed: {r.error}"] + [""] * (len(header) - 2))
+            continue
+        beyond = r.peak_bytes - grad_bytes
+        row = [
+            r.name, f"{r.median_s:.3f}", f"{r.median_s / base.median_s:.2f}", f"{r.peak_bytes / 2**20:.0f}",
+            f"{beyond / 2**20:.0f}", f"{beyond / (base.peak_bytes - grad_bytes):.3f}",
+        ]
+        if device.type == "cuda":
+            tflops = n_flops / r.median_s / 1e12
+            row += [f"{tflops:.0f}", f"{100 * tflops / peak[0]:.0f}%" if peak else "-"]
+        rows.append(row)
+    return harness.format_table(header, rows)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
