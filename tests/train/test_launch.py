@@ -84,7 +84,7 @@ SCRIPT = textwrap.dedent(
     y = x @ torch.linspace(-1, 1, 8) + 0.1 * torch.randn(256)
     data = torch.utils.data.TensorDataset(x, y)
     trainer = Trainer(Regression(), {"train_batch_size": 16, "train_micro_batch_size_per_gpu": 8}, data, val_data=data,
-                      out_dir=sys.argv[1], steps=40, lr=0.1, warmup_steps=2, eval_interval=20, checkpoint_interval=0,
+                      out_dir=sys.argv[1], steps=40, lr=0.1, warmup_steps=2, eval_interval=20, checkpoint_interval=25,
                       noise_scale_interval=5)
     summary = trainer.fit()
     print("SUMMARY", json.dumps(summary))
@@ -103,4 +103,5 @@ def test_trainer_drives_a_users_module_in_one_process(tmp_path):
     assert records[-1]["eval_loss"] < 0.1 * records[0]["loss"]
     assert "noise_scale" in records[5] and records[-1]["tokens"] == 40 * 16 * 8
     assert "flops" not in records[-1]  # no FLOP count was given for this module
-    assert (tmp_path / "checkpoints" / "step00000040" / "COMPLETE").is_file()  # the final checkpoint
+    tags = sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.is_dir())
+    assert tags == ["step00000025", "step00000040"]  # every 25 steps and the final one

@@ -27,7 +27,8 @@ def _require(ok: bool, where: str, name: str, value, expectation: str) -> None:
 
 @dataclass
 class TrainSettings:
-    """The `train` section of a run config."""
+    """The `train` section of a run config. Intervals are in optimizer steps; 0 turns a feature off
+    (checkpoint_interval=0: no checkpoints at all, else one every interval and one at the end)."""
 
     steps: int = 100
     seed: int = 0

@@ -51,7 +51,17 @@ def build_run(run: RunConfig | dict | str, deepspeed_config, out_dir, *, memory_
 
         check_fits(config, ds, world_size)
     torch.manual_seed(run.train.seed)  # identical initial weights on every rank
-    model = GPT(config)
+    if (ds.get("bf16") or {}).get("enabled"):
+        # built in bf16 directly: DeepSpeed would cast it anyway, and a billion-parameter model never
+        # holds an fp32 copy in memory on the way
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(torch.bfloat16)
+        try:
+            model = GPT(config)
+        finally:
+            torch.set_default_dtype(default)
+    else:
+        model = GPT(config)
     info = {
         "run": run.to_dict(),
         "model": config.to_dict(),

@@ -3,7 +3,8 @@ and the fastest choice that fits.
 
 Model states follow the ZeRO paper (Rajbhandari et al. 2020): with P parameters, mixed precision keeps
 2P bytes of bf16 parameters, 2P of bf16 gradients and 12P of fp32 optimizer state (master copy, Adam's
-m and v): K = 12; plain fp32 keeps 4P + 4P + 8P. Stage 1 partitions the optimizer state over the data-
+m and v): K = 12; plain fp32 keeps 4P + 4P + 8P. DeepSpeed's bf16 optimizers also keep the gradients in
+fp32 beside the master weights (4P more, partitioned like the optimizer state). Stage 1 partitions the optimizer state over the data-
 parallel ranks, stage 2 also the gradients, stage 3 also the parameters (plus a gathered working set of
 a few layers). Offload moves the optimizer state (and its fp32 gradients) and, at stage 3, the
 parameters to host memory ("cpu") or to disk ("nvme", ZeRO-Infinity). Activations follow Korthikanti
@@ -86,11 +87,15 @@ def estimate(config: GPTConfig, choice: Choice, *, world_size: int = 1, micro_ba
     W = world_size
     p_bytes = 2 if bf16 else 4
     params, grads, optim = p_bytes * P, p_bytes * P, (12 if bf16 else 8) * P
+    grads_fp32 = 4 * P if bf16 or choice.offload_optimizer != "none" else 0
     if choice.stage >= 1:
         optim /= W
+        grads_fp32 /= W
     if choice.stage >= 2:
         grads /= W
     working = 0
+    if choice.stage == 3 and choice.offload_optimizer != "none":
+        grads = min(5e7, P) * p_bytes  # reduced straight into the offloaded fp32 partition: one bucket stays
     if choice.stage == 3:
         params /= W
         per_layer = (config.n_params_exact / config.n_layer) * p_bytes
@@ -102,6 +107,7 @@ def estimate(config: GPTConfig, choice: Choice, *, world_size: int = 1, micro_ba
         "params": params,
         "grads": grads,
         "optimizer": optim,
+        "grads_fp32": grads_fp32,
         "gathered_params": working,
         "activations": activation_bytes(config, micro_batch, p_bytes, choice.checkpointing),
         "logits": 2 * micro_batch * config.seq_len * min(config.vocab_size, 8192) * 4,  # chunked loss: one chunk and its gradient
@@ -110,8 +116,7 @@ def estimate(config: GPTConfig, choice: Choice, *, world_size: int = 1, micro_ba
     place = {k: "device" for k in components}
     if choice.offload_optimizer != "none":
         place["optimizer"] = choice.offload_optimizer
-        components["grads_fp32"] = 4 * P / W
-        place["grads_fp32"] = "cpu"
+        place["grads_fp32"] = choice.offload_optimizer  # ZeRO-Infinity swaps gradients out with the optimizer state
     if choice.offload_param != "none":
         place["params"] = choice.offload_param
     totals = {"device": 0.0, "cpu": 0.0, "nvme": 0.0}
@@ -155,7 +160,7 @@ def deepspeed_config(choice: Choice, *, micro_batch: int = 1, accumulation: int 
     if choice.stage in (1, 2):
         zero.update(reduce_bucket_size=int(5e7), allgather_bucket_size=int(5e7), overlap_comm=False, contiguous_gradients=True)
     if choice.stage == 3:
-        zero.update(stage3_prefetch_bucket_size=int(5e7), stage3_param_persistence_threshold=int(1e5), stage3_max_live_parameters=int(1e8), stage3_max_reuse_distance=int(1e8))
+        zero.update(stage3_prefetch_bucket_size=int(5e7), stage3_param_persistence_threshold=int(1e5), stage3_max_live_parameters=int(1e8), stage3_max_reuse_distance=int(1e8), reduce_bucket_size=int(5e7), sub_group_size=int(1e8))
     for section, device in (("offload_optimizer", choice.offload_optimizer), ("offload_param", choice.offload_param)):
         if device != "none":
             zero[section] = {"device": device, "pin_memory": False}

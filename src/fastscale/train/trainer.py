@@ -409,7 +409,7 @@ class Trainer:
                 fault = os.environ.get("FASTSCALE_FAULT_AT_STEP")  # test hook: a hard kill at a chosen step
                 if fault and int(fault) == done and self.rank == 0:
                     os.kill(os.getpid(), 9)
-                if (s.checkpoint_interval and done % s.checkpoint_interval == 0) or done == s.steps:
+                if s.checkpoint_interval and (done % s.checkpoint_interval == 0 or done == s.steps):
                     state = {"step": done, "tokens": tokens, "flops": flops, "elapsed": elapsed, "noise": noise.state_dict()}
                     self.save_checkpoint(done, state)
         finally:
