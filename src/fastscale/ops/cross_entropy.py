@@ -116,6 +116,13 @@ def linear_cross_entropy(
 
 def _check_inputs(hidden, weight, targets, bias) -> None:
     dtypes = (*FLOAT_DTYPES, torch.float64)
+    for name, param in (("weight", weight), ("bias", bias)):
+        if getattr(param, "ds_numel", None) is not None and param.numel() != param.ds_numel:
+            raise ValueError(
+                f"{name}: a DeepSpeed ZeRO-3 partitioned parameter (full shape {tuple(param.ds_shape)}) that is "
+                "not gathered; call the op from the forward of the module that owns it (fastscale.nn."
+                "LinearCrossEntropyLoss does) or inside deepspeed.zero.GatheredParameters"
+            )
     check_tensor("hidden", hidden, min_ndim=1, dtypes=dtypes)
     check_tensor("weight", weight, ndim=2, dtypes=dtypes)
     check_tensor("targets", targets)
