@@ -1,13 +1,13 @@
 """The conftest's patches of the Triton interpreter compute what the GPU computes."""
 
+import os
+
 import pytest
 import torch
 import triton
 import triton.language as tl
 
-from conftest import INTERPRETING
-
-pytestmark = pytest.mark.skipif(not INTERPRETING, reason="patches apply to the interpreter only")
+pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="patches apply to the interpreter only")
 
 
 @triton.jit
