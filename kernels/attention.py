@@ -15,7 +15,8 @@ Backward, deterministic (no atomics, fixed summation order):
      (GQA never materializes repeated K/V) and over the query tiles that see its keys;
   3. dQ: a program owns BLOCK_M queries and loops over the key tiles they see.
 Recomputing the probabilities in both 2 and 3 costs one extra pair of matmuls over FA2's atomic dQ,
-the price of determinism. Token offsets are 64-bit, so total * H * D may exceed 2^31.
+the price of determinism. Tile base addresses are 64-bit, so total * H * D may exceed 2^31.
+Inputs are bfloat16 or float16 (tensor-core operands); accumulation, softmax and lse are fp32.
 """
 
 from __future__ import annotations
@@ -28,8 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastscale.ops._checks import FLOAT_DTYPES
-
+DTYPES = (torch.bfloat16, torch.float16)
 HEAD_DIMS = (32, 64, 96, 128, 256)
 LOG2E = math.log2(math.e)
 
@@ -42,17 +42,19 @@ class KernelConfig:
     num_stages: int
 
 
-# Shipped configurations by (kernel, head dim, dtype size in bytes); tests compile each for sm_80 and
-# sm_90. "dkdv" owns a key tile and streams query tiles, the others own a query tile.
-CONFIGS = {}
-for _d in HEAD_DIMS:
-    _big = _d > 128
-    CONFIGS["forward", _d, 2] = KernelConfig(64, 64, 4, 2) if _big else KernelConfig(128, 64, 4 if _d <= 64 else 8, 3)
-    CONFIGS["forward", _d, 4] = KernelConfig(64, 32, 4, 2) if _big else KernelConfig(64, 64, 4, 2)
-    CONFIGS["dkdv", _d, 2] = KernelConfig(64, 64, 4, 1) if _big else KernelConfig(64, 128, 8, 2)
-    CONFIGS["dkdv", _d, 4] = KernelConfig(32, 64, 4, 1) if _big else KernelConfig(32, 64, 4, 2)
-    CONFIGS["dq", _d, 2] = KernelConfig(64, 64, 4, 1) if _big else KernelConfig(128, 64, 8, 2)
-    CONFIGS["dq", _d, 4] = KernelConfig(64, 32, 4, 1) if _big else KernelConfig(64, 32, 4, 2)
+# Shipped configurations by (kernel, head dim), for bfloat16 and float16: the largest tiles (of a few
+# tried) that compile for both sm_80 and sm_90 with no spills; tests compile each for both. "dkdv"
+# owns a key tile (BLOCK_N) and streams query tiles, the others own a query tile (BLOCK_M).
+K = KernelConfig
+CONFIGS = {
+    ("forward", 32): K(128, 64, 8, 3), ("forward", 64): K(128, 64, 8, 3), ("forward", 96): K(128, 64, 8, 3),
+    ("forward", 128): K(128, 64, 8, 3), ("forward", 256): K(64, 32, 8, 2),
+    ("dkdv", 32): K(32, 128, 8, 2), ("dkdv", 64): K(32, 128, 8, 2), ("dkdv", 96): K(32, 64, 8, 2),
+    ("dkdv", 128): K(32, 64, 8, 2), ("dkdv", 256): K(16, 32, 4, 1),
+    ("dq", 32): K(128, 64, 8, 2), ("dq", 64): K(128, 32, 8, 2), ("dq", 96): K(64, 64, 4, 2),
+    ("dq", 128): K(64, 64, 4, 2), ("dq", 256): K(32, 32, 4, 1),
+}
+del K
 # Under the interpreter programs run one after another on the CPU: big tiles mean few of them.
 # Unequal tiles keep the query/key range logic honest, as in the shipped configurations.
 INTERPRETER_CONFIG = KernelConfig(64, 32, 4, 1)
@@ -63,14 +65,15 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def config_for(kernel: str, head_dim: int, dtype: torch.dtype) -> KernelConfig:
-    return INTERPRETER_CONFIG if interpreting() else CONFIGS[kernel, head_dim, dtype.itemsize]
+def config_for(kernel: str, head_dim: int) -> KernelConfig:
+    return INTERPRETER_CONFIG if interpreting() else CONFIGS[kernel, head_dim]
 
 
 def unsupported(dtype: torch.dtype, head_dim: int) -> str | None:
     """Why the kernels cannot serve these inputs, or None."""
-    if dtype not in FLOAT_DTYPES:
-        return f"supports {[str(d) for d in FLOAT_DTYPES]} (got {dtype})"
+    if dtype not in DTYPES:
+        # fp32 would run on CUDA cores, not tensor cores; torch's SDPA serves it (backend "auto" does).
+        return f"supports torch.bfloat16 and torch.float16 (got {dtype}; use backend='torch' for it)"
     if head_dim not in HEAD_DIMS:
         return f"supports head dims {HEAD_DIMS} (got {head_dim})"
     return None
@@ -95,7 +98,7 @@ def _document(cu_seqlens, doc, seqlen, VARLEN: tl.constexpr):
 def _tile_bounds(first, last, all_first, all_last, BLOCK: tl.constexpr):
     """Tiles to visit along one axis, as (lo, full_lo, full_hi, last): some row or column of the
     program sees positions [first, last), every one sees [all_first, all_last). Tiles starting in
-    [lo, full_lo) and [full_hi, last) need masks; tiles in [full_lo, full_hi) need none."""
+    [lo, last) are visited; those in [full_lo, full_hi) need no mask."""
     lo = first // BLOCK * BLOCK
     full_lo = tl.minimum(tl.cdiv(all_first, BLOCK), tl.cdiv(last, BLOCK)) * BLOCK
     full_hi = tl.maximum(all_last // BLOCK * BLOCK, full_lo)
@@ -154,38 +157,53 @@ def _visible(rows, cols, length, window, CAUSAL: tl.constexpr, WINDOWED: tl.cons
 
 
 @triton.jit
-def _load_tile(ptr, rows, stride, length, cols, HEAD_DIM: tl.constexpr, MASK_ROWS: tl.constexpr):
-    """[rows, cols] tile of a [tokens, D] matrix with row stride `stride`; zeros outside."""
-    ptrs = ptr + rows.to(tl.int64)[:, None] * stride + cols[None, :]
-    if MASK_ROWS:
-        return tl.load(ptrs, mask=(rows[:, None] < length) & (cols[None, :] < HEAD_DIM), other=0.0)
-    if HEAD_DIM != cols.shape[0]:
-        return tl.load(ptrs, mask=cols[None, :] < HEAD_DIM, other=0.0)
-    return tl.load(ptrs)
+def _tile_ptrs(ptr, row0, stride, BLOCK_ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Pointers to rows [row0, row0 + BLOCK_ROWS) of a [tokens, D] matrix with row stride `stride`.
+    The 64-bit part of the address is one scalar; offsets within the tile stay 32-bit registers."""
+    offsets = tl.arange(0, BLOCK_ROWS)[:, None] * stride + tl.arange(0, BLOCK_D)[None, :]
+    return ptr + tl.cast(row0, tl.int64) * stride + offsets
+
+
+@triton.jit
+def _tile_mask(row0, length, BLOCK_ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+    return ((row0 + tl.arange(0, BLOCK_ROWS))[:, None] < length) & (tl.arange(0, BLOCK_D)[None, :] < HEAD_DIM)
+
+
+@triton.jit
+def _load_tile(ptr, row0, stride, length, HEAD_DIM: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The tile at row0 (see _tile_ptrs), zeros past `length` rows and HEAD_DIM columns."""
+    return tl.load(_tile_ptrs(ptr, row0, stride, BLOCK_ROWS, BLOCK_D), mask=_tile_mask(row0, length, BLOCK_ROWS, HEAD_DIM, BLOCK_D), other=0.0)
+
+
+@triton.jit
+def _store_tile(ptr, row0, stride, length, value, HEAD_DIM: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+    tl.store(_tile_ptrs(ptr, row0, stride, BLOCK_ROWS, BLOCK_D), value.to(ptr.dtype.element_ty),
+             mask=_tile_mask(row0, length, BLOCK_ROWS, HEAD_DIM, BLOCK_D))
 
 
 # ---------------------------------------------------------------------------------------------- forward
 
 
 @triton.jit
-def _forward_tiles(acc, m_i, l_i, q, k_ptr, v_ptr, stride_kt, stride_vt, rows, cols, lo, hi, length, window,
-                   qk_scale, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
-                   CAUSAL: tl.constexpr, WINDOWED: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """Folds key tiles [lo, hi) into the running output `acc`, row maxima `m_i` and sums `l_i`."""
+def _forward_tiles(acc, m_i, l_i, q, k_ptr, v_ptr, stride_kt, stride_vt, rows, lo, full_lo, full_hi, hi, length, window,
+                   qk_scale, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+                   CAUSAL: tl.constexpr, WINDOWED: tl.constexpr):
+    """Folds key tiles [lo, hi) into the running output `acc`, row maxima `m_i` and sums `l_i`; only
+    tiles outside [full_lo, full_hi) are masked (a branch uniform over the program)."""
     for start_n in range(lo, hi, BLOCK_N):
-        keys = start_n + tl.arange(0, BLOCK_N)
-        k = _load_tile(k_ptr, keys, stride_kt, length, cols, HEAD_DIM, MASKED)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
-        if MASKED:
+        k = _load_tile(k_ptr, start_n, stride_kt, length, HEAD_DIM, BLOCK_N, BLOCK_D)
+        s = tl.dot(q, tl.trans(k)) * qk_scale
+        if (start_n < full_lo) | (start_n >= full_hi):
+            keys = start_n + tl.arange(0, BLOCK_N)
             s = tl.where(_visible(rows, keys, length, window, CAUSAL, WINDOWED), s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
-        if MASKED:  # a row may have seen no key yet: keep exp2 away from -inf - -inf
-            m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.math.exp2(s - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)
+        # A row may have seen no key yet: keep exp2 away from -inf - -inf.
+        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(s - m_ref[:, None])
+        alpha = tl.math.exp2(m_i - m_ref)
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = _load_tile(v_ptr, keys, stride_vt, length, cols, HEAD_DIM, MASKED)
-        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PRECISION)
+        v = _load_tile(v_ptr, start_n, stride_vt, length, HEAD_DIM, BLOCK_N, BLOCK_D)
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
         m_i = m_new
     return acc, m_i, l_i
 
@@ -195,7 +213,7 @@ def _forward_kernel(
     Q, K, V, O, LSE, cu_seqlens, seqlen, total, group, window, qk_scale,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    CAUSAL: tl.constexpr, WINDOWED: tl.constexpr, VARLEN: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    CAUSAL: tl.constexpr, WINDOWED: tl.constexpr, VARLEN: tl.constexpr,
 ):
     # Axis 0 walks documents and their query tiles, longest-running (last, when causal) tiles first.
     tiles = tl.cdiv(seqlen, BLOCK_M)
@@ -207,9 +225,8 @@ def _forward_kernel(
     if m0 >= length:
         return
     rows = m0 + tl.arange(0, BLOCK_M)
-    cols = tl.arange(0, BLOCK_D)
     kv_head = head // group
-    q = _load_tile(Q + start * stride_qt + head * stride_qh, rows, stride_qt, length, cols, HEAD_DIM, True)
+    q = _load_tile(Q + start * stride_qt + head * stride_qh, m0, stride_qt, length, HEAD_DIM, BLOCK_M, BLOCK_D)
     k_ptr = K + start * stride_kt + kv_head * stride_kh
     v_ptr = V + start * stride_vt + kv_head * stride_vh
 
@@ -217,18 +234,12 @@ def _forward_kernel(
     m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
     lo, full_lo, full_hi, hi = _key_bounds(m0, tl.minimum(m0 + BLOCK_M, length), length, window, CAUSAL, WINDOWED, BLOCK_N)
-    acc, m_i, l_i = _forward_tiles(acc, m_i, l_i, q, k_ptr, v_ptr, stride_kt, stride_vt, rows, cols, lo, full_lo,
-                                   length, window, qk_scale, HEAD_DIM, BLOCK_N, True, CAUSAL, WINDOWED, DOT_PRECISION)
-    acc, m_i, l_i = _forward_tiles(acc, m_i, l_i, q, k_ptr, v_ptr, stride_kt, stride_vt, rows, cols, full_lo, full_hi,
-                                   length, window, qk_scale, HEAD_DIM, BLOCK_N, False, CAUSAL, WINDOWED, DOT_PRECISION)
-    acc, m_i, l_i = _forward_tiles(acc, m_i, l_i, q, k_ptr, v_ptr, stride_kt, stride_vt, rows, cols, full_hi, hi,
-                                   length, window, qk_scale, HEAD_DIM, BLOCK_N, True, CAUSAL, WINDOWED, DOT_PRECISION)
+    acc, m_i, l_i = _forward_tiles(acc, m_i, l_i, q, k_ptr, v_ptr, stride_kt, stride_vt, rows, lo, full_lo, full_hi, hi, length,
+                                   window, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, WINDOWED)
 
     in_doc = rows < length
     l_i = tl.where(in_doc, l_i, 1.0)  # rows past the document saw nothing; they are not stored
-    out = acc / l_i[:, None]
-    o_ptrs = O + start * stride_ot + head * stride_oh + rows.to(tl.int64)[:, None] * stride_ot + cols[None, :]
-    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=in_doc[:, None] & (cols[None, :] < HEAD_DIM))
+    _store_tile(O + start * stride_ot + head * stride_oh, m0, stride_ot, length, acc / l_i[:, None], HEAD_DIM, BLOCK_M, BLOCK_D)
     tl.store(LSE + head * total + start + rows, m_i + tl.math.log2(l_i), mask=in_doc)
 
 
@@ -239,39 +250,33 @@ def _forward_kernel(
 def _delta_kernel(O, dO, DELTA, total, stride_ot, stride_oh, stride_dot, stride_doh,
                   HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK: tl.constexpr):
     """DELTA[head, t] = sum_d dO[t, head, d] * O[t, head, d], in fp32."""
-    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    row0 = tl.program_id(0) * BLOCK
     head = tl.program_id(1)
-    cols = tl.arange(0, BLOCK_D)
-    o = _load_tile(O + head * stride_oh, rows, stride_ot, total, cols, HEAD_DIM, True)
-    do = _load_tile(dO + head * stride_doh, rows, stride_dot, total, cols, HEAD_DIM, True)
-    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
-    tl.store(DELTA + head * total + rows, delta, mask=rows < total)
+    o = _load_tile(O + head * stride_oh, row0, stride_ot, total, HEAD_DIM, BLOCK, BLOCK_D)
+    do = _load_tile(dO + head * stride_doh, row0, stride_dot, total, HEAD_DIM, BLOCK, BLOCK_D)
+    rows = row0 + tl.arange(0, BLOCK)
+    tl.store(DELTA + head * total + rows, tl.sum(o.to(tl.float32) * do.to(tl.float32), 1), mask=rows < total)
 
 
 @triton.jit
-def _dkdv_tiles(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, stride_qt, stride_dot, keys, cols, lo, hi,
-                length, window, qk_scale, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, MASKED: tl.constexpr,
-                CAUSAL: tl.constexpr, WINDOWED: tl.constexpr, DOT_PRECISION: tl.constexpr):
+def _dkdv_tiles(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, stride_qt, stride_dot, keys, lo, full_lo, full_hi, hi,
+                length, window, qk_scale, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+                CAUSAL: tl.constexpr, WINDOWED: tl.constexpr):
     """Adds the contributions of query tiles [lo, hi) of one head to dk, dv (transposed scores:
-    [keys, queries], so that the per-query lse and delta broadcast along rows)."""
+    [keys, queries], so that the per-query lse and delta broadcast along rows); only tiles outside
+    [full_lo, full_hi) are masked."""
     for start_m in range(lo, hi, BLOCK_M):
         rows = start_m + tl.arange(0, BLOCK_M)
-        q = _load_tile(q_ptr, rows, stride_qt, length, cols, HEAD_DIM, MASKED)
-        do = _load_tile(do_ptr, rows, stride_dot, length, cols, HEAD_DIM, MASKED)
-        if MASKED:
-            lse = tl.load(lse_ptr + rows, mask=rows < length, other=0.0)
-            delta = tl.load(delta_ptr + rows, mask=rows < length, other=0.0)
-        else:
-            lse = tl.load(lse_ptr + rows)
-            delta = tl.load(delta_ptr + rows)
-        s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale
-        p_t = tl.math.exp2(s_t - lse[None, :])
-        if MASKED:
+        q = _load_tile(q_ptr, start_m, stride_qt, length, HEAD_DIM, BLOCK_M, BLOCK_D)
+        do = _load_tile(do_ptr, start_m, stride_dot, length, HEAD_DIM, BLOCK_M, BLOCK_D)
+        lse = tl.load(lse_ptr + rows, mask=rows < length, other=0.0)
+        delta = tl.load(delta_ptr + rows, mask=rows < length, other=0.0)
+        p_t = tl.math.exp2(tl.dot(k, tl.trans(q)) * qk_scale - lse[None, :])
+        if (start_m < full_lo) | (start_m >= full_hi):
             p_t = tl.where(tl.trans(_visible(rows, keys, length, window, CAUSAL, WINDOWED)), p_t, 0.0)
-        dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
-        dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
-        ds_t = p_t * (dp_t - delta[None, :])
-        dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=DOT_PRECISION)
+        dv = tl.dot(p_t.to(do.dtype), do, dv)
+        ds_t = p_t * (tl.dot(v, tl.trans(do)) - delta[None, :])
+        dk = tl.dot(ds_t.to(q.dtype), q, dk)
     return dk, dv
 
 
@@ -281,7 +286,7 @@ def _dkdv_kernel(
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
     stride_dkt, stride_dkh, stride_dvt, stride_dvh,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    CAUSAL: tl.constexpr, WINDOWED: tl.constexpr, VARLEN: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    CAUSAL: tl.constexpr, WINDOWED: tl.constexpr, VARLEN: tl.constexpr,
 ):
     tiles = tl.cdiv(seqlen, BLOCK_N)
     doc = tl.program_id(0) // tiles
@@ -292,9 +297,8 @@ def _dkdv_kernel(
     if n0 >= length:
         return
     keys = n0 + tl.arange(0, BLOCK_N)
-    cols = tl.arange(0, BLOCK_D)
-    k = _load_tile(K + start * stride_kt + kv_head * stride_kh, keys, stride_kt, length, cols, HEAD_DIM, True)
-    v = _load_tile(V + start * stride_vt + kv_head * stride_vh, keys, stride_vt, length, cols, HEAD_DIM, True)
+    k = _load_tile(K + start * stride_kt + kv_head * stride_kh, n0, stride_kt, length, HEAD_DIM, BLOCK_N, BLOCK_D)
+    v = _load_tile(V + start * stride_vt + kv_head * stride_vh, n0, stride_vt, length, HEAD_DIM, BLOCK_N, BLOCK_D)
     dk = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     dv = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     lo, full_lo, full_hi, hi = _query_bounds(n0, tl.minimum(n0 + BLOCK_N, length), length, window, CAUSAL, WINDOWED, BLOCK_M)
@@ -303,37 +307,26 @@ def _dkdv_kernel(
         do_ptr = dO + start * stride_dot + head * stride_doh
         lse_ptr = LSE + head * total + start
         delta_ptr = DELTA + head * total + start
-        dk, dv = _dkdv_tiles(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, stride_qt, stride_dot, keys, cols, lo, full_lo,
-                             length, window, qk_scale, HEAD_DIM, BLOCK_M, True, CAUSAL, WINDOWED, DOT_PRECISION)
-        dk, dv = _dkdv_tiles(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, stride_qt, stride_dot, keys, cols, full_lo, full_hi,
-                             length, window, qk_scale, HEAD_DIM, BLOCK_M, False, CAUSAL, WINDOWED, DOT_PRECISION)
-        dk, dv = _dkdv_tiles(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, stride_qt, stride_dot, keys, cols, full_hi, hi,
-                             length, window, qk_scale, HEAD_DIM, BLOCK_M, True, CAUSAL, WINDOWED, DOT_PRECISION)
-
-    store = (keys[:, None] < length) & (cols[None, :] < HEAD_DIM)
-    offsets = keys.to(tl.int64)[:, None]
-    tl.store(dK + start * stride_dkt + kv_head * stride_dkh + offsets * stride_dkt + cols[None, :],
-             (dk * scale).to(dK.dtype.element_ty), mask=store)
-    tl.store(dV + start * stride_dvt + kv_head * stride_dvh + offsets * stride_dvt + cols[None, :],
-             dv.to(dV.dtype.element_ty), mask=store)
+        dk, dv = _dkdv_tiles(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, stride_qt, stride_dot, keys, lo, full_lo, full_hi, hi,
+                             length, window, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_M, CAUSAL, WINDOWED)
+    _store_tile(dK + start * stride_dkt + kv_head * stride_dkh, n0, stride_dkt, length, dk * scale, HEAD_DIM, BLOCK_N, BLOCK_D)
+    _store_tile(dV + start * stride_dvt + kv_head * stride_dvh, n0, stride_dvt, length, dv, HEAD_DIM, BLOCK_N, BLOCK_D)
 
 
 @triton.jit
-def _dq_tiles(dq, q, do, lse, delta, k_ptr, v_ptr, stride_kt, stride_vt, rows, cols, lo, hi, length, window,
-              qk_scale, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
-              CAUSAL: tl.constexpr, WINDOWED: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """Adds the contributions of key tiles [lo, hi) to dq."""
+def _dq_tiles(dq, q, do, lse, delta, k_ptr, v_ptr, stride_kt, stride_vt, rows, lo, full_lo, full_hi, hi, length, window,
+              qk_scale, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+              CAUSAL: tl.constexpr, WINDOWED: tl.constexpr):
+    """Adds the contributions of key tiles [lo, hi) to dq; only tiles outside [full_lo, full_hi) are masked."""
     for start_n in range(lo, hi, BLOCK_N):
-        keys = start_n + tl.arange(0, BLOCK_N)
-        k = _load_tile(k_ptr, keys, stride_kt, length, cols, HEAD_DIM, MASKED)
-        v = _load_tile(v_ptr, keys, stride_vt, length, cols, HEAD_DIM, MASKED)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
-        p = tl.math.exp2(s - lse[:, None])
-        if MASKED:
+        k = _load_tile(k_ptr, start_n, stride_kt, length, HEAD_DIM, BLOCK_N, BLOCK_D)
+        v = _load_tile(v_ptr, start_n, stride_vt, length, HEAD_DIM, BLOCK_N, BLOCK_D)
+        p = tl.math.exp2(tl.dot(q, tl.trans(k)) * qk_scale - lse[:, None])
+        if (start_n < full_lo) | (start_n >= full_hi):
+            keys = start_n + tl.arange(0, BLOCK_N)
             p = tl.where(_visible(rows, keys, length, window, CAUSAL, WINDOWED), p, 0.0)
-        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
-        ds = p * (dp - delta[:, None])
-        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
+        ds = p * (tl.dot(do, tl.trans(v)) - delta[:, None])
+        dq = tl.dot(ds.to(k.dtype), k, dq)
     return dq
 
 
@@ -342,7 +335,7 @@ def _dq_kernel(
     Q, K, V, dO, LSE, DELTA, dQ, cu_seqlens, seqlen, total, group, window, qk_scale, scale,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh, stride_dqt, stride_dqh,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    CAUSAL: tl.constexpr, WINDOWED: tl.constexpr, VARLEN: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    CAUSAL: tl.constexpr, WINDOWED: tl.constexpr, VARLEN: tl.constexpr,
 ):
     tiles = tl.cdiv(seqlen, BLOCK_M)
     doc = tl.program_id(0) // tiles
@@ -353,10 +346,9 @@ def _dq_kernel(
     if m0 >= length:
         return
     rows = m0 + tl.arange(0, BLOCK_M)
-    cols = tl.arange(0, BLOCK_D)
     kv_head = head // group
-    q = _load_tile(Q + start * stride_qt + head * stride_qh, rows, stride_qt, length, cols, HEAD_DIM, True)
-    do = _load_tile(dO + start * stride_dot + head * stride_doh, rows, stride_dot, length, cols, HEAD_DIM, True)
+    q = _load_tile(Q + start * stride_qt + head * stride_qh, m0, stride_qt, length, HEAD_DIM, BLOCK_M, BLOCK_D)
+    do = _load_tile(dO + start * stride_dot + head * stride_doh, m0, stride_dot, length, HEAD_DIM, BLOCK_M, BLOCK_D)
     lse = tl.load(LSE + head * total + start + rows, mask=rows < length, other=0.0)
     delta = tl.load(DELTA + head * total + start + rows, mask=rows < length, other=0.0)
     k_ptr = K + start * stride_kt + kv_head * stride_kh
@@ -364,16 +356,9 @@ def _dq_kernel(
 
     dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
     lo, full_lo, full_hi, hi = _key_bounds(m0, tl.minimum(m0 + BLOCK_M, length), length, window, CAUSAL, WINDOWED, BLOCK_N)
-    dq = _dq_tiles(dq, q, do, lse, delta, k_ptr, v_ptr, stride_kt, stride_vt, rows, cols, lo, full_lo, length, window,
-                   qk_scale, HEAD_DIM, BLOCK_N, True, CAUSAL, WINDOWED, DOT_PRECISION)
-    dq = _dq_tiles(dq, q, do, lse, delta, k_ptr, v_ptr, stride_kt, stride_vt, rows, cols, full_lo, full_hi, length, window,
-                   qk_scale, HEAD_DIM, BLOCK_N, False, CAUSAL, WINDOWED, DOT_PRECISION)
-    dq = _dq_tiles(dq, q, do, lse, delta, k_ptr, v_ptr, stride_kt, stride_vt, rows, cols, full_hi, hi, length, window,
-                   qk_scale, HEAD_DIM, BLOCK_N, True, CAUSAL, WINDOWED, DOT_PRECISION)
-
-    store = (rows[:, None] < length) & (cols[None, :] < HEAD_DIM)
-    tl.store(dQ + start * stride_dqt + head * stride_dqh + rows.to(tl.int64)[:, None] * stride_dqt + cols[None, :],
-             (dq * scale).to(dQ.dtype.element_ty), mask=store)
+    dq = _dq_tiles(dq, q, do, lse, delta, k_ptr, v_ptr, stride_kt, stride_vt, rows, lo, full_lo, full_hi, hi, length, window,
+                   qk_scale, HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, WINDOWED)
+    _store_tile(dQ + start * stride_dqt + head * stride_dqh, m0, stride_dqt, length, dq * scale, HEAD_DIM, BLOCK_M, BLOCK_D)
 
 
 # ---------------------------------------------------------------------------------------------- launchers
@@ -388,17 +373,12 @@ def _row_major(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def _dot_precision(dtype: torch.dtype) -> str:
-    # fp32 inputs get full fp32 products, as torch.matmul gives by default (no silent TF32).
-    return "ieee" if dtype == torch.float32 else "tf32"
-
-
 def _layout(q, cu_seqlens, seqlen) -> tuple[int, torch.Tensor, dict]:
     """(documents, the cu_seqlens pointer argument, constexprs shared by all kernels)."""
     varlen = cu_seqlens is not None
     docs = cu_seqlens.shape[0] - 1 if varlen else q.shape[0] // seqlen
     head_dim = q.shape[-1]
-    meta = dict(HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), VARLEN=varlen, DOT_PRECISION=_dot_precision(q.dtype))
+    meta = dict(HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), VARLEN=varlen)
     # Without cu_seqlens the pointer is never read; any int32 tensor on the device fills the slot.
     return docs, cu_seqlens if varlen else torch.zeros(1, dtype=torch.int32, device=q.device), meta
 
@@ -414,7 +394,7 @@ def forward(q, k, v, cu_seqlens, seqlen, *, causal, window, scale):
     q, k, v = (_row_major(x) for x in (q, k, v))
     total, heads_q, head_dim = q.shape
     docs, cu, meta = _layout(q, cu_seqlens, seqlen)
-    cfg = config_for("forward", head_dim, q.dtype)
+    cfg = config_for("forward", head_dim)
     out = _empty(q.shape, q.dtype, q.device)
     lse = _empty((heads_q, total), torch.float32, q.device)
     grid = (docs * triton.cdiv(seqlen, cfg.block_m), heads_q)
@@ -442,16 +422,51 @@ def backward(grad_out, q, k, v, out, lse, cu_seqlens, *, max_seqlen, causal, win
     dq, dk, dv = (_empty(x.shape, x.dtype, x.device) for x in (q, k, v))
     common = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), grad_out.stride(0), grad_out.stride(1))
 
-    cfg = config_for("dkdv", head_dim, q.dtype)
+    cfg = config_for("dkdv", head_dim)
     _dkdv_kernel[(docs * triton.cdiv(max_seqlen, cfg.block_n), heads_kv)](
         q, k, v, grad_out, lse, delta, dk, dv, cu, max_seqlen, total, group, window or 0, qk_scale, scale,
         *common, dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
         **meta, **_options(causal, window, cfg),
     )
-    cfg = config_for("dq", head_dim, q.dtype)
+    cfg = config_for("dq", head_dim)
     _dq_kernel[(docs * triton.cdiv(max_seqlen, cfg.block_m), heads_q)](
         q, k, v, grad_out, lse, delta, dq, cu, max_seqlen, total, group, window or 0, qk_scale, scale,
         *common, dq.stride(0), dq.stride(1),
         **meta, **_options(causal, window, cfg),
     )
     return dq, dk, dv
+
+
+# ---------------------------------------------------------------------------------------------- ahead of time
+
+KERNELS = {"forward": _forward_kernel, "dkdv": _dkdv_kernel, "dq": _dq_kernel}
+_TENSORS = {"Q", "K", "V", "O", "dO", "dQ", "dK", "dV"}
+_FP32 = {"LSE": "*fp32", "DELTA": "*fp32", "cu_seqlens": "*i32", "qk_scale": "fp32", "scale": "fp32"}
+
+
+def compile_spec(kernel: str, head_dim: int, dtype: torch.dtype, causal: bool) -> dict:
+    """Arguments of fastscale.kernels.aot.compile_report for one shipped configuration, specialized as
+    the launcher sees real inputs (16-byte aligned pointers, strides divisible by 16). The varlen,
+    windowed variant is the one compiled: it holds every code path of the others."""
+    fn, cfg = KERNELS[kernel], CONFIGS[kernel, head_dim]
+    element = {torch.bfloat16: "*bf16", torch.float16: "*fp16"}[dtype]
+    constexprs = dict(HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_M=cfg.block_m,
+                      BLOCK_N=cfg.block_n, CAUSAL=causal, WINDOWED=True, VARLEN=True)
+    signature, attrs = {}, {}
+    for i, param in enumerate(fn.params):
+        name = param.name
+        if param.is_constexpr:
+            signature[name] = "constexpr"
+        else:
+            signature[name] = element if name in _TENSORS else _FP32.get(name, "i32")
+        if signature[name].startswith("*") or name.startswith("stride"):
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    return dict(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+
+def compile_report(kernel: str, head_dim: int, dtype: torch.dtype, causal: bool, arch: int):
+    """Compiles one shipped configuration for sm_<arch> (needs TRITON_INTERPRET unset at import)."""
+    from fastscale.kernels import aot
+
+    spec = compile_spec(kernel, head_dim, dtype, causal)
+    return aot.compile_report(spec.pop("fn"), **spec, arch=arch)

@@ -2,8 +2,9 @@
 token list with document ids and positions), on fresh random inputs.
 
 The bar is flash-attn's: a backend's largest error against the float64 reference is at most twice
-the largest error of the same plain math done in the input dtype, plus a small absolute slack
-(SLACK, per dtype). Outputs and gradients (dq, dk, dv for a random upstream gradient) are checked.
+the largest error of the same plain math done in the input dtype, plus a small slack (SLACK, per
+dtype, and half an ulp of the largest reference value for the final rounding). Outputs and gradients
+(dq, dk, dv for a random upstream gradient) are checked.
 """
 
 import os
@@ -84,7 +85,9 @@ def check_against_reference(backend, dtype, lengths, *, heads_q, heads_kv, head_
 
     for name, got, want, base in zip(("out", "dq", "dk", "dv"), results, expected, plain):
         assert torch.isfinite(got).all(), f"{name}: non-finite values"
-        bar = 2 * max_error(base, want) + SLACK[dtype]
+        # Slack: a small constant plus half an ulp of the largest value, the final rounding to dtype
+        # that the plain computation may escape by luck on one tensor and not on another.
+        bar = 2 * max_error(base, want) + SLACK[dtype] + 0.5 * torch.finfo(dtype).eps * want.abs().max().item()
         assert max_error(got, want) <= bar, f"{name}: error {max_error(got, want):.3g} > bar {bar:.3g} (plain {dtype}: {max_error(base, want):.3g})"
 
 
@@ -199,11 +202,9 @@ def poisoned(monkeypatch):
 
 
 TRITON_BATCHED = [
-    *[(torch.float32, causal, length) for causal in (True, False) for length in (1, 7, 129, 300)],
-    (torch.bfloat16, True, 129),
-    (torch.bfloat16, False, 300),
-    (torch.float16, False, 7),
+    *[(torch.bfloat16, causal, length) for causal in (True, False) for length in (1, 7, 129, 300)],
     (torch.float16, True, 129),
+    (torch.float16, False, 7),
 ]
 
 
@@ -227,7 +228,7 @@ TRITON_PACKED = [
 @pytest.mark.parametrize("heads_q,heads_kv,causal,window", TRITON_PACKED)
 def test_triton_packed(poisoned, heads_q, heads_kv, causal, window):
     lengths = [1, 7, 129, 1, 40, 0, 3]
-    check_against_reference("triton", torch.float32, lengths, heads_q=heads_q, heads_kv=heads_kv, head_dim=32, causal=causal, window=window, packed=True)
+    check_against_reference("triton", torch.bfloat16, lengths, heads_q=heads_q, heads_kv=heads_kv, head_dim=32, causal=causal, window=window, packed=True)
 
 
 @pytest.mark.parametrize("head_dim,dtype", [(64, torch.bfloat16), (96, torch.float16), (128, torch.bfloat16), (256, torch.float16)], ids=str)
@@ -251,7 +252,7 @@ def test_triton_backward_is_deterministic():
     assert all(torch.equal(a, b) for a, b in zip(*grads))
 
 
-@pytest.mark.parametrize("dtype,head_dim,words", [(torch.float64, 32, ["float64"]), (torch.float32, 48, ["head dims", "48"])], ids=["float64", "head_dim_48"])
+@pytest.mark.parametrize("dtype,head_dim,words", [(torch.float32, 32, ["float32"]), (torch.bfloat16, 48, ["head dims", "48"])], ids=["float32", "head_dim_48"])
 def test_triton_unsupported_inputs_say_why(dtype, head_dim, words):
     q, k, v = (torch.randn(1, 5, 2, head_dim, dtype=dtype) for _ in range(3))
     with pytest.raises(NotImplementedError, match="backend='triton'") as info:

@@ -35,8 +35,9 @@ def attention(q, k, v, *, causal=True, cu_seqlens=None, max_seqlen=None, window=
     causal: query i sees keys j <= i. window=W: query i sees key j only if i - W < j (and j < i + W
     when not causal), so at most W keys on its left, itself included (flash-attn's
     window_size=(W-1, 0) when causal, (W-1, W-1) when not). scale defaults to 1/sqrt(D).
-    backend: "auto" (triton on CUDA tensors when it supports them, else flash_attn, else torch;
-    torch on CPU), "triton", "flash_attn" or "torch". Returns a tensor shaped and typed like q.
+    backend: "auto" (on CUDA tensors triton when it supports them: bfloat16/float16, head dims 32,
+    64, 96, 128, 256; else flash_attn if installed and able; else torch. On CPU torch), "triton",
+    "flash_attn" or "torch". Returns a tensor shaped and typed like q.
     """
     check_choice("backend", backend, BACKENDS)
     _check_tensors(q, k, v, packed=cu_seqlens is not None)
