@@ -8,6 +8,7 @@ import logging
 import sys
 
 BENCHMARKS = {
+    "attention": "fastscale.benchmarks.bench_attention",
     "cross-entropy": "fastscale.benchmarks.bench_cross_entropy",
 }
 

@@ -20,23 +20,29 @@ def window_mask(length: int, window: int, causal: bool, device) -> torch.Tensor:
     return visible & (j <= i) if causal else visible & (j - i < window)
 
 
-def attention_dense(q, k, v, *, causal: bool, window: int | None, scale: float | None) -> torch.Tensor:
-    """q [B, T, Hq, D], k/v [B, T, Hkv, D] -> [B, T, Hq, D]."""
+def _sdpa(q, k, v, causal: bool, window: int | None, scale: float | None) -> torch.Tensor:
+    """q [B, T, Hq, D], k/v [B, T, Hkv, D] -> [B, T, Hq, D] (a transposed view)."""
     q, k, v = (x.transpose(1, 2) for x in (q, k, v))  # SDPA wants [B, H, T, D]
     mask = None if window is None else window_mask(q.shape[2], window, causal, q.device)
     out = F.scaled_dot_product_attention(
         q, k, v, attn_mask=mask, is_causal=causal and mask is None, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
     )
-    return out.transpose(1, 2).contiguous()
+    return out.transpose(1, 2)
+
+
+def attention_dense(q, k, v, *, causal: bool, window: int | None, scale: float | None) -> torch.Tensor:
+    """q [B, T, Hq, D], k/v [B, T, Hkv, D] -> [B, T, Hq, D]."""
+    return _sdpa(q, k, v, causal, window, scale).contiguous()
 
 
 def attention_packed(q, k, v, cu_seqlens: torch.Tensor, *, causal: bool, window: int | None, scale: float | None) -> torch.Tensor:
     """q [total, Hq, D], k/v [total, Hkv, D], documents q[cu_seqlens[i]:cu_seqlens[i+1]] -> [total, Hq, D]."""
-    bounds = cu_seqlens.tolist()
+    # split, not slicing: its backward writes each gradient once, where a slice's writes a full-size zero tensor.
+    lengths = cu_seqlens.diff().tolist()
     pieces = [
-        attention_dense(q[None, s:e], k[None, s:e], v[None, s:e], causal=causal, window=window, scale=scale)[0]
-        for s, e in zip(bounds[:-1], bounds[1:])
-        if e > s  # empty documents hold no tokens
+        _sdpa(q_doc[None], k_doc[None], v_doc[None], causal, window, scale)[0]
+        for q_doc, k_doc, v_doc in zip(q.split(lengths), k.split(lengths), v.split(lengths))
+        if q_doc.shape[0]  # empty documents hold no tokens
     ]
     return torch.cat(pieces)
 
