@@ -2,20 +2,18 @@
 
 Residuals are taken in log space because losses, sizes and step counts are compared by ratio: a
 1% miss at N=1e5 counts as much as at N=1e9. Each fit runs scipy L-BFGS-B from a few starts and keeps
-the best; the bootstrap refits every resample from that optimum.
+the best (SLSQP when the law must lie on or below the data); the bootstrap refits every resample from
+that optimum.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
 from fastscale.fit._optimize import minimize_below, minimize_lbfgs
-
-log = logging.getLogger(__name__)
 
 GRADIENT_TOL = 1e-7  # a line search that cannot improve a point this flat has converged
 
@@ -63,9 +61,21 @@ def solve(model: LogModel, weights: np.ndarray, starts=None) -> Solution:
             best = result
     if best is None:
         raise FloatingPointError(f"every start gave a non-finite objective for parameters {model.names}")
-    # On a lower envelope the gradient need not vanish at the optimum (constraints are active).
-    converged = bool(best.success) or (not model.below and float(np.max(np.abs(best.jac))) <= GRADIENT_TOL)
+    # On a lower envelope the gradient need not vanish at the optimum (constraints are active); on a
+    # bound only its component pointing into the box must.
+    converged = bool(best.success) or (not model.below and _projected_gradient(model, best.x, best.jac) <= GRADIENT_TOL)
     return Solution(best.x, float(best.fun), converged, _at_bound(model, best.x))
+
+
+def _projected_gradient(model: LogModel, theta, gradient) -> float:
+    """Largest gradient entry after zeroing those that push a parameter out through its bound."""
+    g = np.array(gradient, dtype=np.float64)
+    for j, (low, high) in enumerate(model.bounds):
+        at_low = low is not None and theta[j] <= low + 1e-10 * max(1.0, abs(low))
+        at_high = high is not None and theta[j] >= high - 1e-10 * max(1.0, abs(high))
+        if (at_low and g[j] > 0) or (at_high and g[j] < 0):
+            g[j] = 0.0
+    return float(np.max(np.abs(g)))
 
 
 def _margin(model: LogModel, theta, rows):
