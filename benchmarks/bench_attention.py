@@ -2,8 +2,8 @@
 
 On a GPU: the Triton kernel, forward and forward+backward, causal and not, head dims 64 and 128,
 sequence lengths 512 to 16k at 16k tokens per batch (flash-attn's benchmark shapes: model width
-2048), bf16, in TFLOP/s and as a fraction of the device's peak; then a packed batch of uneven
-documents against the same documents run one by one, and packed against unpacked equal lengths.
+2048), bf16, in TFLOP/s and as a fraction of the device's peak; before it, as on a CPU, a packed
+batch of uneven documents and packed against unpacked equal lengths (below).
 On a CPU: the torch path on a packed batch of uneven documents against SDPA with a dense
 document mask and FlexAttention with a document block mask, and packed against unpacked.
 Times are medians; ratios are against a baseline measured in the same process.

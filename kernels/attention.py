@@ -240,7 +240,7 @@ def _forward_kernel(
     in_doc = rows < length
     l_i = tl.where(in_doc, l_i, 1.0)  # rows past the document saw nothing; they are not stored
     _store_tile(O + start * stride_ot + head * stride_oh, m0, stride_ot, length, acc / l_i[:, None], HEAD_DIM, BLOCK_M, BLOCK_D)
-    tl.store(LSE + head * total + start + rows, m_i + tl.math.log2(l_i), mask=in_doc)
+    tl.store(LSE + tl.cast(head, tl.int64) * total + start + rows, m_i + tl.math.log2(l_i), mask=in_doc)
 
 
 # ---------------------------------------------------------------------------------------------- backward
@@ -255,7 +255,7 @@ def _delta_kernel(O, dO, DELTA, total, stride_ot, stride_oh, stride_dot, stride_
     o = _load_tile(O + head * stride_oh, row0, stride_ot, total, HEAD_DIM, BLOCK, BLOCK_D)
     do = _load_tile(dO + head * stride_doh, row0, stride_dot, total, HEAD_DIM, BLOCK, BLOCK_D)
     rows = row0 + tl.arange(0, BLOCK)
-    tl.store(DELTA + head * total + rows, tl.sum(o.to(tl.float32) * do.to(tl.float32), 1), mask=rows < total)
+    tl.store(DELTA + tl.cast(head, tl.int64) * total + rows, tl.sum(o.to(tl.float32) * do.to(tl.float32), 1), mask=rows < total)
 
 
 @triton.jit
@@ -305,8 +305,8 @@ def _dkdv_kernel(
     for head in range(kv_head * group, kv_head * group + group):
         q_ptr = Q + start * stride_qt + head * stride_qh
         do_ptr = dO + start * stride_dot + head * stride_doh
-        lse_ptr = LSE + head * total + start
-        delta_ptr = DELTA + head * total + start
+        lse_ptr = LSE + tl.cast(head, tl.int64) * total + start
+        delta_ptr = DELTA + tl.cast(head, tl.int64) * total + start
         dk, dv = _dkdv_tiles(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, stride_qt, stride_dot, keys, lo, full_lo, full_hi, hi,
                              length, window, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_M, CAUSAL, WINDOWED)
     _store_tile(dK + start * stride_dkt + kv_head * stride_dkh, n0, stride_dkt, length, dk * scale, HEAD_DIM, BLOCK_N, BLOCK_D)
@@ -349,8 +349,8 @@ def _dq_kernel(
     kv_head = head // group
     q = _load_tile(Q + start * stride_qt + head * stride_qh, m0, stride_qt, length, HEAD_DIM, BLOCK_M, BLOCK_D)
     do = _load_tile(dO + start * stride_dot + head * stride_doh, m0, stride_dot, length, HEAD_DIM, BLOCK_M, BLOCK_D)
-    lse = tl.load(LSE + head * total + start + rows, mask=rows < length, other=0.0)
-    delta = tl.load(DELTA + head * total + start + rows, mask=rows < length, other=0.0)
+    lse = tl.load(LSE + tl.cast(head, tl.int64) * total + start + rows, mask=rows < length, other=0.0)
+    delta = tl.load(DELTA + tl.cast(head, tl.int64) * total + start + rows, mask=rows < length, other=0.0)
     k_ptr = K + start * stride_kt + kv_head * stride_kh
     v_ptr = V + start * stride_vt + kv_head * stride_vh
 

@@ -236,6 +236,13 @@ def test_triton_head_dims(poisoned, head_dim, dtype):
     check_against_reference("triton", dtype, [37, 70], heads_q=2, heads_kv=1, head_dim=head_dim, causal=True, window=50, packed=True)
 
 
+@pytest.mark.parametrize("head_dim", [32, 128, 256])
+def test_triton_shipped_tiles(poisoned, monkeypatch, head_dim):
+    """The GPU's own tile shapes (CONFIGS), not the interpreter's, on ragged packed documents."""
+    monkeypatch.setattr(kernels, "interpreting", lambda: False)
+    check_against_reference("triton", torch.bfloat16, [1, 100, 170], heads_q=2, heads_kv=1, head_dim=head_dim, causal=True, window=90, packed=True)
+
+
 def test_triton_fused_qkv_views(poisoned):
     """Strided q/k/v views of one projection, as GPT makes them, need no copy and give the same answer."""
     check_against_reference("triton", torch.bfloat16, [45, 45], heads_q=4, heads_kv=1, head_dim=32, causal=True, window=None, packed=False, fused_qkv=True)

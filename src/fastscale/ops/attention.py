@@ -192,6 +192,7 @@ class _TritonAttention(torch.autograd.Function):
         return out
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         from fastscale.kernels import attention as kernels
 
