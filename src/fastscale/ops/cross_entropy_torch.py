@@ -33,8 +33,8 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def chunk_rows(vocab: int, dtype: torch.dtype, chunk_bytes: int = CHUNK_BYTES) -> int:
-    return max(1, chunk_bytes // (max(vocab, 1) * torch.finfo(accumulation_dtype(dtype)).bits // 8))
+def chunk_rows(vocab: int, dtype: torch.dtype) -> int:
+    return max(1, CHUNK_BYTES // (vocab * accumulation_dtype(dtype).itemsize))
 
 
 def _logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, opts: LossOptions) -> torch.Tensor:
@@ -81,19 +81,19 @@ def _chunks(n_tokens: int, rows: int):
     return (slice(start, min(start + rows, n_tokens)) for start in range(0, n_tokens, rows))
 
 
-def forward(hidden, weight, bias, targets, opts: LossOptions, chunk_bytes: int = CHUNK_BYTES):
+def forward(hidden, weight, bias, targets, opts: LossOptions):
     """Per-token losses and logsumexps of 2-D hidden [N, d] against targets [N]."""
     acc = accumulation_dtype(hidden.dtype)
     n = hidden.shape[0]
     loss = torch.empty(n, dtype=acc, device=hidden.device)
     lse = torch.empty(n, dtype=acc, device=hidden.device)
     valid = targets != opts.ignore_index
-    for s in _chunks(n, chunk_rows(weight.shape[0], hidden.dtype, chunk_bytes)):
+    for s in _chunks(n, chunk_rows(weight.shape[0], hidden.dtype)):
         loss[s], lse[s] = _losses(_logits(hidden[s], weight, bias, opts), targets[s], valid[s], opts)
     return loss, lse
 
 
-def gradients(hidden, weight, bias, targets, token_grad, opts: LossOptions, chunk_bytes: int = CHUNK_BYTES):
+def gradients(hidden, weight, bias, targets, token_grad, opts: LossOptions):
     """Gradients (d hidden, d weight, d bias or None) of sum(token_grad * loss), with the per-token
     losses and logsumexps computed on the way: one pass over the logits, chunk by chunk."""
     acc = accumulation_dtype(hidden.dtype)
@@ -104,7 +104,7 @@ def gradients(hidden, weight, bias, targets, token_grad, opts: LossOptions, chun
     d_hidden = torch.empty_like(hidden)
     d_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device)
     d_bias = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if bias is not None else None
-    for s in _chunks(n, chunk_rows(weight.shape[0], hidden.dtype, chunk_bytes)):
+    for s in _chunks(n, chunk_rows(weight.shape[0], hidden.dtype)):
         z = _logits(hidden[s], weight, bias, opts)
         loss[s], lse_out[s] = _losses(z, targets[s], valid[s], opts)
         dz = _logit_grad_(z, lse_out[s], targets[s], token_grad[s].to(acc), opts)
