@@ -94,8 +94,6 @@ def estimate(config: GPTConfig, choice: Choice, *, world_size: int = 1, micro_ba
     if choice.stage >= 2:
         grads /= W
     working = 0
-    if choice.stage == 3 and choice.offload_optimizer != "none":
-        grads = min(5e7, P) * p_bytes  # reduced straight into the offloaded fp32 partition: one bucket stays
     if choice.stage == 3:
         params /= W
         per_layer = (config.n_params_exact / config.n_layer) * p_bytes
@@ -116,22 +114,23 @@ def estimate(config: GPTConfig, choice: Choice, *, world_size: int = 1, micro_ba
     place = {k: "device" for k in components}
     if choice.offload_optimizer != "none":
         place["optimizer"] = choice.offload_optimizer
-        place["grads_fp32"] = choice.offload_optimizer  # ZeRO-Infinity swaps gradients out with the optimizer state
+        # DeepSpeed 0.19 (stage3.py) keeps each rank's gradient partition in a flat host buffer in the
+        # parameters' dtype and swaps the fp32 copy out with the optimizer state
+        place["grads"] = "cpu"
+        place["grads_fp32"] = choice.offload_optimizer
     if choice.offload_param != "none":
         place["params"] = choice.offload_param
     totals = {"device": 0.0, "cpu": 0.0, "nvme": 0.0}
     for name, value in components.items():
         totals[place[name]] += value
-    if choice.offload_optimizer == "nvme" or choice.offload_param == "nvme":
-        totals["cpu"] += 2 * 4 * 1e8 + 4 * per_layer_bytes(config, 4)  # aio buffers and pinned swap-in working set
+    if choice.offload_optimizer == "nvme":
+        totals["cpu"] += 4 * 1e8 * 4  # swap buffers: buffer_count 4 x sub_group_size 1e8 fp32 values (deepspeed_config below)
+    if choice.offload_param == "nvme":
+        totals["cpu"] += 5 * 1e8 * p_bytes  # parameter swap buffers: buffer_count 5 x buffer_size 1e8
     if gpus == 0:  # the device is the host
         totals["cpu"] += totals.pop("device")
         totals["device"] = 0.0
     return {"components": {k: int(v) for k, v in components.items()}, "place": place, "device": int(totals["device"]), "host": int(totals["cpu"]), "nvme": int(totals["nvme"])}
-
-
-def per_layer_bytes(config: GPTConfig, bytes_per_value: int) -> float:
-    return config.n_params_exact / config.n_layer * bytes_per_value
 
 
 def plan(config: GPTConfig, *, memory: int, host: int | None = None, gpus: int = 1, nodes: int = 1, micro_batch: int = 1, bf16: bool = True, headroom: float = 0.9, allow_nvme: bool = True) -> list[dict]:
