@@ -7,8 +7,8 @@ a batch, consecutive runs of `seqlen` tokens). Nothing of size T^2 ever reaches 
 Forward (FlashAttention-2): a program owns BLOCK_M queries of one document and one head and streams
 the document's BLOCK_N-key tiles through an online softmax, in fp32. It saves only the output and
 the per-row logsumexp (base 2, of the scaled scores). Key tiles that no row of the program may see
-(causal, window, other documents) are never visited; tiles that every row sees fully run without
-masks; only tiles straddling an edge are masked.
+(causal, window, other documents) are never visited; only tiles straddling an edge of what the
+rows see are masked (a branch that is uniform over the program).
 Backward, deterministic (no atomics, fixed summation order):
   1. delta = rowsum(dO * O) per query row and head;
   2. dK, dV: a program owns BLOCK_N keys of one kv head and loops over the query heads of its group
@@ -45,16 +45,15 @@ class KernelConfig:
 # Shipped configurations by (kernel, head dim), for bfloat16 and float16: the largest tiles (of a few
 # tried) that compile for both sm_80 and sm_90 with no spills; tests compile each for both. "dkdv"
 # owns a key tile (BLOCK_N) and streams query tiles, the others own a query tile (BLOCK_M).
-K = KernelConfig
-CONFIGS = {
-    ("forward", 32): K(128, 64, 8, 3), ("forward", 64): K(128, 64, 8, 3), ("forward", 96): K(128, 64, 8, 3),
-    ("forward", 128): K(128, 64, 8, 3), ("forward", 256): K(64, 32, 8, 2),
-    ("dkdv", 32): K(32, 128, 8, 2), ("dkdv", 64): K(32, 128, 8, 2), ("dkdv", 96): K(32, 64, 8, 2),
-    ("dkdv", 128): K(32, 64, 8, 2), ("dkdv", 256): K(16, 32, 4, 1),
-    ("dq", 32): K(128, 64, 8, 2), ("dq", 64): K(128, 32, 8, 2), ("dq", 96): K(64, 64, 4, 2),
-    ("dq", 128): K(64, 64, 4, 2), ("dq", 256): K(32, 32, 4, 1),
+_TILES = {  # (BLOCK_M, BLOCK_N, num_warps, num_stages)
+    ("forward", 32): (128, 64, 8, 3), ("forward", 64): (128, 64, 8, 3), ("forward", 96): (128, 64, 8, 3),
+    ("forward", 128): (128, 64, 8, 3), ("forward", 256): (64, 32, 8, 2),
+    ("dkdv", 32): (32, 128, 8, 2), ("dkdv", 64): (32, 128, 8, 2), ("dkdv", 96): (32, 64, 8, 2),
+    ("dkdv", 128): (32, 64, 8, 2), ("dkdv", 256): (16, 32, 4, 1),
+    ("dq", 32): (128, 64, 8, 2), ("dq", 64): (128, 32, 8, 2), ("dq", 96): (64, 64, 8, 2),
+    ("dq", 128): (64, 64, 8, 2), ("dq", 256): (32, 32, 4, 1),
 }
-del K
+CONFIGS = {key: KernelConfig(*tiles) for key, tiles in _TILES.items()}
 # Under the interpreter programs run one after another on the CPU: big tiles mean few of them.
 # Unequal tiles keep the query/key range logic honest, as in the shipped configurations.
 INTERPRETER_CONFIG = KernelConfig(64, 32, 4, 1)
@@ -444,14 +443,14 @@ _TENSORS = {"Q", "K", "V", "O", "dO", "dQ", "dK", "dV"}
 _FP32 = {"LSE": "*fp32", "DELTA": "*fp32", "cu_seqlens": "*i32", "qk_scale": "fp32", "scale": "fp32"}
 
 
-def compile_spec(kernel: str, head_dim: int, dtype: torch.dtype, causal: bool) -> dict:
+def compile_spec(kernel: str, head_dim: int, dtype: torch.dtype, causal: bool, packed_windowed: bool = True) -> dict:
     """Arguments of fastscale.kernels.aot.compile_report for one shipped configuration, specialized as
-    the launcher sees real inputs (16-byte aligned pointers, strides divisible by 16). The varlen,
-    windowed variant is the one compiled: it holds every code path of the others."""
+    the launcher sees real inputs (16-byte aligned pointers, strides divisible by 16). packed_windowed
+    picks the cu_seqlens + window variant, which holds every code path; else the plain batched one."""
     fn, cfg = KERNELS[kernel], CONFIGS[kernel, head_dim]
     element = {torch.bfloat16: "*bf16", torch.float16: "*fp16"}[dtype]
     constexprs = dict(HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_M=cfg.block_m,
-                      BLOCK_N=cfg.block_n, CAUSAL=causal, WINDOWED=True, VARLEN=True)
+                      BLOCK_N=cfg.block_n, CAUSAL=causal, WINDOWED=packed_windowed, VARLEN=packed_windowed)
     signature, attrs = {}, {}
     for i, param in enumerate(fn.params):
         name = param.name
@@ -464,9 +463,9 @@ def compile_spec(kernel: str, head_dim: int, dtype: torch.dtype, causal: bool) -
     return dict(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 
-def compile_report(kernel: str, head_dim: int, dtype: torch.dtype, causal: bool, arch: int):
+def compile_report(kernel: str, head_dim: int, dtype: torch.dtype, causal: bool, arch: int, packed_windowed: bool = True):
     """Compiles one shipped configuration for sm_<arch> (needs TRITON_INTERPRET unset at import)."""
     from fastscale.kernels import aot
 
-    spec = compile_spec(kernel, head_dim, dtype, causal)
+    spec = compile_spec(kernel, head_dim, dtype, causal, packed_windowed)
     return aot.compile_report(spec.pop("fn"), **spec, arch=arch)
