@@ -46,9 +46,14 @@ def epoch_chinchilla_fit(epoch_chinchilla):
 
 
 @pytest.fixture(scope="session")
-def porian():
+def porian_folder() -> Path:
+    return data_folder("porian2024")
+
+
+@pytest.fixture(scope="session")
+def porian(porian_folder):
     """Porian et al. 2024: (published fits, optimal pairs rows, IsoFLOP point rows)."""
-    folder = data_folder("porian2024")
+    folder = porian_folder
     published = json.loads((folder / "published_fits.json").read_text())
     return published, read_csv(folder / "optimal_pairs.csv"), read_csv(folder / "isoflop_points.csv")
 

@@ -163,3 +163,17 @@ def test_parameter_at_bound_is_warned_on_stderr_and_in_json(capsys, tmp_path):
     assert code == 0
     assert any(flag.startswith("L_inf ended on its bound") for flag in json.loads(out)["flags"])
     assert "warning: L_inf ended on its bound" in err
+
+
+def test_porian_allocation_with_where_and_sigma(capsys, porian, porian_folder):
+    published, _, _ = porian
+    setup = next(p for p in published if p["config"] == "rw-tuned-short-const-standard-val")
+    data_path = porian_folder / "optimal_pairs.csv"
+    code, out, err = run_cli(
+        capsys, data_path, "--law", "allocation", "--where", f"config={setup['config']}", "--x", "flops", "--y", "n_star",
+        "--sigma", "n_star_std_log", "--bootstrap", "0", "--json",
+    )
+    assert code == 0, err
+    assert json.loads(out)["params"]["a"] == pytest.approx(setup["a_n_exponent"], abs=1e-4)
+    code, _, err = run_cli(capsys, data_path, "--law", "allocation", "--where", "config=nope", "--x", "flops", "--y", "n_star")
+    assert code == 2 and "--where config=nope: no row matches" in err

@@ -27,7 +27,7 @@ from fastscale.fit.power import fit_power_law
 LAWS = ("power", "chinchilla", "kaplan-nd", "frontier", "critical-batch", "allocation", "isoflop")
 EPILOG = """columns by law:
   power           --x COL --y COL  [--pure]            L = L_inf + (x0/x)^alpha
-  allocation      --x C --y N_OPT  [--weight COL]      N_opt = (C/C0)^a
+  allocation      --x C --y N_OPT  [--sigma COL]       N_opt = (C/C0)^a (weights 1/sigma^2 of log N_opt)
   chinchilla      --N COL (--D COL | --C COL) --loss COL   L = E + A/N^alpha + B/D^beta (D = C/6N)
   kaplan-nd       --N COL (--D COL | --C COL) --loss COL   L = [(Nc/N)^(alpha_N/alpha_D) + Dc/D]^alpha_D
   isoflop         --N COL --C COL --loss COL           Chinchilla approach 2: N_opt(C) from IsoFLOP minima
@@ -50,10 +50,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         ("--C", "column of training compute in FLOPs (D = C / 6N when --D is not given)"),
         ("--loss", "column of losses (nats/token)"),
         ("--run", "column naming the run of each row (frontier)"),
-        ("--weight", "column of per-point weights (allocation)"),
+        ("--sigma", "column of the standard deviation of log y per row; weights 1/sigma^2 (allocation)"),
         ("--noise-scale", "column of gradient noise scales (critical-batch)"),
     ):
         parser.add_argument(name, metavar="COL", help=text)
+    parser.add_argument("--where", action="append", default=[], metavar="COL=VALUE", help="keep only rows where COL equals VALUE (repeatable)")
     parser.add_argument("--pure", action="store_true", help="power, frontier: fit the pure power law (L_inf = 0)")
     parser.add_argument("--drop-top-loss", type=int, default=0, metavar="K", help="drop the K highest-loss rows (Epoch's protocol)")
     parser.add_argument("--holdout-largest", type=int, default=0, metavar="K", help="fit without the K rows of largest N (or x), report the error on them")
@@ -70,7 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        table = read_table(args.data)
+        table = select_rows(read_table(args.data), args.where)
         report = LAW_RUNNERS[args.law](args, table)
     except FitInputError as error:
         print(f"fastscale fit: error: {error}", file=sys.stderr)
@@ -83,6 +84,25 @@ def run(args: argparse.Namespace) -> int:
     for flag in report.get("flags", []) + [f"holdout fit: {f}" for f in report.get("holdout", {}).get("flags", [])]:
         print(f"warning: {flag}", file=sys.stderr)
     return 0
+
+
+def select_rows(table: dict, conditions: list) -> dict:
+    """Rows where every COL=VALUE holds (numbers compared as numbers, text as text)."""
+    keep = np.ones(len(next(iter(table.values()))), dtype=bool)
+    for condition in conditions:
+        name, sep, value = condition.partition("=")
+        if not sep:
+            raise FitInputError(f"--where {condition!r}: expected COL=VALUE")
+        if name not in table:
+            raise FitInputError(f"--where {name!r}: no such column in DATA; columns are {sorted(table)}")
+        values = table[name]
+        try:
+            keep &= values == (float(value) if values.dtype.kind == "f" else value)
+        except ValueError:
+            raise FitInputError(f"--where {condition!r}: column {name!r} holds numbers, got {value!r}") from None
+    if conditions and not keep.any():
+        raise FitInputError(f"--where {' '.join(conditions)}: no row matches")
+    return {name: values[keep] for name, values in table.items()}
 
 
 def _options(args):
@@ -147,14 +167,19 @@ def run_allocation(args, table):
     _need(args, "x", "y")
     _refuse(args, "--drop-top-loss", "--forecast-loss", "--forecast-reducible", "--tokens-per-item", "--pure")
     c, n = column(table, args.x, option="--x"), column(table, args.y, option="--y")
-    weights = None if args.weight is None else column(table, args.weight, option="--weight")
-    fit = fit_allocation(c, n, weights=weights, **_options(args))
+    # An empty N_opt means the budget had no interior minimum (Porian's optimal_pairs.csv): skip, and say so.
+    keep = ~np.isnan(n)
+    weights = None if args.sigma is None else 1.0 / column(table, args.sigma, option="--sigma")[keep] ** 2
+    fit = fit_allocation(c[keep], n[keep], weights=weights, **_options(args))
     report = _fit_report(fit)
+    if not keep.all():
+        report["skipped_rows"] = {"count": int((~keep).sum()), "reason": f"empty --y {args.y!r}"}
     if args.holdout_largest:
         if weights is not None:
-            raise FitInputError("--holdout-largest with --weight is not supported (the weights would need the same split)")
-        report["holdout"] = _holdout_report(holdout_largest(fit_allocation, (c,), n, args.holdout_largest, **_options(args)), (args.x,), np.ones(len(c), dtype=bool))
-    _maybe_plot(args, lambda plots: plots.plot_law(fit, c, n, args.plot, xlabel=args.x, ylabel=args.y))
+            raise FitInputError("--holdout-largest with --sigma is not supported (the weights would need the same split)")
+        check = holdout_largest(fit_allocation, (c[keep],), n[keep], args.holdout_largest, **_options(args))
+        report["holdout"] = _holdout_report(check, (args.x,), keep)
+    _maybe_plot(args, lambda plots: plots.plot_law(fit, c[keep], n[keep], args.plot, xlabel=args.x, ylabel=args.y))
     return report
 
 
@@ -323,6 +348,10 @@ def format_table(report: dict) -> str:
     for name, value in report["params"].items():
         low, high = report["ci"].get(name, (float("nan"), float("nan")))
         lines.append(f"{name:<10} {value:>14.6g}   [{low:>13.6g}, {high:>13.6g}]")
+    for budget, reason in report.get("skipped_budgets", {}).items():
+        lines.append(f"skipped budget C={float(budget):.4g}: {reason}")
+    if "skipped_rows" in report:
+        lines.append(f"skipped {report['skipped_rows']['count']} rows: {report['skipped_rows']['reason']}")
     if "holdout" in report:
         holdout = report["holdout"]
         lines.append(f"holdout: mean |relative error| on the {len(holdout['rows'])} largest = {holdout['mean_abs_rel_error']:.4%}")
