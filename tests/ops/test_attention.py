@@ -181,6 +181,20 @@ def test_bad_input_is_named(call, error, words):
         assert word in str(info.value), f"{word!r} not in {str(info.value)!r}"
 
 
+def test_cu_seqlens_changed_in_place_is_checked_again():
+    """Validation is remembered per cu_seqlens tensor (one host read per batch, not per layer) but
+    an in-place change is seen."""
+    q, k, v = _packed()
+    cu_seqlens = torch.tensor([0, 4, 10], dtype=torch.int32)
+    attention(q, k, v, cu_seqlens=cu_seqlens)
+    attention(q, k, v, cu_seqlens=cu_seqlens)
+    cu_seqlens[1] = 12
+    with pytest.raises(ValueError, match="not sorted"):
+        attention(q, k, v, cu_seqlens=cu_seqlens)
+    with pytest.raises(ValueError, match="total_tokens = 9"):
+        attention(q[:9], k[:9], v[:9], cu_seqlens=torch.tensor([0, 4, 10], dtype=torch.int32))
+
+
 def test_triton_on_cpu_without_interpreter_says_why(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(NotImplementedError, match="backend='triton'.*CUDA tensors"):

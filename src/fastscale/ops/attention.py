@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import weakref
 
 import torch
 
@@ -94,21 +95,24 @@ def _check_options(causal, window, scale) -> None:
         check_number("scale", scale, low=0.0, low_open=True)
 
 
+# The last cu_seqlens validated: (weak reference, its version counter, total tokens, longest document).
+# A model passes the same tensor to every layer; reading it back to the host once per batch, not once
+# per layer, saves a device synchronization per layer. An in-place change bumps the version.
+_last_validated = (lambda: None, -1, -1, -1)
+
+
 def _check_cu_seqlens(cu_seqlens, max_seqlen, q) -> int:
-    """Validates the document boundaries (one small device-to-host copy) and returns max_seqlen."""
+    """Validates the document boundaries and returns max_seqlen."""
     check_tensor("cu_seqlens", cu_seqlens, ndim=1, dtypes=(torch.int32,))
     check_same("device", "q", q, cu_seqlens=cu_seqlens)
     if cu_seqlens.shape[0] < 2:
         raise ValueError(f"cu_seqlens: shape {tuple(cu_seqlens.shape)}; expected [n_docs + 1] with n_docs >= 1")
-    bounds = cu_seqlens.tolist()
+    global _last_validated
     total = q.shape[0]
-    if bounds[0] != 0 or bounds[-1] != total:
-        raise ValueError(f"cu_seqlens: runs from {bounds[0]} to {bounds[-1]}; expected 0 to total_tokens = {total} (q.shape[0])")
-    lengths = [e - s for s, e in zip(bounds[:-1], bounds[1:])]
-    if min(lengths) < 0:
-        at = lengths.index(min(lengths))
-        raise ValueError(f"cu_seqlens: not sorted, cu_seqlens[{at + 1}] = {bounds[at + 1]} < cu_seqlens[{at}] = {bounds[at]}; expected non-decreasing offsets")
-    longest = max(lengths)
+    ref, version, checked_total, longest = _last_validated
+    if ref() is not cu_seqlens or (version, checked_total) != (cu_seqlens._version, total):
+        longest = _longest_document(cu_seqlens.tolist(), total)
+        _last_validated = (weakref.ref(cu_seqlens), cu_seqlens._version, total, longest)
     if max_seqlen is None:
         return longest
     if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int):
@@ -116,6 +120,16 @@ def _check_cu_seqlens(cu_seqlens, max_seqlen, q) -> int:
     if max_seqlen < longest:
         raise ValueError(f"max_seqlen={max_seqlen}: shorter than the longest document in cu_seqlens ({longest} tokens)")
     return max_seqlen
+
+
+def _longest_document(bounds: list[int], total: int) -> int:
+    if bounds[0] != 0 or bounds[-1] != total:
+        raise ValueError(f"cu_seqlens: runs from {bounds[0]} to {bounds[-1]}; expected 0 to total_tokens = {total} (q.shape[0])")
+    lengths = [e - s for s, e in zip(bounds[:-1], bounds[1:])]
+    if min(lengths) < 0:
+        at = lengths.index(min(lengths))
+        raise ValueError(f"cu_seqlens: not sorted, cu_seqlens[{at + 1}] = {bounds[at + 1]} < cu_seqlens[{at}] = {bounds[at]}; expected non-decreasing offsets")
+    return max(lengths)
 
 
 # ---------------------------------------------------------------------------------------------- backends
