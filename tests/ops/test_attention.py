@@ -195,6 +195,28 @@ def test_cu_seqlens_changed_in_place_is_checked_again():
         attention(q[:9], k[:9], v[:9], cu_seqlens=torch.tensor([0, 4, 10], dtype=torch.int32))
 
 
+@pytest.mark.parametrize("causal,window,window_size", [(True, None, (-1, -1)), (False, None, (-1, -1)), (True, 8, (7, 0)), (False, 8, (7, 7))])
+def test_flash_attn_backend_passes_flash_attn_conventions(monkeypatch, causal, window, window_size):
+    """flash-attn cannot be installed here; a stand-in module records what the backend hands it."""
+    import sys
+    import types
+
+    op = sys.modules["fastscale.ops.attention"]  # the module; fastscale.ops.attention is the function
+    calls = []
+    fake = types.ModuleType("flash_attn")
+    fake.flash_attn_func = lambda q, k, v, **kw: calls.append(("dense", kw)) or q
+    fake.flash_attn_varlen_func = lambda q, k, v, *args, **kw: calls.append(("varlen", args, kw)) or q
+    monkeypatch.setitem(sys.modules, "flash_attn", fake)
+    monkeypatch.setitem(op._UNSUPPORTED, "flash_attn", lambda q: None)
+    expected = dict(softmax_scale=0.25, causal=causal, window_size=window_size, deterministic=True)
+
+    attention(*_inputs(), causal=causal, window=window, backend="flash_attn")
+    cu_seqlens = torch.tensor([0, 3, 10], dtype=torch.int32)
+    attention(*_packed(), causal=causal, window=window, cu_seqlens=cu_seqlens, backend="flash_attn")
+    assert calls[0] == ("dense", expected)
+    assert calls[1] == ("varlen", (cu_seqlens, cu_seqlens, 7, 7), expected)
+
+
 def test_triton_on_cpu_without_interpreter_says_why(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(NotImplementedError, match="backend='triton'.*CUDA tensors"):
