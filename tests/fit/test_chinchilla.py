@@ -130,3 +130,28 @@ def test_batched_lbfgs_finds_what_a_scipy_loop_finds_from_the_same_starts(epoch_
     # Start by start the two may end in different local minima (the surface has plateaus near 0.011 and
     # 0.021), so only the best of the grid, which is what the fit reports, is compared.
     assert np.nanmin(batch.f) == pytest.approx(np.nanmin(loop), rel=1e-6)
+
+
+def test_huber_objective_value_and_gradient_against_direct_formulas():
+    from fastscale.fit.chinchilla import huber_objective
+
+    rng = np.random.default_rng(5)
+    log_n, log_d = rng.uniform(17, 24, 30), rng.uniform(21, 27, 30)
+    log_loss = np.log(rng.uniform(2.0, 3.5, 30))
+    counts = rng.integers(0, 3, (4, 30)).astype(float)
+    theta = np.column_stack([rng.uniform(3, 8, 4), rng.uniform(3, 9, 4), rng.uniform(0.3, 0.8, 4), rng.uniform(0.2, 0.5, 4), rng.uniform(0.2, 0.5, 4)])
+    objective = huber_objective(log_n, log_d, log_loss, counts)
+    values, gradients = objective(theta, np.arange(4))
+
+    def direct(t, w):
+        a, b, e, alpha, beta = t
+        r = np.logaddexp(np.logaddexp(a - alpha * log_n, b - beta * log_d), e) - log_loss
+        return np.sum(w * np.where(np.abs(r) <= 1e-3, 0.5 * r**2, 1e-3 * (np.abs(r) - 0.5e-3)))
+
+    for s in range(4):
+        assert values[s] == pytest.approx(direct(theta[s], counts[s]), rel=1e-12)
+        for j in range(5):
+            step = np.zeros(5)
+            step[j] = 1e-6
+            numeric = (direct(theta[s] + step, counts[s]) - direct(theta[s] - step, counts[s])) / 2e-6
+            assert gradients[s, j] == pytest.approx(numeric, rel=1e-5, abs=1e-9)

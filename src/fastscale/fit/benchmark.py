@@ -57,7 +57,7 @@ def load_epoch(path) -> tuple:
 
 def scipy_loop(n, d, loss, starts) -> tuple:
     """The notebooks' procedure: one L-BFGS-B per start (scipy defaults), best objective wins."""
-    batched = huber_objective(np.log(n), np.log(d), np.log(loss), np.ones(len(loss)), HUBER_DELTA)
+    batched = huber_objective(np.log(n), np.log(d), np.log(loss), delta=HUBER_DELTA)
     one_row = np.zeros(1, dtype=int)
 
     def objective(theta):

@@ -87,28 +87,47 @@ def _compute_for_loss(p, loss):
         return np.where(reducible > 0, 6.0 * (n_opt / g) ** (1.0 / p["a"]), np.nan)
 
 
-def huber_objective(log_n, log_d, log_loss, weights, delta=HUBER_DELTA):
+def huber_objective(log_n, log_d, log_loss, weights=None, delta=HUBER_DELTA):
     """Batched objective f(theta [S, 5], rows) -> (sum of weighted Huber losses [S], gradients [S, 5]).
 
-    weights: [n] for one data set, or [n_resamples, n] bootstrap counts indexed by `rows`.
+    weights: None (all ones), [n] for one data set, or [n_resamples, n] bootstrap counts indexed by
+    `rows`. Written with in-place operations: this function is nearly all of a 4,500-start fit's time.
     """
-    weights = np.asarray(weights, dtype=np.float64)
+    weights = None if weights is None else np.asarray(weights, dtype=np.float64)
+    scale_n = np.stack([np.ones_like(log_n), -log_n], axis=1)  # d t_n / d (a, alpha)
+    scale_d = np.stack([np.ones_like(log_d), -log_d], axis=1)  # d t_d / d (b, beta)
 
     def value_and_gradient(theta, rows):
-        w = weights if weights.ndim == 1 else weights[rows]
         a, b, e, alpha, beta = (theta[:, j, None] for j in range(5))
-        t_n = a - alpha * log_n
-        t_d = b - beta * log_d
-        top = np.maximum(np.maximum(t_n, t_d), e)  # log-sum-exp without overflow
-        exp_n, exp_d, exp_e = np.exp(t_n - top), np.exp(t_d - top), np.exp(e - top)
-        total = exp_n + exp_d + exp_e
-        r = top + np.log(total) - log_loss
-        abs_r = np.abs(r)
-        huber = np.where(abs_r <= delta, 0.5 * r * r, delta * (abs_r - 0.5 * delta))
-        slope = w * np.clip(r, -delta, delta) / total
-        g_n, g_d, g_e = slope * exp_n, slope * exp_d, slope * exp_e
-        gradient = np.stack([g_n.sum(1), g_d.sum(1), g_e.sum(1), -(g_n @ log_n), -(g_d @ log_d)], axis=1)
-        return (w * huber).sum(1), gradient
+        exp_n = a - alpha * log_n
+        exp_d = b - beta * log_d
+        top = np.maximum(exp_n, exp_d)
+        np.maximum(top, e, out=top)  # log-sum-exp without overflow
+        exp_n -= top
+        np.exp(exp_n, out=exp_n)
+        exp_d -= top
+        np.exp(exp_d, out=exp_d)
+        exp_e = np.exp(e - top)
+        total = exp_n + exp_d
+        total += exp_e
+        r = np.log(total)
+        r += top
+        r -= log_loss
+        slope = np.clip(r, -delta, delta)
+        # Huber(r) = c (r - c/2) with c = clip(r, -delta, delta): r^2/2 inside, delta(|r| - delta/2) outside
+        r -= 0.5 * slope
+        r *= slope
+        if weights is not None:
+            w = weights if weights.ndim == 1 else weights[rows]
+            r *= w
+            slope *= w
+        slope /= total
+        exp_n *= slope
+        exp_d *= slope
+        exp_e *= slope
+        g_n, g_d = exp_n @ scale_n, exp_d @ scale_d
+        gradient = np.stack([g_n[:, 0], g_d[:, 0], exp_e.sum(1), g_n[:, 1], g_d[:, 1]], axis=1)
+        return r.sum(1), gradient
 
     return value_and_gradient
 
@@ -139,9 +158,9 @@ def fit_chinchilla(
     log_n, log_d, log_y = np.log(n), np.log(d), np.log(y)
 
     with np.errstate(over="ignore", invalid="ignore"):
-        batch = batched_lbfgs(huber_objective(log_n, log_d, log_y, np.ones(size), delta), grid)
+        batch = batched_lbfgs(huber_objective(log_n, log_d, log_y, delta=delta), grid)
     best = int(np.argmin(np.where(np.isfinite(batch.f), batch.f, np.inf)))
-    single = huber_objective(log_n, log_d, log_y, np.ones(size), delta)
+    single = huber_objective(log_n, log_d, log_y, delta=delta)
     polished = minimize_lbfgs(lambda t: tuple(v[0] for v in single(t[None], np.zeros(1, dtype=int))), batch.x[best])
     theta = polished.x if polished.fun <= batch.f[best] else batch.x[best]
     objective = float(min(polished.fun, batch.f[best]))
