@@ -1,7 +1,7 @@
 """A pre-norm decoder-only GPT in plain torch.nn, read top to bottom like nanoGPT.
 
 Attention goes through fastscale.nn.Attention (fastscale.ops.attention underneath) and the loss through
-fastscale.ops.linear_cross_entropy, so training never materializes the [tokens, vocab] logits. Rows may
+fastscale.nn.LinearCrossEntropyLoss (fastscale.ops.linear_cross_entropy), so training never materializes the [tokens, vocab] logits. Rows may
 be packed documents: pass cu_seqlens (boundaries in the flattened batch) and positions (index of each
 token inside its document); no token then attends across a boundary. Nothing here knows about
 DeepSpeed, ZeRO or activation checkpointing: train/ applies them.
@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fastscale.nn.attention import Attention
+from fastscale.nn.cross_entropy import LinearCrossEntropyLoss
 
 from .config import GPTConfig
 
@@ -57,23 +58,6 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
-class OutputHead(nn.Module):
-    """The output projection weight [vocab, d_model] and the loss that uses it. The weight lives in the
-    module whose forward consumes it, which is what ZeRO-3 needs to gather it in time."""
-
-    def __init__(self, config: GPTConfig) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(config.vocab_size, config.d_model))
-        self.backend = config.loss_backend
-
-    def forward(self, hidden: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
-        if targets is None:
-            return hidden @ self.weight.t()
-        from fastscale.ops import linear_cross_entropy
-
-        return linear_cross_entropy(hidden, self.weight, targets, backend=self.backend)
-
-
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -82,9 +66,11 @@ class GPT(nn.Module):
         self.wpe = nn.Embedding(config.seq_len, config.d_model) if config.positions == "learned" else None
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.d_model, bias=config.bias)
-        self.head = OutputHead(config)
-        if config.tie_embeddings:
-            self.head.weight = self.wte.weight
+        # the output projection lives in the loss module that consumes it (what ZeRO-3 needs); tied,
+        # it is the token embedding's Parameter
+        self.head = LinearCrossEntropyLoss(
+            config.d_model, config.vocab_size, weight=self.wte.weight if config.tie_embeddings else None, backend=config.loss_backend
+        )
         self.apply(self._init_weights)
         # GPT-2: residual projections scaled by 1/sqrt(2 * n_layer)
         for name, p in self.named_parameters():
@@ -99,7 +85,7 @@ class GPT(nn.Module):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, 0.0, std)
-        elif isinstance(module, OutputHead) and not self.config.tie_embeddings:
+        elif isinstance(module, LinearCrossEntropyLoss) and not self.config.tie_embeddings:
             nn.init.normal_(module.weight, 0.0, std)
 
     def forward(self, idx, targets=None, *, cu_seqlens=None, max_seqlen=None, positions=None):
@@ -121,6 +107,8 @@ class GPT(nn.Module):
         for block in self.blocks:
             x = block(x, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, positions=positions)
         x = self.ln_f(x)
+        if targets is None:
+            return x @ self.head.weight.t()  # full logits, for sampling and inspection only
         return self.head(x, targets)
 
     def num_params(self, non_embedding: bool = True) -> int:
