@@ -36,13 +36,16 @@ class KernelResources:
     registers: int
     local_bytes: int
     stack_bytes: int
+    spill_store_bytes: int
+    spill_load_bytes: int
     shared_bytes: int
     uses_wgmma: bool
     uses_mma_sync: bool
 
     @property
     def spills(self) -> bool:
-        return self.local_bytes > 0
+        # cuobjdump may show spills as stack frame with LOCAL:0; ptxas -v counts the spill bytes.
+        return self.local_bytes > 0 or self.spill_store_bytes > 0 or self.spill_load_bytes > 0
 
     @property
     def fits_shared_memory(self) -> bool:
@@ -52,7 +55,7 @@ class KernelResources:
         mma = "wgmma" if self.uses_wgmma else "mma.sync" if self.uses_mma_sync else "no mma"
         return (
             f"sm_{self.arch} warps={self.num_warps} stages={self.num_stages}: {self.registers} regs, "
-            f"{self.local_bytes} B local, {self.shared_bytes} B shared, {mma}"
+            f"{self.spill_store_bytes} B spilled, {self.stack_bytes} B stack, {self.shared_bytes} B shared, {mma}"
         )
 
 
@@ -69,6 +72,20 @@ def _resource_usage(cubin: bytes) -> dict[str, int]:
     return {key: int(value) for key, value in usage.items()}
 
 
+def _spill_bytes(ptx: str, arch: int) -> tuple[int, int]:
+    """(spill store, spill load) bytes that ptxas -v reports for the PTX. The wheel's
+    ptxas-blackwell is used because Triton's PTX ISA version is newer than its plain ptxas."""
+    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas-blackwell"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kernel.ptx")
+        Path(path).write_text(ptx)
+        gpu = f"sm_{arch}a" if arch >= 90 else f"sm_{arch}"
+        out = subprocess.run([str(ptxas), f"-arch={gpu}", "-v", path, "-o", os.path.join(tmp, "kernel.o")],
+                             check=True, capture_output=True, text=True).stderr
+    stores, loads = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", out).groups()
+    return int(stores), int(loads)
+
+
 def compile_report(fn, signature: dict, constexprs: dict, *, arch: int, num_warps: int, num_stages: int, attrs: dict | None = None) -> KernelResources:
     """Compiles `fn` (a @triton.jit function) for sm_<arch> and reports its resources.
 
@@ -83,6 +100,7 @@ def compile_report(fn, signature: dict, constexprs: dict, *, arch: int, num_warp
     )
     usage = _resource_usage(compiled.asm["cubin"])
     ptx = compiled.asm["ptx"]
+    spill_stores, spill_loads = _spill_bytes(ptx, arch)
     return KernelResources(
         kernel=fn.__name__,
         arch=arch,
@@ -91,6 +109,8 @@ def compile_report(fn, signature: dict, constexprs: dict, *, arch: int, num_warp
         registers=usage["REG"],
         local_bytes=usage["LOCAL"],
         stack_bytes=usage["STACK"],
+        spill_store_bytes=spill_stores,
+        spill_load_bytes=spill_loads,
         # Static shared memory in the cubin plus what Triton allocates dynamically at launch.
         shared_bytes=usage["SHARED"] + compiled.metadata.shared,
         uses_wgmma="wgmma" in ptx,

@@ -262,3 +262,14 @@ def test_second_backward_through_a_fused_loss_is_refused():
     torch.testing.assert_close(first, reference, rtol=1e-5, atol=1e-6)
     with pytest.raises(RuntimeError, match="second backward"):
         loss.backward()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_with_the_gpu_tile_shapes(dtype, monkeypatch):
+    """The interpreter normally runs large tiles for speed; here the tiles shipped for the GPU run,
+    on a problem ragged at every tile edge."""
+    from fastscale.kernels import cross_entropy
+
+    monkeypatch.setattr(cross_entropy, "config_for", lambda kernel, dt: cross_entropy.CONFIGS[(kernel, dt.itemsize)])
+    hidden, weight, bias, targets = make_inputs(130, 200, 40, dtype)
+    check_against_reference("triton", hidden, weight, bias, targets, **ALL_OPTIONS)
