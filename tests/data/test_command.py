@@ -31,3 +31,15 @@ def test_fastscale_plan_writes_a_deepspeed_config(tmp_path, capsys):
     check_deepspeed_config(ds, 1, device_type="cuda")
     assert main(["plan", "--params", "1e12", "--memory", "16GiB", "--host-memory", "64GiB"]) == 1
     assert "nothing fits" in capsys.readouterr().out
+
+
+def test_command_line_set_up_imports_neither_torch_nor_deepspeed():
+    """`fastscale fit` must work without the GPU stack: building the parser (with the data, plan and
+    train subcommands) imports neither torch nor DeepSpeed."""
+    import subprocess
+    import sys
+
+    code = "import sys, fastscale.cli as c; c.build_parser(); print(sorted(m for m in ('torch', 'deepspeed') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

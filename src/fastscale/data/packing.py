@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-import torch
 
 IGNORE_INDEX = -100
 
@@ -59,6 +58,8 @@ class PackedRows:
 def collate(rows: list[dict]) -> dict:
     """Stack rows into a batch for GPT.forward: idx, targets, positions [B, T]; cu_seqlens int32
     offsets of every segment in the flattened B*T tokens; max_seqlen."""
+    import torch
+
     seg_lens = [n for row in rows for n in row["seg_lens"]]
     cu = np.concatenate([[0], np.cumsum(seg_lens)]).astype(np.int32)
     return {

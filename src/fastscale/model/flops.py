@@ -13,8 +13,6 @@ import logging
 import os
 import re
 
-import torch
-
 logger = logging.getLogger(__name__)
 
 PF_DAY = 1e15 * 86400
@@ -69,13 +67,15 @@ def _cpu_peak() -> tuple[float, str]:
     return peak, f"CPU estimate: {cores} cores x {clock} x {2 * lanes * 2} fp32 FLOPs/cycle ({isa}, 2 FMA units) = {peak / 1e12:.2f} TFLOP/s"
 
 
-def peak_flops(device: torch.device | str | None = None) -> tuple[float, str]:
+def peak_flops(device=None) -> tuple[float, str]:
     """(peak FLOP/s, description) for `device` (default: cuda if available, else cpu).
 
     FASTSCALE_PEAK_FLOPS in the environment overrides the table (e.g. for a device it lacks)."""
     override = os.environ.get("FASTSCALE_PEAK_FLOPS")
     if override:
         return float(override), f"FASTSCALE_PEAK_FLOPS={override}"
+    import torch
+
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)

@@ -1,10 +1,29 @@
 """Training: DeepSpeed engine set-up from the user's DeepSpeed config, the loop, atomic checkpoints
-with exact resume, metrics, the gradient noise scale and the memory planner."""
+with exact resume, metrics, the gradient noise scale and the memory planner.
 
-from .config import ConfigError, RunConfig, TrainSettings, check_deepspeed_config, resolve_batch
+Torch and DeepSpeed are imported on first use of Trainer / check_deepspeed_config, so the `fastscale`
+command line (and `fastscale fit` on a machine without them) does not pay for them."""
+
 from .noise_scale import GradientNoiseScale, two_batch_estimates
 from .schedule import lr_multiplier
-from .trainer import Trainer
+
+_LAZY = {
+    "Trainer": "trainer",
+    "ConfigError": "config",
+    "RunConfig": "config",
+    "TrainSettings": "config",
+    "check_deepspeed_config": "config",
+    "resolve_batch": "config",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ConfigError", "GradientNoiseScale", "RunConfig", "Trainer", "TrainSettings", "check_deepspeed_config",

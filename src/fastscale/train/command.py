@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .plan import GiB, deepspeed_config, parse_bytes, plan
@@ -55,11 +56,20 @@ def run_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("train_args", nargs=argparse.REMAINDER, help="arguments of train.py (--config, --deepspeed_config, --out, --resume)")
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of train.py (torch-free, so the `fastscale` command line starts fast)."""
+    p.add_argument("--config", required=True, help="run config (model, data, seq_len, train)")
+    p.add_argument("--out", required=True, help="run directory: config.json, metrics.jsonl, checkpoints/, summary.json")
+    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in OUT/checkpoints")
+    p.add_argument("--steps", type=int, help="override train.steps")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=int(os.environ.get("LOCAL_RANK", 0)), help="set by the launcher")
+    # deepspeed.add_config_arguments' flags, declared here so that parsing needs no DeepSpeed import
+    p.add_argument("--deepspeed", action="store_true", help="accepted for DeepSpeed's conventions (the engine is always DeepSpeed)")
+    p.add_argument("--deepspeed_config", "--deepspeed-config", help="DeepSpeed config JSON: batch sizes, ZeRO stage, bf16, offload, activation checkpointing")
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .launch import main
+    from .launch import run
 
-    return main(args.train_args)
+    return run(args)

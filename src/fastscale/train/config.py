@@ -11,8 +11,6 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from .schedule import DECAYS
 
 
@@ -167,7 +165,10 @@ def check_deepspeed_config(ds: dict, world_size: int, *, device_type: str | None
     where = "deepspeed config"
     ds = load_deepspeed_config(ds)
     ds.update(resolve_batch(ds, world_size))
-    device_type = device_type or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device_type is None:
+        import torch
+
+        device_type = "cuda" if torch.cuda.is_available() else "cpu"
     zero = ds.get("zero_optimization", {}) or {}
     stage = zero.get("stage", 0)
     _require(stage in (0, 1, 2, 3), where, "zero_optimization.stage", stage, "0, 1, 2 or 3")

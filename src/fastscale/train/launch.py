@@ -88,23 +88,17 @@ def build_run(run: RunConfig | dict | str, deepspeed_config, out_dir, *, memory_
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Train a GPT of the fastscale family with DeepSpeed: deepspeed train.py --config RUN.json --deepspeed_config DS.json --out DIR")
-    p.add_argument("--config", required=True, help="run config (model, data, seq_len, train)")
-    p.add_argument("--out", required=True, help="run directory: config.json, metrics.jsonl, checkpoints/, summary.json")
-    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in OUT/checkpoints")
-    p.add_argument("--steps", type=int, help="override train.steps")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--local_rank", "--local-rank", type=int, default=int(os.environ.get("LOCAL_RANK", 0)), help="set by the launcher")
-    try:
-        import deepspeed
+    from .command import add_train_arguments
 
-        deepspeed.add_config_arguments(p)  # --deepspeed, --deepspeed_config
-    except ImportError:  # pragma: no cover
-        p.add_argument("--deepspeed_config")
+    add_train_arguments(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    return run(parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO if os.environ.get("FASTSCALE_VERBOSE") else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not args.deepspeed_config:
         print("error: --deepspeed_config DS.json is required (see configs/ds/)", file=sys.stderr)
