@@ -1,0 +1,152 @@
+"""Run a sweep: each grid point is one trainer process (fastscale.train.launch.main, what `python
+train.py` runs) in OUT/runs/NAME, at most `jobs` at a time, tracked in the results index.
+
+Resume: a rerun skips done runs and restarts the others with --resume, so the trainer continues from
+the newest complete checkpoint (or from scratch if there is none). Children get SIGTERM when the sweep
+process dies (Linux PR_SET_PDEATHSIG), so killing the sweep by any signal leaves no orphan training.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from fastscale.fit.io import write_atomically
+
+from .index import ResultsIndex
+from .spec import Run, SweepError, SweepSpec
+
+logger = logging.getLogger(__name__)
+
+# Two concurrent runs on this 2-core CPU: each trainer process runs one thread (OMP_NUM_THREADS=1), and
+# models of 1e4-1e6 parameters gain little from a second thread (per-op overhead dominates), so one
+# run per core keeps both cores busy.
+DEFAULT_JOBS = max(1, min(2, os.cpu_count() or 1))
+POLL_S = 0.2
+TRAINER = "import sys; from fastscale.train.launch import main; sys.exit(main())"
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _lock(out_dir: Path):
+    handle = open(out_dir / ".lock", "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise SweepError(f"OUT_DIR={str(out_dir)!r}: another sweep is running in it") from None
+    return handle
+
+
+def _check_same_sweep(out_dir: Path, spec: SweepSpec) -> None:
+    """A rerun must be the same sweep: resuming with a different grid would mix two studies."""
+    path = out_dir / "sweep.json"
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        if previous != spec.raw:
+            raise SweepError(f"OUT_DIR={str(out_dir)!r} holds a different sweep ({path}); use a new directory or the same preset/file")
+    else:
+        write_atomically(path, json.dumps(spec.raw, indent=2))
+
+
+def prepare_data(spec: SweepSpec, out_dir: Path) -> dict:
+    """Every run reads the same shards: {"dataset": ...} is prepared once into OUT/data."""
+    if "dataset" not in spec.data:
+        return spec.data
+    from fastscale.data.prepare import prepare
+
+    target = out_dir / "data"
+    if not (target / "meta.json").is_file():
+        temporary = out_dir / ".data.tmp"
+        shutil.rmtree(temporary, ignore_errors=True)
+        options = {k: v for k, v in spec.data.items() if k != "dataset"}
+        meta = prepare(spec.data["dataset"], temporary, **options)
+        write_atomically(temporary / "meta.json", json.dumps(meta, indent=2, default=str))
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(temporary, target)
+    return {"path": str(target.resolve())}
+
+
+def _start(run: Run, run_dir: Path, config: dict, deepspeed: dict, resume: bool) -> subprocess.Popen:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_atomically(run_dir / "run.json", json.dumps(config, indent=2))
+    write_atomically(run_dir / "ds.json", json.dumps(deepspeed, indent=2))
+    args = [sys.executable, "-c", TRAINER, "--config", str(run_dir / "run.json"), "--deepspeed_config", str(run_dir / "ds.json"),
+            "--out", str(run_dir), "--no-progress"] + (["--resume"] if resume else [])
+    env = {k: v for k, v in os.environ.items() if k not in RANK_VARIABLES}  # each run is its own world of one
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    log = open(run_dir / "train.log", "a")
+    try:
+        return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
+    finally:
+        log.close()
+
+
+def run_sweep(spec: SweepSpec, out_dir, *, jobs: int = DEFAULT_JOBS, on_update: Callable[[str, str], None] | None = None) -> ResultsIndex:
+    """Train every run of the grid not yet done; returns the results index. on_update(name, state) is
+    called whenever a run starts or ends."""
+    if not isinstance(jobs, int) or jobs < 1:
+        raise SweepError(f"jobs={jobs!r}; expected a positive integer")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lock = _lock(out_dir)
+    try:
+        _check_same_sweep(out_dir, spec)
+        data = prepare_data(spec, out_dir)
+        index = ResultsIndex(out_dir / "results.json")
+        runs = spec.runs()
+        for run in runs:
+            index.add(run.name, n_target=run.n_target, tokens_target=run.tokens, seed=run.seed, steps=run.steps, lr=run.lr)
+        todo = [run for run in runs if index.state(run.name) != "done"]
+        logger.info("sweep %s: %d runs, %d done, %d to run, %d at a time", spec.name, len(runs), len(runs) - len(todo), len(todo), jobs)
+        _schedule(spec, out_dir, data, index, todo, jobs, on_update)
+        return index
+    finally:
+        lock.close()
+
+
+def _schedule(spec, out_dir, data, index, todo, jobs, on_update) -> None:
+    active: dict[str, subprocess.Popen] = {}
+    try:
+        while todo or active:
+            while todo and len(active) < jobs:
+                run = todo.pop(0)
+                run_dir = out_dir / "runs" / run.name
+                resume = index.runs[run.name]["attempts"] > 0  # started before: continue from its checkpoint
+                active[run.name] = _start(run, run_dir, spec.run_config(run, data), spec.deepspeed, resume)
+                index.update(run.name, "running", attempts=index.runs[run.name]["attempts"] + 1, run_dir=str(run_dir.relative_to(out_dir)))
+                on_update and on_update(run.name, "running")
+            time.sleep(POLL_S)
+            for name, process in list(active.items()):
+                if process.poll() is not None:
+                    del active[name]
+                    _finish(index, out_dir / "runs" / name, name, process.returncode)
+                    on_update and on_update(name, index.state(name))
+    finally:
+        for process in active.values():  # interrupted: stop the children; they resume next time
+            process.terminate()
+        for process in active.values():
+            process.wait()
+
+
+def _finish(index: ResultsIndex, run_dir: Path, name: str, returncode: int) -> None:
+    summary_path = run_dir / "summary.json"
+    if returncode == 0 and summary_path.is_file():
+        index.update(name, "done", returncode=0, summary=json.loads(summary_path.read_text()))
+    else:
+        logger.warning("run %s failed (exit code %d); see %s", name, returncode, run_dir / "train.log")
+        index.update(name, "failed", returncode=returncode)

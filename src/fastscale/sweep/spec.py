@@ -1,0 +1,161 @@
+"""What a sweep is: a grid of runs (model sizes x token or compute budgets x seeds) over one dataset.
+
+A sweep file is JSON:
+
+    {"name": "image8",
+     "data": {"dataset": "images", "resolution": 8},   # prepared once into OUT/data, or {"path": DIR}
+     "seq_len": 193, "tokens_per_item": 192,
+     "sizes": [1e4, 3e4, ...],                          # target non-embedding N (GPTConfig.from_params)
+     "tokens": [6e5] or "compute": [1e13],              # budgets: D per run, or C = 6 N D per run
+     "seeds": [0],
+     "model": {"head_dim": 32},                         # from_params options
+     "lr": "kaplan" or 3e-3,                            # Kaplan et al. eq. D.1 by size, or one value
+     "train": {...},                                    # TrainSettings fields (steps come from the budget)
+     "deepspeed": {...}}                                # DeepSpeed config of every run (batch sizes)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PRESETS = {
+    # 8x8x3 images (scikit-learn's digits and sample-photo patches, 192 tokens + BOS each), seven sizes
+    # over two decades, each trained on ~one epoch of the ~3,400 training images. Measured on 2 cores:
+    # see the README section of issue 6.
+    "image8": {
+        "name": "image8",
+        "data": {"dataset": "images", "resolution": 8},
+        "seq_len": 193,
+        "tokens_per_item": 192,
+        "sizes": [1e4, 2e4, 5e4, 1e5, 2e5, 5e5, 1e6],
+        "tokens": [6e5],
+        "seeds": [0],
+        "model": {"head_dim": 32},
+        "lr": "kaplan",
+        "train": {
+            "warmup_steps": 20, "decay": "cosine", "min_lr_ratio": 0.1, "weight_decay": 0.1,
+            "log_interval": 1, "eval_interval": 100, "eval_batches": 8, "checkpoint_interval": 50,
+            "keep_checkpoints": 2, "noise_scale_interval": 10, "noise_scale_ema": 0.9,
+        },
+        "deepspeed": {
+            "train_batch_size": 8, "train_micro_batch_size_per_gpu": 4, "gradient_clipping": 1.0,
+            "zero_optimization": {"stage": 0}, "steps_per_print": 1000000000, "wall_clock_breakdown": False,
+        },
+    },
+}
+
+KEYS = {"name", "description", "data", "seq_len", "tokens_per_item", "sizes", "tokens", "compute", "seeds", "model", "lr", "train", "deepspeed"}
+
+
+class SweepError(ValueError):
+    """A sweep file or preset that cannot work, found before any run starts."""
+
+
+def _require(ok: bool, name: str, value, expectation: str) -> None:
+    if not ok:
+        raise SweepError(f"sweep: {name}={value!r}; expected {expectation}")
+
+
+def _positive_list(raw: dict, name: str) -> list[float]:
+    values = raw[name]
+    _require(isinstance(values, list) and values and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in values),
+             name, values, "a non-empty list of positive numbers")
+    return [float(v) for v in values]
+
+
+def kaplan_lr(n_params: float) -> float:
+    """Kaplan et al. (2020) eq. D.1: the learning rate that worked across their sizes."""
+    return 0.003239 - 0.0001395 * math.log(n_params)
+
+
+@dataclass
+class Run:
+    """One point of the grid."""
+
+    name: str
+    n_target: float
+    tokens: float
+    seed: int
+    steps: int
+    lr: float
+
+
+@dataclass
+class SweepSpec:
+    name: str
+    data: dict
+    seq_len: int
+    sizes: list
+    budgets: list  # tokens per run, or compute per run when budget_kind == "compute"
+    budget_kind: str
+    seeds: list
+    tokens_per_item: int | None = None
+    model: dict = field(default_factory=dict)
+    lr: object = "kaplan"
+    train: dict = field(default_factory=dict)
+    deepspeed: dict = field(default_factory=dict)
+    raw: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "SweepSpec":
+        _require(isinstance(raw, dict), "sweep", type(raw).__name__, "a JSON object")
+        unknown = sorted(set(raw) - KEYS)
+        _require(not unknown, "unknown keys", unknown, f"only {sorted(KEYS)}")
+        for key in ("data", "seq_len", "sizes", "deepspeed"):
+            _require(key in raw, key, None, "a value (the key is required)")
+        _require(("tokens" in raw) != ("compute" in raw), "tokens/compute", (raw.get("tokens"), raw.get("compute")), "exactly one of the two budgets")
+        kind = "tokens" if "tokens" in raw else "compute"
+        seeds = raw.get("seeds", [0])
+        _require(isinstance(seeds, list) and seeds and all(isinstance(s, int) and s >= 0 for s in seeds), "seeds", seeds, "a non-empty list of integers >= 0")
+        lr = raw.get("lr", "kaplan")
+        _require(lr == "kaplan" or (isinstance(lr, (int, float)) and lr > 0), "lr", lr, "'kaplan' or a positive number")
+        _require(isinstance(raw["seq_len"], int) and raw["seq_len"] >= 2, "seq_len", raw["seq_len"], "an integer >= 2")
+        train = raw.get("train", {})
+        _require("steps" not in train, "train.steps", train.get("steps"), "no value: steps come from the token or compute budget")
+        _require("seed" not in train, "train.seed", train.get("seed"), "no value: seeds come from 'seeds'")
+        return cls(
+            name=str(raw.get("name", "sweep")), data=raw["data"], seq_len=raw["seq_len"], sizes=_positive_list(raw, "sizes"),
+            budgets=_positive_list(raw, kind), budget_kind=kind, seeds=seeds, tokens_per_item=raw.get("tokens_per_item"),
+            model=raw.get("model", {}), lr=lr, train=train, deepspeed=raw["deepspeed"], raw=raw,
+        )
+
+    @classmethod
+    def load(cls, preset_or_file: str) -> "SweepSpec":
+        """A named preset or a JSON file."""
+        if preset_or_file in PRESETS:
+            return cls.from_dict(json.loads(json.dumps(PRESETS[preset_or_file])))
+        path = Path(preset_or_file)
+        if not path.is_file():
+            raise SweepError(f"--preset={preset_or_file!r}: neither a preset ({sorted(PRESETS)}) nor a JSON file")
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except json.JSONDecodeError as error:
+            raise SweepError(f"--preset={preset_or_file!r}: not valid JSON ({error})") from None
+
+    def tokens_per_step(self) -> int:
+        batch = self.deepspeed.get("train_batch_size")
+        _require(isinstance(batch, int) and batch >= 1, "deepspeed.train_batch_size", batch, "a positive integer (steps come from it)")
+        return batch * self.seq_len
+
+    def runs(self) -> list[Run]:
+        """The grid, smallest models first so the first results come early."""
+        runs = []
+        for n in sorted(self.sizes):
+            for budget in self.budgets:
+                tokens = budget if self.budget_kind == "tokens" else budget / (6.0 * n)  # C = 6 N D
+                steps = max(1, round(tokens / self.tokens_per_step()))
+                for seed in self.seeds:
+                    label = f"{self.budget_kind[0]}{budget:.0e}".replace("+", "")
+                    runs.append(Run(f"N{n:.0e}_{label}_s{seed}".replace("+", ""), n, tokens, seed, steps,
+                                    kaplan_lr(n) if self.lr == "kaplan" else float(self.lr)))
+        names = [r.name for r in runs]
+        _require(len(set(names)) == len(names), "sizes/budgets", names, "distinct runs (two grid points round to the same name)")
+        return runs
+
+    def run_config(self, run: Run, data: dict) -> dict:
+        """The trainer's run config (fastscale.train.RunConfig) of one grid point."""
+        train = {**self.train, "steps": run.steps, "seed": run.seed, "lr": run.lr}
+        return {"model": {"params": run.n_target, **self.model}, "data": data, "seq_len": self.seq_len, "train": train}
