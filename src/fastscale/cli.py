@@ -10,6 +10,7 @@ import sys
 BENCHMARKS = {
     "attention": "fastscale.benchmarks.bench_attention",
     "cross-entropy": "fastscale.benchmarks.bench_cross_entropy",
+    "fit": "fastscale.fit.benchmark",
 }
 
 
