@@ -43,6 +43,18 @@ def run_train(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def run_sweep(args: argparse.Namespace) -> int:
+    from fastscale.sweep.command import run_sweep_command
+
+    return run_sweep_command(args)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from fastscale.sweep.command import run_report_command
+
+    return run_report_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastscale", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -73,6 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a GPT (same as python train.py)", description="Same arguments as train.py; for several ranks use `deepspeed train.py`.")
     add_train_arguments(train)
     train.set_defaults(handler=run_train)
+
+    from fastscale.sweep.command import add_report_arguments, add_sweep_arguments
+
+    sweep = commands.add_parser("sweep", help="train a grid of model sizes (resumable) and write its report", description="Train a sweep (a preset or a JSON file) into OUT_DIR, one trainer process per run; rerun the same command to resume.")
+    add_sweep_arguments(sweep)
+    sweep.set_defaults(handler=run_sweep)
+    report = commands.add_parser("report", help="write the scaling-law report of a sweep", description="Fit L(N), L(C), the frontier, N_opt(C), forecasts and the extrapolation check; write report.md, report.json and plots.")
+    add_report_arguments(report)
+    report.set_defaults(handler=run_report)
     return parser
 
 

@@ -148,8 +148,8 @@ class SweepSpec:
                 tokens = budget if self.budget_kind == "tokens" else budget / (6.0 * n)  # C = 6 N D
                 steps = max(1, round(tokens / self.tokens_per_step()))
                 for seed in self.seeds:
-                    label = f"{self.budget_kind[0]}{budget:.0e}".replace("+", "")
-                    runs.append(Run(f"N{n:.0e}_{label}_s{seed}".replace("+", ""), n, tokens, seed, steps,
+                    label = f"{self.budget_kind[0]}{budget:.3g}".replace("+", "")
+                    runs.append(Run(f"N{n:.3g}_{label}_s{seed}".replace("+", ""), n, tokens, seed, steps,
                                     kaplan_lr(n) if self.lr == "kaplan" else float(self.lr)))
         names = [r.name for r in runs]
         _require(len(set(names)) == len(names), "sizes/budgets", names, "distinct runs (two grid points round to the same name)")

@@ -1,0 +1,86 @@
+"""`fastscale sweep` and `fastscale report`: the command line (prints, draws the progress bar)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from .runner import DEFAULT_JOBS
+from .spec import PRESETS
+
+
+def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("out_dir", metavar="OUT_DIR", help="sweep directory (results.json, runs/, data/, report); rerun to resume")
+    p.add_argument("--preset", default="image8", help=f"a preset ({', '.join(sorted(PRESETS))}) or a sweep JSON file (default image8)")
+    p.add_argument("--jobs", type=int, default=DEFAULT_JOBS, help=f"runs at a time, one thread each (default {DEFAULT_JOBS}: one per core)")
+    p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap draws of the report's fits (default 1000)")
+
+
+def add_report_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("sweep_dir", metavar="SWEEP_DIR", help="a directory written by `fastscale sweep`")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap draws of the fits (default 1000)")
+
+
+def run_sweep_command(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .runner import run_sweep
+    from .spec import SweepError, SweepSpec
+
+    try:
+        spec = SweepSpec.load(args.preset)
+        runs = spec.runs()
+    except SweepError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    start = time.time()
+    bar = tqdm(total=len(runs), unit="run", desc=f"sweep {spec.name}", dynamic_ncols=True)
+
+    def update(name: str, state: str) -> None:
+        if state in ("done", "failed"):
+            bar.update(1)
+        bar.set_postfix_str(f"{name}: {state}")
+
+    try:
+        index = run_sweep(spec, args.out_dir, jobs=args.jobs, on_update=update)
+    except SweepError as error:
+        bar.close()
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    bar.close()
+    done, failed = index.count("done"), index.count("failed")
+    print(f"sweep {spec.name}: {done}/{len(runs)} runs done, {failed} failed, {time.time() - start:.0f} s; results index {args.out_dir}/results.json")
+    if failed:
+        print(f"rerun `fastscale sweep {args.out_dir} --preset {args.preset}` to retry the failed runs (see their train.log)", file=sys.stderr)
+        return 1
+    return 0 if args.no_report else _report(args.out_dir, args.bootstrap)
+
+
+def run_report_command(args: argparse.Namespace) -> int:
+    return _report(args.sweep_dir, args.bootstrap)
+
+
+def _report(sweep_dir: str, n_bootstrap: int) -> int:
+    from fastscale.fit import FitInputError
+
+    from .report import write_report
+
+    try:
+        report = write_report(sweep_dir, n_bootstrap=n_bootstrap)
+    except (FileNotFoundError, FitInputError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    law = report["L_of_N"]
+    low, high = law["ci"].get("alpha", (float("nan"), float("nan")))
+    print(f"L(N) = L_inf + (N0/N)^alpha: alpha = {law['params']['alpha']:.4f} [{low:.4f}, {high:.4f}], L_inf = {law['params']['L_inf']:.4f} nats/token")
+    ext = report["extrapolation"]
+    if "error" not in ext:
+        print(f"extrapolation to the largest model: relative error {ext['relative_error'][0]:+.2%}")
+    frontier = report["frontier"]
+    if "error" not in frontier:
+        a = frontier["N_opt"]
+        print(f"frontier: {len(frontier['frontier_runs'])} runs; N_opt ~ C^{a['params']['a']:.3f} [{a['ci']['a'][0]:.3f}, {a['ci']['a'][1]:.3f}]")
+    print(f"wrote {sweep_dir}/report.md, report.json and {len(report['plots'])} plots")
+    return 0

@@ -1,0 +1,307 @@
+"""The report of a sweep: REPORT/report.json, report.md and plots (PNG and SVG), from the done runs.
+
+Every number comes from fastscale.fit on arrays read here from the run directories:
+- L(N): the final held-out loss of each run (final train loss where a run has no eval) against its
+  non-embedding N, L = L_inf + (N0/N)^alpha, with bootstrap intervals; L_inf is the irreducible loss,
+  (N0/N)^alpha the reducible loss, in nats per token and per item (tokens_per_item of the sweep).
+- L(C), the frontier and N_opt(C): the learning curves (train loss against the trainer's FLOP count),
+  smoothed by a trailing mean of SMOOTH logged steps and without each run's first EARLY_FRACTION of
+  steps (warmup and the first drop are not part of a power law), through fit_frontier.
+- The extrapolation check: L(N) fitted without the largest model, its prediction for it.
+- The gradient noise scale (tokens) logged by the trainer, per run, and B_crit(L) fitted to it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from fastscale.fit import (
+    FitInputError,
+    fit_critical_batch_vs_loss,
+    fit_frontier,
+    fit_power_law,
+    holdout_largest,
+)
+from fastscale.fit.io import write_atomically
+from fastscale.fit.units import per_item
+
+logger = logging.getLogger(__name__)
+
+SMOOTH = 10
+EARLY_FRACTION = 0.1
+SEED = 0
+MIN_RUNS = 4
+FORECAST_FRACTIONS = (0.5, 0.25, 0.1)  # reducible losses forecast: fractions of the largest model's
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    """metrics.jsonl; a resumed run appends, so the last record of a step wins; a torn last line is skipped."""
+    by_step = {}
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        by_step[record["step"]] = record
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def load_runs(sweep_dir) -> list[dict]:
+    """The done runs of a sweep, each with its config, summary and learning curve, smallest N first."""
+    sweep_dir = Path(sweep_dir)
+    index_path = sweep_dir / "results.json"
+    if not index_path.is_file():
+        raise FileNotFoundError(f"SWEEP_DIR={str(sweep_dir)!r}: no results.json; run `fastscale sweep {sweep_dir}` first")
+    entries = json.loads(index_path.read_text())["runs"]
+    runs = []
+    for name, entry in entries.items():
+        if entry["state"] != "done":
+            continue
+        run_dir = sweep_dir / entry["run_dir"]
+        config = json.loads((run_dir / "config.json").read_text())
+        runs.append({"name": name, "config": config, "summary": entry["summary"], "metrics": _read_jsonl(run_dir / "metrics.jsonl")})
+    return sorted(runs, key=lambda r: (r["config"]["n_params"], r["name"]))
+
+
+def final_losses(runs: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    n = np.array([r["config"]["n_params"] for r in runs], dtype=np.float64)
+    loss = np.array([r["summary"]["final_eval_loss"] if r["summary"]["final_eval_loss"] is not None else r["summary"]["final_loss"] for r in runs])
+    return n, loss
+
+
+def learning_curves(runs: list[dict]) -> dict:
+    """Rows (run, n_params, flops, smoothed loss) of every run's learning curve after its early steps."""
+    rows = {"run": [], "n_params": [], "flops": [], "loss": []}
+    for r in runs:
+        steps = np.array([m["step"] for m in r["metrics"]])
+        loss = np.array([m["loss"] for m in r["metrics"]])
+        flops = np.array([m["flops"] for m in r["metrics"]])
+        smooth = np.array([loss[max(0, i - SMOOTH + 1) : i + 1].mean() for i in range(len(loss))])
+        keep = steps > EARLY_FRACTION * steps.max()
+        rows["run"] += [r["name"]] * int(keep.sum())
+        rows["n_params"] += [r["config"]["n_params"]] * int(keep.sum())
+        rows["flops"] += list(flops[keep])
+        rows["loss"] += list(smooth[keep])
+    return {k: np.asarray(v) for k, v in rows.items()}
+
+
+def noise_scales(runs: list[dict]) -> dict:
+    """Per run: (step, smoothed train loss, gradient noise scale) where the trainer measured it."""
+    out = {}
+    for r in runs:
+        points = [(m["step"], m["loss"], m["noise_scale"]) for m in r["metrics"] if m.get("noise_scale") is not None]
+        if points:
+            out[r["name"]] = np.array(points, dtype=np.float64)
+    return out
+
+
+def _estimate(e) -> dict:
+    return {"value": e.value, "low": e.low, "high": e.high}
+
+
+def build_report(sweep_dir, *, n_bootstrap: int = 1000) -> tuple[dict, dict]:
+    """All the report's numbers as a JSON-ready dict, and the fit objects the plots draw (no files written)."""
+    from threadpoolctl import threadpool_limits  # a scikit-learn dependency
+
+    # Thousands of tiny L-BFGS-B refits: with OpenBLAS's threads on a busy 2-core machine (training
+    # runs beside it) they spin-wait, and the same report took 20 s instead of 0.7 s (measured).
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _build_report(Path(sweep_dir), n_bootstrap)
+
+
+def _build_report(sweep_dir: Path, n_bootstrap: int) -> tuple[dict, dict]:
+    spec = json.loads((sweep_dir / "sweep.json").read_text())
+    tokens_per_item = spec.get("tokens_per_item")
+    runs = load_runs(sweep_dir)
+    if len(runs) < MIN_RUNS:
+        raise FitInputError(f"SWEEP_DIR={str(sweep_dir)!r}: {len(runs)} done runs; a report needs at least {MIN_RUNS} (L(N) has 3 parameters)")
+    n, loss = final_losses(runs)
+    report = {"sweep": spec.get("name"), "tokens_per_item": tokens_per_item, "n_bootstrap": n_bootstrap, "runs": [_run_row(r) for r in runs]}
+    law = fit_power_law(n, loss, n_bootstrap=n_bootstrap, seed=SEED)
+    report["L_of_N"] = {**law.summary(), "N": n.tolist(), "loss": loss.tolist(), "reducible": law.reducible(n).tolist()}
+    if tokens_per_item:
+        report["L_of_N"]["per_item"] = per_item(law.params, tokens_per_item)
+    report["extrapolation"] = _extrapolation(n, loss, n_bootstrap)
+    curves = learning_curves(runs)
+    frontier, report["frontier"] = _frontier(curves, n_bootstrap)
+    report["forecast"] = _forecast(law, frontier, n, tokens_per_item)
+    report["noise_scale"] = _noise(runs, n_bootstrap)
+    fits = {"L_of_N": law, "N": n, "loss": loss, "frontier": frontier, "curves": curves, "noise": noise_scales(runs)}
+    return report, fits
+
+
+def _run_row(r: dict) -> dict:
+    model, summary = r["config"]["model"], r["summary"]
+    mfus = [m["mfu"] for m in r["metrics"] if m.get("mfu") is not None]
+    return {
+        "name": r["name"], "n_params": r["config"]["n_params"], "n_layer": model["n_layer"], "d_model": model["d_model"],
+        "n_head": model["n_head"], "tokens": summary["tokens"], "flops": summary["flops"], "final_loss": summary["final_loss"],
+        "final_eval_loss": summary["final_eval_loss"], "tokens_per_s": summary["tokens_per_s"],
+        "mfu": float(np.median(mfus)) if mfus else None, "noise_scale": summary.get("noise_scale"),
+    }
+
+
+def _extrapolation(n, loss, n_bootstrap) -> dict:
+    if len(n) <= MIN_RUNS:
+        return {"error": f"{len(n)} runs: the check needs {MIN_RUNS} to fit without the largest"}
+    check = holdout_largest(fit_power_law, (n,), loss, 1, n_bootstrap=n_bootstrap, seed=SEED)
+    return {
+        "held_out_N": check.inputs[0].tolist(), "observed": check.observed.tolist(), "predicted": check.predicted.tolist(),
+        "low": check.low.tolist(), "high": check.high.tolist(), "relative_error": check.relative_error.tolist(),
+        "mean_abs_rel_error": check.mean_abs_rel_error, "fit": check.fit.summary(),
+    }
+
+
+def _frontier(curves, n_bootstrap):
+    try:
+        fit = fit_frontier(curves["run"], curves["n_params"], curves["flops"], curves["loss"], n_bootstrap=n_bootstrap, seed=SEED)
+    except FitInputError as error:
+        logger.warning("no frontier fit: %s", error)
+        return None, {"error": str(error)}
+    return fit, {
+        "L_of_C": fit.loss_fit.summary(),
+        "N_opt": fit.allocation.summary(),
+        "frontier_runs": sorted(set(fit.frontier.run.tolist())),
+        "optimal_compute": fit.optimal_compute.tolist(),
+        "optimal_n_params": fit.optimal_n_params.tolist(),
+        "max_above_frontier": fit.max_above_frontier,
+    }
+
+
+def _forecast(law, frontier, n, tokens_per_item) -> list[dict]:
+    """Reducible losses below the largest model's: the N that L(N) says reaches them, and the compute
+    at which L(C) reaches the same loss (nan where that loss is below L(C)'s own L_inf)."""
+    largest = float(law.reducible(n.max()))
+    rows = []
+    for fraction in FORECAST_FRACTIONS:
+        eps = largest * fraction
+        target = law.params["L_inf"] + eps
+        rows.append({
+            "reducible": eps, "reducible_per_item": eps * tokens_per_item if tokens_per_item else None, "loss": target,
+            "N": _estimate(law.x_for_reducible(eps)),
+            "C": _estimate(frontier.loss_fit.x_for_loss(target)) if frontier is not None else None,
+        })
+    return rows
+
+
+def _noise(runs, n_bootstrap) -> dict:
+    series = noise_scales(runs)
+    out = {"per_run": {name: {"step": s[:, 0].tolist(), "loss": s[:, 1].tolist(), "noise_scale": s[:, 2].tolist()} for name, s in series.items()}}
+    if series:
+        # the EMA's first values are dominated by its start: use each run's second half
+        points = np.concatenate([s[len(s) // 2 :] for s in series.values()])
+        points = points[np.isfinite(points).all(axis=1) & (points[:, 2] > 0)]
+        try:
+            out["B_crit_of_L"] = fit_critical_batch_vs_loss(points[:, 1], points[:, 2], n_bootstrap=n_bootstrap, seed=SEED).summary()
+        except FitInputError as error:
+            out["B_crit_of_L"] = {"error": str(error)}
+    return out
+
+
+def _plots(fits: dict, out: Path) -> list[str]:
+    from fastscale.fit.plots import plot_frontier, plot_law
+
+    names = []
+    for suffix in (".png", ".svg"):
+        plot_law(fits["L_of_N"], fits["N"], fits["loss"], out / f"L_of_N{suffix}", xlabel="N (non-embedding parameters)", ylabel="final eval loss (nats/token)")
+        names.append(f"L_of_N{suffix}")
+        if fits["frontier"] is not None:
+            curves = fits["curves"]
+            plot_frontier(fits["frontier"], curves["run"], curves["flops"], curves["loss"], out / f"frontier{suffix}")
+            names.append(f"frontier{suffix}")
+        if fits["noise"]:
+            _plot_noise(fits["noise"], out / f"noise_scale{suffix}")
+            names.append(f"noise_scale{suffix}")
+    return names
+
+
+def _plot_noise(series: dict, path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    from fastscale.fit.plots import save_figure
+
+    figure = Figure(figsize=(5.5, 4.2), layout="constrained")
+    ax = figure.subplots()
+    for name, s in series.items():
+        ax.plot(s[:, 0], s[:, 2], label=name, lw=1)
+    ax.set_yscale("log"), ax.set_xlabel("step"), ax.set_ylabel("gradient noise scale B_simple (tokens)")
+    ax.grid(True, which="both", alpha=0.3), ax.legend(fontsize=7)
+    save_figure(figure, path)
+
+
+def _interval(summary: dict, name: str) -> str:
+    value = summary["params"][name]
+    if name in summary["ci"]:
+        low, high = summary["ci"][name]
+        return f"{value:.4g} [{low:.4g}, {high:.4g}]"
+    return f"{value:.4g}"
+
+
+def _markdown(report: dict) -> str:
+    law, tpi = report["L_of_N"], report["tokens_per_item"]
+    lines = [f"# Scaling report: sweep `{report['sweep']}`", "",
+             f"{len(report['runs'])} finished runs; intervals are 95% bootstrap ({report['n_bootstrap']} draws). Losses in nats per token"
+             + (f"; per image = per token x {tpi}." if tpi else "."), "",
+             "## L(N): final eval loss against non-embedding parameters", "", "![L(N)](L_of_N.png)", "",
+             "L(N) = L_inf + (N0/N)^alpha", "",
+             f"- alpha = {_interval(law, 'alpha')}", f"- L_inf (irreducible) = {_interval(law, 'L_inf')} nats/token"
+             + (f" = {law['per_item']['L_inf']:.4g} nats/image" if tpi else ""),
+             f"- N0 = {_interval(law, 'x0')}", f"- converged: {law['converged']}; flags: {law['flags'] or 'none'}", "",
+             "| N | final eval loss | reducible (nats/token) | reducible (nats/image) |", "|---|---|---|---|"]
+    for n, loss, red in zip(law["N"], law["loss"], law["reducible"]):
+        lines.append(f"| {n:.3g} | {loss:.4f} | {red:.4f} | {red * tpi:.2f} |" if tpi else f"| {n:.3g} | {loss:.4f} | {red:.4f} | |")
+    ext = report["extrapolation"]
+    lines += ["", "## Extrapolation check", ""]
+    if "error" in ext:
+        lines.append(f"Not done: {ext['error']}")
+    else:
+        lines += [
+                  f"L(N) fitted without the largest model (N = {ext['held_out_N'][0]:.3g}) predicts {ext['predicted'][0]:.4f} "
+                  f"[{ext['low'][0]:.4f}, {ext['high'][0]:.4f}]; observed {ext['observed'][0]:.4f}; relative error {ext['relative_error'][0]:+.2%} "
+                  f"(alpha without it: {_interval(ext['fit'], 'alpha')})."]
+    lines += ["", "## L(C), the compute-efficient frontier and N_opt(C)", ""]
+    frontier = report["frontier"]
+    if "error" in frontier:
+        lines.append(f"No frontier fit: {frontier['error']}")
+    else:
+        lines += ["![frontier](frontier.png)", "", "L(C) = L_inf + (C0/C)^alpha, C in FLOPs, on or below the lower envelope of the smoothed learning curves:", "",
+                  f"- alpha_C = {_interval(frontier['L_of_C'], 'alpha')}, L_inf = {_interval(frontier['L_of_C'], 'L_inf')}, C0 = {_interval(frontier['L_of_C'], 'x0')}",
+                  f"- N_opt(C) = (C/C0)^a: a = {_interval(frontier['N_opt'], 'a')}, C0 = {_interval(frontier['N_opt'], 'C0')}",
+                  f"- runs on the frontier ({len(frontier['frontier_runs'])}): {', '.join(frontier['frontier_runs'])}"]
+    lines += ["", "## Forecast", "", "| reducible (nats/token) | reducible (nats/image) | loss | N [95%] | C FLOPs from L(C) [95%] |", "|---|---|---|---|---|"]
+    for row in report["forecast"]:
+        c = row["C"]
+        c_text = f"{c['value']:.3g} [{c['low']:.3g}, {c['high']:.3g}]" if c else "-"
+        per_image = f"{row['reducible_per_item']:.2f}" if row["reducible_per_item"] is not None else "-"
+        lines.append(f"| {row['reducible']:.4f} | {per_image} | {row['loss']:.4f} | {row['N']['value']:.3g} [{row['N']['low']:.3g}, {row['N']['high']:.3g}] | {c_text} |")
+    noise = report["noise_scale"]
+    lines += ["", "## Gradient noise scale", ""]
+    if noise["per_run"]:
+        lines += ["![noise scale](noise_scale.png)", "", "| run | last B_simple (tokens) |", "|---|---|"]
+        lines += [f"| {name} | {s['noise_scale'][-1]:.4g} |" for name, s in noise["per_run"].items()]
+        fit = noise.get("B_crit_of_L", {})
+        lines += ["", f"B_crit(L) = B_star / L^(1/alpha_B): B_star = {_interval(fit, 'B_star')}, alpha_B = {_interval(fit, 'alpha_B')}"
+                  if "params" in fit else f"B_crit(L): {fit.get('error', 'not fitted')}"]
+    else:
+        lines.append("Not logged by these runs.")
+    lines += ["", "## Runs", "", "| run | N | n_layer | d_model | n_head | tokens | FLOPs | final loss | final eval loss | tokens/s | MFU |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report["runs"]:
+        mfu = f"{r['mfu']:.3f}" if r["mfu"] is not None else "-"
+        eval_loss = f"{r['final_eval_loss']:.4f}" if r["final_eval_loss"] is not None else "-"
+        lines.append(f"| {r['name']} | {r['n_params']:,} | {r['n_layer']} | {r['d_model']} | {r['n_head']} | {r['tokens']:,} | {r['flops']:.3g} | "
+                     f"{r['final_loss']:.4f} | {eval_loss} | {r['tokens_per_s']:.0f} | {mfu} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(sweep_dir, *, n_bootstrap: int = 1000) -> dict:
+    """Write report.json, report.md and the plots into sweep_dir; returns the report."""
+    sweep_dir = Path(sweep_dir)
+    report, fits = build_report(sweep_dir, n_bootstrap=n_bootstrap)
+    report["plots"] = _plots(fits, sweep_dir)
+    write_atomically(sweep_dir / "report.json", json.dumps(report, indent=2))
+    write_atomically(sweep_dir / "report.md", _markdown(report))
+    return report
