@@ -1,0 +1,89 @@
+"""The sweep grid and the results index (no training)."""
+
+import json
+import math
+
+import pytest
+
+from fastscale.sweep import PRESETS, ResultsIndex, SweepError, SweepSpec
+from fastscale.sweep.spec import kaplan_lr
+
+BASE = {
+    "data": {"dataset": "digits"}, "seq_len": 193, "sizes": [1e4, 3e3], "tokens": [3e4], "seeds": [0, 1],
+    "deepspeed": {"train_batch_size": 4, "train_micro_batch_size_per_gpu": 2},
+}
+
+
+def test_grid_smallest_first_with_steps_from_the_token_budget():
+    runs = SweepSpec.from_dict(BASE).runs()
+    assert [r.name for r in runs] == ["N3e03_t3e04_s0", "N3e03_t3e04_s1", "N1e04_t3e04_s0", "N1e04_t3e04_s1"]
+    assert all(r.steps == 39 for r in runs)  # 30,000 tokens / (4 rows x 193 tokens) = 38.9
+    assert runs[0].lr == pytest.approx(0.003239 - 0.0001395 * math.log(3e3))
+
+
+def test_compute_budget_gives_tokens_by_c_equals_6nd():
+    raw = {**BASE, "compute": [6e9], "sizes": [1e4]}
+    del raw["tokens"]
+    (run, _) = SweepSpec.from_dict(raw).runs()
+    assert run.tokens == pytest.approx(1e5)  # 6e9 / (6 x 1e4)
+    assert run.steps == 130  # 1e5 / 772 = 129.5
+
+
+def test_run_config_is_a_trainer_config():
+    spec = SweepSpec.from_dict({**BASE, "model": {"head_dim": 8}, "lr": 2e-3, "train": {"eval_interval": 5}})
+    config = spec.run_config(spec.runs()[1], {"path": "/data"})
+    assert config == {"model": {"params": 3e3, "head_dim": 8}, "data": {"path": "/data"}, "seq_len": 193,
+                      "train": {"eval_interval": 5, "steps": 39, "seed": 1, "lr": 2e-3}}
+    from fastscale.train.config import RunConfig
+
+    RunConfig.from_dict(config)  # the trainer accepts it
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"compute": [1e12]}, "exactly one of the two budgets"),
+        ({"sizes": [1e4, -1]}, "sizes="),
+        ({"train": {"steps": 10}}, "train.steps"),
+        ({"seeds": []}, "seeds="),
+        ({"lr": "fast"}, "lr='fast'"),
+        ({"colour": 1}, "unknown keys"),
+    ],
+)
+def test_bad_sweeps_are_refused_with_the_field_named(change, message):
+    with pytest.raises(SweepError, match=message):
+        SweepSpec.from_dict({**BASE, **change}).runs()
+
+
+def test_unknown_preset_or_missing_file():
+    with pytest.raises(SweepError, match="neither a preset"):
+        SweepSpec.load("no-such-preset")
+
+
+def test_image8_preset_has_at_least_five_sizes_and_lr_from_kaplan():
+    spec = SweepSpec.load("image8")
+    assert len(spec.sizes) >= 5 and spec.tokens_per_item == 8 * 8 * 3
+    assert PRESETS["image8"]["lr"] == "kaplan" and kaplan_lr(1e6) < kaplan_lr(1e4)
+
+
+def test_index_round_trip_keeps_states_and_leaves_no_temporary_files(tmp_path):
+    index = ResultsIndex(tmp_path / "results.json")
+    index.add("a", n_target=1e4)
+    index.add("b", n_target=2e4)
+    index.update("a", "running", attempts=1)
+    index.update("a", "done", summary={"final_loss": 2.5})
+    index.add("a", n_target=1e4)  # a rerun registers the grid again: a known run keeps its state
+    again = ResultsIndex(tmp_path / "results.json")
+    assert again.runs["a"]["state"] == "done" and again.runs["a"]["summary"] == {"final_loss": 2.5}
+    assert again.state("b") == "pending" and again.count("done") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+    assert json.loads((tmp_path / "results.json").read_text())["runs"]["a"]["attempts"] == 1
+
+
+def test_index_refuses_unknown_states_and_runs(tmp_path):
+    index = ResultsIndex(tmp_path / "results.json")
+    index.add("a")
+    with pytest.raises(ValueError, match="state='finished'"):
+        index.update("a", "finished")
+    with pytest.raises(KeyError, match="'zz'"):
+        index.update("zz", "done")
