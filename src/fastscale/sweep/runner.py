@@ -146,7 +146,29 @@ def _schedule(spec, out_dir, data, index, todo, jobs, on_update) -> None:
 def _finish(index: ResultsIndex, run_dir: Path, name: str, returncode: int) -> None:
     summary_path = run_dir / "summary.json"
     if returncode == 0 and summary_path.is_file():
-        index.update(name, "done", returncode=0, summary=json.loads(summary_path.read_text()))
+        index.update(name, "done", returncode=0, summary=_complete(json.loads(summary_path.read_text()), run_dir / "metrics.jsonl"))
     else:
         logger.warning("run %s failed (exit code %d); see %s", name, returncode, run_dir / "train.log")
         index.update(name, "failed", returncode=returncode)
+
+
+def _complete(summary: dict, metrics_path: Path) -> dict:
+    """The trainer's summary covers its own process: resumed from the final checkpoint (killed after it
+    and before the summary), it trains no step and reports final losses of None. The learning curve
+    (last record of each step) has them."""
+    if summary.get("final_loss") is not None and summary.get("final_eval_loss") is not None:
+        return summary
+    records = {}
+    for line in metrics_path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a torn last line of a killed run
+            continue
+        records[record["step"]] = record
+    curve = [records[step] for step in sorted(records)]
+    evals = [r["eval_loss"] for r in curve if r.get("eval_loss") is not None]
+    if summary.get("final_loss") is None and curve:
+        summary["final_loss"] = curve[-1]["loss"]
+    if summary.get("final_eval_loss") is None and evals:
+        summary["final_eval_loss"] = evals[-1]
+    return summary

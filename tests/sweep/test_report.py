@@ -1,0 +1,123 @@
+"""The report's numbers are fastscale.fit's on the same data: a sweep directory written by hand from
+known laws (no training), with a resumed run's duplicate steps and a torn last line in its metrics."""
+
+import json
+
+import numpy as np
+import pytest
+
+from fastscale.fit import fit_critical_batch_vs_loss, fit_frontier, fit_power_law
+from fastscale.sweep.report import write_report
+
+N = np.array([1e4, 3e4, 1e5, 3e5, 1e6, 3e6])
+STEPS = np.arange(1, 101)
+TOKENS_PER_STEP = 1000
+BOOT = 200
+
+
+def true_curve(n, step):
+    """Loss after `step` steps of a model of size n: a converged L(N) plus a term that falls with compute."""
+    compute = 6 * n * step * TOKENS_PER_STEP
+    return 1.2 + (5e3 / n) ** 0.35 + (1e9 / compute) ** 0.5
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    rng = np.random.default_rng(0)
+    (root / "sweep.json").write_text(json.dumps({"name": "synthetic", "tokens_per_item": 192}))
+    index, finals, clean = {}, [], []
+    for i, n in enumerate(N):
+        name = f"run{i}"
+        run_dir = root / "runs" / name
+        run_dir.mkdir(parents=True)
+        (run_dir / "config.json").write_text(json.dumps({"n_params": int(n), "model": {"n_layer": i + 1, "d_model": 16 * (i + 1), "n_head": 1}}))
+        loss = true_curve(n, STEPS) * np.exp(rng.normal(0, 0.01, len(STEPS)))
+        final_eval = float(loss[-1] * 1.01)
+        lines = []
+        for step in range(1, 61):  # first attempt, killed after step 60: steps 41-60 were retrained
+            lines.append({"step": step, "loss": float(loss[step - 1]) + (1.0 if step > 40 else 0.0), "flops": 6.0 * n * step * TOKENS_PER_STEP})
+        for step in range(41, 101):  # resumed from the checkpoint at step 40
+            lines.append({"step": step, "loss": float(loss[step - 1]), "flops": 6.0 * n * step * TOKENS_PER_STEP, "mfu": 0.1})
+        for record in lines:
+            if record["step"] % 10 == 0:
+                record["noise_scale"] = 300.0 / record["loss"] ** 2
+        lines[-1]["eval_loss"] = final_eval
+        text = "\n".join(json.dumps(r) for r in lines) + '\n{"step": 101, "lo'  # torn last line
+        (run_dir / "metrics.jsonl").write_text(text)
+        summary = {"steps": 100, "tokens": 100 * TOKENS_PER_STEP, "flops": 6.0 * n * 1e5, "final_loss": float(loss[-1]), "final_eval_loss": final_eval, "tokens_per_s": 1000.0 + i}
+        index[name] = {"state": "done", "run_dir": f"runs/{name}", "summary": summary}
+        finals.append(final_eval)
+        clean.append(loss)
+    index["unfinished"] = {"state": "running", "run_dir": "runs/unfinished"}
+    (root / "results.json").write_text(json.dumps({"runs": index}))
+    report = write_report(root, n_bootstrap=BOOT)
+    return root, report, np.array(finals), clean
+
+
+def test_L_of_N_is_fit_power_law_on_the_final_eval_losses(sweep):
+    _, report, finals, _ = sweep
+    expected = fit_power_law(N, finals, n_bootstrap=BOOT, seed=0).summary()
+    assert report["L_of_N"]["params"] == expected["params"]
+    assert report["L_of_N"]["ci"] == expected["ci"]
+    assert report["L_of_N"]["per_item"]["L_inf"] == pytest.approx(192 * expected["params"]["L_inf"])
+    assert report["L_of_N"]["params"]["alpha"] == pytest.approx(0.35, abs=0.08)  # and it finds the law
+
+
+def test_extrapolation_is_a_fit_without_the_largest(sweep):
+    _, report, finals, _ = sweep
+    without = fit_power_law(N[:-1], finals[:-1], n_bootstrap=BOOT, seed=0)
+    predicted = float(without.predict(N[-1:])[0])
+    assert report["extrapolation"]["predicted"] == [pytest.approx(predicted, rel=1e-12)]
+    assert report["extrapolation"]["relative_error"] == [pytest.approx((predicted - finals[-1]) / finals[-1], rel=1e-9)]
+
+
+def test_frontier_is_fit_frontier_on_the_smoothed_curves_without_early_steps(sweep):
+    _, report, _, _ = sweep
+    run, size, flops, smoothed = [], [], [], []
+    for i, n in enumerate(N):
+        loss = sweep[3][i]  # as generated: the killed attempt's +1.0 losses must not appear
+        window = np.convolve(loss, np.ones(10), "full")[: len(loss)] / np.minimum(np.arange(1, len(loss) + 1), 10)
+        keep = STEPS > 10  # the first 10% of steps
+        run += [f"run{i}"] * int(keep.sum())
+        size += [n] * int(keep.sum())
+        flops += list(6.0 * n * STEPS[keep] * TOKENS_PER_STEP)
+        smoothed += list(window[keep])
+    expected = fit_frontier(np.array(run), np.array(size), np.array(flops), np.array(smoothed), n_bootstrap=BOOT, seed=0)
+    assert report["frontier"]["L_of_C"]["params"] == pytest.approx(expected.loss_fit.params, rel=1e-9)
+    assert report["frontier"]["N_opt"]["params"] == pytest.approx(expected.allocation.params, rel=1e-9)
+    assert report["frontier"]["N_opt"]["ci"]["a"] == pytest.approx(list(expected.allocation.intervals["a"]), rel=1e-9)
+
+
+def test_forecast_solves_the_fitted_law(sweep):
+    _, report, _, _ = sweep
+    p = report["L_of_N"]["params"]
+    largest = (p["x0"] / N.max()) ** p["alpha"]
+    for row, fraction in zip(report["forecast"], (0.5, 0.25, 0.1)):
+        assert row["reducible"] == pytest.approx(fraction * largest)
+        assert row["reducible_per_item"] == pytest.approx(192 * fraction * largest)
+        assert row["N"]["value"] == pytest.approx(p["x0"] * (fraction * largest) ** (-1 / p["alpha"]), rel=1e-9)
+        assert row["N"]["value"] > N.max()
+
+
+def test_noise_scale_and_run_table(sweep):
+    root, report, _, _ = sweep
+    assert sorted(report["noise_scale"]["per_run"]) == [f"run{i}" for i in range(6)]
+    losses, scales = [], []
+    for i in range(6):
+        series = report["noise_scale"]["per_run"][f"run{i}"]
+        assert series["step"] == [float(s) for s in range(10, 101, 10)]
+        losses += series["loss"][5:]
+        scales += series["noise_scale"][5:]
+    np.testing.assert_allclose(scales, 300.0 / np.array(losses) ** 2)
+    expected = fit_critical_batch_vs_loss(np.array(losses), np.array(scales), n_bootstrap=BOOT, seed=0)
+    assert report["noise_scale"]["B_crit_of_L"]["params"]["alpha_B"] == pytest.approx(0.5, rel=1e-6)  # B = 300 / L^2
+    assert report["noise_scale"]["B_crit_of_L"]["params"] == pytest.approx(expected.params, rel=1e-9)
+    assert [r["n_params"] for r in report["runs"]] == [int(n) for n in N]
+    assert [r["tokens_per_s"] for r in report["runs"]] == [1000.0 + i for i in range(6)]
+    assert all(r["mfu"] == 0.1 for r in report["runs"])
+    text = (root / "report.md").read_text()
+    assert f"alpha = {report['L_of_N']['params']['alpha']:.4g}" in text
+    for name in ("L_of_N", "frontier", "noise_scale"):
+        for suffix in (".png", ".svg"):
+            assert (root / f"{name}{suffix}").stat().st_size > 1000
