@@ -87,3 +87,24 @@ def test_index_refuses_unknown_states_and_runs(tmp_path):
         index.update("a", "finished")
     with pytest.raises(KeyError, match="'zz'"):
         index.update("zz", "done")
+
+
+def test_a_config_the_trainer_refuses_stops_the_sweep_before_any_work(tmp_path):
+    from fastscale.sweep import run_sweep
+
+    spec = SweepSpec.from_dict({**BASE, "train": {"warmup": 3}})
+    with pytest.raises(SweepError, match=r"unknown train key\(s\) \['warmup'\]"):
+        run_sweep(spec, tmp_path / "out")
+    spec = SweepSpec.from_dict({**BASE, "deepspeed": {"train_batch_size": 5, "train_micro_batch_size_per_gpu": 2}})
+    with pytest.raises(SweepError, match="train_batch_size=5 is not divisible"):
+        run_sweep(spec, tmp_path / "out")
+    assert not (tmp_path / "out" / "data").exists() and not (tmp_path / "out" / "results.json").exists()
+
+
+def test_a_different_sweep_in_the_same_directory_is_refused(tmp_path):
+    from fastscale.sweep.runner import _check_same_sweep
+
+    _check_same_sweep(tmp_path, SweepSpec.from_dict(BASE))
+    _check_same_sweep(tmp_path, SweepSpec.from_dict(BASE))  # the same sweep again: a resume
+    with pytest.raises(SweepError, match="holds a different sweep"):
+        _check_same_sweep(tmp_path, SweepSpec.from_dict({**BASE, "sizes": [1e4]}))

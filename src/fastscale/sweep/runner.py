@@ -63,6 +63,18 @@ def _check_same_sweep(out_dir: Path, spec: SweepSpec) -> None:
         write_atomically(path, json.dumps(spec.raw, indent=2))
 
 
+def _check_configs(spec: SweepSpec, runs: list[Run]) -> None:
+    """The trainer's own checks of every run config and of the DeepSpeed config, before any work starts."""
+    from fastscale.train.config import ConfigError, RunConfig, check_deepspeed_config
+
+    try:
+        check_deepspeed_config(spec.deepspeed, world_size=1, device_type="cpu")
+        for run in runs:
+            RunConfig.from_dict(spec.run_config(run, spec.data), where=f"sweep run {run.name}")
+    except ConfigError as error:
+        raise SweepError(str(error)) from None
+
+
 def prepare_data(spec: SweepSpec, out_dir: Path) -> dict:
     """Every run reads the same shards: {"dataset": ...} is prepared once into OUT/data."""
     if "dataset" not in spec.data:
@@ -105,10 +117,11 @@ def run_sweep(spec: SweepSpec, out_dir, *, jobs: int = DEFAULT_JOBS, on_update: 
     out_dir.mkdir(parents=True, exist_ok=True)
     lock = _lock(out_dir)
     try:
+        runs = spec.runs()
+        _check_configs(spec, runs)
         _check_same_sweep(out_dir, spec)
         data = prepare_data(spec, out_dir)
         index = ResultsIndex(out_dir / "results.json")
-        runs = spec.runs()
         for run in runs:
             index.add(run.name, n_target=run.n_target, tokens_target=run.tokens, seed=run.seed, steps=run.steps, lr=run.lr)
         todo = [run for run in runs if index.state(run.name) != "done"]
