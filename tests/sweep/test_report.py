@@ -77,7 +77,7 @@ def test_frontier_is_fit_frontier_on_the_smoothed_curves_without_early_steps(swe
     run, size, flops, smoothed = [], [], [], []
     for i, n in enumerate(N):
         loss = sweep[3][i]  # as generated: the killed attempt's +1.0 losses must not appear
-        window = np.convolve(loss, np.ones(10), "full")[: len(loss)] / np.minimum(np.arange(1, len(loss) + 1), 10)
+        window = np.convolve(loss, np.ones(10), "full")[: len(loss)] / np.minimum(np.arange(1, len(loss) + 1), 10)  # 10% of 100 steps
         keep = STEPS > 10  # the first 10% of steps
         run += [f"run{i}"] * int(keep.sum())
         size += [n] * int(keep.sum())

@@ -5,8 +5,10 @@ Every number comes from fastscale.fit on arrays read here from the run directori
   non-embedding N, L = L_inf + (N0/N)^alpha, with bootstrap intervals; L_inf is the irreducible loss,
   (N0/N)^alpha the reducible loss, in nats per token and per item (tokens_per_item of the sweep).
 - L(C), the frontier and N_opt(C): the learning curves (train loss against the trainer's FLOP count),
-  smoothed by a trailing mean of SMOOTH logged steps and without each run's first EARLY_FRACTION of
-  steps (warmup and the first drop are not part of a power law), through fit_frontier.
+  smoothed by a trailing mean over SMOOTH_FRACTION of each run's logged steps (a batch of 8 rows mixes
+  digits and photographs, whose losses differ by nats: a lower envelope of raw batch losses would
+  follow the noise down) and without each run's first EARLY_FRACTION of steps (warmup and the first
+  drop are not part of a power law), through fit_frontier.
 - The extrapolation check: L(N) fitted without the largest model, its prediction for it.
 - The gradient noise scale (tokens) logged by the trainer, per run, and B_crit(L) fitted to it.
 """
@@ -31,7 +33,7 @@ from fastscale.fit.units import per_item
 
 logger = logging.getLogger(__name__)
 
-SMOOTH = 10
+SMOOTH_FRACTION = 0.1
 EARLY_FRACTION = 0.1
 SEED = 0
 MIN_RUNS = 4
@@ -80,7 +82,8 @@ def learning_curves(runs: list[dict]) -> dict:
         steps = np.array([m["step"] for m in r["metrics"]])
         loss = np.array([m["loss"] for m in r["metrics"]])
         flops = np.array([m["flops"] for m in r["metrics"]])
-        smooth = np.array([loss[max(0, i - SMOOTH + 1) : i + 1].mean() for i in range(len(loss))])
+        window = max(1, round(SMOOTH_FRACTION * len(loss)))
+        smooth = np.array([loss[max(0, i - window + 1) : i + 1].mean() for i in range(len(loss))])
         keep = steps > EARLY_FRACTION * steps.max()
         rows["run"] += [r["name"]] * int(keep.sum())
         rows["n_params"] += [r["config"]["n_params"]] * int(keep.sum())
