@@ -180,15 +180,19 @@ def _forecast(law, frontier, n, tokens_per_item) -> list[dict]:
     at which L(C) reaches the same loss (nan where that loss is below L(C)'s own L_inf)."""
     largest = float(law.reducible(n.max()))
     rows = []
-    for fraction in FORECAST_FRACTIONS:
-        eps = largest * fraction
-        target = law.params["L_inf"] + eps
-        rows.append({
-            "reducible": eps, "reducible_per_item": eps * tokens_per_item if tokens_per_item else None, "loss": target,
-            "N": _estimate(law.x_for_reducible(eps)),
-            "C": _estimate(frontier.loss_fit.x_for_loss(target)) if frontier is not None else None,
-        })
+    with np.errstate(over="ignore"):  # bootstrap draws with tiny alpha forecast N = inf: it only widens the interval
+        for fraction in FORECAST_FRACTIONS:
+            rows.append(_forecast_row(law, frontier, largest * fraction, tokens_per_item))
     return rows
+
+
+def _forecast_row(law, frontier, eps, tokens_per_item) -> dict:
+    target = law.params["L_inf"] + eps
+    return {
+        "reducible": eps, "reducible_per_item": eps * tokens_per_item if tokens_per_item else None, "loss": target,
+        "N": _estimate(law.x_for_reducible(eps)),
+        "C": _estimate(frontier.loss_fit.x_for_loss(target)) if frontier is not None else None,
+    }
 
 
 def _noise(runs, n_bootstrap) -> dict:
