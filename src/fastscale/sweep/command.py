@@ -36,20 +36,35 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     start = time.time()
-    bar = tqdm(total=len(runs), unit="run", desc=f"sweep {spec.name}", dynamic_ncols=True)
+    bar = tqdm(total=len(runs), unit="run", desc=f"sweep {spec.name}", dynamic_ncols=True, position=0)
+    run_bars = {}  # one bar per running run, below the sweep's
 
     def update(name: str, state: str) -> None:
         if state in ("done", "failed"):
             bar.update(1)
+            run_bars.pop(name).close()
+        else:
+            free = min(set(range(1, args.jobs + 1)) - {b.pos for b in run_bars.values()})
+            run_bars[name] = tqdm(unit="step", desc=name, dynamic_ncols=True, position=free, leave=False)
         bar.set_postfix_str(f"{name}: {state}")
 
+    def step(name: str, step: int, steps: int) -> None:
+        run_bar = run_bars[name]
+        run_bar.total = steps
+        run_bar.update(step - run_bar.n)
+
     try:
-        index = run_sweep(spec, args.out_dir, jobs=args.jobs, on_update=update)
+        index = run_sweep(spec, args.out_dir, jobs=args.jobs, on_update=update, on_step=step)
     except SweepError as error:
-        bar.close()
         print(f"error: {error}", file=sys.stderr)
         return 2
-    bar.close()
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: rerun `fastscale sweep {args.out_dir} --preset {args.preset}` to resume", file=sys.stderr)
+        return 130
+    finally:
+        for run_bar in run_bars.values():
+            run_bar.close()
+        bar.close()
     done, failed = index.count("done"), index.count("failed")
     print(f"sweep {spec.name}: {done}/{len(runs)} runs done, {failed} failed, {time.time() - start:.0f} s; results index {args.out_dir}/results.json")
     if failed:

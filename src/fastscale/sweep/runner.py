@@ -108,9 +108,10 @@ def _start(run: Run, run_dir: Path, config: dict, deepspeed: dict, resume: bool)
         log.close()
 
 
-def run_sweep(spec: SweepSpec, out_dir, *, jobs: int = DEFAULT_JOBS, on_update: Callable[[str, str], None] | None = None) -> ResultsIndex:
+def run_sweep(spec: SweepSpec, out_dir, *, jobs: int = DEFAULT_JOBS, on_update: Callable[[str, str], None] | None = None,
+              on_step: Callable[[str, int, int], None] | None = None) -> ResultsIndex:
     """Train every run of the grid not yet done; returns the results index. on_update(name, state) is
-    called whenever a run starts or ends."""
+    called whenever a run starts or ends, on_step(name, step, steps) as a running run logs steps."""
     if not isinstance(jobs, int) or jobs < 1:
         raise SweepError(f"jobs={jobs!r}; expected a positive integer")
     out_dir = Path(out_dir)
@@ -126,13 +127,13 @@ def run_sweep(spec: SweepSpec, out_dir, *, jobs: int = DEFAULT_JOBS, on_update: 
             index.add(run.name, n_target=run.n_target, tokens_target=run.tokens, seed=run.seed, steps=run.steps, lr=run.lr)
         todo = [run for run in runs if index.state(run.name) != "done"]
         logger.info("sweep %s: %d runs, %d done, %d to run, %d at a time", spec.name, len(runs), len(runs) - len(todo), len(todo), jobs)
-        _schedule(spec, out_dir, data, index, todo, jobs, on_update)
+        _schedule(spec, out_dir, data, index, todo, jobs, on_update, on_step)
         return index
     finally:
         lock.close()
 
 
-def _schedule(spec, out_dir, data, index, todo, jobs, on_update) -> None:
+def _schedule(spec, out_dir, data, index, todo, jobs, on_update, on_step) -> None:
     active: dict[str, subprocess.Popen] = {}
     try:
         while todo or active:
@@ -144,6 +145,8 @@ def _schedule(spec, out_dir, data, index, todo, jobs, on_update) -> None:
                 index.update(run.name, "running", attempts=index.runs[run.name]["attempts"] + 1, run_dir=str(run_dir.relative_to(out_dir)))
                 on_update and on_update(run.name, "running")
             time.sleep(POLL_S)
+            for name in active if on_step else ():
+                on_step(name, _last_step(out_dir / "runs" / name / "metrics.jsonl"), index.runs[name]["steps"])
             for name, process in list(active.items()):
                 if process.poll() is not None:
                     del active[name]
@@ -154,6 +157,22 @@ def _schedule(spec, out_dir, data, index, todo, jobs, on_update) -> None:
             process.terminate()
         for process in active.values():
             process.wait()
+
+
+def _last_step(metrics_path: Path) -> int:
+    """The newest logged step (log_interval 1 in the presets), from the file's last complete line."""
+    try:
+        with open(metrics_path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return 0
+    for line in reversed(lines):
+        try:
+            return int(json.loads(line)["step"])
+        except (ValueError, KeyError):
+            continue
+    return 0
 
 
 def _finish(index: ResultsIndex, run_dir: Path, name: str, returncode: int) -> None:
