@@ -278,6 +278,7 @@ def _markdown(report: dict) -> str:
         lines += ["![frontier](frontier.png)", "", "L(C) = L_inf + (C0/C)^alpha, C in FLOPs, on or below the lower envelope of the smoothed learning curves:", "",
                   f"- alpha_C = {_interval(frontier['L_of_C'], 'alpha')}, L_inf = {_interval(frontier['L_of_C'], 'L_inf')}, C0 = {_interval(frontier['L_of_C'], 'x0')}",
                   f"- N_opt(C) = (C/C0)^a: a = {_interval(frontier['N_opt'], 'a')}, C0 = {_interval(frontier['N_opt'], 'C0')}",
+                  f"- flags: {(frontier['L_of_C']['flags'] + frontier['N_opt']['flags']) or 'none'}",
                   f"- runs on the frontier ({len(frontier['frontier_runs'])}): {', '.join(frontier['frontier_runs'])}"]
     lines += ["", "## Forecast", "", "| reducible (nats/token) | reducible (nats/image) | loss | N [95%] | C FLOPs from L(C) [95%] |", "|---|---|---|---|---|"]
     for row in report["forecast"]:
@@ -291,7 +292,7 @@ def _markdown(report: dict) -> str:
         lines += ["![noise scale](noise_scale.png)", "", "| run | last B_simple (tokens) |", "|---|---|"]
         lines += [f"| {name} | {s['noise_scale'][-1]:.4g} |" for name, s in noise["per_run"].items()]
         fit = noise.get("B_crit_of_L", {})
-        lines += ["", f"B_crit(L) = B_star / L^(1/alpha_B): B_star = {_interval(fit, 'B_star')}, alpha_B = {_interval(fit, 'alpha_B')}"
+        lines += ["", f"B_crit(L) = B_star / L^(1/alpha_B): B_star = {_interval(fit, 'B_star')}, alpha_B = {_interval(fit, 'alpha_B')}; flags: {fit['flags'] or 'none'}"
                   if "params" in fit else f"B_crit(L): {fit.get('error', 'not fitted')}"]
     else:
         lines.append("Not logged by these runs.")

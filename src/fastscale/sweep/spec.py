@@ -23,17 +23,19 @@ from pathlib import Path
 
 PRESETS = {
     # 8x8x3 images (scikit-learn's digits and sample-photo patches, 192 tokens + BOS each), seven sizes
-    # over two decades, each trained on ~one epoch of the 3,372 training images (389 steps of 8 rows).
+    # over two decades whose widths all differ (head_dim 16: d_model 32, 48, 64, 80, 96, 128, 160; with
+    # head_dim 32, pairs of sizes shared a width and the deeper one was no better at this scale), each
+    # trained on ~one epoch of the 3,372 training images (389 steps of 8 rows).
     # Evaluation: 94 batches of 4 rows = the whole held-out set of 375 images, at steps 130, 260, 389.
     "image8": {
         "name": "image8",
         "data": {"dataset": "images", "resolution": 8},
         "seq_len": 193,
         "tokens_per_item": 192,
-        "sizes": [1e4, 2e4, 5e4, 1e5, 2e5, 5e5, 1e6],
+        "sizes": [1e4, 2e4, 5e4, 7e4, 2e5, 4e5, 1e6],
         "tokens": [6e5],
         "seeds": [0],
-        "model": {"head_dim": 32},
+        "model": {"head_dim": 16},
         "lr": "kaplan",
         "train": {
             "warmup_steps": 20, "decay": "cosine", "min_lr_ratio": 0.1, "weight_decay": 0.1,
