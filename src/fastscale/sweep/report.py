@@ -124,6 +124,7 @@ def _build_report(sweep_dir: Path, n_bootstrap: int) -> tuple[dict, dict]:
         raise FitInputError(f"SWEEP_DIR={str(sweep_dir)!r}: {len(runs)} done runs; a report needs at least {MIN_RUNS} (L(N) has 3 parameters)")
     n, loss = final_losses(runs)
     report = {"sweep": spec.get("name"), "tokens_per_item": tokens_per_item, "n_bootstrap": n_bootstrap, "runs": [_run_row(r) for r in runs]}
+    report["one_token_budget"] = len(spec.get("tokens", [])) == 1
     law = fit_power_law(n, loss, n_bootstrap=n_bootstrap, seed=SEED)
     report["L_of_N"] = {**law.summary(), "N": n.tolist(), "loss": loss.tolist(), "reducible": law.reducible(n).tolist()}
     if tokens_per_item:
@@ -278,8 +279,12 @@ def _markdown(report: dict) -> str:
         lines += ["![frontier](frontier.png)", "", "L(C) = L_inf + (C0/C)^alpha, C in FLOPs, on or below the lower envelope of the smoothed learning curves:", "",
                   f"- alpha_C = {_interval(frontier['L_of_C'], 'alpha')}, L_inf = {_interval(frontier['L_of_C'], 'L_inf')}, C0 = {_interval(frontier['L_of_C'], 'x0')}",
                   f"- N_opt(C) = (C/C0)^a: a = {_interval(frontier['N_opt'], 'a')}, C0 = {_interval(frontier['N_opt'], 'C0')}",
-                  f"- flags: {(frontier['L_of_C']['flags'] + frontier['N_opt']['flags']) or 'none'}",
-                  f"- runs on the frontier ({len(frontier['frontier_runs'])}): {', '.join(frontier['frontier_runs'])}"]
+                  f"- runs on the frontier ({len(frontier['frontier_runs'])}): {', '.join(frontier['frontier_runs'])}",
+                  f"- flags: {(frontier['L_of_C']['flags'] + frontier['N_opt']['flags']) or 'none'}"]
+        if report["one_token_budget"]:
+            lines += ["", "Caveat: every run saw the same number of tokens, so each learning curve spans a compute range proportional "
+                      "to its N and the frontier orders the runs by size almost by construction: an exponent a near 1 says little. "
+                      "Several token budgets per size (or runs to convergence) measure N_opt(C)."]
     lines += ["", "## Forecast", "", "| reducible (nats/token) | reducible (nats/image) | loss | N [95%] | C FLOPs from L(C) [95%] |", "|---|---|---|---|---|"]
     for row in report["forecast"]:
         c = row["C"]
