@@ -95,12 +95,13 @@ class FakeExtension:
         capped = z.float()
         if opts.softcap is not None:
             capped = opts.softcap * torch.tanh(capped / opts.softcap)
-        loss, lse = cross_entropy_torch._losses(capped, targets, targets != opts.ignore_index, opts)
+        cap_derivative = None if opts.softcap is None else 1 - (capped / opts.softcap) ** 2
+        loss, lse = cross_entropy_torch._softmax_(capped, targets, targets != opts.ignore_index, opts)
         _tensor_at(a["loss"], rows, torch.float32).copy_(loss)
         _tensor_at(a["lse"], rows, torch.float32).copy_(lse)
         if token_grad is not None:
             grad = _tensor_at(token_grad, rows, torch.float32)
-            z.copy_(cross_entropy_torch._logit_grad_(capped, lse, targets, grad, opts))
+            z.copy_(cross_entropy_torch._logit_grad_(capped, lse, targets, grad, opts, cap_derivative))
         self.chunks.append(rows)
 
 
