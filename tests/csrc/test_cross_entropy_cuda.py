@@ -92,7 +92,7 @@ class FakeExtension:
         z = _tensor_at(a["logits"], (rows - 1) * stride + vocab, dtype).as_strided((rows, vocab), (stride, 1))
         targets = _tensor_at(a["targets"], rows, torch.int64)
         opts = LossOptions(a["ignore_index"], a["label_smoothing"], a["z_loss"], a["softcap"] or None)
-        capped = z.float()
+        capped = z.to(torch.float32, copy=True)  # the forward kernel leaves the logits as they are
         if opts.softcap is not None:
             capped = opts.softcap * torch.tanh(capped / opts.softcap)
         cap_derivative = None if opts.softcap is None else 1 - (capped / opts.softcap) ** 2
