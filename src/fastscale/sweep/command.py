@@ -40,12 +40,14 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     run_bars = {}  # one bar per running run, below the sweep's
 
     def update(name: str, state: str) -> None:
-        if state in ("done", "failed"):
-            bar.update(1)
-            run_bars.pop(name).close()
-        else:
+        if state in ("running", "evaluating"):  # a process starts
             free = min(set(range(1, args.jobs + 1)) - {b.pos for b in run_bars.values()})
-            run_bars[name] = tqdm(unit="step", desc=name, dynamic_ncols=True, position=free, leave=False)
+            unit, desc = ("step", name) if state == "running" else ("run", f"{name} (study)")
+            run_bars[name] = tqdm(unit=unit, desc=desc, dynamic_ncols=True, position=free, leave=False)
+        else:
+            run_bars.pop(name).close()
+            if state in ("done", "failed"):
+                bar.update(1)
         bar.set_postfix_str(f"{name}: {state}")
 
     def step(name: str, step: int, steps: int) -> None:

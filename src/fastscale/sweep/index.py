@@ -1,8 +1,10 @@
 """The results index of a sweep: OUT/results.json, one entry per run with its state.
 
 States: pending (not started), running (started; if no sweep is alive, it was interrupted and resumes
-from its last checkpoint), done (finished: summary recorded), failed (the trainer exited non-zero;
-retried with --resume on the next invocation). Only the sweep process writes it, always atomically
+from its last checkpoint), trained (summary recorded; the sweep's study has yet to evaluate it),
+evaluating (the study's evaluation process is running), done (finished: summary recorded, and the
+study's measurements where the sweep has a study), failed (the trainer or the evaluation exited
+non-zero; retried on the next invocation: a run with a summary is only evaluated again). Only the sweep process writes it, always atomically
 (temporary file, then rename), so a kill at any moment leaves the previous or the next version.
 """
 
@@ -14,7 +16,7 @@ from pathlib import Path
 
 from fastscale.fit.io import write_atomically
 
-STATES = ("pending", "running", "done", "failed")
+STATES = ("pending", "running", "trained", "evaluating", "done", "failed")
 
 
 class ResultsIndex:

@@ -11,6 +11,7 @@ Every number comes from fastscale.fit on arrays read here from the run directori
   drop are not part of a power law), through fit_frontier.
 - The extrapolation check: L(N) fitted without the largest model, its prediction for it.
 - The gradient noise scale (tokens) logged by the trainer, per run, and B_crit(L) fitted to it.
+- The sweep's study (fastscale.sweep.studies), from each run's study.json: its own section and plots.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ from fastscale.fit import (
 )
 from fastscale.fit.io import write_atomically
 from fastscale.fit.units import per_item
+
+from .spec import study_options
+from .studies import study
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +69,10 @@ def load_runs(sweep_dir) -> list[dict]:
             continue
         run_dir = sweep_dir / entry["run_dir"]
         config = json.loads((run_dir / "config.json").read_text())
-        runs.append({"name": name, "config": config, "summary": entry["summary"], "metrics": _read_jsonl(run_dir / "metrics.jsonl")})
+        run = {"name": name, "config": config, "summary": entry["summary"], "metrics": _read_jsonl(run_dir / "metrics.jsonl")}
+        if (run_dir / "study.json").is_file():
+            run["study"] = json.loads((run_dir / "study.json").read_text())
+        runs.append(run)
     return sorted(runs, key=lambda r: (r["config"]["n_params"], r["name"]))
 
 
@@ -134,6 +141,9 @@ def _build_report(sweep_dir: Path, n_bootstrap: int) -> tuple[dict, dict]:
     frontier, report["frontier"] = _frontier(curves, n_bootstrap)
     report["forecast"] = _forecast(law, frontier, n, tokens_per_item)
     report["noise_scale"] = _noise(runs, n_bootstrap)
+    if spec.get("study"):
+        options = study_options(spec["study"])
+        report["study"] = {"kind": spec["study"]["kind"], **study(spec["study"]["kind"]).report(runs, options, n_bootstrap, SEED)}
     fits = {"L_of_N": law, "N": n, "loss": loss, "frontier": frontier, "curves": curves, "noise": noise_scales(runs)}
     return report, fits
 
@@ -227,6 +237,11 @@ def _plots(fits: dict, out: Path) -> list[str]:
     return names
 
 
+def _study_plots(report: dict, out: Path) -> list[str]:
+    section = report.get("study")
+    return study(section["kind"]).plots(section, out) if section else []
+
+
 def _plot_noise(series: dict, path: Path) -> None:
     from matplotlib.figure import Figure
 
@@ -301,6 +316,8 @@ def _markdown(report: dict) -> str:
                   if "params" in fit else f"B_crit(L): {fit.get('error', 'not fitted')}"]
     else:
         lines.append("Not logged by these runs.")
+    if report.get("study"):
+        lines += [""] + study(report["study"]["kind"]).markdown(report["study"])
     lines += ["", "## Runs", "", "| run | N | n_layer | d_model | n_head | tokens | FLOPs | final loss | final eval loss | tokens/s | MFU |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["runs"]:
         mfu = f"{r['mfu']:.3f}" if r["mfu"] is not None else "-"
@@ -314,7 +331,7 @@ def write_report(sweep_dir, *, n_bootstrap: int = 1000) -> dict:
     """Write report.json, report.md and the plots into sweep_dir; returns the report."""
     sweep_dir = Path(sweep_dir)
     report, fits = build_report(sweep_dir, n_bootstrap=n_bootstrap)
-    report["plots"] = _plots(fits, sweep_dir)
+    report["plots"] = _plots(fits, sweep_dir) + _study_plots(report, sweep_dir)
     write_atomically(sweep_dir / "report.json", json.dumps(report, indent=2))
     write_atomically(sweep_dir / "report.md", _markdown(report))
     return report

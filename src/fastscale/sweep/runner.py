@@ -2,7 +2,9 @@
 train.py` runs) in OUT/runs/NAME, at most `jobs` at a time, tracked in the results index.
 
 Resume: a rerun skips done runs and restarts the others with --resume, so the trainer continues from
-the newest complete checkpoint (or from scratch if there is none). Children get SIGTERM when the sweep
+the newest complete checkpoint (or from scratch if there is none). With a study (fastscale.sweep.studies)
+a trained run is evaluated in a second process (`python -m fastscale.sweep.studies RUN_DIR`) and is done
+only once RUN_DIR/study.json is written; a run that trained but was not evaluated is only evaluated. Children get SIGTERM when the sweep
 process dies (Linux PR_SET_PDEATHSIG), so killing the sweep by any signal leaves no orphan training.
 """
 
@@ -24,7 +26,7 @@ from typing import Callable
 from fastscale.fit.io import write_atomically
 
 from .index import ResultsIndex
-from .spec import Run, SweepError, SweepSpec
+from .spec import Run, SweepError, SweepSpec, study_options
 
 logger = logging.getLogger(__name__)
 
@@ -93,25 +95,37 @@ def prepare_data(spec: SweepSpec, out_dir: Path) -> dict:
     return {"path": str(target.resolve())}
 
 
-def _start(run: Run, run_dir: Path, config: dict, deepspeed: dict, resume: bool) -> subprocess.Popen:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_atomically(run_dir / "run.json", json.dumps(config, indent=2))
-    write_atomically(run_dir / "ds.json", json.dumps(deepspeed, indent=2))
-    args = [sys.executable, "-c", TRAINER, "--config", str(run_dir / "run.json"), "--deepspeed_config", str(run_dir / "ds.json"),
-            "--out", str(run_dir), "--no-progress"] + (["--resume"] if resume else [])
+def _spawn(args: list[str], log_path: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k not in RANK_VARIABLES}  # each run is its own world of one
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    log = open(run_dir / "train.log", "a")
+    log = open(log_path, "a")
     try:
         return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
     finally:
         log.close()
 
 
+def _start_training(run_dir: Path, config: dict, deepspeed: dict, resume: bool) -> subprocess.Popen:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_atomically(run_dir / "run.json", json.dumps(config, indent=2))
+    write_atomically(run_dir / "ds.json", json.dumps(deepspeed, indent=2))
+    args = [sys.executable, "-c", TRAINER, "--config", str(run_dir / "run.json"), "--deepspeed_config", str(run_dir / "ds.json"),
+            "--out", str(run_dir), "--no-progress"] + (["--resume"] if resume else [])
+    return _spawn(args, run_dir / "train.log")
+
+
+def _start_evaluation(run_dir: Path, study: dict, data: dict) -> subprocess.Popen:
+    """The study's measurements of a trained run, in a process of its own (torch, one thread)."""
+    task = {"kind": study["kind"], "options": study_options(study), "data_dir": data["path"]}
+    write_atomically(run_dir / "study_task.json", json.dumps(task, indent=2))
+    return _spawn([sys.executable, "-m", "fastscale.sweep.studies", str(run_dir)], run_dir / "study.log")
+
+
 def run_sweep(spec: SweepSpec, out_dir, *, jobs: int = DEFAULT_JOBS, on_update: Callable[[str, str], None] | None = None,
               on_step: Callable[[str, int, int], None] | None = None) -> ResultsIndex:
-    """Train every run of the grid not yet done; returns the results index. on_update(name, state) is
-    called whenever a run starts or ends, on_step(name, step, steps) as a running run logs steps."""
+    """Train (and, with a study, evaluate) every run of the grid not yet done; returns the results
+    index. on_update(name, state) is called whenever a run's process starts or ends, on_step(name,
+    step, steps) as a training run logs steps."""
     if not isinstance(jobs, int) or jobs < 1:
         raise SweepError(f"jobs={jobs!r}; expected a positive integer")
     out_dir = Path(out_dir)
@@ -125,37 +139,54 @@ def run_sweep(spec: SweepSpec, out_dir, *, jobs: int = DEFAULT_JOBS, on_update: 
         index = ResultsIndex(out_dir / "results.json")
         for run in runs:
             index.add(run.name, n_target=run.n_target, tokens_target=run.tokens, seed=run.seed, steps=run.steps, lr=run.lr)
-        todo = [run for run in runs if index.state(run.name) != "done"]
-        logger.info("sweep %s: %d runs, %d done, %d to run, %d at a time", spec.name, len(runs), len(runs) - len(todo), len(todo), jobs)
+        todo = [_next_task(index, run) for run in runs if index.state(run.name) != "done"]
+        logger.info("sweep %s: %d runs, %d done, %d to do, %d at a time", spec.name, len(runs), len(runs) - len(todo), len(todo), jobs)
         _schedule(spec, out_dir, data, index, todo, jobs, on_update, on_step)
         return index
     finally:
         lock.close()
 
 
+def _next_task(index: ResultsIndex, run: Run) -> tuple[str, Run]:
+    """A run with a recorded summary has trained: only its study evaluation is left."""
+    return ("evaluate" if "summary" in index.runs[run.name] else "train", run)
+
+
 def _schedule(spec, out_dir, data, index, todo, jobs, on_update, on_step) -> None:
-    active: dict[str, subprocess.Popen] = {}
+    active: dict[str, tuple[str, Run, subprocess.Popen]] = {}
     try:
         while todo or active:
             while todo and len(active) < jobs:
-                run = todo.pop(0)
+                task, run = todo.pop(0)
                 run_dir = out_dir / "runs" / run.name
-                resume = index.runs[run.name]["attempts"] > 0  # started before: continue from its checkpoint
-                active[run.name] = _start(run, run_dir, spec.run_config(run, data), spec.deepspeed, resume)
-                index.update(run.name, "running", attempts=index.runs[run.name]["attempts"] + 1, run_dir=str(run_dir.relative_to(out_dir)))
-                on_update and on_update(run.name, "running")
+                if task == "train":
+                    resume = index.runs[run.name]["attempts"] > 0  # started before: continue from its checkpoint
+                    process = _start_training(run_dir, spec.run_config(run, data), spec.deepspeed, resume)
+                    index.update(run.name, "running", attempts=index.runs[run.name]["attempts"] + 1, run_dir=str(run_dir.relative_to(out_dir)))
+                else:
+                    process = _start_evaluation(run_dir, spec.study, data)
+                    index.update(run.name, "evaluating")
+                active[run.name] = (task, run, process)
+                on_update and on_update(run.name, index.state(run.name))
             time.sleep(POLL_S)
             for name in active if on_step else ():
-                on_step(name, _last_step(out_dir / "runs" / name / "metrics.jsonl"), index.runs[name]["steps"])
-            for name, process in list(active.items()):
+                if active[name][0] == "train":
+                    on_step(name, _last_step(out_dir / "runs" / name / "metrics.jsonl"), index.runs[name]["steps"])
+            for name, (task, run, process) in list(active.items()):
                 if process.poll() is not None:
                     del active[name]
-                    _finish(index, out_dir / "runs" / name, name, process.returncode)
+                    run_dir = out_dir / "runs" / name
+                    if task == "train":
+                        _finish_training(index, run_dir, name, process.returncode, has_study=spec.study is not None)
+                    else:
+                        _finish_evaluation(index, run_dir, name, process.returncode)
                     on_update and on_update(name, index.state(name))
+                    if index.state(name) == "trained":  # evaluate it next, while its model is fresh on disk
+                        todo.insert(0, ("evaluate", run))
     finally:
-        for process in active.values():  # interrupted: stop the children; they resume next time
+        for _, _, process in active.values():  # interrupted: stop the children; they resume next time
             process.terminate()
-        for process in active.values():
+        for _, _, process in active.values():
             process.wait()
 
 
@@ -175,12 +206,21 @@ def _last_step(metrics_path: Path) -> int:
     return 0
 
 
-def _finish(index: ResultsIndex, run_dir: Path, name: str, returncode: int) -> None:
+def _finish_training(index: ResultsIndex, run_dir: Path, name: str, returncode: int, *, has_study: bool) -> None:
     summary_path = run_dir / "summary.json"
     if returncode == 0 and summary_path.is_file():
-        index.update(name, "done", returncode=0, summary=_complete(json.loads(summary_path.read_text()), run_dir / "metrics.jsonl"))
+        summary = _complete(json.loads(summary_path.read_text()), run_dir / "metrics.jsonl")
+        index.update(name, "trained" if has_study else "done", returncode=0, summary=summary)
     else:
         logger.warning("run %s failed (exit code %d); see %s", name, returncode, run_dir / "train.log")
+        index.update(name, "failed", returncode=returncode)
+
+
+def _finish_evaluation(index: ResultsIndex, run_dir: Path, name: str, returncode: int) -> None:
+    if returncode == 0 and (run_dir / "study.json").is_file():
+        index.update(name, "done", returncode=0)
+    else:
+        logger.warning("study evaluation of run %s failed (exit code %d); see %s", name, returncode, run_dir / "study.log")
         index.update(name, "failed", returncode=returncode)
 
 

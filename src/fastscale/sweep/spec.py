@@ -11,7 +11,9 @@ A sweep file is JSON:
      "model": {"head_dim": 32},                         # from_params options
      "lr": "kaplan" or 3e-3,                            # Kaplan et al. eq. D.1 by size, or one value
      "train": {...},                                    # TrainSettings fields (steps come from the budget)
-     "deepspeed": {...}}                                # DeepSpeed config of every run (batch sizes)
+     "deepspeed": {...},                                # DeepSpeed config of every run (batch sizes)
+     "packing": "stream" or "documents",                # how documents fill the trainer's rows (RunConfig)
+     "study": {"kind": "multimodal", ...}}              # optional: fastscale.sweep.studies, after each run
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ PRESETS = {
     },
 }
 
-KEYS = {"name", "description", "data", "seq_len", "tokens_per_item", "sizes", "tokens", "compute", "seeds", "model", "lr", "train", "deepspeed"}
+KEYS = {"name", "description", "data", "seq_len", "tokens_per_item", "sizes", "tokens", "compute", "seeds", "model", "lr", "train", "deepspeed",
+        "packing", "study"}
 
 
 class SweepError(ValueError):
@@ -99,6 +102,8 @@ class SweepSpec:
     lr: object = "kaplan"
     train: dict = field(default_factory=dict)
     deepspeed: dict = field(default_factory=dict)
+    packing: str | None = None
+    study: dict | None = None
     raw: dict = field(default_factory=dict)
 
     @classmethod
@@ -118,10 +123,13 @@ class SweepSpec:
         train = raw.get("train", {})
         _require("steps" not in train, "train.steps", train.get("steps"), "no value: steps come from the token or compute budget")
         _require("seed" not in train, "train.seed", train.get("seed"), "no value: seeds come from 'seeds'")
+        study = raw.get("study")
+        if study is not None:
+            _check_study(study)
         return cls(
             name=str(raw.get("name", "sweep")), data=raw["data"], seq_len=raw["seq_len"], sizes=_positive_list(raw, "sizes"),
             budgets=_positive_list(raw, kind), budget_kind=kind, seeds=seeds, tokens_per_item=raw.get("tokens_per_item"),
-            model=raw.get("model", {}), lr=lr, train=train, deepspeed=raw["deepspeed"], raw=raw,
+            model=raw.get("model", {}), lr=lr, train=train, deepspeed=raw["deepspeed"], packing=raw.get("packing"), study=study, raw=raw,
         )
 
     @classmethod
@@ -160,4 +168,16 @@ class SweepSpec:
     def run_config(self, run: Run, data: dict) -> dict:
         """The trainer's run config (fastscale.train.RunConfig) of one grid point."""
         train = {**self.train, "steps": run.steps, "seed": run.seed, "lr": run.lr}
-        return {"model": {"params": run.n_target, **self.model}, "data": data, "seq_len": self.seq_len, "train": train}
+        config = {"model": {"params": run.n_target, **self.model}, "data": data, "seq_len": self.seq_len, "train": train}
+        return config if self.packing is None else {**config, "packing": self.packing}
+
+
+def _check_study(study) -> None:
+    from .studies import study as study_module
+
+    _require(isinstance(study, dict) and "kind" in study, "study", study, 'an object with a "kind" (and that study\'s options)')
+    study_module(study["kind"]).check(study_options(study))
+
+
+def study_options(study: dict) -> dict:
+    return {k: v for k, v in study.items() if k != "kind"}

@@ -1,0 +1,70 @@
+"""After a run: its trained GPT back from the newest complete checkpoint, and per-token losses of whole
+documents, for the studies that measure more than the trainer's eval loss (fastscale.sweep.studies).
+
+Every document is scored on its own, from its first token, as one row: no packing, so no token loses
+its context to a row boundary.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from fastscale.model import GPT, GPTConfig
+from fastscale.train import checkpoint as ckpt
+
+
+def newest_checkpoint(run_dir) -> Path:
+    run_dir = Path(run_dir)
+    found = ckpt.latest_complete(run_dir / "checkpoints")
+    if found is None:
+        raise FileNotFoundError(f"run_dir={str(run_dir)!r}: no complete checkpoint under checkpoints/ (checkpoint_interval=0?)")
+    return run_dir / "checkpoints" / found[1]
+
+
+def trained_state(run_dir) -> dict:
+    """The model's weights (fp32, CPU) from the newest complete checkpoint of any ZeRO stage."""
+    tag_dir = newest_checkpoint(run_dir)
+    stage = (json.loads((Path(run_dir) / "config.json").read_text())["deepspeed"].get("zero_optimization") or {}).get("stage", 0)
+    if stage == 3:  # partitioned: DeepSpeed's own consolidation
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        return get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+    state = torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
+    return {name: tensor.float() for name, tensor in state.items()}
+
+
+def load_trained(run_dir) -> GPT:
+    """The run's GPT (fastscale.model, from its config.json) with its trained weights, in eval mode on CPU."""
+    config = GPTConfig.from_dict(json.loads((Path(run_dir) / "config.json").read_text())["model"])
+    model = GPT(config)
+    model.load_state_dict(trained_state(run_dir))
+    return model.eval()
+
+
+@torch.no_grad()
+def token_losses(model: GPT, documents, *, batch_size: int = 64) -> list[np.ndarray]:
+    """For each document d (1-D token array), float64 [len(d) - 1]: element t is -log p(d[t + 1] | d[:t + 1])
+    in nats. Documents longer than the model's seq_len are refused, not cut."""
+    documents = [np.asarray(d, dtype=np.int64) for d in documents]
+    for i, d in enumerate(documents):
+        if d.ndim != 1 or not 2 <= len(d) <= model.config.seq_len:
+            raise ValueError(f"documents[{i}]: shape {d.shape}; expected 1-D with 2 to seq_len={model.config.seq_len} tokens")
+    order = np.argsort([len(d) for d in documents], kind="stable")  # similar lengths together: little padding
+    out: list[np.ndarray | None] = [None] * len(documents)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        width = max(len(documents[i]) for i in chunk)
+        idx = torch.zeros(len(chunk), width, dtype=torch.long)
+        for row, i in enumerate(chunk):
+            idx[row, : len(documents[i])] = torch.from_numpy(documents[i])
+        # causal attention: padding after a document never reaches its tokens
+        logits = model(idx[:, :-1]).double()
+        nll = F.cross_entropy(logits.transpose(1, 2), idx[:, 1:], reduction="none")
+        for row, i in enumerate(chunk):
+            out[i] = nll[row, : len(documents[i]) - 1].numpy()
+    return out
