@@ -40,9 +40,9 @@ def trained_state(run_dir) -> dict:
 
 def load_trained(run_dir) -> GPT:
     """The run's GPT (fastscale.model, from its config.json) with its trained weights, in eval mode on CPU."""
-    config = GPTConfig.from_dict(json.loads((Path(run_dir) / "config.json").read_text())["model"])
-    model = GPT(config)
-    model.load_state_dict(trained_state(run_dir))
+    state = trained_state(run_dir)
+    model = GPT(GPTConfig.from_dict(json.loads((Path(run_dir) / "config.json").read_text())["model"]))
+    model.load_state_dict(state)
     return model.eval()
 
 

@@ -1,0 +1,70 @@
+"""The studies' view of a trained run: weights back from the newest checkpoint (ZeRO 0 and 3) and
+per-token losses of whole documents, against the trainer's own eval loss and a one-document-at-a-time
+float64 computation."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from fastscale.data import build
+from fastscale.model import GPT, GPTConfig
+from fastscale.sweep.evaluation import load_trained, newest_checkpoint, token_losses
+
+TRAINER = "import sys; from fastscale.train.launch import main; sys.exit(main())"
+# digits: every document is BOS + 192 pixels = seq_len, so each val row is one whole document
+RUN = {"model": {"n_layer": 1, "d_model": 16, "n_head": 2}, "data": {"dataset": "digits"}, "seq_len": 193,
+       "train": {"steps": 6, "lr": 3e-3, "warmup_steps": 1, "eval_interval": 6, "eval_batches": 2, "checkpoint_interval": 3, "noise_scale_interval": 0}}
+
+
+def train(tmp_path, stage):
+    (tmp_path / "run.json").write_text(json.dumps(RUN))
+    (tmp_path / "ds.json").write_text(json.dumps({"train_batch_size": 4, "train_micro_batch_size_per_gpu": 2, "zero_optimization": {"stage": stage},
+                                                  "steps_per_print": 10**9}))
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    out = tmp_path / "run"
+    subprocess.run([sys.executable, "-c", TRAINER, "--config", str(tmp_path / "run.json"), "--deepspeed_config", str(tmp_path / "ds.json"),
+                    "--out", str(out), "--no-progress"], env={**env, "OMP_NUM_THREADS": "1"}, check=True, capture_output=True, timeout=300)
+    return out
+
+
+@pytest.mark.parametrize("stage", [0, 3])
+def test_trained_model_reproduces_the_trainers_eval_loss(tmp_path, stage):
+    run_dir = train(tmp_path, stage)
+    assert newest_checkpoint(run_dir).name == "step00000006"
+    model = load_trained(run_dir)
+    _, _, val, _ = build("digits")
+    # the trainer evaluated the first eval_batches x micro-batch = 4 rows: documents 0..3, 192 predictions each
+    losses = token_losses(model, val[:4])
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert np.concatenate(losses).mean() == pytest.approx(summary["final_eval_loss"], rel=1e-5)
+
+
+def test_token_losses_of_uneven_documents_match_one_at_a_time_float64():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=11, seq_len=40, n_layer=2, d_model=16, n_head=2)).eval()
+    rng = np.random.default_rng()
+    docs = [rng.integers(0, 11, size=n) for n in (2, 40, 7, 33, 3, 40, 19)]
+    got = token_losses(model, docs, batch_size=3)  # several batches, each padded to its longest
+    reference = model.double()
+    for doc, loss in zip(docs, got):
+        with torch.no_grad():
+            logits = reference(torch.from_numpy(doc)[None, :-1])[0]
+        expected = -torch.log_softmax(logits, -1)[torch.arange(len(doc) - 1), torch.from_numpy(doc[1:])]
+        assert loss.dtype == np.float64 and loss.shape == (len(doc) - 1,)
+        np.testing.assert_allclose(loss, expected.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_documents_longer_than_the_context_are_refused():
+    model = GPT(GPTConfig(vocab_size=11, seq_len=8, n_layer=1, d_model=16, n_head=2))
+    with pytest.raises(ValueError, match=r"documents\[1\]: shape \(9,\); expected 1-D with 2 to seq_len=8"):
+        token_losses(model, [np.zeros(3, dtype=np.int64), np.zeros(9, dtype=np.int64)])
+
+
+def test_a_run_without_checkpoints_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+        load_trained(tmp_path)
