@@ -121,3 +121,13 @@ def test_noise_scale_and_run_table(sweep):
     for name in ("L_of_N", "frontier", "noise_scale"):
         for suffix in (".png", ".svg"):
             assert (root / f"{name}{suffix}").stat().st_size > 1000
+
+
+def test_L_of_N_takes_each_sizes_largest_token_budget_with_every_seed():
+    from fastscale.sweep.report import longest_runs
+
+    def run(name, n, tokens):
+        return {"name": name, "config": {"n_params": n}, "summary": {"tokens": tokens}}
+
+    runs = [run("a", 10, 100), run("b", 10, 300), run("c", 10, 300), run("d", 20, 100), run("e", 30, 200), run("f", 30, 50)]
+    assert [r["name"] for r in longest_runs(runs)] == ["b", "c", "d", "e"]

@@ -1,8 +1,8 @@
 """The report of a sweep: REPORT/report.json, report.md and plots (PNG and SVG), from the done runs.
 
 Every number comes from fastscale.fit on arrays read here from the run directories:
-- L(N): the final held-out loss of each run (final train loss where a run has no eval) against its
-  non-embedding N, L = L_inf + (N0/N)^alpha, with bootstrap intervals; L_inf is the irreducible loss,
+- L(N): the final held-out loss of each run of the largest token budget of its size (final train loss
+  where a run has no eval) against its non-embedding N, L = L_inf + (N0/N)^alpha, with bootstrap intervals; L_inf is the irreducible loss,
   (N0/N)^alpha the reducible loss, in nats per token and per item (tokens_per_item of the sweep).
 - L(C), the frontier and N_opt(C): the learning curves (train loss against the trainer's FLOP count),
   smoothed by a trailing mean over SMOOTH_FRACTION of each run's logged steps (a batch of 8 rows mixes
@@ -76,6 +76,14 @@ def load_runs(sweep_dir) -> list[dict]:
     return sorted(runs, key=lambda r: (r["config"]["n_params"], r["name"]))
 
 
+def longest_runs(runs: list[dict]) -> list[dict]:
+    """Per model size, the runs of its largest token budget (every seed): the ones L(N) is about."""
+    most = {}
+    for r in runs:
+        most[r["config"]["n_params"]] = max(most.get(r["config"]["n_params"], 0), r["summary"]["tokens"])
+    return [r for r in runs if r["summary"]["tokens"] == most[r["config"]["n_params"]]]
+
+
 def final_losses(runs: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     n = np.array([r["config"]["n_params"] for r in runs], dtype=np.float64)
     loss = np.array([r["summary"]["final_eval_loss"] if r["summary"]["final_eval_loss"] is not None else r["summary"]["final_loss"] for r in runs])
@@ -129,7 +137,7 @@ def _build_report(sweep_dir: Path, n_bootstrap: int) -> tuple[dict, dict]:
     runs = load_runs(sweep_dir)
     if len(runs) < MIN_RUNS:
         raise FitInputError(f"SWEEP_DIR={str(sweep_dir)!r}: {len(runs)} done runs; a report needs at least {MIN_RUNS} (L(N) has 3 parameters)")
-    n, loss = final_losses(runs)
+    n, loss = final_losses(longest_runs(runs))
     report = {"sweep": spec.get("name"), "tokens_per_item": tokens_per_item, "n_bootstrap": n_bootstrap, "runs": [_run_row(r) for r in runs]}
     report["one_token_budget"] = len(spec.get("tokens", [])) == 1
     law = fit_power_law(n, loss, n_bootstrap=n_bootstrap, seed=SEED)
@@ -269,7 +277,8 @@ def _markdown(report: dict) -> str:
     lines = [f"# Scaling report: sweep `{report['sweep']}`", "",
              f"{len(report['runs'])} finished runs; intervals are 95% bootstrap ({report['n_bootstrap']} draws). Losses in nats per token"
              + (f"; per image = per token x {tpi}." if tpi else "."), "",
-             "## L(N): final eval loss against non-embedding parameters", "", "![L(N)](L_of_N.png)", "",
+             "## L(N): final eval loss against non-embedding parameters", "",
+             "Each size's runs of its largest token budget.", "", "![L(N)](L_of_N.png)", "",
              "L(N) = L_inf + (N0/N)^alpha", "",
              f"- alpha = {_interval(law, 'alpha')}", f"- L_inf (irreducible) = {_interval(law, 'L_inf')} nats/token"
              + (f" = {law['per_item']['L_inf']:.4g} nats/image" if tpi else ""),
