@@ -131,3 +131,15 @@ def test_L_of_N_takes_each_sizes_largest_token_budget_with_every_seed():
 
     runs = [run("a", 10, 100), run("b", 10, 300), run("c", 10, 300), run("d", 20, 100), run("e", 30, 200), run("f", 30, 50)]
     assert [r["name"] for r in longest_runs(runs)] == ["b", "c", "d", "e"]
+
+
+def test_report_json_is_strict_json_with_null_for_non_finite_values(sweep):
+    root, _, _, _ = sweep
+
+    def refuse(constant):
+        raise AssertionError(f"report.json holds {constant}")
+
+    json.loads((root / "report.json").read_text(), parse_constant=refuse)
+    from fastscale.sweep.report import finite_or_null
+
+    assert finite_or_null({"x": [1.5, float("inf"), np.float64("nan")], "y": (2, "z")}) == {"x": [1.5, None, None], "y": [2, "z"]}

@@ -336,11 +336,22 @@ def _markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def finite_or_null(value):
+    """JSON has no NaN or Infinity (a fit on its bound can give them): null, so any JSON reader takes the file."""
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(v) for v in value]
+    return value
+
+
 def write_report(sweep_dir, *, n_bootstrap: int = 1000) -> dict:
     """Write report.json, report.md and the plots into sweep_dir; returns the report."""
     sweep_dir = Path(sweep_dir)
     report, fits = build_report(sweep_dir, n_bootstrap=n_bootstrap)
     report["plots"] = _plots(fits, sweep_dir) + _study_plots(report, sweep_dir)
-    write_atomically(sweep_dir / "report.json", json.dumps(report, indent=2))
+    write_atomically(sweep_dir / "report.json", json.dumps(finite_or_null(report), indent=2, allow_nan=False))
     write_atomically(sweep_dir / "report.md", _markdown(report))
     return report

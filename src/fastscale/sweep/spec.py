@@ -18,6 +18,7 @@ A sweep file is JSON:
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -50,6 +51,9 @@ PRESETS = {
         },
     },
 }
+# the seed papers' studies (fastscale.sweep.studies): each module holds its preset beside its measurements
+for _kind in ("math",):
+    PRESETS[_kind] = importlib.import_module(f"fastscale.sweep.studies.{_kind}").PRESET
 
 KEYS = {"name", "description", "data", "seq_len", "tokens_per_item", "sizes", "tokens", "compute", "seeds", "model", "lr", "train", "deepspeed",
         "packing", "study"}
