@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from fastscale.fit import fit_critical_batch_vs_loss, fit_frontier, fit_power_law
-from fastscale.sweep.report import write_report
+from fastscale.fit import FitInputError, fit_critical_batch_vs_loss, fit_frontier, fit_power_law
+from fastscale.sweep.report import build_report, write_report
 
 N = np.array([1e4, 3e4, 1e5, 3e5, 1e6, 3e6])
 STEPS = np.arange(1, 101)
@@ -143,3 +143,19 @@ def test_report_json_is_strict_json_with_null_for_non_finite_values(sweep):
     from fastscale.sweep.report import finite_or_null
 
     assert finite_or_null({"x": [1.5, float("inf"), np.float64("nan")], "y": (2, "z")}) == {"x": [1.5, None, None], "y": [2, "z"]}
+
+
+def test_forecast_at_chosen_reducible_losses(sweep):
+    root, _, _, _ = sweep
+    report, _ = build_report(root, n_bootstrap=BOOT, forecast_reducible=[0.2, 0.01])
+    p = report["L_of_N"]["params"]
+    for row, eps in zip(report["forecast"], (0.2, 0.01), strict=True):
+        assert row["reducible"] == eps and row["loss"] == pytest.approx(p["L_inf"] + eps)
+        assert row["N"]["value"] == pytest.approx(p["x0"] * eps ** (-1 / p["alpha"]), rel=1e-9)
+
+
+@pytest.mark.parametrize("bad", [[], [0.1, -0.2], [float("nan")], 0.1])
+def test_bad_forecast_losses_are_refused_before_any_fit(sweep, bad):
+    root, _, _, _ = sweep
+    with pytest.raises(FitInputError, match=r"forecast_reducible=.*expected a non-empty list of positive"):
+        build_report(root, n_bootstrap=BOOT, forecast_reducible=bad)

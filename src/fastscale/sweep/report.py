@@ -41,7 +41,7 @@ SMOOTH_FRACTION = 0.1
 EARLY_FRACTION = 0.1
 SEED = 0
 MIN_RUNS = 4
-FORECAST_FRACTIONS = (0.5, 0.25, 0.1)  # reducible losses forecast: fractions of the largest model's
+FORECAST_FRACTIONS = (0.5, 0.25, 0.1)  # default reducible losses to forecast: fractions of the largest model's
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -121,17 +121,23 @@ def _estimate(e) -> dict:
     return {"value": e.value, "low": e.low, "high": e.high}
 
 
-def build_report(sweep_dir, *, n_bootstrap: int = 1000) -> tuple[dict, dict]:
+def build_report(sweep_dir, *, n_bootstrap: int = 1000, forecast_reducible=None) -> tuple[dict, dict]:
     """All the report's numbers as a JSON-ready dict, and the fit objects the plots draw (no files written)."""
     from threadpoolctl import threadpool_limits  # a scikit-learn dependency
+
+    if forecast_reducible is not None and not (
+        isinstance(forecast_reducible, (list, tuple)) and forecast_reducible
+        and all(isinstance(eps, (int, float)) and np.isfinite(eps) and eps > 0 for eps in forecast_reducible)
+    ):
+        raise FitInputError(f"forecast_reducible={forecast_reducible!r}; expected a non-empty list of positive reducible losses (nats/token)")
 
     # Thousands of tiny L-BFGS-B refits: with OpenBLAS's threads on a busy 2-core machine (training
     # runs beside it) they spin-wait, and the same report took 20 s instead of 0.7 s (measured).
     with threadpool_limits(limits=1, user_api="blas"):
-        return _build_report(Path(sweep_dir), n_bootstrap)
+        return _build_report(Path(sweep_dir), n_bootstrap, forecast_reducible)
 
 
-def _build_report(sweep_dir: Path, n_bootstrap: int) -> tuple[dict, dict]:
+def _build_report(sweep_dir: Path, n_bootstrap: int, forecast_reducible) -> tuple[dict, dict]:
     spec = json.loads((sweep_dir / "sweep.json").read_text())
     tokens_per_item = spec.get("tokens_per_item")
     runs = load_runs(sweep_dir)
@@ -147,7 +153,7 @@ def _build_report(sweep_dir: Path, n_bootstrap: int) -> tuple[dict, dict]:
     report["extrapolation"] = _extrapolation(n, loss, n_bootstrap)
     curves = learning_curves(runs)
     frontier, report["frontier"] = _frontier(curves, n_bootstrap)
-    report["forecast"] = _forecast(law, frontier, n, tokens_per_item)
+    report["forecast"] = _forecast(law, frontier, n, tokens_per_item, forecast_reducible)
     report["noise_scale"] = _noise(runs, n_bootstrap)
     if spec.get("study"):
         options = study_options(spec["study"])
@@ -194,15 +200,14 @@ def _frontier(curves, n_bootstrap):
     }
 
 
-def _forecast(law, frontier, n, tokens_per_item) -> list[dict]:
-    """Reducible losses below the largest model's: the N that L(N) says reaches them, and the compute
-    at which L(C) reaches the same loss (nan where that loss is below L(C)'s own L_inf)."""
-    largest = float(law.reducible(n.max()))
-    rows = []
+def _forecast(law, frontier, n, tokens_per_item, reducible=None) -> list[dict]:
+    """For each reducible loss (nats/token; default: fractions of the largest model's), the N that L(N)
+    says reaches it, and the compute at which L(C) reaches the same loss (nan where that loss is below
+    L(C)'s own L_inf)."""
+    if reducible is None:
+        reducible = [float(law.reducible(n.max())) * fraction for fraction in FORECAST_FRACTIONS]
     with np.errstate(over="ignore"):  # bootstrap draws with tiny alpha forecast N = inf: it only widens the interval
-        for fraction in FORECAST_FRACTIONS:
-            rows.append(_forecast_row(law, frontier, largest * fraction, tokens_per_item))
-    return rows
+        return [_forecast_row(law, frontier, float(eps), tokens_per_item) for eps in reducible]
 
 
 def _forecast_row(law, frontier, eps, tokens_per_item) -> dict:
@@ -347,10 +352,10 @@ def finite_or_null(value):
     return value
 
 
-def write_report(sweep_dir, *, n_bootstrap: int = 1000) -> dict:
+def write_report(sweep_dir, *, n_bootstrap: int = 1000, forecast_reducible=None) -> dict:
     """Write report.json, report.md and the plots into sweep_dir; returns the report."""
     sweep_dir = Path(sweep_dir)
-    report, fits = build_report(sweep_dir, n_bootstrap=n_bootstrap)
+    report, fits = build_report(sweep_dir, n_bootstrap=n_bootstrap, forecast_reducible=forecast_reducible)
     report["plots"] = _plots(fits, sweep_dir) + _study_plots(report, sweep_dir)
     write_atomically(sweep_dir / "report.json", json.dumps(finite_or_null(report), indent=2, allow_nan=False))
     write_atomically(sweep_dir / "report.md", _markdown(report))
