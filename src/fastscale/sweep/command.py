@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
 
-from .runner import DEFAULT_JOBS
+from .devices import DEFAULT_JOBS
 from .spec import PRESETS
 
 
 def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("out_dir", metavar="OUT_DIR", help="sweep directory (results.json, runs/, data/, report); rerun to resume")
     p.add_argument("--preset", default="image8", help=f"a preset ({', '.join(sorted(PRESETS))}) or a sweep JSON file (default image8)")
-    p.add_argument("--jobs", type=int, default=DEFAULT_JOBS, help=f"runs at a time, one thread each (default {DEFAULT_JOBS}: one per core)")
+    p.add_argument("--jobs", type=int, help=f"runs at a time (default: on CPU {DEFAULT_JOBS}, one per core, one thread each; on GPUs as many "
+                   "as fit, packed several per GPU where small; printed at the start)")
+    p.add_argument("--launcher", choices=("auto", "process", "deepspeed"), default="auto",
+                   help="how each run starts: its own trainer process, or under DeepSpeed's launcher (auto: deepspeed on GPUs, process on CPU)")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap draws of the report's fits (default 1000)")
 
@@ -41,7 +45,8 @@ def run_sweep_command(args: argparse.Namespace) -> int:
 
     def update(name: str, state: str) -> None:
         if state in ("running", "evaluating"):  # a process starts
-            free = min(set(range(1, args.jobs + 1)) - {b.pos for b in run_bars.values()})
+            taken = {b.pos for b in run_bars.values()}
+            free = next(position for position in itertools.count(1) if position not in taken)
             unit, desc = ("step", name) if state == "running" else ("run", f"{name} (study)")
             run_bars[name] = tqdm(unit=unit, desc=desc, dynamic_ncols=True, position=free, leave=False)
         else:
@@ -56,7 +61,8 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         run_bar.update(step - run_bar.n)
 
     try:
-        index = run_sweep(spec, args.out_dir, jobs=args.jobs, on_update=update, on_step=step)
+        index = run_sweep(spec, args.out_dir, jobs=args.jobs, launcher=args.launcher, on_layout=lambda reason: tqdm.write(f"placement: {reason}"),
+                          on_update=update, on_step=step)
     except SweepError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

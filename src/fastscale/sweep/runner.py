@@ -6,10 +6,18 @@ the newest complete checkpoint (or from scratch if there is none). With a study 
 a trained run is evaluated in a second process (`python -m fastscale.sweep.studies RUN_DIR`) and is done
 only once RUN_DIR/study.json is written; a run that trained but was not evaluated is only evaluated. Children get SIGTERM when the sweep
 process dies (Linux PR_SET_PDEATHSIG), so killing the sweep by any signal leaves no orphan training.
+
+Placement (fastscale.sweep.devices): on CPU `jobs` runs at a time; on GPUs each run gets the planner's
+DeepSpeed config and a share of a GPU (small runs are packed several per GPU) or several whole GPUs.
+Launchers: "process" starts the trainer itself (one rank; on a GPU pinned by CUDA_VISIBLE_DEVICES);
+"deepspeed" wraps the same command in DeepSpeed's per-node launcher (deepspeed.launcher.launch), which
+pins the run's GPUs, starts one rank per GPU and gives the ranks a port of their own; "auto" is
+deepspeed on GPUs, process on CPU.
 """
 
 from __future__ import annotations
 
+import base64
 import ctypes
 import fcntl
 import json
@@ -17,24 +25,25 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Callable
 
 from fastscale.fit.io import write_atomically
 
+from .devices import Inventory, Layout, Placement, deepspeed_for, place_runs
 from .index import ResultsIndex
 from .spec import Run, SweepError, SweepSpec, study_options
 
 logger = logging.getLogger(__name__)
 
-# Two concurrent runs on this 2-core CPU: each trainer process runs one thread (OMP_NUM_THREADS=1), and
-# models of 1e4-1e6 parameters gain little from a second thread (per-op overhead dominates), so one
-# run per core keeps both cores busy.
-DEFAULT_JOBS = max(1, min(2, os.cpu_count() or 1))
 POLL_S = 0.2
+LAUNCHERS = ("auto", "process", "deepspeed")
 TRAINER = "import sys; from fastscale.train.launch import main; sys.exit(main())"
 RANK_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -65,12 +74,12 @@ def _check_same_sweep(out_dir: Path, spec: SweepSpec) -> None:
         write_atomically(path, json.dumps(spec.raw, indent=2))
 
 
-def _check_configs(spec: SweepSpec, runs: list[Run]) -> None:
+def _check_configs(spec: SweepSpec, runs: list[Run], device_type: str) -> None:
     """The trainer's own checks of every run config and of the DeepSpeed config, before any work starts."""
     from fastscale.train.config import ConfigError, RunConfig, check_deepspeed_config
 
     try:
-        check_deepspeed_config(spec.deepspeed, world_size=1, device_type="cpu")
+        check_deepspeed_config(spec.deepspeed, world_size=1, device_type=device_type)
         for run in runs:
             RunConfig.from_dict(spec.run_config(run, spec.data), where=f"sweep run {run.name}")
     except ConfigError as error:
@@ -95,9 +104,9 @@ def prepare_data(spec: SweepSpec, out_dir: Path) -> dict:
     return {"path": str(target.resolve())}
 
 
-def _spawn(args: list[str], log_path: Path) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k not in RANK_VARIABLES}  # each run is its own world of one
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+def _spawn(args: list[str], log_path: Path, devices: dict | None = None) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k not in RANK_VARIABLES}  # each run is its own world (the launcher sets them)
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", **(devices or {}))
     log = open(log_path, "a")
     try:
         return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
@@ -105,13 +114,42 @@ def _spawn(args: list[str], log_path: Path) -> subprocess.Popen:
         log.close()
 
 
-def _start_training(run_dir: Path, config: dict, deepspeed: dict, resume: bool) -> subprocess.Popen:
+def _free_port(taken: set[int]) -> int:
+    """A port no other process listens on now and no running run of this sweep was given."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in taken:
+            return port
+
+
+def _deepspeed_launch(command: list[str], device_ids: list[str], port: int) -> list[str]:
+    """command under DeepSpeed's per-node launcher, one rank per device of device_ids.
+
+    Not the `deepspeed` command (deepspeed.launcher.runner): on one node it starts this same launcher
+    and installs no signal handler, so a SIGTERM (ours, at PR_SET_PDEATHSIG) kills the runner and leaves
+    the launcher and its ranks training (deepspeed 0.19.8 runner.py main(); checked on CPU: the rank
+    outlived the runner). deepspeed.launcher.launch terminates its ranks' process trees on SIGTERM.
+    What the runner adds on one node, finding the devices and parsing --include, the sweep's
+    inventory does. --no_python runs command as given (the process launcher's), --no_local_rank because
+    the trainer reads LOCAL_RANK from the environment."""
+    world = base64.urlsafe_b64encode(json.dumps({"localhost": device_ids}).encode()).decode()
+    return [sys.executable, "-u", "-m", "deepspeed.launcher.launch", f"--world_info={world}", "--master_addr=127.0.0.1",
+            f"--master_port={port}", "--no_python", "--no_local_rank", *command]
+
+
+def _start_training(run_dir: Path, config: dict, deepspeed: dict, resume: bool, *, launcher: str, device_ids: list[str] | None,
+                    port: int) -> subprocess.Popen:
+    """device_ids: the run's GPUs (CUDA_VISIBLE_DEVICES names), None on CPU."""
     run_dir.mkdir(parents=True, exist_ok=True)
     write_atomically(run_dir / "run.json", json.dumps(config, indent=2))
     write_atomically(run_dir / "ds.json", json.dumps(deepspeed, indent=2))
     args = [sys.executable, "-c", TRAINER, "--config", str(run_dir / "run.json"), "--deepspeed_config", str(run_dir / "ds.json"),
             "--out", str(run_dir), "--no-progress"] + (["--resume"] if resume else [])
-    return _spawn(args, run_dir / "train.log")
+    if launcher == "deepspeed":
+        return _spawn(_deepspeed_launch(args, device_ids or ["0"], port), run_dir / "train.log")
+    return _spawn(args, run_dir / "train.log", {"CUDA_VISIBLE_DEVICES": ",".join(device_ids)} if device_ids else None)
 
 
 def _start_evaluation(run_dir: Path, study: dict, data: dict) -> subprocess.Popen:
@@ -121,30 +159,115 @@ def _start_evaluation(run_dir: Path, study: dict, data: dict) -> subprocess.Pope
     return _spawn([sys.executable, "-m", "fastscale.sweep.studies", str(run_dir)], run_dir / "study.log")
 
 
-def run_sweep(spec: SweepSpec, out_dir, *, jobs: int = DEFAULT_JOBS, on_update: Callable[[str, str], None] | None = None,
-              on_step: Callable[[str, int, int], None] | None = None) -> ResultsIndex:
+def run_sweep(spec: SweepSpec, out_dir, *, jobs: int | None = None, launcher: str = "auto", on_layout: Callable[[str], None] | None = None,
+              on_update: Callable[[str, str], None] | None = None, on_step: Callable[[str, int, int], None] | None = None) -> ResultsIndex:
     """Train (and, with a study, evaluate) every run of the grid not yet done; returns the results
-    index. on_update(name, state) is called whenever a run's process starts or ends, on_step(name,
-    step, steps) as a training run logs steps."""
-    if not isinstance(jobs, int) or jobs < 1:
+    index. jobs: runs at a time (default: one per core on CPU; on GPUs as many as the placement packs).
+    launcher: "auto", "process" or "deepspeed" (module docstring). on_layout(reason) is called once with
+    the placement's reason, on_update(name, state) whenever a run's process starts or ends,
+    on_step(name, step, steps) as a training run logs steps."""
+    if jobs is not None and (not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1):
         raise SweepError(f"jobs={jobs!r}; expected a positive integer")
+    if launcher not in LAUNCHERS:
+        raise SweepError(f"launcher={launcher!r}; expected one of {LAUNCHERS}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     lock = _lock(out_dir)
     try:
+        inventory = Inventory.detect()
+        launcher = launcher if launcher != "auto" else "deepspeed" if inventory.kind == "cuda" else "process"
         runs = spec.runs()
-        _check_configs(spec, runs)
+        _check_configs(spec, runs, inventory.kind)
         _check_same_sweep(out_dir, spec)
         data = prepare_data(spec, out_dir)
+        layout = _place(spec, runs, data, inventory, jobs, launcher)
+        logger.info("placement: %s", layout.reason)
+        on_layout and on_layout(layout.reason)
         index = ResultsIndex(out_dir / "results.json")
         for run in runs:
             index.add(run.name, n_target=run.n_target, tokens_target=run.tokens, seed=run.seed, steps=run.steps, lr=run.lr)
-        todo = [_next_task(index, run) for run in runs if index.state(run.name) != "done"]
-        logger.info("sweep %s: %d runs, %d done, %d to do, %d at a time", spec.name, len(runs), len(runs) - len(todo), len(todo), jobs)
-        _schedule(spec, out_dir, data, index, todo, jobs, on_update, on_step)
+        todo = sorted((_next_task(index, run) for run in runs if index.state(run.name) != "done"), key=_longest_first)
+        limit = jobs or inventory.cores
+        logger.info("sweep %s: %d runs, %d done, %d to do, at most %d at a time, %s launcher", spec.name, len(runs), len(runs) - len(todo),
+                    len(todo), limit, launcher)
+        _schedule(spec, out_dir, data, index, todo, _Slots(layout, limit, launcher), on_update, on_step)
         return index
     finally:
         lock.close()
+
+
+def _place(spec: SweepSpec, runs: list[Run], data: dict, inventory: Inventory, jobs: int | None, launcher: str) -> Layout:
+    """Every run's placement and DeepSpeed config, checked by the trainer's own checks before any run starts."""
+    from fastscale.data import load
+    from fastscale.train.config import ConfigError, RunConfig, check_deepspeed_config
+    from fastscale.train.launch import model_config
+
+    vocab_size = load(data)[0].vocab_size
+    configs = {run.name: RunConfig.from_dict(spec.run_config(run, data)) for run in runs}
+    layout = place_runs({name: model_config(c, vocab_size) for name, c in configs.items()}, spec.deepspeed, inventory, jobs=jobs)
+    for name, placement in layout.placements.items():
+        if placement.gpus > 1 and launcher == "process":
+            raise SweepError(f"sweep run {name} needs {placement.gpus} GPUs (devices: {layout.reason}); launcher='process' starts one rank: "
+                             "use launcher 'deepspeed' or 'auto'")
+        try:
+            check_deepspeed_config(deepspeed_for(placement, spec.deepspeed, configs[name].train), placement.gpus, device_type=inventory.kind)
+        except ConfigError as error:
+            raise SweepError(f"sweep run {name}: {error}") from None
+    return layout
+
+
+@dataclass
+class _Active:
+    task: str  # "train" | "evaluate"
+    run: Run
+    process: subprocess.Popen
+    devices: list[int]
+    share: Fraction
+    port: int | None
+
+
+class _Slots:
+    """What may start now: the share of each device its running runs hold, and a cap on processes."""
+
+    def __init__(self, layout: Layout, limit: int, launcher: str):
+        self.layout, self.limit, self.launcher = layout, limit, launcher
+        self.load = [Fraction(0)] * layout.inventory.devices
+
+    def share_of(self, task: str, run: Run) -> tuple[Placement, Fraction]:
+        """An evaluation runs on the CPU (fastscale.sweep.evaluation): on CPU it holds its run's share of
+        the host, on a GPU machine no share of a GPU."""
+        placement = self.layout.placements[run.name]
+        on_host = self.layout.inventory.kind == "cpu"
+        return placement, placement.share if task == "train" or on_host else Fraction(0)
+
+    def take(self, task: str, run: Run) -> tuple[list[int], Fraction] | None:
+        """The devices of a task, now held, or None when they are busy."""
+        placement, share = self.share_of(task, run)
+        if placement.gpus == 1 or task != "train":
+            k = min(range(len(self.load)), key=self.load.__getitem__)  # the least loaded: the run gets the most of a device
+            devices = [k] if self.load[k] + share <= 1 else None
+        else:  # a run spanning GPUs has them to itself
+            idle = [k for k, load in enumerate(self.load) if load == 0]
+            devices = idle[: placement.gpus] if len(idle) >= placement.gpus else None
+        for k in devices or ():
+            self.load[k] += share
+        return None if devices is None else (devices, share)
+
+    def release(self, active: _Active) -> None:
+        for k in active.devices:
+            self.load[k] -= active.share
+
+    def device_ids(self, devices: list[int]) -> list[str] | None:
+        ids = self.layout.inventory.device_ids
+        return [ids[k] for k in devices] if ids else None
+
+
+def _longest_first(task: tuple[str, Run]) -> tuple[int, float]:
+    """Evaluations (short) first, then training by decreasing work, N x steps: started last, the largest
+    run would train alone while the other slots idle (measured on image8: 14 runs in 581 s smallest
+    first under load, the 1e6 run alone for its last 3 minutes)."""
+    kind, run = task
+    return (kind == "train", -run.n_target * run.steps)
 
 
 def _next_task(index: ResultsIndex, run: Run) -> tuple[str, Run]:
@@ -152,42 +275,57 @@ def _next_task(index: ResultsIndex, run: Run) -> tuple[str, Run]:
     return ("evaluate" if "summary" in index.runs[run.name] else "train", run)
 
 
-def _schedule(spec, out_dir, data, index, todo, jobs, on_update, on_step) -> None:
-    active: dict[str, tuple[str, Run, subprocess.Popen]] = {}
+def _schedule(spec, out_dir, data, index, todo, slots: _Slots, on_update, on_step) -> None:
+    active: dict[str, _Active] = {}
     try:
         while todo or active:
-            while todo and len(active) < jobs:
-                task, run = todo.pop(0)
-                run_dir = out_dir / "runs" / run.name
-                if task == "train":
-                    resume = index.runs[run.name]["attempts"] > 0  # started before: continue from its checkpoint
-                    process = _start_training(run_dir, spec.run_config(run, data), spec.deepspeed, resume)
-                    index.update(run.name, "running", attempts=index.runs[run.name]["attempts"] + 1, run_dir=str(run_dir.relative_to(out_dir)))
-                else:
-                    process = _start_evaluation(run_dir, spec.study, data)
-                    index.update(run.name, "evaluating")
-                active[run.name] = (task, run, process)
+            while todo and len(active) < slots.limit:
+                task, run = todo[0]
+                held = slots.take(task, run)
+                if held is None:  # first come, first served: a run spanning GPUs is not overtaken by small ones for ever
+                    break
+                todo.pop(0)
+                active[run.name] = _start(spec, out_dir, data, index, task, run, held, slots, {a.port for a in active.values()})
                 on_update and on_update(run.name, index.state(run.name))
             time.sleep(POLL_S)
             for name in active if on_step else ():
-                if active[name][0] == "train":
+                if active[name].task == "train":
                     on_step(name, _last_step(out_dir / "runs" / name / "metrics.jsonl"), index.runs[name]["steps"])
-            for name, (task, run, process) in list(active.items()):
-                if process.poll() is not None:
+            for name, entry in list(active.items()):
+                if entry.process.poll() is not None:
                     del active[name]
+                    slots.release(entry)
                     run_dir = out_dir / "runs" / name
-                    if task == "train":
-                        _finish_training(index, run_dir, name, process.returncode, has_study=spec.study is not None)
+                    if entry.task == "train":
+                        _finish_training(index, run_dir, name, entry.process.returncode, has_study=spec.study is not None)
                     else:
-                        _finish_evaluation(index, run_dir, name, process.returncode)
+                        _finish_evaluation(index, run_dir, name, entry.process.returncode)
                     on_update and on_update(name, index.state(name))
                     if index.state(name) == "trained":  # evaluate it next, while its model is fresh on disk
-                        todo.insert(0, ("evaluate", run))
+                        todo.insert(0, ("evaluate", entry.run))
     finally:
-        for _, _, process in active.values():  # interrupted: stop the children; they resume next time
-            process.terminate()
-        for _, _, process in active.values():
-            process.wait()
+        for entry in active.values():  # interrupted: stop the children (the launcher stops its ranks); they resume next time
+            entry.process.terminate()
+        for entry in active.values():
+            entry.process.wait()
+
+
+def _start(spec, out_dir, data, index, task: str, run: Run, held: tuple[list[int], Fraction], slots: _Slots, ports: set) -> _Active:
+    """Start a run's training or evaluation process on the devices held for it."""
+    devices, share = held
+    run_dir = out_dir / "runs" / run.name
+    if task == "evaluate":
+        index.update(run.name, "evaluating")
+        return _Active(task, run, _start_evaluation(run_dir, spec.study, data), devices, share, None)
+    from fastscale.train.config import RunConfig
+
+    config = spec.run_config(run, data)
+    deepspeed = deepspeed_for(slots.layout.placements[run.name], spec.deepspeed, RunConfig.from_dict(config).train)
+    port = _free_port(ports - {None}) if slots.launcher == "deepspeed" else None
+    resume = index.runs[run.name]["attempts"] > 0  # started before: continue from its checkpoint
+    process = _start_training(run_dir, config, deepspeed, resume, launcher=slots.launcher, device_ids=slots.device_ids(devices), port=port)
+    index.update(run.name, "running", attempts=index.runs[run.name]["attempts"] + 1, run_dir=str(run_dir.relative_to(out_dir)))
+    return _Active(task, run, process, devices, share, port)
 
 
 def _last_step(metrics_path: Path) -> int:

@@ -158,7 +158,7 @@ class SweepSpec:
         return batch * self.seq_len
 
     def runs(self) -> list[Run]:
-        """The grid, smallest models first so the first results come early."""
+        """The grid, smallest models first (the runner starts the largest first)."""
         runs = []
         for n in sorted(self.sizes):
             for budget in self.budgets:

@@ -1,0 +1,259 @@
+"""Where a sweep's runs go: the devices of this machine, each run's DeepSpeed config, and how many runs
+share one device.
+
+CPU: the host is one device with `jobs` slots (default one per core: each run is one thread), fewer for
+runs whose planner estimate of host memory does not allow that many at once. Every run keeps the
+sweep's DeepSpeed config as written.
+
+CUDA GPUs: each run gets the planner's DeepSpeed config (fastscale.train.plan) merged under the sweep's
+"deepspeed" section: the sweep's batch sizes and every key it sets explicitly win; the planner fills the
+ZeRO stage, offload, activation checkpointing and bf16 that fit one GPU. Runs share a GPU when several
+fit in its memory by the planner's estimate (plus a CUDA context each, with headroom), capped by
+MAX_RUNS_PER_GPU and by the host's cores. A run that fits no single GPU spans the fewest GPUs on which
+it fits (ZeRO partitions its states over them) and has them to itself.
+
+What this module cannot know without a GPU (none was available when it was written): the real memory
+of each process (context, allocator slack) and whether 4 runs per GPU actually keep it busier than 1-2.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+
+from fastscale.model.config import GPTConfig
+from fastscale.train.plan import CHOICES, GiB, Choice, choice_of, deepspeed_config, estimate, host_memory
+
+from .spec import SweepError
+
+# Without MPS the kernels of different processes never run at the same time: the GPU time-slices
+# between their contexts. Packing small runs therefore pays only by filling the gaps in which one run's
+# GPU waits for its Python loop (kernel launches, data, logging, checkpoints), which dominate for
+# models below ~1e7 parameters whose kernels take microseconds. A few runs fill those gaps; each
+# further one adds a context's memory and more context switches for no more GPU time. 4 is a judgement,
+# not a measurement: measure the summed tokens/s of 1, 2, 4 and 8 runs on one GPU to settle it.
+MAX_RUNS_PER_GPU = 4
+# What the planner does not count, per process on a GPU: the CUDA context, cuBLAS workspaces and the
+# caching allocator's slack (a context alone is ~0.3-0.6 GiB on recent GPUs; unmeasured here).
+PROCESS_DEVICE_BYTES = GiB
+HEADROOM = 0.9  # as fastscale.train.plan.plan: fit within 90% of each capacity
+# On CPU, one run per core: each trainer process runs one thread (OMP_NUM_THREADS=1), and models of
+# 1e4-1e6 parameters gain little from a second thread (per-op overhead dominates).
+DEFAULT_JOBS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """What runs can be placed on: GPUs (kind "cuda") or the host alone (kind "cpu")."""
+
+    kind: str
+    host_memory: int
+    cores: int
+    gpu_memory: int = 0  # bytes per GPU: the smallest, if they differ
+    device_ids: tuple = ()  # what CUDA_VISIBLE_DEVICES calls each GPU
+
+    @classmethod
+    def detect(cls) -> "Inventory":
+        import torch
+
+        if not torch.cuda.is_available() or torch.cuda.device_count() == 0:
+            return cls("cpu", host_memory(), DEFAULT_JOBS)
+        count = torch.cuda.device_count()
+        memory = min(torch.cuda.get_device_properties(i).total_memory for i in range(count))
+        # torch numbers the GPUs CUDA_VISIBLE_DEVICES lets it see; a child pinned to one must be given its outer name
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        ids = tuple(visible.split(",")[:count]) if visible else tuple(str(i) for i in range(count))
+        return cls("cuda", host_memory(), DEFAULT_JOBS, memory, ids)
+
+    @property
+    def devices(self) -> int:
+        """Devices the scheduler fills: the GPUs, or the host as one."""
+        return len(self.device_ids) if self.kind == "cuda" else 1
+
+    def describe(self) -> str:
+        if self.kind == "cuda":
+            return f"{self.devices} GPU(s) of {self.gpu_memory / GiB:.1f} GiB"
+        return f"CPU, {self.cores} core(s), {self.host_memory / GiB:.1f} GiB"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one run goes and with which DeepSpeed choice."""
+
+    choice: Choice | None  # the planner's choice on GPUs; None: the sweep's DeepSpeed config as written
+    bf16: bool  # 16-bit training (bf16 or the sweep's fp16)
+    gpus: int  # devices one run spans (1 on CPU)
+    per_device: int  # runs sharing one device
+    device_bytes: int  # the planner's bytes per rank on its device (host memory on CPU)
+    limit: str  # what caps per_device (or why the run spans several GPUs)
+
+    @property
+    def share(self) -> Fraction:
+        return Fraction(1, self.per_device)
+
+
+@dataclass(frozen=True)
+class Layout:
+    inventory: Inventory
+    placements: dict  # run name -> Placement
+    reason: str
+
+
+def place_runs(models: dict[str, GPTConfig], ds: dict, inventory: Inventory, *, jobs: int | None = None) -> Layout:
+    """Each run's placement (models: run name -> its GPTConfig; ds: the sweep's DeepSpeed section) and a
+    one-line reason of what shares a device and why. Raises SweepError for a run that fits nowhere."""
+    if jobs is not None and (not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1):
+        raise SweepError(f"jobs={jobs!r}; expected a positive integer")
+    micro_batch = _micro_batch(ds, 1)
+    if inventory.kind == "cpu":
+        slots = jobs or inventory.cores
+        placements = {name: _place_on_host(name, config, ds, micro_batch, inventory, slots) for name, config in models.items()}
+    else:
+        placements = {name: _place_on_gpus(name, config, ds, inventory) for name, config in models.items()}
+    reason = _reason(placements, inventory)
+    if jobs is not None and inventory.kind == "cuda":
+        reason += f"; at most {jobs} run(s) at a time (--jobs {jobs})"
+    return Layout(inventory, placements, reason)
+
+
+def _micro_batch(ds: dict, world_size: int) -> int | None:
+    """The micro batch per rank, or None when the sweep's batch sizes do not divide over world_size."""
+    from fastscale.train.config import ConfigError, resolve_batch
+
+    try:
+        return resolve_batch(ds, world_size)["train_micro_batch_size_per_gpu"]
+    except ConfigError as error:
+        if world_size == 1:
+            raise SweepError(str(error)) from None
+        return None
+
+
+def _sixteen_bit(ds: dict) -> bool | None:
+    """The sweep's own precision, or None when it leaves it to the planner."""
+    if "bf16" not in ds and "fp16" not in ds:
+        return None
+    return any((ds.get(key) or {}).get("enabled", False) for key in ("bf16", "fp16"))
+
+
+def _place_on_host(name: str, config: GPTConfig, ds: dict, micro_batch: int, inventory: Inventory, slots: int) -> Placement:
+    bf16 = bool(_sixteen_bit(ds))
+    need = estimate(config, choice_of(ds), micro_batch=micro_batch, bf16=bf16, gpus=0)["host"]
+    fit = math.floor(HEADROOM * inventory.host_memory / max(need, 1))
+    if fit < 1:
+        raise SweepError(
+            f"sweep run {name}: {config.n_params_total:.3g} parameters with {choice_of(ds).describe()} need about {need / GiB:.1f} GiB "
+            f"of host memory by the planner; this machine has {inventory.host_memory / GiB:.1f} GiB (90% usable)"
+        )
+    limit = f"the {slots} slot(s)" if slots <= fit else "host memory"
+    return Placement(None, bf16, 1, min(slots, fit), need, limit)
+
+
+def _allowed(choice: Choice, ds: dict) -> bool:
+    """A planner choice agrees with what the sweep's DeepSpeed section sets explicitly."""
+    zero = ds.get("zero_optimization") or {}
+    if "stage" in zero and choice.stage != zero["stage"]:
+        return False
+    for section, device in (("offload_optimizer", choice.offload_optimizer), ("offload_param", choice.offload_param)):
+        if section in zero and (zero[section] or {}).get("device", "none") != device:
+            return False
+    return "activation_checkpointing" not in ds or choice.checkpointing
+
+
+def _widths(gpus: int) -> list[int]:
+    """GPUs one run may span: powers of two, and all of them."""
+    return sorted({2**k for k in range(gpus.bit_length()) if 2**k <= gpus} | {gpus})
+
+
+def _place_on_gpus(name: str, config: GPTConfig, ds: dict, inventory: Inventory) -> Placement:
+    bf16 = _sixteen_bit(ds)
+    bf16 = True if bf16 is None else bf16  # left to the planner: bf16 (Ampere and later)
+    # nvme offload needs a fast disk's path, which a sweep does not have
+    candidates = [c for c in CHOICES if _allowed(c, ds) and "nvme" not in (c.offload_optimizer, c.offload_param)] or [choice_of(ds)]
+    capacity, host_capacity, best = HEADROOM * inventory.gpu_memory, HEADROOM * inventory.host_memory, None
+    # Spanning more GPUs before offloading: offload moves states over PCIe every step, a wider run only
+    # adds ZeRO's collectives between GPUs
+    for offload in (False, True):
+        for width in _widths(inventory.devices):
+            micro_batch = _micro_batch(ds, width)
+            if micro_batch is None:
+                continue
+            for choice in candidates:
+                if (choice.offload_optimizer != "none" or choice.offload_param != "none") != offload:
+                    continue
+                est = estimate(config, choice, world_size=width, micro_batch=micro_batch, bf16=bf16, gpus=width)
+                need, host_need = est["device"] + PROCESS_DEVICE_BYTES, est["host"] * width
+                if need <= capacity and host_need <= host_capacity:
+                    if width > 1:
+                        return Placement(choice, bf16, width, 1, est["device"], "too large for one GPU: a run spanning GPUs has them to itself")
+                    per_device, limit = _runs_per_gpu(need, est["host"], inventory)
+                    return Placement(choice, bf16, 1, per_device, est["device"], limit)
+                overflow = max(need / capacity, host_need / host_capacity)
+                if best is None or overflow < best[0]:
+                    best = (overflow, need, host_need, choice, width)
+    _, need, host_need, choice, width = best
+    raise SweepError(
+        f"sweep run {name}: {config.n_params_total:.3g} parameters fit on no GPU layout of this machine ({inventory.describe()}, "
+        f"{inventory.host_memory / GiB:.1f} GiB host memory); the closest, {choice.describe()} on {width} GPU(s), needs {need / GiB:.1f} GiB "
+        f"per GPU (planner estimate plus {PROCESS_DEVICE_BYTES / GiB:.1f} GiB per process) and {host_need / GiB:.1f} GiB of host memory, "
+        f"against {capacity / GiB:.1f} and {host_capacity / GiB:.1f} GiB usable; reduce the size or the micro batch, or train it alone with "
+        "`fastscale plan` and an nvme offload"
+    )
+
+
+def _runs_per_gpu(need: int, host_need: int, inventory: Inventory) -> tuple[int, str]:
+    """Runs of this size on one GPU and what caps them: its memory, MAX_RUNS_PER_GPU, one core per run
+    (each run's Python loop launches its kernels) or host memory."""
+    limits = {
+        f"memory: {math.floor(HEADROOM * inventory.gpu_memory / need)} fit": math.floor(HEADROOM * inventory.gpu_memory / need),
+        f"MAX_RUNS_PER_GPU={MAX_RUNS_PER_GPU}: without MPS a GPU time-slices between processes, so more runs only add contexts": MAX_RUNS_PER_GPU,
+        f"one host core per run ({inventory.cores} cores)": max(1, inventory.cores // inventory.devices),
+    }
+    if host_need:
+        limits["host memory"] = math.floor(HEADROOM * inventory.host_memory / (host_need * inventory.devices))
+    limit = min(limits, key=limits.get)
+    return max(1, limits[limit]), limit
+
+
+def _reason(placements: dict, inventory: Inventory) -> str:
+    """What shares a device and why, one clause per group of runs placed alike: the CLI prints it, the runner logs it."""
+    groups: dict = {}
+    for name, p in placements.items():
+        groups.setdefault((p.gpus, p.per_device, p.choice, p.limit), []).append(name)
+    clauses = []
+    for (gpus, per_device, choice, limit), names in groups.items():
+        need = max(placements[n].device_bytes for n in names)
+        runs = f"{len(names)} run(s) {names[0]}{' .. ' + names[-1] if len(names) > 1 else ''}"
+        if inventory.kind == "cpu":
+            clauses.append(f"{runs}: {per_device} at a time, each needs <= {_size(need)} of host memory by the planner; capped by {limit}")
+        elif gpus > 1:
+            clauses.append(f"{runs}: on {gpus} GPUs each with {choice.describe()}, <= {_size(need)} per GPU by the planner; {limit}")
+        else:
+            clauses.append(f"{runs}: {per_device} per GPU with {choice.describe()}, each needs <= {_size(need + PROCESS_DEVICE_BYTES)} "
+                           f"by the planner (incl. {_size(PROCESS_DEVICE_BYTES)} per process); capped by {limit}")
+    return f"{inventory.describe()}: " + "; ".join(clauses)
+
+
+def _size(n_bytes: float) -> str:
+    return f"{n_bytes / GiB:.2f} GiB" if n_bytes >= GiB / 10 else f"{n_bytes / 2**20:.1f} MiB"
+
+
+def deepspeed_for(placement: Placement, ds: dict, train) -> dict:
+    """The DeepSpeed config of one run: the sweep's as written on CPU; on GPUs the planner's config of
+    the placement's choice under the sweep's explicit keys. train: the run's TrainSettings (the
+    optimizer an offload choice needs takes its lr, betas, eps and weight decay)."""
+    if placement.choice is None:
+        return ds
+    from fastscale.train.config import resolve_batch
+
+    batch = resolve_batch(ds, placement.gpus)
+    planned = deepspeed_config(placement.choice, micro_batch=batch["train_micro_batch_size_per_gpu"],
+                               accumulation=batch["gradient_accumulation_steps"], bf16=placement.bf16, lr=train.lr)
+    if "optimizer" in planned:
+        planned["optimizer"]["params"].update(betas=list(train.betas), eps=train.eps, weight_decay=train.weight_decay)
+    if "fp16" in ds:  # the sweep chose fp16 (or fp32): the planner's bf16 key must not contradict it
+        planned.pop("bf16")
+    merged = {**planned, **ds, **batch}
+    merged["zero_optimization"] = {**planned["zero_optimization"], **(ds.get("zero_optimization") or {})}
+    return merged
