@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fastscale.data.packing import PACKINGS
+
 from .schedule import DECAYS
 
 
@@ -64,22 +66,26 @@ class TrainSettings:
 
 @dataclass
 class RunConfig:
-    """A run: {"model": {...}, "data": {...}, "seq_len": T, "train": {...}}.
+    """A run: {"model": {...}, "data": {...}, "seq_len": T, "packing": "stream", "train": {...}}.
 
     model: GPTConfig fields, or {"params": N, ...from_params options} for a shape from a budget;
     vocab_size and seq_len come from the data and the run. data: {"path": DIR} or {"dataset": NAME, ...}.
+    packing (fastscale.data.packing): "stream" cuts the token stream into rows, so a document may be
+    split across two rows; "documents" keeps every document whole in one row (padding the rest), which
+    needs seq_len >= the longest document.
     """
 
     model: dict
     data: dict
     seq_len: int
     train: TrainSettings = field(default_factory=TrainSettings)
+    packing: str = "stream"
 
     @classmethod
     def from_dict(cls, raw: dict, where: str = "run config") -> "RunConfig":
         if not isinstance(raw, dict):
             raise ConfigError(f"{where}: expected a JSON object, got {type(raw).__name__}")
-        known = {"model", "data", "seq_len", "train", "name", "description"}
+        known = {"model", "data", "seq_len", "packing", "train", "name", "description"}
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys are {sorted(known)}")
@@ -90,19 +96,21 @@ class RunConfig:
         _require(isinstance(raw["data"], dict), where, "data", raw["data"], "an object")
         seq_len = raw["seq_len"]
         _require(isinstance(seq_len, int) and seq_len >= 2, where, "seq_len", seq_len, "an integer >= 2")
+        packing = raw.get("packing", "stream")
+        _require(packing in PACKINGS, where, "packing", packing, f"one of {PACKINGS}")
         train = raw.get("train", {})
         names = {f.name for f in dataclasses.fields(TrainSettings)}
         unknown = sorted(set(train) - names)
         if unknown:
             raise ConfigError(f"{where}: unknown train key(s) {unknown}; known keys are {sorted(names)}")
-        return cls(model=raw["model"], data=raw["data"], seq_len=seq_len, train=TrainSettings(**train))
+        return cls(model=raw["model"], data=raw["data"], seq_len=seq_len, train=TrainSettings(**train), packing=packing)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "RunConfig":
         return cls.from_dict(_read_json(path, "--config"), where=str(path))
 
     def to_dict(self) -> dict:
-        return {"model": self.model, "data": self.data, "seq_len": self.seq_len, "train": dataclasses.asdict(self.train)}
+        return {"model": self.model, "data": self.data, "seq_len": self.seq_len, "packing": self.packing, "train": dataclasses.asdict(self.train)}
 
 
 def _read_json(path, flag: str) -> dict:

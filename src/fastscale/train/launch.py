@@ -1,5 +1,5 @@
-"""What `deepspeed train.py` runs: a run config and a DeepSpeed config become a GPT, packed data and a
-Trainer. `build_run` is the library part (checks everything before any work starts); `main` is the
+"""What `deepspeed train.py` runs: a run config and a DeepSpeed config become a GPT, packed data (train
+and held-out rows under the run's "packing", fastscale.data.packing) and a Trainer. `build_run` is the library part (checks everything before any work starts); `main` is the
 command line (arguments, progress bar, printing)."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import sys
 
 import torch
 
-from fastscale.data import PackedRows, collate, load
+from fastscale.data import collate, load
+from fastscale.data.packing import has_rows, pack_rows
 from fastscale.model import GPT, GPTConfig
 
 from .config import ConfigError, RunConfig, check_deepspeed_config, load_deepspeed_config
@@ -42,8 +43,11 @@ def build_run(run: RunConfig | dict | str, deepspeed_config, out_dir, *, memory_
     ds = check_deepspeed_config(load_deepspeed_config(deepspeed_config), world_size)
     train_shard, val_shard = load(run.data)
     config = model_config(run, train_shard.vocab_size)
-    train_rows = PackedRows(train_shard, run.seq_len)
-    val_rows = PackedRows(val_shard, run.seq_len) if len(val_shard) and val_shard.n_tokens >= run.seq_len else None
+    try:
+        train_rows = pack_rows(train_shard, run.seq_len, run.packing)
+        val_rows = pack_rows(val_shard, run.seq_len, run.packing) if has_rows(val_shard, run.seq_len, run.packing) else None
+    except ValueError as error:
+        raise ConfigError(f"run config: seq_len={run.seq_len}, packing={run.packing!r}: {error}") from None
     if val_rows is None:
         logger.warning("no held-out rows of seq_len=%d: evaluation is off", run.seq_len)
     if memory_check:
