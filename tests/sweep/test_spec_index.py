@@ -101,6 +101,15 @@ def test_a_config_the_trainer_refuses_stops_the_sweep_before_any_work(tmp_path):
     assert not (tmp_path / "out" / "data").exists() and not (tmp_path / "out" / "results.json").exists()
 
 
+def test_documents_longer_than_seq_len_stop_the_sweep_before_any_run(tmp_path):
+    from fastscale.sweep import run_sweep
+
+    spec = SweepSpec.from_dict({**BASE, "seq_len": 150, "packing": "documents"})  # digits: 193 tokens each
+    with pytest.raises(SweepError, match=r"seq_len=150, packing='documents': .*193"):
+        run_sweep(spec, tmp_path / "out")
+    assert not (tmp_path / "out" / "runs").exists() and not (tmp_path / "out" / "results.json").exists()
+
+
 def test_a_different_sweep_in_the_same_directory_is_refused(tmp_path):
     from fastscale.sweep.runner import _check_same_sweep
 

@@ -202,7 +202,7 @@ def _place(spec: SweepSpec, runs: list[Run], data: dict, inventory: Inventory, j
     from fastscale.train.config import ConfigError, RunConfig, check_deepspeed_config
     from fastscale.train.launch import model_config
 
-    vocab_size = load(data)[0].vocab_size
+    vocab_size = _check_rows(spec, *load(data))
     configs = {run.name: RunConfig.from_dict(spec.run_config(run, data)) for run in runs}
     layout = place_runs({name: model_config(c, vocab_size) for name, c in configs.items()}, spec.deepspeed, inventory, jobs=jobs)
     for name, placement in layout.placements.items():
@@ -214,6 +214,19 @@ def _place(spec: SweepSpec, runs: list[Run], data: dict, inventory: Inventory, j
         except ConfigError as error:
             raise SweepError(f"sweep run {name}: {error}") from None
     return layout
+
+
+def _check_rows(spec: SweepSpec, train, val) -> int:
+    """The packing of every run, tried on the prepared shards before any run starts (a document longer
+    than seq_len under "documents" packing); returns the vocabulary size."""
+    from fastscale.data import has_rows, pack_rows
+
+    try:
+        for shard in (train, val) if has_rows(val, spec.seq_len, spec.packing or "stream") else (train,):
+            pack_rows(shard, spec.seq_len, spec.packing or "stream")
+    except ValueError as error:
+        raise SweepError(f"sweep: seq_len={spec.seq_len}, packing={spec.packing!r}: {error}") from None
+    return train.vocab_size
 
 
 @dataclass

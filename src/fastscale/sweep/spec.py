@@ -55,7 +55,7 @@ PRESETS = {
     },
 }
 # the seed papers' studies (fastscale.sweep.studies): each module holds its preset beside its measurements
-for _kind in ("math",):
+for _kind in ("multimodal", "math"):
     PRESETS[_kind] = importlib.import_module(f"fastscale.sweep.studies.{_kind}").PRESET
 
 KEYS = {"name", "description", "data", "seq_len", "tokens_per_item", "sizes", "tokens", "compute", "seeds", "model", "lr", "train", "deepspeed",
