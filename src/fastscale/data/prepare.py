@@ -2,13 +2,15 @@
 
 `prepare(domain, out, ...)` writes out/train and out/val (each a token shard) and returns their
 metadata; `load(spec)` gives the (train, val) shards a run config names, building bundled data in
-memory when the spec names a dataset instead of a path.
+memory when the spec names a dataset instead of a path; `labelled_split(domain, ...)` gives the
+labelled digit images of the same train/val split (for fine-tuning the generative models).
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -20,6 +22,23 @@ logger = logging.getLogger(__name__)
 
 DOMAINS = ("digits", "photos", "images", "video", "captions", "math", "text")
 ORDERS = ("caption_first", "image_first", "both")
+LABELLED_DOMAINS = ("digits", "images")  # whose images carry a label (the digit)
+
+
+class Split(NamedTuple):
+    """One split's documents and a label per document (None where it has none)."""
+
+    documents: list
+    labels: list
+
+
+class LabelledImages(NamedTuple):
+    """The labelled images of one split: images uint8 [n, r, r, 3], labels int64 [n], and positions
+    int64 [n], each image's index in the split's document list (a token shard's document index)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    positions: np.ndarray
 
 
 def _check(name, value, ok: bool, expectation: str) -> None:
@@ -27,7 +46,7 @@ def _check(name, value, ok: bool, expectation: str) -> None:
         raise ValueError(f"{name}={value!r}; expected {expectation}")
 
 
-def build(
+def build_labelled(
     domain: str,
     *,
     input: str | None = None,
@@ -41,7 +60,8 @@ def build(
     val_fraction: float = 0.1,
     seed: int = 0,
 ):
-    """-> (tokenizer, train documents, val documents, provenance dict), documents as int64 arrays."""
+    """-> (tokenizer, train Split, val Split, provenance dict): each split's documents (int64 arrays) and
+    their labels (the digit of a digit image, None for every other document)."""
     _check("domain", domain, domain in DOMAINS, f"one of {DOMAINS}")
     _check("resolution", resolution, isinstance(resolution, int) and resolution >= 1, "a positive integer")
     _check("frames", frames, isinstance(frames, int) and frames >= 1, "a positive integer")
@@ -51,18 +71,19 @@ def build(
         raise ValueError("domain='text' needs input=PATH (a text file or a folder of them); no text corpus is bundled")
     rng = np.random.default_rng(seed)
     origin = "bundled" if input is None else str(input)
-    val_docs = None
+    val_docs, labels = None, None
     if domain in ("digits", "photos", "images"):
         tok = ImageTokenizer(resolution)
         if input is not None:
-            images = list(sources.image_folder(input, resolution))
+            labelled = [(image, None) for image in sources.image_folder(input, resolution)]
         else:
-            images = []
-            if domain in ("digits", "images"):
-                images += [image for image, _ in sources.digits(resolution)]
+            labelled = []
+            if domain in LABELLED_DOMAINS:
+                labelled += list(sources.digits(resolution))
             if domain in ("photos", "images"):
-                images += list(sources.photo_patches(resolution))
-        docs = [tok.encode(image) for image in images]
+                labelled += [(image, None) for image in sources.photo_patches(resolution)]
+        docs = [tok.encode(image) for image, _ in labelled]
+        labels = [label for _, label in labelled]
     elif domain == "video":
         tok = VideoTokenizer(frames, resolution)
         clips = sources.video_folder(input, frames, resolution) if input else sources.photo_pans(count or 2000, frames, resolution, seed=seed)
@@ -86,15 +107,41 @@ def build(
         docs = [tok.encode(data) for data in sources.text_folder(input, doc_bytes)]
     if not docs:
         raise ValueError(f"domain={domain!r} with input={input!r} produced no documents")
+    if labels is None:
+        labels = [None] * len(docs)
     if val_docs is None:
         perm = rng.permutation(len(docs))
         n_val = int(round(len(docs) * val_fraction))
-        val_docs = [docs[i] for i in perm[:n_val]]
-        docs = [docs[i] for i in perm[n_val:]]
+        val, train = (Split([docs[i] for i in part], [labels[i] for i in part]) for part in (perm[:n_val], perm[n_val:]))
+    else:
+        val, train = Split(val_docs, [None] * len(val_docs)), Split(docs, labels)
     provenance = {"domain": domain, "source": origin, "tokenizer": tok.to_dict(), "seed": seed}
     if domain == "math":
         provenance.update(difficulty=difficulty, eval_difficulty=eval_difficulty)
-    return tok, docs, val_docs, provenance
+    return tok, train, val, provenance
+
+
+def build(domain: str, **options):
+    """-> (tokenizer, train documents, val documents, provenance dict), documents as int64 arrays;
+    options as build_labelled's."""
+    tok, train, val, provenance = build_labelled(domain, **options)
+    return tok, train.documents, val.documents, provenance
+
+
+def labelled_split(domain: str, **options) -> tuple[LabelledImages, LabelledImages]:
+    """The digit images of build(domain, **options)'s train and val splits with their labels: the same
+    code draws the split, so a classifier fine-tuned on `train` sees only images the generative
+    models trained on, and `val` holds only images none of them saw."""
+    _check("domain", domain, domain in LABELLED_DOMAINS, f"one of {LABELLED_DOMAINS} (the domains with labelled images)")
+    _check("input", options.get("input"), options.get("input") is None, "None: a folder of images carries no labels (only the bundled digits do)")
+    tok, train, val, _ = build_labelled(domain, **options)
+    return _labelled_images(tok, train), _labelled_images(tok, val)
+
+
+def _labelled_images(tok: ImageTokenizer, split: Split) -> LabelledImages:
+    positions = np.array([i for i, label in enumerate(split.labels) if label is not None], dtype=np.int64)
+    images = np.stack([tok.decode(split.documents[i]) for i in positions]) if len(positions) else np.zeros((0, *tok.shape), np.uint8)
+    return LabelledImages(images, np.array([split.labels[i] for i in positions], dtype=np.int64), positions)
 
 
 def prepare(domain: str, out, **options) -> dict:
