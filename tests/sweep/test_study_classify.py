@@ -20,6 +20,7 @@ from fastscale.data.shards import TokenShard, write_shard
 from fastscale.fit import fit_power_law
 from fastscale.model import GPT, GPTConfig
 from fastscale.sweep.evaluation import load_trained
+from fastscale.sweep.presets import PRESETS
 from fastscale.sweep.spec import SweepError, SweepSpec
 from fastscale.sweep.studies import classify
 
@@ -55,7 +56,7 @@ def measured(trained):
 
 def test_check_accepts_the_defaults_and_the_preset():
     classify.check({})
-    spec = SweepSpec.from_dict(classify.PRESET)  # the sweep's own checks, the study's check among them
+    spec = SweepSpec.from_dict(PRESETS["classify"])  # the sweep's own checks, the study's check among them
     assert spec.study["kind"] == "classify"
 
 
@@ -112,7 +113,7 @@ def test_fine_tunes_on_training_digits_and_scores_held_out_digits_with_their_tru
 
 def float64_logits(classifier, tokens: np.ndarray) -> np.ndarray:
     """The classifier's logits in float64, its hidden states taken from GPT.forward itself (a hook on the
-    final layer norm) rather than from classify.final_hidden."""
+    final layer norm) rather than from the study's pooling code."""
     model = copy.deepcopy(classifier).double().eval()
     captured = {}
     model["gpt"].ln_f.register_forward_hook(lambda module, args, out: captured.update(hidden=out))
@@ -155,15 +156,6 @@ def test_generative_loss_is_the_pretrained_models_on_the_held_out_digits(trained
     per_image = -logp.gather(2, tokens[:, 1:, None]).squeeze(2).sum(dim=1).numpy()
     assert measured.record["generative_loss_per_image"] == pytest.approx(per_image.mean(), rel=1e-6)
     assert measured.record["generative_loss_per_token"] == pytest.approx(per_image.mean() / 192, rel=1e-6)
-
-
-@pytest.mark.parametrize("positions", ["learned", "rotary"])
-def test_final_hidden_is_gpt_forward_before_its_output_projection(positions):
-    torch.manual_seed(11)
-    gpt = GPT(GPTConfig(vocab_size=257, seq_len=23, n_layer=2, d_model=24, n_head=3, positions=positions)).double().eval()
-    idx = torch.randint(0, 257, (3, 23))
-    with torch.no_grad():
-        torch.testing.assert_close(classify.final_hidden(gpt, idx) @ gpt.head.weight.T, gpt(idx), rtol=1e-12, atol=1e-12)
 
 
 def test_digits_among_photos_are_found_in_their_shards_with_their_labels(tmp_path):

@@ -15,6 +15,7 @@ from fastscale.data.prepare import build, prepare
 from fastscale.data.sources import math_problems
 from fastscale.fit import fit_power_law
 from fastscale.sweep.evaluation import load_trained
+from fastscale.sweep.presets import PRESETS
 from fastscale.sweep.spec import SweepError, SweepSpec
 from fastscale.sweep.studies import math as study
 
@@ -205,7 +206,7 @@ def test_evaluate_refuses_the_training_seed_and_problems_longer_than_seq_len(tra
 
 
 def test_preset_is_a_valid_sweep_whose_rows_hold_every_evaluated_problem():
-    preset = json.loads(json.dumps(study.PRESET))
+    preset = json.loads(json.dumps(PRESETS["math"]))
     spec = SweepSpec.from_dict(preset)  # checks the study's options too
     assert spec.study["kind"] == "math" and len(spec.runs()) == len(preset["sizes"])
     longest = max(len(t) + 1 for k in preset["study"]["eval_levels"] for t, _ in math_problems(2000, k, 0))

@@ -17,6 +17,7 @@ from fastscale.data import TokenShard, build, prepare
 from fastscale.fit import fit_power_law
 from fastscale.fit.bootstrap import resample_counts
 from fastscale.sweep.evaluation import load_trained
+from fastscale.sweep.presets import PRESETS
 from fastscale.sweep.spec import SweepError, SweepSpec
 from fastscale.sweep.studies import multimodal
 
@@ -243,16 +244,16 @@ def test_bad_options_are_refused_before_any_run(options, message):
     with pytest.raises(SweepError, match=message):
         multimodal.check(options)
     with pytest.raises(SweepError, match=message):
-        SweepSpec.from_dict({**multimodal.PRESET, "study": {"kind": "multimodal", **options}})
+        SweepSpec.from_dict({**PRESETS["multimodal"], "study": {"kind": "multimodal", **options}})
 
 
 def test_preset_keeps_every_pair_whole_in_a_row():
-    spec = SweepSpec.from_dict(json.loads(json.dumps(multimodal.PRESET)))
-    multimodal.check({k: v for k, v in multimodal.PRESET["study"].items() if k != "kind"})
-    _, train, val, _ = build("captions", **{k: v for k, v in multimodal.PRESET["data"].items() if k != "dataset"})
+    spec = SweepSpec.from_dict(json.loads(json.dumps(PRESETS["multimodal"])))
+    multimodal.check({k: v for k, v in PRESETS["multimodal"]["study"].items() if k != "kind"})
+    _, train, val, _ = build("captions", **{k: v for k, v in PRESETS["multimodal"]["data"].items() if k != "dataset"})
     assert max(len(d) for d in train + val) <= spec.seq_len
-    assert multimodal.PRESET["packing"] == "documents"
+    assert PRESETS["multimodal"]["packing"] == "documents"
     runs = spec.runs()
     assert len({r.n_target for r in runs}) >= 5 and all(r.steps == 400 for r in runs)
-    rows_per_eval = multimodal.PRESET["train"]["eval_batches"] * multimodal.PRESET["deepspeed"]["train_micro_batch_size_per_gpu"]
+    rows_per_eval = PRESETS["multimodal"]["train"]["eval_batches"] * PRESETS["multimodal"]["deepspeed"]["train_micro_batch_size_per_gpu"]
     assert rows_per_eval >= len(val)  # every held-out pair (one per row) in the eval loss

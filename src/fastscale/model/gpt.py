@@ -92,6 +92,14 @@ class GPT(nn.Module):
         """idx [B, T] token ids. With targets [B, T] (ignore_index -100 where there is nothing to
         predict), returns the mean cross-entropy over the predicted tokens; without, the logits
         [B, T, vocab]. cu_seqlens / max_seqlen / positions describe packed rows (see the module doc)."""
+        x = self.hidden_states(idx, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, positions=positions)
+        if targets is None:
+            return x @ self.head.weight.t()  # full logits, for sampling and inspection only
+        return self.head(x, targets)
+
+    def hidden_states(self, idx, *, cu_seqlens=None, max_seqlen=None, positions=None):
+        """The final layer-normed hidden states [B, T, d_model] that the output projection reads (what a
+        classifier fine-tuned on the model reads too)."""
         B, T = idx.shape
         if T > self.config.seq_len:
             raise ValueError(f"GPT: sequence length {T} exceeds config.seq_len={self.config.seq_len}")
@@ -106,10 +114,7 @@ class GPT(nn.Module):
             x = F.dropout(x, self.config.dropout, self.training)
         for block in self.blocks:
             x = block(x, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, positions=positions)
-        x = self.ln_f(x)
-        if targets is None:
-            return x @ self.head.weight.t()  # full logits, for sampling and inspection only
-        return self.head(x, targets)
+        return self.ln_f(x)
 
     def num_params(self, non_embedding: bool = True) -> int:
         """Exact count of trainable scalars; non_embedding drops the token and position embeddings and

@@ -18,45 +18,12 @@ A sweep file is JSON:
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PRESETS = {
-    # 8x8x3 images (scikit-learn's digits and sample-photo patches, 192 tokens + BOS each), seven sizes
-    # over two decades whose widths all differ (head_dim 16: d_model 32, 48, 64, 80, 96, 128, 160; with
-    # head_dim 32, pairs of sizes shared a width and the deeper one was no better at this scale), each
-    # trained on ~one epoch of the 3,372 training images (389 steps of 8 rows) and on a third of it
-    # (130 steps, its own full schedule): with one budget every run ends at C = 6 N D for the same D and
-    # the frontier orders the runs by N almost by construction (N_opt ~ C^0.94 measured); the short runs
-    # of each size compete at the compute of the long runs of a 3x smaller one (C^0.80 measured).
-    # Evaluation: 94 batches of 4 rows = the whole held-out set of 375 images, at steps 130, 260, 389.
-    "image8": {
-        "name": "image8",
-        "data": {"dataset": "images", "resolution": 8},
-        "seq_len": 193,
-        "tokens_per_item": 192,
-        "sizes": [1e4, 2e4, 5e4, 7e4, 2e5, 4e5, 1e6],
-        "tokens": [2e5, 6e5],
-        "seeds": [0],
-        "model": {"head_dim": 16},
-        "lr": "kaplan",
-        "train": {
-            "warmup_steps": 20, "decay": "cosine", "min_lr_ratio": 0.1, "weight_decay": 0.1,
-            "log_interval": 1, "eval_interval": 130, "eval_batches": 94, "checkpoint_interval": 50,
-            "keep_checkpoints": 2, "noise_scale_interval": 10, "noise_scale_ema": 0.9,
-        },
-        "deepspeed": {
-            "train_batch_size": 8, "train_micro_batch_size_per_gpu": 4, "gradient_clipping": 1.0,
-            "zero_optimization": {"stage": 0}, "steps_per_print": 1000000000, "wall_clock_breakdown": False,
-        },
-    },
-}
-# the seed papers' studies (fastscale.sweep.studies): each module holds its preset beside its measurements
-for _kind in ("multimodal", "math"):
-    PRESETS[_kind] = importlib.import_module(f"fastscale.sweep.studies.{_kind}").PRESET
+from .presets import PRESETS
 
 KEYS = {"name", "description", "data", "seq_len", "tokens_per_item", "sizes", "tokens", "compute", "seeds", "model", "lr", "train", "deepspeed",
         "packing", "study"}

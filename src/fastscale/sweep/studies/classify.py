@@ -38,37 +38,6 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-# The digits alone (1,617 training images of 193 tokens), five sizes over 1.3 decades of distinct widths
-# (head_dim 16: d_model 32, 48, 64, 80, 96), each trained on ~one epoch (201 steps of 8 rows), then
-# fine-tuned for 150 steps of 32 digits (~3 epochs of the training digits; 16 digits a step left the
-# loss ~0.4-0.6 nats higher) and scored on the 180 held-out digits, with the from-scratch baseline.
-# Measured on the shared 2-core CPU (load ~4.5 from other work): 335 s for the sweep, of which training
-# took 98 run-seconds and fine-tuning 420 (the baseline 183 of them; 210 for the largest size alone).
-# Classification loss 1.24 -> 0.535 nats (error 46% -> 17%) against a flat ~1.06-1.26 from scratch.
-PRESET = {
-    "name": "classify",
-    "description": "generative pretraining on the digits, then fine-tuning on their labels: classification loss and error against N",
-    "data": {"dataset": "digits", "resolution": 8},
-    "seq_len": 193,
-    "tokens_per_item": 192,
-    "packing": "documents",
-    "sizes": [1e4, 2e4, 5e4, 7e4, 2e5],
-    "tokens": [3.1e5],
-    "seeds": [0],
-    "model": {"head_dim": 16},
-    "lr": "kaplan",
-    "train": {
-        "warmup_steps": 20, "decay": "cosine", "min_lr_ratio": 0.1, "weight_decay": 0.1,
-        "log_interval": 1, "eval_interval": 100, "eval_batches": 23, "checkpoint_interval": 50,
-        "keep_checkpoints": 2, "noise_scale_interval": 10, "noise_scale_ema": 0.9,
-    },
-    "deepspeed": {
-        "train_batch_size": 8, "train_micro_batch_size_per_gpu": 8, "gradient_clipping": 1.0,
-        "zero_optimization": {"stage": 0}, "steps_per_print": 1000000000, "wall_clock_breakdown": False,
-    },
-    "study": {"kind": "classify", "steps": 150, "batch_size": 32, "lr": 3e-3, "weight_decay": 0.0, "seed": 0, "baseline": True},
-}
-
 DEFAULTS = {"steps": 150, "batch_size": 32, "lr": 3e-3, "weight_decay": 0.0, "seed": 0, "baseline": True}
 MAX_STEPS = 10_000
 MAX_BATCH = 1024
@@ -149,30 +118,13 @@ def _as_read(shard, split, data_dir) -> Digits:
     return Digits(tokens, split.labels, split.positions)
 
 
-def final_hidden(gpt, idx):
-    """The GPT's final layer-normed hidden states [B, T, d_model] of whole rows idx [B, T] (GPT.forward
-    up to its output projection)."""
-    import torch
-    from torch.nn import functional as F
-
-    positions = torch.arange(idx.shape[1]).expand(idx.shape)
-    x = gpt.wte(idx)
-    if gpt.wpe is not None:
-        x = x + gpt.wpe(positions)
-    if gpt.config.dropout:
-        x = F.dropout(x, gpt.config.dropout, gpt.training)
-    for block in gpt.blocks:
-        x = block(x, positions=positions)
-    return gpt.ln_f(x)
-
-
 def pooled_features(gpt, idx):
     """[B, d_model]: the mean of the final layer-normed hidden states over the pixel positions of digits
     idx [B, 1 + pixels]. Under causal attention only the last position has read the whole image, but
     its state is shaped to predict one pixel; the mean over every pixel position pools what all of them
     extracted (Image GPT's choice for probes and fine-tuning, Chen et al. 2020) and sends gradient to
     every position. The BOS position is left out: it is the same for every digit."""
-    return final_hidden(gpt, idx)[:, 1:].mean(dim=1)
+    return gpt.hidden_states(idx)[:, 1:].mean(dim=1)
 
 
 def classifier_for(gpt, digits: Digits, *, batch_size: int = 256):

@@ -36,33 +36,6 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-# Levels 1-3 of 40,000 problems (36,000 for training: ~440k tokens, 12.2 per problem), evaluated on
-# levels 1-5. seq_len 64 holds any problem up to level 9 (6k + 6 tokens with BOS), so "documents"
-# packing keeps every problem whole in a row (about five per row). Six sizes over 1.7 decades of
-# distinct widths (head_dim 16), each trained on 6e5 tokens (~1.4 epochs: 586 steps of 16 rows).
-PRESET = {
-    "name": "math",
-    "description": "train on arithmetic of levels 1-3, evaluate the loss per level 1-5 against N",
-    "data": {"dataset": "math", "difficulty": [1, 3], "count": 40000, "seed": 0},
-    "seq_len": 64,
-    "packing": "documents",
-    "sizes": [1e4, 2e4, 5e4, 1e5, 2e5, 5e5],
-    "tokens": [6e5],
-    "seeds": [0],
-    "model": {"head_dim": 16},
-    "lr": "kaplan",
-    "train": {
-        "warmup_steps": 20, "decay": "cosine", "min_lr_ratio": 0.1, "weight_decay": 0.1,
-        "log_interval": 1, "eval_interval": 200, "eval_batches": 8, "checkpoint_interval": 100,
-        "keep_checkpoints": 2, "noise_scale_interval": 10, "noise_scale_ema": 0.9,
-    },
-    "deepspeed": {
-        "train_batch_size": 16, "train_micro_batch_size_per_gpu": 16, "gradient_clipping": 1.0,
-        "zero_optimization": {"stage": 0}, "steps_per_print": 1000000000, "wall_clock_breakdown": False,
-    },
-    "study": {"kind": "math", "eval_levels": [1, 2, 3, 4, 5], "eval_count": 256, "eval_seed": 1000},
-}
-
 DEFAULTS = {"eval_levels": [1, 2, 3, 4, 5], "eval_count": 256, "eval_seed": 1000}
 MAX_LEVEL = 18  # math_problems draws operands below 10^level as numpy int64: 10^19 does not fit
 MAX_COUNT = 100_000

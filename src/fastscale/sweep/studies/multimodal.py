@@ -49,42 +49,6 @@ from pathlib import Path
 
 import numpy as np
 
-# digits with template captions (fastscale.data.sources.digit_captions), both orders: 1,617 training
-# and 180 held-out pairs of 197 to 227 tokens. seq_len 227 holds the longest, so with "documents"
-# packing every row is one whole pair (padded; two never fit). Five sizes of distinct widths
-# (head_dim 16), each trained on 7.3e5 tokens = 400 steps of 8 rows (~2 epochs); the eval loss covers
-# all 180 held-out pairs (45 batches of 4 rows). Rotary positions: with learned absolute positions a
-# pixel sits at a different position after a caption (of 5 to 33 bytes) than after BOS, and the same
-# sweep measured L(image | caption) ~100 nats/image above L(image), all of it the cost of finding the
-# pixel grid again; with rotary positions the two image losses agree to ~1 nat. No tokens_per_item: a
-# document is an image and a caption, so the sweep report's per-token losses have no per-image reading
-# (this study's section gives nats per image and per caption). Measured on the shared 2-core machine
-# (load average 6 to 10): 352 s for the sweep and its report; I from the image side within +-1.2 nats
-# of 0 at every size (below ln 10, the most the digit captions can tell), caption use ~0 up to N = 8e4
-# and 0.5 +- 0.3 nats at the two largest.
-PRESET = {
-    "name": "multimodal",
-    "description": "image+caption pairs in both orders: I(image; caption) = L(image) - L(image | caption) against N",
-    "data": {"dataset": "captions", "order": "both", "resolution": 8},
-    "seq_len": 227,
-    "packing": "documents",
-    "sizes": [1e4, 3e4, 7e4, 2e5, 5e5],
-    "tokens": [7.264e5],
-    "seeds": [0],
-    "model": {"head_dim": 16, "positions": "rotary"},
-    "lr": "kaplan",
-    "train": {
-        "warmup_steps": 20, "decay": "cosine", "min_lr_ratio": 0.1, "weight_decay": 0.1,
-        "log_interval": 1, "eval_interval": 200, "eval_batches": 45, "checkpoint_interval": 100,
-        "keep_checkpoints": 2, "noise_scale_interval": 10, "noise_scale_ema": 0.9,
-    },
-    "deepspeed": {
-        "train_batch_size": 8, "train_micro_batch_size_per_gpu": 4, "gradient_clipping": 1.0,
-        "zero_optimization": {"stage": 0}, "steps_per_print": 1000000000, "wall_clock_breakdown": False,
-    },
-    "study": {"kind": "multimodal"},
-}
-
 OPTIONS = ("max_pairs",)
 LOSSES = ("image_alone", "image_given_caption", "caption_alone", "caption_given_image")
 INFORMATION = ("information_from_image", "information_from_caption")
