@@ -92,3 +92,17 @@ def test_allocation_bad_input():
         fit_allocation([1e17, 1e18, 1e19], [1e6, 1e7, 1e8], weights=[1, 0, 1])
     with pytest.raises(FitInputError, match="allocation: got 2 points"):
         fit_allocation([1e17, 1e18], [1e6, 1e7])
+
+
+def test_compute_for_inverts_the_allocation_on_every_draw():
+    rng = np.random.default_rng()
+    compute = np.geomspace(1e15, 1e20, 12)
+    n_opt = (compute / 3e3) ** 0.5 * np.exp(rng.normal(0, 0.05, compute.size))
+    fit = fit_allocation(compute, n_opt, n_bootstrap=200, seed=int(rng.integers(1000)))
+    target = 2e8
+    estimate = fit.compute_for(target)
+    assert fit.predict(estimate.value) == pytest.approx(target, rel=1e-12)  # N_opt at that compute is the target
+    draws = np.array([c0 * target ** (1 / a) for a, c0 in fit.samples])
+    assert (estimate.low, estimate.high) == pytest.approx(tuple(np.percentile(draws, [2.5, 97.5])), rel=1e-9)
+    with pytest.raises(FitInputError, match="n_opt=-1"):
+        fit.compute_for(-1)

@@ -98,6 +98,11 @@ def test_forecast_solves_the_fitted_law(sweep):
         assert row["reducible_per_item"] == pytest.approx(192 * fraction * largest)
         assert row["N"]["value"] == pytest.approx(p["x0"] * (fraction * largest) ** (-1 / p["alpha"]), rel=1e-9)
         assert row["N"]["value"] > N.max()
+        # the compute at which that N is compute-optimal: N_opt(C) = (C/C0)^a solved for C
+        a, c0 = report["frontier"]["N_opt"]["params"]["a"], report["frontier"]["N_opt"]["params"]["C0"]
+        assert row["C"]["value"] == pytest.approx(c0 * row["N"]["value"] ** (1 / a), rel=1e-9)
+        assert row["C"]["low"] < row["C"]["value"] < row["C"]["high"]
+        assert row["D"] == pytest.approx(row["C"]["value"] / (6 * row["N"]["value"]), rel=1e-12)
 
 
 def test_noise_scale_and_run_table(sweep):

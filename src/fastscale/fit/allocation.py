@@ -16,7 +16,7 @@ import numpy as np
 from fastscale.fit import _lsq
 from fastscale.fit._checks import FitInputError, as_values, enough_points, positive_int, probability, same_length
 from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP, resample_counts
-from fastscale.fit.results import FitResult, intervals_from, report_flags
+from fastscale.fit.results import Estimate, FitResult, intervals_from, report_flags
 
 MIN_POINTS_PER_BUDGET = 3
 MIN_BUDGETS = 3  # a line through the vertices needs a residual to be checked
@@ -29,6 +29,13 @@ class AllocationFit(FitResult):
     @staticmethod
     def _law(p, compute):
         return (compute / p["C0"]) ** p["a"]
+
+    def compute_for(self, n_opt: float) -> Estimate:
+        """The compute at which n_opt is the compute-optimal size, C = C0 n_opt^(1/a), with its
+        interval over the bootstrap draws of (a, C0) at this n_opt."""
+        if not n_opt > 0:
+            raise FitInputError(f"n_opt={n_opt!r}: expected a model size > 0")
+        return self.estimate(lambda p: p["C0"] * n_opt ** (1.0 / p["a"]))
 
     def tokens(self, compute) -> np.ndarray:
         """D_opt(C) = C / (6 N_opt(C)), for C in FLOPs."""

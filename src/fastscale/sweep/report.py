@@ -202,8 +202,9 @@ def _frontier(curves, n_bootstrap):
 
 def _forecast(law, frontier, n, tokens_per_item, reducible=None) -> list[dict]:
     """For each reducible loss (nats/token; default: fractions of the largest model's), the N that L(N)
-    says reaches it, and the compute at which L(C) reaches the same loss (nan where that loss is below
-    L(C)'s own L_inf)."""
+    says reaches it and the compute at which that N is compute-optimal by the frontier's N_opt(C)
+    (C = C0 N^(1/a)), with the tokens D = C / 6N. Not L(C) solved for the loss: L(C) is fitted to
+    training losses and L(N) to held-out ones, and their asymptotes differ by more than these targets."""
     if reducible is None:
         reducible = [float(law.reducible(n.max())) * fraction for fraction in FORECAST_FRACTIONS]
     with np.errstate(over="ignore"):  # bootstrap draws with tiny alpha forecast N = inf: it only widens the interval
@@ -211,11 +212,12 @@ def _forecast(law, frontier, n, tokens_per_item, reducible=None) -> list[dict]:
 
 
 def _forecast_row(law, frontier, eps, tokens_per_item) -> dict:
-    target = law.params["L_inf"] + eps
+    size = law.x_for_reducible(eps)
+    compute = frontier.allocation.compute_for(size.value) if frontier is not None and np.isfinite(size.value) else None
     return {
-        "reducible": eps, "reducible_per_item": eps * tokens_per_item if tokens_per_item else None, "loss": target,
-        "N": _estimate(law.x_for_reducible(eps)),
-        "C": _estimate(frontier.loss_fit.x_for_loss(target)) if frontier is not None else None,
+        "reducible": eps, "reducible_per_item": eps * tokens_per_item if tokens_per_item else None, "loss": law.params["L_inf"] + eps,
+        "N": _estimate(size), "C": _estimate(compute) if compute else None,
+        "D": compute.value / (6.0 * size.value) if compute else None,
     }
 
 
@@ -314,12 +316,16 @@ def _markdown(report: dict) -> str:
             lines += ["", "Caveat: every run saw the same number of tokens, so each learning curve spans a compute range proportional "
                       "to its N and the frontier orders the runs by size almost by construction: an exponent a near 1 says little. "
                       "Several token budgets per size (or runs to convergence) measure N_opt(C)."]
-    lines += ["", "## Forecast", "", "| reducible (nats/token) | reducible (nats/image) | loss | N [95%] | C FLOPs from L(C) [95%] |", "|---|---|---|---|---|"]
+    lines += ["", "## Forecast", "", "The model size L(N) needs for a reducible loss, and the compute at which that size is compute-optimal "
+              "(N_opt(C) inverted; its interval is over the N_opt(C) fit at the point N).", "",
+              "| reducible (nats/token) | reducible (nats/image) | loss | N [95%] | C FLOPs [95%] | D tokens |", "|---|---|---|---|---|---|"]
     for row in report["forecast"]:
         c = row["C"]
         c_text = f"{c['value']:.3g} [{c['low']:.3g}, {c['high']:.3g}]" if c else "-"
+        d_text = f"{row['D']:.3g}" if row["D"] else "-"
         per_image = f"{row['reducible_per_item']:.2f}" if row["reducible_per_item"] is not None else "-"
-        lines.append(f"| {row['reducible']:.4f} | {per_image} | {row['loss']:.4f} | {row['N']['value']:.3g} [{row['N']['low']:.3g}, {row['N']['high']:.3g}] | {c_text} |")
+        lines.append(f"| {row['reducible']:.4f} | {per_image} | {row['loss']:.4f} | {row['N']['value']:.3g} [{row['N']['low']:.3g}, {row['N']['high']:.3g}] "
+                     f"| {c_text} | {d_text} |")
     noise = report["noise_scale"]
     lines += ["", "## Gradient noise scale", ""]
     if noise["per_run"]:
