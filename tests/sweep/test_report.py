@@ -164,3 +164,18 @@ def test_bad_forecast_losses_are_refused_before_any_fit(sweep, bad):
     root, _, _, _ = sweep
     with pytest.raises(FitInputError, match=r"forecast_reducible=.*expected a non-empty list of positive"):
         build_report(root, n_bootstrap=BOOT, forecast_reducible=bad)
+
+
+def test_fastscale_report_command_forecasts_the_losses_it_is_given(sweep):
+    import subprocess
+    import sys
+
+    root, _, _, _ = sweep
+    done = subprocess.run([sys.executable, "-m", "fastscale.cli", "report", str(root), "--bootstrap", str(BOOT), "--forecast-reducible", "0.3", "0.02"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert [row["reducible"] for row in json.loads((root / "report.json").read_text())["forecast"]] == [0.3, 0.02]
+    bad = subprocess.run([sys.executable, "-m", "fastscale.cli", "sweep", str(root / "never"), "--forecast-reducible", "-1"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "forecast_reducible=[-1.0]" in bad.stderr
+    assert not (root / "never").exists()  # refused before any work

@@ -19,12 +19,18 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--launcher", choices=("auto", "process", "deepspeed"), default="auto",
                    help="how each run starts: its own trainer process, or under DeepSpeed's launcher (auto: deepspeed on GPUs, process on CPU)")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap draws of the report's fits (default 1000)")
+    _add_report_options(p)
 
 
 def add_report_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("sweep_dir", metavar="SWEEP_DIR", help="a directory written by `fastscale sweep`")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap draws of the fits (default 1000)")
+    _add_report_options(p)
+
+
+def _add_report_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap draws of the report's fits (default 1000)")
+    p.add_argument("--forecast-reducible", type=float, nargs="+", metavar="EPS",
+                   help="reducible losses (nats/token) to forecast N and C for (default: 1/2, 1/4 and 1/10 of the largest model's)")
 
 
 def run_sweep_command(args: argparse.Namespace) -> int:
@@ -33,10 +39,15 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     from .runner import run_sweep
     from .spec import SweepError, SweepSpec
 
+    from fastscale.fit import FitInputError
+
+    from .report import check_forecast_reducible
+
     try:
         spec = SweepSpec.load(args.preset)
         runs = spec.runs()
-    except SweepError as error:
+        check_forecast_reducible(args.forecast_reducible)  # before the runs, not after them
+    except (SweepError, FitInputError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     start = time.time()
@@ -78,20 +89,20 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     if failed:
         print(f"rerun `fastscale sweep {args.out_dir} --preset {args.preset}` to retry the failed runs (see their train.log)", file=sys.stderr)
         return 1
-    return 0 if args.no_report else _report(args.out_dir, args.bootstrap)
+    return 0 if args.no_report else _report(args.out_dir, args)
 
 
 def run_report_command(args: argparse.Namespace) -> int:
-    return _report(args.sweep_dir, args.bootstrap)
+    return _report(args.sweep_dir, args)
 
 
-def _report(sweep_dir: str, n_bootstrap: int) -> int:
+def _report(sweep_dir: str, args: argparse.Namespace) -> int:
     from fastscale.fit import FitInputError
 
     from .report import write_report
 
     try:
-        report = write_report(sweep_dir, n_bootstrap=n_bootstrap)
+        report = write_report(sweep_dir, n_bootstrap=args.bootstrap, forecast_reducible=args.forecast_reducible)
     except (FileNotFoundError, FitInputError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
