@@ -58,3 +58,4 @@ def test_write_atomically_replaces_whole_file(tmp_path):
     write_atomically(path, "new")
     assert path.read_text() == "new"
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+    assert path.stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600

@@ -114,6 +114,9 @@ def write_atomically(path, text: str) -> None:
     try:
         with os.fdopen(handle, "w") as out:
             out.write(text)
+            out.flush()
+            os.fsync(out.fileno())  # the rename must not land before the data (a crash would leave an empty file)
+        os.chmod(temporary, 0o644)  # mkstemp's 0600 would hide results from the rest of a group
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

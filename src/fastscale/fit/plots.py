@@ -37,6 +37,7 @@ def save_figure(figure, path) -> Path:
     os.close(handle)
     try:
         figure.savefig(temporary, dpi=150)
+        os.chmod(temporary, 0o644)  # as fastscale.fit.io.write_atomically: readable by the group
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
