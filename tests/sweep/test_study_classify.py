@@ -234,8 +234,8 @@ def test_report_falls_back_to_a_pure_power_law_then_to_an_error_never_crashing(t
     loss = np.array([row["classification_loss"] for row in three["sizes"]])
     expected = fit_power_law(sizes, loss, irreducible=False, n_bootstrap=20, seed=0).summary()
     assert same({k: v for k, v in three["fit"].items() if k != "fallback"}, expected)
-    assert "power law with L_inf" in three["fit"]["fallback"]
-    assert any("fallback: power law with L_inf" in line for line in classify.markdown(three))
+    assert "pure power law (L_inf = 0): power law: got 3 points" in three["fit"]["fallback"]
+    assert any("fallback: pure power law (L_inf = 0)" in line for line in classify.markdown(three))
     one = classify.report(hand_made_runs(rng, [1e4], seeds=1) + [{"name": "N2e4_s0", "config": {"n_params": 20000}}], {}, 20, 0)
     assert "error" in one["fit"] and "pure power law" in one["fit"]["error"]
     assert one["not_evaluated"] == ["N2e4_s0"]

@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._common import fit_loss_law, interval_text, is_int, is_number, require, runs_by_size
+
 logger = logging.getLogger(__name__)
 
 DEFAULTS = {"steps": 150, "batch_size": 32, "lr": 3e-3, "weight_decay": 0.0, "seed": 0, "baseline": True}
@@ -50,29 +52,15 @@ def _options(options: dict) -> dict:
     return {**DEFAULTS, **options}
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def check(options: dict) -> None:
-    from fastscale.sweep.spec import SweepError
-
-    def require(ok, name, value, expectation):
-        if not ok:
-            raise SweepError(f"sweep: study.{name}={value!r}; expected {expectation}")
-
     unknown = sorted(set(options) - set(DEFAULTS))
     require(not unknown, "options", unknown, f"only {sorted(DEFAULTS)}")
     o = _options(options)
-    require(_is_int(o["steps"]) and 1 <= o["steps"] <= MAX_STEPS, "steps", o["steps"], f"an integer from 1 to {MAX_STEPS} (fine-tuning steps)")
-    require(_is_int(o["batch_size"]) and 1 <= o["batch_size"] <= MAX_BATCH, "batch_size", o["batch_size"], f"an integer from 1 to {MAX_BATCH} (digits per step)")
-    require(_is_number(o["lr"]) and 0 < o["lr"] <= 1, "lr", o["lr"], "a number in (0, 1]")
-    require(_is_number(o["weight_decay"]) and 0 <= o["weight_decay"] <= 1, "weight_decay", o["weight_decay"], "a number in [0, 1]")
-    require(_is_int(o["seed"]) and o["seed"] >= 0, "seed", o["seed"], "an integer >= 0")
+    require(is_int(o["steps"]) and 1 <= o["steps"] <= MAX_STEPS, "steps", o["steps"], f"an integer from 1 to {MAX_STEPS} (fine-tuning steps)")
+    require(is_int(o["batch_size"]) and 1 <= o["batch_size"] <= MAX_BATCH, "batch_size", o["batch_size"], f"an integer from 1 to {MAX_BATCH} (digits per step)")
+    require(is_number(o["lr"]) and 0 < o["lr"] <= 1, "lr", o["lr"], "a number in (0, 1]")
+    require(is_number(o["weight_decay"]) and 0 <= o["weight_decay"] <= 1, "weight_decay", o["weight_decay"], "a number in [0, 1]")
+    require(is_int(o["seed"]) and o["seed"] >= 0, "seed", o["seed"], "an integer >= 0")
     require(isinstance(o["baseline"], bool), "baseline", o["baseline"], "true or false (also fine-tune a randomly initialized model of the same shape)")
 
 
@@ -267,11 +255,8 @@ def evaluate(run_dir: Path, data_dir: Path, options: dict) -> dict:
 
 def by_size(runs: list[dict]) -> list[dict]:
     """One row per N, smallest first, each metric averaged over the N's evaluated runs (seeds)."""
-    groups: dict[float, list[dict]] = {}
-    for r in runs:
-        groups.setdefault(float(r["config"]["n_params"]), []).append(r)
     rows = []
-    for n, group in sorted(groups.items()):
+    for n, group in runs_by_size(runs):
         studies = [r["study"] for r in group]
         row = {"N": n, "runs": [r["name"] for r in group], **{m: float(np.mean([s[m] for s in studies])) for m in METRICS}}
         row["seconds"] = float(np.mean([s["seconds"] + s.get("baseline", {}).get("seconds", 0.0) for s in studies]))
@@ -279,22 +264,6 @@ def by_size(runs: list[dict]) -> list[dict]:
             row["baseline"] = {m: float(np.mean([s["baseline"][m] for s in studies])) for m in ("classification_loss", "error")}
         rows.append(row)
     return rows
-
-
-def fit_loss(n: np.ndarray, loss: np.ndarray, n_bootstrap: int, seed: int) -> dict:
-    """L_inf + (N0/N)^alpha; a pure power law with the reason in "fallback"; {"error"} when both fail."""
-    from fastscale.fit import fit_power_law
-
-    failures = (ValueError, ArithmeticError, np.linalg.LinAlgError)
-    with np.errstate(over="ignore"):  # bootstrap draws with alpha near 0 give N0 = inf: it only widens the interval
-        try:
-            return fit_power_law(n, loss, n_bootstrap=n_bootstrap, seed=seed).summary()
-        except failures as error:
-            reason = f"power law with L_inf: {error}"
-        try:
-            return {**fit_power_law(n, loss, irreducible=False, n_bootstrap=n_bootstrap, seed=seed).summary(), "fallback": reason}
-        except failures as error:
-            return {"error": f"{reason}; pure power law: {error}"}
 
 
 def report(runs: list[dict], options: dict, n_bootstrap: int, seed: int) -> dict:
@@ -305,28 +274,20 @@ def report(runs: list[dict], options: dict, n_bootstrap: int, seed: int) -> dict
     rows = by_size(evaluated)
     n = np.array([row["N"] for row in rows], dtype=np.float64)
     section = {"options": _options(options), "sizes": rows, "not_evaluated": missing,
-               "fit": fit_loss(n, np.array([row["classification_loss"] for row in rows]), n_bootstrap, seed)}
+               "fit": fit_loss_law("classify", n, np.array([row["classification_loss"] for row in rows]), n_bootstrap, seed)}
     if rows and all("baseline" in row for row in rows):
-        section["baseline_fit"] = fit_loss(n, np.array([row["baseline"]["classification_loss"] for row in rows]), n_bootstrap, seed)
+        section["baseline_fit"] = fit_loss_law("classify", n, np.array([row["baseline"]["classification_loss"] for row in rows]), n_bootstrap, seed)
     if evaluated:
         first = evaluated[0]["study"]
         section["finetune_examples"], section["heldout_examples"] = first["finetune"]["examples"], first["heldout_examples"]
     return section
 
 
-def _interval(fit: dict, name: str) -> str:
-    value = fit["params"][name]
-    if name in fit["ci"]:
-        low, high = fit["ci"][name]
-        return f"{value:.4g} [{low:.4g}, {high:.4g}]"
-    return f"{value:.4g}"
-
-
 def _fit_line(label: str, fit: dict) -> str:
     if "error" in fit:
         return f"- {label}: no fit ({fit['error']})"
     law = "L_inf + (N0/N)^alpha" if fit["law"] == "power" else "(N0/N)^alpha"
-    parts = [f"alpha = {_interval(fit, 'alpha')}", f"N0 = {_interval(fit, 'x0')}"] + ([f"L_inf = {_interval(fit, 'L_inf')} nats"] if fit["law"] == "power" else [])
+    parts = [f"alpha = {interval_text(fit, 'alpha')}", f"N0 = {interval_text(fit, 'x0')}"] + ([f"L_inf = {interval_text(fit, 'L_inf')} nats"] if fit["law"] == "power" else [])
     note = f"; fallback: {fit['fallback']}" if "fallback" in fit else ""
     return f"- {label}: L = {law}, " + ", ".join(parts) + f"; converged: {fit['converged']}; flags: {fit['flags'] or 'none'}{note}"
 

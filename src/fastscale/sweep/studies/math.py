@@ -29,12 +29,11 @@ when that fails too; the report never stops at one level.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
 
-logger = logging.getLogger(__name__)
+from ._common import fit_loss_law, interval_text, is_int, require, runs_by_size
 
 DEFAULTS = {"eval_levels": [1, 2, 3, 4, 5], "eval_count": 256, "eval_seed": 1000}
 MAX_LEVEL = 18  # math_problems draws operands below 10^level as numpy int64: 10^19 does not fit
@@ -46,25 +45,15 @@ def _options(options: dict) -> dict:
     return {**DEFAULTS, **options}
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def check(options: dict) -> None:
-    from fastscale.sweep.spec import SweepError
-
-    def require(ok, name, value, expectation):
-        if not ok:
-            raise SweepError(f"sweep: study.{name}={value!r}; expected {expectation}")
-
     unknown = sorted(set(options) - set(DEFAULTS))
     require(not unknown, "options", unknown, f"only {sorted(DEFAULTS)}")
     o = _options(options)
     levels = o["eval_levels"]
-    require(isinstance(levels, list) and levels and all(_is_int(k) and 1 <= k <= MAX_LEVEL for k in levels) and len(set(levels)) == len(levels),
+    require(isinstance(levels, list) and levels and all(is_int(k) and 1 <= k <= MAX_LEVEL for k in levels) and len(set(levels)) == len(levels),
             "eval_levels", levels, f"a non-empty list of distinct integer levels from 1 to {MAX_LEVEL}")
-    require(_is_int(o["eval_count"]) and 1 <= o["eval_count"] <= MAX_COUNT, "eval_count", o["eval_count"], f"an integer from 1 to {MAX_COUNT} (problems per level)")
-    require(_is_int(o["eval_seed"]) and o["eval_seed"] >= 0, "eval_seed", o["eval_seed"], "an integer >= 0")
+    require(is_int(o["eval_count"]) and 1 <= o["eval_count"] <= MAX_COUNT, "eval_count", o["eval_count"], f"an integer from 1 to {MAX_COUNT} (problems per level)")
+    require(is_int(o["eval_seed"]) and o["eval_seed"] >= 0, "eval_seed", o["eval_seed"], "an integer >= 0")
 
 
 # -- evaluate (torch) --------------------------------------------------------------------------------
@@ -93,7 +82,7 @@ def training_data(data_dir) -> tuple[set[str], list[int], int]:
     if shard.meta.get("domain") != "math":
         raise ValueError(f"data_dir={str(data_dir)!r}: a {shard.meta.get('domain')!r} dataset; the math study needs data prepared with domain 'math'")
     difficulty = shard.meta["difficulty"]
-    levels = [difficulty, difficulty] if _is_int(difficulty) else [int(k) for k in difficulty]
+    levels = [difficulty, difficulty] if is_int(difficulty) else [int(k) for k in difficulty]
     tok = ByteTokenizer()
     return {tok.decode(shard[i]) for i in range(len(shard))}, levels, int(shard.meta["seed"])
 
@@ -169,38 +158,14 @@ def _mean(values: list) -> float | None:
 
 def by_size(runs: list[dict]) -> list[dict]:
     """One entry per N, smallest first: its runs (seeds) and each level's metrics averaged over them."""
-    groups: dict[float, list[dict]] = {}
-    for r in runs:
-        groups.setdefault(float(r["config"]["n_params"]), []).append(r)
     sizes = []
-    for n, group in sorted(groups.items()):
+    for n, group in runs_by_size(runs):
         levels = {}
         for entry in (e for r in group for e in r["study"]["levels"]):
             levels.setdefault(entry["level"], []).append(entry)
         means = {k: {m: _mean([e[m] for e in entries]) for m in PER_SIZE} for k, entries in levels.items()}
         sizes.append({"N": n, "runs": [r["name"] for r in group], "levels": means})
     return sizes
-
-
-def fit_or_fallback(n, loss, n_bootstrap: int, seed: int) -> dict:
-    """fit_power_law's summary; a pure power law (L_inf = 0) with the reason when the full law cannot
-    be fitted (fewer than 4 sizes); {"error": ...} when neither can."""
-    from fastscale.fit import FitInputError, fit_power_law
-
-    # alpha on its lower bound (a loss flat or rising in N, as at extrapolated levels) sends x0 to inf
-    # in the fit and its draws: the flags say so, the overflow warning would only repeat it
-    with np.errstate(over="ignore"):
-        try:
-            return fit_power_law(n, loss, n_bootstrap=n_bootstrap, seed=seed).summary()
-        except FitInputError as error:
-            reason = str(error)
-        try:
-            summary = fit_power_law(n, loss, irreducible=False, n_bootstrap=n_bootstrap, seed=seed).summary()
-        except FitInputError as error:
-            logger.warning("math study: no fit: %s; pure power law: %s", reason, error)
-            return {"error": f"{reason}; pure power law: {error}"}
-    logger.warning("math study: pure power law instead: %s", reason)
-    return {**summary, "fallback": f"pure power law (L_inf = 0): {reason}"}
 
 
 def report(runs: list[dict], options: dict, n_bootstrap: int, seed: int) -> dict:
@@ -218,19 +183,10 @@ def report(runs: list[dict], options: dict, n_bootstrap: int, seed: int) -> dict
         entry = {"level": level, "status": level_status(level, trained_levels), "N": n.tolist()}
         for metric in PER_SIZE:
             entry[metric] = [s["levels"][level][metric] for s in present]
-        entry["fits"] = {metric: fit_or_fallback(n, entry[metric], n_bootstrap, seed) for metric in METRICS}
+        entry["fits"] = {metric: fit_loss_law("math", n, entry[metric], n_bootstrap, seed) for metric in METRICS}
         levels.append(entry)
     return {"trained_levels": trained_levels, "eval_seed": evaluated[0]["study"]["eval_seed"], "eval_count": evaluated[0]["study"]["eval_count"],
             "n_bootstrap": n_bootstrap, "sizes": [{"N": s["N"], "runs": s["runs"]} for s in sizes], "levels": levels, "missing": missing}
-
-
-def _interval(fit: dict, name: str) -> str:
-    if name not in fit.get("params", {}):
-        return "-"
-    if name in fit["ci"]:
-        low, high = fit["ci"][name]
-        return f"{fit['params'][name]:.3g} [{low:.3g}, {high:.3g}]"
-    return f"{fit['params'][name]:.3g}"
 
 
 def _fit_note(fit: dict) -> str:
@@ -267,7 +223,7 @@ def markdown(section: dict) -> list[str]:
     for entry in section["levels"]:
         fit = entry["fits"]["answer_loss"]
         seen = max(entry["seen_in_training"]) if entry["seen_in_training"] else float("nan")
-        lines.append(f"| {entry['level']} | {entry['status']} | {seen:.0%} | {_interval(fit, 'alpha')} | {_interval(fit, 'L_inf')} | {_fit_note(fit)} |")
+        lines.append(f"| {entry['level']} | {entry['status']} | {seen:.0%} | {interval_text(fit, 'alpha')} | {interval_text(fit, 'L_inf')} | {_fit_note(fit)} |")
     if section["missing"]:
         lines += ["", f"Runs without a study evaluation (left out): {', '.join(section['missing'])}."]
     return lines + [""]

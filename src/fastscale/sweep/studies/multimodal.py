@@ -49,6 +49,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._common import interval_text, is_int, require, runs_by_size
+
 OPTIONS = ("max_pairs",)
 LOSSES = ("image_alone", "image_given_caption", "caption_alone", "caption_given_image")
 INFORMATION = ("information_from_image", "information_from_caption")
@@ -57,14 +59,10 @@ MIN_SIZES = 3  # L(N) has three parameters
 
 
 def check(options: dict) -> None:
-    from fastscale.sweep.spec import SweepError
-
     unknown = sorted(set(options) - set(OPTIONS))
-    if unknown:
-        raise SweepError(f"sweep: study options {unknown} of kind 'multimodal'; expected only {list(OPTIONS)}")
+    require(not unknown, "options", unknown, f"only {list(OPTIONS)}")
     value = options.get("max_pairs")
-    if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-        raise SweepError(f"sweep: study.max_pairs={value!r}; expected a positive integer (held-out pairs scored per run) or no value (all)")
+    require(value is None or (is_int(value) and value >= 1), "max_pairs", value, "a positive integer (held-out pairs scored per run) or no value (all)")
 
 
 # -- evaluate (torch) --------------------------------------------------------------------------------
@@ -146,11 +144,8 @@ def plug_in_entropy(values: list[str]) -> float:
 
 def by_size(runs: list[dict]) -> list[dict]:
     """One row per N, smallest first: every measurement averaged over its runs (seeds), and the ratios."""
-    groups: dict[float, list[dict]] = {}
-    for r in runs:
-        groups.setdefault(float(r["config"]["n_params"]), []).append(r)
     rows = []
-    for n, group in sorted(groups.items()):
+    for n, group in runs_by_size(runs):
         row = {"N": n, "runs": [r["name"] for r in group]}
         for name in (*LOSSES, *DIFFERENCES, "caption_entropy"):
             row[name] = float(np.mean([r["study"][name] for r in group]))
@@ -235,15 +230,6 @@ def report(runs: list[dict], options: dict, n_bootstrap: int, seed: int) -> dict
     }
 
 
-def _interval(fit: dict, name: str) -> str:
-    if name not in fit.get("params", {}):
-        return "-"
-    if name in fit["ci"]:
-        low, high = fit["ci"][name]
-        return f"{fit['params'][name]:.4g} [{low:.4g}, {high:.4g}]"
-    return f"{fit['params'][name]:.4g}"
-
-
 def _estimate(e: dict) -> str:
     return f"{e['value']:.3g} [{e['low']:.3g}, {e['high']:.3g}]" if "low" in e else f"{e['value']:.3g}"
 
@@ -284,7 +270,7 @@ def _fit_lines(section: dict) -> list[str]:
     for name, label in (("image_alone", "L(image)"), ("image_given_caption", "L(image given caption)")):
         fit = section["L_of_N"][name]
         note = fit["error"] if "error" in fit else ", ".join(fit["flags"]) or "none"
-        lines.append(f"| {label} | {_interval(fit, 'alpha')} | {_interval(fit, 'L_inf')} | {_interval(fit, 'x0')} | {note} |")
+        lines.append(f"| {label} | {interval_text(fit, 'alpha')} | {interval_text(fit, 'L_inf')} | {interval_text(fit, 'x0')} | {note} |")
     if section["I_asymptote_from_fits"] is not None:
         lines += ["", f"The fits' L_inf differ by {section['I_asymptote_from_fits']:.3f} nats/image: their asymptotic I (a point value; "
                   "the two fits are bootstrapped separately, so no interval)."]
