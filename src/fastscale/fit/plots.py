@@ -1,6 +1,6 @@
 """Figures for fitted laws: log-log axes, the data, the fit and its bootstrap band. PNG or SVG by suffix.
 
-matplotlib is imported inside the functions (it is an optional extra), and figures are built with
+matplotlib is imported inside the functions (so `fastscale fit` without plots never loads it), and figures are built with
 matplotlib.figure.Figure, never pyplot, so no global backend or window state is touched.
 """
 
