@@ -36,12 +36,11 @@ def _add_report_options(p: argparse.ArgumentParser) -> None:
 def run_sweep_command(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .runner import run_sweep
-    from .spec import SweepError, SweepSpec
-
     from fastscale.fit import FitInputError
 
     from .report import check_forecast_reducible
+    from .runner import run_sweep
+    from .spec import SweepError, SweepSpec
 
     try:
         spec = SweepSpec.load(args.preset)

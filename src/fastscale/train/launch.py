@@ -1,6 +1,7 @@
 """What `deepspeed train.py` runs: a run config and a DeepSpeed config become a GPT, packed data (train
-and held-out rows under the run's "packing", fastscale.data.packing) and a Trainer. `build_run` is the library part (checks everything before any work starts); `main` is the
-command line (arguments, progress bar, printing)."""
+and held-out rows under the run's "packing", fastscale.data.packing) and a Trainer. `build_run` is the
+library part (checks everything before any work starts); `main` is the command line (arguments,
+progress bar, printing)."""
 
 from __future__ import annotations
 
