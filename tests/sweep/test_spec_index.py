@@ -117,3 +117,18 @@ def test_a_different_sweep_in_the_same_directory_is_refused(tmp_path):
     _check_same_sweep(tmp_path, SweepSpec.from_dict(BASE))  # the same sweep again: a resume
     with pytest.raises(SweepError, match="holds a different sweep"):
         _check_same_sweep(tmp_path, SweepSpec.from_dict({**BASE, "sizes": [1e4]}))
+
+
+@pytest.mark.parametrize("kind, data", [("math", {"dataset": "digits"}), ("classify", {"dataset": "captions"}), ("multimodal", {"dataset": "images"})])
+def test_a_study_on_data_it_cannot_measure_is_refused_at_load(kind, data):
+    with pytest.raises(SweepError, match=rf"data={data!r}.*for a {kind} study".replace("{", r"\{").replace("}", r"\}")):
+        SweepSpec.from_dict({**BASE, "data": data, "study": {"kind": kind}})
+
+
+def test_a_prepared_path_is_checked_by_the_domain_it_records(tmp_path):
+    from fastscale.data import prepare
+
+    prepare("digits", tmp_path / "digits")
+    SweepSpec.from_dict({**BASE, "data": {"path": str(tmp_path / "digits")}, "study": {"kind": "classify"}})
+    with pytest.raises(SweepError, match="for a math study"):
+        SweepSpec.from_dict({**BASE, "data": {"path": str(tmp_path / "digits")}, "study": {"kind": "math"}})

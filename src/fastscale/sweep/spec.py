@@ -99,7 +99,7 @@ class SweepSpec:
         _require("seed" not in train, "train.seed", train.get("seed"), "no value: seeds come from 'seeds'")
         study = raw.get("study")
         if study is not None:
-            _check_study(study)
+            _check_study(study, raw["data"])
         return cls(
             name=str(raw.get("name", "sweep")), data=raw["data"], seq_len=raw["seq_len"], sizes=_positive_list(raw, "sizes"),
             budgets=_positive_list(raw, kind), budget_kind=kind, seeds=seeds, tokens_per_item=raw.get("tokens_per_item"),
@@ -146,11 +146,27 @@ class SweepSpec:
         return config if self.packing is None else {**config, "packing": self.packing}
 
 
-def _check_study(study) -> None:
+def _check_study(study, data) -> None:
     from .studies import study as study_module
 
     _require(isinstance(study, dict) and "kind" in study, "study", study, 'an object with a "kind" (and that study\'s options)')
-    study_module(study["kind"]).check(study_options(study))
+    module = study_module(study["kind"])
+    module.check(study_options(study))
+    domain = _data_domain(data)
+    _require(domain is None or domain in module.DOMAINS, "data", data, f"data of domain {' or '.join(module.DOMAINS)} for a {study['kind']} study")
+
+
+def _data_domain(data) -> str | None:
+    """The domain of a sweep's data: its "dataset", or the domain a prepared {"path": DIR} records
+    (None where that cannot be read here: the trainer's own checks name the problem)."""
+    if not isinstance(data, dict):
+        return None
+    if "dataset" in data:
+        return data["dataset"]
+    try:
+        return json.loads((Path(data["path"]) / "train" / "meta.json").read_text()).get("domain")
+    except (KeyError, TypeError, OSError, ValueError):
+        return None
 
 
 def study_options(study: dict) -> dict:

@@ -1,7 +1,8 @@
 """Studies from the seed papers: what a sweep measures beyond L(N), L(C) and the noise scale.
 
 A sweep file's optional `"study": {"kind": KIND, ...options}` names one. Each study is a module here
-with five functions:
+with DOMAINS, the fastscale.data domains it can measure (checked against the sweep's data before any
+run starts), and five functions:
 
     check(options: dict) -> None
         raise SweepError (naming the option, its value and what was expected) before any run starts

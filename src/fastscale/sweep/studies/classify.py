@@ -40,6 +40,7 @@ from ._common import fit_loss_law, interval_text, is_int, is_number, require, ru
 
 logger = logging.getLogger(__name__)
 
+DOMAINS = ("digits", "images")  # the bundled digits carry labels
 DEFAULTS = {"steps": 150, "batch_size": 32, "lr": 3e-3, "weight_decay": 0.0, "seed": 0, "baseline": True}
 MAX_STEPS = 10_000
 MAX_BATCH = 1024

@@ -35,6 +35,7 @@ import numpy as np
 
 from ._common import fit_loss_law, interval_text, is_int, require, runs_by_size
 
+DOMAINS = ("math",)
 DEFAULTS = {"eval_levels": [1, 2, 3, 4, 5], "eval_count": 256, "eval_seed": 1000}
 MAX_LEVEL = 18  # math_problems draws operands below 10^level as numpy int64: 10^19 does not fit
 MAX_COUNT = 100_000

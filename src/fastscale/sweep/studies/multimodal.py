@@ -51,6 +51,7 @@ import numpy as np
 
 from ._common import interval_text, is_int, require, runs_by_size
 
+DOMAINS = ("captions",)
 OPTIONS = ("max_pairs",)
 LOSSES = ("image_alone", "image_given_caption", "caption_alone", "caption_given_image")
 INFORMATION = ("information_from_image", "information_from_caption")
