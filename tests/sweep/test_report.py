@@ -84,6 +84,7 @@ def test_frontier_is_fit_frontier_on_the_smoothed_curves_without_early_steps(swe
         flops += list(6.0 * n * STEPS[keep] * TOKENS_PER_STEP)
         smoothed += list(window[keep])
     expected = fit_frontier(np.array(run), np.array(size), np.array(flops), np.array(smoothed), n_bootstrap=BOOT, seed=0)
+    assert report["frontier"]["curves"] == "smoothed train"  # one evaluation per run: too few for a held-out curve
     assert report["frontier"]["L_of_C"]["params"] == pytest.approx(expected.loss_fit.params, rel=1e-9)
     assert report["frontier"]["N_opt"]["params"] == pytest.approx(expected.allocation.params, rel=1e-9)
     assert report["frontier"]["N_opt"]["ci"]["a"] == pytest.approx(list(expected.allocation.intervals["a"]), rel=1e-9)
@@ -179,3 +180,30 @@ def test_fastscale_report_command_forecasts_the_losses_it_is_given(sweep):
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "forecast_reducible=[-1.0]" in bad.stderr
     assert not (root / "never").exists()  # refused before any work
+
+
+def test_frontier_takes_the_held_out_curves_when_every_run_evaluated_often(tmp_path):
+    rng = np.random.default_rng()
+    (tmp_path / "sweep.json").write_text(json.dumps({"name": "evaluated"}))
+    index, run, size, flops, held_out = {}, [], [], [], []
+    for i, n in enumerate(N):
+        name = f"run{i}"
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        (tmp_path / "runs" / name / "config.json").write_text(json.dumps({"n_params": int(n), "model": {"n_layer": 1, "d_model": 16, "n_head": 1}}))
+        lines = []
+        for step in STEPS:
+            record = {"step": int(step), "loss": float(true_curve(n, step) + rng.normal(0, 0.3)), "flops": 6.0 * n * step * TOKENS_PER_STEP}
+            if step % 20 == 0 or step == 5:  # 6 evaluations; the one at step 5 is in the first 10% of steps
+                record["eval_loss"] = float(true_curve(n, step) * np.exp(rng.normal(0, 0.003)))
+                if step > 10:
+                    run.append(name), size.append(n), flops.append(record["flops"]), held_out.append(record["eval_loss"])
+            lines.append(json.dumps(record))
+        (tmp_path / "runs" / name / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+        summary = {"steps": 100, "tokens": 100 * TOKENS_PER_STEP, "flops": 6.0 * n * 1e5, "final_loss": 3.0, "final_eval_loss": held_out[-1], "tokens_per_s": 1.0}
+        index[name] = {"state": "done", "run_dir": f"runs/{name}", "summary": summary}
+    (tmp_path / "results.json").write_text(json.dumps({"runs": index}))
+    report, _ = build_report(tmp_path, n_bootstrap=BOOT)
+    expected = fit_frontier(np.array(run), np.array(size), np.array(flops), np.array(held_out), n_bootstrap=BOOT, seed=0)
+    assert report["frontier"]["curves"] == "held-out"
+    assert report["frontier"]["L_of_C"]["params"] == pytest.approx(expected.loss_fit.params, rel=1e-9)
+    assert report["frontier"]["N_opt"]["params"] == pytest.approx(expected.allocation.params, rel=1e-9)

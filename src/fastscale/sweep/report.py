@@ -4,11 +4,13 @@ Every number comes from fastscale.fit on arrays read here from the run directori
 - L(N): the final held-out loss of each run of the largest token budget of its size (final train loss
   where a run has no eval) against its non-embedding N, L = L_inf + (N0/N)^alpha, with bootstrap intervals; L_inf is the irreducible loss,
   (N0/N)^alpha the reducible loss, in nats per token and per item (tokens_per_item of the sweep).
-- L(C), the frontier and N_opt(C): the learning curves (train loss against the trainer's FLOP count),
-  smoothed by a trailing mean over SMOOTH_FRACTION of each run's logged steps (a batch of 8 rows mixes
-  digits and photographs, whose losses differ by nats: a lower envelope of raw batch losses would
-  follow the noise down) and without each run's first EARLY_FRACTION of steps (warmup and the first
-  drop are not part of a power law), through fit_frontier.
+- L(C), the frontier and N_opt(C): the learning curves against the trainer's FLOP count, without each
+  run's first EARLY_FRACTION of steps (warmup and the first drop are not part of a power law), through
+  fit_frontier. The curves are the held-out loss at each evaluation where every run evaluated at least
+  MIN_EVALS times; else the training loss smoothed by a trailing mean over SMOOTH_FRACTION of each
+  run's logged steps (a batch of 8 rows mixes digits and photographs, whose losses differ by nats: a
+  lower envelope of raw batch losses would follow the noise down, and even smoothed it sits below the
+  held-out losses).
 - The extrapolation check: L(N) fitted without the largest model, its prediction for it.
 - The gradient noise scale (tokens) logged by the trainer, per run, and B_crit(L) fitted to it.
 - The sweep's study (fastscale.sweep.studies), from each run's study.json: its own section and plots.
@@ -37,6 +39,7 @@ from .studies import study
 
 logger = logging.getLogger(__name__)
 
+MIN_EVALS = 4  # held-out evaluations per run that make its held-out learning curve
 SMOOTH_FRACTION = 0.1
 EARLY_FRACTION = 0.1
 SEED = 0
@@ -90,21 +93,32 @@ def final_losses(runs: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     return n, loss
 
 
-def learning_curves(runs: list[dict]) -> dict:
-    """Rows (run, n_params, flops, smoothed loss) of every run's learning curve after its early steps."""
+def learning_curves(runs: list[dict]) -> tuple[dict, str]:
+    """Rows (run, n_params, flops, loss) of every run's learning curve after its early steps, and which
+    loss they hold: the held-out loss at each evaluation when every run evaluated at least MIN_EVALS
+    times (each point covers the same held-out rows: nothing to smooth, no noise for the lower envelope
+    to follow down), else the training loss smoothed over SMOOTH_FRACTION of each run's steps."""
+    held_out = all(sum(m.get("eval_loss") is not None for m in r["metrics"]) >= MIN_EVALS for r in runs)
     rows = {"run": [], "n_params": [], "flops": [], "loss": []}
     for r in runs:
-        steps = np.array([m["step"] for m in r["metrics"]])
-        loss = np.array([m["loss"] for m in r["metrics"]])
-        flops = np.array([m["flops"] for m in r["metrics"]])
-        window = max(1, round(SMOOTH_FRACTION * len(loss)))
-        smooth = np.array([loss[max(0, i - window + 1) : i + 1].mean() for i in range(len(loss))])
+        steps, flops, loss = _held_out_curve(r["metrics"]) if held_out else _smoothed_train_curve(r["metrics"])
         keep = steps > EARLY_FRACTION * steps.max()
         rows["run"] += [r["name"]] * int(keep.sum())
         rows["n_params"] += [r["config"]["n_params"]] * int(keep.sum())
         rows["flops"] += list(flops[keep])
-        rows["loss"] += list(smooth[keep])
-    return {k: np.asarray(v) for k, v in rows.items()}
+        rows["loss"] += list(loss[keep])
+    return {k: np.asarray(v) for k, v in rows.items()}, "held-out" if held_out else "smoothed train"
+
+
+def _held_out_curve(metrics: list[dict]):
+    points = [(m["step"], m["flops"], m["eval_loss"]) for m in metrics if m.get("eval_loss") is not None]
+    return tuple(np.array(column, dtype=np.float64) for column in zip(*points))
+
+
+def _smoothed_train_curve(metrics: list[dict]):
+    steps, flops, loss = (np.array([m[key] for m in metrics], dtype=np.float64) for key in ("step", "flops", "loss"))
+    window = max(1, round(SMOOTH_FRACTION * len(loss)))
+    return steps, flops, np.array([loss[max(0, i - window + 1) : i + 1].mean() for i in range(len(loss))])
 
 
 def noise_scales(runs: list[dict]) -> dict:
@@ -155,8 +169,9 @@ def _build_report(sweep_dir: Path, n_bootstrap: int, forecast_reducible) -> tupl
     if tokens_per_item:
         report["L_of_N"]["per_item"] = per_item(law.params, tokens_per_item)
     report["extrapolation"] = _extrapolation(n, loss, n_bootstrap)
-    curves = learning_curves(runs)
+    curves, curve_loss = learning_curves(runs)
     frontier, report["frontier"] = _frontier(curves, n_bootstrap)
+    report["frontier"]["curves"] = curve_loss
     report["forecast"] = _forecast(law, frontier, n, tokens_per_item, forecast_reducible)
     report["noise_scale"] = _noise(runs, n_bootstrap)
     if spec.get("study"):
@@ -311,7 +326,7 @@ def _markdown(report: dict) -> str:
     if "error" in frontier:
         lines.append(f"No frontier fit: {frontier['error']}")
     else:
-        lines += ["![frontier](frontier.png)", "", "L(C) = L_inf + (C0/C)^alpha, C in FLOPs, on or below the lower envelope of the smoothed learning curves:", "",
+        lines += ["![frontier](frontier.png)", "", f"L(C) = L_inf + (C0/C)^alpha, C in FLOPs, on or below the lower envelope of the learning curves ({frontier['curves']} loss):", "",
                   f"- alpha_C = {_interval(frontier['L_of_C'], 'alpha')}, L_inf = {_interval(frontier['L_of_C'], 'L_inf')}, C0 = {_interval(frontier['L_of_C'], 'x0')}",
                   f"- N_opt(C) = (C/C0)^a: a = {_interval(frontier['N_opt'], 'a')}, C0 = {_interval(frontier['N_opt'], 'C0')}",
                   f"- runs on the frontier ({len(frontier['frontier_runs'])}): {', '.join(frontier['frontier_runs'])}",
