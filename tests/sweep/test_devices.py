@@ -126,7 +126,7 @@ def test_scheduler_packs_small_runs_and_gives_a_wide_run_idle_gpus():
     two_gpus = Inventory("cuda", host_memory=512 * GiB, cores=32, gpu_memory=80 * GiB, device_ids=("4", "5"))
     layout = place_runs({"small": gpt(1e6), "wide": gpt(4e9)}, BATCH, two_gpus)
     assert layout.placements["small"].per_device == 4 and layout.placements["wide"].gpus == 2
-    slots = _Slots(layout, limit=32, launcher="deepspeed")
+    slots = _Slots(layout, limit=32, launcher="deepspeed", deepspeed={})
     small, wide = (Run(name, 0.0, 0.0, 0, 1, 1e-3) for name in ("small", "wide"))
     held = [slots.take("train", small) for _ in range(8)]
     assert [devices for devices, _ in held] == [[0], [1]] * 4  # spread over the GPUs, 4 on each

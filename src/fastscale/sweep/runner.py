@@ -180,7 +180,7 @@ def run_sweep(spec: SweepSpec, out_dir, *, jobs: int | None = None, launcher: st
         _check_configs(spec, runs, inventory.kind)
         _check_same_sweep(out_dir, spec)
         data = prepare_data(spec, out_dir)
-        layout = _place(spec, runs, data, inventory, jobs, launcher)
+        layout, deepspeed = _place(spec, runs, data, inventory, jobs, launcher)
         logger.info("placement: %s", layout.reason)
         on_layout and on_layout(layout.reason)
         index = ResultsIndex(out_dir / "results.json")
@@ -190,14 +190,15 @@ def run_sweep(spec: SweepSpec, out_dir, *, jobs: int | None = None, launcher: st
         limit = jobs or inventory.cores
         logger.info("sweep %s: %d runs, %d done, %d to do, at most %d at a time, %s launcher", spec.name, len(runs), len(runs) - len(todo),
                     len(todo), limit, launcher)
-        _schedule(spec, out_dir, data, index, todo, _Slots(layout, limit, launcher), on_update, on_step)
+        _schedule(spec, out_dir, data, index, todo, _Slots(layout, limit, launcher, deepspeed), on_update, on_step)
         return index
     finally:
         lock.close()
 
 
-def _place(spec: SweepSpec, runs: list[Run], data: dict, inventory: Inventory, jobs: int | None, launcher: str) -> Layout:
-    """Every run's placement and DeepSpeed config, checked by the trainer's own checks before any run starts."""
+def _place(spec: SweepSpec, runs: list[Run], data: dict, inventory: Inventory, jobs: int | None, launcher: str) -> tuple[Layout, dict]:
+    """Every run's placement and DeepSpeed config (run name -> config), checked by the trainer's own
+    checks before any run starts."""
     from fastscale.data import load
     from fastscale.train.config import ConfigError, RunConfig, check_deepspeed_config
     from fastscale.train.launch import model_config
@@ -205,15 +206,17 @@ def _place(spec: SweepSpec, runs: list[Run], data: dict, inventory: Inventory, j
     vocab_size = _check_rows(spec, *load(data))
     configs = {run.name: RunConfig.from_dict(spec.run_config(run, data)) for run in runs}
     layout = place_runs({name: model_config(c, vocab_size) for name, c in configs.items()}, spec.deepspeed, inventory, jobs=jobs)
+    deepspeed = {}
     for name, placement in layout.placements.items():
         if placement.gpus > 1 and launcher == "process":
             raise SweepError(f"sweep run {name} needs {placement.gpus} GPUs (devices: {layout.reason}); launcher='process' starts one rank: "
                              "use launcher 'deepspeed' or 'auto'")
+        deepspeed[name] = deepspeed_for(placement, spec.deepspeed, configs[name].train)
         try:
-            check_deepspeed_config(deepspeed_for(placement, spec.deepspeed, configs[name].train), placement.gpus, device_type=inventory.kind)
+            check_deepspeed_config(deepspeed[name], placement.gpus, device_type=inventory.kind)
         except ConfigError as error:
             raise SweepError(f"sweep run {name}: {error}") from None
-    return layout
+    return layout, deepspeed
 
 
 def _check_rows(spec: SweepSpec, train, val) -> int:
@@ -221,9 +224,10 @@ def _check_rows(spec: SweepSpec, train, val) -> int:
     than seq_len under "documents" packing); returns the vocabulary size."""
     from fastscale.data import has_rows, pack_rows
 
+    packing = spec.packing or "stream"  # RunConfig's default
     try:
-        for shard in (train, val) if has_rows(val, spec.seq_len, spec.packing or "stream") else (train,):
-            pack_rows(shard, spec.seq_len, spec.packing or "stream")
+        for shard in (train, val) if has_rows(val, spec.seq_len, packing) else (train,):
+            pack_rows(shard, spec.seq_len, packing)
     except ValueError as error:
         raise SweepError(f"sweep: seq_len={spec.seq_len}, packing={spec.packing!r}: {error}") from None
     return train.vocab_size
@@ -240,10 +244,11 @@ class _Active:
 
 
 class _Slots:
-    """What may start now: the share of each device its running runs hold, and a cap on processes."""
+    """What may start now: the share of each device its running runs hold, and a cap on processes; and
+    how a run starts there (launcher, its DeepSpeed config)."""
 
-    def __init__(self, layout: Layout, limit: int, launcher: str):
-        self.layout, self.limit, self.launcher = layout, limit, launcher
+    def __init__(self, layout: Layout, limit: int, launcher: str, deepspeed: dict):
+        self.layout, self.limit, self.launcher, self.deepspeed = layout, limit, launcher, deepspeed
         self.load = [Fraction(0)] * layout.inventory.devices
 
     def share_of(self, task: str, run: Run) -> tuple[Placement, Fraction]:
@@ -330,13 +335,9 @@ def _start(spec, out_dir, data, index, task: str, run: Run, held: tuple[list[int
     if task == "evaluate":
         index.update(run.name, "evaluating")
         return _Active(task, run, _start_evaluation(run_dir, spec.study, data), devices, share, None)
-    from fastscale.train.config import RunConfig
-
-    config = spec.run_config(run, data)
-    deepspeed = deepspeed_for(slots.layout.placements[run.name], spec.deepspeed, RunConfig.from_dict(config).train)
     port = _free_port(ports - {None}) if slots.launcher == "deepspeed" else None
     resume = index.runs[run.name]["attempts"] > 0  # started before: continue from its checkpoint
-    process = _start_training(run_dir, config, deepspeed, resume, launcher=slots.launcher, device_ids=slots.device_ids(devices), port=port)
+    process = _start_training(run_dir, spec.run_config(run, data), slots.deepspeed[run.name], resume, launcher=slots.launcher, device_ids=slots.device_ids(devices), port=port)
     index.update(run.name, "running", attempts=index.runs[run.name]["attempts"] + 1, run_dir=str(run_dir.relative_to(out_dir)))
     return _Active(task, run, process, devices, share, port)
 
