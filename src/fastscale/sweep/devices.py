@@ -205,8 +205,9 @@ def _place_on_gpus(name: str, config: GPTConfig, ds: dict, inventory: Inventory)
 def _runs_per_gpu(need: int, host_need: int, inventory: Inventory) -> tuple[int, str]:
     """Runs of this size on one GPU and what caps them: its memory, MAX_RUNS_PER_GPU, one core per run
     (each run's Python loop launches its kernels) or host memory."""
+    fit = math.floor(HEADROOM * inventory.gpu_memory / need)
     limits = {
-        f"memory: {math.floor(HEADROOM * inventory.gpu_memory / need)} fit": math.floor(HEADROOM * inventory.gpu_memory / need),
+        f"memory: {fit} fit": fit,
         f"MAX_RUNS_PER_GPU={MAX_RUNS_PER_GPU}: without MPS a GPU time-slices between processes, so more runs only add contexts": MAX_RUNS_PER_GPU,
         f"one host core per run ({inventory.cores} cores)": max(1, inventory.cores // inventory.devices),
     }
