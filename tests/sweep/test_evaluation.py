@@ -2,6 +2,7 @@
 per-token losses of whole documents, against the trainer's own eval loss and a one-document-at-a-time
 float64 computation."""
 
+import copy
 import json
 import os
 import subprocess
@@ -13,7 +14,7 @@ import torch
 
 from fastscale.data import build
 from fastscale.model import GPT, GPTConfig
-from fastscale.sweep.evaluation import load_trained, newest_checkpoint, token_losses
+from fastscale.sweep.evaluation import load_trained, newest_checkpoint, token_losses, token_scores
 
 TRAINER = "import sys; from fastscale.train.launch import main; sys.exit(main())"
 # digits: every document is BOS + 192 pixels = seq_len, so each val row is one whole document
@@ -50,13 +51,17 @@ def test_token_losses_of_uneven_documents_match_one_at_a_time_float64():
     rng = np.random.default_rng()
     docs = [rng.integers(0, 11, size=n) for n in (2, 40, 7, 33, 3, 40, 19)]
     got = token_losses(model, docs, batch_size=3)  # several batches, each padded to its longest
-    reference = model.double()
-    for doc, loss in zip(docs, got):
+    _, hits = token_scores(model, docs, batch_size=3)
+    reference = copy.deepcopy(model).double()
+    for doc, loss, hit in zip(docs, got, hits):
         with torch.no_grad():
             logits = reference(torch.from_numpy(doc)[None, :-1])[0]
         expected = -torch.log_softmax(logits, -1)[torch.arange(len(doc) - 1), torch.from_numpy(doc[1:])]
         assert loss.dtype == np.float64 and loss.shape == (len(doc) - 1,)
         np.testing.assert_allclose(loss, expected.numpy(), rtol=1e-5, atol=1e-6)
+        top2 = logits.topk(2, dim=-1).values
+        clear = (top2[:, 0] - top2[:, 1] > 1e-4).numpy()  # float32 logits may order a near-tie the other way
+        np.testing.assert_array_equal(hit[clear], (logits.argmax(-1) == torch.from_numpy(doc[1:])).numpy()[clear])
 
 
 def test_documents_longer_than_the_context_are_refused():

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ import torch
 from fastscale.data.prepare import build, prepare
 from fastscale.data.sources import math_problems
 from fastscale.fit import fit_power_law
-from fastscale.sweep.evaluation import load_trained
+from fastscale.sweep.evaluation import load_trained, token_scores
 from fastscale.sweep.presets import PRESETS
 from fastscale.sweep.spec import SweepError, SweepSpec
 from fastscale.sweep.studies import math as study
@@ -109,6 +110,7 @@ class Oracle(torch.nn.Module):
 
     def __init__(self, taught):
         super().__init__()
+        self.config = SimpleNamespace(seq_len=64)  # what token_scores checks documents against
         self.table = {tuple(d[: t + 1]): d[t + 1] for d in taught for t in range(len(d) - 1)}
 
     def forward(self, idx):
@@ -127,7 +129,7 @@ def test_greedy_solved_is_greedy_decoding_of_the_answer():
     encode = lambda s: np.array([256] + list(s.encode()), dtype=np.int64)  # noqa: E731
     oracle = Oracle([encode(t).tolist() for t in taught])
     documents = [encode(t) for t in texts]
-    solved = study.greedy_solved(oracle, documents, [study.answer_start(t) for t in texts], batch_size=3)
+    solved = study.greedy_solved(token_scores(oracle, documents, batch_size=3)[1], [study.answer_start(t) for t in texts])
     expected = [greedy_decode(oracle, t.split("=")[0] + "=", 12) == list(t.split("=")[1].encode()) for t in texts]
     assert solved.tolist() == expected == [True, False, True, False, True]
 

@@ -46,16 +46,24 @@ def load_trained(run_dir) -> GPT:
     return model.eval()
 
 
-@torch.no_grad()
 def token_losses(model: GPT, documents, *, batch_size: int = 64) -> list[np.ndarray]:
-    """For each document d (1-D token array), float64 [len(d) - 1]: element t is -log p(d[t + 1] | d[:t + 1])
-    in nats. Documents longer than the model's seq_len are refused, not cut."""
+    """token_scores' losses."""
+    return token_scores(model, documents, batch_size=batch_size)[0]
+
+
+@torch.no_grad()
+def token_scores(model: GPT, documents, *, batch_size: int = 64) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """For each document d (1-D token array), from one forward pass: losses, float64 [len(d) - 1], element
+    t is -log p(d[t + 1] | d[:t + 1]) in nats; and hits, bool [len(d) - 1], whether d[t + 1] is the
+    model's most likely next token there (greedy decoding's choice). Documents longer than the model's
+    seq_len are refused, not cut."""
     documents = [np.asarray(d, dtype=np.int64) for d in documents]
     for i, d in enumerate(documents):
         if d.ndim != 1 or not 2 <= len(d) <= model.config.seq_len:
             raise ValueError(f"documents[{i}]: shape {d.shape}; expected 1-D with 2 to seq_len={model.config.seq_len} tokens")
     order = np.argsort([len(d) for d in documents], kind="stable")  # similar lengths together: little padding
-    out: list[np.ndarray | None] = [None] * len(documents)
+    losses: list[np.ndarray | None] = [None] * len(documents)
+    hits: list[np.ndarray | None] = [None] * len(documents)
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         width = max(len(documents[i]) for i in chunk)
@@ -65,6 +73,8 @@ def token_losses(model: GPT, documents, *, batch_size: int = 64) -> list[np.ndar
         # causal attention: padding after a document never reaches its tokens
         logits = model(idx[:, :-1]).double()
         nll = F.cross_entropy(logits.transpose(1, 2), idx[:, 1:], reduction="none")
+        best = logits.argmax(-1) == idx[:, 1:]
         for row, i in enumerate(chunk):
-            out[i] = nll[row, : len(documents[i]) - 1].numpy()
-    return out
+            losses[i] = nll[row, : len(documents[i]) - 1].numpy()
+            hits[i] = best[row, : len(documents[i]) - 1].numpy()
+    return losses, hits

@@ -12,8 +12,8 @@ data's seed), each scored as a whole document from its BOS (fastscale.sweep.eval
   the problem takes), summed over the level's problems and divided by their answer tokens;
 - problem_loss: nats per token over the whole problem (every character after BOS), pooled the same way;
 - exact_match: the fraction of problems greedy decoding after "=" reproduces, newline included. It
-  costs one more forward pass, no decoding loop: greedy decoding emits the answer exactly when, given
-  the true prefix, the most likely next token is the true one at every answer position.
+  comes from the losses' forward pass, no decoding loop: greedy decoding emits the answer exactly
+  when, given the true prefix, the most likely next token is the true one at every answer position.
 A distinct seed does not make the held-out problems new: level 1 has only 300 distinct problems and a
 prepared training set of thousands of problems holds nearly all of them, level 2 has 30,000 and a
 training set holds a good share of them, level 3 on has more than 10^9. So each level records
@@ -102,14 +102,14 @@ def evaluate(run_dir: Path, data_dir: Path, options: dict) -> dict:
 
 def score_level(model, level: int, texts: list[str], seen: set[str]) -> dict:
     from fastscale.data.tokenizers import ByteTokenizer
-    from fastscale.sweep.evaluation import token_losses
+    from fastscale.sweep.evaluation import token_scores
 
     documents = [ByteTokenizer().encode(text) for text in texts]
     longest = max(len(d) for d in documents)
     if longest > model.config.seq_len:
         raise ValueError(f"study.eval_levels: level {level} has problems of {longest} tokens; the model's seq_len={model.config.seq_len} (raise the sweep's seq_len)")
     starts = [answer_start(text) for text in texts]
-    losses = token_losses(model, documents)
+    losses, hits = token_scores(model, documents)
     answer = np.array([loss[start:].sum() for loss, start in zip(losses, starts)])
     answer_tokens = np.array([len(loss) - start for loss, start in zip(losses, starts)])
     unseen = np.array([text not in seen for text in texts])
@@ -118,27 +118,17 @@ def score_level(model, level: int, texts: list[str], seen: set[str]) -> dict:
         "n_problems": len(texts),
         "answer_loss": float(answer.sum() / answer_tokens.sum()),
         "problem_loss": float(sum(loss.sum() for loss in losses) / sum(len(loss) for loss in losses)),
-        "exact_match": float(np.mean(greedy_solved(model, documents, starts))),
+        "exact_match": float(np.mean(greedy_solved(hits, starts))),
         "seen_in_training": float(1 - unseen.mean()),
         "unseen_answer_loss": float(answer[unseen].sum() / answer_tokens[unseen].sum()) if unseen.any() else None,
     }
 
 
-def greedy_solved(model, documents, starts, *, batch_size: int = 64) -> np.ndarray:
+def greedy_solved(hits: list[np.ndarray], starts: list[int]) -> np.ndarray:
     """Per document, whether the most likely next token is the true one at every position from its start
-    (in token_losses' indexing): whether greedy decoding from the prompt reproduces the rest exactly."""
-    import torch
-
-    solved = []
-    with torch.no_grad():
-        for first in range(0, len(documents), batch_size):
-            chunk = documents[first : first + batch_size]
-            idx = torch.zeros(len(chunk), max(len(d) for d in chunk), dtype=torch.long)
-            for row, d in enumerate(chunk):
-                idx[row, : len(d)] = torch.from_numpy(d)
-            hits = model(idx[:, :-1]).argmax(-1) == idx[:, 1:]  # causal: padding never reaches a document's tokens
-            solved += [bool(hits[row, start : len(d) - 1].all()) for row, (d, start) in enumerate(zip(chunk, starts[first:]))]
-    return np.array(solved)
+    (token_scores' hits, in token_losses' indexing): whether greedy decoding from the prompt reproduces
+    the rest exactly."""
+    return np.array([bool(h[start:].all()) for h, start in zip(hits, starts)])
 
 
 # -- report (numpy, fastscale.fit) -------------------------------------------------------------------
