@@ -36,11 +36,13 @@ from pathlib import Path
 
 import numpy as np
 
+from fastscale.data.prepare import LABELLED_DOMAINS
+
 from ._common import fit_loss_law, interval_text, is_int, is_number, require, runs_by_size
 
 logger = logging.getLogger(__name__)
 
-DOMAINS = ("digits", "images")  # the bundled digits carry labels
+DOMAINS = LABELLED_DOMAINS  # the bundled digits carry labels
 DEFAULTS = {"steps": 150, "batch_size": 32, "lr": 3e-3, "weight_decay": 0.0, "seed": 0, "baseline": True}
 MAX_STEPS = 10_000
 MAX_BATCH = 1024
@@ -86,7 +88,7 @@ def labelled_digits(data_dir) -> tuple[Digits, Digits]:
     data_dir = Path(data_dir)
     train, val = TokenShard(data_dir / "train"), TokenShard(data_dir / "val")
     meta = train.meta
-    if meta.get("domain") not in ("digits", "images") or meta.get("source") != "bundled":
+    if meta.get("domain") not in DOMAINS or meta.get("source") != "bundled":
         raise ValueError(f"data_dir={str(data_dir)!r}: domain {meta.get('domain')!r} from {meta.get('source')!r}; "
                          "the classify study needs the bundled digits (domain 'digits' or 'images')")
     # build()'s val split holds round(n * val_fraction) documents: this fraction gives back the same split
