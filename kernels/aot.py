@@ -23,6 +23,39 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+@dataclass(frozen=True)
+class CompileSpec:
+    """One shipped configuration of a @triton.jit kernel, specialized as real launches specialize it.
+
+    Kernel modules yield these from `shipped_configurations(arch)`. signature maps every parameter
+    to a Triton type ('*bf16', 'i32', 'fp32', 'constexpr'); constexprs gives every constexpr's value;
+    attrs is ASTSource's form, {(param_index,): [["tt.divisibility", 16]]} for 16-byte aligned
+    pointers and integers divisible by 16; label says which variant it is, for people."""
+
+    fn: object
+    signature: dict
+    constexprs: dict
+    attrs: dict
+    num_warps: int
+    num_stages: int
+    label: str
+
+    @property
+    def kernel(self) -> str:
+        return self.fn.__name__
+
+
+def divisibility_attrs(fn, signature: dict, divisible: set[str]) -> dict:
+    """ASTSource attrs marking every pointer parameter, and the integer parameters named in
+    `divisible`, as divisible by 16: what the launcher sees for aligned tensors and such sizes."""
+    attrs = {}
+    for i, param in enumerate(fn.params):
+        ty = signature[param.name]
+        if ty.startswith("*") or (param.name in divisible and ty in ("i32", "i64")):
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    return attrs
+
+
 # Maximum shared memory one block may use (opt-in), by compute capability.
 SHARED_MEMORY_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448, 100: 232448}
 
