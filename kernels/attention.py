@@ -207,7 +207,7 @@ def _forward_tiles(acc, m_i, l_i, q, k_ptr, v_ptr, stride_kt, stride_vt, rows, l
     return acc, m_i, l_i
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["group"])
 def _forward_kernel(
     Q, K, V, O, LSE, cu_seqlens, seqlen, total, group, window, qk_scale,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
@@ -279,7 +279,7 @@ def _dkdv_tiles(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, stride_qt, stri
     return dk, dv
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["group"])
 def _dkdv_kernel(
     Q, K, V, dO, LSE, DELTA, dK, dV, cu_seqlens, seqlen, total, group, window, qk_scale, scale,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
@@ -329,7 +329,7 @@ def _dq_tiles(dq, q, do, lse, delta, k_ptr, v_ptr, stride_kt, stride_vt, rows, l
     return dq
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["group"])
 def _dq_kernel(
     Q, K, V, dO, LSE, DELTA, dQ, cu_seqlens, seqlen, total, group, window, qk_scale, scale,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh, stride_dqt, stride_dqh,
@@ -416,7 +416,7 @@ def backward(grad_out, q, k, v, out, lse, cu_seqlens, *, max_seqlen, causal, win
     delta = _empty((heads_q, total), torch.float32, q.device)
     _delta_kernel[(triton.cdiv(total, DELTA_BLOCK), heads_q)](
         out, grad_out, delta, total, out.stride(0), out.stride(1), grad_out.stride(0), grad_out.stride(1),
-        HEAD_DIM=head_dim, BLOCK_D=meta["BLOCK_D"], BLOCK=DELTA_BLOCK,
+        HEAD_DIM=head_dim, BLOCK_D=meta["BLOCK_D"], BLOCK=DELTA_BLOCK, num_warps=4, num_stages=1,
     )
     dq, dk, dv = (_empty(x.shape, x.dtype, x.device) for x in (q, k, v))
     common = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), grad_out.stride(0), grad_out.stride(1))
@@ -440,32 +440,51 @@ def backward(grad_out, q, k, v, out, lse, cu_seqlens, *, max_seqlen, causal, win
 
 KERNELS = {"forward": _forward_kernel, "dkdv": _dkdv_kernel, "dq": _dq_kernel}
 _TENSORS = {"Q", "K", "V", "O", "dO", "dQ", "dK", "dV"}
-_FP32 = {"LSE": "*fp32", "DELTA": "*fp32", "cu_seqlens": "*i32", "qk_scale": "fp32", "scale": "fp32"}
+_SCALARS = {"LSE": "*fp32", "DELTA": "*fp32", "cu_seqlens": "*i32", "qk_scale": "fp32", "scale": "fp32"}
+_ELEMENT = {torch.bfloat16: "*bf16", torch.float16: "*fp16"}
+# (CAUSAL, WINDOWED and VARLEN, 16-bit type) of the variants compiled per tile. Causal batched bf16 is
+# what pretraining runs; packed + windowed holds every code path the kernels have (document bounds,
+# window bounds, masked edge tiles), compiled non-causal so the two-sided window branch is in it too,
+# and in fp16 so both 16-bit types are compiled. bf16 and fp16 differ only in conversion instructions,
+# and the other causal x packed combinations only in which of these branches exist, so compiling the
+# full cross product would cost 4x the time and show nothing new.
+_VARIANTS = ((True, False, torch.bfloat16), (False, True, torch.float16))
 
 
-def compile_spec(kernel: str, head_dim: int, dtype: torch.dtype, causal: bool, packed_windowed: bool = True) -> dict:
-    """Arguments of fastscale.kernels.aot.compile_report for one shipped configuration, specialized as
-    the launcher sees real inputs (16-byte aligned pointers, strides divisible by 16). packed_windowed
-    picks the cu_seqlens + window variant, which holds every code path; else the plain batched one."""
-    fn, cfg = KERNELS[kernel], CONFIGS[kernel, head_dim]
-    element = {torch.bfloat16: "*bf16", torch.float16: "*fp16"}[dtype]
-    constexprs = dict(HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_M=cfg.block_m,
-                      BLOCK_N=cfg.block_n, CAUSAL=causal, WINDOWED=packed_windowed, VARLEN=packed_windowed)
-    signature, attrs = {}, {}
-    for i, param in enumerate(fn.params):
-        name = param.name
-        if param.is_constexpr:
-            signature[name] = "constexpr"
-        else:
-            signature[name] = element if name in _TENSORS else _FP32.get(name, "i32")
-        if signature[name].startswith("*") or name.startswith("stride"):
-            attrs[(i,)] = [["tt.divisibility", 16]]
-    return dict(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+def _signature(fn, dtype: torch.dtype) -> dict:
+    return {
+        p.name: "constexpr" if p.is_constexpr else _ELEMENT[dtype] if p.name in _TENSORS else _SCALARS.get(p.name, "i32")
+        for p in fn.params
+    }
 
 
-def compile_report(kernel: str, head_dim: int, dtype: torch.dtype, causal: bool, arch: int, packed_windowed: bool = True):
-    """Compiles one shipped configuration for sm_<arch> (needs TRITON_INTERPRET unset at import)."""
+def _divisible(fn, packed: bool) -> set[str]:
+    """Integer arguments the launcher sees divisible by 16: strides of [tokens, H, D] tensors (H * D
+    and D, D a multiple of 16) always; a batch's sequence length and token count too (training shapes
+    are), a packed batch's maximum document length and token count not. `group` is never specialized
+    (do_not_specialize: group 1 would otherwise compile a second kernel)."""
+    sizes = set() if packed else {"seqlen", "total", "window"}
+    return {p.name for p in fn.params if p.name.startswith("stride") or p.name in sizes}
+
+
+def shipped_configurations(arch: int):
+    """Every kernel configuration the launchers run on sm_<arch>, as fastscale.kernels.aot.CompileSpec
+    with the launch specialization (16-byte aligned pointers, strides divisible by 16: the launcher
+    sees that for row-major [tokens, H, D] tensors with D a multiple of 8)."""
     from fastscale.kernels import aot
 
-    spec = compile_spec(kernel, head_dim, dtype, causal, packed_windowed)
-    return aot.compile_report(spec.pop("fn"), **spec, arch=arch)
+    for (name, head_dim), cfg in CONFIGS.items():
+        fn = KERNELS[name]
+        for causal, packed_windowed, dtype in _VARIANTS:
+            signature = _signature(fn, dtype)
+            constexprs = dict(HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_M=cfg.block_m,
+                              BLOCK_N=cfg.block_n, CAUSAL=causal, WINDOWED=packed_windowed, VARLEN=packed_windowed)
+            attrs = aot.divisibility_attrs(fn, signature, _divisible(fn, packed_windowed))
+            variant = "packed-window" if packed_windowed else "batched"
+            label = f"{name} d{head_dim} {str(dtype).removeprefix('torch.')} {'causal' if causal else 'full'} {variant}"
+            yield aot.CompileSpec(fn, signature, constexprs, attrs, cfg.num_warps, cfg.num_stages, label)
+    for block_d in sorted({triton.next_power_of_2(d) for d in HEAD_DIMS}):
+        signature = _signature(_delta_kernel, torch.bfloat16)
+        attrs = aot.divisibility_attrs(_delta_kernel, signature, {"stride_ot", "stride_oh", "stride_dot", "stride_doh"})
+        constexprs = dict(HEAD_DIM=block_d, BLOCK_D=block_d, BLOCK=DELTA_BLOCK)
+        yield aot.CompileSpec(_delta_kernel, signature, constexprs, attrs, 4, 1, f"delta d{block_d} bfloat16")
