@@ -245,21 +245,33 @@ def gradients(hidden, weight, bias, targets, token_grad, opts: LossOptions):
 
 
 _TRITON_DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+# The shape the shipped configurations are specialized for (tokens 32k, V 128k, d 4096): every size
+# and stride there is divisible by 16, as a real launch at that shape would tell the compiler.
+TARGET_SHAPE = dict(N=32768, V=131072, D=4096)
 
 
-def shipped_configurations():
-    """Every (kernel, dtype, bias, softcap) this module launches on a GPU, as ahead-of-time compile
-    specs: (label, jit function, signature, constexprs, KernelConfig)."""
+def shipped_configurations(arch: int):
+    """Every (kernel, dtype, bias, softcap) this module launches on sm_<arch>, as aot.CompileSpec
+    specialized as a launch at TARGET_SHAPE specializes it."""
+    from fastscale.kernels.aot import CompileSpec, divisibility_attrs
+
     for kernel_name, fn in (("forward", _forward_kernel), ("backward", _backward_kernel)):
         for dtype, ty in _TRITON_DTYPES.items():
             cfg = CONFIGS[(kernel_name, dtype.itemsize)]
-            for has_bias, has_softcap in ((False, False), (True, True)):
-                constexprs = dict(
-                    HAS_BIAS=has_bias, HAS_SOFTCAP=has_softcap, DOT_PRECISION=_dot_precision(dtype),
-                    BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-                )
-                label = f"{kernel_name} {ty} bias={has_bias} softcap={has_softcap}"
-                yield label, fn, _signature(fn, ty), constexprs, cfg
+            for has_bias in (False, True):
+                for has_softcap in (False, True):
+                    constexprs = dict(
+                        HAS_BIAS=has_bias, HAS_SOFTCAP=has_softcap, DOT_PRECISION=_dot_precision(dtype),
+                        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+                    )
+                    signature = _signature(fn, ty)
+                    divisible = {"N", "V", "D", "stride_h", "stride_w", "tiles_per_split"}
+                    yield CompileSpec(
+                        fn=fn, signature=signature, constexprs=constexprs,
+                        attrs=divisibility_attrs(fn, signature, divisible),
+                        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                        label=f"{kernel_name} {ty} bias={has_bias} softcap={has_softcap}",
+                    )
 
 
 def _signature(fn, ty: str) -> dict:
