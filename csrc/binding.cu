@@ -1,6 +1,9 @@
 // fastscale._C: the torch-free pybind11 binding of csrc/. Python passes device pointers and the CUDA
 // stream as integers (ops/cross_entropy_cuda.py validates the tensors behind them); this layer checks
 // that a device exists, then the plain arguments, then launches on the caller's device and stream.
+// The CUDA runtime is linked statically (setup.py picks the toolkit matching torch's CUDA where torch
+// has one), so a driver older than that runtime is the likely reason for "no device" on a machine
+// with a GPU: the error then names both versions (no_device_message).
 #include <pybind11/pybind11.h>
 
 #include <cmath>
@@ -17,14 +20,39 @@ namespace {
 using fastscale::CrossEntropyArgs;
 using fastscale::DType;
 
-// The number of CUDA devices; an error that says so if there are none.
+std::string cuda_version_text(int version) {
+  return std::to_string(version / 1000) + "." + std::to_string(version % 1000 / 10);
+}
+
+// Why cudaGetDeviceCount failed, in words a user can act on: no driver at all, a driver older than
+// the runtime compiled in (the usual cause with a GPU present), or else the runtime's own error.
+std::string no_device_message(const std::string& error_name, const std::string& error_text, int driver, int runtime) {
+  std::string message = "fastscale._C: no CUDA device is available (cudaGetDeviceCount: " + error_name + ": " + error_text + ")";
+  if (driver == 0)
+    return message + "; no NVIDIA driver was found (cudaDriverGetVersion: 0), so no GPU can be used: if this machine has one, install an NVIDIA driver for CUDA " +
+           cuda_version_text(runtime) + " or newer";
+  if (driver < runtime)
+    return message + "; the NVIDIA driver supports CUDA up to " + cuda_version_text(driver) + " (cudaDriverGetVersion: " +
+           std::to_string(driver) + ") but fastscale._C was compiled with the CUDA " + cuda_version_text(runtime) +
+           " runtime (" + std::to_string(runtime) + "): update the driver to one for CUDA " + cuda_version_text(runtime) +
+           " or newer, or reinstall fastscale with CUDA_HOME set to a CUDA toolkit no newer than " +
+           cuda_version_text(driver);
+  return message;
+}
+
+int driver_version() {
+  int version = 0;
+  if (cudaDriverGetVersion(&version) != cudaSuccess) version = 0;
+  return version;
+}
+
+// The number of CUDA devices; an error that says why if there are none.
 int require_cuda_device() {
   int count = 0;
   const cudaError_t err = cudaGetDeviceCount(&count);
   if (err != cudaSuccess) {
     cudaGetLastError();  // clear the error so that a later call starts clean
-    throw std::runtime_error(std::string("fastscale._C: no CUDA device is available (cudaGetDeviceCount: ") +
-                             cudaGetErrorName(err) + ": " + cudaGetErrorString(err) + ")");
+    throw std::runtime_error(no_device_message(cudaGetErrorName(err), cudaGetErrorString(err), driver_version(), CUDART_VERSION));
   }
   if (count == 0)
     throw std::runtime_error("fastscale._C: no CUDA device is available (cudaGetDeviceCount: 0 devices)");
@@ -143,6 +171,16 @@ void backward(uintptr_t logits, int dtype, int64_t rows, int64_t vocab, int64_t 
       true);
 }
 
+py::dict cuda_versions() {
+  int runtime = 0;
+  if (cudaRuntimeGetVersion(&runtime) != cudaSuccess) runtime = 0;
+  py::dict versions;
+  versions["runtime_compiled"] = CUDART_VERSION;
+  versions["runtime"] = runtime;
+  versions["driver"] = driver_version();
+  return versions;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -162,4 +200,12 @@ PYBIND11_MODULE(_C, m) {
         py::arg("lse"), py::arg("workspace"), py::arg("splits"), py::arg("ignore_index"),
         py::arg("label_smoothing"), py::arg("z_loss"), py::arg("softcap"), py::arg("device"), py::arg("stream"),
         "As cross_entropy_forward, then overwrites the logits in place with token_grad * d loss / d logits.");
+  m.def("cuda_versions", &cuda_versions,
+        "CUDA versions as integers (1000 * major + 10 * minor): runtime_compiled (CUDART_VERSION of the "
+        "toolkit it was built with), runtime (the linked runtime) and driver (the newest CUDA the "
+        "installed driver supports; 0 without a driver).");
+  m.def("no_device_message", &no_device_message, py::kw_only(), py::arg("error_name"), py::arg("error_text"),
+        py::arg("driver"), py::arg("runtime"),
+        "The error text raised when cudaGetDeviceCount fails, for these versions (exposed for tests and "
+        "fastscale doctor).");
 }
