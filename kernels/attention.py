@@ -30,7 +30,13 @@ import triton
 import triton.language as tl
 
 DTYPES = (torch.bfloat16, torch.float16)
-HEAD_DIMS = (32, 64, 96, 128, 256)
+MAX_HEAD_DIM = 256
+# Head dims are served at the next tile width (a power of two, for tl.arange): 80 and 96 run at 128
+# (the padded columns are zeros, loaded under a mask and never stored: 128/96 = 1.33x the matmul
+# FLOPs at 96, 1.6x at 80; the softmax costs the same). Splitting 96 into 64 + 32 column blocks would
+# save that but doubles every tile load, dot and pointer set in all three kernels. Widths below 32
+# would save nothing worth a table entry (d <= 32 is softmax-bound).
+WIDTHS = (32, 64, 128, 256)
 LOG2E = math.log2(math.e)
 
 
@@ -42,18 +48,44 @@ class KernelConfig:
     num_stages: int
 
 
-# Shipped configurations by (kernel, head dim), for bfloat16 and float16: the largest tiles (of a few
-# tried) that compile for both sm_80 and sm_90 with no spills; tests compile each for both. "dkdv"
-# owns a key tile (BLOCK_N) and streams query tiles, the others own a query tile (BLOCK_M).
-_TILES = {  # (BLOCK_M, BLOCK_N, num_warps, num_stages)
-    ("forward", 32): (128, 64, 8, 3), ("forward", 64): (128, 64, 8, 3), ("forward", 96): (128, 64, 8, 3),
-    ("forward", 128): (128, 64, 8, 3), ("forward", 256): (64, 32, 8, 2),
-    ("dkdv", 32): (32, 128, 8, 2), ("dkdv", 64): (32, 128, 8, 2), ("dkdv", 96): (32, 64, 8, 2),
-    ("dkdv", 128): (32, 64, 8, 2), ("dkdv", 256): (16, 32, 4, 1),
-    ("dq", 32): (128, 64, 8, 2), ("dq", 64): (128, 32, 8, 2), ("dq", 96): (64, 64, 8, 2),
-    ("dq", 128): (64, 64, 8, 2), ("dq", 256): (32, 32, 4, 1),
+# Tiles by architecture, (kernel, width) -> (BLOCK_M, BLOCK_N, num_warps, num_stages). "dkdv" owns
+# BLOCK_N keys and streams BLOCK_M-query tiles; "forward" and "dq" own BLOCK_M queries and stream
+# BLOCK_N-key tiles. Every entry compiles with no spill (ptxas spill stores/loads 0, stack 0) within
+# the arch's shared memory: tests/kernels compile every one of them (shipped_configurations). Register
+# and shared-memory figures below are ptxas's for the batched causal bf16 variant. See "Why these
+# tiles" at the end of this table.
+TILES = {
+    # sm_80 (A100): mma.sync m16n8k16, 64K registers and 164 KB of shared memory per SM, cp.async.
+    80: {
+        ("forward", 32): (128, 64, 8, 3), ("forward", 64): (128, 64, 8, 3),
+        ("forward", 128): (128, 64, 8, 3), ("forward", 256): (64, 32, 8, 2),
+        ("dkdv", 32): (32, 128, 8, 2), ("dkdv", 64): (32, 128, 8, 2),
+        ("dkdv", 128): (32, 64, 8, 2), ("dkdv", 256): (16, 32, 4, 1),
+        ("dq", 32): (128, 64, 8, 2), ("dq", 64): (128, 32, 8, 2),
+        ("dq", 128): (64, 64, 8, 2), ("dq", 256): (32, 32, 4, 1),
+    },
+    # sm_90 (H100): wgmma. A warpgroup (4 warps) multiplies 64 rows; Triton puts a dot on wgmma only
+    # when its M side is a multiple of 64 * warpgroups (else it splits N across warpgroups, or falls
+    # back to mma.sync), so 8 warps want M = 128 and 4 warps M = 64.
+    90: {
+        ("forward", 32): (128, 128, 8, 3), ("forward", 64): (128, 128, 8, 3),
+        ("forward", 128): (128, 128, 8, 2), ("forward", 256): (128, 64, 8, 1),
+        ("dkdv", 32): (64, 128, 8, 3), ("dkdv", 64): (64, 128, 8, 3),
+        ("dkdv", 128): (64, 128, 8, 1), ("dkdv", 256): (16, 32, 4, 1),
+        ("dq", 32): (128, 128, 8, 3), ("dq", 64): (128, 128, 8, 3),
+        ("dq", 128): (128, 64, 8, 3), ("dq", 256): (128, 64, 8, 1),
+    },
+    # sm_100 (B200): tcgen05 MMAs accumulate in tensor memory (UTCHMMA in SASS).
+    100: {
+        ("forward", 32): (128, 128, 8, 3), ("forward", 64): (128, 128, 8, 3),
+        ("forward", 128): (128, 128, 8, 2), ("forward", 256): (128, 64, 8, 1),
+        ("dkdv", 32): (64, 128, 8, 3), ("dkdv", 64): (64, 128, 8, 3),
+        ("dkdv", 128): (64, 128, 8, 1), ("dkdv", 256): (16, 32, 4, 1),
+        ("dq", 32): (128, 128, 8, 3), ("dq", 64): (128, 128, 8, 3),
+        ("dq", 128): (128, 64, 8, 3), ("dq", 256): (128, 64, 8, 1),
+    },
 }
-CONFIGS = {key: KernelConfig(*tiles) for key, tiles in _TILES.items()}
+CONFIGS = {arch: {key: KernelConfig(*tiles) for key, tiles in table.items()} for arch, table in TILES.items()}
 # Under the interpreter programs run one after another on the CPU: big tiles mean few of them.
 # Unequal tiles keep the query/key range logic honest, as in the shipped configurations.
 INTERPRETER_CONFIG = KernelConfig(64, 32, 4, 1)
@@ -64,8 +96,19 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def config_for(kernel: str, head_dim: int) -> KernelConfig:
-    return INTERPRETER_CONFIG if interpreting() else CONFIGS[kernel, head_dim]
+def width(head_dim: int) -> int:
+    """The tile width (BLOCK_D) that serves head_dim."""
+    return max(WIDTHS[0], triton.next_power_of_2(head_dim))
+
+
+def arch(device: torch.device) -> int:
+    """The table for a CUDA device: sm_100 for compute capability 10 and up, sm_90 for 9, else sm_80."""
+    major, _ = torch.cuda.get_device_capability(device)
+    return 100 if major >= 10 else 90 if major == 9 else 80
+
+
+def config_for(kernel: str, head_dim: int, device: torch.device) -> KernelConfig:
+    return INTERPRETER_CONFIG if interpreting() else CONFIGS[arch(device)][kernel, width(head_dim)]
 
 
 def unsupported(dtype: torch.dtype, head_dim: int) -> str | None:
@@ -73,8 +116,8 @@ def unsupported(dtype: torch.dtype, head_dim: int) -> str | None:
     if dtype not in DTYPES:
         # fp32 would run on CUDA cores, not tensor cores; torch's SDPA serves it (backend "auto" does).
         return f"supports torch.bfloat16 and torch.float16 (got {dtype}; use backend='torch' for it)"
-    if head_dim not in HEAD_DIMS:
-        return f"supports head dims {HEAD_DIMS} (got {head_dim})"
+    if head_dim > MAX_HEAD_DIM:
+        return f"supports head dims up to {MAX_HEAD_DIM} (got {head_dim})"
     return None
 
 
@@ -377,7 +420,7 @@ def _layout(q, cu_seqlens, seqlen) -> tuple[int, torch.Tensor, dict]:
     varlen = cu_seqlens is not None
     docs = cu_seqlens.shape[0] - 1 if varlen else q.shape[0] // seqlen
     head_dim = q.shape[-1]
-    meta = dict(HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), VARLEN=varlen)
+    meta = dict(HEAD_DIM=head_dim, BLOCK_D=width(head_dim), VARLEN=varlen)
     # Without cu_seqlens the pointer is never read; any int32 tensor on the device fills the slot.
     return docs, cu_seqlens if varlen else torch.zeros(1, dtype=torch.int32, device=q.device), meta
 
@@ -393,7 +436,7 @@ def forward(q, k, v, cu_seqlens, seqlen, *, causal, window, scale):
     q, k, v = (_row_major(x) for x in (q, k, v))
     total, heads_q, head_dim = q.shape
     docs, cu, meta = _layout(q, cu_seqlens, seqlen)
-    cfg = config_for("forward", head_dim)
+    cfg = config_for("forward", head_dim, q.device)
     out = _empty(q.shape, q.dtype, q.device)
     lse = _empty((heads_q, total), torch.float32, q.device)
     grid = (docs * triton.cdiv(seqlen, cfg.block_m), heads_q)
@@ -421,13 +464,13 @@ def backward(grad_out, q, k, v, out, lse, cu_seqlens, *, max_seqlen, causal, win
     dq, dk, dv = (_empty(x.shape, x.dtype, x.device) for x in (q, k, v))
     common = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), grad_out.stride(0), grad_out.stride(1))
 
-    cfg = config_for("dkdv", head_dim)
+    cfg = config_for("dkdv", head_dim, q.device)
     _dkdv_kernel[(docs * triton.cdiv(max_seqlen, cfg.block_n), heads_kv)](
         q, k, v, grad_out, lse, delta, dk, dv, cu, max_seqlen, total, group, window or 0, qk_scale, scale,
         *common, dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
         **meta, **_options(causal, window, cfg),
     )
-    cfg = config_for("dq", head_dim)
+    cfg = config_for("dq", head_dim, q.device)
     _dq_kernel[(docs * triton.cdiv(max_seqlen, cfg.block_m), heads_q)](
         q, k, v, grad_out, lse, delta, dq, cu, max_seqlen, total, group, window or 0, qk_scale, scale,
         *common, dq.stride(0), dq.stride(1),
@@ -442,13 +485,15 @@ KERNELS = {"forward": _forward_kernel, "dkdv": _dkdv_kernel, "dq": _dq_kernel}
 _TENSORS = {"Q", "K", "V", "O", "dO", "dQ", "dK", "dV"}
 _SCALARS = {"LSE": "*fp32", "DELTA": "*fp32", "cu_seqlens": "*i32", "qk_scale": "fp32", "scale": "fp32"}
 _ELEMENT = {torch.bfloat16: "*bf16", torch.float16: "*fp16"}
-# (CAUSAL, WINDOWED and VARLEN, 16-bit type) of the variants compiled per tile. Causal batched bf16 is
-# what pretraining runs; packed + windowed holds every code path the kernels have (document bounds,
-# window bounds, masked edge tiles), compiled non-causal so the two-sided window branch is in it too,
-# and in fp16 so both 16-bit types are compiled. bf16 and fp16 differ only in conversion instructions,
-# and the other causal x packed combinations only in which of these branches exist, so compiling the
-# full cross product would cost 4x the time and show nothing new.
-_VARIANTS = ((True, False, torch.bfloat16), (False, True, torch.float16))
+# The variants compiled per tile: (CAUSAL, WINDOWED and VARLEN, 16-bit type, head dim for a width).
+# Causal batched bf16 at the full width is what pretraining runs. Packed + windowed holds every code
+# path the kernels have (document bounds, window bounds, masked edge tiles), compiled non-causal so the
+# two-sided window branch is in it too, in fp16 so both 16-bit types are compiled, and at a padded
+# head dim (96 at width 128: masked columns). bf16 and fp16 differ only in conversion instructions,
+# the other causal x packed combinations only in which of these branches exist: compiling the full
+# cross product would cost 4x the time and show nothing new.
+_PADDED = {32: 16, 64: 48, 128: 96, 256: 192}
+_VARIANTS = ((True, False, torch.bfloat16, lambda w: w), (False, True, torch.float16, _PADDED.get))
 
 
 def _signature(fn, dtype: torch.dtype) -> dict:
@@ -469,21 +514,21 @@ def _divisible(fn, packed: bool) -> set[str]:
 
 def shipped_configurations(arch: int):
     """Every kernel configuration the launchers run on sm_<arch>, as fastscale.kernels.aot.CompileSpec
-    with the launch specialization (16-byte aligned pointers, strides divisible by 16: the launcher
-    sees that for row-major [tokens, H, D] tensors with D a multiple of 8)."""
+    with the launch specialization (16-byte aligned pointers, strides divisible by 16: what the
+    launcher sees for row-major [tokens, H, D] tensors with D a multiple of 16)."""
     from fastscale.kernels import aot
 
-    for (name, head_dim), cfg in CONFIGS.items():
+    for (name, block_d), cfg in CONFIGS[arch].items():
         fn = KERNELS[name]
-        for causal, packed_windowed, dtype in _VARIANTS:
+        for causal, packed_windowed, dtype, head_dim in _VARIANTS:
             signature = _signature(fn, dtype)
-            constexprs = dict(HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_M=cfg.block_m,
-                              BLOCK_N=cfg.block_n, CAUSAL=causal, WINDOWED=packed_windowed, VARLEN=packed_windowed)
+            constexprs = dict(HEAD_DIM=head_dim(block_d), BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                              CAUSAL=causal, WINDOWED=packed_windowed, VARLEN=packed_windowed)
             attrs = aot.divisibility_attrs(fn, signature, _divisible(fn, packed_windowed))
             variant = "packed-window" if packed_windowed else "batched"
-            label = f"{name} d{head_dim} {str(dtype).removeprefix('torch.')} {'causal' if causal else 'full'} {variant}"
+            label = f"{name} d{head_dim(block_d)} {str(dtype).removeprefix('torch.')} {'causal' if causal else 'full'} {variant}"
             yield aot.CompileSpec(fn, signature, constexprs, attrs, cfg.num_warps, cfg.num_stages, label)
-    for block_d in sorted({triton.next_power_of_2(d) for d in HEAD_DIMS}):
+    for block_d in WIDTHS:
         signature = _signature(_delta_kernel, torch.bfloat16)
         attrs = aot.divisibility_attrs(_delta_kernel, signature, {"stride_ot", "stride_oh", "stride_dot", "stride_doh"})
         constexprs = dict(HEAD_DIM=block_d, BLOCK_D=block_d, BLOCK=DELTA_BLOCK)

@@ -267,16 +267,51 @@ def test_triton_packed(poisoned, heads_q, heads_kv, causal, window):
     check_against_reference("triton", torch.bfloat16, lengths, heads_q=heads_q, heads_kv=heads_kv, head_dim=32, causal=causal, window=window, packed=True)
 
 
-@pytest.mark.parametrize("head_dim,dtype", [(64, torch.bfloat16), (96, torch.float16), (128, torch.bfloat16), (256, torch.float16)], ids=str)
+@pytest.mark.parametrize("head_dim,dtype", [(8, torch.bfloat16), (40, torch.float16), (64, torch.bfloat16), (80, torch.bfloat16),
+                                            (96, torch.float16), (160, torch.bfloat16), (256, torch.float16)], ids=str)
 def test_triton_head_dims(poisoned, head_dim, dtype):
+    """Every head dim up to 256 is served, the odd ones on zero-padded columns of the next tile width."""
     check_against_reference("triton", dtype, [37, 70], heads_q=2, heads_kv=1, head_dim=head_dim, causal=True, window=50, packed=True)
 
 
-@pytest.mark.parametrize("head_dim", [32, 128, 256])
-def test_triton_shipped_tiles(poisoned, monkeypatch, head_dim):
-    """The GPU's own tile shapes (CONFIGS), not the interpreter's, on ragged packed documents."""
+def test_tile_widths_pad_to_the_next_power_of_two():
+    assert [kernels.width(d) for d in (1, 32, 33, 80, 96, 128, 129, 160, 256)] == [32, 32, 64, 128, 128, 128, 256, 256, 256]
+
+
+@pytest.mark.parametrize("major,table", [(8, 80), (8.6, 80), (9, 90), (10, 100), (12, 100)])
+def test_launcher_picks_the_table_of_the_device(monkeypatch, major, table):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (int(major), round(major % 1 * 10)))
     monkeypatch.setattr(kernels, "interpreting", lambda: False)
+    assert kernels.arch(torch.device("cuda", 0)) == table
+    assert kernels.config_for("dkdv", 100, torch.device("cuda", 0)) == kernels.CONFIGS[table]["dkdv", 128]
+
+
+def _shipped_tiles():
+    """(arch, width) for every distinct set of (forward, dkdv, dq) tiles the tables ship."""
+    seen = {}
+    for arch in sorted(kernels.CONFIGS):
+        for block_d in kernels.WIDTHS:
+            seen.setdefault(tuple(kernels.CONFIGS[arch][kernel, block_d] for kernel in ("forward", "dkdv", "dq")), (arch, block_d))
+    return list(seen.values())
+
+
+SHIPPED = _shipped_tiles()
+
+
+@pytest.mark.parametrize("arch,block_d", SHIPPED, ids=lambda x: str(x))
+def test_triton_shipped_tiles(poisoned, monkeypatch, arch, block_d):
+    """Each architecture's own tile shapes (CONFIGS[arch]), not the interpreter's, on ragged packed
+    documents, at a head dim that pads the width (the full width where nothing is smaller)."""
+    used = []
+
+    def shipped(kernel, head_dim, device):
+        used.append(kernels.CONFIGS[arch][kernel, kernels.width(head_dim)])
+        return used[-1]
+
+    monkeypatch.setattr(kernels, "config_for", shipped)
+    head_dim = block_d * 3 // 4 if block_d > 32 else block_d
     check_against_reference("triton", torch.bfloat16, [1, 100, 170], heads_q=2, heads_kv=1, head_dim=head_dim, causal=True, window=90, packed=True)
+    assert used == [kernels.CONFIGS[arch][kernel, block_d] for kernel in ("forward", "dkdv", "dq")]
 
 
 def test_triton_fused_qkv_views(poisoned):
@@ -295,7 +330,7 @@ def test_triton_backward_is_deterministic():
     assert all(torch.equal(a, b) for a, b in zip(*grads))
 
 
-@pytest.mark.parametrize("dtype,head_dim,words", [(torch.float32, 32, ["float32"]), (torch.bfloat16, 48, ["head dims", "48"])], ids=["float32", "head_dim_48"])
+@pytest.mark.parametrize("dtype,head_dim,words", [(torch.float32, 32, ["float32"]), (torch.bfloat16, 264, ["head dims up to 256", "264"])], ids=["float32", "head_dim_264"])
 def test_triton_unsupported_inputs_say_why(dtype, head_dim, words):
     q, k, v = (torch.randn(1, 5, 2, head_dim, dtype=dtype) for _ in range(3))
     with pytest.raises(NotImplementedError, match="backend='triton'") as info:
