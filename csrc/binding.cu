@@ -204,6 +204,9 @@ PYBIND11_MODULE(_C, m) {
         "CUDA versions as integers (1000 * major + 10 * minor): runtime_compiled (CUDART_VERSION of the "
         "toolkit it was built with), runtime (the linked runtime) and driver (the newest CUDA the "
         "installed driver supports; 0 without a driver).");
+  m.def("device_count", &require_cuda_device,
+        "The number of CUDA devices; raises the error every entry point raises when there is none, "
+        "naming a missing or too old driver (fastscale doctor reports it).");
   m.def("no_device_message", &no_device_message, py::kw_only(), py::arg("error_name"), py::arg("error_text"),
         py::arg("driver"), py::arg("runtime"),
         "The error text raised when cudaGetDeviceCount fails, for these versions (exposed for tests and "

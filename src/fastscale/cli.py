@@ -55,6 +55,15 @@ def run_report(args: argparse.Namespace) -> int:
     return run_report_command(args)
 
 
+def run_doctor(args: argparse.Namespace) -> int:
+    from fastscale import doctor
+
+    report = doctor.run(args.out, quick=args.quick)
+    print(doctor.render(report))
+    print(f"wrote {args.out}/doctor.json")
+    return 1 if report["failed"] else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastscale", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -94,6 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="write the scaling-law report of a sweep", description="Fit L(N), L(C), the frontier, N_opt(C), forecasts and the extrapolation check; write report.md, report.json and plots.")
     add_report_arguments(report)
     report.set_defaults(handler=run_report)
+
+    doctor = commands.add_parser(
+        "doctor", help="check versions, devices, and each backend's numerics and speed here",
+        description="Report versions, devices, CUDA driver/runtime and which backends run here; check every backend "
+                    "against a float64 reference (the tests' criteria) and time it against the baselines. "
+                    "Writes DIR/doctor.json; exits with 1 if a check fails.",
+    )
+    doctor.add_argument("--out", default="doctor-report", metavar="DIR", help="directory for doctor.json (default: %(default)s)")
+    doctor.add_argument("--quick", action="store_true", help="one shape per check, fewer dtypes off-GPU, 3 timed runs, no torch.compile baseline")
+    doctor.set_defaults(handler=run_doctor)
     return parser
 
 

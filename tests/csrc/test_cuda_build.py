@@ -26,7 +26,7 @@ CSRC = ROOT / "csrc"
 CUDA_SOURCES = sorted(CSRC.glob("*.cu"))
 ARCHS = ("sm_80", "sm_90a")
 NVCC = shutil.which("nvcc")
-ENTRY_POINTS = ("cross_entropy_backward", "cross_entropy_forward")
+ENTRY_POINTS = ("cross_entropy_backward", "cross_entropy_forward", "device_count")
 DIAGNOSTICS = ("cuda_versions", "no_device_message")
 
 
@@ -45,6 +45,8 @@ def _extension():
 
 def _dummy_arguments(entry_point: str) -> dict:
     """Arguments that would pass validation on a machine with a GPU (rows=0 launches nothing)."""
+    if entry_point == "device_count":
+        return {}
     args = dict(logits=0, dtype=0, rows=0, vocab=1, row_stride=1, targets=0, loss=0, lse=0, workspace=0,
                 splits=1, ignore_index=-100, label_smoothing=0.0, z_loss=0.0, softcap=0.0, device=0, stream=0)
     if entry_point == "cross_entropy_backward":
