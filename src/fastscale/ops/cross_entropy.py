@@ -9,7 +9,11 @@ here; the math lives in the backends:
 Every backend module provides
     forward(hidden, weight, bias, targets, opts) -> (loss [N], lse [N])
     gradients(hidden, weight, bias, targets, token_grad, opts) -> (dh, dw, db, loss, lse)
-on 2-D hidden [N, d] and 1-D int64 targets [N], with losses and lse in float32 (float64 inputs: float64).
+on 2-D hidden [N, d] and 1-D int64 targets [N], with losses, lse and the gradients dh, dw, db in float32
+(float64 inputs: float64). token_grad [N] is each token's upstream gradient (0 where ignored). Where a
+backend casts a logit gradient to 16 bits for a matmul, it first divides token_grad by
+s = max|token_grad|, so the 16-bit entries are O(softmax probabilities) whatever the reduction, and
+multiplies the float32 products by s afterwards.
 """
 
 from __future__ import annotations
@@ -35,33 +39,31 @@ _BACKEND_MODULES = {
 class _LinearCrossEntropy(torch.autograd.Function):
     """With reduction mean/sum the upstream gradient is one scalar, so the gradients are computed in
     the forward pass (one pass over the logits) and scaled in backward. With reduction "none" the
-    per-token upstream gradient is only known in backward, which recomputes the logits."""
+    per-token upstream gradient is only known in backward, which recomputes the logits.
+
+    The backends return gradients in the accumulation dtype (float32; float64 for float64 inputs)
+    and they are cast to the parameters' dtype only after the upstream gradient is applied: 16-bit
+    gradients of the mean over many tokens are far below 16-bit range before a loss scale lifts them."""
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, opts: LossOptions, reduction: str, backend: ModuleType):
-        acc = accumulation_dtype(hidden.dtype)
-        valid = targets != opts.ignore_index
-        n_valid = valid.sum().clamp(min=1)  # all ignored: loss 0, gradients 0
-        ctx.fused = reduction != "none" and any(ctx.needs_input_grad[:3])
-        ctx.backend, ctx.opts, ctx.scaled = backend, opts, False
+        ctx.fused = reduction != "none"
+        ctx.backend, ctx.opts, ctx.dtype, ctx.scaled = backend, opts, hidden.dtype, False
         if ctx.fused:
-            token_grad = valid.to(acc) / n_valid if reduction == "mean" else valid.to(acc)
+            token_grad = _token_weights(targets, opts.ignore_index, reduction, accumulation_dtype(hidden.dtype))
             d_hidden, d_weight, d_bias, loss, lse = backend.gradients(hidden, weight, bias, targets, token_grad, opts)
             ctx.save_for_backward(d_hidden, d_weight, d_bias)
         else:
             loss, lse = backend.forward(hidden, weight, bias, targets, opts)
             ctx.save_for_backward(hidden, weight, bias, targets)
         ctx.mark_non_differentiable(lse)
-        if reduction == "mean":
-            loss = loss.sum() / n_valid
-        elif reduction == "sum":
-            loss = loss.sum()
-        return loss, lse
+        return _reduce(loss, targets, opts.ignore_index, reduction), lse
 
     @staticmethod
     def backward(ctx, grad_loss, grad_lse):
         if ctx.fused:
-            # Scaled in place: a copy of d weight would double the memory this op exists to save.
+            # Scaled in place (a float32 copy of d weight would double the memory this op exists to
+            # save); only then cast, which for 16-bit parameters allocates their half-size gradient.
             if ctx.scaled:
                 raise RuntimeError(
                     "linear_cross_entropy: a second backward through a mean/sum loss (retain_graph) is not "
@@ -69,11 +71,29 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 )
             ctx.scaled = True
             grads = [None if g is None else g.mul_(grad_loss.to(g.dtype)) for g in ctx.saved_tensors]
-            return (*grads, None, None, None, None)
-        hidden, weight, bias, targets = ctx.saved_tensors
-        token_grad = torch.where(targets != ctx.opts.ignore_index, grad_loss, 0.0)
-        d_hidden, d_weight, d_bias, _, _ = ctx.backend.gradients(hidden, weight, bias, targets, token_grad, ctx.opts)
-        return d_hidden, d_weight, d_bias, None, None, None, None
+        else:
+            hidden, weight, bias, targets = ctx.saved_tensors
+            token_grad = torch.where(targets != ctx.opts.ignore_index, grad_loss, 0.0)
+            grads = ctx.backend.gradients(hidden, weight, bias, targets, token_grad, ctx.opts)[:3]
+        return (*(None if g is None else g.to(ctx.dtype) for g in grads), None, None, None, None)
+
+
+def _token_weights(targets: torch.Tensor, ignore_index: int, reduction: str, dtype: torch.dtype) -> torch.Tensor:
+    """d loss / d (each token's loss) for reduction mean or sum: 0 on ignored tokens."""
+    valid = (targets != ignore_index).to(dtype)
+    return valid / valid.sum().clamp(min=1) if reduction == "mean" else valid
+
+
+def _reduce(loss: torch.Tensor, targets: torch.Tensor, ignore_index: int, reduction: str) -> torch.Tensor:
+    if reduction == "mean":  # over non-ignored tokens; all ignored: loss 0 (and gradients 0)
+        return loss.sum() / (targets != ignore_index).sum().clamp(min=1)
+    return loss.sum() if reduction == "sum" else loss
+
+
+def _needs_gradients(*tensors: torch.Tensor | None) -> bool:
+    """False under torch.no_grad() and inference_mode (is_grad_enabled() is False in both), or when no
+    input requires grad: then only the losses are computed, with no gradient buffer at all."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def linear_cross_entropy(
@@ -108,7 +128,11 @@ def linear_cross_entropy(
     targets_1d = targets.reshape(-1).long()
     _check_target_range(targets_1d, weight.shape[0], ignore_index)
     hidden_2d = hidden.reshape(-1, hidden.shape[-1])
-    loss, lse = _LinearCrossEntropy.apply(hidden_2d, weight, bias, targets_1d, opts, reduction, module)
+    if _needs_gradients(hidden_2d, weight, bias):
+        loss, lse = _LinearCrossEntropy.apply(hidden_2d, weight, bias, targets_1d, opts, reduction, module)
+    else:
+        loss, lse = module.forward(hidden_2d, weight, bias, targets_1d, opts)
+        loss = _reduce(loss, targets_1d, ignore_index, reduction)
     if reduction == "none":
         loss = loss.view(targets.shape)
     return (loss, lse.view(targets.shape)) if return_lse else loss

@@ -9,7 +9,12 @@ times (1 - (z / softcap)^2) under a softcap. eps is label_smoothing, as in F.cro
 
 The work is chunked over tokens, so peak extra memory is one [chunk, V] float32 buffer (two with a
 softcap), never the [tokens, V] logits. Matmuls run in the input dtype; softmax, losses and the weight and bias
-gradients accumulate in float32 (float64 for float64 inputs).
+gradients accumulate in float32 (float64 for float64 inputs), and all gradients are returned in that dtype.
+
+The logit gradient is computed for g / s with s = max|g| and cast to the input dtype for the d hidden
+matmul; s multiplies the products afterwards. Its entries are then O(softmax probabilities) rather than
+O(g * p): with reduction "mean" over 32k tokens, g = 1/32768 would flush every p below ~2e-3 to zero in
+float16 (whose smallest subnormal is 6e-8) before any loss scale could lift it.
 """
 
 from __future__ import annotations
@@ -99,23 +104,35 @@ def forward(hidden, weight, bias, targets, opts: LossOptions):
 
 
 def gradients(hidden, weight, bias, targets, token_grad, opts: LossOptions):
-    """Gradients (d hidden, d weight, d bias or None) of sum(token_grad * loss), with the per-token
-    losses and logsumexps computed on the way: one pass over the logits, chunk by chunk."""
+    """Gradients (d hidden, d weight, d bias or None) of sum(token_grad * loss) in the accumulation
+    dtype, with the per-token losses and logsumexps computed on the way: one pass over the logits,
+    chunk by chunk."""
     acc = accumulation_dtype(hidden.dtype)
     n = hidden.shape[0]
     valid = targets != opts.ignore_index
     loss = torch.empty(n, dtype=acc, device=hidden.device)
     lse_out = torch.empty(n, dtype=acc, device=hidden.device)
-    d_hidden = torch.empty_like(hidden)
+    d_hidden = torch.empty(hidden.shape, dtype=acc, device=hidden.device)
     d_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device)
     d_bias = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if bias is not None else None
+    token_grad, scale = normalize_token_grad(token_grad.to(acc))
     for s in _chunks(n, chunk_rows(weight.shape[0], hidden.dtype)):
         z = _logits(hidden[s], weight, bias, opts)
         cap_derivative = None if opts.softcap is None else (z / opts.softcap).square_().neg_().add_(1)
         loss[s], lse_out[s] = _softmax_(z, targets[s], valid[s], opts)
-        dz = _logit_grad_(z, lse_out[s], targets[s], token_grad[s].to(acc), opts, cap_derivative)
+        dz = _logit_grad_(z, lse_out[s], targets[s], token_grad[s], opts, cap_derivative)
         d_hidden[s] = dz.to(hidden.dtype) @ weight
         d_weight.addmm_(dz.T, hidden[s].to(acc))
         if d_bias is not None:
             d_bias += dz.sum(dim=0)
-    return d_hidden, d_weight.to(weight.dtype), None if d_bias is None else d_bias.to(bias.dtype), loss, lse_out
+    for grad in (d_hidden, d_weight, d_bias):
+        if grad is not None:
+            grad.mul_(scale)
+    return d_hidden, d_weight, d_bias, loss, lse_out
+
+
+def normalize_token_grad(token_grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(token_grad / s, s) with s = max|token_grad| as a 0-dim tensor (no host sync), 1 where all are 0."""
+    scale = token_grad.abs().amax() if token_grad.numel() else token_grad.new_ones(())
+    scale = torch.where(scale > 0, scale, 1.0)
+    return token_grad / scale, scale
