@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "Writes DIR/doctor.json; exits with 1 if a check fails.",
     )
     doctor.add_argument("--out", default="doctor-report", metavar="DIR", help="directory for doctor.json (default: %(default)s)")
-    doctor.add_argument("--quick", action="store_true", help="one shape per check, fewer dtypes off-GPU, 3 timed runs, no torch.compile baseline")
+    doctor.add_argument("--quick", action="store_true", help="one shape per check, 3 timed runs instead of 10, no torch.compile baseline")
     doctor.set_defaults(handler=run_doctor)
     return parser
 
