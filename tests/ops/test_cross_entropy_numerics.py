@@ -15,9 +15,13 @@ gradient buffer, even for parameters that require grad.
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from fastscale.ops import cross_entropy_torch, linear_cross_entropy
 
@@ -139,3 +143,92 @@ def test_normalize_token_grad():
     for zeros in (torch.zeros(3), torch.zeros(0)):
         normalized, scale = cross_entropy_torch.normalize_token_grad(zeros)
         assert scale.item() == 1.0 and torch.equal(normalized, zeros)
+
+
+# --- inference: no gradient work, no gradient buffer -------------------------------------------------
+
+INFERENCE_MODES = {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode}
+
+
+class LargestAllocation(TorchDispatchMode):
+    """Records the bytes of every new storage an aten op returns (views of its inputs are not new)."""
+
+    def __init__(self):
+        super().__init__()
+        self.sizes = [0]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
+                self.sizes.append(t.untyped_storage().nbytes())
+        return out
+
+
+def counted_backend(monkeypatch, backend: str) -> dict[str, int]:
+    """Counts the calls of the backend module's forward and gradients."""
+    module = importlib.import_module({"torch": "fastscale.ops.cross_entropy_torch", "triton": "fastscale.kernels.cross_entropy"}[backend])
+    calls = {"forward": 0, "gradients": 0}
+    for name in calls:
+        def counted(*args, _original=getattr(module, name), _name=name):
+            calls[_name] += 1
+            return _original(*args)
+        monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+def parameters_requiring_grad(tokens=16, vocab=64, d=32):
+    """hidden, weight, bias requiring grad, and targets: weight's [V, d] is the largest tensor around
+    (a logits chunk is at most tokens x V)."""
+    hidden = torch.randn(tokens, d, requires_grad=True)
+    weight = torch.randn(vocab, d, requires_grad=True)
+    bias = torch.randn(vocab, requires_grad=True)
+    targets = torch.randint(0, vocab, (tokens,))
+    targets[::5] = -100
+    return hidden, weight, bias, targets
+
+
+@pytest.mark.parametrize("mode", INFERENCE_MODES)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_inference_computes_no_gradients(monkeypatch, backend, reduction, mode):
+    hidden, weight, bias, targets = parameters_requiring_grad()
+    calls = counted_backend(monkeypatch, backend)
+    with INFERENCE_MODES[mode]():
+        loss = linear_cross_entropy(hidden, weight, targets, bias=bias, reduction=reduction, backend=backend)
+    assert calls == {"forward": 1, "gradients": 0}
+    assert not loss.requires_grad and loss.grad_fn is None
+    expected = full_logits_loss(hidden.detach().double(), weight.detach().double(), targets, bias=bias.detach().double(), reduction=reduction)
+    torch.testing.assert_close(loss.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", INFERENCE_MODES)
+def test_inference_allocates_no_gradient_buffer(mode):
+    hidden, weight, bias, targets = parameters_requiring_grad()
+    with INFERENCE_MODES[mode](), LargestAllocation() as recorder:
+        linear_cross_entropy(hidden, weight, targets, bias=bias, backend="torch")
+    weight_bytes = weight.numel() * weight.element_size()
+    assert max(recorder.sizes) < weight_bytes, f"a buffer of {max(recorder.sizes)} bytes (d weight has {weight_bytes})"
+
+
+def test_training_still_computes_gradients(monkeypatch):
+    """The same call with grad enabled: the recorder sees the [V, d] weight gradient, and it is right."""
+    hidden, weight, bias, targets = parameters_requiring_grad()
+    calls = counted_backend(monkeypatch, "torch")
+    with LargestAllocation() as recorder:
+        loss = linear_cross_entropy(hidden, weight, targets, bias=bias, backend="torch")
+    assert calls == {"forward": 0, "gradients": 1}
+    assert max(recorder.sizes) >= weight.numel() * weight.element_size()
+    loss.backward()
+    leaves = [t.detach().double().requires_grad_() for t in (hidden, weight, bias)]
+    full_logits_loss(leaves[0], leaves[1], targets, bias=leaves[2], reduction="mean").backward()
+    for ours, ref in zip((hidden, weight, bias), leaves):
+        torch.testing.assert_close(ours.grad.double(), ref.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_frozen_parameters_take_the_forward_path(monkeypatch):
+    hidden, weight, bias, targets = (t.detach() if t.is_floating_point() else t for t in parameters_requiring_grad())
+    calls = counted_backend(monkeypatch, "torch")
+    linear_cross_entropy(hidden, weight, targets, bias=bias, backend="torch")
+    assert calls == {"forward": 1, "gradients": 0}
