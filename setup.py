@@ -119,10 +119,10 @@ def choose_nvcc(candidates: dict[str, tuple[int, int] | None], torch_cuda: tuple
     problem = (
         f"torch was built with CUDA {wanted} but every nvcc found is newer: {found}. fastscale._C links its "
         f"CUDA runtime statically and would need a driver newer than torch needs. Install the CUDA {wanted} "
-        f"toolkit and set CUDA_HOME to it (or FASTSCALE_TORCH_CUDA to build anyway)"
+        f"toolkit and set CUDA_HOME to it"
     )
     if mode == "1":
-        raise SystemExit(f"FASTSCALE_BUILD_CUDA=1: {problem}")
+        raise SystemExit(f"FASTSCALE_BUILD_CUDA=1: {problem} (or unset FASTSCALE_BUILD_CUDA to build with a newer one anyway)")
     warnings.warn(f"fastscale._C: {problem}; building with the first one", stacklevel=1)
     return next(iter(usable))
 
