@@ -1,27 +1,101 @@
-"""Ahead-of-time compilation of Triton kernels for real GPUs, on a machine without one.
+"""The kernel that really runs, read from its compiled code on a machine without a GPU.
 
-`compile_report` builds PTX and a cubin for an architecture (sm_80 A100, sm_90 H100) and reads the
-resources the kernel uses from the cubin with the wheel's own cuobjdump: registers, local memory
-(non-zero means spills) and shared memory, and whether the PTX uses wgmma (Hopper) or mma.sync
-(Ampere) tensor-core instructions. Tests compile every shipped configuration this way;
-`python -m fastscale.kernels.aot fastscale.kernels.cross_entropy` prints the report as JSON.
+Every kernel module ships `shipped_configurations(arch)`: one `CompileSpec` per configuration its
+launchers run on sm_<arch>, with the specialization a real launch gets (`attrs`: 16-byte aligned
+pointers, sizes and strides divisible by 16). `compile_report` compiles one spec with Triton for a
+GPU target (sm_80 A100, sm_90 H100, sm_100 B200) and reads the result; `report` does it for every
+shipped configuration of some modules in a pool of worker processes (fresh interpreters without
+TRITON_INTERPRET), `recompile` again from the JSON entries alone; `python -m fastscale.kernels.aot
+--json [--arch 80|90|100 ...] [MODULE ...]` prints the report (default: both kernel modules, all three
+archs; without --json a line per configuration with its problems).
+
+What each number of a report entry means
+----------------------------------------
+- `module`, `kernel`, `signature`, `constexprs`, `attrs`, `arch`, `num_warps`, `num_stages`: the
+  compile's inputs, all JSON: `getattr(import_module(module), kernel)` is the @triton.jit function,
+  `attrs` is ASTSource's dict as a list of `[[param_index], [[name, value], ...]]`. `spec_from_entry`
+  turns an entry back into a CompileSpec, so anyone can recompile it and compare. `label` names the
+  variant for people.
+- `registers`: registers per thread (cuobjdump -res-usage REG). 255 is the hardware maximum.
+- `spill_bytes`: spill stores + spill loads, from the log of the very ptxas run that built the cubin
+  (Triton's own, with its flags). Non-zero means registers overflowed to local memory, which lives
+  in DRAM behind L1: a slow kernel. cuobjdump's LOCAL does not show spills reliably; ptxas does.
+- `stack_bytes`: per-thread stack frame (cuobjdump STACK); also local memory, also slow.
+- `shared_bytes`: shared memory per block: the cubin's static shared memory (cuobjdump SHARED; ptxas
+  puts 1 KB there in many sm_90/sm_100 Triton kernels whose PTX declares none) plus the dynamic
+  shared memory Triton requests at launch (its pipeline buffers: operand tiles x num_stages, and
+  layout conversions). It must be at most the opt-in limit per block
+  (`DEVICE_LIMITS[arch].shared_per_block`, `SHARED_MEMORY_LIMIT`).
+- `ctas_per_sm`: blocks resident per SM, as cuda_occupancy.h computes it: the least of
+  registers (regs/thread x 32 rounded up to 256 per warp, each of the 4 sub-partitions holding
+  16384 registers), warps (64 per SM), shared memory (the block's bytes + the 1 KB the driver
+  reserves per block, rounded up to 128 B, out of the SM's 164 KB / 228 KB, assuming the driver
+  picks the largest shared-memory carveout, which it does for kernels needing it) and the limit of
+  32 blocks per SM. 0 means the block cannot launch. The limits are in `DEVICE_LIMITS` with their
+  source. One resident block of 8 warps is 12.5% occupancy; wgmma kernels do well with 1 block
+  because each warpgroup keeps many MMAs in flight, mma.sync kernels want 2 or more.
+- `sass`: static counts of SASS opcodes in the cubin (`cuobjdump -sass`), each instruction counted
+  once however often it runs (a loop body counts once; use them for what the code can do, not for how
+  much it does):
+    HGMMA {"64x128x16": n}: sm_90 warpgroup MMA (wgmma). The shape is MxNxK per instruction: 64 rows
+      per warpgroup, N the tile width; N >= 64 keeps the tensor cores fed from shared memory, narrow N
+      (16, 32) runs far below peak.
+    HMMA: warp-level mma.sync (sm_80's tensor cores; on sm_90 it reaches about 2/3 of wgmma's peak).
+    UTCHMMA: sm_100 tcgen05 MMA (Blackwell tensor cores, accumulating in tensor memory).
+    LDGSTS: cp.async global->shared copies (sm_80+ software pipelining; none means loads go through
+      registers and the pipeline has one stage).
+    UTMALDG: TMA bulk tensor loads (sm_90+ tensor descriptors).
+    ATOMG / REDG: global atomics that return / do not return a value (atomic adds into gradients);
+      sm_80 writes some as generic-address ATOM.E / RED.E, counted here too.
+    MEMBAR {"MEMBAR.ALL.GPU": n}: memory fences by full opcode. The last part is the scope: .CTA is a
+      cheap block-level fence Triton places around shared memory; .GPU/.SYS wait until every earlier
+      write is visible to the whole GPU/system, thousands of cycles each (tl.atomic_add's default
+      sem="acq_rel" puts one before every atomic).
+    MUFU.EX2: the special-function unit's 2^x (softmax, logsumexp): 16 per SM per clock on sm_90,
+      an eighth of the FMA rate, so exp-heavy kernels can be bound by it.
+- `tl_dots`: the number of tl.dot in the kernel's Triton IR by operand type ({"bf16": 2}): which
+  matmuls the tensor-core counts above must account for ({} for an elementwise kernel).
+- `ptx_acquire_release`: PTX instructions with acquire/release ordering by full opcode
+  (`atom.global.gpu.acq_rel.add.f32`, `red.*.release`, `fence.acq_rel.gpu`, `fence.sc.*`,
+  `membar.gl`/`membar.sys`); they become the GPU-scope fences above. Relaxed atomics
+  (sem="relaxed") do not appear here.
+- `error`: present instead of the measurements when the compile failed.
+
+`problems(entry)` lists what a shipped kernel must not do (spills, shared memory over the limit,
+GPU- or system-scope fences or acquire/release atomics, 16-bit matmuls off the architecture's
+tensor-core path); CI (tests/kernels/test_compile_report.py) fails on any.
+
+sm_100: Triton 3.9 compiles for GPUTarget("cuda", 100, 32) (PTX ISA 9.4, target sm_100a, tcgen05
+MMAs) and the wheel's ptxas-blackwell (CUDA 13.4) assembles it, so sm_100 is among the defaults.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import functools
 import importlib
+import io
 import json
+import multiprocessing
 import os
 import re
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict, dataclass
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import triton
+from triton import knobs
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
+
+KERNEL_MODULES = ("fastscale.kernels.cross_entropy", "fastscale.kernels.attention")
+ARCHS = (80, 90, 100)
+
 
 @dataclass(frozen=True)
 class CompileSpec:
@@ -56,122 +130,323 @@ def divisibility_attrs(fn, signature: dict, divisible: set[str]) -> dict:
     return attrs
 
 
-# Maximum shared memory one block may use (opt-in), by compute capability.
-SHARED_MEMORY_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448, 100: 232448}
-
-
 @dataclass(frozen=True)
-class KernelResources:
-    kernel: str
-    arch: int
-    num_warps: int
-    num_stages: int
-    registers: int
-    local_bytes: int
-    stack_bytes: int
-    spill_store_bytes: int
-    spill_load_bytes: int
-    shared_bytes: int
-    uses_wgmma: bool
-    uses_mma_sync: bool
+class DeviceLimits:
+    """Per-SM resources that bound occupancy (CUDA C++ Programming Guide, "Technical Specifications
+    per Compute Capability", and the CUDA 13.0 cuda_occupancy.h: register allocation unit 256 per
+    warp, 4 sub-partitions, shared memory allocated in 128-byte units with 1 KB reserved per block)."""
 
-    @property
-    def spills(self) -> bool:
-        # cuobjdump may show spills as stack frame with LOCAL:0; ptxas -v counts the spill bytes.
-        return self.local_bytes > 0 or self.spill_store_bytes > 0 or self.spill_load_bytes > 0
-
-    @property
-    def fits_shared_memory(self) -> bool:
-        return self.shared_bytes <= SHARED_MEMORY_LIMIT[self.arch]
-
-    def row(self) -> str:
-        mma = "wgmma" if self.uses_wgmma else "mma.sync" if self.uses_mma_sync else "no mma"
-        return (
-            f"sm_{self.arch} warps={self.num_warps} stages={self.num_stages}: {self.registers} regs, "
-            f"{self.spill_store_bytes} B spilled, {self.stack_bytes} B stack, {self.shared_bytes} B shared, {mma}"
-        )
+    gpu: str
+    shared_per_sm: int  # bytes, largest carveout
+    shared_per_block: int  # bytes a block may opt in to (static + dynamic, without the reservation)
+    registers_per_sm: int = 65536
+    register_unit: int = 256  # registers per warp are allocated in multiples of this
+    sub_partitions: int = 4
+    max_warps_per_sm: int = 64
+    max_ctas_per_sm: int = 32
+    reserved_shared_per_block: int = 1024
+    shared_unit: int = 128
 
 
-def _cuobjdump() -> str:
-    return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump")
+DEVICE_LIMITS = {
+    80: DeviceLimits("A100 (sm_80)", shared_per_sm=164 * 1024, shared_per_block=163 * 1024),
+    90: DeviceLimits("H100 (sm_90)", shared_per_sm=228 * 1024, shared_per_block=227 * 1024),
+    100: DeviceLimits("B200 (sm_100)", shared_per_sm=228 * 1024, shared_per_block=227 * 1024),
+}
+SHARED_MEMORY_LIMIT = {arch: limits.shared_per_block for arch, limits in DEVICE_LIMITS.items()}
+
+
+def _round_up(x: int, unit: int) -> int:
+    return -(-x // unit) * unit
+
+
+def ctas_per_sm(registers: int, shared_bytes: int, warps: int, limits: DeviceLimits) -> int:
+    """Resident blocks per SM (cuda_occupancy.h's cudaOccMaxActiveBlocksPerMultiprocessor, default
+    cache config, largest carveout)."""
+    registers_per_warp = _round_up(registers * 32, limits.register_unit)
+    registers_per_block = registers_per_warp * _round_up(warps, limits.sub_partitions)
+    shared_per_block = _round_up(shared_bytes + limits.reserved_shared_per_block, limits.shared_unit)
+    if registers_per_block > limits.registers_per_sm or shared_bytes > limits.shared_per_block:
+        return 0
+    warps_by_registers = limits.registers_per_sm // limits.sub_partitions // registers_per_warp * limits.sub_partitions
+    return min(
+        warps_by_registers // warps,
+        limits.max_warps_per_sm // warps,
+        limits.shared_per_sm // shared_per_block,
+        limits.max_ctas_per_sm,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+_NVIDIA_BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+# An instruction line of cuobjdump -sass: /*0a40*/  [@P0 |@!UP1 ] OPCODE.MODIFIERS operands ;
+_SASS_OPCODE = re.compile(r"^\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P(?:T|\d+)\s+)?([A-Z][A-Z0-9_]*(?:\.\w+)*)", re.M)
+_PTX_ORDERED = re.compile(
+    r"^\s*(?:@!?%p\d+\s+)?("
+    r"(?:atom|red)(?:\.[\w:]+)*\.(?:acquire|release|acq_rel)(?:\.[\w:]+)*"
+    r"|fence(?:\.sc|\.acq_rel)?\.(?:gpu|sys)|membar\.(?:gl|sys))\b",
+    re.M,
+)
+_TTIR_DOT = re.compile(r"\btt\.dot\b[^:\n]*:\s*tensor<(?:\d+x)+(\w+)>")
+_PTXAS_SPILLS = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
+
+
+def _cuobjdump(cubin: bytes, flag: str) -> str:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "kernel.cubin"
+        path.write_bytes(cubin)
+        return subprocess.run([str(_NVIDIA_BIN / "cuobjdump"), flag, str(path)],
+                              check=True, capture_output=True, text=True).stdout
 
 
 def _resource_usage(cubin: bytes) -> dict[str, int]:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "kernel.cubin")
-        Path(path).write_bytes(cubin)
-        out = subprocess.run([_cuobjdump(), "-res-usage", path], check=True, capture_output=True, text=True).stdout
-    usage = dict(re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", out.split("Function", 1)[1]))
-    return {key: int(value) for key, value in usage.items()}
+    function = _cuobjdump(cubin, "-res-usage").split("Function", 1)[1]
+    return {key: int(value) for key, value in re.findall(r"\b(REG|STACK|SHARED):(\d+)", function)}
 
 
-def _spill_bytes(ptx: str, arch: int) -> tuple[int, int]:
-    """(spill store, spill load) bytes that ptxas -v reports for the PTX. The wheel's
-    ptxas-blackwell is used because Triton's PTX ISA version is newer than its plain ptxas."""
-    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas-blackwell"
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "kernel.ptx")
-        Path(path).write_text(ptx)
-        gpu = f"sm_{arch}a" if arch >= 90 else f"sm_{arch}"
-        out = subprocess.run([str(ptxas), f"-arch={gpu}", "-v", path, "-o", os.path.join(tmp, "kernel.o")],
-                             check=True, capture_output=True, text=True).stderr
-    stores, loads = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", out).groups()
-    return int(stores), int(loads)
+def sass_counts(sass: str) -> dict:
+    """The opcode counts of a report's `sass` (see the module docstring) from cuobjdump -sass text."""
+    opcodes = Counter(_SASS_OPCODE.findall(sass))
+
+    def total(prefix: str) -> int:
+        return sum(n for op, n in opcodes.items() if op == prefix or op.startswith(prefix + "."))
+
+    hgmma = Counter()
+    membar = {}
+    for op, n in opcodes.items():
+        if op.startswith("HGMMA."):
+            hgmma[op.split(".")[1]] += n
+        elif op.startswith("MEMBAR"):
+            membar[op] = n
+    return {
+        "HGMMA": dict(sorted(hgmma.items())),
+        "HMMA": total("HMMA"),
+        "UTCHMMA": total("UTCHMMA"),
+        "LDGSTS": total("LDGSTS"),
+        "UTMALDG": total("UTMALDG"),
+        "ATOMG": total("ATOMG") + total("ATOM"),
+        "REDG": total("REDG") + total("RED"),
+        "MEMBAR": dict(sorted(membar.items())),
+        "MUFU.EX2": opcodes["MUFU.EX2"],
+    }
 
 
-def compile_report(fn, signature: dict, constexprs: dict, *, arch: int, num_warps: int, num_stages: int, attrs: dict | None = None) -> KernelResources:
-    """Compiles `fn` (a @triton.jit function) for sm_<arch> and reports its resources.
+def ptx_acquire_release(ptx: str) -> dict[str, int]:
+    """Acquire/release atomics and GPU/system-scope fences in PTX, by full opcode."""
+    return dict(sorted(Counter(_PTX_ORDERED.findall(ptx)).items()))
 
-    signature maps every argument to a Triton type ('*bf16', 'i32', 'fp32', 'constexpr');
-    constexprs gives the constexpr values. attrs optionally marks arguments as the launcher would
-    specialize them at run time, e.g. {(0,): [["tt.divisibility", 16]]} for a 16-byte aligned pointer
-    or an integer divisible by 16 (argument indices as tuples)."""
-    compiled = triton.compile(
-        ASTSource(fn, signature, constexprs=constexprs, attrs=attrs),
-        target=GPUTarget("cuda", arch, 32),
-        options={"num_warps": num_warps, "num_stages": num_stages},
-    )
+
+def tl_dots(ttir: str) -> dict[str, int]:
+    """tl.dot operations in Triton IR by the element type of their first operand."""
+    return dict(sorted(Counter(_TTIR_DOT.findall(ttir)).items()))
+
+
+def _compile(spec: CompileSpec, arch: int):
+    """(compiled kernel, ptxas log). The compile always runs (no cache hit) so that ptxas runs and
+    its -v log, which Triton prints when dump_ptxas_log is set, describes this very cubin."""
+    log = io.StringIO()
+    with knobs.compilation.scope(), knobs.nvidia.scope(), contextlib.redirect_stdout(log):
+        knobs.compilation.always_compile = True
+        knobs.nvidia.dump_ptxas_log = True
+        compiled = triton.compile(
+            ASTSource(spec.fn, spec.signature, constexprs=spec.constexprs, attrs=spec.attrs),
+            target=GPUTarget("cuda", arch, 32),
+            options={"num_warps": spec.num_warps, "num_stages": spec.num_stages},
+        )
+    return compiled, log.getvalue()
+
+
+def compile_report(spec: CompileSpec, arch: int) -> dict:
+    """Compiles one configuration for sm_<arch> and returns its report entry (module docstring)."""
+    if arch not in DEVICE_LIMITS:
+        raise ValueError(f"arch must be one of {sorted(DEVICE_LIMITS)} (got {arch!r})")
+    compiled, ptxas_log = _compile(spec, arch)
+    spills = [int(stores) + int(loads) for stores, loads in _PTXAS_SPILLS.findall(ptxas_log)]
+    if not spills:
+        raise RuntimeError(f"no spill counts in the ptxas log of {spec.kernel} ({spec.label}): {ptxas_log[:500]!r}")
     usage = _resource_usage(compiled.asm["cubin"])
-    ptx = compiled.asm["ptx"]
-    spill_stores, spill_loads = _spill_bytes(ptx, arch)
-    return KernelResources(
-        kernel=fn.__name__,
-        arch=arch,
-        num_warps=num_warps,
-        num_stages=num_stages,
-        registers=usage["REG"],
-        local_bytes=usage["LOCAL"],
-        stack_bytes=usage["STACK"],
-        spill_store_bytes=spill_stores,
-        spill_load_bytes=spill_loads,
-        # Static shared memory in the cubin plus what Triton allocates dynamically at launch.
-        shared_bytes=usage["SHARED"] + compiled.metadata.shared,
-        uses_wgmma="wgmma" in ptx,
-        uses_mma_sync="mma.sync" in ptx,
-    )
+    shared = usage["SHARED"] + compiled.metadata.shared
+    return {
+        "module": spec.fn.__module__,
+        "kernel": spec.kernel,
+        "label": spec.label,
+        "signature": dict(spec.signature),
+        "constexprs": dict(spec.constexprs),
+        "attrs": [[list(index), [list(attr) for attr in values]] for index, values in sorted(spec.attrs.items())],
+        "arch": arch,
+        "num_warps": spec.num_warps,
+        "num_stages": spec.num_stages,
+        "registers": usage["REG"],
+        "spill_bytes": sum(spills),
+        "stack_bytes": usage["STACK"],
+        "shared_bytes": shared,
+        # Triton launches metadata.num_warps warps (more than asked when it specializes warps).
+        "ctas_per_sm": ctas_per_sm(usage["REG"], shared, compiled.metadata.num_warps, DEVICE_LIMITS[arch]),
+        "sass": sass_counts(_cuobjdump(compiled.asm["cubin"], "-sass")),
+        "tl_dots": tl_dots(compiled.asm["ttir"]),
+        "ptx_acquire_release": ptx_acquire_release(compiled.asm["ptx"]),
+    }
 
 
-def report_module(module_name: str, archs=(80, 90)) -> list[dict]:
-    """Compiles every configuration a kernel module ships (its `shipped_configurations()` yields
-    (label, jit function, signature, constexprs, config with num_warps/num_stages)) for each arch."""
-    module = importlib.import_module(module_name)
-    reports = []
-    for label, fn, signature, constexprs, cfg in module.shipped_configurations():
-        for arch in archs:
-            report = compile_report(fn, signature, constexprs, arch=arch, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-            reports.append({"label": label, **asdict(report), "spills": report.spills, "fits_shared_memory": report.fits_shared_memory})
-    return reports
+def spec_from_entry(entry: dict) -> CompileSpec:
+    """The CompileSpec a report entry was compiled from, rebuilt from its JSON fields alone."""
+    fn = getattr(importlib.import_module(entry["module"]), entry["kernel"])
+    attrs = {tuple(index): [list(attr) for attr in values] for index, values in entry["attrs"]}
+    return CompileSpec(fn, dict(entry["signature"]), dict(entry["constexprs"]), attrs,
+                       entry["num_warps"], entry["num_stages"], entry.get("label", entry["kernel"]))
 
 
-def report_in_subprocess(module_name: str) -> list[dict]:
-    """report_module in a fresh interpreter: under TRITON_INTERPRET=1 (as in the tests) @triton.jit
-    makes interpreted functions, which cannot be compiled."""
+# ---------------------------------------------------------------------------------------------- checks
+
+_SIXTEEN_BIT = ("bf16", "fp16", "f16")
+
+
+def problems(entry: dict) -> list[str]:
+    """What a shipped kernel must not do, as sentences naming the numbers (empty: nothing wrong)."""
+    if "error" in entry:
+        return [f"does not compile: {entry['error']}"]
+    arch, sass = entry["arch"], entry["sass"]
+    found = []
+    if entry["spill_bytes"] or entry["stack_bytes"]:
+        found.append(f"spills: {entry['spill_bytes']} B spill stores+loads, {entry['stack_bytes']} B stack")
+    if entry["shared_bytes"] > SHARED_MEMORY_LIMIT[arch]:
+        found.append(f"{entry['shared_bytes']} B of shared memory, over the sm_{arch} limit of {SHARED_MEMORY_LIMIT[arch]} B")
+    fences = {op: n for op, n in sass["MEMBAR"].items() if op.endswith((".GPU", ".SYS"))}
+    if fences:
+        found.append(f"GPU/system-scope fences {fences}")
+    if entry["ptx_acquire_release"]:
+        found.append(f"acquire/release atomics or fences in the PTX {entry['ptx_acquire_release']}")
+    if any(ty in _SIXTEEN_BIT for ty in entry["tl_dots"]):
+        found += _tensor_core_problems(arch, sass)
+    return found
+
+
+def _tensor_core_problems(arch: int, sass: dict) -> list[str]:
+    """16-bit matmuls must run on the architecture's fast tensor-core path."""
+    if arch == 90:
+        narrow = {shape: n for shape, n in sass["HGMMA"].items() if int(shape.split("x")[1]) < 64}
+        return ([f"16-bit matmuls without HGMMA (HMMA {sass['HMMA']})"] if not sass["HGMMA"] else []) + \
+               ([f"HMMA (mma.sync) in an sm_90 16-bit kernel: {sass['HMMA']}"] if sass["HMMA"] else []) + \
+               ([f"HGMMA narrower than N=64: {narrow}"] if narrow else [])
+    if arch == 100 and not (sass["UTCHMMA"] or sass["HMMA"]):
+        return ["16-bit matmuls without tensor-core instructions (no UTCHMMA, no HMMA)"]
+    if arch == 80 and not sass["HMMA"]:
+        return ["16-bit matmuls without HMMA (mma.sync)"]
+    return []
+
+
+# ---------------------------------------------------------------------------------------------- many
+
+@functools.cache
+def _shipped(module: str, arch: int) -> list[CompileSpec]:
+    return list(importlib.import_module(module).shipped_configurations(arch))
+
+
+def _count(module: str, arch: int) -> int:
+    return len(_shipped(module, arch))
+
+
+def _failure(spec_or_entry, arch: int, error: Exception) -> dict:
+    return {"module": spec_or_entry["module"], "kernel": spec_or_entry["kernel"], "label": spec_or_entry["label"],
+            "arch": arch, "error": f"{type(error).__name__}: {error}"}
+
+
+def _report_one(module: str, arch: int, index: int) -> dict:
+    spec = _shipped(module, arch)[index]
+    try:
+        if getattr(importlib.import_module(module), spec.kernel, None) is not spec.fn:
+            raise LookupError(f"{module}.{spec.kernel} is not the shipped kernel: the report could not be recompiled by name")
+        return compile_report(spec, arch)
+    except Exception as error:  # one configuration failing must not hide the others' reports
+        return _failure({"module": module, "kernel": spec.kernel, "label": spec.label}, arch, error)
+
+
+def _recompile_one(entry: dict) -> dict:
+    try:
+        return compile_report(spec_from_entry(entry), entry["arch"])
+    except Exception as error:  # as in _report_one
+        return _failure(entry, entry["arch"], error)
+
+
+def _without_interpreter() -> None:
+    # Under TRITON_INTERPRET=1 @triton.jit makes interpreted functions, which cannot be compiled;
+    # it is read when a kernel module is imported, which happens after this in a fresh worker.
+    os.environ.pop("TRITON_INTERPRET", None)
+
+
+def _workers(jobs: int) -> ProcessPoolExecutor:
+    """Fresh interpreters without TRITON_INTERPRET, so compiling works from the interpreted tests too."""
+    return ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_without_interpreter)
+
+
+def report(modules=KERNEL_MODULES, archs=ARCHS, jobs: int = 2) -> list[dict]:
+    """Compiles every shipped configuration of `modules` for each arch in `jobs` worker processes.
+    Entries come in (module, arch, shipped order) order; a failed compile gives an entry with an
+    `error` instead of the measurements."""
+    for arch in archs:
+        if arch not in DEVICE_LIMITS:
+            raise ValueError(f"archs must be among {sorted(DEVICE_LIMITS)} (got {arch!r})")
+    groups = [(module, arch) for module in modules for arch in archs]
+    with _workers(jobs) as pool:
+        counts = list(pool.map(_count, *zip(*groups)))
+        futures = [pool.submit(_report_one, module, arch, index)
+                   for (module, arch), count in zip(groups, counts) for index in range(count)]
+        return [future.result() for future in futures]
+
+
+def recompile(entries: list[dict], jobs: int = 2) -> list[dict]:
+    """Report entries compiled again from their JSON fields alone (spec_from_entry), as a reader of
+    the report would check it, in `jobs` worker processes."""
+    with _workers(jobs) as pool:
+        return list(pool.map(_recompile_one, entries))
+
+
+def labels(modules=KERNEL_MODULES, archs=ARCHS) -> list[tuple[str, int, str]]:
+    """(module, arch, label) of every shipped configuration, in report order, from one fresh
+    interpreter without TRITON_INTERPRET (kernel modules cannot build specs under the interpreter)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run(
-        [sys.executable, "-m", "fastscale.kernels.aot", module_name], env=env, check=True, capture_output=True, text=True
-    ).stdout
-    return json.loads(out)
+    command = [sys.executable, "-m", "fastscale.kernels.aot", "--labels", "--arch", *map(str, archs), "--", *modules]
+    out = subprocess.run(command, env=env, check=True, capture_output=True, text=True).stdout
+    return [tuple(item) for item in json.loads(out)]
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+def _row(entry: dict) -> str:
+    head = f"sm_{entry['arch']} {entry['module'].rsplit('.', 1)[-1]} {entry['label']}"
+    if "error" in entry:
+        return f"{head}: ERROR {entry['error']}"
+    sass = {k: v for k, v in entry["sass"].items() if v}
+    trouble = problems(entry)
+    return (f"{head}: {entry['registers']} regs, {entry['spill_bytes']} B spilled, {entry['shared_bytes']} B shared, "
+            f"{entry['ctas_per_sm']} CTA/SM, {sass}" + (f"  PROBLEMS: {'; '.join(trouble)}" if trouble else ""))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fastscale.kernels.aot", description=__doc__.split("\n\n")[0])
+    parser.add_argument("modules", nargs="*", default=list(KERNEL_MODULES), metavar="MODULE",
+                        help=f"kernel modules with shipped_configurations(arch) (default: {' '.join(KERNEL_MODULES)})")
+    parser.add_argument("--arch", type=int, nargs="+", choices=sorted(DEVICE_LIMITS), default=list(ARCHS),
+                        help="compute capabilities to compile for (default: all)")
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print the report as a JSON list (one object per configuration)")
+    output.add_argument("--labels", action="store_true", help="print [module, arch, label] of each configuration; compile nothing")
+    parser.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
+    args = parser.parse_args(argv)
+    _without_interpreter()
+    if args.labels:
+        json.dump([[m, a, s.label] for m in args.modules for a in args.arch for s in _shipped(m, a)], sys.stdout)
+        return 0
+    entries = report(args.modules, args.arch, args.jobs)
+    if args.json:
+        json.dump(entries, sys.stdout, indent=1)
+        print()
+    else:
+        print("\n".join(map(_row, entries)))
+    return 1 if any("error" in entry for entry in entries) else 0
 
 
 if __name__ == "__main__":
-    json.dump(report_module(sys.argv[1]), sys.stdout, indent=1)
+    sys.exit(main())
