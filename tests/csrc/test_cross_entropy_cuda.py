@@ -2,7 +2,7 @@
 
 Without a GPU only the Python layer can run: test_python_layer_* replace fastscale._C with a CPU stand-in
 that computes the kernels' contract on the memory behind the pointers it is given, which checks the
-chunking, pointer offsets, arguments and the torch matmuls around the kernels. The kernels themselves
+chunking, pointer offsets, arguments, the token gradients' scaling and the torch matmuls around the kernels. The kernels themselves
 are checked by the tests marked requires_gpu, which skip on a machine without a CUDA device.
 """
 
@@ -78,6 +78,7 @@ class FakeExtension:
 
     def __init__(self):
         self.chunks = []
+        self.token_grads = []
 
     def cross_entropy_forward(self, **kwargs):
         self._run(kwargs, token_grad=None)
@@ -101,6 +102,7 @@ class FakeExtension:
         _tensor_at(a["lse"], rows, torch.float32).copy_(lse)
         if token_grad is not None:
             grad = _tensor_at(token_grad, rows, torch.float32)
+            self.token_grads.append(grad.clone())
             z.copy_(cross_entropy_torch._logit_grad_(capped, lse, targets, grad, opts, cap_derivative))
         self.chunks.append(rows)
 
@@ -140,6 +142,36 @@ def test_python_layer_matches_reference(fake_extension, options, reduction, with
     torch.testing.assert_close(lse.double(), ref_lse.detach(), rtol=1e-5, atol=1e-5)
     for name, leaf, ref in zip(("hidden", "weight", "bias"), leaves, ref_leaves):
         assert_close_grads(leaf.grad, ref.grad, torch.float32, name)
+
+
+def test_python_layer_float16_keeps_small_probabilities(fake_extension, monkeypatch):
+    """At 32k tokens with reduction "mean" and a loss scale, the kernel is handed the token gradients
+    divided by their maximum (so it writes O(p) into the float16 chunk rather than p / 32768, which
+    float16 flushes to 0 below p ~ 2e-3), and the float32 gradients are multiplied back. The classes
+    that are never a target have d bias and d weight[:, 0] (hidden[:, 0] is 1) made of p ~ 1e-4..1e-6
+    alone: they match float64 within 1%. CPU torch has no float16 x float16 -> float32 matmul, so the
+    products are emulated as tensor cores compute them: float32 products, float32 sums."""
+    monkeypatch.setattr(cross_entropy_cuda, "chunk_rows", lambda vocab, dtype: 4096)
+    monkeypatch.setattr(cross_entropy_cuda, "_add_product_", lambda acc, a, b: acc.add_(a.float() @ b.float()))
+    n, vocab, d, frequent, loss_scale = 32768, 37, 13, 4, 1024.0
+    hidden = torch.randn(n, d)
+    hidden[:, 0] = 1.0
+    weight = torch.randn(vocab, d) * 0.5 / d**0.5
+    bias = torch.cat([3.0 + 0.1 * torch.randn(frequent), torch.linspace(-4.8, -9.4, vocab - frequent)])
+    targets = torch.randint(0, frequent, (n,))
+    targets[::50] = -100
+    leaves = [t.half().requires_grad_() for t in (hidden, weight, bias)]
+    (linear_cross_entropy(leaves[0], leaves[1], targets, bias=leaves[2], backend="cuda") * loss_scale).backward()
+    handed = torch.cat(fake_extension.token_grads)
+    assert torch.equal(handed, (targets != -100).float()), "the kernel must get token_grad / max|token_grad|"
+    refs = [t.detach().double().requires_grad_() for t in leaves]
+    reference(refs[0], refs[1], targets, refs[2])[0].backward()
+    rare = slice(frequent, None)
+    assert refs[2].grad[rare].abs().min() < 2e-6
+    torch.testing.assert_close(leaves[2].grad[rare].double() / loss_scale, refs[2].grad[rare], rtol=1e-2, atol=0)
+    torch.testing.assert_close(leaves[1].grad[rare, 0].double() / loss_scale, refs[1].grad[rare, 0], rtol=1e-2, atol=0)
+    row_error = (leaves[0].grad.double() / loss_scale - refs[0].grad).abs().amax(dim=1)
+    assert (row_error <= 1e-2 * refs[0].grad.abs().amax(dim=1)).all()
 
 
 # --- the kernels, on a GPU ---------------------------------------------------------------------------

@@ -2,8 +2,11 @@
 
 Per chunk of tokens (the torch backend's chunking), torch computes the logits chunk in the input dtype
 (hidden @ weight.T + bias, one GEMM with the bias fused); fastscale._C turns it into per-token losses and
-logsumexps and, for gradients, overwrites it in place with d loss / d logits; torch then computes
-d hidden = dz @ weight and accumulates d weight += dz.T @ hidden and d bias += sum(dz) in float32.
+logsumexps and, for gradients, overwrites it in place with dz = d loss / d logits for the token gradients
+divided by s = max|token_grad| (so 16-bit dz entries are O(softmax probabilities) and small ones survive
+the cast); torch then computes d hidden = dz @ weight and accumulates d weight += dz.T @ hidden and
+d bias += sum(dz), all in float32 (16-bit operands multiply on tensor cores straight into float32), and
+multiplies them by s. The gradients are returned in float32, as the op expects of every backend.
 Peak extra memory is one logits chunk in the input dtype plus a small workspace.
 
 Unlike the torch reference, which adds the bias after rounding the matmul to the input dtype, the
@@ -17,7 +20,7 @@ import math
 import torch
 
 from ._checks import FLOAT_DTYPES
-from .cross_entropy_torch import LossOptions, chunk_rows
+from .cross_entropy_torch import LossOptions, chunk_rows, normalize_token_grad
 
 try:
     from fastscale import _C
@@ -55,22 +58,25 @@ def forward(hidden, weight, bias, targets, opts: LossOptions):
 
 
 def gradients(hidden, weight, bias, targets, token_grad, opts: LossOptions):
-    """Gradients (d hidden, d weight, d bias or None) of sum(token_grad * loss), with the per-token
-    losses and logsumexps computed on the way: one pass over the logits, chunk by chunk."""
+    """Gradients (d hidden, d weight, d bias or None) of sum(token_grad * loss) in float32, with the
+    per-token losses and logsumexps computed on the way: one pass over the logits, chunk by chunk."""
     loss, lse = _outputs(hidden)
     targets = targets.contiguous()
-    token_grad = token_grad.to(device=hidden.device, dtype=torch.float32).contiguous()
-    d_hidden = torch.empty_like(hidden)
+    token_grad, scale = normalize_token_grad(token_grad.to(device=hidden.device, dtype=torch.float32))
+    d_hidden = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device)
     d_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
     d_bias = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if bias is not None else None
     for s in _chunks(hidden.shape[0], weight.shape[0], hidden.dtype):
         dz = _logits(hidden[s], weight, bias)
         _launch(_C.cross_entropy_backward, dz, targets[s], loss[s], lse[s], opts, token_grad=token_grad[s])
-        d_hidden[s] = dz @ weight
+        _add_product_(d_hidden[s], dz, weight)
         _add_product_(d_weight, dz.T, hidden[s])
         if d_bias is not None:
             d_bias += dz.sum(dim=0, dtype=torch.float32)
-    return d_hidden, d_weight.to(weight.dtype), None if d_bias is None else d_bias.to(bias.dtype), loss, lse
+    for grad in (d_hidden, d_weight, d_bias):
+        if grad is not None:
+            grad.mul_(scale)
+    return d_hidden, d_weight, d_bias, loss, lse
 
 
 def _outputs(hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
