@@ -145,25 +145,30 @@ def test_python_layer_matches_reference(fake_extension, options, reduction, with
 
 
 def test_python_layer_float16_keeps_small_probabilities(fake_extension, monkeypatch):
-    """At 32k tokens with reduction "mean" and a loss scale, the kernel is handed the token gradients
-    divided by their maximum (so it writes O(p) into the float16 chunk rather than p / 32768, which
-    float16 flushes to 0 below p ~ 2e-3), and the float32 gradients are multiplied back. The classes
-    that are never a target have d bias and d weight[:, 0] (hidden[:, 0] is 1) made of p ~ 1e-4..1e-6
-    alone: they match float64 within 1%. CPU torch has no float16 x float16 -> float32 matmul, so the
-    products are emulated as tensor cores compute them: float32 products, float32 sums."""
+    """See check_float16_small_probabilities. CPU torch has no float16 x float16 -> float32 matmul, so
+    the products are emulated as tensor cores compute them: float32 products, float32 sums."""
     monkeypatch.setattr(cross_entropy_cuda, "chunk_rows", lambda vocab, dtype: 4096)
     monkeypatch.setattr(cross_entropy_cuda, "_add_product_", lambda acc, a, b: acc.add_(a.float() @ b.float()))
+    targets = check_float16_small_probabilities("cpu")
+    handed = torch.cat(fake_extension.token_grads)
+    assert torch.equal(handed, (targets != -100).float()), "the kernel must get token_grad / max|token_grad|"
+
+
+def check_float16_small_probabilities(device) -> torch.Tensor:
+    """At 32k tokens with reduction "mean" and a loss scale, the kernel must be handed the token
+    gradients divided by their maximum (so it writes O(p) into the float16 chunk rather than p / 32768,
+    which float16 flushes to 0 below p ~ 2e-3), and the float32 gradients multiplied back. The classes
+    that are never a target have d bias and d weight[:, 0] (hidden[:, 0] is 1) made of p ~ 1e-4..1e-6
+    alone: they must match float64 within 1%. Returns the targets."""
     n, vocab, d, frequent, loss_scale = 32768, 37, 13, 4, 1024.0
     hidden = torch.randn(n, d)
     hidden[:, 0] = 1.0
     weight = torch.randn(vocab, d) * 0.5 / d**0.5
     bias = torch.cat([3.0 + 0.1 * torch.randn(frequent), torch.linspace(-4.8, -9.4, vocab - frequent)])
-    targets = torch.randint(0, frequent, (n,))
+    targets = torch.randint(0, frequent, (n,), device=device)
     targets[::50] = -100
-    leaves = [t.half().requires_grad_() for t in (hidden, weight, bias)]
+    leaves = [t.to(device, torch.float16).requires_grad_() for t in (hidden, weight, bias)]
     (linear_cross_entropy(leaves[0], leaves[1], targets, bias=leaves[2], backend="cuda") * loss_scale).backward()
-    handed = torch.cat(fake_extension.token_grads)
-    assert torch.equal(handed, (targets != -100).float()), "the kernel must get token_grad / max|token_grad|"
     refs = [t.detach().double().requires_grad_() for t in leaves]
     reference(refs[0], refs[1], targets, refs[2])[0].backward()
     rare = slice(frequent, None)
@@ -172,6 +177,7 @@ def test_python_layer_float16_keeps_small_probabilities(fake_extension, monkeypa
     torch.testing.assert_close(leaves[1].grad[rare, 0].double() / loss_scale, refs[1].grad[rare, 0], rtol=1e-2, atol=0)
     row_error = (leaves[0].grad.double() / loss_scale - refs[0].grad).abs().amax(dim=1)
     assert (row_error <= 1e-2 * refs[0].grad.abs().amax(dim=1)).all()
+    return targets
 
 
 # --- the kernels, on a GPU ---------------------------------------------------------------------------
@@ -236,6 +242,12 @@ def check_kernels(dtype, vocab, splits, aligned, options):
     outside = torch.ones_like(buffer, dtype=torch.bool)
     outside[:, offset:offset + vocab] = False
     assert torch.equal(buffer[outside], padding[outside]), "the kernels wrote outside the logits"
+
+
+@requires_gpu
+def test_backend_float16_keeps_small_probabilities():
+    _extension()
+    check_float16_small_probabilities("cuda")
 
 
 @requires_gpu
