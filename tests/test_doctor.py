@@ -82,6 +82,8 @@ def test_triton_backends_are_checked_under_the_interpreter(quick_run):
         assert report["backends"][op]["triton"]["runs"] == system.INTERPRETER
         checks = [c for c in report["checks"] if c["op"] == op and c["backend"] == "triton"]
         assert checks and all(c["status"] == "passed" for c in checks), checks
+        assert {c["device"] for c in checks} == {"cpu (Triton interpreter)"}
+        assert {c["dtype"] for c in checks} == ({"float32", "float16"} if op == "linear_cross_entropy" else {"float16"})
 
 
 def test_benchmark_times_the_torch_backends_beside_the_baselines(quick_run):

@@ -86,7 +86,7 @@ def _interpreted_checks(pairs: list[str], *, quick: bool) -> list[numerics.Check
 
 def _interpreter_error(pair: str, reason: str) -> numerics.CheckResult:
     op, backend = pair.split("=")
-    return numerics.CheckResult(op, backend, "cpu", "-", "-", "error", reason=f"Triton interpreter: {reason}")
+    return numerics.CheckResult(op, backend, "cpu (Triton interpreter)", "-", "-", "error", reason=reason)
 
 
 # ------------------------------------------------------------------------------------ text
@@ -139,7 +139,7 @@ def _render_benchmark(bench: dict) -> str:
         speedup = f"{r['speedup_vs_baseline']:.2f}x" if r["speedup_vs_baseline"] else "-"
         throughput = f"{r['tflops']:.0f} TFLOP/s" if "tflops" in r else f"{r['gflops']:.1f} GFLOP/s"
         rows.append([r["name"], f"{r['median_s'] * 1e3:.2f}", speedup, throughput, f"{r['peak_bytes'] / 2**20:.0f}", ""])
-    header = ["method", "median ms", "vs first", "throughput", "peak MiB", "note"]
+    header = ["method", "median ms", "speed vs first row", "throughput", "peak MiB", "note"]
     return f"speed: {bench['op']}, {bench['problem']}\n" + harness.format_table(header, rows)
 
 

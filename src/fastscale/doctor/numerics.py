@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -221,7 +221,7 @@ def main(argv: list[str]) -> int:
         op, backend = pair.split("=")
         backends.setdefault(op, []).append(backend)
     results = run_checks(backends, device, quick=quick == "1", interpreted=True)
-    Path(out).write_text(json.dumps([asdict(r) for r in results]))
+    Path(out).write_text(json.dumps([asdict(replace(r, device=f"{device} (Triton interpreter)")) for r in results]))
     return 0
 
 
