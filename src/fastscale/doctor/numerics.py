@@ -82,17 +82,19 @@ def verdict(op, backend, device, dtype, shape, names, ours, reference, bounds) -
 # ------------------------------------------------------------------------------------ cross-entropy
 
 
-def cross_entropy_reference(hidden, weight, bias, targets, *, math_dtype, ignore_index, label_smoothing, z_loss, softcap):
-    """Per-token losses and logsumexps from the definitions on the full logits: F.linear in the
-    inputs' dtype, the rest in math_dtype."""
+def cross_entropy_reference(hidden, weight, bias, targets, *, math_dtype, reduction, ignore_index, label_smoothing, z_loss, softcap):
+    """Losses (per token, or their mean over valid tokens) and logsumexps from the definitions on the
+    full logits: F.linear in the inputs' dtype, the rest in math_dtype."""
     z = F.linear(hidden, weight, bias).to(math_dtype)
     z = softcap * torch.tanh(z / softcap)
     lse = torch.logsumexp(z, dim=-1)
     log_probs = z - lse[:, None]
     valid = targets != ignore_index
     nll = -log_probs.gather(-1, torch.where(valid, targets, 0)[:, None])[:, 0]
-    loss = (1 - label_smoothing) * nll - label_smoothing * log_probs.mean(dim=-1) + z_loss * lse**2
-    return torch.where(valid, loss, 0.0), lse
+    loss = torch.where(valid, (1 - label_smoothing) * nll - label_smoothing * log_probs.mean(dim=-1) + z_loss * lse**2, 0.0)
+    if reduction == "mean":
+        loss = loss.sum() / valid.sum().clamp(min=1)
+    return loss, lse
 
 
 def _loss_and_gradients(fn, inputs, targets, upstream):
@@ -102,21 +104,21 @@ def _loss_and_gradients(fn, inputs, targets, upstream):
     return [loss.detach(), lse.detach(), *grads]
 
 
-def check_cross_entropy(backend: str, device: str, dtype: torch.dtype, tokens: int, vocab: int, d: int) -> CheckResult:
+def check_cross_entropy(backend: str, device: str, dtype: torch.dtype, tokens: int, vocab: int, d: int, reduction: str) -> CheckResult:
     hidden = (torch.randn(tokens, d) / d**0.25).to(dtype)
     weight = (torch.randn(vocab, d) / d**0.25).to(dtype)
     bias = torch.randn(vocab).to(dtype)
     targets = torch.randint(0, vocab, (tokens,))
     targets[torch.rand(tokens) < 0.2] = CROSS_ENTROPY_OPTIONS["ignore_index"]
-    upstream = torch.randn(tokens, dtype=torch.float64)
-    shape = f"tokens {tokens}, V {vocab}, d {d}"
+    upstream = torch.randn(tokens if reduction == "none" else (), dtype=torch.float64)
+    shape = f"tokens {tokens}, V {vocab}, d {d}, reduction {reduction}"
     on_device = [x.to(device) for x in (hidden, weight, bias)]
 
     def ours(h, w, b, t):
-        return linear_cross_entropy(h, w, t, bias=b, reduction="none", return_lse=True, backend=backend, **CROSS_ENTROPY_OPTIONS)
+        return linear_cross_entropy(h, w, t, bias=b, reduction=reduction, return_lse=True, backend=backend, **CROSS_ENTROPY_OPTIONS)
 
     def definition(math_dtype):
-        return lambda h, w, b, t: cross_entropy_reference(h, w, b, t, math_dtype=math_dtype, **CROSS_ENTROPY_OPTIONS)
+        return lambda h, w, b, t: cross_entropy_reference(h, w, b, t, math_dtype=math_dtype, reduction=reduction, **CROSS_ENTROPY_OPTIONS)
 
     try:
         got = _loss_and_gradients(ours, on_device, targets.to(device), upstream)
@@ -180,7 +182,8 @@ def planned_checks(backends: dict[str, list[str]], device: str, quick: bool, int
     """(function, arguments) of every check: op -> backends to check on `device`. Shapes are small
     and odd so that tile edges and masks are exercised; the interpreter gets the smallest ones."""
     gpu = device.startswith("cuda")
-    ce_shapes = [(37, 253, 29)] if quick or interpreted else [(37, 253, 29), (129, 4099, 96)]
+    # The mean is the training path (the gradient is computed in the forward); "none" checks each token.
+    ce_shapes = [(37, 253, 29, "mean")] if quick or interpreted else [(37, 253, 29, "mean"), (129, 4099, 96, "none")]
     attention_shapes = [([5, 19, 1], 4, 2, 32)] if quick or interpreted else [([5, 19, 1], 4, 2, 32), ([70, 129], 6, 3, 64)]
     for backend in backends.get("linear_cross_entropy", []):
         for dtype in _cross_entropy_dtypes(gpu, interpreted):
