@@ -3,7 +3,7 @@ targets, without the [tokens, V] logits. Validation, the autograd Function and b
 here; the math lives in the backends:
 
 - "torch":  ops/cross_entropy_torch.py, chunked over tokens (the CPU path and the readable reference)
-- "triton": kernels/cross_entropy.py, matmul fused with an online logsumexp; no logits buffer at all
+- "triton": kernels/cross_entropy.py, Triton GEMMs with the softmax fused in (its docstring has the design)
 - "cuda":   ops/cross_entropy_cuda.py over csrc/, torch matmuls in chunks + a CUDA softmax epilogue
 
 Every backend module provides
