@@ -17,6 +17,19 @@ Backward, deterministic (no atomics, fixed summation order):
 Recomputing the probabilities in both 2 and 3 costs one extra pair of matmuls over FA2's atomic dQ,
 the price of determinism. Tile base addresses are 64-bit, so total * H * D may exceed 2^31.
 Inputs are bfloat16 or float16 (tensor-core operands); accumulation, softmax and lse are fp32.
+
+Tiles come from per-architecture tables (TILES, with the reasoning beside them), picked by the
+device's compute capability; any head dim up to 256 runs at the next power-of-two tile width, its
+padded columns loaded as zeros under a mask. Tiles are loaded with pointer arithmetic and cp.async,
+not TMA tensor descriptors, on every architecture. Descriptors made in the kernel
+(tl.make_tensor_descriptor) could express a packed document's bounds (shape = the document's length:
+TMA zero-fills past it) and the padded columns, and they were tried on the sm_90 dK/dV kernel at d128,
+64x128, 2 stages: spills fell from 144 to 32 B but did not vanish; each descriptor costs a global
+write and a tensormap fence (fence.proxy.tensormap::generic.acquire.gpu, release.gpu), and Triton
+needs triton.set_allocator for their scratch at every launch: not worth it without the spill gone.
+Host descriptors (triton.tools.tensor_descriptor) have one shape for the whole packed tensor, so they
+cannot stop at a document's end. A GPU measurement should decide the next step (TMA with warp
+specialization, as FlashAttention-3 does).
 """
 
 from __future__ import annotations
@@ -78,13 +91,58 @@ TILES = {
     # sm_100 (B200): tcgen05 MMAs accumulate in tensor memory (UTCHMMA in SASS).
     100: {
         ("forward", 32): (128, 128, 8, 3), ("forward", 64): (128, 128, 8, 3),
-        ("forward", 128): (128, 128, 8, 2), ("forward", 256): (128, 64, 8, 1),
+        ("forward", 128): (128, 64, 8, 3), ("forward", 256): (128, 32, 8, 2),
         ("dkdv", 32): (64, 128, 8, 3), ("dkdv", 64): (64, 128, 8, 3),
         ("dkdv", 128): (64, 128, 8, 1), ("dkdv", 256): (16, 32, 4, 1),
         ("dq", 32): (128, 128, 8, 3), ("dq", 64): (128, 128, 8, 3),
-        ("dq", 128): (128, 64, 8, 3), ("dq", 256): (128, 64, 8, 1),
+        ("dq", 128): (128, 64, 8, 3), ("dq", 256): (128, 32, 8, 1),
     },
 }
+# Why these tiles (Triton 3.9, compiled with the launch specialization; registers, shared bytes and
+# SASS read with ptxas -v and cuobjdump -sass; B = bytes):
+#
+# Registers decide everything. One CTA of 8 warps may use all 64K registers (255 per thread); the fp32
+# accumulators alone take BLOCK x width x 4 B: the forward's O tile at 128 x 128 is 64 KB (64 regs per
+# thread at 8 warps), the dK + dV tiles at 128 keys x 128 are 128 KB (128 regs), plus the fp32
+# score, probability and dP tiles (32 regs each at 128 x 64). So every wide tile runs one CTA per SM,
+# and latency is hidden by cp.async stages, not by other CTAs.
+#
+# sm_90. Every main matmul (QK^T, PV; in the backward K Q^T, V dO^T, P^T dO, dS^T Q; S, dP, dS K) is
+# wgmma at every width but 256's dK/dV, with N = BLOCK_N, BLOCK_M or the width (>= 64 but at width 32,
+# where N is the head dim itself: padding 32 to 64 would double the MMA work of a kernel that the
+# exp2 units bound anyway). The matmuls whose left operand is a probability tile take it from
+# registers (HGMMA ... R, gdesc), the others from shared memory. Before these tables (one 128x64 tile
+# at 8 warps for every forward; 32-query dK/dV tiles) the backward compiled to HGMMA.64x16x16 and
+# 64x32x16 and dQ at d128 waited on every wgmma (28 WARPGROUP.DEPBAR); now (batched causal bf16):
+#   forward d64  128x128 w8 s3: 211 regs, 115712 B, HGMMA.64x128x16 (QK^T) + 64x64x16 (PV)
+#   forward d128 128x128 w8 s2: 255 regs, 164864 B, HGMMA.64x128x16 for both (3 stages: 230 KB and
+#                8 B of stack; 128x64 s3 fits in 207 regs but halves the QK^T width)
+#   forward d256 128x64  w8 s1: 254 regs,  99328 B, 64x64x16 + 64x256x16; 2 stages leave 8 B of stack,
+#                64-query tiles spill (4 warps) or split N to 32 (8 warps)
+#   dkdv d64     64x128  w8 s3: 241 regs,  83968 B, HGMMA.64x64x16 for all four
+#   dkdv d128    64x128  w8 s1: 255 regs,  99328 B, 64x64x16 (K Q^T, V dO^T) + 64x128x16 (dV, dK).
+#                With 2 stages it spills 144 B (the query tiles' pointers and the lse/delta vectors,
+#                broadcast along columns in this transposed layout, 32 regs); 32-query tiles fit in
+#                2 stages (250 regs) but give HGMMA.64x32x16; 64 keys at 4 warps spill 400 B.
+#   dkdv d256    16x32   w4 s1: mma.sync. wgmma does not fit: its smallest key tile (64 rows) needs
+#                dK + dV = 128 KB of fp32 accumulators, half the register file, and every 64-key
+#                tile tried spills (64x64 w8 268 B, 128x64 w8 1684 B, 64x64 w4 3708 B).
+#   dq d64       128x128 w8 s3: 222 regs, 132096 B, 64x128x16 (S, dP) + 64x64x16 (dS K)
+#   dq d128      128x64  w8 s3: 211 regs, 164864 B, 64x64x16 + 64x128x16, 3 wgmma waits per loop;
+#                128x128 spills 24 B
+#   dq d256      128x64  w8 s1: 254 regs, 197632 B, 64x64x16 + 64x256x16
+# Width 32 takes the width-64 tiles (fewer registers, same shapes).
+#
+# sm_100. Triton 3.9 puts every matmul on tcgen05 (UTCHMMA) with the accumulator in tensor memory,
+# but it copies accumulators to registers for the softmax and the rescale, so register use is like
+# sm_90's or higher: the sm_90 tiles fit except forward d128 (128x128 s2: 40 B of stack; 128x64 s3
+# uses 236 regs), forward d256 and dq d256 (128x64: spills; 128x32 fits, forward with 2 stages);
+# dK/dV at 256 stays on mma.sync as on sm_90.
+#
+# sm_80. mma.sync m16n8k16 has no M granularity to meet; the tiles are the earlier table's (the
+# largest of a few tried that compile with no spill): 128x64 forward tiles at 8 warps, 3 stages (255
+# regs at d128); the backward's 32 queries x 128 keys (d <= 64) and 32 x 64 (d128); d256 at 16-32 row
+# tiles, 1 stage. Not re-tuned here.
 CONFIGS = {arch: {key: KernelConfig(*tiles) for key, tiles in table.items()} for arch, table in TILES.items()}
 # Under the interpreter programs run one after another on the CPU: big tiles mean few of them.
 # Unequal tiles keep the query/key range logic honest, as in the shipped configurations.

@@ -36,8 +36,8 @@ def attention(q, k, v, *, causal=True, cu_seqlens=None, max_seqlen=None, window=
     causal: query i sees keys j <= i. window=W: query i sees key j only if i - W < j (and j < i + W
     when not causal), so at most W keys on its left, itself included (flash-attn's
     window_size=(W-1, 0) when causal, (W-1, W-1) when not). scale defaults to 1/sqrt(D).
-    backend: "auto" (on CUDA tensors triton when it supports them: bfloat16/float16, head dims 32,
-    64, 96, 128, 256; else flash_attn if installed and able; else torch. On CPU torch), "triton",
+    backend: "auto" (on CUDA tensors triton when it supports them: bfloat16/float16, any head dim
+    up to 256; else flash_attn if installed and able; else torch. On CPU torch), "triton",
     "flash_attn" or "torch". Returns a tensor shaped and typed like q.
     """
     check_choice("backend", backend, BACKENDS)
