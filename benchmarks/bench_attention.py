@@ -7,6 +7,9 @@ batch of uneven documents and packed against unpacked equal lengths (below).
 On a CPU: the torch path on a packed batch of uneven documents against SDPA with a dense
 document mask and FlexAttention with a document block mask, and packed against unpacked.
 Times are medians; ratios are against a baseline measured in the same process.
+Without a GPU it also prints the ESTIMATED H100/A100 speed of the Triton kernels at d 128, T 8k,
+causal, B 2, H 16 and at this run's head dim (kernels/roofline.py, from the compiled kernels; nothing
+measured on a GPU), beside published FlashAttention-2/3 and Triton numbers.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from fastscale.benchmarks import harness
-from fastscale.ops import attention
+from fastscale.kernels import roofline
+from fastscale.ops import _auto, attention
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +123,20 @@ def flex_document(lengths, causal: bool, device):
                        block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1])
         return out[0].transpose(0, 1)
     return run, build_s
+
+
+def estimates(head_dim: int) -> list:
+    """Roofline estimates of the Triton kernels (bf16, causal, B 2 x T 8192, H*d 2048: flash-attn's
+    16k-token setup) forward and forward+backward on H100 and A100, at d 128 and this run's d."""
+    out = []
+    for d in dict.fromkeys([128, head_dim]):
+        heads = 2048 // d
+        for gpu in (roofline.H100_SXM, roofline.A100_SXM):
+            for passes in ("fwd", "fwd+bwd"):
+                launches = _auto.triton_attention_launches(2, 8192, heads, d, True, gpu, backward=passes != "fwd")
+                work = flops([8192] * 2, heads, d, causal=True, passes=passes)
+                out.append(roofline.estimate(f"fastscale triton {passes}", f"B 2, T 8192, H {heads}, d {d}, causal, bf16", gpu, work, launches))
+    return out
 
 
 def flash_attn_available() -> bool:
@@ -276,4 +294,5 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nresults written to {args.json}")
     if not gpu:
         print(harness.no_gpu_notice(GOAL))
+        print(harness.estimate_section(estimates(args.head_dim), roofline.ATTENTION_ANCHORS))
     return 0

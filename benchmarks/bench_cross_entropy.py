@@ -6,6 +6,9 @@ from the same inputs in the same process. Reported: median wall time, the peak m
 inputs, and the peak beyond the inputs and the gradients (dX, dW) every method must hold, with
 ratios against eager PyTorch (full logits). FLOPs: 6 * tokens * d * V (the two matmuls of the
 forward logits and of the backward, no recomputation counted).
+Without a GPU it also prints the ESTIMATED H100/A100 time of the triton and cuda backends at this
+shape and at the GPU goal's (kernels/roofline.py, from the compiled kernels; nothing measured on a
+GPU), beside published numbers of Liger-Kernel and Cut Cross-Entropy.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from fastscale.benchmarks import harness
-from fastscale.ops import linear_cross_entropy
+from fastscale.kernels import roofline
+from fastscale.ops import _auto, linear_cross_entropy
 
 GPU_GOAL = ">= 60% of 989 TFLOP/s at 32k tokens, V 128k, d 4096 bf16 on an H100, with megabytes of extra memory"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -62,6 +66,20 @@ def _installed_gpu_baselines() -> dict:
     return methods
 
 
+TARGET_SHAPE = (32768, 131072, 4096)
+
+
+def estimates(tokens: int, vocab: int, d: int) -> list:
+    """Roofline estimates (bf16, forward+backward) of the triton and cuda backends on H100 and A100,
+    at this run's shape and at the GPU goal's."""
+    out = []
+    for n, v, dim in dict.fromkeys([(tokens, vocab, d), TARGET_SHAPE]):
+        for gpu in (roofline.H100_SXM, roofline.A100_SXM):
+            for backend, launches in _auto.cross_entropy_launches(n, v, dim, gpu).items():
+                out.append(roofline.estimate(f"fastscale {backend}", f"N {n}, V {v}, d {dim}, bf16", gpu, flops(n, dim, v), launches))
+    return out
+
+
 def make_step(loss_fn, hidden, weight, targets):
     def step():
         loss = loss_fn(hidden, weight, targets)
@@ -101,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     print(render(results, grad_bytes, flops(args.tokens, args.d, args.vocab), device))
     if device.type != "cuda":
         print(harness.no_gpu_notice(GPU_GOAL))
+        print(harness.estimate_section(estimates(args.tokens, args.vocab, args.d), roofline.CROSS_ENTROPY_ANCHORS))
     harness.write_json(args.out, {
         "benchmark": "cross_entropy", "environment": env, "problem": vars(args), "flops": flops(args.tokens, args.d, args.vocab),
         "gradient_bytes": grad_bytes, "results": [harness.as_record(r) for r in results],

@@ -43,12 +43,13 @@ LIGER = "liger"
 # ---------------------------------------------------------------------------------------------- compiling
 
 
-def _wanted(spec) -> bool:
-    """The configurations the estimates use: bf16, no bias/softcap/window/packing, d 128, causal."""
+def _wanted(spec, every_head_dim: bool) -> bool:
+    """The configurations the estimates use: bf16, no bias/softcap/window/packing, causal, d 128
+    (every head dim for ops/_auto.py's constants)."""
     cx = spec.constexprs
     return ("*bf16" in spec.signature.values()
             and not any(cx.get(k) for k in ("HAS_BIAS", "HAS_SOFTCAP", "WINDOWED", "VARLEN"))
-            and cx.get("HEAD_DIM", ATTENTION_SHAPE["head_dim"]) == ATTENTION_SHAPE["head_dim"]
+            and (every_head_dim or cx.get("HEAD_DIM", ATTENTION_SHAPE["head_dim"]) == ATTENTION_SHAPE["head_dim"])
             and cx.get("CAUSAL", True))
 
 
@@ -70,18 +71,18 @@ def liger_spec():
     return aot.CompileSpec(fn, signature, constexprs, attrs, 32, 3, "liger cross-entropy bf16 BLOCK_SIZE 32768")
 
 
-def _specs(module: str, arch: int) -> list:
+def _specs(module: str, arch: int, every_head_dim: bool) -> list:
     if module == LIGER:
         return [liger_spec()]
-    return [s for s in importlib.import_module(module).shipped_configurations(arch) if _wanted(s)]
+    return [s for s in importlib.import_module(module).shipped_configurations(arch) if _wanted(s, every_head_dim)]
 
 
-def _compile_group(module: str, arch: int, path: str | None) -> list[dict]:
+def _compile_group(module: str, arch: int, path: str | None, every_head_dim: bool) -> list[dict]:
     if path:
         sys.path.insert(0, path)
     from fastscale.kernels import aot
 
-    return [dict(aot.compile_report(spec, arch), module=module) for spec in _specs(module, arch)]
+    return [dict(aot.compile_report(spec, arch), module=module) for spec in _specs(module, arch, every_head_dim)]
 
 
 def _start_worker() -> None:
@@ -89,12 +90,12 @@ def _start_worker() -> None:
     os.environ.pop("TRITON_INTERPRET", None)
 
 
-def compile_reports(modules: list[str], archs=ARCHS, path: str | None = None, jobs: int = 2) -> list[dict]:
+def compile_reports(modules: list[str], archs=ARCHS, path: str | None = None, jobs: int = 2, every_head_dim: bool = False) -> list[dict]:
     """aot report entries of the configurations the estimates use, compiled in `jobs` fresh
     processes; `path` is put first on their sys.path (for modules written out from git)."""
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_start_worker) as pool:
-        groups = [pool.submit(_compile_group, m, a, path) for m in modules for a in archs]
+        groups = [pool.submit(_compile_group, m, a, path, every_head_dim) for m in modules for a in archs]
         return [entry for group in groups for entry in group.result()]
 
 
@@ -215,6 +216,37 @@ def all_estimates(entries: list[dict], modules: dict[str, str], archs=ARCHS) -> 
     return [e for arch in archs for name, module in modules.items() for e in builders[name](module, entries, arch)]
 
 
+def auto_facts(entries: list[dict]) -> dict[int, dict[str, roofline.Compiled]]:
+    """What ops/_auto.py keeps of the compiled kernels, by arch and name ("cross_entropy.logits",
+    "cross_entropy.dx" / "cross_entropy.dw" for the matmul kernel's two layouts,
+    "attention.forward.d128", ...)."""
+    facts = {}
+    for entry in entries:
+        kernel = entry["kernel"].removeprefix("_").removesuffix("_kernel")
+        if entry["module"] == MODULES["cross-entropy"]:
+            if kernel == "matmul":
+                kernel = "dx" if entry["constexprs"]["A_K_CONTIGUOUS"] else "dw"
+            name = f"cross_entropy.{kernel}"
+        elif entry["module"] == MODULES["attention"]:
+            name = f"attention.{kernel}.d{entry['constexprs']['BLOCK_D']}"
+        else:
+            continue
+        facts.setdefault(entry["arch"], {})[name] = roofline.Compiled.from_report(entry)
+    return facts
+
+
+def auto_constants_source(facts: dict[int, dict[str, roofline.Compiled]]) -> str:
+    """The COMPILED literal of ops/_auto.py."""
+    lines = ["COMPILED = {"]
+    for arch in sorted(facts):
+        lines.append(f"    {arch}: {{")
+        for name, c in sorted(facts[arch].items()):
+            lines.append(f"        {name!r}: Compiled({c.kernel!r}, {c.arch}, {c.mma!r}, {c.mma_n}, {c.ctas_per_sm}, {c.num_warps}, {c.gpu_fences}, {c.atomics}),")
+        lines.append("    },")
+    lines.append("}")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------------- output
 
 
@@ -283,11 +315,16 @@ def parse_args(argv):
     parser.add_argument("--write", action="store_true", help="store benchmarks/results/estimates.md and estimates.json")
     parser.add_argument("--before", metavar="REV", help="also estimate the kernel modules at this git revision (e.g. a6f817a)")
     parser.add_argument("--jobs", type=int, default=2, help="compile processes (default 2)")
+    parser.add_argument("--auto-constants", action="store_true",
+                        help="print the COMPILED table of src/fastscale/ops/_auto.py from a fresh compile (every head dim) and stop")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.auto_constants:
+        print(auto_constants_source(auto_facts(compile_reports(list(MODULES.values()), jobs=args.jobs, every_head_dim=True))))
+        return 0
     entries = compile_reports([*MODULES.values(), LIGER], jobs=args.jobs)
     after = all_estimates(entries, MODULES)
     pairs = calibrations(entries)

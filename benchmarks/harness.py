@@ -93,6 +93,19 @@ def no_gpu_notice(goal: str) -> str:
     )
 
 
+def estimate_section(estimates, anchors) -> str:
+    """The roofline estimates (kernels/roofline.py; no GPU measured) as a table, then the published
+    numbers to read them against, each with its source."""
+    from fastscale.kernels import roofline
+
+    header = ["kernel", "shape", "GPU", "est. ms", "est. TFLOP/s", "% of peak", "bound"]
+    rows = [[e.kernel, e.shape, e.gpu.name, f"{e.seconds * 1e3:.2f}", f"{e.tflops:.0f}", f"{e.fraction_of_peak:.0%}", e.bound]
+            for e in estimates]
+    published = [f"  {a.name}: {a.value} on {a.gpu}, {a.setting} [{a.source}]" for a in anchors]
+    return "\n".join([f"{roofline.LABEL} (kernels/roofline.py; benchmarks/results/estimates.md has the calibration):",
+                      format_table(header, rows), "published numbers (measured by their authors, not here):", *published])
+
+
 class _RssSampler:
     """Peak resident memory of this process, sampled every 0.2 ms on a thread (torch ops release
     the GIL). Large tensors are mmapped by glibc and unmapped on free, so RSS follows them."""

@@ -401,23 +401,30 @@ def cross_entropy_atomic(n: int, vocab: int, d: int, tiles: dict, compiled: dict
     return [forward_launch, backward_launch]
 
 
-def liger_fused_linear_cross_entropy(n: int, vocab: int, d: int, ce_kernel: Compiled, gpu: Gpu) -> list[Launch]:
-    """Liger-Kernel's fused linear cross-entropy (liger_kernel/ops/fused_linear_cross_entropy.py), bf16:
-    chunks of next_pow2(ceil(N / ceil(V / d))) tokens; per chunk three cuBLAS GEMMs (logits, dX chunk,
-    dW += grad^T @ X in bf16 with C read and written) around its Triton cross-entropy kernel, one
-    program per token reading the logit row twice and writing the gradient in place (2 exp2 each)."""
-    chunk = min(n, 1 << (math.ceil(n / math.ceil(vocab / d)) - 1).bit_length())
+def cublas_chunks(n: int, vocab: int, d: int, chunk: int, ce_kernel: Compiled, ce_programs: int, grad_elem: int, gpu: Gpu) -> list[Launch]:
+    """Chunked fused linear cross-entropy on cuBLAS (Liger-Kernel's, and the "cuda" backend's): per
+    chunk of tokens the logits GEMM (16-bit out), a cross-entropy kernel of `ce_programs` programs
+    that reads the logit chunk twice and writes the gradient in place (2 exp2 per logit), dX =
+    grad @ W and dW += grad^T @ X with C read and written in grad_elem bytes."""
     launches = []
     for start in range(0, n, chunk):
         c = min(chunk, n - start)
         row_bytes = c * vocab * 2
         launches += [
             cublas_gemm("logits chunk", c, vocab, d, gpu, out_bytes=row_bytes),
-            Launch("cross-entropy kernel chunk", ce_kernel, c, hbm_bytes=3 * row_bytes, exp2=2.0 * c * vocab),
-            cublas_gemm("dX chunk", c, d, vocab, gpu, out_bytes=c * d * 2),
-            cublas_gemm("dW chunk", vocab, d, c, gpu, out_bytes=2 * vocab * d * 2),
+            Launch("cross-entropy kernel chunk", ce_kernel, ce_programs, hbm_bytes=3 * row_bytes, exp2=2.0 * c * vocab),
+            cublas_gemm("dX chunk", c, d, vocab, gpu, out_bytes=2 * c * d * grad_elem),
+            cublas_gemm("dW chunk", vocab, d, c, gpu, out_bytes=2 * vocab * d * grad_elem),
         ]
     return launches
+
+
+def liger_fused_linear_cross_entropy(n: int, vocab: int, d: int, ce_kernel: Compiled, gpu: Gpu) -> list[Launch]:
+    """Liger-Kernel's fused linear cross-entropy (liger_kernel/ops/fused_linear_cross_entropy.py) in
+    bf16: chunks of next_pow2(ceil(N / ceil(V / d))) tokens, one cross-entropy program per token,
+    bf16 gradients (dW accumulated in bf16)."""
+    chunk = min(n, 1 << (math.ceil(n / math.ceil(vocab / d)) - 1).bit_length())
+    return cublas_chunks(n, vocab, d, chunk, ce_kernel, chunk, 2, gpu)
 
 
 def attention_flops(batch: int, heads: int, seqlen: int, head_dim: int, *, causal: bool, backward: bool) -> float:
@@ -520,6 +527,9 @@ def flash_attention2_forward(batch: int, heads: int, seqlen: int, head_dim: int,
     return attention(batch, heads, seqlen, head_dim, head_dim, causal, {"forward": Tile(128, 64, 0)},
                      {"forward": compiled}, gpu, backward=False)
 
+
+CROSS_ENTROPY_ANCHORS = ANCHORS[:4]
+ATTENTION_ANCHORS = ANCHORS[4:]
 
 # Issue 10's targets on an H100, in TFLOP/s, keyed like the estimates' kernel names.
 TARGETS = {
