@@ -121,8 +121,9 @@ TILES = {
 #                64-query tiles spill (4 warps) or split N to 32 (8 warps)
 #   dkdv d64     64x128  w8 s3: 241 regs,  83968 B, HGMMA.64x64x16 for all four
 #   dkdv d128    64x128  w8 s1: 255 regs,  99328 B, 64x64x16 (K Q^T, V dO^T) + 64x128x16 (dV, dK).
-#                With 2 stages it spills 144 B (the query tiles' pointers and the lse/delta vectors,
-#                broadcast along columns in this transposed layout, 32 regs); 32-query tiles fit in
+#                With 2 stages it spills 144 B (by our count the query tiles' pointers and the lse and
+#                delta vectors, broadcast along columns in this transposed layout, 32 regs, tip it
+#                over: dK + dV already take 128 regs per thread); 32-query tiles fit in
 #                2 stages (250 regs) but give HGMMA.64x32x16; 64 keys at 4 warps spill 400 B.
 #   dkdv d256    16x32   w4 s1: mma.sync. wgmma does not fit: its smallest key tile (64 rows) needs
 #                dK + dV = 128 KB of fp32 accumulators, half the register file, and every 64-key
