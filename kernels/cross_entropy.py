@@ -1,15 +1,59 @@
 """Triton kernels for fused linear + softmax cross-entropy; the "triton" backend of
-fastscale.ops.linear_cross_entropy (see ops/cross_entropy_torch.py for the math in plain PyTorch).
+fastscale.ops.linear_cross_entropy (ops/cross_entropy_torch.py has the math in plain PyTorch, and the
+backend contract: forward -> (loss, lse); gradients -> (dh, dw, db, loss, lse) in float32).
 
-Forward: each program takes BLOCK_M tokens and one split of the vocabulary, computes logit tiles
-hidden @ weight.T on the fly (fp32 accumulation) and folds them into an online logsumexp, the
-target logit and the sum of logits. Splitting the vocabulary keeps the GPU busy when there are few
-tokens; the per-split partials [splits, N] are combined in PyTorch.
-Backward: each program recomputes one [BLOCK_M, BLOCK_N] logit tile, forms d loss / d logits in
-registers and adds its contributions to d hidden and d weight (and d bias) with fp32 atomic adds.
-No logits buffer exists in either direction. The atomics make the summation order, and so the last
-bits of the gradients, vary from run to run (as in cut-cross-entropy).
-All index arithmetic on hidden and weight is 64-bit, so tokens * V and V * d may exceed 2^31.
+`forward` (loss only: no_grad, and the forward of reduction="none") never holds logits. A program
+owns BLOCK_M tokens and one split of the vocabulary; it computes logit tiles hidden @ weight.T
+(+ bias, softcap) on the fly and folds them into an online logsumexp, the sum of logits (label
+smoothing) and the target logit. Programs are launched GROUPED: consecutive program ids cover
+GROUP_M row blocks x many splits, so the ~132 programs in flight on an H100 share 8 hidden blocks
+(8 x [128, 4096] bf16 = 8 MiB, re-read from L2 for each vocabulary tile) and each weight tile is read
+from HBM once per group of 8 row blocks. The per-split partials [splits, N] are combined in PyTorch.
+
+`gradients` (training: the op computes the gradients during its forward for mean/sum) works in ROW
+BANDS of R tokens, R * V logits in a buffer of at most BAND_BYTES (1 GiB):
+  1. _logits_kernel, a GEMM z = X_band @ W.T (+ bias, softcap) whose epilogue stores z (input dtype
+     for 16-bit inputs, fp32 for fp32) and per (token, vocabulary tile) partial statistics: max, sum
+     of exp, sum of logits; the program whose tile holds a token's target stores its target logit.
+  2. PyTorch combines the partials into lse and the per-token loss (tiny [tiles, R] tensors).
+  3. _logit_grad_kernel turns z in place into the logit gradient divided by s = max|token_grad|
+     (so 16-bit entries are O(softmax probabilities) and small ones survive fp16; see the contract).
+  4. _matmul_kernel: dX_band = s * dz @ W (fp32), and the same kernel with the operand transposed by
+     strides: dW += s * dz.T @ X_band, each program reading, adding to and writing back the fp32 dW
+     tile it owns; d bias += s * column sums of dz (a PyTorch reduction in fp32).
+No atomics anywhere, so the gradients are DETERMINISTIC (bit-identical from run to run).
+Why bands of R = 4096 at V = 128k: per band dW is read and written once in fp32 (8 V d bytes) against
+6 R V d FLOPs of the band's compute, i.e. 4 / (3 R) bytes per FLOP; H100 SXM's ridge is 3.35 TB/s /
+989 TFLOP/s = 1 / 295 B/FLOP, so at R = 4096 the read-modify-write (4 GiB, 1.3 ms) is ~10% of the
+band's compute time (13 ms) and overlaps the dW GEMM.
+
+Designs compared at tokens N = 32k, V = 128k, d = 4096, bf16 on H100 SXM (NVd = 1.76e13; 6 NVd =
+1.06e14 FLOPs = 107 ms at the 989 TFLOP/s peak; the target, 60% of peak, is 178 ms). Traffic and
+times are ESTIMATES on paper from the tile schedules, not measurements:
+
+| design                       | FLOPs            | HBM bytes (fwd+bwd)                  | shared/program | atomics              | extra memory           | deterministic |
+|------------------------------|------------------|--------------------------------------|----------------|----------------------|------------------------|---------------|
+| old: recompute + fp32 atomics| 8 NVd = 1.41e14  | ~550 GB hidden re-reads (fwd, no     | 48 KiB         | 4.1e11 acq_rel fp32  | none (dX, dW fp32 live | no            |
+|   (128x64 tiles)             |                  | grouping) + atomics on 2.5 GiB of dX,|                | (MEMBAR.GPU each);   | at once: 2.5 GiB)      |               |
+|                              |                  | dW accumulators                      |                | 0.9-2.7 s on paper   |                        |               |
+| owner-computes, recompute    | 10 NVd = 1.76e14 | accumulators [BM, d] fp32 = 2 MiB per| > 228 KiB      | none                 | none                   | yes           |
+|   (dX owners + dW owners)    | (178 ms at peak) | program: RMW in global, 2 x 8 NVd/BN | (does not fit) |                      |                        |               |
+|                              |                  | = 1.1 TB, ~15 TB/s needed            |                |                      |                        |               |
+| split-K partials, reduced    | 8 NVd = 1.41e14  | partials 4 NVd (1/BM + 1/BN) written | 144 KiB        | none                 | partial buffers, same  | yes           |
+|   deterministically          |                  | and read = 1.6 TB (~500 ms)          |                |                      | order as the bytes     |               |
+| chosen: row bands of logits  | 6 NVd = 1.06e14  | per band ~17 GB: logits GEMM ~5 GB,  | 144 KiB        | none                 | 1 GiB band + 24 MiB of | yes           |
+|   + 3 GEMMs (R = 4096)       |                  | z write/read/update 4 GiB, dW RMW    | (sm_90 bf16)   |                      | statistics             |               |
+|                              |                  | 4 GiB, W re-reads 4 GiB; x 8 bands = |                |                      |                        |               |
+|                              |                  | ~140 GB, mostly under the GEMMs;     |                |                      |                        |               |
+|                              |                  | not overlapped: the elementwise step,|                |                      |                        |               |
+|                              |                  | 16 GiB = 5 ms                        |                |                      |                        |               |
+| chosen forward (loss only)   | 2 NVd = 3.5e13   | W once per 8 row blocks: 32 GiB +    | 144 KiB        | none                 | partials 4 x splits x N| yes           |
+|                              |                  | hidden once per split: ~4 GiB        |                |                      | fp32 (~9 MiB)          |               |
+
+(dX and dW in fp32, 0.5 + 2 GiB, are the returned gradients in every design, so not counted as extra.)
+Tiles per architecture: CONFIGS, keyed by (kernel, dtype size, arch); sm_90 16-bit GEMMs are 128x256x64
+with 8 warps (two warp groups of HGMMA.64x256x16), fp32 inputs keep full-precision products
+(input_precision "ieee", FMA units, smaller tiles). All index arithmetic on the operands is 64-bit.
 """
 
 from __future__ import annotations
@@ -25,42 +69,125 @@ import triton.language as tl
 from fastscale.ops._checks import FLOAT_DTYPES
 from fastscale.ops.cross_entropy_torch import LossOptions
 
+# At most this many bytes of logits per band of tokens in `gradients`.
+BAND_BYTES = 2**30
+
 
 @dataclass(frozen=True)
-class KernelConfig:
+class TileConfig:
     block_m: int
     block_n: int
-    block_k: int
+    block_k: int  # unused by the elementwise "logit_grad" kernel
+    group_m: int  # row blocks per launch group (L2 reuse); unused by "logit_grad"
     num_warps: int
     num_stages: int
 
 
-# Shipped configurations by (kernel, dtype size in bytes); tests compile each for sm_80 and sm_90 and
-# require zero spills. The [BLOCK_M, BLOCK_K] / [BLOCK_N, BLOCK_K] operand pointer tiles cost registers
-# too, hence the small K blocks. fp32 operands run on FMA units (no silent TF32) and need far more
-# registers per product, hence the smaller tiles.
+# 16-bit GEMMs whose epilogue is a plain store (dX, dW): 128x256 tiles, on sm_90 two warp groups of
+# HGMMA.64x256x16 with a 128-register fp32 accumulator per thread.
+_STORE_GEMM = {
+    80: TileConfig(128, 256, 32, 8, 8, 3),  # 72 KiB shared: also fits sm_86/sm_89's 99 KiB
+    90: TileConfig(128, 256, 64, 8, 8, 3),  # 144 KiB shared
+    100: TileConfig(128, 256, 64, 8, 8, 3),
+}
+# 16-bit GEMMs with a softmax-statistics epilogue (forward, logits): at 128x256 its exponentials and
+# row reductions spill beside the 128-register accumulator, so 128x128 (HGMMA.64x128x16 on sm_90).
+_SOFTMAX_GEMM = {
+    80: TileConfig(128, 128, 32, 8, 8, 4),  # 64 KiB shared
+    90: TileConfig(128, 128, 64, 8, 8, 4),  # 128 KiB shared
+    100: TileConfig(128, 128, 64, 8, 8, 4),
+}
+# fp32 operands run on FMA units (no silent TF32): each product costs registers, so tiles are small.
+_FP32_GEMM = TileConfig(64, 64, 16, 8, 4, 3)
+_ELEMENTWISE = TileConfig(8, 1024, 1, 1, 4, 1)
+
+# Shipped configurations by (kernel, dtype size in bytes, arch).
 CONFIGS = {
-    ("forward", 2): KernelConfig(128, 64, 32, 8, 3),
-    ("forward", 4): KernelConfig(64, 64, 8, 4, 2),
-    ("backward", 2): KernelConfig(128, 64, 32, 8, 2),
-    ("backward", 4): KernelConfig(64, 64, 16, 8, 2),
+    **{(kernel, 2, arch): _SOFTMAX_GEMM[arch] for kernel in ("forward", "logits") for arch in _SOFTMAX_GEMM},
+    **{("matmul", 2, arch): cfg for arch, cfg in _STORE_GEMM.items()},
+    **{(kernel, 4, arch): _FP32_GEMM for kernel in ("forward", "logits", "matmul") for arch in _STORE_GEMM},
+    **{("logit_grad", size, arch): _ELEMENTWISE for size in (2, 4) for arch in _STORE_GEMM},
 }
 # Under the interpreter every program runs serially on the CPU: big tiles mean few of them.
-INTERPRETER_CONFIG = KernelConfig(64, 512, 64, 4, 1)
+INTERPRETER_CONFIGS = {
+    "forward": TileConfig(64, 512, 64, 4, 4, 1),
+    "logits": TileConfig(64, 512, 64, 4, 4, 1),
+    "matmul": TileConfig(256, 128, 128, 4, 4, 1),
+    "logit_grad": TileConfig(64, 1024, 1, 1, 4, 1),
+}
 
 
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def config_for(kernel: str, dtype: torch.dtype) -> KernelConfig:
-    return INTERPRETER_CONFIG if interpreting() else CONFIGS[(kernel, dtype.itemsize)]
+def config_arch(device: torch.device) -> int:
+    """The CONFIGS arch key for a CUDA device: 100 for Blackwell and later, 90 Hopper, 80 Ampere/Ada."""
+    major, _ = torch.cuda.get_device_capability(device)
+    return 100 if major >= 10 else 90 if major == 9 else 80
+
+
+def config_for(kernel: str, dtype: torch.dtype, device: torch.device) -> TileConfig:
+    if interpreting():
+        return INTERPRETER_CONFIGS[kernel]
+    return CONFIGS[(kernel, dtype.itemsize, config_arch(device))]
 
 
 @triton.jit
 def _tanh(x):
-    # tanh from exp (libdevice is unavailable in the interpreter); exp overflow gives +-1 exactly.
-    return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
+    """tanh in fp32 to ~1e-7 relative (Cephes' tanhf; libdevice is unavailable in the interpreter):
+    an odd polynomial below |x| = 0.625, where 1 - 2 / (exp(2|x|) + 1) would lose digits to
+    cancellation, and that form above (|x| is clamped at 20, where tanh is 1 in fp32, so exp never
+    overflows)."""
+    a = tl.abs(x)
+    s = x * x
+    small = ((((-5.70498872745e-3 * s + 2.06390887954e-2) * s - 5.37397155531e-2) * s + 1.33314422036e-1) * s
+             - 3.33332819422e-1) * s * x + x
+    large = 1.0 - 2.0 / (tl.exp(2.0 * tl.minimum(a, 20.0)) + 1.0)
+    return tl.where(a < 0.625, small, tl.where(x < 0, -large, large))
+
+
+@triton.jit
+def _grouped_tile(pid, n_m, n_n, GROUP_M: tl.constexpr):
+    """(pid_m, pid_n) of program `pid` in an n_m x n_n grid walked in column-major groups of GROUP_M
+    rows, so programs running at the same time share GROUP_M row operands and their column operands."""
+    per_group = GROUP_M * n_n
+    first_m = (pid // per_group) * GROUP_M
+    size_m = tl.minimum(n_m - first_m, GROUP_M)
+    return first_m + (pid % per_group) % size_m, (pid % per_group) // size_m
+
+
+@triton.jit
+def _matmul_tile(
+    a_ptr, b_ptr, rows, cols, M, N, K, lda, ldb, acc,
+    A_K_CONTIGUOUS: tl.constexpr, B_K_CONTIGUOUS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """acc + the fp32 [BLOCK_M, BLOCK_N] tile A[rows, :] @ B[:, cols] of A [M, K] and B [K, N], each given
+    by a base pointer, a leading dimension and which of its dimensions is contiguous (so one kernel
+    reads an operand or its transpose, and the compiler sees the contiguity it vectorizes on)."""
+    ks = tl.arange(0, BLOCK_K)
+    rows64 = rows.to(tl.int64)
+    cols64 = cols.to(tl.int64)
+    if A_K_CONTIGUOUS:
+        a_ptrs = a_ptr + rows64[:, None] * lda + ks[None, :]
+        a_step = BLOCK_K
+    else:
+        a_ptrs = a_ptr + ks[None, :].to(tl.int64) * lda + rows64[:, None]
+        a_step = BLOCK_K * lda.to(tl.int64)
+    if B_K_CONTIGUOUS:
+        b_ptrs = b_ptr + cols64[None, :] * ldb + ks[:, None]
+        b_step = BLOCK_K
+    else:
+        b_ptrs = b_ptr + ks[:, None].to(tl.int64) * ldb + cols64[None, :]
+        b_step = BLOCK_K * ldb.to(tl.int64)
+    for k in range(0, K, BLOCK_K):
+        a = tl.load(a_ptrs, mask=(rows[:, None] < M) & (k + ks[None, :] < K), other=0.0)
+        b = tl.load(b_ptrs, mask=(k + ks[:, None] < K) & (cols[None, :] < N), other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+        a_ptrs += a_step
+        b_ptrs += b_step
+    return acc
 
 
 @triton.jit
@@ -69,37 +196,44 @@ def _logit_tile(
     HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """The [BLOCK_M, BLOCK_N] tile of (capped) logits in fp32; padding rows and columns hold junk."""
-    ks = tl.arange(0, BLOCK_K)
-    h_rows = h_ptr + rows.to(tl.int64)[:, None] * stride_h
-    w_rows = w_ptr + cols.to(tl.int64)[:, None] * stride_w
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k in range(0, D, BLOCK_K):
-        kk = k + ks
-        x = tl.load(h_rows + kk[None, :], mask=(rows[:, None] < N) & (kk[None, :] < D), other=0.0)
-        y = tl.load(w_rows + kk[None, :], mask=(cols[:, None] < V) & (kk[None, :] < D), other=0.0)
-        acc = tl.dot(x, tl.trans(y), acc, input_precision=DOT_PRECISION)
+    """The fp32 [BLOCK_M, BLOCK_N] tile of (capped) logits hidden @ weight.T + bias."""
+    z = _matmul_tile(h_ptr, w_ptr, rows, cols, N, V, D, stride_h, stride_w,
+                     tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), True, True, DOT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
     if HAS_BIAS:
-        acc += tl.load(b_ptr + cols, mask=cols < V, other=0.0).to(tl.float32)[None, :]
+        z += tl.load(b_ptr + cols, mask=cols < V, other=0.0).to(tl.float32)[None, :]
     if HAS_SOFTCAP:
-        acc = softcap * _tanh(acc / softcap)
-    return acc
+        z = softcap * _tanh(z / softcap)
+    return z
+
+
+@triton.jit
+def _target_logit(z, cols, targets):
+    """Per row, z at the row's target column if the tile holds it, else 0."""
+    return tl.sum(tl.where(cols[None, :] == targets[:, None], z, 0.0), axis=1)
+
+
+@triton.jit
+def _store_owned(ptr, values, rows, targets, first_col, last_col, N):
+    """Stores the target logits of the rows whose target lies in columns [first_col, last_col):
+    exactly one program owns each token's target, so no two programs write the same element."""
+    tl.store(ptr + rows, values, mask=(targets >= first_col) & (targets < last_col) & (rows < N))
 
 
 @triton.jit
 def _forward_kernel(
-    h_ptr, w_ptr, b_ptr, t_ptr, max_ptr, sumexp_ptr, target_ptr, sum_ptr,
-    N, V, D, stride_h, stride_w, tiles_per_split, softcap,
+    h_ptr, w_ptr, b_ptr, t_ptr, max_ptr, sumexp_ptr, sum_ptr, target_ptr,
+    N, V, D, stride_h, stride_w, tiles_per_split, n_splits, softcap,
     HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
-    split = tl.program_id(1)
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    """Online logsumexp, sum and target logit of BLOCK_M tokens over one split of the vocabulary."""
+    pid_m, split = _grouped_tile(tl.program_id(0), tl.cdiv(N, BLOCK_M), n_splits, GROUP_M)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     targets = tl.load(t_ptr + rows, mask=rows < N, other=-1)
     row_max = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
     row_sumexp = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    row_target = tl.zeros((BLOCK_M,), dtype=tl.float32)
     row_sum = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    row_target = tl.zeros((BLOCK_M,), dtype=tl.float32)
     first = split * tiles_per_split
     last = tl.minimum(first + tiles_per_split, tl.cdiv(V, BLOCK_N))
     for tile in range(first, last):
@@ -111,54 +245,93 @@ def _forward_kernel(
         new_max = tl.maximum(row_max, tl.max(z, axis=1))
         row_sumexp = row_sumexp * tl.exp(row_max - new_max) + tl.sum(tl.exp(z - new_max[:, None]), axis=1)
         row_max = new_max
-        row_target += tl.sum(tl.where(cols[None, :] == targets[:, None], z, 0.0), axis=1)
         row_sum += tl.sum(tl.where(in_vocab, z, 0.0), axis=1)
+        row_target += _target_logit(z, cols, targets)
+    _store_owned(target_ptr, row_target, rows, targets, first * BLOCK_N, last * BLOCK_N, N)
     out = split * N + rows
     tl.store(max_ptr + out, row_max, mask=rows < N)
     tl.store(sumexp_ptr + out, row_sumexp, mask=rows < N)
-    tl.store(target_ptr + out, row_target, mask=rows < N)
     tl.store(sum_ptr + out, row_sum, mask=rows < N)
 
 
 @triton.jit
-def _backward_kernel(
-    h_ptr, w_ptr, b_ptr, t_ptr, lse_ptr, g_ptr, dh_ptr, dw_ptr, db_ptr,
-    N, V, D, stride_h, stride_w, softcap, label_smoothing, z_loss,
+def _logits_kernel(
+    h_ptr, w_ptr, b_ptr, t_ptr, z_ptr, max_ptr, sumexp_ptr, sum_ptr, target_ptr,
+    N, V, D, stride_h, stride_w, softcap,
     HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_ok = rows < N
-    col_ok = cols < V
-    targets = tl.load(t_ptr + rows, mask=row_ok, other=-1)
-    lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
-    grad = tl.load(g_ptr + rows, mask=row_ok, other=0.0)
+    """One [BLOCK_M, BLOCK_N] tile of the band's logits: stored to z [N, V], with its statistics
+    per token (max, sum of exp, sum) at [tile column, token] and the target logits it holds."""
+    pid_m, pid_n = _grouped_tile(tl.program_id(0), tl.cdiv(N, BLOCK_M), tl.cdiv(V, BLOCK_N), GROUP_M)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     z = _logit_tile(h_ptr, w_ptr, b_ptr, rows, cols, N, V, D, stride_h, stride_w, softcap,
                     HAS_BIAS, HAS_SOFTCAP, DOT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
-    p = tl.exp(z - lse[:, None]) * (1.0 + 2.0 * z_loss * lse)[:, None]
-    dz = p - tl.where(cols[None, :] == targets[:, None], 1.0 - label_smoothing, 0.0) - label_smoothing / V
+    row_ok = rows < N
+    in_vocab = cols[None, :] < V
+    stored = z.to(z_ptr.dtype.element_ty)
+    tl.store(z_ptr + rows.to(tl.int64)[:, None] * V + cols[None, :], stored, mask=row_ok[:, None] & in_vocab)
+    # Statistics of the stored (rounded) logits, which step 3 exponentiates: with an lse of the
+    # unrounded ones, exp(z - lse) could exceed 1 by the rounding (a factor e^32 at |z| = 1e4 in bf16).
+    z = tl.where(in_vocab, stored.to(tl.float32), float("-inf"))
+    tile_max = tl.max(z, axis=1)
+    out = pid_n * N + rows
+    tl.store(max_ptr + out, tile_max, mask=row_ok)
+    tl.store(sumexp_ptr + out, tl.sum(tl.exp(z - tile_max[:, None]), axis=1), mask=row_ok)
+    tl.store(sum_ptr + out, tl.sum(tl.where(in_vocab, z, 0.0), axis=1), mask=row_ok)
+    targets = tl.load(t_ptr + rows, mask=row_ok, other=-1)
+    _store_owned(target_ptr, _target_logit(z, cols, targets), rows, targets, pid_n * BLOCK_N, (pid_n + 1) * BLOCK_N, N)
+
+
+@triton.jit
+def _logit_grad_kernel(
+    z_ptr, t_ptr, lse_ptr, g_ptr, scale_ptr, N, V, softcap, label_smoothing, z_loss,
+    HAS_SOFTCAP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Overwrites the stored (capped) logits z [N, V] with d loss / d (uncapped logits) divided by
+    s = max|token_grad| (ops/cross_entropy_torch.py has the formula)."""
+    pid_n = tl.program_id(0) % tl.cdiv(V, BLOCK_N)
+    rows = (tl.program_id(0) // tl.cdiv(V, BLOCK_N)) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < N
+    mask = row_ok[:, None] & (cols[None, :] < V)
+    ptrs = z_ptr + rows.to(tl.int64)[:, None] * V + cols[None, :]
+    z = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+    lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
+    targets = tl.load(t_ptr + rows, mask=row_ok, other=-1)
+    grad = tl.load(g_ptr + rows, mask=row_ok, other=0.0) / tl.load(scale_ptr)
+    dz = tl.exp(z - lse[:, None]) * (1.0 + 2.0 * z_loss * lse)[:, None]
+    dz = dz - tl.where(cols[None, :] == targets[:, None], 1.0 - label_smoothing, 0.0) - label_smoothing / V
     dz = dz * grad[:, None]
     if HAS_SOFTCAP:
         zc = z / softcap
         dz = dz * (1.0 - zc * zc)
-    dz = tl.where(row_ok[:, None] & col_ok[None, :], dz, 0.0)
-    if HAS_BIAS:
-        tl.atomic_add(db_ptr + cols, tl.sum(dz, axis=0), mask=col_ok)
-    dz_in = dz.to(h_ptr.dtype.element_ty)
-    ks = tl.arange(0, BLOCK_K)
-    rows64 = rows.to(tl.int64)
-    cols64 = cols.to(tl.int64)
-    for k in range(0, D, BLOCK_K):
-        kk = k + ks
-        h_mask = row_ok[:, None] & (kk[None, :] < D)
-        w_mask = col_ok[:, None] & (kk[None, :] < D)
-        x = tl.load(h_ptr + rows64[:, None] * stride_h + kk[None, :], mask=h_mask, other=0.0)
-        y = tl.load(w_ptr + cols64[:, None] * stride_w + kk[None, :], mask=w_mask, other=0.0)
-        d_h = tl.dot(dz_in, y, input_precision=DOT_PRECISION)
-        tl.atomic_add(dh_ptr + rows64[:, None] * D + kk[None, :], d_h, mask=h_mask)
-        d_w = tl.dot(tl.trans(dz_in), x, input_precision=DOT_PRECISION)
-        tl.atomic_add(dw_ptr + cols64[:, None] * D + kk[None, :], d_w, mask=w_mask)
+    tl.store(ptrs, dz.to(z_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _matmul_kernel(
+    a_ptr, b_ptr, c_ptr, scale_ptr, M, N, K, lda, ldb, ldc,
+    A_K_CONTIGUOUS: tl.constexpr, B_K_CONTIGUOUS: tl.constexpr, ACCUMULATE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    """C = s * A @ B, or C = s * (C + A @ B) with ACCUMULATE, for C fp32 [M, N] row-major and s at
+    scale_ptr. Each program owns one tile of C (read, added to and written back by it alone), so
+    there are no atomics. The accumulator starts from C, so no second tile of registers is live."""
+    pid_m, pid_n = _grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    c_ptrs = c_ptr + rows.to(tl.int64)[:, None] * ldc + cols[None, :]
+    mask = (rows[:, None] < M) & (cols[None, :] < N)
+    if ACCUMULATE:
+        acc = tl.load(c_ptrs, mask=mask, other=0.0)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = _matmul_tile(a_ptr, b_ptr, rows, cols, M, N, K, lda, ldb, acc,
+                       A_K_CONTIGUOUS, B_K_CONTIGUOUS, DOT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
+    tl.store(c_ptrs, acc * tl.load(scale_ptr), mask=mask)
 
 
 def check_supported(hidden: torch.Tensor) -> None:
@@ -177,110 +350,197 @@ def _row_major(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def _vocab_splits(n_row_blocks: int, n_tiles: int, device: torch.device) -> tuple[int, int]:
-    """(splits, tiles per split): enough programs to fill every SM twice."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
-    splits = max(1, min(n_tiles, math.ceil(2 * sms / max(n_row_blocks, 1))))
-    per_split = math.ceil(n_tiles / splits)
+def _multiprocessors(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+
+
+def vocab_splits(n_row_blocks: int, n_tiles: int, sms: int, group_m: int) -> tuple[int, int]:
+    """(splits, tiles per split) of the vocabulary in `forward`: enough programs to fill every SM
+    twice, and at least sms / group_m splits, so the programs in flight span group_m row blocks."""
+    wanted = max(math.ceil(2 * sms / max(n_row_blocks, 1)), math.ceil(sms / group_m))
+    per_split = math.ceil(n_tiles / max(1, min(n_tiles, wanted)))
     return math.ceil(n_tiles / per_split), per_split
 
 
-def _common_args(hidden, weight, bias, opts: LossOptions) -> dict:
-    return dict(
-        HAS_BIAS=bias is not None,
-        HAS_SOFTCAP=opts.softcap is not None,
-        DOT_PRECISION=_dot_precision(hidden.dtype),
-    )
+def band_rows(n: int, vocab: int, dtype: torch.dtype, block_m: int) -> int:
+    """Tokens per band of `gradients`: as many as BAND_BYTES of logits hold, a multiple of the
+    logits tile (at least one tile), at most n."""
+    rows = BAND_BYTES // (vocab * dtype.itemsize) // block_m * block_m
+    return min(n, max(block_m, rows))
 
 
-def forward(hidden, weight, bias, targets, opts: LossOptions):
-    hidden, weight = _row_major(hidden), _row_major(weight)
-    (n, d), vocab = hidden.shape, weight.shape[0]
-    cfg = config_for("forward", hidden.dtype)
-    n_row_blocks = triton.cdiv(n, cfg.block_m)
-    splits, per_split = _vocab_splits(n_row_blocks, triton.cdiv(vocab, cfg.block_n), hidden.device)
-    partials = torch.empty(4, splits, n, dtype=torch.float32, device=hidden.device)
-    if n:
-        _forward_kernel[(n_row_blocks, splits)](
-            hidden, weight, bias, targets, *partials,
-            n, vocab, d, hidden.stride(0), weight.stride(0), per_split, opts.softcap or 1.0,
-            **_common_args(hidden, weight, bias, opts),
-            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-        )
-    split_max, split_sumexp, split_target, split_sum = partials
-    row_max = split_max.max(dim=0).values
-    lse = row_max + torch.log((split_sumexp * torch.exp(split_max - row_max)).sum(dim=0))
-    loss = lse - (1 - opts.label_smoothing) * split_target.sum(dim=0)
+def _kernel_options(hidden, bias, opts: LossOptions) -> dict:
+    return dict(HAS_BIAS=bias is not None, HAS_SOFTCAP=opts.softcap is not None, DOT_PRECISION=_dot_precision(hidden.dtype))
+
+
+def _tile_args(cfg: TileConfig) -> dict:
+    return dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
+                num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+
+def _loss_and_lse(tile_max, tile_sumexp, tile_sum, target_logit, targets, vocab: int, opts: LossOptions):
+    """Per-token loss and logsumexp from per-(vocabulary part, token) partials [parts, n]."""
+    row_max = tile_max.amax(dim=0)
+    lse = row_max + torch.log((tile_sumexp * torch.exp(tile_max - row_max)).sum(dim=0))
+    loss = lse - (1 - opts.label_smoothing) * target_logit
     if opts.label_smoothing:
-        loss -= opts.label_smoothing / vocab * split_sum.sum(dim=0)
+        loss -= opts.label_smoothing / vocab * tile_sum.sum(dim=0)
     if opts.z_loss:
         loss += opts.z_loss * lse.square()
     return torch.where(targets != opts.ignore_index, loss, 0.0), lse
 
 
+def forward(hidden, weight, bias, targets, opts: LossOptions):
+    hidden, weight = _row_major(hidden), _row_major(weight)
+    (n, d), vocab = hidden.shape, weight.shape[0]
+    cfg = config_for("forward", hidden.dtype, hidden.device)
+    n_row_blocks = triton.cdiv(n, cfg.block_m)
+    splits, per_split = vocab_splits(n_row_blocks, triton.cdiv(vocab, cfg.block_n), _multiprocessors(hidden.device), cfg.group_m)
+    partials = torch.empty(3, splits, n, dtype=torch.float32, device=hidden.device)
+    target_logit = torch.zeros(n, dtype=torch.float32, device=hidden.device)  # stays 0 for ignored tokens
+    if n:
+        _forward_kernel[(n_row_blocks * splits,)](
+            hidden, weight, bias, targets, *partials, target_logit,
+            n, vocab, d, hidden.stride(0), weight.stride(0), per_split, splits, opts.softcap or 1.0,
+            **_kernel_options(hidden, bias, opts), **_tile_args(cfg),
+        )
+    return _loss_and_lse(*partials, target_logit, targets, vocab, opts)
+
+
 def gradients(hidden, weight, bias, targets, token_grad, opts: LossOptions):
     hidden, weight = _row_major(hidden), _row_major(weight)
-    loss, lse = forward(hidden, weight, bias, targets, opts)
     (n, d), vocab = hidden.shape, weight.shape[0]
-    cfg = config_for("backward", hidden.dtype)
-    d_hidden = torch.zeros(n, d, dtype=torch.float32, device=hidden.device)
-    d_weight = torch.zeros(vocab, d, dtype=torch.float32, device=hidden.device)
-    d_bias = torch.zeros(vocab, dtype=torch.float32, device=hidden.device) if bias is not None else None
-    if n:
-        _backward_kernel[(triton.cdiv(n, cfg.block_m), triton.cdiv(vocab, cfg.block_n))](
-            hidden, weight, bias, targets, lse, token_grad.float().contiguous(), d_hidden, d_weight, d_bias,
-            n, vocab, d, hidden.stride(0), weight.stride(0), opts.softcap or 1.0, opts.label_smoothing, opts.z_loss,
-            **_common_args(hidden, weight, bias, opts),
-            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-        )
-    return (
-        d_hidden.to(hidden.dtype),
-        d_weight.to(weight.dtype),
-        None if d_bias is None else d_bias.to(bias.dtype),
-        loss,
-        lse,
+    device = hidden.device
+    token_grad = token_grad.float().contiguous()
+    # s = max|token_grad| (1 if all are 0) stays on the device: no host synchronization.
+    scale = token_grad.abs().amax(dim=0, keepdim=True) if n else torch.ones(1, device=device)
+    scale = torch.where(scale > 0, scale, 1.0)
+    d_hidden = torch.empty(n, d, dtype=torch.float32, device=device)
+    d_weight = (torch.empty if n else torch.zeros)(vocab, d, dtype=torch.float32, device=device)
+    d_bias = torch.zeros(vocab, dtype=torch.float32, device=device) if bias is not None else None
+    loss = torch.empty(n, dtype=torch.float32, device=device)
+    lse = torch.empty(n, dtype=torch.float32, device=device)
+    rows = band_rows(n, vocab, hidden.dtype, config_for("logits", hidden.dtype, device).block_m)
+    logits = torch.empty(rows, vocab, dtype=hidden.dtype, device=device)
+    one = torch.ones(1, dtype=torch.float32, device=device)
+    bands = [slice(start, min(start + rows, n)) for start in range(0, n, max(rows, 1))]
+    for i, band in enumerate(bands):
+        z = logits[: band.stop - band.start]
+        loss[band], lse[band] = _band_logits(hidden[band], weight, bias, targets[band], z, opts)
+        _logit_grad(z, targets[band], lse[band], token_grad[band], scale, opts)
+        _matmul(z, weight, d_hidden[band], scale, a_transposed=False, accumulate=False)
+        # dW sums the bands' products unscaled; the last band's launch multiplies by s.
+        _matmul(z, hidden[band], d_weight, scale if i == len(bands) - 1 else one, a_transposed=True, accumulate=i > 0)
+        if d_bias is not None:
+            d_bias += scale * z.sum(dim=0, dtype=torch.float32)
+    return d_hidden, d_weight, d_bias, loss, lse
+
+
+def _band_logits(hidden, weight, bias, targets, z, opts: LossOptions):
+    """Step 1 and 2: z = capped logits of the band, and its per-token loss and lse."""
+    (n, d), vocab = hidden.shape, weight.shape[0]
+    cfg = config_for("logits", hidden.dtype, hidden.device)
+    n_tiles = triton.cdiv(vocab, cfg.block_n)
+    partials = torch.empty(3, n_tiles, n, dtype=torch.float32, device=hidden.device)
+    target_logit = torch.zeros(n, dtype=torch.float32, device=hidden.device)
+    _logits_kernel[(triton.cdiv(n, cfg.block_m) * n_tiles,)](
+        hidden, weight, bias, targets, z, *partials, target_logit,
+        n, vocab, d, hidden.stride(0), weight.stride(0), opts.softcap or 1.0,
+        **_kernel_options(hidden, bias, opts), **_tile_args(cfg),
+    )
+    return _loss_and_lse(*partials, target_logit, targets, vocab, opts)
+
+
+def _logit_grad(z, targets, lse, token_grad, scale, opts: LossOptions) -> None:
+    """Step 3: z becomes the logit gradient divided by scale, in place."""
+    n, vocab = z.shape
+    cfg = config_for("logit_grad", z.dtype, z.device)
+    _logit_grad_kernel[(triton.cdiv(n, cfg.block_m) * triton.cdiv(vocab, cfg.block_n),)](
+        z, targets, lse, token_grad, scale, n, vocab, opts.softcap or 1.0, opts.label_smoothing, opts.z_loss,
+        HAS_SOFTCAP=opts.softcap is not None, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
 
 
+def _matmul(dz, operand, out, scale, *, a_transposed: bool, accumulate: bool) -> None:
+    """Step 4: out = scale * (dz @ operand), or with a_transposed dz.T @ operand; with accumulate
+    out = scale * (out + ...). dz [n, V] and operand row-major, out fp32 row-major; scale [1]."""
+    m, k = (dz.shape[1], dz.shape[0]) if a_transposed else dz.shape
+    cfg = config_for("matmul", dz.dtype, dz.device)
+    _matmul_kernel[(triton.cdiv(m, cfg.block_m) * triton.cdiv(out.shape[1], cfg.block_n),)](
+        dz, operand, out, scale, m, out.shape[1], k, dz.stride(0), operand.stride(0), out.stride(0),
+        A_K_CONTIGUOUS=not a_transposed, B_K_CONTIGUOUS=False, ACCUMULATE=accumulate,
+        DOT_PRECISION=_dot_precision(dz.dtype), **_tile_args(cfg),
+    )
+
+
+# ---- Ahead-of-time compilation: what a launch at the target shape compiles ----
+
 _TRITON_DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-# The shape the shipped configurations are specialized for (tokens 32k, V 128k, d 4096): every size
-# and stride there is divisible by 16, as a real launch at that shape would tell the compiler.
-TARGET_SHAPE = dict(N=32768, V=131072, D=4096)
+# The shape the shipped configurations are specialized for, and each architecture's SM count
+# (A100, H100 SXM, B200), which sets the forward's vocabulary splits.
+TARGET_SHAPE = dict(tokens=32768, vocab=131072, d=4096)
+_MULTIPROCESSORS = {80: 108, 90: 132, 100: 148}
+
+
+def _target_launches(arch: int, dtype: torch.dtype):
+    """(kernel, jit function, integer arguments, code-changing constexpr variants) of every launch
+    at TARGET_SHAPE, with the integer arguments the launcher would see."""
+    n, vocab, d = TARGET_SHAPE["tokens"], TARGET_SHAPE["vocab"], TARGET_SHAPE["d"]
+    options = [dict(HAS_BIAS=bias, HAS_SOFTCAP=cap) for bias in (False, True) for cap in (False, True)]
+    fwd = CONFIGS[("forward", dtype.itemsize, arch)]
+    splits, per_split = vocab_splits(triton.cdiv(n, fwd.block_m), triton.cdiv(vocab, fwd.block_n), _MULTIPROCESSORS[arch], fwd.group_m)
+    rows = band_rows(n, vocab, dtype, CONFIGS[("logits", dtype.itemsize, arch)].block_m)
+    yield "forward", _forward_kernel, dict(N=n, V=vocab, D=d, stride_h=d, stride_w=d, tiles_per_split=per_split, n_splits=splits), options
+    yield "logits", _logits_kernel, dict(N=rows, V=vocab, D=d, stride_h=d, stride_w=d), options
+    yield "logit_grad", _logit_grad_kernel, dict(N=rows, V=vocab), [dict(HAS_SOFTCAP=cap) for cap in (False, True)]
+    d_hidden = dict(M=rows, N=d, K=vocab, lda=vocab, ldb=d, ldc=d)
+    d_weight = dict(M=vocab, N=d, K=rows, lda=vocab, ldb=d, ldc=d)
+    yield "matmul", _matmul_kernel, d_hidden, [dict(A_K_CONTIGUOUS=True, B_K_CONTIGUOUS=False, ACCUMULATE=False)]
+    # dW: the first band stores, the later ones accumulate.
+    yield "matmul", _matmul_kernel, d_weight, [dict(A_K_CONTIGUOUS=False, B_K_CONTIGUOUS=False, ACCUMULATE=acc) for acc in (False, True)]
+
+
+def _signature(fn, data_type: str, constexprs: dict, ints: dict) -> dict:
+    """Triton types of fn's parameters as a launch passes them: operands in the input dtype,
+    targets int64, statistics and gradients fp32, sizes i32, options fp32; an absent bias is None."""
+    data = {"h_ptr", "w_ptr", "b_ptr", "z_ptr", "a_ptr"}
+    signature = {}
+    for param in fn.params:
+        name = param.name
+        if param.is_constexpr or constexprs.get(name, 0) is None:
+            signature[name] = "constexpr"
+        elif name == "t_ptr":
+            signature[name] = "*i64"
+        elif name.endswith("_ptr"):
+            signature[name] = f"*{data_type}" if name in data else "*fp32"
+        else:
+            signature[name] = "i32" if name in ints else "fp32"
+    return signature
 
 
 def shipped_configurations(arch: int):
-    """Every (kernel, dtype, bias, softcap) this module launches on sm_<arch>, as aot.CompileSpec
-    specialized as a launch at TARGET_SHAPE specializes it."""
+    """Every kernel and code-changing variant (dtype, bias, softcap, operand transposition) this
+    module launches on sm_<arch>, as aot.CompileSpec, specialized as a launch at TARGET_SHAPE
+    specializes it: pointers 16-byte aligned, integers divisible by 16 where they are, no bias = None."""
     from fastscale.kernels.aot import CompileSpec, divisibility_attrs
 
-    for kernel_name, fn in (("forward", _forward_kernel), ("backward", _backward_kernel)):
-        for dtype, ty in _TRITON_DTYPES.items():
-            cfg = CONFIGS[(kernel_name, dtype.itemsize)]
-            for has_bias in (False, True):
-                for has_softcap in (False, True):
-                    constexprs = dict(
-                        HAS_BIAS=has_bias, HAS_SOFTCAP=has_softcap, DOT_PRECISION=_dot_precision(dtype),
-                        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-                    )
-                    signature = _signature(fn, ty)
-                    divisible = {"N", "V", "D", "stride_h", "stride_w", "tiles_per_split"}
-                    yield CompileSpec(
-                        fn=fn, signature=signature, constexprs=constexprs,
-                        attrs=divisibility_attrs(fn, signature, divisible),
-                        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-                        label=f"{kernel_name} {ty} bias={has_bias} softcap={has_softcap}",
-                    )
-
-
-def _signature(fn, ty: str) -> dict:
-    named = {"h_ptr": f"*{ty}", "w_ptr": f"*{ty}", "b_ptr": f"*{ty}", "t_ptr": "*i64",
-             "softcap": "fp32", "label_smoothing": "fp32", "z_loss": "fp32"}
-    signature = {}
-    for param in fn.params:
-        if param.is_constexpr:
-            signature[param.name] = "constexpr"
-        else:
-            signature[param.name] = named.get(param.name, "*fp32" if param.name.endswith("_ptr") else "i32")
-    return signature
+    for dtype, data_type in _TRITON_DTYPES.items():
+        for kernel, fn, ints, variants in _target_launches(arch, dtype):
+            cfg = CONFIGS[(kernel, dtype.itemsize, arch)]
+            tiles = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n)
+            if kernel != "logit_grad":
+                tiles.update(BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, DOT_PRECISION=_dot_precision(dtype))
+            for variant in variants:
+                constexprs = {**variant, **tiles}
+                if variant.get("HAS_BIAS") is False:
+                    constexprs["b_ptr"] = None
+                signature = _signature(fn, data_type, constexprs, ints)
+                divisible = {name for name, value in ints.items() if value % 16 == 0}
+                flags = " ".join(f"{k}={v}" for k, v in variant.items())
+                yield CompileSpec(
+                    fn=fn, signature=signature, constexprs=constexprs,
+                    attrs=divisibility_attrs(fn, signature, divisible),
+                    num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                    label=f"{kernel} {data_type} {flags}",
+                )
