@@ -313,8 +313,9 @@ def test_triton_gradients_are_deterministic(monkeypatch):
 @pytest.mark.parametrize("logit_scale", [1e-4, 1e-2, 1.0, 30.0], ids=["tiny", "small", "medium", "saturated"])
 def test_triton_softcap_float32_is_as_accurate_as_eager(logit_scale):
     """With a softcap, triton's float32 loss and gradients are within 2x eager float32's error
-    against float64, for logits / softcap from 1e-4 to saturation. (At these shapes the matmuls'
-    rounding dominates the gradients' error; the tanh itself is tested directly below.)"""
+    against float64 (plus one float32 rounding of the largest value, as for 16-bit inputs above),
+    for logits / softcap from 1e-4 to saturation. (At these shapes the matmuls' rounding dominates
+    the gradients' error; the tanh itself is tested directly below.)"""
     hidden, weight, _, targets = make_inputs(65, 257, 32, torch.float32, bias=False)
     hidden = hidden / (hidden @ weight.T).std() * logit_scale  # logits ~ logit_scale; softcap 1
     upstream = torch.randn(65, dtype=torch.float64)
@@ -322,8 +323,10 @@ def test_triton_softcap_float32_is_as_accurate_as_eager(logit_scale):
     ours = run(linear_cross_entropy, hidden, weight, None, targets, upstream, backend="triton", **kwargs)
     plain = run(eager, hidden, weight, None, targets, upstream, **kwargs)
     reference = run(full_logits_loss, hidden, weight, None, targets, upstream, dtype=torch.float64, **kwargs)
-    for name, error, bound in zip(["loss", "lse", "d_hidden", "d_weight"], max_error(ours, reference), max_error(plain, reference)):
-        assert error <= 2 * bound, f"{name}: error {error:.3g} > 2 x eager's {bound:.3g}"
+    eps = torch.finfo(torch.float32).eps
+    for name, error, eager_error, r in zip(["loss", "lse", "d_hidden", "d_weight"], max_error(ours, reference), max_error(plain, reference), reference):
+        bound = 2 * eager_error + eps * r.abs().max().item()
+        assert error <= bound, f"{name}: error {error:.3g} > 2 x eager's {eager_error:.3g} + one rounding"
 
 
 @triton.jit
