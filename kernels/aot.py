@@ -369,16 +369,19 @@ def _recompile_one(entry: dict) -> dict:
         return _failure(entry, entry["arch"], error)
 
 
-def _without_interpreter() -> None:
-    # Under TRITON_INTERPRET=1 @triton.jit makes interpreted functions, which cannot be compiled;
-    # it is read when a kernel module is imported, which happens after this in a fresh worker.
-    os.environ.pop("TRITON_INTERPRET", None)
-
-
-def _workers(jobs: int) -> ProcessPoolExecutor:
-    """Fresh interpreters without TRITON_INTERPRET, so compiling works from the interpreted tests too."""
-    return ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_without_interpreter)
+@contextlib.contextmanager
+def _workers(jobs: int):
+    """A pool of `jobs` fresh interpreters without TRITON_INTERPRET, so compiling works from the
+    interpreted tests too: the variable is read when triton and kernel modules are imported, which
+    a spawned worker does before running anything of ours, so it must be absent from the environment
+    the workers are started with (they start on demand, hence for the pool's whole life)."""
+    saved = os.environ.pop("TRITON_INTERPRET", None)
+    try:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            yield pool
+    finally:
+        if saved is not None:
+            os.environ["TRITON_INTERPRET"] = saved
 
 
 def report(modules=KERNEL_MODULES, archs=ARCHS, jobs: int = 2) -> list[dict]:
@@ -435,7 +438,6 @@ def main(argv=None) -> int:
     output.add_argument("--labels", action="store_true", help="print [module, arch, label] of each configuration; compile nothing")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
     args = parser.parse_args(argv)
-    _without_interpreter()
     if args.labels:
         json.dump([[m, a, s.label] for m in args.modules for a in args.arch for s in _shipped(m, a)], sys.stdout)
         return 0
