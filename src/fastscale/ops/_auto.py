@@ -33,8 +33,8 @@ import torch
 from fastscale.kernels import roofline
 from fastscale.kernels.roofline import Compiled
 
-# FlashAttention-2 on H100, d 128, T 8k, non-causal: forward 370 TFLOP/s, backward 318 TFLOP/s
-# (FlashAttention-3 paper, arXiv 2407.08608, Figures 5 and 6).
+# FlashAttention-2 on H100, d 128, T 8k: forward 370 TFLOP/s without causal mask, backward 318 TFLOP/s
+# (FlashAttention-3 paper, arXiv 2407.08608, Figures 5 and 6; Figure 6 taken to be without mask too).
 FA2_FORWARD_OVER_BACKWARD = 370 / 318
 # fastscale._C's softmax kernel: memory-bound, launched as about BLOCKS_PER_SM blocks per SM
 # (ops/cross_entropy_cuda.py); CUDA C++, so its facts are stated, not read from a Triton compile.
