@@ -68,10 +68,12 @@ class KernelConfig:
 # and shared-memory figures below are ptxas's for the batched causal bf16 variant. See "Why these
 # tiles" at the end of this table.
 TILES = {
-    # sm_80 (A100): mma.sync m16n8k16, 64K registers and 164 KB of shared memory per SM, cp.async.
+    # sm_80 (A100): mma.sync m16n8k16, 64K registers, cp.async. Also every other device that is
+    # neither sm_90 nor sm_100 (sm_86/89 and the consumer Blackwell sm_120 have mma.sync and 99 KB of
+    # shared memory per block), so every entry fits 99 KB.
     80: {
         ("forward", 32): (128, 64, 8, 3), ("forward", 64): (128, 64, 8, 3),
-        ("forward", 128): (128, 64, 8, 3), ("forward", 256): (64, 32, 8, 2),
+        ("forward", 128): (128, 64, 8, 2), ("forward", 256): (64, 32, 8, 2),
         ("dkdv", 32): (32, 128, 8, 2), ("dkdv", 64): (32, 128, 8, 2),
         ("dkdv", 128): (32, 64, 8, 2), ("dkdv", 256): (16, 32, 4, 1),
         ("dq", 32): (128, 64, 8, 2), ("dq", 64): (128, 32, 8, 2),
@@ -121,10 +123,12 @@ TILES = {
 #                64-query tiles spill (4 warps) or split N to 32 (8 warps)
 #   dkdv d64     64x128  w8 s3: 241 regs,  83968 B, HGMMA.64x64x16 for all four
 #   dkdv d128    64x128  w8 s1: 255 regs,  99328 B, 64x64x16 (K Q^T, V dO^T) + 64x128x16 (dV, dK).
-#                With 2 stages it spills 144 B (by our count the query tiles' pointers and the lse and
-#                delta vectors, broadcast along columns in this transposed layout, 32 regs, tip it
-#                over: dK + dV already take 128 regs per thread); 32-query tiles fit in
-#                2 stages (250 regs) but give HGMMA.64x32x16; 64 keys at 4 warps spill 400 B.
+#                With 2 stages it spills 144 B: dK + dV take 128 regs per thread, and in this
+#                transposed layout the lse and delta vectors broadcast along columns (16 regs each).
+#                Seeding the S and dP accumulators with -lse/scale and -delta and computing dS before
+#                dV brought it to 0 B spilled but 24 B of stack (per-thread tile offsets reloaded once
+#                per GQA head, outside the hot loop): still not shipped. 32-query tiles fit in 2
+#                stages (250 regs) but give HGMMA.64x32x16; 64 keys at 4 warps spill 400 B.
 #   dkdv d256    16x32   w4 s1: mma.sync. wgmma does not fit: its smallest key tile (64 rows) needs
 #                dK + dV = 128 KB of fp32 accumulators, half the register file, and every 64-key
 #                tile tried spills (64x64 w8 268 B, 128x64 w8 1684 B, 64x64 w4 3708 B).
@@ -141,9 +145,9 @@ TILES = {
 # dK/dV at 256 stays on mma.sync as on sm_90.
 #
 # sm_80. mma.sync m16n8k16 has no M granularity to meet; the tiles are the earlier table's (the
-# largest of a few tried that compile with no spill): 128x64 forward tiles at 8 warps, 3 stages (255
-# regs at d128); the backward's 32 queries x 128 keys (d <= 64) and 32 x 64 (d128); d256 at 16-32 row
-# tiles, 1 stage. Not re-tuned here.
+# largest of a few tried that compile with no spill): 128x64 forward tiles at 8 warps, 3 stages (2 at
+# d128: 3 take 115200 B, over the 99 KB of sm_86/89/120; 255 regs); the backward's 32 queries x 128
+# keys (d <= 64) and 32 x 64 (d128); d256 at 16-32 row tiles, 1 stage. Not re-tuned here.
 CONFIGS = {arch: {key: KernelConfig(*tiles) for key, tiles in table.items()} for arch, table in TILES.items()}
 # Under the interpreter programs run one after another on the CPU: big tiles mean few of them.
 # Unequal tiles keep the query/key range logic honest, as in the shipped configurations.
@@ -161,9 +165,11 @@ def width(head_dim: int) -> int:
 
 
 def arch(device: torch.device) -> int:
-    """The table for a CUDA device: sm_100 for compute capability 10 and up, sm_90 for 9, else sm_80."""
+    """The table for a CUDA device: sm_90 for compute capability 9, sm_100 for 10 and 11 (datacenter
+    Blackwell: tcgen05, 228 KB of shared memory), sm_80 for the rest (mma.sync; sm_120, the consumer
+    Blackwell, has neither tcgen05 nor more than 99 KB of shared memory)."""
     major, _ = torch.cuda.get_device_capability(device)
-    return 100 if major >= 10 else 90 if major == 9 else 80
+    return {9: 90, 10: 100, 11: 100}.get(major, 80)
 
 
 def config_for(kernel: str, head_dim: int, device: torch.device) -> KernelConfig:

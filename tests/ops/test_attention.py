@@ -278,7 +278,7 @@ def test_tile_widths_pad_to_the_next_power_of_two():
     assert [kernels.width(d) for d in (1, 32, 33, 80, 96, 128, 129, 160, 256)] == [32, 32, 64, 128, 128, 128, 256, 256, 256]
 
 
-@pytest.mark.parametrize("major,table", [(8, 80), (8.6, 80), (9, 90), (10, 100), (12, 100)])
+@pytest.mark.parametrize("major,table", [(8, 80), (8.6, 80), (8.9, 80), (9, 90), (10, 100), (10.3, 100), (12, 80)])
 def test_launcher_picks_the_table_of_the_device(monkeypatch, major, table):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (int(major), round(major % 1 * 10)))
     monkeypatch.setattr(kernels, "interpreting", lambda: False)
