@@ -30,10 +30,10 @@ What each number of a report entry means
   registers (regs/thread x 32 rounded up to 256 per warp, each of the 4 sub-partitions holding
   16384 registers), warps (64 per SM), shared memory (the block's bytes + the 1 KB the driver
   reserves per block, rounded up to 128 B, out of the SM's 164 KB / 228 KB, assuming the driver
-  picks the largest shared-memory carveout, which it does for kernels needing it) and the limit of
-  32 blocks per SM. 0 means the block cannot launch. The limits are in `DEVICE_LIMITS` with their
-  source. One resident block of 8 warps is 12.5% occupancy; wgmma kernels do well with 1 block
-  because each warpgroup keeps many MMAs in flight, mma.sync kernels want 2 or more.
+  picks the largest shared-memory carveout, which it does for kernels needing it), on sm_100 the
+  512 columns of tensor memory (a tcgen05 kernel allocates some per block) and the limit of 32
+  blocks per SM. 0 means the block cannot launch. The limits are in `DEVICE_LIMITS` with their
+  source. One resident block of 8 warps is 12.5% occupancy.
 - `sass`: static counts of SASS opcodes in the cubin (`cuobjdump -sass`), each instruction counted
   once however often it runs (a loop body counts once; use them for what the code can do, not for how
   much it does):
@@ -146,12 +146,13 @@ class DeviceLimits:
     max_ctas_per_sm: int = 32
     reserved_shared_per_block: int = 1024
     shared_unit: int = 128
+    tensor_memory_columns: int = 0  # sm_100's tensor memory: 512 columns of 128 lanes x 32 bit per SM
 
 
 DEVICE_LIMITS = {
     80: DeviceLimits("A100 (sm_80)", shared_per_sm=164 * 1024, shared_per_block=163 * 1024),
     90: DeviceLimits("H100 (sm_90)", shared_per_sm=228 * 1024, shared_per_block=227 * 1024),
-    100: DeviceLimits("B200 (sm_100)", shared_per_sm=228 * 1024, shared_per_block=227 * 1024),
+    100: DeviceLimits("B200 (sm_100)", shared_per_sm=228 * 1024, shared_per_block=227 * 1024, tensor_memory_columns=512),
 }
 SHARED_MEMORY_LIMIT = {arch: limits.shared_per_block for arch, limits in DEVICE_LIMITS.items()}
 
@@ -160,19 +161,21 @@ def _round_up(x: int, unit: int) -> int:
     return -(-x // unit) * unit
 
 
-def ctas_per_sm(registers: int, shared_bytes: int, warps: int, limits: DeviceLimits) -> int:
+def ctas_per_sm(registers: int, shared_bytes: int, warps: int, limits: DeviceLimits, tensor_memory_columns: int = 0) -> int:
     """Resident blocks per SM (cuda_occupancy.h's cudaOccMaxActiveBlocksPerMultiprocessor, default
-    cache config, largest carveout)."""
+    cache config, largest carveout), and on sm_100 also by the tensor memory each block allocates."""
     registers_per_warp = _round_up(registers * 32, limits.register_unit)
     registers_per_block = registers_per_warp * _round_up(warps, limits.sub_partitions)
     shared_per_block = _round_up(shared_bytes + limits.reserved_shared_per_block, limits.shared_unit)
-    if registers_per_block > limits.registers_per_sm or shared_bytes > limits.shared_per_block:
+    if (registers_per_block > limits.registers_per_sm or shared_bytes > limits.shared_per_block
+            or tensor_memory_columns > limits.tensor_memory_columns):
         return 0
     warps_by_registers = limits.registers_per_sm // limits.sub_partitions // registers_per_warp * limits.sub_partitions
     return min(
         warps_by_registers // warps,
         limits.max_warps_per_sm // warps,
         limits.shared_per_sm // shared_per_block,
+        limits.tensor_memory_columns // tensor_memory_columns if tensor_memory_columns else limits.max_ctas_per_sm,
         limits.max_ctas_per_sm,
     )
 
@@ -282,7 +285,8 @@ def compile_report(spec: CompileSpec, arch: int) -> dict:
         "stack_bytes": usage["STACK"],
         "shared_bytes": shared,
         # Triton launches metadata.num_warps warps (more than asked when it specializes warps).
-        "ctas_per_sm": ctas_per_sm(usage["REG"], shared, compiled.metadata.num_warps, DEVICE_LIMITS[arch]),
+        "ctas_per_sm": ctas_per_sm(usage["REG"], shared, compiled.metadata.num_warps, DEVICE_LIMITS[arch],
+                                   compiled.metadata.tmem_size),
         "sass": sass_counts(_cuobjdump(compiled.asm["cubin"], "-sass")),
         "tl_dots": tl_dots(compiled.asm["ttir"]),
         "ptx_acquire_release": ptx_acquire_release(compiled.asm["ptx"]),

@@ -253,6 +253,13 @@ def test_occupancy_as_cuda_occupancy_computes_it(registers, shared, warps, arch,
     assert aot.ctas_per_sm(registers, shared, warps, aot.DEVICE_LIMITS[arch]) == expected
 
 
+def test_tensor_memory_bounds_sm100_occupancy():
+    # 32 regs x 4 warps allow 16 blocks; 256 of the 512 tensor-memory columns allow 2.
+    assert aot.ctas_per_sm(32, 0, 4, aot.DEVICE_LIMITS[100], tensor_memory_columns=256) == 2
+    assert aot.ctas_per_sm(32, 0, 4, aot.DEVICE_LIMITS[100], tensor_memory_columns=512) == 1
+    assert aot.ctas_per_sm(32, 0, 4, aot.DEVICE_LIMITS[100]) == 16
+
+
 def test_bad_arch_is_refused_by_name():
     with pytest.raises(ValueError, match=r"archs must be among \[80, 90, 100\] \(got 75\)"):
         aot.report(archs=(75,))
