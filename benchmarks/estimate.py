@@ -37,6 +37,11 @@ LIGER_SHAPES = ((32768, 128256, 4096, 0), (8192, 128256, 4096, 1), (8192, 256000
 FA2_FORWARD = 5  # roofline.ANCHORS index of FlashAttention-2's causal forward on H100
 ARCHS = (90, 80)
 MODULES = {"cross-entropy": "fastscale.kernels.cross_entropy", "attention": "fastscale.kernels.attention"}
+# The band design's kernels (keys of kernels/cross_entropy.py's CONFIGS); d_hidden and d_weight are
+# its _matmul_kernel on dz and on dz^T, d_weight modelled in the variant that accumulates (every
+# band but the first).
+BAND_KERNELS = ("logits", "logit_grad", "d_hidden", "d_weight")
+D_WEIGHT_VARIANT = dict(A_K_CONTIGUOUS=False, ACCUMULATE=True)
 LIGER = "liger"
 
 
@@ -106,8 +111,11 @@ def modules_at(revision: str, directory: str) -> dict[str, str]:
     names = {}
     for name, module in MODULES.items():
         stem = module.rsplit(".", 1)[1]
-        source = subprocess.run(["git", "-C", str(repo), "show", f"{revision}:kernels/{stem}.py"],
-                                check=True, capture_output=True, text=True).stdout
+        shown = subprocess.run(["git", "-C", str(repo), "show", f"{revision}:kernels/{stem}.py"], capture_output=True, text=True)
+        if shown.returncode:
+            raise SystemExit(f"--before {revision}: git cannot show kernels/{stem}.py at that revision in {repo} "
+                             f"(a git checkout of fastscale is needed): {shown.stderr.strip()}")
+        source = shown.stdout
         Path(directory, f"before_{stem}.py").write_text(source)
         names[name] = f"before_{stem}"
     return names
@@ -144,9 +152,9 @@ def cross_entropy(module_name: str, entries: list[dict], arch: int) -> list[roof
         launches = roofline.cross_entropy_atomic(n, vocab, d, tiles, {k: pick(f"_{k}_kernel") for k in tiles}, gpu)
         return [roofline.estimate("cross-entropy forward+backward", shape, gpu, roofline.cross_entropy_flops(n, vocab, d), launches)]
     cfg = lambda kernel: module.CONFIGS[(kernel, 2, arch)]
-    tiles = {"logits": _tile(cfg("logits")), "logit_grad": _tile(cfg("logit_grad")), "matmul": _tile(cfg("matmul"))}
+    tiles = {k: _tile(cfg(k)) for k in BAND_KERNELS}
     kernels = {"logits": pick("_logits_kernel"), "logit_grad": pick("_logit_grad_kernel"),
-               "dx": pick("_matmul_kernel", A_K_CONTIGUOUS=True), "dw": pick("_matmul_kernel", A_K_CONTIGUOUS=False)}
+               "d_hidden": pick("_matmul_kernel", A_K_CONTIGUOUS=True), "d_weight": pick("_matmul_kernel", **D_WEIGHT_VARIANT)}
     rows = module.band_rows(n, vocab, torch.bfloat16, tiles["logits"].bm)
     forward_cfg = cfg("forward")
     row_blocks = -(-n // forward_cfg.block_m)
@@ -218,14 +226,16 @@ def all_estimates(entries: list[dict], modules: dict[str, str], archs=ARCHS) -> 
 
 def auto_facts(entries: list[dict]) -> dict[int, dict[str, roofline.Compiled]]:
     """What ops/_auto.py keeps of the compiled kernels, by arch and name ("cross_entropy.logits",
-    "cross_entropy.dx" / "cross_entropy.dw" for the matmul kernel's two layouts,
-    "attention.forward.d128", ...)."""
+    "cross_entropy.d_hidden", "attention.forward.d128", ...)."""
     facts = {}
     for entry in entries:
         kernel = entry["kernel"].removeprefix("_").removesuffix("_kernel")
         if entry["module"] == MODULES["cross-entropy"]:
             if kernel == "matmul":
-                kernel = "dx" if entry["constexprs"]["A_K_CONTIGUOUS"] else "dw"
+                cx = entry["constexprs"]
+                if not cx["A_K_CONTIGUOUS"] and not cx.get("ACCUMULATE", True):
+                    continue  # the first band's dW stores instead of accumulating: not modelled apart
+                kernel = "d_hidden" if cx["A_K_CONTIGUOUS"] else "d_weight"
             name = f"cross_entropy.{kernel}"
         elif entry["module"] == MODULES["attention"]:
             name = f"attention.{kernel}.d{entry['constexprs']['BLOCK_D']}"
@@ -317,7 +327,9 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m fastscale.benchmarks.estimate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--write", action="store_true", help="store benchmarks/results/estimates.md and estimates.json")
-    parser.add_argument("--before", metavar="REV", help="also estimate the kernel modules at this git revision (e.g. a6f817a)")
+    parser.add_argument("--before", metavar="REV",
+                        help="also estimate the kernel modules at this git revision; they must have shipped_configurations(arch): "
+                             "6d1bcad or later (6d1bcad holds a6f817a's kernels, the design before issue 10)")
     parser.add_argument("--jobs", type=int, default=2, help="compile processes (default 2)")
     parser.add_argument("--auto-constants", action="store_true",
                         help="print the COMPILED table of src/fastscale/ops/_auto.py from a fresh compile (every head dim) and stop")

@@ -350,8 +350,8 @@ def cross_entropy_bands(n: int, vocab: int, d: int, rows: int, tiles: dict, comp
     """The band design (kernels/cross_entropy.py `gradients`), per band of `rows` tokens: the logits
     GEMM with its statistics epilogue (writes z, one exp2 per logit), the elementwise z -> dz kernel
     (reads and writes z, one exp2 per logit), dX = dz @ W (fp32 out) and dW += dz^T @ X (fp32
-    read-modify-write of all of dW). tiles are keyed "logits", "logit_grad", "matmul"; compiled
-    "logits", "logit_grad", "dx", "dw" (the matmul kernel's two operand layouts)."""
+    read-modify-write of all of dW). tiles and compiled are keyed by the module's kernel names:
+    "logits", "logit_grad", "d_hidden", "d_weight"."""
     launches = []
     for start in range(0, n, rows):
         r = min(rows, n - start)
@@ -362,8 +362,8 @@ def cross_entropy_bands(n: int, vocab: int, d: int, rows: int, tiles: dict, comp
                  out_bytes=r * vocab * 2 + 3 * math.ceil(vocab / tiles["logits"].bn) * r * 4, exp2=r * vocab),
             Launch(f"logit_grad band {start // rows}", compiled["logit_grad"], grad_programs,
                    hbm_bytes=2 * r * vocab * 2, exp2=r * vocab),
-            gemm(f"dX band {start // rows}", r, d, vocab, tiles["matmul"], compiled["dx"], gpu, out_bytes=r * d * 4),
-            gemm(f"dW band {start // rows}", vocab, d, r, tiles["matmul"], compiled["dw"], gpu, out_bytes=2 * vocab * d * 4),
+            gemm(f"dX band {start // rows}", r, d, vocab, tiles["d_hidden"], compiled["d_hidden"], gpu, out_bytes=r * d * 4),
+            gemm(f"dW band {start // rows}", vocab, d, r, tiles["d_weight"], compiled["d_weight"], gpu, out_bytes=2 * vocab * d * 4),
         ]
     return launches
 

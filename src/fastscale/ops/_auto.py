@@ -58,8 +58,8 @@ COMPILED: dict[int, dict[str, Compiled]] = {
         'attention.forward.d256': Compiled('_forward_kernel', 80, 'mma_sync', 0, 1, 8, 0, 0),
         'attention.forward.d32': Compiled('_forward_kernel', 80, 'mma_sync', 0, 2, 8, 0, 0),
         'attention.forward.d64': Compiled('_forward_kernel', 80, 'mma_sync', 0, 1, 8, 0, 0),
-        'cross_entropy.dw': Compiled('_matmul_kernel', 80, 'mma_sync', 0, 1, 8, 0, 0),
-        'cross_entropy.dx': Compiled('_matmul_kernel', 80, 'mma_sync', 0, 1, 8, 0, 0),
+        'cross_entropy.d_hidden': Compiled('_matmul_kernel', 80, 'mma_sync', 0, 1, 8, 0, 0),
+        'cross_entropy.d_weight': Compiled('_matmul_kernel', 80, 'mma_sync', 0, 1, 8, 0, 0),
         'cross_entropy.forward': Compiled('_forward_kernel', 80, 'mma_sync', 0, 1, 8, 0, 0),
         'cross_entropy.logit_grad': Compiled('_logit_grad_kernel', 80, 'none', 0, 4, 4, 0, 0),
         'cross_entropy.logits': Compiled('_logits_kernel', 80, 'mma_sync', 0, 1, 8, 0, 0),
@@ -81,8 +81,8 @@ COMPILED: dict[int, dict[str, Compiled]] = {
         'attention.forward.d256': Compiled('_forward_kernel', 90, 'wgmma', 64, 1, 8, 0, 0),
         'attention.forward.d32': Compiled('_forward_kernel', 90, 'wgmma', 32, 1, 8, 0, 0),
         'attention.forward.d64': Compiled('_forward_kernel', 90, 'wgmma', 64, 1, 8, 0, 0),
-        'cross_entropy.dw': Compiled('_matmul_kernel', 90, 'wgmma', 256, 1, 8, 0, 0),
-        'cross_entropy.dx': Compiled('_matmul_kernel', 90, 'wgmma', 256, 1, 8, 0, 0),
+        'cross_entropy.d_hidden': Compiled('_matmul_kernel', 90, 'wgmma', 256, 1, 8, 0, 0),
+        'cross_entropy.d_weight': Compiled('_matmul_kernel', 90, 'wgmma', 256, 1, 8, 0, 0),
         'cross_entropy.forward': Compiled('_forward_kernel', 90, 'wgmma', 128, 1, 8, 0, 0),
         'cross_entropy.logit_grad': Compiled('_logit_grad_kernel', 90, 'none', 0, 6, 4, 0, 0),
         'cross_entropy.logits': Compiled('_logits_kernel', 90, 'wgmma', 128, 1, 8, 0, 0),
@@ -104,8 +104,9 @@ def cross_entropy_launches(n_tokens: int, vocab: int, d: int, gpu: roofline.Gpu)
     from fastscale.kernels import cross_entropy as kernels
     from fastscale.ops.cross_entropy_torch import chunk_rows
 
-    tiles = {k: _tile(kernels.CONFIGS[(k, 2, gpu.arch)]) for k in ("logits", "logit_grad", "matmul")}
-    compiled = {k: COMPILED[gpu.arch][f"cross_entropy.{k}"] for k in ("logits", "logit_grad", "dx", "dw")}
+    names = ("logits", "logit_grad", "d_hidden", "d_weight")
+    tiles = {k: _tile(kernels.CONFIGS[(k, 2, gpu.arch)]) for k in names}
+    compiled = {k: COMPILED[gpu.arch][f"cross_entropy.{k}"] for k in names}
     rows = kernels.band_rows(n_tokens, vocab, torch.bfloat16, tiles["logits"].bm)
     softmax_kernel = Compiled("fastscale._C cross_entropy", gpu.arch, "none", 0, _C_BLOCKS_PER_SM, 8, 0, 0)
     return {
