@@ -13,14 +13,15 @@ from HBM once per group of 8 row blocks. The per-split partials [splits, N] are 
 `gradients` (training: the op computes the gradients during its forward for mean/sum) works in ROW
 BANDS of R tokens, R * V logits in a buffer of at most BAND_BYTES (1 GiB):
   1. _logits_kernel, a GEMM z = X_band @ W.T (+ bias, softcap) whose epilogue stores z (input dtype
-     for 16-bit inputs, fp32 for fp32) and per (token, vocabulary tile) partial statistics: max, sum
-     of exp, sum of logits; the program whose tile holds a token's target stores its target logit.
-  2. PyTorch combines the partials into lse and the per-token loss (tiny [tiles, R] tensors).
+     for 16-bit inputs, fp32 for fp32) and per (token, vocabulary tile) partial statistics of the
+     stored values (max, sum of exp, sum); the program whose tile holds a token's target stores its
+     target logit. (Statistics of the rounded logits keep exp(z - lse) <= 1 in step 3, as in eager.)
+  2. PyTorch combines the partials into lse and the per-token loss ([V / BLOCK_N, R] tensors).
   3. _logit_grad_kernel turns z in place into the logit gradient divided by s = max|token_grad|
      (so 16-bit entries are O(softmax probabilities) and small ones survive fp16; see the contract).
-  4. _matmul_kernel: dX_band = s * dz @ W (fp32), and the same kernel with the operand transposed by
-     strides: dW += s * dz.T @ X_band, each program reading, adding to and writing back the fp32 dW
-     tile it owns; d bias += s * column sums of dz (a PyTorch reduction in fp32).
+  4. _matmul_kernel: dX_band = s * dz @ W (fp32), and the same kernel reading dz transposed:
+     dW += dz.T @ X_band, each program starting from the fp32 dW tile it owns and writing it back
+     (the last band's launch multiplies by s); d bias += s * column sums of dz (PyTorch, fp32).
 No atomics anywhere, so the gradients are DETERMINISTIC (bit-identical from run to run).
 Why bands of R = 4096 at V = 128k: per band dW is read and written once in fp32 (8 V d bytes) against
 6 R V d FLOPs of the band's compute, i.e. 4 / (3 R) bytes per FLOP; H100 SXM's ridge is 3.35 TB/s /
@@ -28,32 +29,35 @@ Why bands of R = 4096 at V = 128k: per band dW is read and written once in fp32 
 band's compute time (13 ms) and overlaps the dW GEMM.
 
 Designs compared at tokens N = 32k, V = 128k, d = 4096, bf16 on H100 SXM (NVd = 1.76e13; 6 NVd =
-1.06e14 FLOPs = 107 ms at the 989 TFLOP/s peak; the target, 60% of peak, is 178 ms). Traffic and
+1.06e14 FLOPs = 107 ms at the 989 TFLOP/s peak; the target, 60% of peak, is 178 ms). Bytes and
 times are ESTIMATES on paper from the tile schedules, not measurements:
 
-| design                       | FLOPs            | HBM bytes (fwd+bwd)                  | shared/program | atomics              | extra memory           | deterministic |
-|------------------------------|------------------|--------------------------------------|----------------|----------------------|------------------------|---------------|
-| old: recompute + fp32 atomics| 8 NVd = 1.41e14  | ~550 GB hidden re-reads (fwd, no     | 48 KiB         | 4.1e11 acq_rel fp32  | none (dX, dW fp32 live | no            |
-|   (128x64 tiles)             |                  | grouping) + atomics on 2.5 GiB of dX,|                | (MEMBAR.GPU each);   | at once: 2.5 GiB)      |               |
-|                              |                  | dW accumulators                      |                | 0.9-2.7 s on paper   |                        |               |
-| owner-computes, recompute    | 10 NVd = 1.76e14 | accumulators [BM, d] fp32 = 2 MiB per| > 228 KiB      | none                 | none                   | yes           |
-|   (dX owners + dW owners)    | (178 ms at peak) | program: RMW in global, 2 x 8 NVd/BN | (does not fit) |                      |                        |               |
-|                              |                  | = 1.1 TB, ~15 TB/s needed            |                |                      |                        |               |
-| split-K partials, reduced    | 8 NVd = 1.41e14  | partials 4 NVd (1/BM + 1/BN) written | 144 KiB        | none                 | partial buffers, same  | yes           |
-|   deterministically          |                  | and read = 1.6 TB (~500 ms)          |                |                      | order as the bytes     |               |
-| chosen: row bands of logits  | 6 NVd = 1.06e14  | per band ~17 GB: logits GEMM ~5 GB,  | 144 KiB        | none                 | 1 GiB band + 24 MiB of | yes           |
-|   + 3 GEMMs (R = 4096)       |                  | z write/read/update 4 GiB, dW RMW    | (sm_90 bf16)   |                      | statistics             |               |
-|                              |                  | 4 GiB, W re-reads 4 GiB; x 8 bands = |                |                      |                        |               |
-|                              |                  | ~140 GB, mostly under the GEMMs;     |                |                      |                        |               |
-|                              |                  | not overlapped: the elementwise step,|                |                      |                        |               |
-|                              |                  | 16 GiB = 5 ms                        |                |                      |                        |               |
-| chosen forward (loss only)   | 2 NVd = 3.5e13   | W once per 8 row blocks: 32 GiB +    | 144 KiB        | none                 | partials 4 x splits x N| yes           |
-|                              |                  | hidden once per split: ~4 GiB        |                |                      | fp32 (~9 MiB)          |               |
+| design                          | FLOPs    | HBM bytes, fwd + bwd                        | shared / program | atomics                | extra memory       | deterministic |
+|---------------------------------|----------|---------------------------------------------|------------------|------------------------|--------------------|---------------|
+| old: recompute the logit tile,  | 8 NVd    | ~550 GB: hidden re-read per vocabulary tile | 24-36 KiB        | 4.1e11 fp32, acq_rel:  | none               | no            |
+| fp32 atomics into dX and dW     | 1.41e14  | (no grouping) + atomics' traffic            |                  | MEMBAR.GPU each;       |                    |               |
+|                                 |          |                                             |                  | 0.9-2.7 s on paper     |                    |               |
+| owner-computes: dX owners and   | 10 NVd   | [BM, d] fp32 accumulators (2 MiB) live in   | 2 MiB needed,    | none                   | none               | yes           |
+| dW owners each recompute logits | 1.76e14  | global memory: 8 NVd (1/BM + 1/BN) = 2.2 TB | 228 KiB exist    |                        |                    |               |
+|                                 | (178 ms) | of read-modify-write, 12 TB/s in 178 ms     |                  |                        |                    |               |
+| split-K partials + deterministic| 8 NVd    | partials written and read:                  | 24-36 KiB        | none                   | 1.1 TB of partials | yes           |
+| reduction                       | 1.41e14  | 8 NVd (1/BM + 1/BN) = 3.3 TB (~1 s)         |                  |                        | unless chunked     |               |
+| CHOSEN: row bands of stored     | 6 NVd    | per band of 4096 tokens ~20 GiB: logits     | 128 KiB logits,  | none                   | 1 GiB band + 48 MiB| yes           |
+| logits + 3 GEMMs + 1 elementwise| 1.06e14  | GEMM ~7 (W 4x, z out 1), elementwise 2,     | 144 KiB dX, dW   |                        | of statistics      |               |
+| pass (R = 4096, 8 bands)        | (107 ms) | dX ~5, dW ~5-9 (dW fp32 RMW 4); x 8 bands = |                  |                        |                    |               |
+|                                 |          | ~160 GiB, below each GEMM's compute time    |                  |                        |                    |               |
+|                                 |          | except the elementwise pass: 16 GiB, ~5 ms  |                  |                        |                    |               |
+| CHOSEN forward (loss only),     | 2 NVd    | W once per group of 8 row blocks: 32 GiB;   | 128 KiB          | none                   | 7 MiB of partials  | yes           |
+| grouped, 17 vocabulary splits   | 3.5e13   | hidden once per split: 4 GiB (~11 ms, under |                  |                        |                    |               |
+|                                 |          | its 36 ms of compute)                       |                  |                        |                    |               |
 
 (dX and dW in fp32, 0.5 + 2 GiB, are the returned gradients in every design, so not counted as extra.)
-Tiles per architecture: CONFIGS, keyed by (kernel, dtype size, arch); sm_90 16-bit GEMMs are 128x256x64
-with 8 warps (two warp groups of HGMMA.64x256x16), fp32 inputs keep full-precision products
-(input_precision "ieee", FMA units, smaller tiles). All index arithmetic on the operands is 64-bit.
+Tiles per architecture: CONFIGS, keyed by (kernel, dtype size, arch), chosen by compiling every
+shipped configuration (shipped_configurations) for sm_80/90/100 and reading ptxas's spill counts and
+the SASS: on sm_90 the 16-bit dX and dW GEMMs are 128x256x64 tiles on two warp groups of
+HGMMA.64x256x16, the logits and forward GEMMs 128x128x64 (HGMMA.64x128x16: at 128x256 their softmax
+epilogue spills); fp32 inputs keep full-precision products (input_precision "ieee", FMA units, 64x64
+tiles). Operands load with cp.async (LDGSTS), not TMA. All operand index arithmetic is 64-bit.
 """
 
 from __future__ import annotations
@@ -83,36 +87,51 @@ class TileConfig:
     num_stages: int
 
 
-# 16-bit GEMMs whose epilogue is a plain store (dX, dW): 128x256 tiles, on sm_90 two warp groups of
+# 16-bit GEMMs with a plain store epilogue (dX): 128x256 tiles, on sm_90 two warp groups of
 # HGMMA.64x256x16 with a 128-register fp32 accumulator per thread.
 _STORE_GEMM = {
     80: TileConfig(128, 256, 32, 8, 8, 3),  # 72 KiB shared: also fits sm_86/sm_89's 99 KiB
     90: TileConfig(128, 256, 64, 8, 8, 3),  # 144 KiB shared
     100: TileConfig(128, 256, 64, 8, 8, 3),
 }
+# The dW GEMM starts its accumulator from the dW tile it owns; at 128x256 loading that tile spills
+# on sm_80 (mma.sync) and sm_100 (tcgen05), not on sm_90 (254 registers).
+_ACCUMULATE_GEMM = {
+    80: TileConfig(128, 128, 32, 8, 8, 4),  # 64 KiB shared
+    90: _STORE_GEMM[90],
+    100: TileConfig(128, 128, 64, 8, 8, 4),  # 128 KiB shared
+}
 # 16-bit GEMMs with a softmax-statistics epilogue (forward, logits): at 128x256 its exponentials and
 # row reductions spill beside the 128-register accumulator, so 128x128 (HGMMA.64x128x16 on sm_90).
 _SOFTMAX_GEMM = {
     80: TileConfig(128, 128, 32, 8, 8, 4),  # 64 KiB shared
     90: TileConfig(128, 128, 64, 8, 8, 4),  # 128 KiB shared
-    100: TileConfig(128, 128, 64, 8, 8, 4),
+    100: TileConfig(128, 128, 64, 8, 8, 3),  # 96 KiB shared: 4 stages spill the forward with a bias
 }
 # fp32 operands run on FMA units (no silent TF32): each product costs registers, so tiles are small.
-_FP32_GEMM = TileConfig(64, 64, 16, 8, 4, 3)
+# 8 warps spill the forward's epilogue with a bias on sm_80 (ptxas caps them at 128 registers there).
+_FP32_GEMM = {
+    80: TileConfig(64, 64, 16, 8, 4, 3),
+    90: TileConfig(64, 64, 16, 8, 8, 3),
+    100: TileConfig(64, 64, 16, 8, 8, 3),
+}
 _ELEMENTWISE = TileConfig(8, 1024, 1, 1, 4, 1)
 
-# Shipped configurations by (kernel, dtype size in bytes, arch).
+# Shipped configurations by (kernel, dtype size in bytes, arch); "d_hidden" and "d_weight" are
+# the two uses of _matmul_kernel.
 CONFIGS = {
     **{(kernel, 2, arch): _SOFTMAX_GEMM[arch] for kernel in ("forward", "logits") for arch in _SOFTMAX_GEMM},
-    **{("matmul", 2, arch): cfg for arch, cfg in _STORE_GEMM.items()},
-    **{(kernel, 4, arch): _FP32_GEMM for kernel in ("forward", "logits", "matmul") for arch in _STORE_GEMM},
+    **{("d_hidden", 2, arch): cfg for arch, cfg in _STORE_GEMM.items()},
+    **{("d_weight", 2, arch): cfg for arch, cfg in _ACCUMULATE_GEMM.items()},
+    **{(kernel, 4, arch): _FP32_GEMM[arch] for kernel in ("forward", "logits", "d_hidden", "d_weight") for arch in _FP32_GEMM},
     **{("logit_grad", size, arch): _ELEMENTWISE for size in (2, 4) for arch in _STORE_GEMM},
 }
 # Under the interpreter every program runs serially on the CPU: big tiles mean few of them.
 INTERPRETER_CONFIGS = {
     "forward": TileConfig(64, 512, 64, 4, 4, 1),
     "logits": TileConfig(64, 512, 64, 4, 4, 1),
-    "matmul": TileConfig(256, 128, 128, 4, 4, 1),
+    "d_hidden": TileConfig(256, 128, 128, 4, 4, 1),
+    "d_weight": TileConfig(256, 128, 128, 4, 4, 1),
     "logit_grad": TileConfig(64, 1024, 1, 1, 4, 1),
 }
 
@@ -428,9 +447,9 @@ def gradients(hidden, weight, bias, targets, token_grad, opts: LossOptions):
         z = logits[: band.stop - band.start]
         loss[band], lse[band] = _band_logits(hidden[band], weight, bias, targets[band], z, opts)
         _logit_grad(z, targets[band], lse[band], token_grad[band], scale, opts)
-        _matmul(z, weight, d_hidden[band], scale, a_transposed=False, accumulate=False)
+        _matmul("d_hidden", z, weight, d_hidden[band], scale, accumulate=False)
         # dW sums the bands' products unscaled; the last band's launch multiplies by s.
-        _matmul(z, hidden[band], d_weight, scale if i == len(bands) - 1 else one, a_transposed=True, accumulate=i > 0)
+        _matmul("d_weight", z, hidden[band], d_weight, scale if i == len(bands) - 1 else one, accumulate=i > 0)
         if d_bias is not None:
             d_bias += scale * z.sum(dim=0, dtype=torch.float32)
     return d_hidden, d_weight, d_bias, loss, lse
@@ -462,11 +481,13 @@ def _logit_grad(z, targets, lse, token_grad, scale, opts: LossOptions) -> None:
     )
 
 
-def _matmul(dz, operand, out, scale, *, a_transposed: bool, accumulate: bool) -> None:
-    """Step 4: out = scale * (dz @ operand), or with a_transposed dz.T @ operand; with accumulate
-    out = scale * (out + ...). dz [n, V] and operand row-major, out fp32 row-major; scale [1]."""
+def _matmul(kernel: str, dz, operand, out, scale, *, accumulate: bool) -> None:
+    """Step 4: out = scale * (A @ operand), with accumulate out = scale * (out + A @ operand), where
+    A is dz for kernel "d_hidden" and dz.T for "d_weight". dz [n, V] and operand row-major, out
+    fp32 row-major; scale [1]."""
+    a_transposed = kernel == "d_weight"
     m, k = (dz.shape[1], dz.shape[0]) if a_transposed else dz.shape
-    cfg = config_for("matmul", dz.dtype, dz.device)
+    cfg = config_for(kernel, dz.dtype, dz.device)
     _matmul_kernel[(triton.cdiv(m, cfg.block_m) * triton.cdiv(out.shape[1], cfg.block_n),)](
         dz, operand, out, scale, m, out.shape[1], k, dz.stride(0), operand.stride(0), out.stride(0),
         A_K_CONTIGUOUS=not a_transposed, B_K_CONTIGUOUS=False, ACCUMULATE=accumulate,
@@ -496,9 +517,9 @@ def _target_launches(arch: int, dtype: torch.dtype):
     yield "logit_grad", _logit_grad_kernel, dict(N=rows, V=vocab), [dict(HAS_SOFTCAP=cap) for cap in (False, True)]
     d_hidden = dict(M=rows, N=d, K=vocab, lda=vocab, ldb=d, ldc=d)
     d_weight = dict(M=vocab, N=d, K=rows, lda=vocab, ldb=d, ldc=d)
-    yield "matmul", _matmul_kernel, d_hidden, [dict(A_K_CONTIGUOUS=True, B_K_CONTIGUOUS=False, ACCUMULATE=False)]
+    yield "d_hidden", _matmul_kernel, d_hidden, [dict(A_K_CONTIGUOUS=True, B_K_CONTIGUOUS=False, ACCUMULATE=False)]
     # dW: the first band stores, the later ones accumulate.
-    yield "matmul", _matmul_kernel, d_weight, [dict(A_K_CONTIGUOUS=False, B_K_CONTIGUOUS=False, ACCUMULATE=acc) for acc in (False, True)]
+    yield "d_weight", _matmul_kernel, d_weight, [dict(A_K_CONTIGUOUS=False, B_K_CONTIGUOUS=False, ACCUMULATE=acc) for acc in (False, True)]
 
 
 def _signature(fn, data_type: str, constexprs: dict, ints: dict) -> dict:
