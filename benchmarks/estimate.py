@@ -48,11 +48,10 @@ LIGER = "liger"
 # ---------------------------------------------------------------------------------------------- compiling
 
 
-def _wanted(spec, every_head_dim: bool) -> bool:
+def _wanted(signature: dict, cx: dict, every_head_dim: bool) -> bool:
     """The configurations the estimates use: bf16, no bias/softcap/window/packing, causal, d 128
     (every head dim for ops/_auto.py's constants)."""
-    cx = spec.constexprs
-    return ("*bf16" in spec.signature.values()
+    return ("*bf16" in signature.values()
             and not any(cx.get(k) for k in ("HAS_BIAS", "HAS_SOFTCAP", "WINDOWED", "VARLEN"))
             and (every_head_dim or cx.get("HEAD_DIM", ATTENTION_SHAPE["head_dim"]) == ATTENTION_SHAPE["head_dim"])
             and cx.get("CAUSAL", True))
@@ -79,7 +78,7 @@ def liger_spec():
 def _specs(module: str, arch: int, every_head_dim: bool) -> list:
     if module == LIGER:
         return [liger_spec()]
-    return [s for s in importlib.import_module(module).shipped_configurations(arch) if _wanted(s, every_head_dim)]
+    return [s for s in importlib.import_module(module).shipped_configurations(arch) if _wanted(s.signature, s.constexprs, every_head_dim)]
 
 
 def _compile_group(module: str, arch: int, path: str | None, every_head_dim: bool) -> list[dict]:
@@ -226,9 +225,12 @@ def all_estimates(entries: list[dict], modules: dict[str, str], archs=ARCHS) -> 
 
 def auto_facts(entries: list[dict]) -> dict[int, dict[str, roofline.Compiled]]:
     """What ops/_auto.py keeps of the compiled kernels, by arch and name ("cross_entropy.logits",
-    "cross_entropy.d_hidden", "attention.forward.d128", ...)."""
+    "cross_entropy.d_hidden", "attention.forward.d128", ...), from report entries (these
+    compile_reports' or a whole aot.report's)."""
     facts = {}
     for entry in entries:
+        if "error" in entry or not _wanted(entry["signature"], entry["constexprs"], every_head_dim=True):
+            continue
         kernel = entry["kernel"].removeprefix("_").removesuffix("_kernel")
         if entry["module"] == MODULES["cross-entropy"]:
             if kernel == "matmul":
