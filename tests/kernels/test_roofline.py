@@ -121,3 +121,22 @@ def test_auto_picks_the_backend_with_the_shortest_estimate():
         best = _auto.fastest_attention_backend(16384, 8192, 16, 128, torch.bfloat16, True, capability, ("triton", "flash_attn"))
         assert best == min(("triton", "flash_attn"), key=times.get)
     assert _auto.fastest_attention_backend(16384, 8192, 16, 128, torch.bfloat16, True, (9, 0), ()) == "torch"
+
+
+def test_the_band_design_issues_six_n_v_d_flops_when_the_tiles_divide_the_shape():
+    n, vocab, d = 256 * random.randint(1, 4), 512 * random.randint(1, 8), 128 * random.randint(1, 8)
+    tile = r.Tile(128, 128, 64, group_m=8)
+    tiles = {"logits": tile, "logit_grad": r.Tile(8, 1024, 1), "d_hidden": tile, "d_weight": tile}
+    compiled = {k: facts() for k in tiles}
+    launches = r.cross_entropy_bands(n, vocab, d, 128, tiles, compiled, H100)
+    assert sum(l.mma_flops for l in launches) == r.cross_entropy_flops(n, vocab, d)
+    assert sum(l.exp2 for l in launches) == 2 * n * vocab  # statistics epilogue, then the gradient
+
+
+def test_the_atomic_design_takes_every_fence_of_its_d_loop_once_per_step():
+    # The issue's reading of the old backward on sm_90: 6 MEMBAR.ALL.GPU per d step of 32.
+    tiles = {"forward": r.Tile(128, 64, 32), "backward": r.Tile(128, 64, 32)}
+    compiled = {"forward": facts(), "backward": r.Compiled("k", 90, "wgmma", 16, 1, 8, 6, 6)}
+    forward, backward = r.cross_entropy_atomic(32768, 131072, 4096, tiles, compiled, H100)
+    assert backward.fences_per_warp == 6 * 4096 // 32 == 768
+    assert backward.mma_flops == 3 * forward.mma_flops  # recomputed logits, then dX and dW
