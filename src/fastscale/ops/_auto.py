@@ -2,7 +2,8 @@
 
 No GPU has measured these kernels yet, so the choice rests on kernels/roofline.py's model: each
 backend's launches at the caller's shape, timed on the modelled GPU nearest the device (sm_90 and
-later: H100 SXM; earlier: A100 SXM). The facts the model reads from the compiled Triton kernels (MMA
+later: H100 SXM with the sm_90 tile tables and compiled facts, so a B200 is ranked as an H100;
+earlier: A100 SXM with sm_80's). The facts the model reads from the compiled Triton kernels (MMA
 instruction and width, CTAs per SM, warps) are the COMPILED constants below, written by
 `python -m fastscale.benchmarks.estimate --auto-constants` from a compile of the shipped
 configurations; tests/kernels/test_roofline.py recompiles them and fails when they drift. So a call
