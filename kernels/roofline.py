@@ -130,6 +130,7 @@ class Compiled:
         fences = sum(n for op, n in sass.get("MEMBAR", {}).items() if op.endswith((".GPU", ".SYS")))
         # The N most of its HGMMA instructions have (an instruction's N is the tile width it covers).
         width = int(max(hgmma, key=hgmma.get).split("x")[1]) if hgmma else 0
+        # A kernel that fits no CTA on an SM (0) fails the aot checks; here it still gets one slot.
         return cls(entry["kernel"], entry["arch"], mma, width, max(entry["ctas_per_sm"], 1),
                    entry["num_warps"], fences, sass.get("ATOMG", 0) + sass.get("REDG", 0))
 
@@ -390,7 +391,7 @@ def cross_entropy_atomic(n: int, vocab: int, d: int, tiles: dict, compiled: dict
         + mma_operand_bytes(bwd.bn, bwd.bk, bwd.bm, c, 2, a_in_smem=False))
     # dX's accumulators (N x d fp32) outgrow L2; each row block's atomics then go to HBM (8 bytes
     # per read-modify-write). dW's column block is shared by the wave and stays in L2.
-    dx_atomics = float(n) * d * b_cols if n * d * 4 > gpu.l2_bytes else 0.0
+    dx_atomics = float(n) * d * b_cols if c.atomics and n * d * 4 > gpu.l2_bytes else 0.0
     backward_launch = replace(
         logit_tile,
         mma_flops=logit_tile.mma_flops * 3,
