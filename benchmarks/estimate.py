@@ -9,7 +9,9 @@ and runs the roofline model of kernels/roofline.py on the kernels' own tile tabl
   * causal attention at B 2, H 16, T 8k, d 128 (flash-attn's 16k-token setup with model width
     2048), forward and forward+backward, flash-attn's FLOP convention;
   * the calibration: Liger-Kernel's fused linear cross-entropy (its Triton cross-entropy kernel
-    compiled the same way, its GEMMs as ideal cuBLAS) at the shapes of its published A100 numbers.
+    compiled the same way, its GEMMs as ideal cuBLAS) at the shapes of its published A100 numbers,
+    and FlashAttention-2's forward (its tile configuration as flash-attn's source states it) against
+    its published H100 number.
 Every number printed is an ESTIMATE: no GPU ran. --before REV also estimates the kernel modules as
 they were at git revision REV (needs the git checkout). --write stores the table, the calibration and
 the assumptions in benchmarks/results/estimates.md and estimates.json.
