@@ -150,8 +150,9 @@ def cross_entropy(module_name: str, entries: list[dict], arch: int) -> list[roof
     pick = lambda kernel, **cx: compiled(entries, module_name, kernel, arch, **cx)
     if not hasattr(module, "band_rows"):
         tiles = {k: _tile(module.CONFIGS[(k, 2)]) for k in ("forward", "backward")}
-        launches = roofline.cross_entropy_atomic(n, vocab, d, tiles, {k: pick(f"_{k}_kernel") for k in tiles}, gpu)
-        return [roofline.estimate("cross-entropy forward+backward", shape, gpu, roofline.cross_entropy_flops(n, vocab, d), launches)]
+        forward, backward = roofline.cross_entropy_atomic(n, vocab, d, tiles, {k: pick(f"_{k}_kernel") for k in tiles}, gpu)
+        return [roofline.estimate("cross-entropy forward+backward", shape, gpu, roofline.cross_entropy_flops(n, vocab, d), [forward, backward]),
+                roofline.estimate("cross-entropy forward (loss only)", shape, gpu, roofline.cross_entropy_flops(n, vocab, d, backward=False), [forward])]
     cfg = lambda kernel: module.CONFIGS[(kernel, 2, arch)]
     tiles = {k: _tile(cfg(k)) for k in BAND_KERNELS}
     kernels = {"logits": pick("_logits_kernel"), "logit_grad": pick("_logit_grad_kernel"),
