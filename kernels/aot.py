@@ -153,6 +153,13 @@ DEVICE_LIMITS = {
     80: DeviceLimits("A100 (sm_80)", shared_per_sm=164 * 1024, shared_per_block=163 * 1024),
     90: DeviceLimits("H100 (sm_90)", shared_per_sm=228 * 1024, shared_per_block=227 * 1024),
     100: DeviceLimits("B200 (sm_100)", shared_per_sm=228 * 1024, shared_per_block=227 * 1024, tensor_memory_columns=512),
+    # The smaller GPUs the kernel modules serve with their sm_80 tables (mma.sync, 99 KB per block).
+    86: DeviceLimits("RTX 30xx, A10, A40 (sm_86)", shared_per_sm=100 * 1024, shared_per_block=99 * 1024,
+                     max_warps_per_sm=48, max_ctas_per_sm=16),
+    89: DeviceLimits("RTX 40xx, L4, L40 (sm_89)", shared_per_sm=100 * 1024, shared_per_block=99 * 1024,
+                     max_warps_per_sm=48, max_ctas_per_sm=24),
+    120: DeviceLimits("RTX 50xx (sm_120)", shared_per_sm=100 * 1024, shared_per_block=99 * 1024,
+                      max_warps_per_sm=48, max_ctas_per_sm=24),
 }
 SHARED_MEMORY_LIMIT = {arch: limits.shared_per_block for arch, limits in DEVICE_LIMITS.items()}
 
@@ -327,7 +334,8 @@ def problems(entry: dict) -> list[str]:
 
 
 def _tensor_core_problems(arch: int, sass: dict) -> list[str]:
-    """16-bit matmuls must run on the architecture's fast tensor-core path."""
+    """16-bit matmuls must run on the architecture's fast tensor-core path: wgmma on sm_90, tcgen05
+    (or at least mma.sync) on sm_100, mma.sync elsewhere."""
     if arch == 90:
         narrow = {shape: n for shape, n in sass["HGMMA"].items() if int(shape.split("x")[1]) < 64}
         return ([f"16-bit matmuls without HGMMA (HMMA {sass['HMMA']})"] if not sass["HGMMA"] else []) + \
@@ -335,7 +343,7 @@ def _tensor_core_problems(arch: int, sass: dict) -> list[str]:
                ([f"HGMMA narrower than N=64: {narrow}"] if narrow else [])
     if arch == 100 and not (sass["UTCHMMA"] or sass["HMMA"]):
         return ["16-bit matmuls without tensor-core instructions (no UTCHMMA, no HMMA)"]
-    if arch == 80 and not sass["HMMA"]:
+    if arch not in (90, 100) and not sass["HMMA"]:
         return ["16-bit matmuls without HMMA (mma.sync)"]
     return []
 

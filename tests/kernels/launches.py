@@ -2,12 +2,13 @@
 
 Run as a script in a fresh interpreter without TRITON_INTERPRET (the launchers then pick their GPU
 tables, not the interpreter's): `python launches.py MODULE ...` prints
-{module: {arch: {"launched": [...], "shipped": [...]}}} as JSON, where each item is a compile's
+{module: {capability: {"launched": [...], "shipped": [...]}}} as JSON, where each item is a compile's
 identity {"kernel", "constexprs", "num_warps", "num_stages"}. "launched" comes from calling the
 module's launchers on small CPU tensors over every input class they serve (dtypes, head dims,
-bias/softcap, causal/window/packed), with torch.cuda.get_device_capability answering the arch and
+bias/softcap, causal/window/packed), with torch.cuda.get_device_capability answering the compute
+capability (the report's sm_80/90/100 and the smaller GPUs served by sm_80 tables) and
 every @triton.jit kernel of the module replaced by a recorder of its launch arguments (nothing
-runs). "shipped" comes from the module's shipped_configurations(arch).
+runs). "shipped" comes from the module's shipped_configurations(capability) for the report's archs.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ import torch  # noqa: E402
 from triton.backends.nvidia.compiler import CUDAOptions  # noqa: E402
 from triton.runtime.jit import JITFunction  # noqa: E402
 
-ARCHS = (80, 90, 100)
+CAPABILITIES = (80, 86, 89, 90, 100, 120)
+REPORTED = (80, 90, 100)
 
 
 class Recorder:
@@ -84,22 +86,23 @@ def _identity(spec) -> dict:
             "num_warps": spec.num_warps, "num_stages": spec.num_stages}
 
 
-def record(module_name: str, arch: int) -> dict:
+def record(module_name: str, capability: int) -> dict:
     module = importlib.import_module(module_name)
     launches: list = []
     kernels = {name: value for name, value in vars(module).items() if isinstance(value, JITFunction)}
-    capability = torch.cuda.get_device_capability
+    real_capability = torch.cuda.get_device_capability
     try:
-        torch.cuda.get_device_capability = lambda device=None: divmod(arch, 10)
+        torch.cuda.get_device_capability = lambda device=None: divmod(capability, 10)
         for name, fn in kernels.items():
             setattr(module, name, Recorder(fn, launches))
         EXERCISES[module_name](module)
     finally:
-        torch.cuda.get_device_capability = capability
+        torch.cuda.get_device_capability = real_capability
         for name, fn in kernels.items():
             setattr(module, name, fn)
-    return {"launched": launches, "shipped": [_identity(spec) for spec in module.shipped_configurations(arch)]}
+    shipped = module.shipped_configurations(capability) if capability in REPORTED else ()
+    return {"launched": launches, "shipped": [_identity(spec) for spec in shipped]}
 
 
 if __name__ == "__main__":
-    json.dump({name: {arch: record(name, arch) for arch in ARCHS} for name in sys.argv[1:]}, sys.stdout)
+    json.dump({name: {c: record(name, c) for c in CAPABILITIES} for name in sys.argv[1:]}, sys.stdout)

@@ -108,6 +108,29 @@ def test_every_launch_is_shipped(launches, module, arch):
     assert not missing, f"{len(missing)} launched configurations not shipped, e.g. {missing[:3]}"
 
 
+# sm_86/89 and sm_120 have mma.sync only, like sm_80, and 99 KB of shared memory per block: the kernel
+# modules serve them with their sm_80 tables, whose sm_80 compile stands for theirs (same instructions
+# up to scheduling, same shared memory).
+STAND_IN = {86: 80, 89: 80, 120: 80}
+
+
+@pytest.mark.parametrize("module", aot.KERNEL_MODULES)
+@pytest.mark.parametrize("capability", STAND_IN)
+def test_smaller_gpus_launch_shipped_kernels_that_fit_them(reports, launches, module, capability):
+    arch, limits = STAND_IN[capability], aot.DEVICE_LIMITS[capability]
+    compiled = {}
+    for entry in reports.values():
+        if entry["module"] == module and entry["arch"] == arch and "error" not in entry:
+            compiled.setdefault(_launch_identity(entry), []).append(entry)
+    launched = {_launch_identity(item) for item in launches[module][str(capability)]["launched"]}
+    assert launched, "the launchers launched nothing"
+    missing = sorted(launched - set(compiled))
+    assert not missing, f"{len(missing)} launched configurations not in the sm_{arch} report, e.g. {missing[:3]}"
+    too_big = {e["label"]: (e["registers"], e["shared_bytes"]) for identity in launched for e in compiled[identity]
+               if aot.ctas_per_sm(e["registers"], e["shared_bytes"], e["num_warps"], limits) == 0}
+    assert not too_big, f"cannot launch on {limits.gpu} (registers, shared bytes): {too_big}"
+
+
 # ---------------------------------------------------------------------------------------------- the checks can fail
 
 
