@@ -284,5 +284,5 @@ def test_tensor_memory_bounds_sm100_occupancy():
 
 
 def test_bad_arch_is_refused_by_name():
-    with pytest.raises(ValueError, match=r"archs must be among \[80, 90, 100\] \(got 75\)"):
+    with pytest.raises(ValueError, match=r"archs must be among \[80, 86, 89, 90, 100, 120\] \(got 75\)"):
         aot.report(archs=(75,))
