@@ -128,11 +128,11 @@ CONFIGS = {
 }
 # Under the interpreter every program runs serially on the CPU: big tiles mean few of them.
 INTERPRETER_CONFIGS = {
-    "forward": TileConfig(64, 512, 64, 4, 4, 1),
-    "logits": TileConfig(64, 512, 64, 4, 4, 1),
-    "d_hidden": TileConfig(256, 128, 128, 4, 4, 1),
-    "d_weight": TileConfig(256, 128, 128, 4, 4, 1),
-    "logit_grad": TileConfig(64, 1024, 1, 1, 4, 1),
+    "forward": TileConfig(64, 2048, 64, 4, 4, 1),
+    "logits": TileConfig(64, 2048, 64, 4, 4, 1),
+    "logit_grad": TileConfig(64, 4096, 1, 1, 4, 1),
+    "d_hidden": TileConfig(128, 128, 1024, 4, 4, 1),
+    "d_weight": TileConfig(1024, 128, 128, 4, 4, 1),
 }
 
 
@@ -410,7 +410,7 @@ def _loss_and_lse(tile_max, tile_sumexp, tile_sum, target_logit, targets, vocab:
 
 
 def forward(hidden, weight, bias, targets, opts: LossOptions):
-    hidden, weight = _row_major(hidden), _row_major(weight)
+    hidden, weight, targets = _row_major(hidden), _row_major(weight), targets.contiguous()
     (n, d), vocab = hidden.shape, weight.shape[0]
     cfg = config_for("forward", hidden.dtype, hidden.device)
     n_row_blocks = triton.cdiv(n, cfg.block_m)
@@ -427,7 +427,7 @@ def forward(hidden, weight, bias, targets, opts: LossOptions):
 
 
 def gradients(hidden, weight, bias, targets, token_grad, opts: LossOptions):
-    hidden, weight = _row_major(hidden), _row_major(weight)
+    hidden, weight, targets = _row_major(hidden), _row_major(weight), targets.contiguous()
     (n, d), vocab = hidden.shape, weight.shape[0]
     device = hidden.device
     token_grad = token_grad.float().contiguous()
