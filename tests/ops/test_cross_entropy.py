@@ -270,7 +270,7 @@ def test_second_backward_through_a_fused_loss_is_refused():
         loss.backward()
 
 
-@pytest.mark.parametrize("arch", [80, 90])
+@pytest.mark.parametrize("arch", [80, 90, 100])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_triton_with_the_gpu_tile_shapes(arch, dtype, monkeypatch):
     """The interpreter normally runs large tiles for speed; here the tiles shipped for the GPU run
