@@ -84,11 +84,11 @@ TILES = {
     # back to mma.sync), so 8 warps want M = 128 and 4 warps M = 64.
     90: {
         ("forward", 32): (128, 128, 8, 3), ("forward", 64): (128, 128, 8, 3),
-        ("forward", 128): (128, 128, 8, 2), ("forward", 256): (128, 64, 8, 1),
+        ("forward", 128): (128, 64, 8, 3), ("forward", 256): (128, 32, 8, 2),
         ("dkdv", 32): (64, 128, 8, 3), ("dkdv", 64): (64, 128, 8, 3),
-        ("dkdv", 128): (64, 128, 8, 1), ("dkdv", 256): (16, 32, 4, 1),
+        ("dkdv", 128): (32, 128, 8, 2), ("dkdv", 256): (16, 32, 4, 1),
         ("dq", 32): (128, 128, 8, 3), ("dq", 64): (128, 128, 8, 3),
-        ("dq", 128): (128, 64, 8, 3), ("dq", 256): (128, 64, 8, 1),
+        ("dq", 128): (128, 64, 8, 3), ("dq", 256): (128, 32, 8, 2),
     },
     # sm_100 (B200): tcgen05 MMAs accumulate in tensor memory (UTCHMMA in SASS).
     100: {
@@ -110,32 +110,44 @@ TILES = {
 # and latency is hidden by cp.async stages, not by other CTAs.
 #
 # sm_90. Every main matmul (QK^T, PV; in the backward K Q^T, V dO^T, P^T dO, dS^T Q; S, dP, dS K) is
-# wgmma at every width but 256's dK/dV, with N = BLOCK_N, BLOCK_M or the width (>= 64 but at width 32,
-# where N is the head dim itself: padding 32 to 64 would double the MMA work of a kernel that the
-# exp2 units bound anyway). The matmuls whose left operand is a probability tile take it from
+# wgmma at every width but 256's dK/dV, with N = BLOCK_N, BLOCK_M or the width: >= 64 except at width
+# 32, where N is the head dim itself (padding 32 to 64 would double the MMA work of kernels the exp2
+# units nearly bound already), and where a 64-wide tile leaves no registers: K Q^T and V dO^T of the
+# dK/dV kernel at 128, QK^T of the forward and S, dP of dQ at 256 (below). Every entry is checked
+# spill-free in six variants (causal or not x window or not x packed or batched, sizes divisible by 16
+# or not), not only the two shipped_configurations compiles: tiles at 255 registers pass in one and
+# spill in another. The matmuls whose left operand is a probability tile take it from
 # registers (HGMMA ... R, gdesc), the others from shared memory. Before these tables (one 128x64 tile
 # at 8 warps for every forward; 32-query dK/dV tiles) the backward compiled to HGMMA.64x16x16 and
 # 64x32x16 and dQ at d128 waited on every wgmma (28 WARPGROUP.DEPBAR); now (batched causal bf16):
 #   forward d64  128x128 w8 s3: 211 regs, 115712 B, HGMMA.64x128x16 (QK^T) + 64x64x16 (PV)
-#   forward d128 128x128 w8 s2: 255 regs, 164864 B, HGMMA.64x128x16 for both (3 stages: 230 KB and
-#                8 B of stack; 128x64 s3 fits in 207 regs but halves the QK^T width)
-#   forward d256 128x64  w8 s1: 254 regs,  99328 B, 64x64x16 + 64x256x16; 2 stages leave 8 B of stack,
-#                64-query tiles spill (4 warps) or split N to 32 (8 warps)
+#   forward d128 128x64  w8 s3: 207 regs, 132096 B, HGMMA.64x64x16 (QK^T) + 64x128x16 (PV), up to 228
+#                regs in the other variants. 128x128 at 2 stages (255 regs, HGMMA.64x128x16 for both)
+#                leaves 8 B of stack in the non-causal batch; at 3 stages 8 B and 230 KB.
+#   forward d256 128x32  w8 s2: 239 regs, 132096 B, 64x32x16 (QK^T) + 64x256x16 (PV): QK^T narrow
+#                because 128x64 (1 stage, 254 regs) spills 12-36 B packed + causal + window and for
+#                a batch whose length is not a multiple of 16, with 2 stages 8 B of stack; 64-query
+#                tiles spill (4 warps) or split N to 32 (8 warps)
 #   dkdv d64     64x128  w8 s3: 241 regs,  83968 B, HGMMA.64x64x16 for all four
-#   dkdv d128    64x128  w8 s1: 255 regs,  99328 B, 64x64x16 (K Q^T, V dO^T) + 64x128x16 (dV, dK).
-#                With 2 stages it spills 144 B: dK + dV take 128 regs per thread, and in this
-#                transposed layout the lse and delta vectors broadcast along columns (16 regs each).
-#                Seeding the S and dP accumulators with -lse/scale and -delta and computing dS before
-#                dV brought it to 0 B spilled but 24 B of stack (per-thread tile offsets reloaded once
-#                per GQA head, outside the hot loop): still not shipped. 32-query tiles fit in 2
-#                stages (250 regs) but give HGMMA.64x32x16; 64 keys at 4 warps spill 400 B.
+#   dkdv d128    32x128  w8 s2: 250 regs,  99584 B, 64x32x16 (K Q^T, V dO^T) + 64x128x16 (dV, dK):
+#                the one sm_90 tile with N < 64 beside width 32's, because 64-query tiles do not fit.
+#                dK + dV take 128 regs per thread, and in this transposed layout the lse and delta
+#                vectors broadcast along columns (16 regs each). 64x128 compiles clean only for a
+#                batch at 1 stage (255 regs, loads not pipelined), and spills 24 B packed + causal,
+#                52-60 B packed + causal + window, 16 B for a batch whose length is not a multiple of
+#                16; with 2 stages 144 B. Seeding the S and dP accumulators with -lse/scale and
+#                -delta and computing dS before dV brought 2 stages to 0 B spilled + 24 B of stack
+#                for a batch, but not the packed cases; 64 keys at 4 warps spill 400 B. 32x128 at 2
+#                stages is spill-free in all six variants (causal x window x packed, sizes divisible
+#                or not); its narrow wgmmas read K and V from shared memory for half the FLOPs.
 #   dkdv d256    16x32   w4 s1: mma.sync. wgmma does not fit: its smallest key tile (64 rows) needs
 #                dK + dV = 128 KB of fp32 accumulators, half the register file, and every 64-key
 #                tile tried spills (64x64 w8 268 B, 128x64 w8 1684 B, 64x64 w4 3708 B).
 #   dq d64       128x128 w8 s3: 222 regs, 132096 B, 64x128x16 (S, dP) + 64x64x16 (dS K)
 #   dq d128      128x64  w8 s3: 211 regs, 164864 B, 64x64x16 + 64x128x16, 3 wgmma waits per loop;
 #                128x128 spills 24 B
-#   dq d256      128x64  w8 s1: 254 regs, 197632 B, 64x64x16 + 64x256x16
+#   dq d256      128x32  w8 s2: 242 regs, 197632 B, 64x32x16 (S, dP) + 64x256x16 (dS K): 128x64 at 1
+#                stage (254 regs) leaves 24 B of stack packed + causal + window
 # Width 32 takes the width-64 tiles (fewer registers, same shapes).
 #
 # sm_100. Triton 3.9 puts every matmul on tcgen05 (UTCHMMA) with the accumulator in tensor memory,
@@ -551,14 +563,14 @@ _TENSORS = {"Q", "K", "V", "O", "dO", "dQ", "dK", "dV"}
 _SCALARS = {"LSE": "*fp32", "DELTA": "*fp32", "cu_seqlens": "*i32", "qk_scale": "fp32", "scale": "fp32"}
 _ELEMENT = {torch.bfloat16: "*bf16", torch.float16: "*fp16"}
 # The variants compiled per tile: (CAUSAL, WINDOWED and VARLEN, 16-bit type, head dim for a width).
-# Causal batched bf16 at the full width is what pretraining runs. Packed + windowed holds every code
-# path the kernels have (document bounds, window bounds, masked edge tiles), compiled non-causal so the
-# two-sided window branch is in it too, in fp16 so both 16-bit types are compiled, and at a padded
-# head dim (96 at width 128: masked columns). bf16 and fp16 differ only in conversion instructions,
-# the other causal x packed combinations only in which of these branches exist: the full cross
-# product would cost 4x the compile time for kernels made of the same code.
+# Causal batched bf16 at the full width is what pretraining runs. Packed + causal + windowed fp16 at a
+# padded head dim (96 at width 128: masked columns) holds the most code (document bounds, window
+# bounds, masked edge tiles) and needs the most registers of the six variants the tables were checked
+# in (see TILES); bf16 and fp16 differ only in conversion instructions. The other four variants
+# (non-causal, unwindowed packed, sizes not divisible by 16) are made of the same code with fewer
+# branches; compiling them all would triple the time of the report.
 _PADDED = {32: 16, 64: 48, 128: 96, 256: 192}
-_VARIANTS = ((True, False, torch.bfloat16, lambda w: w), (False, True, torch.float16, _PADDED.get))
+_VARIANTS = ((True, False, torch.bfloat16, lambda w: w), (True, True, torch.float16, _PADDED.get))
 
 
 def _signature(fn, dtype: torch.dtype) -> dict:
