@@ -18,7 +18,7 @@ What each number of a report entry means
   variant for people.
 - `registers`: registers per thread (cuobjdump -res-usage REG). 255 is the hardware maximum.
 - `spill_bytes`: spill stores + spill loads, from the log of the very ptxas run that built the cubin
-  (Triton's own, with its flags). Non-zero means registers overflowed to local memory, which lives
+  (Triton's own, with its flags: the wheel's ptxas 12.9 for sm_80, ptxas-blackwell 13.4 for sm_90+). Non-zero means registers overflowed to local memory, which lives
   in DRAM behind L1: a slow kernel. cuobjdump's LOCAL does not show spills reliably; ptxas does.
 - `stack_bytes`: per-thread stack frame (cuobjdump STACK); also local memory, also slow.
 - `shared_bytes`: shared memory per block: the cubin's static shared memory (cuobjdump SHARED; ptxas
@@ -39,22 +39,24 @@ What each number of a report entry means
   much it does):
     HGMMA {"64x128x16": n}: sm_90 warpgroup MMA (wgmma). The shape is MxNxK per instruction: 64 rows
       per warpgroup, N the tile width; N >= 64 keeps the tensor cores fed from shared memory, narrow N
-      (16, 32) runs far below peak.
-    HMMA: warp-level mma.sync (sm_80's tensor cores; on sm_90 it reaches about 2/3 of wgmma's peak).
+      (16, 32) re-reads the A operand for little work and runs below peak.
+    HMMA: warp-level mma.sync (sm_80's tensor cores; on sm_90 it reaches about 2/3 of wgmma's peak,
+      as the FlashAttention-3 paper measures).
     UTCHMMA: sm_100 tcgen05 MMA (Blackwell tensor cores, accumulating in tensor memory).
     LDGSTS: cp.async global->shared copies (sm_80+ software pipelining; none means loads go through
       registers and the pipeline has one stage).
     UTMALDG: TMA bulk tensor loads (sm_90+ tensor descriptors).
     ATOMG / REDG: global atomics that return / do not return a value (atomic adds into gradients);
-      sm_80 writes some as generic-address ATOM.E / RED.E, counted here too.
+      sm_80 writes reductions as RED.E (and returning ones could be ATOM.E), counted here too.
     MEMBAR {"MEMBAR.ALL.GPU": n}: memory fences by full opcode. The last part is the scope: .CTA is a
       cheap block-level fence Triton places around shared memory; .GPU/.SYS wait until every earlier
-      write is visible to the whole GPU/system, thousands of cycles each (tl.atomic_add's default
+      write is visible to the whole GPU/system, hundreds to thousands of cycles each (tl.atomic_add's default
       sem="acq_rel" puts one before every atomic).
     MUFU.EX2: the special-function unit's 2^x (softmax, logsumexp): 16 per SM per clock on sm_90,
       an eighth of the FMA rate, so exp-heavy kernels can be bound by it.
-- `tl_dots`: the number of tl.dot in the kernel's Triton IR by operand type ({"bf16": 2}): which
-  matmuls the tensor-core counts above must account for ({} for an elementwise kernel).
+- `tl_dots`: the number of tl.dot in the kernel's Triton IR by operand type, as MLIR spells it
+  ({"bf16": 2}; "f16", "f32"): which matmuls the tensor-core counts above must account for ({} for
+  an elementwise kernel).
 - `ptx_acquire_release`: PTX instructions with acquire/release ordering by full opcode
   (`atom.global.gpu.acq_rel.add.f32`, `red.*.release`, `fence.acq_rel.gpu`, `fence.sc.*`,
   `membar.gl`/`membar.sys`); they become the GPU-scope fences above. Relaxed atomics
@@ -310,7 +312,7 @@ def spec_from_entry(entry: dict) -> CompileSpec:
 
 # ---------------------------------------------------------------------------------------------- checks
 
-_SIXTEEN_BIT = ("bf16", "fp16", "f16")
+_SIXTEEN_BIT = ("bf16", "f16")  # Triton IR (MLIR) element types
 
 
 def problems(entry: dict) -> list[str]:
@@ -444,12 +446,15 @@ def main(argv=None) -> int:
     parser.add_argument("modules", nargs="*", default=list(KERNEL_MODULES), metavar="MODULE",
                         help=f"kernel modules with shipped_configurations(arch) (default: {' '.join(KERNEL_MODULES)})")
     parser.add_argument("--arch", type=int, nargs="+", choices=sorted(DEVICE_LIMITS), default=list(ARCHS),
-                        help="compute capabilities to compile for (default: all)")
+                        help=f"compute capabilities to compile for (default: {' '.join(map(str, ARCHS))}; 86, 89 and 120 "
+                             "are the smaller GPUs kernel modules serve with their sm_80 tables)")
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print the report as a JSON list (one object per configuration)")
     output.add_argument("--labels", action="store_true", help="print [module, arch, label] of each configuration; compile nothing")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
     args = parser.parse_args(argv)
+    if args.labels and os.environ.get("TRITON_INTERPRET") == "1":
+        parser.error("--labels needs TRITON_INTERPRET unset: kernel modules cannot build specs from interpreted kernels")
     if args.labels:
         json.dump([[m, a, s.label] for m in args.modules for a in args.arch for s in _shipped(m, a)], sys.stdout)
         return 0
