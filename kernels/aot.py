@@ -273,6 +273,10 @@ def compile_report(spec: CompileSpec, arch: int) -> dict:
     """Compiles one configuration for sm_<arch> and returns its report entry (module docstring)."""
     if arch not in DEVICE_LIMITS:
         raise ValueError(f"arch must be one of {sorted(DEVICE_LIMITS)} (got {arch!r})")
+    if not isinstance(spec.attrs, dict):
+        # Without the launch specialization Triton compiles another kernel (scalar loads, no cp.async).
+        raise ValueError(f"spec.attrs of {spec.kernel} ({spec.label}) must be the launch specialization as a dict "
+                         f"(divisibility_attrs; {{}} when nothing is specialized), got {spec.attrs!r}")
     compiled, ptxas_log = _compile(spec, arch)
     spills = [int(stores) + int(loads) for stores, loads in _PTXAS_SPILLS.findall(ptxas_log)]
     if not spills:

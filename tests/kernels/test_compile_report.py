@@ -289,6 +289,15 @@ def test_tensor_memory_bounds_sm100_occupancy():
     assert aot.ctas_per_sm(32, 0, 4, aot.DEVICE_LIMITS[100]) == 16
 
 
+def test_a_spec_without_the_launch_specialization_is_refused():
+    import sample_kernels
+
+    signature = {"x_ptr": "*fp32", "out_ptr": "*fp32", "n": "i32", "BLOCK": "constexpr", "SEM": "constexpr"}
+    spec = aot.CompileSpec(sample_kernels.atomic_kernel, signature, {"BLOCK": 1024, "SEM": "relaxed"}, None, 4, 1, "unspecialized")
+    with pytest.raises(ValueError, match=r"spec.attrs of atomic_kernel \(unspecialized\) must be the launch specialization.*got None"):
+        aot.compile_report(spec, 90)
+
+
 def test_bad_arch_is_refused_by_name():
     with pytest.raises(ValueError, match=r"archs must be among \[80, 86, 89, 90, 100, 120\] \(got 75\)"):
         aot.report(archs=(75,))
