@@ -1,7 +1,9 @@
 """The kernels that really run, compiled for sm_80, sm_90 and sm_100 with their launch specialization
 and read from the compiled code (fastscale.kernels.aot): no spills, shared memory within the device,
 no GPU- or system-scope fences or acquire/release atomics, 16-bit matmuls on the architecture's
-tensor-core path (HGMMA with N >= 64 on sm_90, HMMA on sm_80). One test per shipped configuration.
+tensor-core path (HGMMA with N >= 64 on sm_90, tcgen05 or mma.sync on sm_100, HMMA on sm_80). One
+test per shipped configuration. Every launch the launchers make (recorded on CPU, launches.py) must
+be one the report compiles, and the sm_80 tables must fit the smaller GPUs they also serve.
 
 Kernel modules cannot build specs under TRITON_INTERPRET, so the configurations are listed at
 collection by one fresh interpreter (aot.labels) and compiled once per session in two worker
