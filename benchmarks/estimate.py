@@ -135,9 +135,6 @@ def compiled(entries: list[dict], module: str, kernel: str, arch: int, **constex
     raise LookupError(f"no compiled {module}.{kernel} for sm_{arch} with {constexprs} in the report")
 
 
-def _tile(cfg) -> roofline.Tile:
-    return roofline.Tile(cfg.block_m, cfg.block_n, getattr(cfg, "block_k", 0), getattr(cfg, "group_m", 1))
-
 
 def cross_entropy(module_name: str, entries: list[dict], arch: int) -> list[roofline.Estimate]:
     """Forward+backward (and, for the band design, the loss-only forward) at CE_SHAPE, with the
@@ -149,19 +146,19 @@ def cross_entropy(module_name: str, entries: list[dict], arch: int) -> list[roof
     shape = f"N {n}, V {vocab}, d {d}, bf16"
     pick = lambda kernel, **cx: compiled(entries, module_name, kernel, arch, **cx)
     if not hasattr(module, "band_rows"):
-        tiles = {k: _tile(module.CONFIGS[(k, 2)]) for k in ("forward", "backward")}
+        tiles = {k: roofline.Tile.of(module.CONFIGS[(k, 2)]) for k in ("forward", "backward")}
         forward, backward = roofline.cross_entropy_atomic(n, vocab, d, tiles, {k: pick(f"_{k}_kernel") for k in tiles}, gpu)
         return [roofline.estimate("cross-entropy forward+backward", shape, gpu, roofline.cross_entropy_flops(n, vocab, d), [forward, backward]),
                 roofline.estimate("cross-entropy forward (loss only)", shape, gpu, roofline.cross_entropy_flops(n, vocab, d, backward=False), [forward])]
     cfg = lambda kernel: module.CONFIGS[(kernel, 2, arch)]
-    tiles = {k: _tile(cfg(k)) for k in BAND_KERNELS}
+    tiles = {k: roofline.Tile.of(cfg(k)) for k in BAND_KERNELS}
     kernels = {"logits": pick("_logits_kernel"), "logit_grad": pick("_logit_grad_kernel"),
                "d_hidden": pick("_matmul_kernel", A_K_CONTIGUOUS=True), "d_weight": pick("_matmul_kernel", **D_WEIGHT_VARIANT)}
     rows = module.band_rows(n, vocab, torch.bfloat16, tiles["logits"].bm)
     forward_cfg = cfg("forward")
     row_blocks = -(-n // forward_cfg.block_m)
     splits, _ = module.vocab_splits(row_blocks, -(-vocab // forward_cfg.block_n), gpu.sms, forward_cfg.group_m)
-    forward = roofline.vocab_sweep("forward (loss only)", n, vocab, d, _tile(forward_cfg), pick("_forward_kernel"), gpu, row_blocks * splits)
+    forward = roofline.vocab_sweep("forward (loss only)", n, vocab, d, roofline.Tile.of(forward_cfg), pick("_forward_kernel"), gpu, row_blocks * splits)
     return [
         roofline.estimate("cross-entropy forward+backward", shape, gpu, roofline.cross_entropy_flops(n, vocab, d),
                           roofline.cross_entropy_bands(n, vocab, d, rows, tiles, kernels, gpu)),
@@ -178,7 +175,7 @@ def attention(module_name: str, entries: list[dict], arch: int) -> list[roofline
     block_d = module.width(d) if hasattr(module, "width") else d
     table = module.CONFIGS[arch] if arch in module.CONFIGS else module.CONFIGS
     names = ("forward", "dkdv", "dq")
-    tiles = {k: _tile(table[(k, block_d)]) for k in names}
+    tiles = {k: roofline.Tile.of(table[(k, block_d)]) for k in names}
     kernels = {k: compiled(entries, module_name, f"_{k}_kernel", arch, BLOCK_D=block_d) for k in names}
     kernels["delta"] = compiled(entries, module_name, "_delta_kernel", arch, BLOCK_D=block_d)
     shape = f"B {b}, H {h}, T {t}, d {d}, causal, bf16"

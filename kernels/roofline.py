@@ -251,6 +251,11 @@ class Tile:
     group_m: int = 1
     split_k: int = 1  # programs per output tile, each summing a 1/split_k share of K
 
+    @classmethod
+    def of(cls, cfg) -> "Tile":
+        """The tile of a kernel module's config (block_m, block_n and, for GEMMs, block_k, group_m)."""
+        return cls(cfg.block_m, cfg.block_n, getattr(cfg, "block_k", 0), getattr(cfg, "group_m", 1))
+
 
 def mma_operand_bytes(m: int, n: int, k: int, compiled: Compiled, elem: int, *, a_in_smem: bool = True) -> float:
     """Shared-memory bytes the MMA instructions read for one [m, k] @ [k, n] product (see the module

@@ -92,20 +92,31 @@ def test_every_printed_number_is_labelled_an_estimate():
 
 
 @pytest.fixture(scope="module")
-def fresh_facts():
-    """ops/_auto.py's facts from one compile of the shipped configurations (2 processes)."""
+def fresh_entries():
+    """Report entries of one compile (2 processes) of the shipped configurations the estimates and
+    ops/_auto.py read: bf16, plain variants, every head dim, sm_90 and sm_80."""
     from fastscale.benchmarks import estimate
 
-    entries = estimate.compile_reports(list(estimate.MODULES.values()), every_head_dim=True)
-    return estimate.auto_facts(entries)
+    return estimate.compile_reports(list(estimate.MODULES.values()), every_head_dim=True)
 
 
-def test_auto_constants_match_the_compiled_kernels(fresh_facts):
+def test_auto_constants_match_the_compiled_kernels(fresh_entries):
+    from fastscale.benchmarks import estimate
     from fastscale.ops import _auto
 
-    assert fresh_facts == _auto.COMPILED, (
+    assert estimate.auto_facts(fresh_entries) == _auto.COMPILED, (
         "kernels changed: regenerate COMPILED in src/fastscale/ops/_auto.py with "
         "`python -m fastscale.benchmarks.estimate --auto-constants`")
+
+
+def test_the_estimate_command_reads_the_shipped_kernels_and_their_tables(fresh_entries):
+    from fastscale.benchmarks import estimate
+
+    estimates = estimate.all_estimates(fresh_entries, estimate.MODULES)
+    assert {(e.kernel, e.gpu.arch) for e in estimates} == {(k, a) for k in r.TARGETS for a in (80, 90)} | {
+        ("cross-entropy forward (loss only)", a) for a in (80, 90)}
+    for e in estimates:
+        assert 0 < e.fraction_of_peak < r.TENSOR_SUSTAINED and e.bound in ("tensor", "tensor+softmax", "shared memory", "HBM", "fences")
 
 
 def test_auto_picks_the_backend_with_the_shortest_estimate():

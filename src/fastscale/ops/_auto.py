@@ -91,9 +91,6 @@ COMPILED: dict[int, dict[str, Compiled]] = {
 }
 
 
-def _tile(cfg) -> roofline.Tile:
-    return roofline.Tile(cfg.block_m, cfg.block_n, getattr(cfg, "block_k", 0), getattr(cfg, "group_m", 1))
-
 
 def gpu_for(capability: tuple[int, int]) -> roofline.Gpu:
     """The modelled GPU nearest a device: H100 SXM for sm_90 and later, A100 SXM before."""
@@ -106,7 +103,7 @@ def cross_entropy_launches(n_tokens: int, vocab: int, d: int, gpu: roofline.Gpu)
     from fastscale.ops.cross_entropy_torch import chunk_rows
 
     names = ("logits", "logit_grad", "d_hidden", "d_weight")
-    tiles = {k: _tile(kernels.CONFIGS[(k, 2, gpu.arch)]) for k in names}
+    tiles = {k: roofline.Tile.of(kernels.CONFIGS[(k, 2, gpu.arch)]) for k in names}
     compiled = {k: COMPILED[gpu.arch][f"cross_entropy.{k}"] for k in names}
     rows = kernels.band_rows(n_tokens, vocab, torch.bfloat16, tiles["logits"].bm)
     softmax_kernel = Compiled("fastscale._C cross_entropy", gpu.arch, "none", 0, _C_BLOCKS_PER_SM, 8, 0, 0)
@@ -143,7 +140,7 @@ def triton_attention_launches(batch: int, seqlen: int, heads: int, head_dim: int
 
     block_d = kernels.width(head_dim)
     names = ("forward", "dkdv", "dq") if backward else ("forward",)
-    tiles = {k: _tile(kernels.CONFIGS[gpu.arch][(k, block_d)]) for k in names}
+    tiles = {k: roofline.Tile.of(kernels.CONFIGS[gpu.arch][(k, block_d)]) for k in names}
     compiled = {k: COMPILED[gpu.arch][f"attention.{k}.d{block_d}"] for k in (*names, *(("delta",) if backward else ()))}
     return roofline.attention(batch, heads, seqlen, head_dim, block_d, causal, tiles, compiled, gpu, backward=backward)
 
