@@ -334,9 +334,14 @@ def problems(entry: dict) -> list[str]:
         found.append(f"GPU/system-scope fences {fences}")
     if entry["ptx_acquire_release"]:
         found.append(f"acquire/release atomics or fences in the PTX {entry['ptx_acquire_release']}")
-    if any(ty in _SIXTEEN_BIT for ty in entry["tl_dots"]):
-        found += _tensor_core_problems(arch, sass)
-    return found
+    return found + tensor_core_problems(entry)
+
+
+def tensor_core_problems(entry: dict) -> list[str]:
+    """The part of `problems` about 16-bit matmuls off the architecture's fast tensor-core path."""
+    if "error" in entry or not any(ty in _SIXTEEN_BIT for ty in entry["tl_dots"]):
+        return []
+    return _tensor_core_problems(entry["arch"], entry["sass"])
 
 
 def _tensor_core_problems(arch: int, sass: dict) -> list[str]:

@@ -95,10 +95,10 @@ _STORE_GEMM = {
     100: TileConfig(128, 256, 64, 8, 8, 3),
 }
 # The dW GEMM starts its accumulator from the dW tile it owns; at 128x256 loading that tile spills
-# on sm_80 (mma.sync) and sm_100 (tcgen05), not on sm_90 (254 registers).
+# on every arch (on sm_90 254 registers and a 32 B stack frame in Triton's own ptxas run), so 128x128.
 _ACCUMULATE_GEMM = {
     80: TileConfig(128, 128, 32, 8, 8, 4),  # 64 KiB shared
-    90: _STORE_GEMM[90],
+    90: TileConfig(128, 128, 64, 8, 8, 4),  # 128 KiB shared
     100: TileConfig(128, 128, 64, 8, 8, 4),  # 128 KiB shared
 }
 # 16-bit GEMMs with a softmax-statistics epilogue (forward, logits): at 128x256 its exponentials and
@@ -109,10 +109,11 @@ _SOFTMAX_GEMM = {
     100: TileConfig(128, 128, 64, 8, 8, 3),  # 96 KiB shared: 4 stages spill the forward with a bias
 }
 # fp32 operands run on FMA units (no silent TF32): each product costs registers, so tiles are small.
-# 8 warps spill the forward's epilogue with a bias on sm_80 (ptxas caps them at 128 registers there).
+# 8 warps spill the forward's epilogue with a bias on sm_80 (ptxas caps them at 128 registers there)
+# and the logits kernel on sm_90 (8 B), so 4 warps there.
 _FP32_GEMM = {
     80: TileConfig(64, 64, 16, 8, 4, 3),
-    90: TileConfig(64, 64, 16, 8, 8, 3),
+    90: TileConfig(64, 64, 16, 8, 4, 3),
     100: TileConfig(64, 64, 16, 8, 8, 3),
 }
 _ELEMENTWISE = TileConfig(8, 1024, 1, 1, 4, 1)

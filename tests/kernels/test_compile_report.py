@@ -11,6 +11,7 @@ processes (aot.report). The checks themselves are shown to fail on sample kernel
 (sample_kernels.py), through the command line, and on hand-made entries.
 """
 
+import importlib
 import json
 import os
 import subprocess
@@ -58,7 +59,21 @@ def test_shipped_kernel(reports, configuration):
         pytest.fail(f"shipped_configurations failed:\n{label}")
     entry = reports[module, arch, label]
     assert "error" in entry or set(entry) == REPORT_KEYS, sorted(entry)
-    assert not aot.problems(entry), f"sm_{arch} {label}: " + "; ".join(aot.problems(entry))
+    found = aot.problems(entry)
+    waived = _known_narrow_mma(entry)
+    if waived:
+        narrow = aot.tensor_core_problems(entry)
+        assert narrow, f"sm_{arch} {label} is listed in SM90_NARROW_MMA ({waived}) but compiles to wide HGMMA: remove it"
+        found = [p for p in found if p not in narrow]
+    assert not found, f"sm_{arch} {label}: " + "; ".join(found)
+
+
+def _known_narrow_mma(entry: dict) -> str | None:
+    """The reason a kernel module gives for an sm_90 tile whose matmuls are not all HGMMA with N >= 64."""
+    if "error" in entry or entry["arch"] != 90:
+        return None
+    listed = getattr(importlib.import_module(entry["module"]), "SM90_NARROW_MMA", {})
+    return listed.get((entry["kernel"], entry["constexprs"].get("BLOCK_D")))
 
 
 def test_labels_name_one_configuration_each():
@@ -93,7 +108,10 @@ def _launch_identity(item: dict) -> tuple:
     # The tile configuration: every non-boolean constexpr (tile sizes, head dim, precision) with warps
     # and stages. Boolean variants (causal, bias, ...) may be deduplicated by the module when they
     # compile to the same resources (it says so beside shipped_configurations).
-    tiles = sorted((k, v) for k, v in item["constexprs"].items() if not isinstance(v, bool))
+    # Attention's HEAD_DIM (1..256) only bounds the masked columns of its BLOCK_D-wide tiles; the
+    # module compiles each tile at a full and a padded head dim in six variants (see its TILES notes),
+    # so the report ships one head dim per BLOCK_D rather than 256 compiles per kernel.
+    tiles = sorted((k, v) for k, v in item["constexprs"].items() if not isinstance(v, bool) and k != "HEAD_DIM")
     return item["kernel"], tuple(tiles), item["num_warps"], item["num_stages"]
 
 

@@ -36,8 +36,9 @@ def attention(q, k, v, *, causal=True, cu_seqlens=None, max_seqlen=None, window=
     causal: query i sees keys j <= i. window=W: query i sees key j only if i - W < j (and j < i + W
     when not causal), so at most W keys on its left, itself included (flash-attn's
     window_size=(W-1, 0) when causal, (W-1, W-1) when not). scale defaults to 1/sqrt(D).
-    backend: "auto" (on CUDA tensors triton when it supports them: bfloat16/float16, any head dim
-    up to 256; else flash_attn if installed and able; else torch. On CPU torch), "triton",
+    backend: "auto" (on CUDA tensors, of triton (bfloat16/float16, any head dim up to 256) and
+    flash_attn (if installed and able), the one with the best estimate from the compiled code for the
+    shape, see ops/_auto.py; torch when neither can serve the inputs, and on CPU), "triton",
     "flash_attn" or "torch". Returns a tensor shaped and typed like q.
     """
     check_choice("backend", backend, BACKENDS)
@@ -49,7 +50,7 @@ def attention(q, k, v, *, causal=True, cu_seqlens=None, max_seqlen=None, window=
         raise ValueError(f"max_seqlen={max_seqlen!r}: only meaningful with cu_seqlens (packed input); pass None")
     if scale is None:
         scale = q.shape[-1] ** -0.5
-    backend = _choose_backend(backend, q)
+    backend = _choose_backend(backend, q, k, v, causal, cu_seqlens, max_seqlen)
     if backend == "torch":
         return attention_torch.attention(q, k, v, causal=causal, cu_seqlens=cu_seqlens, window=window, scale=scale)
     if backend == "flash_attn":
@@ -164,7 +165,7 @@ def _flash_attn_unsupported(q) -> str | None:
 _UNSUPPORTED = {"triton": _triton_unsupported, "flash_attn": _flash_attn_unsupported}
 
 
-def _choose_backend(backend: str, q) -> str:
+def _choose_backend(backend: str, q, k, v, causal, cu_seqlens, max_seqlen) -> str:
     if backend == "torch":
         return backend
     if backend != "auto":
@@ -174,12 +175,26 @@ def _choose_backend(backend: str, q) -> str:
         return backend
     if q.device.type != "cuda":
         return "torch"
+    available = []
     for candidate in ("triton", "flash_attn"):
         reason = _UNSUPPORTED[candidate](q)
         if reason is None:
-            return candidate
-        log.debug("attention: backend %s skipped: it %s", candidate, reason)
-    return "torch"
+            available.append(candidate)
+        else:
+            log.debug("attention: backend %s skipped: it %s", candidate, reason)
+    return _fastest_on_cuda(q, k, v, causal, cu_seqlens, max_seqlen, tuple(available))
+
+
+def _fastest_on_cuda(q, k, v, causal, cu_seqlens, max_seqlen, available) -> str:
+    """The available backend with the best estimate from the compiled code for this shape
+    (ops/_auto.py), until a GPU measurement replaces it."""
+    from . import _auto
+
+    batch_tokens = q.shape[0] if cu_seqlens is not None else q.shape[0] * q.shape[1]
+    seqlen = max_seqlen if cu_seqlens is not None else q.shape[1]
+    backward = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
+    return _auto.fastest_attention_backend(batch_tokens, seqlen, q.shape[-2], q.shape[-1], q.dtype, causal,
+                                           torch.cuda.get_device_capability(q.device), available, backward=backward)
 
 
 def _flash_attn(q, k, v, causal, cu_seqlens, max_seqlen, window, scale):

@@ -19,6 +19,7 @@ multiplies the float32 products by s afterwards.
 from __future__ import annotations
 
 import importlib
+import logging
 from types import ModuleType
 
 import torch
@@ -26,6 +27,8 @@ import torch
 from . import cross_entropy_torch
 from ._checks import FLOAT_DTYPES, check_choice, check_number, check_same, check_tensor
 from .cross_entropy_torch import LossOptions, accumulation_dtype
+
+log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "triton", "cuda", "torch")
 REDUCTIONS = ("mean", "sum", "none")
@@ -120,11 +123,12 @@ def linear_cross_entropy(
     to softcap * tanh(logits / softcap) first (Gemma 2). The loss is float32 (float64 for float64
     inputs). With return_lse, also returns the per-token logsumexp of the (capped) logits, shaped
     like targets, for every token including ignored ones; it carries no gradient.
-    backend: "auto" (triton on CUDA tensors, torch on CPU), "triton", "cuda" or "torch".
+    backend: "auto" (on CUDA tensors the backend with the best estimate from the compiled code for
+    the shape, see ops/_auto.py; torch on CPU), "triton", "cuda" or "torch".
     """
     _check_inputs(hidden, weight, targets, bias)
     opts = _check_options(ignore_index, reduction, label_smoothing, z_loss, softcap)
-    module = _backend_module(backend, hidden)
+    module = _backend_module(backend, hidden, weight.shape[0])
     targets_1d = targets.reshape(-1).long()
     _check_target_range(targets_1d, weight.shape[0], ignore_index)
     hidden_2d = hidden.reshape(-1, hidden.shape[-1])
@@ -184,12 +188,29 @@ def _check_target_range(targets: torch.Tensor, vocab: int, ignore_index: int) ->
         raise ValueError(f"targets: value {example} is outside [0, {vocab}) and is not ignore_index ({ignore_index})")
 
 
-def _backend_module(backend: str, hidden: torch.Tensor) -> ModuleType:
+def _backend_module(backend: str, hidden: torch.Tensor, vocab: int) -> ModuleType:
     check_choice("backend", backend, BACKENDS)
     if backend == "auto":
-        backend = "triton" if hidden.is_cuda else "torch"
+        backend = _fastest_on_cuda(hidden, vocab) if hidden.is_cuda else "torch"
     if backend == "torch":
         return cross_entropy_torch
     module = importlib.import_module(_BACKEND_MODULES[backend])
     module.check_supported(hidden)
     return module
+
+
+def _fastest_on_cuda(hidden: torch.Tensor, vocab: int) -> str:
+    """The backend with the best estimate from the compiled code for this shape (ops/_auto.py), until
+    a GPU measurement replaces it; triton when the cuda backend cannot run here (no fastscale._C)."""
+    from . import _auto
+
+    n_tokens = hidden.numel() // hidden.shape[-1]
+    capability = torch.cuda.get_device_capability(hidden.device)
+    choice = _auto.fastest_cross_entropy_backend(n_tokens, vocab, hidden.shape[-1], hidden.dtype, capability)
+    if choice == "cuda":
+        try:
+            importlib.import_module(_BACKEND_MODULES["cuda"]).check_supported(hidden)
+        except (RuntimeError, TypeError, ValueError) as why:
+            log.debug("linear_cross_entropy: auto skips backend cuda: %s", why)
+            return "triton"
+    return choice
