@@ -83,7 +83,7 @@ COMPILED: dict[int, dict[str, Compiled]] = {
         'attention.forward.d32': Compiled('_forward_kernel', 90, 'wgmma', 32, 1, 8, 0, 0),
         'attention.forward.d64': Compiled('_forward_kernel', 90, 'wgmma', 64, 1, 8, 0, 0),
         'cross_entropy.d_hidden': Compiled('_matmul_kernel', 90, 'wgmma', 256, 1, 8, 0, 0),
-        'cross_entropy.d_weight': Compiled('_matmul_kernel', 90, 'wgmma', 256, 1, 8, 0, 0),
+        'cross_entropy.d_weight': Compiled('_matmul_kernel', 90, 'wgmma', 128, 1, 8, 0, 0),
         'cross_entropy.forward': Compiled('_forward_kernel', 90, 'wgmma', 128, 1, 8, 0, 0),
         'cross_entropy.logit_grad': Compiled('_logit_grad_kernel', 90, 'none', 0, 6, 4, 0, 0),
         'cross_entropy.logits': Compiled('_logits_kernel', 90, 'wgmma', 128, 1, 8, 0, 0),
