@@ -43,8 +43,8 @@ times are ESTIMATES on paper from the tile schedules, not measurements:
 | split-K partials + deterministic| 8 NVd    | partials written and read:                  | 24-36 KiB        | none                   | 1.1 TB of partials | yes           |
 | reduction                       | 1.41e14  | 8 NVd (1/BM + 1/BN) = 3.3 TB (~1 s)         |                  |                        | unless chunked     |               |
 | CHOSEN: row bands of stored     | 6 NVd    | per band of 4096 tokens ~20 GiB: logits     | 128 KiB logits,  | none                   | 1 GiB band + 48 MiB| yes           |
-| logits + 3 GEMMs + 1 elementwise| 1.06e14  | GEMM ~7 (W 4x, z out 1), elementwise 2,     | 144 KiB dX, dW   |                        | of statistics      |               |
-| pass (R = 4096, 8 bands)        | (107 ms) | dX ~5, dW ~5-9 (dW fp32 RMW 4); x 8 bands = |                  |                        |                    |               |
+| logits + 3 GEMMs + 1 elementwise| 1.06e14  | GEMM ~7 (W 4x, z out 1), elementwise 2,     | 144 KiB dX,      |                        | of statistics      |               |
+| pass (R = 4096, 8 bands)        | (107 ms) | dX ~5, dW ~5-9 (dW fp32 RMW 4); x 8 bands = | 128 KiB dW       |                        |                    |               |
 |                                 |          | ~160 GiB, below each GEMM's compute time    |                  |                        |                    |               |
 |                                 |          | except the elementwise pass: 16 GiB, ~5 ms  |                  |                        |                    |               |
 | CHOSEN forward (loss only),     | 2 NVd    | W once per group of 8 row blocks: 32 GiB;   | 128 KiB          | none                   | 7 MiB of partials  | yes           |
@@ -54,9 +54,9 @@ times are ESTIMATES on paper from the tile schedules, not measurements:
 (dX and dW in fp32, 0.5 + 2 GiB, are the returned gradients in every design, so not counted as extra.)
 Tiles per architecture: CONFIGS, keyed by (kernel, dtype size, arch), chosen by compiling every
 shipped configuration (shipped_configurations) for sm_80/90/100 and reading ptxas's spill counts and
-the SASS: on sm_90 the 16-bit dX and dW GEMMs are 128x256x64 tiles on two warp groups of
-HGMMA.64x256x16, the logits and forward GEMMs 128x128x64 (HGMMA.64x128x16: at 128x256 their softmax
-epilogue spills); fp32 inputs keep full-precision products (input_precision "ieee", FMA units, 64x64
+the SASS: on sm_90 the 16-bit dX GEMM is 128x256x64 tiles on two warp groups of HGMMA.64x256x16,
+the dW GEMM (its accumulator starts from the dW tile: 128x256 spills) and the logits and forward
+GEMMs 128x128x64 (HGMMA.64x128x16: at 128x256 their softmax epilogue spills); fp32 inputs keep full-precision products (input_precision "ieee", FMA units, 64x64
 tiles). Operands load with cp.async (LDGSTS), not TMA. All operand index arithmetic is 64-bit.
 """
 
