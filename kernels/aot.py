@@ -6,7 +6,7 @@ pointers, sizes and strides divisible by 16). `compile_report` compiles one spec
 GPU target (sm_80 A100, sm_90 H100, sm_100 B200) and reads the result; `report` does it for every
 shipped configuration of some modules in a pool of worker processes (fresh interpreters without
 TRITON_INTERPRET), `recompile` again from the JSON entries alone; `python -m fastscale.kernels.aot
---json [--arch 80|90|100 ...] [MODULE ...]` prints the report (default: both kernel modules, all three
+--json [--arch 80|90|100]... [MODULE ...]` prints the report (default: both kernel modules, all three
 archs; without --json a line per configuration with its problems).
 
 What each number of a report entry means
@@ -433,7 +433,7 @@ def labels(modules=KERNEL_MODULES, archs=ARCHS) -> list[tuple[str, int, str]]:
     """(module, arch, label) of every shipped configuration, in report order, from one fresh
     interpreter without TRITON_INTERPRET (kernel modules cannot build specs under the interpreter)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    command = [sys.executable, "-m", "fastscale.kernels.aot", "--labels", "--arch", *map(str, archs), "--", *modules]
+    command = [sys.executable, "-m", "fastscale.kernels.aot", "--labels", *(f"--arch={arch}" for arch in archs), "--", *modules]
     out = subprocess.run(command, env=env, check=True, capture_output=True, text=True).stdout
     return [tuple(item) for item in json.loads(out)]
 
@@ -454,14 +454,16 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fastscale.kernels.aot", description=__doc__.split("\n\n")[0])
     parser.add_argument("modules", nargs="*", default=list(KERNEL_MODULES), metavar="MODULE",
                         help=f"kernel modules with shipped_configurations(arch) (default: {' '.join(KERNEL_MODULES)})")
-    parser.add_argument("--arch", type=int, nargs="+", choices=sorted(DEVICE_LIMITS), default=list(ARCHS),
-                        help=f"compute capabilities to compile for (default: {' '.join(map(str, ARCHS))}; 86, 89 and 120 "
-                             "are the smaller GPUs kernel modules serve with their sm_80 tables)")
+    # One value per --arch (repeat it for several), so `--arch 90 MODULE` reads MODULE as a module.
+    parser.add_argument("--arch", type=int, action="append", choices=sorted(DEVICE_LIMITS),
+                        help=f"a compute capability to compile for; repeat for several (default: {' '.join(map(str, ARCHS))}; "
+                             "86, 89 and 120 are the smaller GPUs kernel modules serve with their sm_80 tables)")
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print the report as a JSON list (one object per configuration)")
     output.add_argument("--labels", action="store_true", help="print [module, arch, label] of each configuration; compile nothing")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
     args = parser.parse_args(argv)
+    args.arch = args.arch or list(ARCHS)
     if args.labels and os.environ.get("TRITON_INTERPRET") == "1":
         parser.error("--labels needs TRITON_INTERPRET unset: kernel modules cannot build specs from interpreted kernels")
     if args.labels:

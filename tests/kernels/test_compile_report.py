@@ -162,8 +162,9 @@ def test_smaller_gpus_launch_shipped_kernels_that_fit_them(reports, launches, mo
 
 @pytest.fixture(scope="module")
 def samples():
-    """The sample kernels' report for sm_90, through the command line."""
-    command = [sys.executable, "-m", "fastscale.kernels.aot", "--json", "--arch", "90", "--", "sample_kernels"]
+    """The sample kernels' report for sm_90, through the command line in the issue's form
+    (`--json --arch 90 MODULE`: --arch takes one value, so MODULE is not read as an arch)."""
+    command = [sys.executable, "-m", "fastscale.kernels.aot", "--json", "--arch", "90", "sample_kernels"]
     result = subprocess.run(command, env=_fresh_env(), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     return {entry["label"]: entry for entry in json.loads(result.stdout)}
