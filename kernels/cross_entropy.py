@@ -71,7 +71,7 @@ import triton
 import triton.language as tl
 
 from fastscale.ops._checks import FLOAT_DTYPES
-from fastscale.ops.cross_entropy_torch import LossOptions
+from fastscale.ops.cross_entropy_torch import LossOptions, token_grad_scale
 
 # At most this many bytes of logits per band of tokens in `gradients`.
 BAND_BYTES = 2**30
@@ -434,9 +434,7 @@ def gradients(hidden, weight, bias, targets, token_grad, opts: LossOptions):
     (n, d), vocab = hidden.shape, weight.shape[0]
     device = hidden.device
     token_grad = token_grad.float().contiguous()
-    # s = max|token_grad| (1 if all are 0) stays on the device: no host synchronization.
-    scale = token_grad.abs().amax(dim=0, keepdim=True) if n else torch.ones(1, device=device)
-    scale = torch.where(scale > 0, scale, 1.0)
+    scale = token_grad_scale(token_grad).reshape(1)  # on the device: no host synchronization
     d_hidden = torch.empty(n, d, dtype=torch.float32, device=device)
     d_weight = (torch.empty if n else torch.zeros)(vocab, d, dtype=torch.float32, device=device)
     d_bias = torch.zeros(vocab, dtype=torch.float32, device=device) if bias is not None else None

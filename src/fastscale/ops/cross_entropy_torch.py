@@ -131,8 +131,13 @@ def gradients(hidden, weight, bias, targets, token_grad, opts: LossOptions):
     return d_hidden, d_weight, d_bias, loss, lse_out
 
 
-def normalize_token_grad(token_grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(token_grad / s, s) with s = max|token_grad| as a 0-dim tensor (no host sync), 1 where all are 0."""
+def token_grad_scale(token_grad: torch.Tensor) -> torch.Tensor:
+    """s = max|token_grad| as a 0-dim tensor (no host sync), 1 where all are 0."""
     scale = token_grad.abs().amax() if token_grad.numel() else token_grad.new_ones(())
-    scale = torch.where(scale > 0, scale, 1.0)
+    return torch.where(scale > 0, scale, 1.0)
+
+
+def normalize_token_grad(token_grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(token_grad / s, s) with s = token_grad_scale(token_grad)."""
+    scale = token_grad_scale(token_grad)
     return token_grad / scale, scale
