@@ -33,7 +33,6 @@ from pathlib import Path
 from fastscale.kernels import roofline
 
 RESULTS = Path(__file__).resolve().parent / "results"
-CE_SHAPE = dict(n=32768, vocab=131072, d=4096)
 ATTENTION_SHAPE = dict(batch=2, heads=16, seqlen=8192, head_dim=128)
 LIGER_SHAPES = ((32768, 128256, 4096, 0), (8192, 128256, 4096, 1), (8192, 256000, 2304, 3))  # index into ANCHORS
 FA2_FORWARD = 5  # roofline.ANCHORS index of FlashAttention-2's causal forward on H100
@@ -137,12 +136,15 @@ def compiled(entries: list[dict], module: str, kernel: str, arch: int, **constex
 
 
 def cross_entropy(module_name: str, entries: list[dict], arch: int) -> list[roofline.Estimate]:
-    """Forward+backward (and, for the band design, the loss-only forward) at CE_SHAPE, with the
-    module's own tiles: the band design (band_rows) or the atomic design before it."""
+    """Forward+backward (and, for the band design, the loss-only forward) at the shape the shipped
+    kernels are specialized for (kernels/cross_entropy.py's TARGET_SHAPE), with the module's own
+    tiles: the band design (band_rows) or the atomic design before it."""
     import torch
 
+    from fastscale.kernels.cross_entropy import TARGET_SHAPE
+
     module = importlib.import_module(module_name)
-    gpu, (n, vocab, d) = roofline.GPUS[arch], CE_SHAPE.values()
+    gpu, (n, vocab, d) = roofline.GPUS[arch], TARGET_SHAPE.values()
     shape = f"N {n}, V {vocab}, d {d}, bf16"
     pick = lambda kernel, **cx: compiled(entries, module_name, kernel, arch, **cx)
     if not hasattr(module, "band_rows"):
