@@ -16,7 +16,6 @@ import logging
 import math
 import os
 import resource
-import socket
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -28,23 +27,11 @@ from fastscale.model.flops import mfu, peak_flops, pf_days
 
 from . import checkpoint as ckpt
 from .config import ConfigError, TrainSettings, check_deepspeed_config
+from .distributed import ensure_distributed_env
 from .noise_scale import GradientNoiseScale
 from .schedule import lr_multiplier
 
 logger = logging.getLogger(__name__)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def ensure_distributed_env() -> None:
-    """A single process started without a launcher: set what torch.distributed's env:// init needs."""
-    if "WORLD_SIZE" not in os.environ:
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
 
 
 def call_model(model, batch):
