@@ -1,0 +1,57 @@
+"""The tests' subprocesses: each starts in a session of its own, and its whole process group is killed
+when it times out, when the test fails while it runs, and after its leader exits, so no worker (a
+DeepSpeed rank, a launcher's child, a ninja build) outlives the test that started it.
+
+subprocess.run's own timeout kills only the direct child: a launcher's ranks kept running (and kept
+the output pipes open, so the test then waited for them too).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    """SIGKILL every process of process's group (its session: started by `started` or `run`)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def started(command, **kwargs):
+    """subprocess.Popen(command, **kwargs) in a new session; on leaving the block, by any way, its
+    whole process group is killed and the leader reaped."""
+    process = subprocess.Popen(command, start_new_session=True, **kwargs)
+    try:
+        yield process
+    finally:
+        kill_group(process)
+        process.wait()
+        # Popen's pipes are closed by communicate(); a block that never called it leaves them to us
+        for stream in (process.stdin, process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def run(command, *, timeout: float, check: bool = False, capture_output: bool = False, input=None, **kwargs) -> subprocess.CompletedProcess:
+    """subprocess.run(command, ...) in a new session: on timeout the whole process group is killed and
+    subprocess.TimeoutExpired raised (with what the command printed so far); check=True raises
+    CalledProcessError on a non-zero exit, as subprocess.run does."""
+    if capture_output:
+        kwargs.update(stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if input is not None:
+        kwargs["stdin"] = subprocess.PIPE
+    with started(command, **kwargs) as process:
+        try:
+            stdout, stderr = process.communicate(input, timeout=timeout)
+        except subprocess.TimeoutExpired as error:
+            kill_group(process)
+            error.stdout, error.stderr = process.communicate()
+            raise
+    result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+    if check:
+        result.check_returncode()
+    return result
