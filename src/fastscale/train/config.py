@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,15 +21,62 @@ class ConfigError(ValueError):
     """A run or DeepSpeed configuration that cannot work, found before any work starts."""
 
 
+NONFINITE = ("stop", "skip")
+
+_JSON_TYPES = {str: "a string", bool: "a boolean", type(None): "null", list: "a list", dict: "an object", int: "a number", float: "a number"}
+
+
 def _require(ok: bool, where: str, name: str, value, expectation: str) -> None:
     if not ok:
         raise ConfigError(f"{where}: {name}={value!r}; expected {expectation}")
 
 
+def _require_type(ok: bool, where: str, name: str, value, expectation: str) -> None:
+    """Like _require, for a value of the wrong type: says what it is ("0.1" in quotes is a string, not
+    a number; nothing is coerced)."""
+    if not ok:
+        kind = _JSON_TYPES.get(type(value), f"a {type(value).__name__}")
+        raise ConfigError(f"{where}: {name}={value!r} is {kind}; expected {expectation}")
+
+
+def _is_integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_number(where: str, name: str, value, ok, expectation: str) -> None:
+    """value must be a finite JSON number (not a string, boolean or NaN/Infinity) with ok(value)."""
+    _require_type(_is_real(value), where, name, value, expectation)
+    _require(math.isfinite(value) and ok(value), where, name, value, expectation)
+
+
+def check_integer(where: str, name: str, value, minimum: int, expectation: str) -> None:
+    _require_type(_is_integer(value), where, name, value, expectation)
+    _require(value >= minimum, where, name, value, expectation)
+
+
+def check_betas(where: str, name: str, value) -> None:
+    expectation = "a pair of numbers in [0, 1), e.g. [0.9, 0.95]"
+    _require_type(isinstance(value, (list, tuple)), where, name, value, expectation)
+    _require(len(value) == 2, where, name, value, expectation)
+    for i, beta in enumerate(value):
+        check_number(where, f"{name}[{i}]", beta, lambda b: 0 <= b < 1, "a number in [0, 1)")
+
+
 @dataclass
 class TrainSettings:
     """The `train` section of a run config. Intervals are in optimizer steps; 0 turns a feature off
-    (checkpoint_interval=0: no checkpoints at all, else one every interval and one at the end)."""
+    (checkpoint_interval=0: no checkpoints at all, else one every interval and one at the end).
+
+    nonfinite: what a step with a non-finite loss or gradient norm does. "stop" (default) ends the run
+    with an error after writing that step's metrics (no checkpoint of it); "skip" withholds the step's
+    update, counts it in the metrics' skipped_steps and goes on, until max_consecutive_skips steps in a
+    row were skipped. Under fp16, DeepSpeed's dynamic loss scaler skips overflowing steps itself while it
+    searches for a scale: those count as skipped steps in either mode, and never stop the run on their own.
+    """
 
     steps: int = 100
     seed: int = 0
@@ -46,21 +94,23 @@ class TrainSettings:
     keep_checkpoints: int = 2
     noise_scale_interval: int = 10
     noise_scale_ema: float = 0.9
+    nonfinite: str = "stop"
+    max_consecutive_skips: int = 20
 
     def __post_init__(self) -> None:
         w = "train"
-        positive = ("steps", "log_interval", "eval_batches", "keep_checkpoints")
-        for name in positive:
-            value = getattr(self, name)
-            _require(isinstance(value, int) and not isinstance(value, bool) and value >= 1, w, name, value, "a positive integer")
+        for name in ("steps", "log_interval", "eval_batches", "keep_checkpoints", "max_consecutive_skips"):
+            check_integer(w, name, getattr(self, name), 1, "a positive integer")
         for name in ("warmup_steps", "eval_interval", "checkpoint_interval", "noise_scale_interval", "seed"):
-            value = getattr(self, name)
-            _require(isinstance(value, int) and not isinstance(value, bool) and value >= 0, w, name, value, "an integer >= 0 (0 turns it off)")
-        _require(isinstance(self.lr, (int, float)) and self.lr > 0, w, "lr", self.lr, "a positive learning rate")
-        _require(self.decay in DECAYS, w, "decay", self.decay, f"one of {DECAYS}")
-        _require(0 <= self.min_lr_ratio <= 1, w, "min_lr_ratio", self.min_lr_ratio, "a fraction of the peak LR in [0, 1]")
-        _require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), w, "betas", self.betas, "two numbers in [0, 1)")
-        _require(0 <= self.noise_scale_ema < 1, w, "noise_scale_ema", self.noise_scale_ema, "a decay in [0, 1)")
+            check_integer(w, name, getattr(self, name), 0, "an integer >= 0 (0 turns it off)" if name != "seed" else "an integer >= 0")
+        check_number(w, "lr", self.lr, lambda v: v > 0, "a finite learning rate > 0")
+        check_number(w, "eps", self.eps, lambda v: v > 0, "a finite number > 0")
+        check_number(w, "weight_decay", self.weight_decay, lambda v: v >= 0, "a finite number >= 0")
+        check_number(w, "min_lr_ratio", self.min_lr_ratio, lambda v: 0 <= v <= 1, "a fraction of the peak LR in [0, 1]")
+        check_number(w, "noise_scale_ema", self.noise_scale_ema, lambda v: 0 <= v < 1, "a decay in [0, 1)")
+        check_betas(w, "betas", self.betas)
+        _require(isinstance(self.decay, str) and self.decay in DECAYS, w, "decay", self.decay, f"one of {DECAYS}")
+        _require(isinstance(self.nonfinite, str) and self.nonfinite in NONFINITE, w, "nonfinite", self.nonfinite, f"one of {NONFINITE}")
         self.betas = tuple(self.betas)
 
 
@@ -95,10 +145,11 @@ class RunConfig:
         _require(isinstance(raw["model"], dict), where, "model", raw["model"], "an object")
         _require(isinstance(raw["data"], dict), where, "data", raw["data"], "an object")
         seq_len = raw["seq_len"]
-        _require(isinstance(seq_len, int) and seq_len >= 2, where, "seq_len", seq_len, "an integer >= 2")
+        check_integer(where, "seq_len", seq_len, 2, "an integer >= 2")
         packing = raw.get("packing", "stream")
         _require(packing in PACKINGS, where, "packing", packing, f"one of {PACKINGS}")
         train = raw.get("train", {})
+        _require_type(isinstance(train, dict), where, "train", train, "an object")
         names = {f.name for f in dataclasses.fields(TrainSettings)}
         unknown = sorted(set(train) - names)
         if unknown:
@@ -140,7 +191,7 @@ def resolve_batch(ds: dict, world_size: int) -> dict:
     gas = ds.get("gradient_accumulation_steps")
     for name, value in (("train_batch_size", tb), ("train_micro_batch_size_per_gpu", mb), ("gradient_accumulation_steps", gas)):
         if value is not None:
-            _require(isinstance(value, int) and not isinstance(value, bool) and value >= 1, where, name, value, "a positive integer")
+            check_integer(where, name, value, 1, "a positive integer")
     if tb is None and mb is None:
         raise ConfigError(f"{where}: set train_batch_size or train_micro_batch_size_per_gpu (or both)")
     if tb is not None and mb is not None and gas is not None:
@@ -172,7 +223,11 @@ def check_deepspeed_config(ds: dict, world_size: int, *, device_type: str | None
     """Check what can be checked before DeepSpeed starts; returns a copy with the batch sizes resolved."""
     where = "deepspeed config"
     ds = load_deepspeed_config(ds)
+    _require_type(isinstance(ds, dict), where, "the config", ds, "a JSON object")
+    for section in ("optimizer", "zero_optimization", "fp16", "bf16"):
+        _require_type(isinstance(ds.get(section) or {}, dict), where, section, ds.get(section), "an object")
     ds.update(resolve_batch(ds, world_size))
+    _check_numbers_the_trainer_relies_on(ds)
     if device_type is None:
         import torch
 
@@ -203,3 +258,38 @@ def check_deepspeed_config(ds: dict, world_size: int, *, device_type: str | None
             if not path:
                 raise ConfigError(f"{where}: zero_optimization.{section}.device='nvme' needs nvme_path")
     return ds
+
+
+def _check_numbers_the_trainer_relies_on(ds: dict) -> None:
+    """The optimizer's hyperparameters, gradient clipping and the fp16 loss scaler: finite numbers of the
+    right type and range (DeepSpeed would take lr=Infinity, or fail later with a TypeError on "0.1")."""
+    where = "deepspeed config"
+    params = (ds.get("optimizer") or {}).get("params", {})
+    _require_type(isinstance(params, dict), where, "optimizer.params", params, "an object")
+    optimizer_checks = {
+        "lr": (lambda v: v > 0, "a finite learning rate > 0"),
+        "eps": (lambda v: v > 0, "a finite number > 0"),
+        "weight_decay": (lambda v: v >= 0, "a finite number >= 0"),
+    }
+    for name, (ok, expectation) in optimizer_checks.items():
+        if name in params:
+            check_number(where, f"optimizer.params.{name}", params[name], ok, expectation)
+    if "betas" in params:
+        check_betas(where, "optimizer.params.betas", params["betas"])
+    if "gradient_clipping" in ds:
+        check_number(where, "gradient_clipping", ds["gradient_clipping"], lambda v: v >= 0, "a finite max gradient norm >= 0 (0 turns clipping off)")
+    fp16 = ds.get("fp16") or {}
+    for section, settings in (("fp16", fp16), ("bf16", ds.get("bf16") or {})):
+        if "enabled" in settings:
+            _require_type(isinstance(settings["enabled"], bool), where, f"{section}.enabled", settings["enabled"], "true or false")
+    if "loss_scale" in fp16:
+        check_number(where, "fp16.loss_scale", fp16["loss_scale"], lambda v: v >= 0, "a finite number >= 0 (0: dynamic loss scaling)")
+    if "initial_scale_power" in fp16:
+        power, expectation = fp16["initial_scale_power"], "an integer in [0, 127] (the first dynamic scale is 2**power, a finite float32)"
+        check_integer(where, "fp16.initial_scale_power", power, 0, expectation)
+        _require(power <= 127, where, "fp16.initial_scale_power", power, expectation)
+    for name in ("loss_scale_window", "hysteresis"):
+        if name in fp16:
+            check_integer(where, f"fp16.{name}", fp16[name], 1, "a positive integer")
+    if "min_loss_scale" in fp16:
+        check_number(where, "fp16.min_loss_scale", fp16["min_loss_scale"], lambda v: v > 0, "a finite number > 0")
