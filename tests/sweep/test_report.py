@@ -46,10 +46,10 @@ def sweep(tmp_path_factory):
         text = "\n".join(json.dumps(r) for r in lines) + '\n{"step": 101, "lo'  # torn last line
         (run_dir / "metrics.jsonl").write_text(text)
         summary = {"steps": 100, "tokens": 100 * TOKENS_PER_STEP, "flops": 6.0 * n * 1e5, "final_loss": float(loss[-1]), "final_eval_loss": final_eval, "tokens_per_s": 1000.0 + i}
-        index[name] = {"state": "done", "run_dir": f"runs/{name}", "summary": summary}
+        index[name] = {"state": "done", "attempts": 2, "run_dir": f"runs/{name}", "summary": summary}
         finals.append(final_eval)
         clean.append(loss)
-    index["unfinished"] = {"state": "running", "run_dir": "runs/unfinished"}
+    index["unfinished"] = {"state": "running", "attempts": 1, "run_dir": "runs/unfinished"}
     (root / "results.json").write_text(json.dumps({"runs": index}))
     report = write_report(root, n_bootstrap=BOOT)
     return root, report, np.array(finals), clean
@@ -146,9 +146,15 @@ def test_report_json_is_strict_json_with_null_for_non_finite_values(sweep):
         raise AssertionError(f"report.json holds {constant}")
 
     json.loads((root / "report.json").read_text(), parse_constant=refuse)
-    from fastscale.sweep.report import finite_or_null
 
-    assert finite_or_null({"x": [1.5, float("inf"), np.float64("nan")], "y": (2, "z")}) == {"x": [1.5, None, None], "y": [2, "z"]}
+
+def test_the_torn_lines_the_report_skipped_are_listed_run_by_run(sweep):
+    root, report, _, _ = sweep
+    lines = {f"run{i}": len((root / "runs" / f"run{i}" / "metrics.jsonl").read_text().splitlines()) for i in range(6)}
+    assert report["skipped_lines"] == {name: [count] for name, count in lines.items()}  # each run's torn last line
+    assert json.loads((root / "report.json").read_text())["skipped_lines"] == report["skipped_lines"]
+    text = (root / "report.md").read_text()
+    assert "Skipped unreadable lines of metrics.jsonl" in text and f"run0: 1 (line {lines['run0']})" in text
 
 
 def test_forecast_at_chosen_reducible_losses(sweep):
@@ -200,7 +206,7 @@ def test_frontier_takes_the_held_out_curves_when_every_run_evaluated_often(tmp_p
             lines.append(json.dumps(record))
         (tmp_path / "runs" / name / "metrics.jsonl").write_text("\n".join(lines) + "\n")
         summary = {"steps": 100, "tokens": 100 * TOKENS_PER_STEP, "flops": 6.0 * n * 1e5, "final_loss": 3.0, "final_eval_loss": held_out[-1], "tokens_per_s": 1.0}
-        index[name] = {"state": "done", "run_dir": f"runs/{name}", "summary": summary}
+        index[name] = {"state": "done", "attempts": 1, "run_dir": f"runs/{name}", "summary": summary}
     (tmp_path / "results.json").write_text(json.dumps({"runs": index}))
     report, _ = build_report(tmp_path, n_bootstrap=BOOT)
     expected = fit_frontier(np.array(run), np.array(size), np.array(flops), np.array(held_out), n_bootstrap=BOOT, seed=0)

@@ -70,13 +70,15 @@ def test_index_round_trip_keeps_states_and_leaves_no_temporary_files(tmp_path):
     index = ResultsIndex(tmp_path / "results.json")
     index.add("a", n_target=1e4)
     index.add("b", n_target=2e4)
-    index.update("a", "running", attempts=1)
-    index.update("a", "done", summary={"final_loss": 2.5})
+    index.update("a", "running", attempts=1, run_dir="runs/a")
+    summary = {"tokens": 1000, "flops": 6e7, "final_loss": 2.5, "final_eval_loss": None, "tokens_per_s": 10.0}
+    index.update("a", "done", summary=summary)
     index.add("a", n_target=1e4)  # a rerun registers the grid again: a known run keeps its state
     again = ResultsIndex(tmp_path / "results.json")
-    assert again.runs["a"]["state"] == "done" and again.runs["a"]["summary"] == {"final_loss": 2.5}
+    assert again.runs["a"]["state"] == "done" and again.runs["a"]["summary"] == summary
     assert again.state("b") == "pending" and again.count("done") == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json", "results.json.prev"]  # and the version before the last write
+    assert json.loads((tmp_path / "results.json.prev").read_text())["runs"]["a"]["state"] == "running"
     assert json.loads((tmp_path / "results.json").read_text())["runs"]["a"]["attempts"] == 1
 
 

@@ -19,6 +19,10 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--launcher", choices=("auto", "process", "deepspeed"), default="auto",
                    help="how each run starts: its own trainer process, or under DeepSpeed's launcher (auto: deepspeed on GPUs, process on CPU)")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    p.add_argument("--restore-state", action="store_true",
+                   help="put back the previous good version of a damaged results.json or sweep.json (FILE.prev) and stop")
+    p.add_argument("--retrain", nargs="+", default=(), metavar="RUN",
+                   help="train these runs again from their newest checkpoint (their config.json, summary.json or study.json is damaged)")
     _add_report_options(p)
 
 
@@ -42,6 +46,8 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     from .runner import run_sweep
     from .spec import SweepError, SweepSpec
 
+    if args.restore_state:
+        return _restore_state(args.out_dir)
     try:
         spec = SweepSpec.load(args.preset)
         runs = spec.runs()
@@ -71,7 +77,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         run_bar.update(step - run_bar.n)
 
     try:
-        index = run_sweep(spec, args.out_dir, jobs=args.jobs, launcher=args.launcher, on_layout=lambda reason: tqdm.write(f"placement: {reason}"),
+        index = run_sweep(spec, args.out_dir, jobs=args.jobs, launcher=args.launcher, retrain=tuple(args.retrain), on_layout=lambda reason: tqdm.write(f"placement: {reason}"),
                           on_update=update, on_step=step)
     except SweepError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -89,6 +95,18 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         print(f"rerun `fastscale sweep {args.out_dir} --preset {args.preset}` to retry the failed runs (see their train.log)", file=sys.stderr)
         return 1
     return 0 if args.no_report else _report(args.out_dir, args)
+
+
+def _restore_state(out_dir: str) -> int:
+    from .index import restore_state
+
+    restored = restore_state(out_dir)
+    for path in restored:
+        print(f"restored {path} from its previous good version {path}.prev")
+    if not restored:
+        print(f"{out_dir}: no damaged state file (results.json and sweep.json are readable); nothing restored")
+    print(f"continue with `fastscale sweep {out_dir} --preset {out_dir}/sweep.json`")
+    return 0
 
 
 def run_report_command(args: argparse.Namespace) -> int:
@@ -115,5 +133,7 @@ def _report(sweep_dir: str, args: argparse.Namespace) -> int:
     if "error" not in frontier:
         a = frontier["N_opt"]
         print(f"frontier: {len(frontier['frontier_runs'])} runs; N_opt ~ C^{a['params']['a']:.3f} [{a['ci']['a'][0]:.3f}, {a['ci']['a'][1]:.3f}]")
+    for name, lines in report["skipped_lines"].items():
+        print(f"note: run {name}: skipped {len(lines)} unreadable line(s) of its metrics.jsonl (torn by a kill?); listed in report.md", file=sys.stderr)
     print(f"wrote {sweep_dir}/report.md, report.json and {len(report['plots'])} plots")
     return 0

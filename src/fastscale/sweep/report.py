@@ -14,11 +14,15 @@ Every number comes from fastscale.fit on arrays read here from the run directori
 - The extrapolation check: L(N) fitted without the largest model, its prediction for it.
 - The gradient noise scale (tokens) logged by the trainer, per run, and B_crit(L) fitted to it.
 - The sweep's study (fastscale.sweep.studies), from each run's study.json: its own section and plots.
+
+Every file is read through the sweep's checked readers (fastscale.sweep.index.read_state, and
+fastscale.io.read_metrics for the learning curves): a damaged state file stops the report with one
+message naming it, and the torn lines of a learning curve are skipped and listed in the report
+("skipped_lines"), never dropped silently.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -31,9 +35,10 @@ from fastscale.fit import (
     fit_power_law,
     holdout_largest,
 )
-from fastscale.fit.io import write_atomically
 from fastscale.fit.units import per_item
+from fastscale.io import read_metrics, write_atomically, write_json
 
+from .index import read_state
 from .spec import study_options
 from .studies import study
 
@@ -47,34 +52,23 @@ MIN_RUNS = 4
 FORECAST_FRACTIONS = (0.5, 0.25, 0.1)  # default reducible losses to forecast: fractions of the largest model's
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    """metrics.jsonl; a resumed run appends, so the last record of a step wins; a torn last line is skipped."""
-    by_step = {}
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        by_step[record["step"]] = record
-    return [by_step[s] for s in sorted(by_step)]
-
-
 def load_runs(sweep_dir) -> list[dict]:
-    """The done runs of a sweep, each with its config, summary and learning curve, smallest N first."""
+    """The done runs of a sweep, each with its config, summary, learning curve and the line numbers of
+    its curve's unreadable lines ("skipped"), smallest N first."""
     sweep_dir = Path(sweep_dir)
     index_path = sweep_dir / "results.json"
-    if not index_path.is_file():
+    if not index_path.exists():
         raise FileNotFoundError(f"SWEEP_DIR={str(sweep_dir)!r}: no results.json; run `fastscale sweep {sweep_dir}` first")
-    entries = json.loads(index_path.read_text())["runs"]
     runs = []
-    for name, entry in entries.items():
+    for name, entry in read_state(index_path)["runs"].items():
         if entry["state"] != "done":
             continue
         run_dir = sweep_dir / entry["run_dir"]
-        config = json.loads((run_dir / "config.json").read_text())
-        run = {"name": name, "config": config, "summary": entry["summary"], "metrics": _read_jsonl(run_dir / "metrics.jsonl")}
-        if (run_dir / "study.json").is_file():
-            run["study"] = json.loads((run_dir / "study.json").read_text())
+        metrics = read_metrics(run_dir / "metrics.jsonl")
+        run = {"name": name, "config": read_state(run_dir / "config.json"), "summary": entry["summary"], "metrics": metrics.records,
+               "skipped": metrics.skipped}
+        if (run_dir / "study.json").exists():
+            run["study"] = read_state(run_dir / "study.json")
         runs.append(run)
     return sorted(runs, key=lambda r: (r["config"]["n_params"], r["name"]))
 
@@ -156,13 +150,14 @@ def build_report(sweep_dir, *, n_bootstrap: int = 1000, forecast_reducible=None)
 
 
 def _build_report(sweep_dir: Path, n_bootstrap: int, forecast_reducible) -> tuple[dict, dict]:
-    spec = json.loads((sweep_dir / "sweep.json").read_text())
+    spec = read_state(sweep_dir / "sweep.json")
     tokens_per_item = spec.get("tokens_per_item")
     runs = load_runs(sweep_dir)
     if len(runs) < MIN_RUNS:
         raise FitInputError(f"SWEEP_DIR={str(sweep_dir)!r}: {len(runs)} done runs; a report needs at least {MIN_RUNS} (L(N) has 3 parameters)")
     n, loss = final_losses(longest_runs(runs))
-    report = {"sweep": spec.get("name"), "tokens_per_item": tokens_per_item, "n_bootstrap": n_bootstrap, "runs": [_run_row(r) for r in runs]}
+    report = {"sweep": spec.get("name"), "tokens_per_item": tokens_per_item, "n_bootstrap": n_bootstrap, "runs": [_run_row(r) for r in runs],
+              "skipped_lines": {r["name"]: r["skipped"] for r in runs if r["skipped"]}}
     report["one_token_budget"] = len(spec.get("tokens", [])) == 1
     law = fit_power_law(n, loss, n_bootstrap=n_bootstrap, seed=SEED)
     report["L_of_N"] = {**law.summary(), "N": n.tolist(), "loss": loss.tolist(), "reducible": law.reducible(n).tolist()}
@@ -300,11 +295,21 @@ def _interval(summary: dict, name: str) -> str:
     return f"{value:.4g}"
 
 
+def _skipped_markdown(skipped: dict) -> list[str]:
+    """The learning-curve lines the report could not read (torn by a kill, damaged), run by run."""
+    if not skipped:
+        return []
+    runs = "; ".join(f"{name}: {len(lines)} (line{'s' if len(lines) > 1 else ''} {', '.join(map(str, lines[:10]))}{', ...' if len(lines) > 10 else ''})"
+                     for name, lines in skipped.items())
+    return [f"Skipped unreadable lines of metrics.jsonl (torn by a kill or damaged; the other records of those runs are used): {runs}.", ""]
+
+
 def _markdown(report: dict) -> str:
     law, tpi = report["L_of_N"], report["tokens_per_item"]
     lines = [f"# Scaling report: sweep `{report['sweep']}`", "",
              f"{len(report['runs'])} finished runs; intervals are 95% bootstrap ({report['n_bootstrap']} draws). Losses in nats per token"
              + (f"; per image = per token x {tpi}." if tpi else "."), "",
+             *_skipped_markdown(report["skipped_lines"]),
              "## L(N): final eval loss against non-embedding parameters", "",
              "Each size's runs of its largest token budget.", "", "![L(N)](L_of_N.png)", "",
              "L(N) = L_inf + (N0/N)^alpha", "",
@@ -368,22 +373,11 @@ def _markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def finite_or_null(value):
-    """JSON has no NaN or Infinity (a fit on its bound can give them): null, so any JSON reader takes the file."""
-    if isinstance(value, float):
-        return value if np.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: finite_or_null(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite_or_null(v) for v in value]
-    return value
-
-
 def write_report(sweep_dir, *, n_bootstrap: int = 1000, forecast_reducible=None) -> dict:
     """Write report.json, report.md and the plots into sweep_dir; returns the report."""
     sweep_dir = Path(sweep_dir)
     report, fits = build_report(sweep_dir, n_bootstrap=n_bootstrap, forecast_reducible=forecast_reducible)
     report["plots"] = _plots(fits, sweep_dir) + _study_plots(report, sweep_dir)
-    write_atomically(sweep_dir / "report.json", json.dumps(finite_or_null(report), indent=2, allow_nan=False))
+    write_json(sweep_dir / "report.json", report, indent=2)
     write_atomically(sweep_dir / "report.md", _markdown(report))
     return report

@@ -34,10 +34,10 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Callable
 
-from fastscale.fit.io import write_atomically
+from fastscale.io import StateFileError, last_step, read_metrics, write_json
 
 from .devices import Inventory, Layout, Placement, deepspeed_for, place_runs
-from .index import ResultsIndex
+from .index import ResultsIndex, read_state, write_state
 from .spec import Run, SweepError, SweepSpec, study_options
 
 logger = logging.getLogger(__name__)
@@ -66,12 +66,11 @@ def _lock(out_dir: Path):
 def _check_same_sweep(out_dir: Path, spec: SweepSpec) -> None:
     """A rerun must be the same sweep: resuming with a different grid would mix two studies."""
     path = out_dir / "sweep.json"
-    if path.is_file():
-        previous = json.loads(path.read_text())
-        if previous != spec.raw:
+    if path.exists():
+        if read_state(path) != spec.raw:
             raise SweepError(f"OUT_DIR={str(out_dir)!r} holds a different sweep ({path}); use a new directory or the same preset/file")
     else:
-        write_atomically(path, json.dumps(spec.raw, indent=2))
+        write_state(path, spec.raw)
 
 
 def _check_configs(spec: SweepSpec, runs: list[Run], device_type: str) -> None:
@@ -98,7 +97,7 @@ def prepare_data(spec: SweepSpec, out_dir: Path) -> dict:
         shutil.rmtree(temporary, ignore_errors=True)
         options = {k: v for k, v in spec.data.items() if k != "dataset"}
         meta = prepare(spec.data["dataset"], temporary, **options)
-        write_atomically(temporary / "meta.json", json.dumps(meta, indent=2, default=str))
+        write_json(temporary / "meta.json", meta, indent=2, default=str)
         shutil.rmtree(target, ignore_errors=True)
         os.replace(temporary, target)
     return {"path": str(target.resolve())}
@@ -143,8 +142,8 @@ def _start_training(run_dir: Path, config: dict, deepspeed: dict, resume: bool, 
                     port: int) -> subprocess.Popen:
     """device_ids: the run's GPUs (CUDA_VISIBLE_DEVICES names), None on CPU."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_atomically(run_dir / "run.json", json.dumps(config, indent=2))
-    write_atomically(run_dir / "ds.json", json.dumps(deepspeed, indent=2))
+    write_json(run_dir / "run.json", config, indent=2)
+    write_json(run_dir / "ds.json", deepspeed, indent=2)
     args = [sys.executable, "-c", TRAINER, "--config", str(run_dir / "run.json"), "--deepspeed_config", str(run_dir / "ds.json"),
             "--out", str(run_dir), "--no-progress"] + (["--resume"] if resume else [])
     if launcher == "deepspeed":
@@ -155,15 +154,17 @@ def _start_training(run_dir: Path, config: dict, deepspeed: dict, resume: bool, 
 def _start_evaluation(run_dir: Path, study: dict, data: dict) -> subprocess.Popen:
     """The study's measurements of a trained run, in a process of its own (torch, one thread)."""
     task = {"kind": study["kind"], "options": study_options(study), "data_dir": data["path"]}
-    write_atomically(run_dir / "study_task.json", json.dumps(task, indent=2))
+    write_json(run_dir / "study_task.json", task, indent=2)
     return _spawn([sys.executable, "-m", "fastscale.sweep.studies", str(run_dir)], run_dir / "study.log")
 
 
-def run_sweep(spec: SweepSpec, out_dir, *, jobs: int | None = None, launcher: str = "auto", on_layout: Callable[[str], None] | None = None,
-              on_update: Callable[[str, str], None] | None = None, on_step: Callable[[str, int, int], None] | None = None) -> ResultsIndex:
+def run_sweep(spec: SweepSpec, out_dir, *, jobs: int | None = None, launcher: str = "auto", retrain: tuple[str, ...] = (),
+              on_layout: Callable[[str], None] | None = None, on_update: Callable[[str, str], None] | None = None,
+              on_step: Callable[[str, int, int], None] | None = None) -> ResultsIndex:
     """Train (and, with a study, evaluate) every run of the grid not yet done; returns the results
     index. jobs: runs at a time (default: one per core on CPU; on GPUs as many as the placement packs).
-    launcher: "auto", "process" or "deepspeed" (module docstring). on_layout(reason) is called once with
+    launcher: "auto", "process" or "deepspeed" (module docstring). retrain: names of runs to train again
+    (their files were damaged; from their newest checkpoint). on_layout(reason) is called once with
     the placement's reason, on_update(name, state) whenever a run's process starts or ends,
     on_step(name, step, steps) as a training run logs steps."""
     if jobs is not None and (not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1):
@@ -178,14 +179,15 @@ def run_sweep(spec: SweepSpec, out_dir, *, jobs: int | None = None, launcher: st
         launcher = launcher if launcher != "auto" else "deepspeed" if inventory.kind == "cuda" else "process"
         runs = spec.runs()
         _check_configs(spec, runs, inventory.kind)
+        index = ResultsIndex(out_dir / "results.json")  # a damaged index stops the sweep before anything in OUT changes
         _check_same_sweep(out_dir, spec)
         data = prepare_data(spec, out_dir)
         layout, deepspeed = _place(spec, runs, data, inventory, jobs, launcher)
         logger.info("placement: %s", layout.reason)
         on_layout and on_layout(layout.reason)
-        index = ResultsIndex(out_dir / "results.json")
         for run in runs:
             index.add(run.name, n_target=run.n_target, tokens_target=run.tokens, seed=run.seed, steps=run.steps, lr=run.lr)
+        _mark_for_retraining(index, retrain)
         todo = sorted((_next_task(index, run) for run in runs if index.state(run.name) != "done"), key=_longest_first)
         limit = jobs or inventory.cores
         logger.info("sweep %s: %d runs, %d done, %d to do, at most %d at a time, %s launcher", spec.name, len(runs), len(runs) - len(todo),
@@ -308,7 +310,7 @@ def _schedule(spec, out_dir, data, index, todo, slots: _Slots, on_update, on_ste
             time.sleep(POLL_S)
             for name in active if on_step else ():
                 if active[name].task == "train":
-                    on_step(name, _last_step(out_dir / "runs" / name / "metrics.jsonl"), index.runs[name]["steps"])
+                    on_step(name, last_step(out_dir / "runs" / name / "metrics.jsonl"), index.runs[name]["steps"])
             for name, entry in list(active.items()):
                 if entry.process.poll() is not None:
                     del active[name]
@@ -342,34 +344,32 @@ def _start(spec, out_dir, data, index, task: str, run: Run, held: tuple[list[int
     return _Active(task, run, process, devices, share, port)
 
 
-def _last_step(metrics_path: Path) -> int:
-    """The newest logged step (log_interval 1 in the presets), from the file's last complete line."""
-    try:
-        with open(metrics_path, "rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
-            lines = f.read().splitlines()
-    except FileNotFoundError:
-        return 0
-    for line in reversed(lines):
-        try:
-            return int(json.loads(line)["step"])
-        except (ValueError, KeyError):
-            continue
-    return 0
-
-
 def _finish_training(index: ResultsIndex, run_dir: Path, name: str, returncode: int, *, has_study: bool) -> None:
-    summary_path = run_dir / "summary.json"
-    if returncode == 0 and summary_path.is_file():
-        summary = _complete(json.loads(summary_path.read_text()), run_dir / "metrics.jsonl")
+    summary = _summary(run_dir) if returncode == 0 else None
+    if summary is not None:
         index.update(name, "trained" if has_study else "done", returncode=0, summary=summary)
     else:
         logger.warning("run %s failed (exit code %d); see %s", name, returncode, run_dir / "train.log")
         index.update(name, "failed", returncode=returncode)
 
 
+def _summary(run_dir: Path) -> dict | None:
+    """The summary.json of a run whose trainer exited 0, completed from its learning curve; None when it
+    is missing or damaged (the run is failed and retried, which rewrites it)."""
+    try:
+        return _complete(read_state(run_dir / "summary.json"), run_dir / "metrics.jsonl")
+    except StateFileError as error:
+        logger.warning("%s", error)
+        return None
+
+
 def _finish_evaluation(index: ResultsIndex, run_dir: Path, name: str, returncode: int) -> None:
-    if returncode == 0 and (run_dir / "study.json").is_file():
+    try:
+        evaluated = returncode == 0 and read_state(run_dir / "study.json") is not None
+    except StateFileError as error:
+        logger.warning("%s", error)
+        evaluated = False
+    if evaluated:
         index.update(name, "done", returncode=0)
     else:
         logger.warning("study evaluation of run %s failed (exit code %d); see %s", name, returncode, run_dir / "study.log")
@@ -382,17 +382,21 @@ def _complete(summary: dict, metrics_path: Path) -> dict:
     (last record of each step) has them."""
     if summary.get("final_loss") is not None and summary.get("final_eval_loss") is not None:
         return summary
-    records = {}
-    for line in metrics_path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # a torn last line of a killed run
-            continue
-        records[record["step"]] = record
-    curve = [records[step] for step in sorted(records)]
+    curve = read_metrics(metrics_path).records
     evals = [r["eval_loss"] for r in curve if r.get("eval_loss") is not None]
     if summary.get("final_loss") is None and curve:
-        summary["final_loss"] = curve[-1]["loss"]
+        summary["final_loss"] = curve[-1].get("loss")
     if summary.get("final_eval_loss") is None and evals:
         summary["final_eval_loss"] = evals[-1]
     return summary
+
+
+def _mark_for_retraining(index: ResultsIndex, names) -> None:
+    """Runs whose files are damaged train again: each resumes from its newest intact checkpoint, which
+    rewrites its config.json and summary.json, and is evaluated again."""
+    unknown = sorted(set(names) - set(index.runs))
+    if unknown:
+        raise SweepError(f"--retrain {' '.join(unknown)}: not runs of {index.path} (its runs: {', '.join(sorted(index.runs))})")
+    for name in names:
+        index.runs[name].pop("summary", None)
+        index.update(name, "failed")
