@@ -1,19 +1,176 @@
-"""The process group's environment for runs started without a launcher."""
+"""Starting the process group: a rendezvous that listens on loopback only for runs on one machine, and
+no silent wait on DeepSpeed's build of its shared-memory op.
+
+Rendezvous. torch.distributed's env:// init makes rank 0 run a TCPStore server that listens on every
+interface ([::], measured with torch 2.13) whatever MASTER_ADDR says, so a single-node run offered its
+store to the network. When MASTER_ADDR is a loopback address (a process started without a launcher,
+the sweep's and the `deepspeed` launcher's single-node default 127.0.0.1, torchrun --standalone) we
+create the store ourselves: rank 0 binds a socket to MASTER_ADDR:MASTER_PORT and hands it to TCPStore
+(master_listen_fd), and gloo's own sockets are put on the loopback interface (GLOO_SOCKET_IFNAME=lo).
+DeepSpeed then wraps that process group. A multi-node MASTER_ADDR is left to DeepSpeed's env:// init.
+
+Build lock. On CPU, DeepSpeed JIT-builds the deepspeed_shm_comm op (C++, ~1.5-3 minutes) in torch's
+extension directory the first time a run starts. torch.utils.file_baton.FileBaton guards the build
+with a `lock` file: the builder creates it, keeps it open while it builds and removes it; everyone else
+polls until it is gone, with no message and no limit. A build that was killed leaves the file behind
+and every later run sleeps forever. So before the process group starts we look: a lock some process of
+this machine holds open is a build in progress (we say whose and wait); a lock nobody holds is stale
+and removed, with a warning naming it. The holder check sees only this machine: an extension directory
+shared by several machines (a network home) should be made node-local with TORCH_EXTENSIONS_DIR.
+"""
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
+import logging
 import os
 import socket
+import time
+from pathlib import Path
 
+logger = logging.getLogger(__name__)
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+SHM_OP = "deepspeed_shm_comm"
+# FileBaton.release closes the lock file's descriptor, then removes the file: a lock nobody holds is
+# stale only if it is still there a moment later
+RELEASE_GRACE_S = 1.0
 
 
 def ensure_distributed_env() -> None:
-    """A single process started without a launcher: set what torch.distributed's env:// init needs."""
+    """A single process started without a launcher: set what torch.distributed's env:// init needs
+    (MASTER_PORT 0: the rendezvous picks a free port and writes it back)."""
     if "WORLD_SIZE" not in os.environ:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        os.environ.setdefault("MASTER_PORT", "0")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def init_process_group() -> None:
+    """The process group of this run, then DeepSpeed's communication backend on it (module docstring)."""
+    import deepspeed
+    import torch.distributed as dist
+
+    ensure_distributed_env()
+    first_build = check_build_lock() != "held" and shm_op_needs_build()
+    if first_build:
+        logger.warning("building DeepSpeed's %s op once (~2 minutes on CPU; later runs reuse it)", SHM_OP)
+    started = time.perf_counter()
+    if not dist.is_initialized() and is_loopback(os.environ["MASTER_ADDR"]):
+        _init_on_loopback()
+    deepspeed.init_distributed()
+    if first_build:
+        logger.warning("built DeepSpeed's %s op in %.0f s", SHM_OP, time.perf_counter() - started)
+
+
+def _init_on_loopback() -> None:
+    import torch.distributed as dist
+    from deepspeed.accelerator import get_accelerator
+    from deepspeed.constants import default_pg_timeout
+
+    host, rank, world_size = os.environ["MASTER_ADDR"], int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if "lo" in {name for _, name in socket.if_nameindex()}:
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    listen_fd = None
+    if rank == 0:
+        listener = _loopback_listener(host, int(os.environ["MASTER_PORT"]))
+        os.environ["MASTER_PORT"] = str(listener.getsockname()[1])
+        listen_fd = listener.detach()  # the store owns it from here
+    store = dist.TCPStore(host, int(os.environ["MASTER_PORT"]), world_size, rank == 0, timeout=default_pg_timeout,
+                          master_listen_fd=listen_fd, use_libuv=True)
+    dist.init_process_group(get_accelerator().communication_backend_name(), store=store, rank=rank, world_size=world_size,
+                            timeout=default_pg_timeout)
+
+
+def _loopback_listener(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port (port 0: any free one), host a loopback address or localhost."""
+    family = socket.AF_INET6 if host != "localhost" and ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind(("127.0.0.1" if host == "localhost" else host, port))
+    except OSError as error:
+        listener.close()
+        raise OSError(error.errno, f"rendezvous: cannot listen on MASTER_ADDR={host} MASTER_PORT={port}: {error.strerror}; "
+                                   "choose a free MASTER_PORT") from None
+    listener.listen(128)
+    return listener
+
+
+# ---------------------------------------------------------------------------------- the build lock
+def _shm_builder():
+    """DeepSpeed's builder of the shm op when this machine JIT-builds it (as deepspeed.comm.torch.build_shm_op decides), else None."""
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+    from deepspeed.git_version_info import installed_ops
+
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is None or not deepspeed.ops.__compatible_ops__.get(builder.NAME, False) or installed_ops.get(builder.NAME, False):
+        return None
+    return builder
+
+
+def build_directory() -> Path:
+    """Where torch builds the shm op: TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions/<python>_<device>, then the op's name."""
+    from torch.utils.cpp_extension import _get_build_directory
+
+    return Path(_get_build_directory(SHM_OP, verbose=False))
+
+
+def shm_op_needs_build() -> bool:
+    """True when starting DeepSpeed will compile the shm op (nothing built in its directory yet)."""
+    return _shm_builder() is not None and not any(build_directory().glob(f"{SHM_OP}*.so"))
+
+
+def lock_holders(lock: Path) -> list[str]:
+    """The processes of this machine that hold lock open ("pid command"), as far as we may look."""
+    import psutil
+
+    target, holders = os.path.realpath(lock), []
+    for process in psutil.process_iter(["pid", "name"]):
+        try:
+            if any(f.path == target for f in process.open_files()):
+                holders.append(f"{process.info['pid']} {process.info['name']}")
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+    return holders
+
+
+def check_build_lock(directory: Path | None = None) -> str:
+    """Look at the shm op's build lock (in directory, default build_directory()) before DeepSpeed
+    waits on it: "none", "held" (a build in progress: warn, naming the lock and its holder) or
+    "stale" (nobody holds it: removed, with a warning naming it)."""
+    if directory is None:
+        if _shm_builder() is None:
+            return "none"
+        directory = build_directory()
+    lock = Path(directory) / "lock"
+    if not lock.exists():
+        return "none"
+    holders = lock_holders(lock)
+    if not holders:
+        time.sleep(RELEASE_GRACE_S)
+        if not lock.exists():
+            return "none"
+        holders = lock_holders(lock)
+    if holders:
+        logger.warning("waiting for DeepSpeed's %s op: process %s is building it and holds %s; if that process is stuck, "
+                       "kill it (the lock then goes stale and the next run clears it)", SHM_OP, ", ".join(holders), lock)
+        return "held"
+    age = time.time() - lock.stat().st_mtime
+    logger.warning("removing %s: a stale build lock of DeepSpeed's %s op (%.0f s old, held by no process of this machine: "
+                   "a build was killed); it would make this run wait forever", lock, SHM_OP, age)
+    try:
+        lock.unlink(missing_ok=True)
+    except PermissionError:
+        raise PermissionError(f"a stale build lock of DeepSpeed's {SHM_OP} op, {lock}, would make this run wait forever and "
+                              f"we may not remove it; remove it with: rm {lock}") from None
+    return "stale"

@@ -27,7 +27,8 @@ from fastscale.model.flops import mfu, peak_flops, pf_days
 
 from . import checkpoint as ckpt
 from .config import ConfigError, TrainSettings, check_deepspeed_config
-from .distributed import ensure_distributed_env
+from .confinement import confine_deepspeed_config
+from .distributed import init_process_group
 from .noise_scale import GradientNoiseScale
 from .schedule import lr_multiplier
 
@@ -114,7 +115,7 @@ class Trainer:
             settings = TrainSettings(**{**settings.__dict__, **overrides})
         self.settings = settings
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        self.ds_config = check_deepspeed_config(deepspeed_config, self.world_size)
+        self.ds_config = confine_deepspeed_config(check_deepspeed_config(deepspeed_config, self.world_size), out_dir)
         self.micro = self.ds_config["train_micro_batch_size_per_gpu"]
         self.accumulation = self.ds_config["gradient_accumulation_steps"]
         self.batch_size = self.ds_config["train_batch_size"]
@@ -148,11 +149,10 @@ class Trainer:
         return lr_multiplier(step, total_steps=s.steps, warmup_steps=s.warmup_steps, decay=s.decay, min_lr_ratio=s.min_lr_ratio)
 
     def _setup(self) -> None:
-        ensure_distributed_env()
         import deepspeed
         import torch.distributed as dist
 
-        deepspeed.init_distributed()
+        init_process_group()
         self.rank = dist.get_rank()
         if dist.get_world_size() != self.world_size:
             raise ConfigError(f"Trainer: WORLD_SIZE={self.world_size} but the process group has {dist.get_world_size()} ranks")

@@ -1,0 +1,101 @@
+"""The process group's start: the rendezvous of single-node ranks listens on loopback only, and DeepSpeed's
+op build lock is looked at before DeepSpeed waits on it (a stale one removed, a held one left alone)."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+
+from processes import started
+
+from fastscale.train import distributed
+from fastscale.train.distributed import check_build_lock, shm_op_needs_build
+
+RANK = """
+import json, psutil, torch, torch.distributed as dist
+from fastscale.train.distributed import init_process_group
+init_process_group()
+total = torch.tensor([float(dist.get_rank() + 1)])
+dist.all_reduce(total)
+listening = [c.laddr.ip for c in psutil.Process().net_connections("inet") if c.status == psutil.CONN_LISTEN]
+dist.barrier()
+print(json.dumps({"sum": total.item(), "listening": listening}))
+dist.destroy_process_group()
+"""
+
+HOLDER = """
+import os, sys, time
+fd = os.open(sys.argv[1], os.O_CREAT | os.O_EXCL)  # what torch's FileBaton.try_acquire does, held while it builds
+print("holding", flush=True)
+time.sleep(60)
+"""
+
+
+def is_loopback(ip: str) -> bool:
+    address = ipaddress.ip_address(ip)
+    return (getattr(address, "ipv4_mapped", None) or address).is_loopback
+
+
+def test_two_ranks_rendezvous_and_gloo_listen_on_loopback_only():
+    """Two ranks as a single-node launcher starts them (MASTER_ADDR=127.0.0.1): the store and gloo's
+    sockets listen on loopback only (before: the store listened on [::]), and the group works."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    base = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GLOO_SOCKET_IFNAME")}
+    outputs = []
+    with started([sys.executable, "-c", RANK], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                 env={**base, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}) as first, \
+         started([sys.executable, "-c", RANK], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                 env={**base, "RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}) as second:
+        for process in (first, second):
+            out, err = process.communicate(timeout=180)
+            assert process.returncode == 0, err[-3000:]
+            outputs.append(json.loads(out.strip().splitlines()[-1]))
+    assert [o["sum"] for o in outputs] == [3.0, 3.0]
+    assert outputs[0]["listening"], "rank 0 runs the store: it must listen somewhere"
+    for rank, output in enumerate(outputs):
+        assert all(is_loopback(ip) for ip in output["listening"]), f"rank {rank} listens on {output['listening']}"
+
+
+def test_stale_build_lock_is_removed_with_a_warning(tmp_path, caplog):
+    """A lock left by a killed build (no process holds it) would make DeepSpeed poll forever: removed, named."""
+    lock = tmp_path / "lock"
+    lock.touch()
+    os.utime(lock, (time.time() - 300, time.time() - 300))
+    with caplog.at_level(logging.WARNING, logger=distributed.__name__):
+        assert check_build_lock(tmp_path) == "stale"
+    assert not lock.exists()
+    assert str(lock) in caplog.text and "stale" in caplog.text
+
+
+def test_held_build_lock_is_left_alone_and_its_holder_named(tmp_path, caplog):
+    """A lock a live process holds open is a build in progress: kept, and the warning names it and the process."""
+    lock = tmp_path / "lock"
+    with started([sys.executable, "-c", HOLDER, str(lock)], stdout=subprocess.PIPE, text=True) as holder:
+        assert holder.stdout.readline().strip() == "holding"
+        with caplog.at_level(logging.WARNING, logger=distributed.__name__):
+            assert check_build_lock(tmp_path) == "held"
+        assert lock.exists()
+        assert str(lock) in caplog.text and f"process {holder.pid} " in caplog.text
+
+
+def test_no_lock_no_warning(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger=distributed.__name__):
+        assert check_build_lock(tmp_path) == "none"
+    assert caplog.text == ""
+
+
+def test_first_build_detected_in_torch_extensions_dir(tmp_path, monkeypatch):
+    """The op counts as unbuilt (the run announces a ~2 minute build) until its library is in TORCH_EXTENSIONS_DIR."""
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    assert shm_op_needs_build()
+    (tmp_path / distributed.SHM_OP).mkdir(exist_ok=True)
+    (tmp_path / distributed.SHM_OP / f"{distributed.SHM_OP}.so").touch()
+    assert not shm_op_needs_build()
