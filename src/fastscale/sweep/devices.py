@@ -106,6 +106,7 @@ def place_runs(models: dict[str, GPTConfig], ds: dict, inventory: Inventory, *, 
     one-line reason of what shares a device and why. Raises SweepError for a run that fits nowhere."""
     if jobs is not None and (not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1):
         raise SweepError(f"jobs={jobs!r}; expected a positive integer")
+    _refuse_nvme_offload(ds)
     micro_batch = _micro_batch(ds, 1)
     if inventory.kind == "cpu":
         slots = jobs or inventory.cores
@@ -116,6 +117,18 @@ def place_runs(models: dict[str, GPTConfig], ds: dict, inventory: Inventory, *, 
     if jobs is not None and inventory.kind == "cuda":
         reason += f"; at most {jobs} run(s) at a time (--jobs {jobs})"
     return Layout(inventory, placements, reason)
+
+
+def _refuse_nvme_offload(ds: dict) -> None:
+    """A sweep runs several runs at once from one DeepSpeed section, and DeepSpeed clears and refills
+    nvme_path/zero_stage_*/ of each: they would share, and destroy, one swap directory outside OUT."""
+    zero = ds.get("zero_optimization") or {}
+    for section in ("offload_optimizer", "offload_param"):
+        offload = zero.get(section) or {}
+        if offload.get("device") == "nvme":
+            raise SweepError(f"sweep deepspeed section: zero_optimization.{section}.device='nvme' (nvme_path={offload.get('nvme_path')!r}): "
+                             "a sweep's runs would share one swap directory outside the sweep's directory; offload to 'cpu', or train "
+                             "that model alone with train.py --deepspeed_config and your nvme_path")
 
 
 def _micro_batch(ds: dict, world_size: int) -> int | None:
