@@ -161,8 +161,8 @@ def test_parameter_at_bound_is_warned_on_stderr_and_in_json(capsys, tmp_path):
     data.write_text("N,loss\n" + "".join(f"{a},{(1e12 / a) ** 0.1}\n" for a in n))  # no floor: L_inf hits 0
     code, out, err = run_cli(capsys, data, "--law", "power", "--x", "N", "--y", "loss", "--bootstrap", "0", "--json")
     assert code == 0
-    assert any(flag.startswith("L_inf ended on its bound") for flag in json.loads(out)["flags"])
-    assert "warning: L_inf ended on its bound" in err
+    assert any(flag.startswith("L_inf_at_bound: the estimate is on its lower bound 0") for flag in json.loads(out)["flags"])
+    assert "warning: L_inf_at_bound: the estimate is on its lower bound 0" in err
 
 
 def test_porian_allocation_with_where_and_sigma(capsys, porian, porian_folder):

@@ -82,7 +82,7 @@ def test_irreducible_loss_at_its_bound_is_flagged():
     y = (1e12 / x) ** 0.1
     fit = fit_power_law(x, y, n_bootstrap=0)
     assert fit.params["L_inf"] == pytest.approx(0.0, abs=1e-6)
-    assert any(flag.startswith("L_inf ended on its bound") for flag in fit.flags)
+    assert any(flag.startswith("L_inf_at_bound: the estimate is on its lower bound 0") for flag in fit.flags)
 
 
 @pytest.mark.parametrize(

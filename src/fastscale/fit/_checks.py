@@ -1,5 +1,10 @@
 """Input checks for the fit layer. Each error names the argument, shows the offending value and says
-what was expected, so a bad column in a 10,000-row CSV is found without a debugger."""
+what was expected, so a bad column in a 10,000-row CSV is found without a debugger.
+
+What the data can determine is counted in DISTINCT values, because a repeated row adds no information
+about the shape of a law (seven runs at one N say nothing about how loss falls with N). `enough_data`
+states the rules; each law passes its parameter count and the variables it depends on.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,14 @@ import numpy as np
 
 
 class FitInputError(ValueError):
-    """The data cannot be fitted as given (wrong shape, NaN, non-positive where logs are taken...)."""
+    """The data cannot be fitted as given (wrong shape, NaN, non-positive where logs are taken...).
+
+    argument: the fit function's argument the error is about, when there is one, so a caller that
+    filled it from a table column (the CLI) can name the column too."""
+
+    def __init__(self, message: str, argument: str | None = None):
+        super().__init__(message)
+        self.argument = argument
 
 
 def as_values(name: str, values, *, positive: bool = False) -> np.ndarray:
@@ -15,22 +27,23 @@ def as_values(name: str, values, *, positive: bool = False) -> np.ndarray:
     try:
         array = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError) as error:
-        raise FitInputError(f"{name}: expected numbers, got {values!r:.80} ({error})") from None
+        raise FitInputError(f"{name}: expected numbers, got {values!r:.80} ({error})", name) from None
     if array.ndim == 0:
         array = array.reshape(1)
     if array.ndim != 1:
-        raise FitInputError(f"{name}: expected a 1-D array of numbers, got shape {array.shape}")
+        raise FitInputError(f"{name}: expected a 1-D array of numbers, got shape {array.shape}", name)
     bad = np.flatnonzero(~np.isfinite(array))
     if bad.size:
         raise FitInputError(
-            f"{name}: expected finite numbers, got {array[bad[0]]} at index {bad[0]} ({bad.size} non-finite in all)"
+            f"{name}: expected finite numbers, got {array[bad[0]]} at index {bad[0]} ({bad.size} non-finite in all)", name
         )
     if positive:
         bad = np.flatnonzero(array <= 0)
         if bad.size:
             raise FitInputError(
                 f"{name}: expected values > 0 (logs are taken), got {array[bad[0]]} at index {bad[0]}"
-                f" ({bad.size} non-positive in all)"
+                f" ({bad.size} non-positive in all)",
+                name,
             )
     return array
 
@@ -42,11 +55,36 @@ def same_length(**arrays: np.ndarray) -> int:
     return next(iter(lengths.values()))
 
 
-def enough_points(law: str, n_points: int, n_params: int, *, minimum: int | None = None) -> None:
-    """At least one more point than parameters, or the residuals say nothing about the fit."""
-    needed = n_params + 1 if minimum is None else minimum
-    if n_points < needed:
-        raise FitInputError(f"{law}: got {n_points} points, expected at least {needed} to fit {n_params} parameters")
+def enough_data(law: str, n_params: int, per_variable: int, /, **variables: np.ndarray) -> None:
+    """Refuse data that cannot determine the law. The rules, for a law with P free parameters:
+
+    - every variable has >= per_variable distinct values. A law's terms in one variable have a scale
+      and an exponent, and along that variable the other terms add a constant: three numbers, which
+      fewer distinct values cannot separate. One-variable laws pass P + 1 (see the next rule).
+    - the variables together take >= P + 1 distinct points (rows with equal inputs count once): P to
+      determine the parameters and one more so the residuals can disagree with the law.
+
+    Rows with equal inputs and different outputs are replicates: they inform the noise, not the law.
+    """
+    rows = len(next(iter(variables.values())))
+    if rows < n_params + 1:
+        raise FitInputError(f"{law}: got {rows} points, expected at least {n_params + 1} to fit {n_params} parameters")
+    for name, values in variables.items():
+        distinct = np.unique(values)
+        if len(distinct) < per_variable:
+            shown = ", ".join(f"{v:.6g}" for v in distinct)
+            raise FitInputError(
+                f"{name} has {len(distinct)} distinct value{'s' * (len(distinct) != 1)} ({rows} rows: {shown}); "
+                f"{law} needs >= {per_variable} distinct values of {name} to determine how it depends on {name}",
+                name,
+            )
+    points = len(np.unique(np.stack(list(variables.values()), axis=1), axis=0))
+    if points < n_params + 1:
+        names = ", ".join(variables)
+        raise FitInputError(
+            f"({names}) takes {points} distinct values in {rows} rows; {law} needs >= {n_params + 1} distinct points "
+            f"to fit {n_params} parameters with a residual left"
+        )
 
 
 def positive_int(name: str, value, *, minimum: int = 1) -> int:

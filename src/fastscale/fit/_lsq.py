@@ -33,7 +33,6 @@ class Solution:
     theta: np.ndarray
     objective: float
     converged: bool
-    at_bound: tuple  # names of parameters that ended on a bound
 
 
 def objective(model: LogModel, weights: np.ndarray):
@@ -48,7 +47,7 @@ def objective(model: LogModel, weights: np.ndarray):
 
 
 def solve(model: LogModel, weights: np.ndarray, starts=None) -> Solution:
-    """Best of L-BFGS-B from each start; flags non-convergence and parameters at a bound."""
+    """Best of L-BFGS-B from each start (results.fit_result flags non-convergence and bounds)."""
     fun = objective(model, weights)
     best = None
     for start in model.starts if starts is None else starts:
@@ -64,7 +63,7 @@ def solve(model: LogModel, weights: np.ndarray, starts=None) -> Solution:
     # On a lower envelope the gradient need not vanish at the optimum (constraints are active); on a
     # bound only its component pointing into the box must.
     converged = bool(best.success) or (not model.below and _projected_gradient(model, best.x, best.jac) <= GRADIENT_TOL)
-    return Solution(best.x, float(best.fun), converged, _at_bound(model, best.x))
+    return Solution(best.x, float(best.fun), converged)
 
 
 def _projected_gradient(model: LogModel, theta, gradient) -> float:
@@ -85,15 +84,6 @@ def _margin(model: LogModel, theta, rows):
     return (model.log_y - log_pred)[rows], -jac[rows]
 
 
-def _at_bound(model: LogModel, theta) -> tuple:
-    hits = []
-    for name, value, (low, high) in zip(model.names, theta, model.bounds):
-        for bound in (low, high):
-            if bound is not None and abs(value - bound) <= 1e-6 * max(1.0, abs(bound)):
-                hits.append(name)
-    return tuple(hits)
-
-
 def bootstrap(model: LogModel, theta: np.ndarray, counts: np.ndarray, weights: np.ndarray):
     """Refit every resample from theta; returns ([n_ok, P] draws, number of failed refits)."""
     draws, failed = [], 0
@@ -104,15 +94,3 @@ def bootstrap(model: LogModel, theta: np.ndarray, counts: np.ndarray, weights: n
         else:
             failed += 1
     return np.array(draws).reshape(-1, len(theta)), failed
-
-
-def flags_for(solution: Solution, labels: dict, n_failed: int, n_bootstrap: int) -> list:
-    """Messages for a solution; labels map internal names to the papers' names."""
-    flags = []
-    if not solution.converged:
-        flags.append("the optimizer did not converge: treat the parameters as unreliable")
-    for name in solution.at_bound:
-        flags.append(f"{labels.get(name, name)} ended on its bound: the data do not determine it")
-    if n_failed:
-        flags.append(f"{n_failed} of {n_bootstrap} bootstrap refits did not converge and were left out of the intervals")
-    return flags

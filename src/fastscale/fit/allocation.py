@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from fastscale.fit import _lsq
-from fastscale.fit._checks import FitInputError, as_values, enough_points, positive_int, probability, same_length
+from fastscale.fit._checks import FitInputError, as_values, enough_data, positive_int, same_length
 from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP, resample_counts
-from fastscale.fit.results import Estimate, FitResult, intervals_from, report_flags
+from fastscale.fit.results import Estimate, FitResult, fit_result
 
 MIN_POINTS_PER_BUDGET = 3
 MIN_BUDGETS = 3  # a line through the vertices needs a residual to be checked
@@ -25,6 +25,8 @@ MIN_BUDGETS = 3  # a line through the vertices needs a residual to be checked
 @dataclass(frozen=True)
 class AllocationFit(FitResult):
     """params: a (exponent) and C0 (in the units of C), N_opt(C) = (C/C0)^a."""
+
+    scales = ("C0",)
 
     @staticmethod
     def _law(p, compute):
@@ -49,7 +51,7 @@ def fit_allocation(
     """Fit N_opt = (C/C0)^a by (weighted) least squares on log N_opt."""
     c, n = as_values("compute", compute, positive=True), as_values("n_opt", n_opt, positive=True)
     size = same_length(compute=c, n_opt=n)
-    enough_points("allocation", size, 2)
+    enough_data("allocation", 2, 3, compute=c)
     w = np.ones(size) if weights is None else as_values("weights", weights, positive=True)
     same_length(compute=c, weights=w)
     center = np.log(c).mean()
@@ -61,20 +63,17 @@ def fit_allocation(
     counts = resample_counts(size, positive_int("n_bootstrap", n_bootstrap, minimum=0), seed)
     draws, failed = _lsq.bootstrap(model, solution.theta, counts, w)
     params = dict(zip(("a", "C0"), _to_params(solution.theta, center)))
-    samples = np.array([_to_params(t, center) for t in draws]).reshape(-1, 2)
-    flags = _lsq.flags_for(solution, {}, failed, len(counts))
-    if params["a"] <= 0:
-        flags.append(f"a={params['a']:.4g} <= 0: N_opt does not grow with compute")
-    return AllocationFit(
+    return fit_result(
+        AllocationFit,
         law="allocation",
         params=params,
-        intervals=intervals_from(("a", "C0"), samples, probability("level", level)),
-        samples=samples,
+        samples=np.array([_to_params(t, center) for t in draws]).reshape(-1, 2),
         level=level,
+        converged=solution.converged,
+        failed_refits=failed,
+        flags=[f"a_not_positive: a={params['a']:.4g} <= 0: N_opt does not grow with compute"] if params["a"] <= 0 else [],
         residuals=np.log(n) - (solution.theta[0] + solution.theta[1] * u),
         objective=solution.objective,
-        converged=solution.converged,
-        flags=report_flags("allocation", flags),
         n_points=size,
     )
 
@@ -137,8 +136,9 @@ def fit_isoflop(
 
 def _parabola_minimum(u, y, window):
     """u sorted ascending. Returns (reason to skip or "", N at the vertex, loss at the vertex)."""
-    if len(u) < MIN_POINTS_PER_BUDGET:
-        return f"{len(u)} model sizes, expected at least {MIN_POINTS_PER_BUDGET}", None, None
+    sizes = len(np.unique(u))  # a parabola needs distinct sizes: repeated runs of one size add no curvature
+    if sizes < MIN_POINTS_PER_BUDGET:
+        return f"{sizes} distinct model sizes ({len(u)} rows), expected at least {MIN_POINTS_PER_BUDGET}", None, None
     lowest = int(np.argmin(y))
     if lowest in (0, len(y) - 1):
         return "the lowest loss is at the edge of the sizes tried", None, None

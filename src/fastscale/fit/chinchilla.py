@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fastscale.fit._checks import as_values, enough_points, positive_int, probability, same_length
+from fastscale.fit._checks import as_values, enough_data, positive_int, same_length
 from fastscale.fit._optimize import batched_lbfgs, minimize_lbfgs
 from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP, resample_counts
-from fastscale.fit.results import Estimate, FitResult, intervals_from, report_flags
+from fastscale.fit.results import Estimate, FitResult, fit_result
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,9 @@ class ChinchillaFit(FitResult):
     (N_opt proportional to C^a) and b = alpha/(alpha+beta) (D_opt proportional to C^b)."""
 
     n_starts: int
-    starts_at_optimum: int  # how many grid starts ended at the best objective (a flat surface shows here)
+    starts_at_optimum: int
+
+    scales = ("A", "B")  # how many grid starts ended at the best objective (a flat surface shows here)
 
     @staticmethod
     def _law(p, n, d):
@@ -153,7 +155,7 @@ def fit_chinchilla(
     d = as_values("n_tokens", n_tokens, positive=True)
     y = as_values("loss", loss, positive=True)
     size = same_length(n_params=n, n_tokens=d, loss=y)
-    enough_points("chinchilla", size, 5)
+    enough_data("chinchilla", 5, 3, n_params=n, n_tokens=d)
     grid = chinchilla_grid() if starts is None else np.atleast_2d(np.asarray(starts, dtype=np.float64))
     log_n, log_d, log_y = np.log(n), np.log(d), np.log(y)
 
@@ -172,18 +174,17 @@ def fit_chinchilla(
     counts = resample_counts(size, positive_int("n_bootstrap", n_bootstrap, minimum=0), seed)
     draws, failed = _bootstrap(log_n, log_d, log_y, theta, counts, delta)
     params = dict(zip(PARAM_NAMES, _to_params(theta)))
-    samples = np.array([_to_params(t) for t in draws]).reshape(-1, len(PARAM_NAMES))
-    flags = _flags(params, converged, failed, len(counts))
-    return ChinchillaFit(
+    return fit_result(
+        ChinchillaFit,
         law="chinchilla",
         params=params,
-        intervals=intervals_from(PARAM_NAMES, samples, probability("level", level)),
-        samples=samples,
+        samples=np.array([_to_params(t) for t in draws]).reshape(-1, len(PARAM_NAMES)),
         level=level,
+        converged=converged,
+        failed_refits=failed,
+        flags=_exponent_flags(params),
         residuals=log_y - np.log(ChinchillaFit._law(params, n, d)),
         objective=objective,
-        converged=converged,
-        flags=report_flags("chinchilla", flags),
         n_points=size,
         n_starts=len(grid),
         starts_at_optimum=at_optimum,
@@ -204,13 +205,9 @@ def _to_params(theta):
     return np.exp(e), np.exp(a), np.exp(b), alpha, beta, beta / (alpha + beta), alpha / (alpha + beta)
 
 
-def _flags(params, converged, failed, n_bootstrap):
-    flags = []
-    if not converged:
-        flags.append("the optimizer did not converge: treat the parameters as unreliable")
-    for name in ("alpha", "beta"):
-        if params[name] <= 0:
-            flags.append(f"{name}={params[name]:.4g} <= 0: loss does not fall with {'N' if name == 'alpha' else 'D'}")
-    if failed:
-        flags.append(f"{failed} of {n_bootstrap} bootstrap refits did not converge and were left out of the intervals")
-    return flags
+def _exponent_flags(params):
+    return [
+        f"{name}_not_positive: {name}={params[name]:.4g} <= 0: loss does not fall with {variable}"
+        for name, variable in (("alpha", "N"), ("beta", "D"))
+        if params[name] <= 0
+    ]

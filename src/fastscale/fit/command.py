@@ -7,7 +7,6 @@ and where asked `holdout` and `forecast`. The table output prints the same repor
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import numpy as np
@@ -20,9 +19,10 @@ from fastscale.fit.chinchilla import fit_chinchilla
 from fastscale.fit.critical_batch import fit_critical_batch, fit_critical_batch_vs_loss
 from fastscale.fit.frontier import fit_frontier
 from fastscale.fit.holdout import holdout_largest
-from fastscale.fit.io import column, drop_highest_loss, read_table, write_atomically
+from fastscale.fit.io import Table, column, drop_highest_loss, read_table
 from fastscale.fit.kaplan import fit_kaplan_nd
 from fastscale.fit.power import fit_power_law
+from fastscale.io import json_text, write_atomically
 
 LAWS = ("power", "chinchilla", "kaplan-nd", "frontier", "critical-batch", "allocation", "isoflop")
 EPILOG = """columns by law:
@@ -69,24 +69,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", metavar="FILE", help="draw the fit to FILE (.png or .svg)")
 
 
+# Each law's fit-function arguments, as the options whose columns fill them (first one given), so an
+# error about an argument ("x has 1 distinct value") also names the column it came from.
+ARGUMENT_OPTIONS = {
+    "power": {"x": ("x",), "y": ("y",)},
+    "allocation": {"compute": ("x",), "n_opt": ("y",), "weights": ("sigma",)},
+    "chinchilla": {"n_params": ("N",), "n_tokens": ("D", "C"), "loss": ("loss",)},
+    "kaplan-nd": {"n_params": ("N",), "n_tokens": ("D", "C"), "loss": ("loss",)},
+    "isoflop": {"n_params": ("N",), "compute": ("C",), "loss": ("loss",)},
+    "frontier": {"run": ("run",), "n_params": ("N",), "compute": ("C",), "loss": ("loss",)},
+    "critical-batch": {"steps": ("x",), "examples": ("y",), "loss": ("loss",), "critical_batch": ("noise_scale",)},
+}
+
+
 def run(args: argparse.Namespace) -> int:
     try:
-        table = select_rows(read_table(args.data), args.where)
-        report = LAW_RUNNERS[args.law](args, table)
+        data = read_table(args.data)
+        report = LAW_RUNNERS[args.law](args, select_rows(data, args.where))
     except FitInputError as error:
-        print(f"fastscale fit: error: {error}", file=sys.stderr)
+        print(f"fastscale fit: error: {_in_columns(error, args)}", file=sys.stderr)
         return 2
     report = {"data": str(args.data), **report}
-    text = json.dumps(_plain(report), indent=2)
+    if data.skipped:
+        report["skipped_lines"] = list(data.skipped)
+    text = json_text(_plain(report), indent=2)
     if args.out:
         write_atomically(args.out, text + "\n")
     print(text if args.json else format_table(report))
-    for flag in report.get("flags", []) + [f"holdout fit: {f}" for f in report.get("holdout", {}).get("flags", [])]:
-        print(f"warning: {flag}", file=sys.stderr)
+    holdout_flags = [f"holdout fit: {f}" for f in report.get("holdout", {}).get("flags", [])]
+    for warning in report.get("skipped_lines", []) + report.get("flags", []) + holdout_flags:
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 
-def select_rows(table: dict, conditions: list) -> dict:
+def _in_columns(error: FitInputError, args) -> str:
+    """The error, prefixed with the option and column that filled the argument it names."""
+    options = ARGUMENT_OPTIONS[args.law].get(error.argument, ())
+    given = [option for option in options if getattr(args, option) is not None]
+    if not given:
+        return str(error)
+    option = given[0]
+    derived = " (D = C/6N)" if error.argument == "n_tokens" and option == "C" else ""
+    return f"--{option.replace('_', '-')} {getattr(args, option)!r}{derived}: {error}"
+
+
+def select_rows(table: Table, conditions: list) -> Table:
     """Rows where every COL=VALUE holds (numbers compared as numbers, text as text)."""
     keep = np.ones(len(next(iter(table.values()))), dtype=bool)
     for condition in conditions:
@@ -102,7 +129,7 @@ def select_rows(table: dict, conditions: list) -> dict:
             raise FitInputError(f"--where {condition!r}: column {name!r} holds numbers, got {value!r}") from None
     if conditions and not keep.any():
         raise FitInputError(f"--where {' '.join(conditions)}: no row matches")
-    return {name: values[keep] for name, values in table.items()}
+    return table.rows(keep)
 
 
 def _options(args):
@@ -262,13 +289,20 @@ def run_critical_batch(args, table):
         _maybe_plot(args, lambda plots: plots.plot_law(fit, examples / steps, steps, args.plot, xlabel="batch size", ylabel="steps"))
         return _fit_report(fit)
     targets = column(table, args.loss, option="--loss")
-    per_target = {float(t): fit_critical_batch(steps[targets == t], examples[targets == t], **_options(args)) for t in np.unique(targets)}
+    per_target = {float(t): _fit_target(t, steps[targets == t], examples[targets == t], args) for t in np.unique(targets)}
     by_loss = fit_critical_batch_vs_loss(list(per_target), [f.params["B_crit"] for f in per_target.values()], **_options(args))
     report = _fit_report(by_loss)
     report["per_target"] = [{"loss": t, **_fit_report(f)} for t, f in per_target.items()]
     report["flags"] = report["flags"] + [f"loss {t}: {flag}" for t, f in per_target.items() for flag in f.flags]
     _maybe_plot(args, lambda plots: plots.plot_law(by_loss, list(per_target), [f.params["B_crit"] for f in per_target.values()], args.plot, xlabel="loss", ylabel="B_crit"))
     return report
+
+
+def _fit_target(target, steps, examples, args):
+    try:
+        return fit_critical_batch(steps, examples, **_options(args))
+    except FitInputError as error:
+        raise FitInputError(f"--loss {args.loss!r} = {target:g}: {error}", error.argument) from None
 
 
 LAW_RUNNERS = {
@@ -327,15 +361,13 @@ def _estimate(estimate) -> dict:
 
 
 def _plain(value):
-    """JSON-safe: numpy scalars to floats, nan to None."""
+    """numpy scalars as Python numbers (json_text then writes nan as null)."""
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
-    if isinstance(value, (np.floating, float)):
-        return None if not np.isfinite(value) else float(value)
-    if isinstance(value, np.integer):
-        return int(value)
+    if isinstance(value, np.generic):
+        return value.item()
     return value
 
 

@@ -14,14 +14,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from fastscale.fit import _lsq
-from fastscale.fit._checks import as_values, enough_points, positive_int, probability, same_length
+from fastscale.fit._checks import as_values, enough_data, positive_int, same_length
 from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP, resample_counts
-from fastscale.fit.results import FitResult, intervals_from, report_flags
+from fastscale.fit.results import FitResult, fit_result
 
 
 @dataclass(frozen=True)
 class CriticalBatchFit(FitResult):
     """params: S_min (steps), E_min (examples), B_crit = E_min/S_min. predict(B) gives the steps S(B)."""
+
+    scales = ("S_min", "E_min", "B_crit")
 
     @staticmethod
     def _law(p, batch_size):
@@ -36,6 +38,8 @@ class CriticalBatchFit(FitResult):
 class CriticalBatchLossFit(FitResult):
     """params: B_star, alpha_B in B_crit(L) = B_star / L^(1/alpha_B). predict(L) gives B_crit."""
 
+    scales = ("B_star",)
+
     @staticmethod
     def _law(p, loss):
         return p["B_star"] / loss ** (1.0 / p["alpha_B"])
@@ -47,12 +51,13 @@ def fit_critical_batch(
     """From (S, E) pairs that reach the same loss, fit S = S_min (1 + B_crit/B), B = E/S, on log S.
 
     Given B_crit the best log S_min is the mean residual, so only log B_crit is searched; one start at
-    the geometric mean batch size suffices (the profile is unimodal in log B_crit).
+    the geometric mean batch size suffices (the profile is unimodal in log B_crit). Needs 3 distinct
+    batch sizes: one batch size cannot tell S_min from B_crit.
     """
     s = as_values("steps", steps, positive=True)
     e = as_values("examples", examples, positive=True)
     size = same_length(steps=s, examples=e)
-    enough_points("critical batch", size, 2)
+    enough_data("critical batch", 2, 3, **{"batch size (examples/steps)": e / s})
     log_b = np.log(e / s)
 
     def log_prediction(theta):
@@ -73,20 +78,18 @@ def fit_critical_batch(
         s_min, b_crit = np.exp(theta)
         return s_min, s_min * b_crit, b_crit
 
-    names = ("S_min", "E_min", "B_crit")
-    params = dict(zip(names, to_params(solution.theta)))
-    samples = np.array([to_params(t) for t in draws]).reshape(-1, 3)
-    labels = {"log B_crit": "B_crit (more than e^10 outside the batch sizes tried)"}
-    return CriticalBatchFit(
+    params = dict(zip(("S_min", "E_min", "B_crit"), to_params(solution.theta)))
+    return fit_result(
+        CriticalBatchFit,
         law="critical-batch",
         params=params,
-        intervals=intervals_from(names, samples, probability("level", level)),
-        samples=samples,
+        samples=np.array([to_params(t) for t in draws]).reshape(-1, 3),
         level=level,
+        converged=solution.converged,
+        failed_refits=failed,
+        bounds={"B_crit": tuple(np.exp(bounds[1]))},  # more than e^10 outside the batch sizes tried
         residuals=np.log(s) - np.log(CriticalBatchFit._law(params, e / s)),
         objective=solution.objective,
-        converged=solution.converged,
-        flags=report_flags("critical-batch", _lsq.flags_for(solution, labels, failed, len(counts))),
         n_points=size,
     )
 
@@ -98,12 +101,14 @@ def fit_critical_batch_vs_loss(
     y = as_values("loss", loss, positive=True)
     b = as_values("critical_batch", critical_batch, positive=True)
     size = same_length(loss=y, critical_batch=b)
-    enough_points("critical batch vs loss", size, 2)
+    enough_data("critical batch vs loss", 2, 3, loss=y)
     center = np.log(y).mean()
     u = np.log(y) - center
     jac = np.stack([np.ones(size), -u], axis=1)
     slope, intercept = np.polyfit(u, np.log(b), 1)
-    model = _lsq.LogModel(("k", "1/alpha_B"), np.log(b), lambda t: (t[0] - t[1] * u, jac), ((None, None), (1e-6, None)), (np.array([intercept, max(-slope, 1e-3)]),))
+    inverse_alpha_bound = 1e-6  # B_crit does not grow as the loss falls
+    bounds = ((None, None), (inverse_alpha_bound, None))
+    model = _lsq.LogModel(("k", "1/alpha_B"), np.log(b), lambda t: (t[0] - t[1] * u, jac), bounds, (np.array([intercept, max(-slope, 1e-3)]),))
     weights = np.ones(size)
     solution = _lsq.solve(model, weights)
     counts = resample_counts(size, positive_int("n_bootstrap", n_bootstrap, minimum=0), seed)
@@ -113,19 +118,17 @@ def fit_critical_batch_vs_loss(
         k, inverse_alpha = theta  # log B = k - (1/alpha_B)(log L - center)
         return np.exp(k + inverse_alpha * center), 1.0 / inverse_alpha
 
-    names = ("B_star", "alpha_B")
-    params = dict(zip(names, to_params(solution.theta)))
-    samples = np.array([to_params(t) for t in draws]).reshape(-1, 2)
-    labels = {"1/alpha_B": "1/alpha_B (B_crit does not grow as the loss falls)"}
-    return CriticalBatchLossFit(
+    params = dict(zip(("B_star", "alpha_B"), to_params(solution.theta)))
+    return fit_result(
+        CriticalBatchLossFit,
         law="critical-batch-vs-loss",
         params=params,
-        intervals=intervals_from(names, samples, probability("level", level)),
-        samples=samples,
+        samples=np.array([to_params(t) for t in draws]).reshape(-1, 2),
         level=level,
+        converged=solution.converged,
+        failed_refits=failed,
+        bounds={"alpha_B": (None, 1.0 / inverse_alpha_bound)},
         residuals=np.log(b) - np.log(CriticalBatchLossFit._law(params, y)),
         objective=solution.objective,
-        converged=solution.converged,
-        flags=report_flags("critical-batch-vs-loss", _lsq.flags_for(solution, labels, failed, len(counts))),
         n_points=size,
     )

@@ -57,6 +57,8 @@ def compute_frontier(run, n_params, compute, loss, *, n_grid: int = 100) -> Fron
     runs = np.unique(labels)
     if len(runs) < MIN_FRONTIER_RUNS:
         raise FitInputError(f"run: got {len(runs)} runs, expected at least {MIN_FRONTIER_RUNS} learning curves for a frontier")
+    if c.min() == c.max():
+        raise FitInputError(f"compute has 1 distinct value ({len(c)} rows: {c[0]:.6g}); a frontier needs learning curves over a range of compute", "compute")
     grid = np.geomspace(c.min(), c.max(), positive_int("n_grid", n_grid, minimum=2))
     curves = np.full((len(runs), len(grid)), np.inf)
     sizes = np.empty(len(runs))

@@ -1,26 +1,43 @@
-"""Reading measurements (CSV tables and the trainer's run directories) and writing results atomically.
+"""Reading measurements: CSV tables and the trainer's run directories.
 
-A table is a dict of column name -> numpy array (float where every entry parses as a number, else str).
+A table is a dict of column name -> numpy array (float where every cell is a number or empty, else
+str) that also remembers where each row came from, so an error about a cell names the file and the
+line a text editor shows. A CSV is read strictly: every row has exactly the header's fields, the
+header's names are unique and non-empty; anything else is an error naming the file, the line, the
+column and the value (a silently shifted or ignored field would fit the wrong numbers).
+
 Run directories (issue 4's trainer) hold `config.json` (with `n_params`, non-embedding) and
-`metrics.jsonl` (one JSON object per logged step; a resumed run appends, so the last record of a
-step wins). They become one table row per logged step, with the run's name in column `run`.
+`metrics.jsonl`, read by `fastscale.io.read_metrics` (the last record of a step wins; torn lines are
+skipped and counted, and the count travels with the table to the fit report). They become one table
+row per logged step, with the run's name in column `run`.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import logging
-import os
-import tempfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from fastscale.fit._checks import FitInputError, positive_int
+from fastscale.io import read_metrics
+from fastscale.io import write_atomically  # noqa: F401  re-exported until sweep/ and doctor/ import it from fastscale.io
 
-Table = dict
-log = logging.getLogger(__name__)
+
+class Table(dict):
+    """Column name -> 1-D numpy array; `origin[i]` says where row i came from ("runs.csv line 7",
+    "run3/metrics.jsonl step 40") and `skipped` what reading left out (one message per file)."""
+
+    def __init__(self, columns: dict, origin, skipped=()):
+        super().__init__(columns)
+        self.origin = np.asarray(origin, dtype=str)
+        self.skipped = tuple(skipped)
+
+    def rows(self, keep) -> Table:
+        """The rows selected by a boolean mask or index array."""
+        return Table({name: values[keep] for name, values in self.items()}, self.origin[keep], self.skipped)
 
 
 def read_table(path) -> Table:
@@ -30,11 +47,61 @@ def read_table(path) -> Table:
         return read_runs(path)
     if not path.is_file():
         raise FitInputError(f"DATA={str(path)!r}: no such file or directory")
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    header, rows, lines = _csv_rows(path)
     if not rows:
         raise FitInputError(f"DATA={str(path)!r}: expected a CSV file with a header and at least one row")
-    return {name: _column([row[name] for row in rows]) for name in rows[0]}
+    columns = {name: _column([row[j] for row in rows]) for j, name in enumerate(header)}
+    return Table(columns, [f"{path} line {line}" for line in lines])
+
+
+def _csv_rows(path: Path):
+    """(header, rows, line numbers) with every row checked against the header."""
+    header, rows, lines = None, [], []
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:  # utf-8-sig: spreadsheets write a BOM
+            reader = csv.reader(handle)
+            end = 0
+            for row in reader:
+                start, end = end + 1, reader.line_num  # a quoted field can span lines: name the first
+                if not "".join(row).strip() and len(row) <= 1:
+                    continue  # a blank line
+                if header is None:
+                    header = _checked_header(path, start, row)
+                    continue
+                _check_fields(path, start, header, row)
+                rows.append(row)
+                lines.append(start)
+    except UnicodeDecodeError as error:
+        raise FitInputError(f"DATA={str(path)!r}: not UTF-8 text ({error})") from None
+    except csv.Error as error:
+        raise FitInputError(f"DATA={str(path)!r} line {reader.line_num}: not a readable CSV row ({error})") from None
+    return header or [], rows, lines
+
+
+def _checked_header(path: Path, line: int, header: list) -> list:
+    empty = [j + 1 for j, name in enumerate(header) if not name.strip()]
+    if empty:
+        raise FitInputError(f"{path} line {line}: column {empty[0]} of the header has an empty name (header: {header})")
+    repeated = [name for name, count in Counter(header).items() if count > 1]
+    if repeated:
+        where = [j + 1 for j, name in enumerate(header) if name == repeated[0]]
+        raise FitInputError(f"{path} line {line}: column name {repeated[0]!r} appears more than once (columns {where}); each column needs its own name")
+    return header
+
+
+def _check_fields(path: Path, line: int, header: list, row: list) -> None:
+    if len(row) > len(header):
+        extra = row[len(header) :]
+        raise FitInputError(
+            f"{path} line {line}: {len(row)} field{'s' * (len(row) != 1)}, expected {len(header)} as in the header {header}; "
+            f"extra value{'s' * (len(extra) > 1)} {', '.join(map(repr, extra))} after column {header[-1]!r}"
+        )
+    if len(row) < len(header):
+        missing = header[len(row) :]
+        raise FitInputError(
+            f"{path} line {line}: {len(row)} field{'s' * (len(row) != 1)}, expected {len(header)} as in the header {header}; "
+            f"no value for column{'s' * (len(missing) > 1)} {', '.join(map(repr, missing))}"
+        )
 
 
 def read_runs(directory) -> Table:
@@ -43,19 +110,18 @@ def read_runs(directory) -> Table:
     metric_files = sorted(directory.glob("metrics.jsonl")) or sorted(directory.glob("*/metrics.jsonl"))
     if not metric_files:
         raise FitInputError(f"DATA={str(directory)!r}: no metrics.jsonl in it or in its subdirectories")
-    records = []
+    records, origin, skipped = [], [], []
     for metrics in metric_files:
         config = _run_config(metrics.parent)
-        by_step = {}
-        lines = metrics.read_text().splitlines()
-        for number, line in enumerate(lines, start=1):
-            record = _json_line(metrics, number, line, last=number == len(lines))
-            if record is not None:
-                by_step[record.get("step", number)] = record  # a resumed run appends: last record wins
-        for record in by_step.values():
+        curve = read_metrics(metrics)
+        if curve.skipped:
+            lines = ", ".join(map(str, curve.skipped[:5])) + (", ..." if len(curve.skipped) > 5 else "")
+            skipped.append(f"{metrics}: skipped {len(curve.skipped)} unreadable line{'s' * (len(curve.skipped) > 1)} (torn by a kill?): line {lines}")
+        for record in curve.records:
             records.append({"run": metrics.parent.name, "n_params": config.get("n_params"), **record})
+            origin.append(f"{metrics} step {record['step']}")
     names = list(dict.fromkeys(name for record in records for name in record))
-    return {name: _column([record.get(name, "") for record in records]) for name in names}
+    return Table({name: _column([record.get(name, "") for record in records]) for name in names}, origin, skipped)
 
 
 def _run_config(run_dir: Path) -> dict:
@@ -63,38 +129,44 @@ def _run_config(run_dir: Path) -> dict:
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
+        config = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
         raise FitInputError(f"{path}: not valid JSON ({error})") from None
-
-
-def _json_line(path: Path, number: int, line: str, *, last: bool):
-    if not line.strip():
-        return None
-    try:
-        return json.loads(line)
-    except json.JSONDecodeError:
-        if last:  # a run killed mid-write leaves a torn last line: skip it, say so
-            log.warning("%s:%d: skipped a torn last line %r", path, number, line[:80])
-            return None
-        raise FitInputError(f"{path}:{number}: not a JSON object: {line[:80]!r}") from None
+    if not isinstance(config, dict):
+        raise FitInputError(f"{path}: expected a JSON object, got {type(config).__name__}")
+    return config
 
 
 def _column(values: list) -> np.ndarray:
     try:
-        return np.array([float("nan") if v in ("", None) else float(v) for v in values])
+        return np.array([_number(v) for v in values])
     except (TypeError, ValueError):
         return np.array([str(v) for v in values])
 
 
+def _number(value) -> float:
+    """A cell as a number; empty (and JSON null, which strict JSON writes for nan) is nan."""
+    return float("nan") if value in ("", None) else float(value)
+
+
 def column(table: Table, name: str, *, option: str, source: str = "DATA") -> np.ndarray:
-    """The named column; a clear error names the option, the column and the columns there are."""
+    """The named column; a clear error names the option, the column and the columns there are, or the
+    first cell that is not a number and where it is."""
     if name not in table:
         raise FitInputError(f"{option} {name!r}: no such column in {source}; columns are {sorted(table)}")
     values = table[name]
     if values.dtype.kind not in "fi":
-        raise FitInputError(f"{option} {name!r}: expected numbers, got text such as {values[0]!r}")
+        bad = next(i for i, value in enumerate(values) if not _parses(value))
+        raise FitInputError(f"{option} {name!r}: expected numbers, got {str(values[bad])!r} at {table.origin[bad]}")
     return values
+
+
+def _parses(value: str) -> bool:
+    try:
+        _number(value)
+    except ValueError:
+        return False
+    return True
 
 
 def drop_highest_loss(loss: np.ndarray, k: int) -> np.ndarray:
@@ -105,19 +177,3 @@ def drop_highest_loss(loss: np.ndarray, k: int) -> np.ndarray:
     if k >= len(loss):
         raise FitInputError(f"drop_top_loss={k}: expected fewer than the {len(loss)} rows")
     return loss < np.sort(loss)[-k]
-
-
-def write_atomically(path, text: str) -> None:
-    """Write to a temporary file in the same directory, then rename: readers never see half a file."""
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())  # the rename must not land before the data (a crash would leave an empty file)
-        os.chmod(temporary, 0o644)  # mkstemp's 0600 would hide results from the rest of a group
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

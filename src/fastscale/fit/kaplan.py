@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from fastscale.fit import _lsq
-from fastscale.fit._checks import as_values, enough_points, positive_int, probability, same_length
+from fastscale.fit._checks import as_values, enough_data, positive_int, same_length
 from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP, resample_counts
-from fastscale.fit.results import FitResult, intervals_from, report_flags
+from fastscale.fit.results import FitResult, fit_result
 
 EXPONENT_BOUNDS = (1e-4, 5.0)
 START_EXPONENTS = (0.05, 0.1, 0.3, 0.7)
@@ -27,6 +27,8 @@ START_EXPONENTS = (0.05, 0.1, 0.3, 0.7)
 class KaplanNDFit(FitResult):
     """params: Nc, Dc (in the units of N and D), alpha_N, alpha_D."""
 
+    scales = ("Nc", "Dc")
+
     @staticmethod
     def _law(p, n, d):
         return ((p["Nc"] / n) ** (p["alpha_N"] / p["alpha_D"]) + p["Dc"] / d) ** p["alpha_D"]
@@ -35,6 +37,8 @@ class KaplanNDFit(FitResult):
 @dataclass(frozen=True)
 class KaplanNSFit(FitResult):
     """params: Nc, Sc (steps), alpha_N, alpha_S."""
+
+    scales = ("Nc", "Sc")
 
     @staticmethod
     def _law(p, n, s_min):
@@ -64,7 +68,7 @@ def fit_kaplan_nd(
     d = as_values("n_tokens", n_tokens, positive=True)
     y = as_values("loss", loss, positive=True)
     size = same_length(n_params=n, n_tokens=d, loss=y)
-    enough_points("kaplan-nd", size, 4)
+    enough_data("kaplan-nd", 4, 3, n_params=n, n_tokens=d)
     mn, md = np.log(n).mean(), np.log(d).mean()
     vn, vd = np.log(n) - mn, np.log(d) - md
 
@@ -99,7 +103,7 @@ def fit_kaplan_ns(
     s = as_values("min_steps", min_steps, positive=True)
     y = as_values("loss", loss, positive=True)
     size = same_length(n_params=n, min_steps=s, loss=y)
-    enough_points("kaplan-ns", size, 4)
+    enough_data("kaplan-ns", 4, 3, n_params=n, min_steps=s)
     mn, ms = np.log(n).mean(), np.log(s).mean()
     vn, vs = np.log(n) - mn, np.log(s) - ms
 
@@ -129,18 +133,18 @@ def _finish(cls, law, names, model, to_params, inputs, y, n_bootstrap, level, se
     counts = resample_counts(len(y), positive_int("n_bootstrap", n_bootstrap, minimum=0), seed)
     draws, failed = _lsq.bootstrap(model, solution.theta, counts, weights)
     params = dict(zip(names, to_params(solution.theta)))
-    samples = np.array([to_params(t) for t in draws]).reshape(-1, 4)
-    labels = dict(zip(model.names, names))
-    return cls(
+    exponents = [name for name in names if name.startswith("alpha")]
+    return fit_result(
+        cls,
         law=law,
         params=params,
-        intervals=intervals_from(names, samples, probability("level", level)),
-        samples=samples,
+        samples=np.array([to_params(t) for t in draws]).reshape(-1, 4),
         level=level,
+        converged=solution.converged,
+        failed_refits=failed,
+        bounds=dict.fromkeys(exponents, EXPONENT_BOUNDS),
         residuals=np.log(y) - np.log(cls._law(params, *inputs)),
         objective=solution.objective,
-        converged=solution.converged,
-        flags=report_flags(law, _lsq.flags_for(solution, labels, failed, len(counts))),
         n_points=len(y),
     )
 

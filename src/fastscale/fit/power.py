@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from fastscale.fit import _lsq
-from fastscale.fit._checks import FitInputError, as_values, enough_points, positive_int, probability, same_length
+from fastscale.fit._checks import FitInputError, as_values, enough_data, positive_int, same_length
 from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP, resample_counts
-from fastscale.fit.results import Estimate, FitResult, intervals_from, report_flags
+from fastscale.fit.results import Estimate, FitResult, fit_result
 
 MAX_ALPHA = 10.0
 L_INF_START_FRACTIONS = (0.0, 0.3, 0.6, 0.8, 0.9, 0.97)
@@ -25,6 +25,8 @@ L_INF_START_FRACTIONS = (0.0, 0.3, 0.6, 0.8, 0.9, 0.97)
 @dataclass(frozen=True)
 class PowerLawFit(FitResult):
     """params: L_inf (0 for the pure law), x0, alpha."""
+
+    scales = ("x0",)
 
     @staticmethod
     def _law(p, x):
@@ -67,11 +69,12 @@ def fit_power_law(
     weights: per-point weights (e.g. 1/variance of log y). groups: labels resampled together by the
     bootstrap. lower_envelope: constrain the law to lie on or below every point (how L(C) is fitted to
     the compute frontier). Bounds: 0 <= L_inf <= min(y), 0 < alpha <= 10;
-    a parameter ending on a bound is flagged.
+    a parameter ending on a bound is flagged. Needs 4 distinct x (3 for the pure law).
     """
     x, y = as_values("x", x, positive=True), as_values("y", y, positive=True)
     n = same_length(x=x, y=y)
-    enough_points("power law" if irreducible else "pure power law", n, 3 if irreducible else 2)
+    n_params = 3 if irreducible else 2
+    enough_data("power law" if irreducible else "pure power law", n_params, n_params + 1, x=x)
     w = np.ones(n) if weights is None else as_values("weights", weights, positive=True)
     same_length(x=x, weights=w)
     model = _model(x, y, irreducible, lower_envelope, w)
@@ -79,23 +82,20 @@ def fit_power_law(
     counts = resample_counts(n, positive_int("n_bootstrap", n_bootstrap, minimum=0), seed, groups)
     draws, failed = _lsq.bootstrap(model, solution.theta, counts, w)
     center = np.log(x).mean()
-    names = ("L_inf", "x0", "alpha")
-    params = dict(zip(names, _to_params(solution.theta, irreducible, center)))
-    samples = np.array([_to_params(t, irreducible, center) for t in draws]).reshape(-1, 3)
-    labels = {"k": "x0", "alpha": "alpha", "L_inf": "L_inf"}
-    flags = _lsq.flags_for(solution, labels, failed, len(counts))
-    law = "power" if irreducible else "pure power"
+    params = dict(zip(("L_inf", "x0", "alpha"), _to_params(solution.theta, irreducible, center)))
     pred = PowerLawFit._law(params, x)
-    return PowerLawFit(
-        law=law,
+    return fit_result(
+        PowerLawFit,
+        law="power" if irreducible else "pure power",
         params=params,
-        intervals=intervals_from(names if irreducible else names[1:], samples[:, 0 if irreducible else 1 :], probability("level", level)),
-        samples=samples,
+        samples=np.array([_to_params(t, irreducible, center) for t in draws]).reshape(-1, 3),
         level=level,
+        converged=solution.converged,
+        failed_refits=failed,
+        bounds={"L_inf": (0.0, float(y.min())), "alpha": model.bounds[-1]},
+        fixed=() if irreducible else ("L_inf",),
         residuals=np.log(y) - np.log(pred),
         objective=solution.objective,
-        converged=solution.converged,
-        flags=report_flags(law, flags),
         n_points=n,
     )
 

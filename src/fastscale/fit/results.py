@@ -1,7 +1,18 @@
 """Result objects shared by every law: parameters, bootstrap intervals, residuals and flags.
 
-A fit never returns a bare number that might be wrong: `converged` and `flags` say when the optimizer
-stopped early or a parameter sits on its bound, and every such flag is also logged as a warning.
+A fit never returns a bare number that might be wrong: `flags` say when the optimizer stopped early,
+when bootstrap refits failed, and when the data do not determine a parameter, and every flag is also
+logged as a warning. Each flag reads "KIND: detail", one KIND per kind of problem, so a script can
+match it. `fit_result` assembles every law's result and is the one place the not-determined rules live:
+
+- `<p>_at_bound`: the estimate, or an end of its bootstrap interval, sits on a bound of the search
+  (the optimum is wherever the box stops it, not where the data put it);
+- `<p>_not_determined`: a scale parameter's (x0, Nc, B_crit...) interval spans more than
+  NOT_DETERMINED_DECADES powers of ten (its value is not known to within a factor of 1000);
+- `<p>_draws_not_finite`: some bootstrap draws overflowed (nan or inf) and were left out of the interval;
+- `<p>_zero_width_interval`: every bootstrap draw gave one value, as on identical rows or noiseless
+  data, so the interval says nothing about the uncertainty;
+- `not_converged` and `bootstrap_refits_failed` from the optimizer.
 """
 
 from __future__ import annotations
@@ -9,10 +20,17 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
+from fastscale.fit._checks import probability
+
 log = logging.getLogger(__name__)
+
+NOT_DETERMINED_DECADES = 3.0
+BOUND_RTOL = 1e-6  # a value this close (relative to max(1, |bound|)) to a bound is on it
+ZERO_WIDTH_RTOL = 1e-12  # an interval narrower than this (relative to its centre) has zero width
 
 
 @dataclass(frozen=True)
@@ -38,6 +56,8 @@ class FitResult:
     converged: bool
     flags: tuple  # human-readable warnings: non-convergence, parameters at a bound, failed bootstrap refits
     n_points: int
+
+    scales: ClassVar[tuple] = ()  # positive, multiplicative parameters: judged by the decades their interval spans
 
     @staticmethod
     def _law(params: dict, *inputs):
@@ -91,14 +111,56 @@ def _percentiles(draws: np.ndarray, level: float):
     return low, high
 
 
-def intervals_from(names, samples: np.ndarray, level: float) -> dict:
-    if len(samples) == 0:
-        return {}
-    low, high = _percentiles(samples, level)
-    return {name: (float(lo), float(hi)) for name, lo, hi in zip(names, low, high)}
+def fit_result(cls, *, law: str, params: dict, samples: np.ndarray, level: float, converged: bool, failed_refits: int,
+               bounds: dict | None = None, fixed: tuple = (), flags: list = (), **fields) -> FitResult:
+    """Build a law's result: intervals from the bootstrap draws, then the flags of the module docstring
+    ahead of the law's own `flags`, all logged.
 
-
-def report_flags(law: str, flags: list) -> tuple:
+    samples: [n_bootstrap, len(params)] draws of the refits that converged, columns in `params` order;
+    failed_refits: how many refits did not. bounds: name -> (low, high) of the search box in parameter
+    space (None for an open side). fixed: parameters held constant (no interval, e.g. L_inf of the
+    pure power law).
+    """
+    level = probability("level", level)
+    bounds = bounds or {}
+    free = [name for name in params if name not in fixed]
+    intervals = {}
+    own, flags = list(flags), []
+    if not converged:
+        flags.append("not_converged: the optimizer did not converge: treat the parameters as unreliable")
+    if failed_refits:
+        total = failed_refits + len(samples)
+        flags.append(f"bootstrap_refits_failed: {failed_refits} of {total} bootstrap refits did not converge and were left out of the intervals")
+    for name in free:
+        draws = samples[:, list(params).index(name)]
+        finite = draws[np.isfinite(draws)]
+        if len(draws) and len(finite) < len(draws):
+            lost = len(draws) - len(finite)
+            flags.append(f"{name}_draws_not_finite: {lost} of {len(draws)} bootstrap draws ({lost / len(draws):.0%}) are nan or inf, left out of its interval")
+        if len(draws):
+            intervals[name] = tuple(float(v) for v in _percentiles(finite, level)) if len(finite) else (float("nan"), float("nan"))
+        flags += _determination_flags(name, float(params[name]), intervals.get(name), bounds.get(name), name in cls.scales, level)
+    flags += own
     for flag in flags:
         log.warning("%s: %s", law, flag)
-    return tuple(flags)
+    return cls(law=law, params=params, intervals=intervals, samples=samples, level=level, converged=converged, flags=tuple(flags), **fields)
+
+
+def _determination_flags(name: str, value: float, interval, bound, scale: bool, level: float) -> list:
+    if not np.isfinite(value):
+        return [f"{name}_not_finite: the estimate is {value} (it overflowed): the data do not determine it"]
+    flags = []
+    low, high = interval if interval is not None else (float("nan"), float("nan"))
+    ends = [("the estimate", value)] + [(f"the {level:.0%} interval's {side} end", v) for side, v in (("low", low), ("high", high)) if np.isfinite(v)]
+    for side, limit in zip(("lower", "upper"), bound or (None, None)):
+        touching = [what for what, v in ends if limit is not None and abs(v - limit) <= BOUND_RTOL * max(1.0, abs(limit))]
+        if touching:
+            verb = "is" if len(touching) == 1 else "are"
+            flags.append(f"{name}_at_bound: {' and '.join(touching)} {verb} on its {side} bound {limit:.6g}: the data do not determine it")
+    if scale and np.isfinite(low):
+        decades = np.log10(high / low) if low > 0 else np.inf  # a positive scale drawn as 0 underflowed
+        if decades > NOT_DETERMINED_DECADES:
+            flags.append(f"{name}_not_determined: interval spans {decades:.1f} decades [{low:.3g}, {high:.3g}] (more than {NOT_DETERMINED_DECADES:g})")
+    if interval is not None and np.isfinite(low) and high - low <= ZERO_WIDTH_RTOL * max(abs(value), 1e-300):
+        flags.append(f"{name}_zero_width_interval: every bootstrap draw gave {value:.6g} (identical or noiseless rows?): the interval says nothing")
+    return flags
