@@ -56,28 +56,31 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     start = time.time()
-    bar = tqdm(total=len(runs), unit="run", desc=f"sweep {spec.name}", dynamic_ncols=True, position=0)
-    run_bars = {}  # one bar per running run, below the sweep's
+    bars = {}  # None: the sweep's, from the placement on (a damaged state file stops the sweep before); below it one per running run
+
+    def layout(reason: str) -> None:
+        tqdm.write(f"placement: {reason}")
+        bars[None] = tqdm(total=len(runs), unit="run", desc=f"sweep {spec.name}", dynamic_ncols=True, position=0)
 
     def update(name: str, state: str) -> None:
         if state in ("running", "evaluating"):  # a process starts
-            taken = {b.pos for b in run_bars.values()}
+            taken = {b.pos for b in bars.values()}
             free = next(position for position in itertools.count(1) if position not in taken)
             unit, desc = ("step", name) if state == "running" else ("run", f"{name} (study)")
-            run_bars[name] = tqdm(unit=unit, desc=desc, dynamic_ncols=True, position=free, leave=False)
+            bars[name] = tqdm(unit=unit, desc=desc, dynamic_ncols=True, position=free, leave=False)
         else:
-            run_bars.pop(name).close()
+            bars.pop(name).close()
             if state in ("done", "failed"):
-                bar.update(1)
-        bar.set_postfix_str(f"{name}: {state}")
+                bars[None].update(1)
+        bars[None].set_postfix_str(f"{name}: {state}")
 
     def step(name: str, step: int, steps: int) -> None:
-        run_bar = run_bars[name]
+        run_bar = bars[name]
         run_bar.total = steps
         run_bar.update(step - run_bar.n)
 
     try:
-        index = run_sweep(spec, args.out_dir, jobs=args.jobs, launcher=args.launcher, retrain=tuple(args.retrain), on_layout=lambda reason: tqdm.write(f"placement: {reason}"),
+        index = run_sweep(spec, args.out_dir, jobs=args.jobs, launcher=args.launcher, retrain=tuple(args.retrain), on_layout=layout,
                           on_update=update, on_step=step)
     except SweepError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -86,9 +89,8 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         print(f"\ninterrupted: rerun `fastscale sweep {args.out_dir} --preset {args.preset}` to resume", file=sys.stderr)
         return 130
     finally:
-        for run_bar in run_bars.values():
-            run_bar.close()
-        bar.close()
+        for bar in bars.values():
+            bar.close()
     done, failed = index.count("done"), index.count("failed")
     print(f"sweep {spec.name}: {done}/{len(runs)} runs done, {failed} failed, {time.time() - start:.0f} s; results index {args.out_dir}/results.json")
     if failed:
