@@ -19,22 +19,23 @@ from fastscale.train import checkpoint as ckpt
 
 
 def newest_checkpoint(run_dir) -> Path:
+    """The newest intact checkpoint of a run (its files match the SHA-256 of its marker; damaged newer
+    ones are named in a warning)."""
     run_dir = Path(run_dir)
-    found = ckpt.latest_complete(run_dir / "checkpoints")
+    found = ckpt.newest_intact(run_dir / "checkpoints")
     if found is None:
         raise FileNotFoundError(f"run_dir={str(run_dir)!r}: no complete checkpoint under checkpoints/ (checkpoint_interval=0?)")
     return run_dir / "checkpoints" / found[1]
 
 
 def trained_state(run_dir) -> dict:
-    """The model's weights (fp32, CPU) from the newest complete checkpoint of any ZeRO stage."""
+    """The model's weights (fp32, CPU) from the newest intact checkpoint of any ZeRO stage, loaded as data
+    only (fastscale.train.checkpoint.safe_load)."""
     tag_dir = newest_checkpoint(run_dir)
     stage = (json.loads((Path(run_dir) / "config.json").read_text())["deepspeed"].get("zero_optimization") or {}).get("stage", 0)
     if stage == 3:  # partitioned: DeepSpeed's own consolidation
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-        return get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
-    state = torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
+        return ckpt.zero3_fp32_state(tag_dir)
+    state = ckpt.safe_load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu")["module"]
     return {name: tensor.float() for name, tensor in state.items()}
 
 

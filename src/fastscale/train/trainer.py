@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import resource
+import shutil
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -23,6 +24,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from fastscale.io import metrics_line, repair_metrics, write_atomically, write_json
 from fastscale.model.flops import mfu, peak_flops, pf_days
 
 from . import checkpoint as ckpt
@@ -33,6 +35,48 @@ from .noise_scale import GradientNoiseScale
 from .schedule import lr_multiplier
 
 logger = logging.getLogger(__name__)
+
+LIKELY_CAUSES = (
+    "likely causes: a learning rate too high for this model and batch (lower train.lr, lengthen train.warmup_steps "
+    "or set gradient_clipping in the DeepSpeed config), or bad data (NaN/inf inputs, token ids outside the vocabulary)"
+)
+
+
+class NonFiniteError(RuntimeError):
+    """Training met a non-finite loss or gradient norm and stopped (train.nonfinite, max_consecutive_skips)
+    after writing that step's metrics and summary.json."""
+
+
+def _finite(value: float | None) -> bool:
+    return value is None or math.isfinite(value)
+
+
+def step_outcome(loss: float, grad_norm: float | None, *, applied: bool, loss_scaling: bool, mode: str) -> str:
+    """What the loop makes of a finished step: "ok", "skipped" (its update was withheld and the run goes
+    on) or "stop". A non-finite loss or gradient norm stops the run in mode "stop"; in mode "skip" it is
+    a skipped step if the update was withheld, and stops the run if it was applied (the weights are then
+    no longer finite). A step DeepSpeed's fp16 loss scaler withheld with a finite loss is its normal
+    search for a scale: skipped, in either mode."""
+    finite = _finite(loss) and _finite(grad_norm)
+    if applied:
+        return "ok" if finite else "stop"
+    if finite or mode == "skip" or (loss_scaling and math.isfinite(loss)):
+        return "skipped"
+    return "stop"
+
+
+def stop_message(step: int, loss: float, grad_norm: float | None, *, applied: bool, skips: int, settings: TrainSettings) -> str:
+    """Why the run stops at step: what was not finite, what happened to the update, the likely causes."""
+    values = f"loss={loss}, gradient norm={grad_norm}"
+    if skips >= settings.max_consecutive_skips:
+        what = f"{skips} consecutive steps were skipped (train.max_consecutive_skips={settings.max_consecutive_skips}); the last had {values}"
+    elif settings.nonfinite == "skip" and applied:
+        what = (f"{values}: not finite, and the update was applied anyway (DeepSpeed's own optimizer under fp32 does not "
+                "withhold it; train.nonfinite='skip' needs the trainer's AdamW, or bf16/fp16)")
+    else:
+        what = f"{values}: not finite (train.nonfinite='stop'; 'skip' withholds such updates instead)"
+    return (f"step {step}: {what}; training stopped, {LIKELY_CAUSES}. metrics.jsonl holds step {step} (non-finite values "
+            "as null); no checkpoint was written after it")
 
 
 def call_model(model, batch):
@@ -171,6 +215,8 @@ class Trainer:
         else:
             self.peak_lr = s.lr
             optimizer = torch.optim.AdamW(self._param_groups(), lr=s.lr, betas=s.betas, eps=s.eps)
+            if s.nonfinite == "skip":
+                optimizer.register_step_pre_hook(self._withhold_nonfinite_update)
         scheduler = None
         if "scheduler" not in self.ds_config:
             scheduler = lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, self._schedule)  # noqa: E731
@@ -187,6 +233,25 @@ class Trainer:
         if self.device.type != "cpu" and self.peak == self.peak:
             self.peak *= self.world_size  # one device per rank; a CPU estimate is already the machine's
         self.dtype = torch.bfloat16 if (self.ds_config.get("bf16") or {}).get("enabled") else torch.float16 if (self.ds_config.get("fp16") or {}).get("enabled") else torch.float32
+
+    def _withhold_nonfinite_update(self, optimizer, args, kwargs) -> None:
+        """Step pre-hook of train.nonfinite="skip": when a gradient is not finite on any rank, every
+        gradient is dropped (set to None), which torch optimizers treat as "no update, no weight decay".
+        Under ZeRO the optimizer holds this rank's partition, so the verdict is agreed over all ranks."""
+        import torch.distributed as dist
+        from deepspeed.accelerator import get_accelerator
+
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        finite = torch.stack([g.isfinite().all() for g in grads]).all() if grads else torch.tensor(True)
+        # the engine's device (DeepSpeed also steps the optimizer once while it builds the engine)
+        verdict = finite.to(device=get_accelerator().current_device_name(), dtype=torch.int32)
+        if self.world_size > 1:
+            dist.all_reduce(verdict, op=dist.ReduceOp.MIN)
+        self._withheld = not bool(verdict)
+        if self._withheld:
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    p.grad = None
 
     # ------------------------------------------------------------------ data
     def _items(self, dataset, indices) -> list:
@@ -269,42 +334,85 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, step: int, state: dict) -> None:
+        """Every rank writes its part of checkpoints/stepNNNNNNNN (DeepSpeed's files, its RNG state) and
+        hashes a share of the files; rank 0 writes COMPLETE with each file's SHA-256 and prunes. A failed
+        save (a full disk, say) removes the partial directory and raises naming the file and the fault."""
         import torch.distributed as dist
 
-        tag = ckpt.tag_for(step)
-        self.engine.save_checkpoint(str(self.ckpt_dir), tag=tag, client_state=state, save_latest=False)
-        rng_path = self.ckpt_dir / tag / f"rng_rank{self.rank}.pt"
-        torch.save({"torch": torch.get_rng_state()}, rng_path.with_suffix(".tmp"))
-        os.replace(rng_path.with_suffix(".tmp"), rng_path)
+        ckpt.install_safe_engine(self.engine)
+        tag_dir = self.ckpt_dir / ckpt.tag_for(step)
+        if self.rank == 0 and tag_dir.exists():
+            shutil.rmtree(tag_dir)  # this step's directory from an earlier attempt: torn, damaged or stale
         dist.barrier()
-        if self.rank == 0:
-            ckpt.mark_complete(self.ckpt_dir, tag, {"step": step, "world_size": self.world_size, "train_batch_size": self.batch_size}, self.settings.keep_checkpoints)
+        try:
+            self.engine.save_checkpoint(str(self.ckpt_dir), tag=tag_dir.name, client_state=state, save_latest=False)
+            write_atomically(tag_dir / ckpt.rng_name(self.rank), ckpt.rng_bytes())
+            dist.barrier()
+            files = ckpt.hash_step(tag_dir, collective=True)
+            if self.rank == 0:
+                info = {"step": step, "world_size": self.world_size, "train_batch_size": self.batch_size, "files": files}
+                ckpt.mark_complete(self.ckpt_dir, tag_dir.name, info, self.settings.keep_checkpoints)
+        except Exception as error:
+            shutil.rmtree(tag_dir, ignore_errors=True)
+            raise ckpt.save_failed(error, tag_dir) from error
         dist.barrier()
 
     def _resume(self) -> dict | None:
-        found = ckpt.latest_complete(self.ckpt_dir)
+        """The client state of the newest intact checkpoint (every file matches the SHA-256 its marker
+        records; a damaged newer one is named in a warning), loaded as data only, never as code."""
+        ckpt.install_safe_engine(self.engine)
+        found = ckpt.newest_intact(self.ckpt_dir, collective=True)
         if found is None:
             logger.warning("--resume: no complete checkpoint in %s; starting from scratch", self.ckpt_dir)
             return None
-        step, tag = found
-        info = json.loads((self.ckpt_dir / tag / ckpt.MARKER).read_text())
-        if info.get("train_batch_size") != self.batch_size or info.get("world_size") != self.world_size:
+        step, tag, info = found
+        if info["train_batch_size"] != self.batch_size or info["world_size"] != self.world_size:
             raise ConfigError(
-                f"--resume: checkpoint {tag} was written with world_size={info.get('world_size')}, train_batch_size="
-                f"{info.get('train_batch_size')}; this run has world_size={self.world_size}, train_batch_size={self.batch_size}"
+                f"--resume: checkpoint {tag} was written with world_size={info['world_size']}, train_batch_size="
+                f"{info['train_batch_size']}; this run has world_size={self.world_size}, train_batch_size={self.batch_size}"
             )
         _, state = self.engine.load_checkpoint(str(self.ckpt_dir), tag=tag)
         if state is None:
             raise RuntimeError(f"--resume: DeepSpeed could not load checkpoint {self.ckpt_dir / tag}")
-        rng = torch.load(self.ckpt_dir / tag / f"rng_rank{self.rank}.pt", weights_only=False)
-        torch.set_rng_state(rng["torch"])
+        ckpt.load_rng(self.ckpt_dir / tag / ckpt.rng_name(self.rank))
         logger.info("resumed from %s (step %d)", tag, step)
         return state
 
     # ------------------------------------------------------------------ the loop
     def _write_json(self, name: str, data: dict) -> None:
         if self.rank == 0:
-            ckpt.atomic_write_text(self.out_dir / name, json.dumps(data, indent=2, default=str))
+            write_json(self.out_dir / name, data, indent=2, default=str)
+
+    def _open_metrics(self):
+        """Rank 0's append handle on metrics.jsonl. A line torn by a kill is cut first: appending to it
+        would glue the next record onto it and make both unreadable."""
+        if self.rank != 0:
+            return None
+        path = self.out_dir / "metrics.jsonl"
+        repair_metrics(path)
+        return open(path, "a")
+
+    def _train_step(self, step: int) -> tuple[float, float | None, int, bool]:
+        """One optimizer step over the accumulation micro-batches: (loss averaged over micro-batches and
+        ranks, gradient norm, this rank's tokens, whether the update was applied). The loss is summed on
+        the device (float64, exact for these few terms) and read once per step."""
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        tokens, grad_norm = 0, None
+        self._withheld = False
+        for micro in range(self.accumulation):
+            batch = self._micro_batch(step, micro)
+            tokens += self.token_count(batch)
+            loss = call_model(self.engine, batch)
+            self.engine.backward(loss)
+            if micro == self.accumulation - 1 and self.stage == 0 and self.dtype == torch.float32:
+                grad_norm = self._grad_norm_stage0()
+            self.engine.step()
+            loss_sum += loss.detach()
+        if grad_norm is None:
+            norm = self.engine.get_global_grad_norm()
+            grad_norm = None if norm is None else float(norm)
+        applied = self.engine.was_step_applied() and not self._withheld
+        return self._all_mean([loss_sum.item() / self.accumulation])[0], grad_norm, tokens, applied
 
     def fit(self, *, resume: bool = False, callback: Callable[[dict], None] | None = None) -> dict:
         """Train to settings.steps (continuing from the newest complete checkpoint with resume=True).
@@ -324,6 +432,8 @@ class Trainer:
         state = self._resume() if resume else None
         start = state["step"] if state else 0
         tokens, flops, elapsed = (state["tokens"], state["flops"], state["elapsed"]) if state else (0, 0.0, 0.0)
+        # checkpoints written before skipping existed have no counts: nothing was skipped then
+        skipped, skips_in_a_row = (state.get("skipped_steps", 0), state.get("consecutive_skips", 0)) if state else (0, 0)
         noise = GradientNoiseScale(s.noise_scale_ema)
         if state:
             noise.load_state_dict(state["noise"])
@@ -340,8 +450,8 @@ class Trainer:
         self._write_json("config.json", info)
         if self.stage == 3 and s.noise_scale_interval:
             logger.warning("gradient noise scale is not measured under ZeRO stage 3 (parameters are partitioned)")
-        metrics = open(self.out_dir / "metrics.jsonl", "a") if self.rank == 0 else None
-        last_eval = None
+        metrics = self._open_metrics()
+        last_eval, loss_value, stopped = None, None, None
         window_tokens, window_time = 0, 0.0
         try:
             for step in range(start, s.steps):
@@ -350,20 +460,7 @@ class Trainer:
                 measured = None
                 if s.noise_scale_interval and step % s.noise_scale_interval == 0 and self.stage < 3:
                     measured = self._measure_noise(step)
-                losses, step_tokens, grad_norm = [], 0, None
-                for micro in range(self.accumulation):
-                    batch = self._micro_batch(step, micro)
-                    step_tokens += self.token_count(batch)
-                    loss = call_model(self.engine, batch)
-                    self.engine.backward(loss)
-                    if micro == self.accumulation - 1 and self.stage == 0 and self.dtype == torch.float32:
-                        grad_norm = self._grad_norm_stage0()
-                    self.engine.step()
-                    losses.append(loss.detach().float().item())
-                if grad_norm is None:
-                    norm = self.engine.get_global_grad_norm()
-                    grad_norm = None if norm is None else float(norm)
-                loss_value = self._all_mean([sum(losses) / len(losses)])[0]
+                loss_value, grad_norm, step_tokens, applied = self._train_step(step)
                 step_tokens *= self.world_size
                 dt = time.perf_counter() - t0
                 tokens += step_tokens
@@ -372,32 +469,44 @@ class Trainer:
                 elapsed += dt
                 window_tokens += step_tokens
                 window_time += dt
-                noise_value = noise.update(*measured) if measured else None
                 done = step + 1
-                record = {"step": done, "tokens": tokens, "loss": loss_value, "lr": lr, "grad_norm": grad_norm}
+                outcome = step_outcome(loss_value, grad_norm, applied=applied, loss_scaling=self.dtype == torch.float16, mode=s.nonfinite)
+                skips_in_a_row = skips_in_a_row + 1 if outcome == "skipped" else 0
+                skipped += outcome == "skipped"
+                if outcome == "stop" or skips_in_a_row >= s.max_consecutive_skips:
+                    stopped = {"step": done, "reason": stop_message(done, loss_value, grad_norm, applied=applied, skips=skips_in_a_row, settings=s)}
+                # a NaN measurement would poison the moving average for the rest of the run
+                usable = measured and all(math.isfinite(v) for v in measured[:2])
+                noise_value = noise.update(*measured) if usable else None
+                record = {"step": done, "tokens": tokens, "loss": loss_value, "lr": lr, "grad_norm": grad_norm, "skipped_steps": skipped}
                 if self.flops_per_token:
                     record.update(flops=flops, pf_days=pf_days(flops))
                 if measured:
                     record.update(noise_scale=noise_value, noise_scale_raw=measured[:2], noise_scale_batches=measured[2:])
-                is_eval = self.val_data is not None and s.eval_interval and (done % s.eval_interval == 0 or done == s.steps)
+                is_eval = not stopped and self.val_data is not None and s.eval_interval and (done % s.eval_interval == 0 or done == s.steps)
                 if is_eval:
                     record["eval_loss"] = last_eval = self.evaluate()
-                if done % s.log_interval == 0 or is_eval or measured or done == s.steps:
+                if done % s.log_interval == 0 or is_eval or measured or done == s.steps or outcome != "ok":
                     record["tokens_per_s"] = window_tokens / window_time if window_time else None
                     if self.flops_per_token and window_time:
                         record["mfu"] = mfu(self.flops_per_token * window_tokens / window_time, self.peak)
                     record["elapsed_s"] = elapsed
                     window_tokens, window_time = 0, 0.0
                     if metrics:
-                        metrics.write(json.dumps(record) + "\n")
+                        metrics.write(metrics_line(record))
                         metrics.flush()
                 if callback and self.rank == 0:
                     callback(record)
+                if stopped:
+                    break  # before any checkpoint: the state after this step is not to be resumed from
                 fault = os.environ.get("FASTSCALE_FAULT_AT_STEP")  # test hook: a hard kill at a chosen step
                 if fault and int(fault) == done and self.rank == 0:
                     os.kill(os.getpid(), 9)
                 if s.checkpoint_interval and (done % s.checkpoint_interval == 0 or done == s.steps):
-                    state = {"step": done, "tokens": tokens, "flops": flops, "elapsed": elapsed, "noise": noise.state_dict()}
+                    state = {
+                        "step": done, "tokens": tokens, "flops": flops, "elapsed": elapsed, "noise": noise.state_dict(),
+                        "skipped_steps": skipped, "consecutive_skips": skips_in_a_row,
+                    }
                     self.save_checkpoint(done, state)
         finally:
             if metrics:
@@ -407,16 +516,20 @@ class Trainer:
             "tokens": tokens,
             "flops": flops,
             "pf_days": pf_days(flops),
-            "final_loss": loss_value if s.steps > start else None,
+            "final_loss": loss_value,
             "final_eval_loss": last_eval,
             "elapsed_s": elapsed,
             "tokens_per_s": tokens / elapsed if elapsed else None,
             "noise_scale": noise.b_simple,
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "peak_flops_source": self.peak_description,
+            "skipped_steps": skipped,
+            "stopped": stopped,
         }
         self._write_json("summary.json", summary)
         dist.barrier()
+        if stopped:
+            raise NonFiniteError(stopped["reason"])
         return summary
 
     def close(self) -> None:
