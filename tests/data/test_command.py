@@ -36,10 +36,11 @@ def test_fastscale_plan_writes_a_deepspeed_config(tmp_path, capsys):
 def test_command_line_set_up_imports_neither_torch_nor_deepspeed():
     """`fastscale fit` must work without the GPU stack: building the parser (with the data, plan and
     train subcommands) imports neither torch nor DeepSpeed."""
-    import subprocess
     import sys
 
+    import processes
+
     code = "import sys, fastscale.cli as c; c.build_parser(); print(sorted(m for m in ('torch', 'deepspeed') if m in sys.modules))"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    result = processes.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"

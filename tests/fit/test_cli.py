@@ -1,11 +1,12 @@
 """`fastscale fit`: the published Chinchilla numbers as JSON, CSV and run-directory input, errors, plots."""
 
 import json
-import subprocess
 import sys
 
 import numpy as np
 import pytest
+
+import processes
 
 from fastscale.cli import main
 
@@ -123,6 +124,7 @@ def test_frontier_from_run_directories(capsys, tmp_path):
     assert {"L_inf", "x0", "alpha", "a", "C0"} <= set(report["params"])
     assert len(report["frontier_runs"]) >= 3
     assert report["max_log_above_frontier"] <= 1e-3
+    assert len(report["skipped_lines"]) == 7 and all("skipped 1 unreadable line (torn by a kill?)" in note for note in report["skipped_lines"])
 
 
 def test_noise_scale_from_run_directory(capsys, tmp_path):
@@ -140,7 +142,7 @@ def test_fit_layer_imports_without_torch():
         "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'deepspeed', 'matplotlib')]; "
         "sys.exit(f'imported {bad}' if bad else 0)"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    result = processes.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr + result.stdout
 
 
@@ -177,3 +179,56 @@ def test_porian_allocation_with_where_and_sigma(capsys, porian, porian_folder):
     assert json.loads(out)["params"]["a"] == pytest.approx(setup["a_n_exponent"], abs=1e-4)
     code, _, err = run_cli(capsys, data_path, "--law", "allocation", "--where", "config=nope", "--x", "flops", "--y", "n_star")
     assert code == 2 and "--where config=nope: no row matches" in err
+
+
+def test_refusals_name_the_option_and_column_in_one_line(capsys, tmp_path):
+    same_n = tmp_path / "same_n.csv"
+    same_n.write_text("N,loss\n" + "".join(f"1000000,{2.5 + 0.01 * i}\n" for i in range(7)))
+    code, out, err = run_cli(capsys, same_n, "--law", "power", "--x", "N", "--y", "loss", "--bootstrap", "10")
+    assert (code, out) == (2, "")
+    assert err == (
+        "fastscale fit: error: --x 'N': x has 1 distinct value (7 rows: 1e+06); "
+        "power law needs >= 4 distinct values of x to determine how it depends on x\n"
+    )
+    flops = tmp_path / "flops.csv"
+    flops.write_text("N,C,loss\n" + "".join(f"{n:g},{6 * n * 1e9:g},{3 + i / 10}\n" for i, n in enumerate([1e7, 1e8, 1e9] * 2)))
+    code, _, err = run_cli(capsys, flops, "--law", "kaplan-nd", "--N", "N", "--C", "C", "--loss", "loss", "--bootstrap", "0")
+    assert code == 2
+    assert err.startswith("fastscale fit: error: --C 'C' (D = C/6N): n_tokens has 1 distinct value (6 rows: 1e+09); kaplan-nd needs >= 3")
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("N,loss\n1e6,3.1\n2e6,3.0\n4e6,2.9,7\n", "line 4: 3 fields, expected 2 as in the header ['N', 'loss']; extra value '7' after column 'loss'"),
+        ("N,loss\n1e6,3.1,7\n2e6,3.0\n", "line 2: 3 fields, expected 2 as in the header ['N', 'loss']; extra value '7' after column 'loss'"),
+        ("N,loss,N\n1e6,3.1,1\n", "line 1: column name 'N' appears more than once (columns [1, 3]); each column needs its own name"),
+        ("N,loss\n1e6,3.1\n2e6,3.0\n4e6,2.9x\n", "--y 'loss': expected numbers, got '2.9x' at {path} line 4"),
+    ],
+)
+def test_malformed_csv_is_one_error_line(capsys, tmp_path, text, message):
+    path = tmp_path / "runs.csv"
+    path.write_text(text)
+    code, out, err = run_cli(capsys, path, "--law", "power", "--x", "N", "--y", "loss", "--bootstrap", "0")
+    assert (code, out) == (2, "")
+    expected = message.format(path=path) if message.startswith("--") else f"{path} {message}"
+    assert err == f"fastscale fit: error: {expected}\n"
+
+
+def test_torn_metrics_lines_are_reported_and_every_record_kept(capsys, tmp_path):
+    write_run(tmp_path / "run", 1e6, noise_scale=True)  # its last line is torn
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    lines = metrics.read_text().splitlines()
+    lines[3] = lines[3][:20]  # a torn record in the middle too (glued-on appends before issue 11)
+    metrics.write_text("\n".join(lines))
+    code, out, err = run_cli(
+        capsys, tmp_path / "run", "--law", "critical-batch", "--loss", "loss", "--noise-scale", "noise_scale", "--bootstrap", "0", "--json"
+    )
+    assert code == 0, err
+    note = f"{metrics}: skipped 2 unreadable lines (torn by a kill?): line 4, {len(lines)}"
+    assert json.loads(out)["skipped_lines"] == [note]
+    assert f"warning: {note}\n" in err
+    report = json.loads(out)
+    assert report["n_points"] == 6  # noise scales logged at steps 0, 20, ..., 100: none lost around the torn lines
+    assert report["params"]["alpha_B"] == pytest.approx(0.21, rel=1e-6)

@@ -6,11 +6,12 @@ called on a partitioned weight outside its module, the op refuses with a clear e
 import json
 import os
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+import processes
 
 pytest.importorskip("deepspeed")
 
@@ -29,7 +30,7 @@ def results(tmp_path_factory):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
     env.pop("TRITON_INTERPRET", None)
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()), str(WORKER), str(out)]
-    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    run = processes.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return json.loads(out.read_text())
 

@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+from processes import started
+
 from fastscale.sweep import SweepSpec, run_sweep
 from fastscale.sweep.report import write_report
 
@@ -64,7 +66,6 @@ def test_killed_sweep_resumes_to_the_same_results(tmp_path, uninterrupted):
     spec_file.write_text(json.dumps(TINY))
     out = tmp_path / "sweep"
     command = [sys.executable, "-m", "fastscale.cli", "sweep", str(out), "--preset", str(spec_file), "--jobs", "2", "--no-report"]
-    sweep = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
     def one_done_and_one_checkpointed():
         path = out / "results.json"
@@ -75,19 +76,21 @@ def test_killed_sweep_resumes_to_the_same_results(tmp_path, uninterrupted):
         mid = [n for n, e in runs.items() if e["state"] == "running" and any((out / "runs" / n / "checkpoints").glob("*/*"))]
         return len(done) >= 1 and len(mid) >= 1
 
-    try:
-        _wait_for(one_done_and_one_checkpointed, 120, "a finished run and a checkpointed running run")
-    finally:
-        os.kill(sweep.pid, signal.SIGKILL)
-        sweep.wait()
-    before = json.loads((out / "results.json").read_text())["runs"]
+    # the sweep alone is killed (its trainers must die by PR_SET_PDEATHSIG); the whole group only if the test fails
+    with started(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as sweep:
+        try:
+            _wait_for(one_done_and_one_checkpointed, 120, "a finished run and a checkpointed running run")
+        finally:
+            os.kill(sweep.pid, signal.SIGKILL)
+            sweep.wait()
+        before = json.loads((out / "results.json").read_text())["runs"]
+        # the trainers die with their sweep (PR_SET_PDEATHSIG); the rerun takes the sweep's lock only then
+        _wait_for(lambda: not any(_trainers_of(out)), 30, "the killed sweep's trainers to exit")
     finished = {n for n, e in before.items() if e["state"] == "done"}
     interrupted = {n for n, e in before.items() if e["state"] == "running"}
     checkpointed = {n for n in interrupted if any((out / "runs" / n / "checkpoints").glob("*/*"))}
     assert finished and interrupted and len(finished) < 5
     stamps = {n: (out / "runs" / n / "summary.json").stat().st_mtime_ns for n in finished}
-    # the trainers die with their sweep (PR_SET_PDEATHSIG); the rerun takes the sweep's lock only then
-    _wait_for(lambda: not any(_trainers_of(out)), 30, "the killed sweep's trainers to exit")
 
     index = run_sweep(SweepSpec.from_dict(TINY), out, jobs=2)
 

@@ -6,7 +6,6 @@ import copy
 import json
 import math
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -14,6 +13,8 @@ import pytest
 import torch
 from scipy.special import logsumexp
 from sklearn.datasets import load_digits
+
+import processes
 
 from fastscale.data.prepare import prepare
 from fastscale.data.shards import TokenShard, write_shard
@@ -41,8 +42,8 @@ def trained(tmp_path_factory):
     (root / "ds.json").write_text(json.dumps(ds))
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
     env.update(OMP_NUM_THREADS="1")
-    subprocess.run([sys.executable, "-c", TRAINER, "--config", str(root / "run.json"), "--deepspeed_config", str(root / "ds.json"),
-                    "--out", str(root / "run"), "--no-progress"], check=True, env=env, capture_output=True, timeout=300)
+    processes.run([sys.executable, "-c", TRAINER, "--config", str(root / "run.json"), "--deepspeed_config", str(root / "ds.json"),
+                   "--out", str(root / "run"), "--no-progress"], check=True, env=env, capture_output=True, timeout=300)
     return root / "run", data_dir
 
 

@@ -4,13 +4,14 @@ made by hand, and its option checks."""
 
 import json
 import os
-import subprocess
 import sys
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+
+import processes
 
 from fastscale.data.prepare import build, prepare
 from fastscale.data.sources import math_problems
@@ -36,8 +37,8 @@ def trained(tmp_path_factory):
     (root / "run.json").write_text(json.dumps(run))
     (root / "ds.json").write_text(json.dumps(ds))
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-    subprocess.run([sys.executable, "-c", TRAINER, "--config", str(root / "run.json"), "--deepspeed_config", str(root / "ds.json"),
-                    "--out", str(root / "run"), "--no-progress"], check=True, env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True)
+    processes.run([sys.executable, "-c", TRAINER, "--config", str(root / "run.json"), "--deepspeed_config", str(root / "ds.json"),
+                   "--out", str(root / "run"), "--no-progress"], check=True, env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, timeout=300)
     return root / "run", root / "data"
 
 

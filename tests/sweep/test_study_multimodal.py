@@ -4,7 +4,6 @@ against fastscale.fit and plain numpy on hand-made runs, the preset, and bad opt
 import json
 import math
 import os
-import subprocess
 import sys
 from collections import Counter
 
@@ -12,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
+
+import processes
 
 from fastscale.data import TokenShard, build, prepare
 from fastscale.fit import fit_power_law
@@ -34,8 +35,8 @@ def train_tiny(data_dir, out):
     (out / "ds.json").write_text(json.dumps(ds))
     env = {k: v for k, v in os.environ.items() if k not in RANK_VARIABLES}
     env["OMP_NUM_THREADS"] = "1"
-    subprocess.run([sys.executable, "-c", TRAINER, "--config", str(out / "run.json"), "--deepspeed_config", str(out / "ds.json"),
-                    "--out", str(out / "run"), "--no-progress"], check=True, env=env, capture_output=True, timeout=300)
+    processes.run([sys.executable, "-c", TRAINER, "--config", str(out / "run.json"), "--deepspeed_config", str(out / "ds.json"),
+                   "--out", str(out / "run"), "--no-progress"], check=True, env=env, capture_output=True, timeout=300)
     return out / "run"
 
 

@@ -9,11 +9,12 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+import processes
 
 ROOT = Path(__file__).resolve().parents[2]
 pytest.importorskip("deepspeed")
@@ -56,7 +57,7 @@ def launch(tmp: Path, out: Path, ds: str | dict, *extra, fault_at=None, check=Tr
         str(ROOT / "train.py"), "--config", str(config), "--deepspeed_config", ds, "--out", str(out), "--no-progress", *extra,
     ]
     extra_env = {"FASTSCALE_FAULT_AT_STEP": str(fault_at)} if fault_at else {}
-    result = subprocess.run(command, cwd=ROOT, env=env(**extra_env), capture_output=True, text=True, timeout=600)
+    result = processes.run(command, cwd=ROOT, env=env(**extra_env), capture_output=True, text=True, timeout=600)
     if check and result.returncode != 0:
         raise AssertionError(f"run failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result

@@ -3,12 +3,13 @@ module in one process without a launcher."""
 
 import json
 import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+
+import processes
 
 from fastscale.train import ConfigError
 from fastscale.train.launch import build_run
@@ -58,7 +59,7 @@ def test_train_py_exits_with_a_clear_message(tmp_path):
     config = tmp_path / "run.json"
     config.write_text(json.dumps({**GOOD, "data": {"path": str(tmp_path / "missing")}}))
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK")}
-    result = subprocess.run(
+    result = processes.run(
         [sys.executable, str(ROOT / "train.py"), "--config", str(config), "--deepspeed_config", str(ROOT / "configs/ds/zero0.json"), "--out", str(tmp_path / "o")],
         capture_output=True, text=True, env=env, timeout=120,
     )
@@ -95,7 +96,7 @@ SCRIPT = textwrap.dedent(
 def test_trainer_drives_a_users_module_in_one_process(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "fastscale_torch_extensions"))
-    result = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
+    result = processes.run([sys.executable, "-c", SCRIPT, str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(1, 41))

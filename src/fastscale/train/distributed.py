@@ -4,10 +4,11 @@ no silent wait on DeepSpeed's build of its shared-memory op.
 Rendezvous. torch.distributed's env:// init makes rank 0 run a TCPStore server that listens on every
 interface ([::], measured with torch 2.13) whatever MASTER_ADDR says, so a single-node run offered its
 store to the network. When MASTER_ADDR is a loopback address (a process started without a launcher,
-the sweep's and the `deepspeed` launcher's single-node default 127.0.0.1, torchrun --standalone) we
-create the store ourselves: rank 0 binds a socket to MASTER_ADDR:MASTER_PORT and hands it to TCPStore
+the sweep's and the `deepspeed` launcher's single-node default 127.0.0.1) we create the store
+ourselves: rank 0 binds a socket to MASTER_ADDR:MASTER_PORT and hands it to TCPStore
 (master_listen_fd), and gloo's own sockets are put on the loopback interface (GLOO_SOCKET_IFNAME=lo).
-DeepSpeed then wraps that process group. A multi-node MASTER_ADDR is left to DeepSpeed's env:// init.
+DeepSpeed then wraps that process group. A multi-node MASTER_ADDR is left to DeepSpeed's env:// init,
+and so is torchrun, whose agent process serves the store itself (its listener is torchrun's).
 
 Build lock. On CPU, DeepSpeed JIT-builds the deepspeed_shm_comm op (C++, ~1.5-3 minutes) in torch's
 extension directory the first time a run starts. torch.utils.file_baton.FileBaton guards the build
@@ -21,7 +22,6 @@ shared by several machines (a network home) should be made node-local with TORCH
 
 from __future__ import annotations
 
-import datetime
 import ipaddress
 import logging
 import os
@@ -64,11 +64,17 @@ def init_process_group() -> None:
     if first_build:
         logger.warning("building DeepSpeed's %s op once (~2 minutes on CPU; later runs reuse it)", SHM_OP)
     started = time.perf_counter()
-    if not dist.is_initialized() and is_loopback(os.environ["MASTER_ADDR"]):
+    if not dist.is_initialized() and is_loopback(os.environ["MASTER_ADDR"]) and not _agent_hosts_store():
         _init_on_loopback()
     deepspeed.init_distributed()
     if first_build:
         logger.warning("built DeepSpeed's %s op in %.0f s", SHM_OP, time.perf_counter() - started)
+
+
+def _agent_hosts_store() -> bool:
+    """Under torchrun the elastic agent already serves the store on MASTER_PORT and every rank is its client
+    (torch.distributed.rendezvous reads the same variable)."""
+    return os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
 
 
 def _init_on_loopback() -> None:
