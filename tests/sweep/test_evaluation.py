@@ -1,11 +1,12 @@
-"""The studies' view of a trained run: weights back from the newest checkpoint (ZeRO 0 and 3) and
-per-token losses of whole documents, against the trainer's own eval loss and a one-document-at-a-time
-float64 computation."""
+"""The studies' view of a trained run: weights back from the newest intact checkpoint (ZeRO 0 and 3),
+loaded as data only (a planted pickle never runs, a damaged newest checkpoint is named and the previous
+one used), and per-token losses of whole documents, against the trainer's own eval loss and a
+one-document-at-a-time float64 computation."""
 
 import copy
 import json
 import os
-import subprocess
+import shutil
 import sys
 
 import numpy as np
@@ -15,6 +16,8 @@ import torch
 from fastscale.data import build
 from fastscale.model import GPT, GPTConfig
 from fastscale.sweep.evaluation import load_trained, newest_checkpoint, token_losses, token_scores
+from fastscale.train import checkpoint as ckpt
+from processes import run
 
 TRAINER = "import sys; from fastscale.train.launch import main; sys.exit(main())"
 # digits: every document is BOS + 192 pixels = seq_len, so each val row is one whole document
@@ -28,14 +31,20 @@ def train(tmp_path, stage):
                                                   "steps_per_print": 10**9}))
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
     out = tmp_path / "run"
-    subprocess.run([sys.executable, "-c", TRAINER, "--config", str(tmp_path / "run.json"), "--deepspeed_config", str(tmp_path / "ds.json"),
-                    "--out", str(out), "--no-progress"], env={**env, "OMP_NUM_THREADS": "1"}, check=True, capture_output=True, timeout=300)
+    run([sys.executable, "-c", TRAINER, "--config", str(tmp_path / "run.json"), "--deepspeed_config", str(tmp_path / "ds.json"),
+         "--out", str(out), "--no-progress"], env={**env, "OMP_NUM_THREADS": "1"}, check=True, capture_output=True, timeout=300)
     return out
 
 
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One trained run per ZeRO stage (checkpoints at steps 3 and 6), shared by the tests: copy before changing."""
+    return {stage: train(tmp_path_factory.mktemp(f"zero{stage}"), stage) for stage in (0, 3)}
+
+
 @pytest.mark.parametrize("stage", [0, 3])
-def test_trained_model_reproduces_the_trainers_eval_loss(tmp_path, stage):
-    run_dir = train(tmp_path, stage)
+def test_trained_model_reproduces_the_trainers_eval_loss(runs, stage):
+    run_dir = runs[stage]
     assert newest_checkpoint(run_dir).name == "step00000006"
     model = load_trained(run_dir)
     _, _, val, _ = build("digits")
@@ -68,6 +77,51 @@ def test_documents_longer_than_the_context_are_refused():
     model = GPT(GPTConfig(vocab_size=11, seq_len=8, n_layer=1, d_model=16, n_head=2))
     with pytest.raises(ValueError, match=r"documents\[1\]: shape \(9,\); expected 1-D with 2 to seq_len=8"):
         token_losses(model, [np.zeros(3, dtype=np.int64), np.zeros(9, dtype=np.int64)])
+
+
+class Payload:
+    """Unpickled by a plain torch.load, it runs code: it creates the file `marker`."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('the payload ran')",))
+
+
+@pytest.mark.parametrize("name", ["zero_pp_rank_0_mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt"])
+def test_a_planted_pickle_never_runs_in_zero3_consolidation(runs, tmp_path, name):
+    """DeepSpeed's zero_to_fp32 loads both files with weights_only=False; through load_trained it may not."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs[3], run_dir)
+    path = run_dir / "checkpoints" / "step00000006" / name
+    marker = tmp_path / "payload-ran"
+    state = torch.load(path, weights_only=False)
+    state["payload"] = Payload(marker)
+    torch.save(state, path)
+    torch.load(path, weights_only=False)
+    assert marker.is_file()  # a plain load runs it
+    marker.unlink()
+    info = json.loads((path.parent / ckpt.MARKER).read_text())
+    (path.parent / ckpt.MARKER).write_text(json.dumps({**info, "files": ckpt.hash_step(path.parent)}))  # verifies: only the load can refuse it
+    with pytest.raises(ckpt.CheckpointError, match=rf"{path}: refused to load: it asks for builtins.exec"):
+        load_trained(run_dir)
+    assert not marker.exists()
+
+
+def test_a_damaged_newest_checkpoint_is_named_and_the_previous_one_loaded(runs, tmp_path, caplog):
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs[0], run_dir)
+    path = run_dir / "checkpoints" / "step00000006" / "mp_rank_00_model_states.pt"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one byte inside the zip: torch.load would not notice (no CRC check)
+    path.write_bytes(bytes(data))
+    with caplog.at_level("WARNING"):
+        model = load_trained(run_dir)
+    assert f"{path}: SHA-256 differs from the recorded one (damaged bytes)" in caplog.text
+    older = ckpt.safe_load(run_dir / "checkpoints" / "step00000003" / "mp_rank_00_model_states.pt")["module"]
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(tensor, older[name].float(), rtol=0, atol=0)
 
 
 def test_a_run_without_checkpoints_is_named(tmp_path):
