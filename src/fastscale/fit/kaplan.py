@@ -90,7 +90,8 @@ def fit_kaplan_nd(
 
     def to_params(theta):
         k_n, k_d, alpha_n, alpha_d = theta
-        return np.exp(mn + k_n * alpha_d / alpha_n), np.exp(md + k_d), alpha_n, alpha_d
+        with np.errstate(over="ignore"):  # Nc out of double range is flagged by fit_result
+            return np.exp(mn + k_n * alpha_d / alpha_n), np.exp(md + k_d), alpha_n, alpha_d
 
     return _finish(KaplanNDFit, "kaplan-nd", ("Nc", "Dc", "alpha_N", "alpha_D"), model, to_params, (n, d), y, n_bootstrap, level, seed)
 
@@ -121,7 +122,8 @@ def fit_kaplan_ns(
 
     def to_params(theta):
         k_n, k_s, alpha_n, alpha_s = theta
-        return np.exp(mn + k_n / alpha_n), np.exp(ms + k_s / alpha_s), alpha_n, alpha_s
+        with np.errstate(over="ignore"):  # Nc out of double range is flagged by fit_result
+            return np.exp(mn + k_n / alpha_n), np.exp(ms + k_s / alpha_s), alpha_n, alpha_s
 
     return _finish(KaplanNSFit, "kaplan-ns", ("Nc", "Sc", "alpha_N", "alpha_S"), model, to_params, (n, s), y, n_bootstrap, level, seed)
 

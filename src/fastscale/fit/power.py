@@ -136,4 +136,5 @@ def _start(u, y, l_inf, w):
 
 def _to_params(theta, irreducible, center):
     l_inf, k, alpha = theta if irreducible else (0.0, *theta)
-    return l_inf, float(np.exp(center + k / alpha)), alpha
+    with np.errstate(over="ignore"):  # x0 out of double range is flagged by fit_result
+        return l_inf, float(np.exp(center + k / alpha)), alpha

@@ -147,20 +147,25 @@ def fit_result(cls, *, law: str, params: dict, samples: np.ndarray, level: float
 
 
 def _determination_flags(name: str, value: float, interval, bound, scale: bool, level: float) -> list:
-    if not np.isfinite(value):
-        return [f"{name}_not_finite: the estimate is {value} (it overflowed): the data do not determine it"]
+    if not np.isfinite(value) or (scale and value <= 0):  # a positive scale parameter at 0 underflowed
+        return [f"{name}_overflow: the estimate is {value:.6g} (outside double precision): the data do not determine it"]
     flags = []
     low, high = interval if interval is not None else (float("nan"), float("nan"))
-    ends = [("the estimate", value)] + [(f"the {level:.0%} interval's {side} end", v) for side, v in (("low", low), ("high", high)) if np.isfinite(v)]
-    for side, limit in zip(("lower", "upper"), bound or (None, None)):
-        touching = [what for what, v in ends if limit is not None and abs(v - limit) <= BOUND_RTOL * max(1.0, abs(limit))]
-        if touching:
-            verb = "is" if len(touching) == 1 else "are"
-            flags.append(f"{name}_at_bound: {' and '.join(touching)} {verb} on its {side} bound {limit:.6g}: the data do not determine it")
+    ends = {"the estimate": value, f"the {level:.0%} interval's low end": low, f"the {level:.0%} interval's high end": high}
+    touching = [
+        f"{what} is on its {side} bound {limit:.6g}"
+        for side, limit in zip(("lower", "upper"), bound or (None, None))
+        if limit is not None
+        for what, v in ends.items()
+        if abs(v - limit) <= BOUND_RTOL * max(1.0, abs(limit))
+    ]
+    if touching:
+        flags.append(f"{name}_at_bound: {'; '.join(touching)}: the data do not determine it")
     if scale and np.isfinite(low):
         decades = np.log10(high / low) if low > 0 else np.inf  # a positive scale drawn as 0 underflowed
         if decades > NOT_DETERMINED_DECADES:
-            flags.append(f"{name}_not_determined: interval spans {decades:.1f} decades [{low:.3g}, {high:.3g}] (more than {NOT_DETERMINED_DECADES:g})")
+            span = f"{decades:.1f} decades" if np.isfinite(decades) else "down to 0 (an underflow)"
+            flags.append(f"{name}_not_determined: interval [{low:.3g}, {high:.3g}] spans {span}, more than {NOT_DETERMINED_DECADES:g} decades")
     if interval is not None and np.isfinite(low) and high - low <= ZERO_WIDTH_RTOL * max(abs(value), 1e-300):
         flags.append(f"{name}_zero_width_interval: every bootstrap draw gave {value:.6g} (identical or noiseless rows?): the interval says nothing")
     return flags
