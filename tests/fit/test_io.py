@@ -102,3 +102,13 @@ def test_csv_with_a_byte_order_mark_and_blank_lines(tmp_path):
     table = read_table(path)
     assert list(table) == ["N", "loss"] and list(table["N"]) == [1e6, 2e6]
     assert list(table.origin) == [f"{path} line 2", f"{path} line 4"]
+
+
+def test_run_with_no_readable_record_is_an_error_naming_the_file(tmp_path):
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text('{"step": 1, "lo')  # killed during the first write
+    with pytest.raises(FitInputError) as error:
+        read_table(tmp_path)
+    assert str(error.value) == (
+        f"DATA={str(tmp_path)!r}: no readable record in {metrics}; {metrics}: skipped 1 unreadable line (torn by a kill?): line 1"
+    )

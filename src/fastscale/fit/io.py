@@ -120,6 +120,9 @@ def read_runs(directory) -> Table:
         for record in curve.records:
             records.append({"run": metrics.parent.name, "n_params": config.get("n_params"), **record})
             origin.append(f"{metrics} step {record['step']}")
+    if not records:
+        files = ", ".join(map(str, metric_files))
+        raise FitInputError(f"DATA={str(directory)!r}: no readable record in {files}" + "".join(f"; {note}" for note in skipped))
     names = list(dict.fromkeys(name for record in records for name in record))
     return Table({name: _column([record.get(name, "") for record in records]) for name in names}, origin, skipped)
 

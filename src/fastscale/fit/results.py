@@ -54,7 +54,7 @@ class FitResult:
     residuals: np.ndarray  # log(observed) - log(predicted), one per fitted point
     objective: float  # the minimized loss at the optimum
     converged: bool
-    flags: tuple  # human-readable warnings: non-convergence, parameters at a bound, failed bootstrap refits
+    flags: tuple  # "KIND: detail" warnings (see the module docstring); empty when nothing is in doubt
     n_points: int
 
     scales: ClassVar[tuple] = ()  # positive, multiplicative parameters: judged by the decades their interval spans
