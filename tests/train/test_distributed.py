@@ -7,12 +7,15 @@ import ipaddress
 import json
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import time
 
-from processes import started
+import pytest
+
+from processes import run, started
 
 from fastscale.train import distributed
 from fastscale.train.distributed import check_build_lock, shm_op_needs_build
@@ -75,6 +78,34 @@ def test_stale_build_lock_is_removed_with_a_warning(tmp_path, caplog):
     assert str(lock) in caplog.text and "stale" in caplog.text
 
 
+START = """
+import logging
+logging.basicConfig(level=logging.WARNING)
+from fastscale.train.distributed import init_process_group
+init_process_group()
+print("started")
+"""
+
+
+def test_stale_lock_of_a_killed_build_no_longer_hangs_a_run(tmp_path):
+    """The newcomer's hang: a killed build left `lock` in the extension directory, and DeepSpeed polled
+    it forever. Now the start removes it, says so naming it, and the process group comes up. (On a copy
+    of this machine's built op: a real build takes minutes.)"""
+    built = distributed.build_directory()
+    if shm_op_needs_build(built):
+        pytest.skip(f"DeepSpeed's {distributed.SHM_OP} op is not built in {built} yet (any DeepSpeed run builds it)")
+    extensions = tmp_path / "torch_extensions"
+    shutil.copytree(built, extensions / distributed.SHM_OP, ignore=shutil.ignore_patterns("lock"))
+    lock = extensions / distributed.SHM_OP / "lock"
+    lock.touch()
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    result = run([sys.executable, "-c", START], env={**env, "TORCH_EXTENSIONS_DIR": str(extensions)}, timeout=120,
+                 capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip().endswith("started"), result.stderr[-3000:]
+    assert f"removing {lock}: a stale build lock" in result.stderr
+    assert not lock.exists()
+
+
 def test_held_build_lock_is_left_alone_and_its_holder_named(tmp_path, caplog):
     """A lock a live process holds open is a build in progress: kept, and the warning names it and the process."""
     lock = tmp_path / "lock"
@@ -93,9 +124,28 @@ def test_no_lock_no_warning(tmp_path, caplog):
 
 
 def test_first_build_detected_in_torch_extensions_dir(tmp_path, monkeypatch):
-    """The op counts as unbuilt (the run announces a ~2 minute build) until its library is in TORCH_EXTENSIONS_DIR."""
+    """The op counts as unbuilt (the run announces a ~2 minute build) until its library is in
+    TORCH_EXTENSIONS_DIR/deepspeed_shm_comm, where torch builds it."""
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
-    assert shm_op_needs_build()
-    (tmp_path / distributed.SHM_OP).mkdir(exist_ok=True)
-    (tmp_path / distributed.SHM_OP / f"{distributed.SHM_OP}.so").touch()
-    assert not shm_op_needs_build()
+    directory = distributed.build_directory()
+    assert directory == tmp_path / distributed.SHM_OP
+    assert shm_op_needs_build(directory)
+    (directory / f"{distributed.SHM_OP}.so").touch()
+    assert not shm_op_needs_build(directory)
+
+
+def test_watcher_names_a_build_that_starts_later_then_its_death(tmp_path, caplog):
+    """A lock taken after the start-up check (a peer's build) is reported while DeepSpeed waits; when its
+    holder dies without removing it, the run is told it would wait forever and what to do."""
+    lock = tmp_path / "lock"
+    with caplog.at_level(logging.WARNING, logger=distributed.__name__), distributed.watching_build_lock(tmp_path, interval=0.2):
+        with started([sys.executable, "-c", HOLDER, str(lock)], stdout=subprocess.PIPE, text=True) as holder:
+            assert holder.stdout.readline().strip() == "holding"
+            deadline = time.time() + 10
+            while f"process {holder.pid} " not in caplog.text and time.time() < deadline:
+                time.sleep(0.1)
+            assert f"process {holder.pid} " in caplog.text and str(lock) in caplog.text
+        deadline = time.time() + 10  # the holder is killed; its lock stays
+        while "wait forever" not in caplog.text and time.time() < deadline:
+            time.sleep(0.1)
+    assert lock.exists() and "wait forever" in caplog.text and "start it again" in caplog.text

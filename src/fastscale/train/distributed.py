@@ -22,10 +22,12 @@ shared by several machines (a network home) should be made node-local with TORCH
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -35,6 +37,7 @@ SHM_OP = "deepspeed_shm_comm"
 # FileBaton.release closes the lock file's descriptor, then removes the file: a lock nobody holds is
 # stale only if it is still there a moment later
 RELEASE_GRACE_S = 1.0
+WATCH_INTERVAL_S = 5.0  # how soon a run that waits on a build lock started after its own check says so
 
 
 def ensure_distributed_env() -> None:
@@ -60,13 +63,15 @@ def init_process_group() -> None:
     import torch.distributed as dist
 
     ensure_distributed_env()
-    first_build = check_build_lock() != "held" and shm_op_needs_build()
+    directory = build_directory() if _shm_builder() is not None else None
+    first_build = directory is not None and check_build_lock(directory) != "held" and shm_op_needs_build(directory)
     if first_build:
         logger.warning("building DeepSpeed's %s op once (~2 minutes on CPU; later runs reuse it)", SHM_OP)
     started = time.perf_counter()
-    if not dist.is_initialized() and is_loopback(os.environ["MASTER_ADDR"]) and not _agent_hosts_store():
-        _init_on_loopback()
-    deepspeed.init_distributed()
+    with watching_build_lock(directory):
+        if not dist.is_initialized() and is_loopback(os.environ["MASTER_ADDR"]) and not _agent_hosts_store():
+            _init_on_loopback()
+        deepspeed.init_distributed()
     if first_build:
         logger.warning("built DeepSpeed's %s op in %.0f s", SHM_OP, time.perf_counter() - started)
 
@@ -131,9 +136,9 @@ def build_directory() -> Path:
     return Path(_get_build_directory(SHM_OP, verbose=False))
 
 
-def shm_op_needs_build() -> bool:
-    """True when starting DeepSpeed will compile the shm op (nothing built in its directory yet)."""
-    return _shm_builder() is not None and not any(build_directory().glob(f"{SHM_OP}*.so"))
+def shm_op_needs_build(directory: Path) -> bool:
+    """True when starting DeepSpeed will compile the shm op: nothing built in its directory yet."""
+    return not any(Path(directory).glob(f"{SHM_OP}*.so"))
 
 
 def lock_holders(lock: Path) -> list[str]:
@@ -150,14 +155,10 @@ def lock_holders(lock: Path) -> list[str]:
     return holders
 
 
-def check_build_lock(directory: Path | None = None) -> str:
-    """Look at the shm op's build lock (in directory, default build_directory()) before DeepSpeed
-    waits on it: "none", "held" (a build in progress: warn, naming the lock and its holder) or
-    "stale" (nobody holds it: removed, with a warning naming it)."""
-    if directory is None:
-        if _shm_builder() is None:
-            return "none"
-        directory = build_directory()
+def check_build_lock(directory: Path) -> str:
+    """Look at the shm op's build lock in directory before DeepSpeed waits on it: "none", "held" (a
+    build in progress: warn, naming the lock and its holder) or "stale" (nobody holds it: removed, with
+    a warning naming it)."""
     lock = Path(directory) / "lock"
     if not lock.exists():
         return "none"
@@ -180,3 +181,39 @@ def check_build_lock(directory: Path | None = None) -> str:
         raise PermissionError(f"a stale build lock of DeepSpeed's {SHM_OP} op, {lock}, would make this run wait forever and "
                               f"we may not remove it; remove it with: rm {lock}") from None
     return "stale"
+
+
+@contextlib.contextmanager
+def watching_build_lock(directory: Path | None, interval: float = WATCH_INTERVAL_S):
+    """While the block runs (DeepSpeed starting), look at the build lock every interval seconds and warn
+    when another process holds it (a build this run waits for, started after check_build_lock looked)
+    or when nobody does any more (its builder died: DeepSpeed would wait forever, and only a new
+    start can rebuild, since the waiter would import a library that was never built)."""
+    if directory is None:
+        yield
+        return
+    stop, lock = threading.Event(), Path(directory) / "lock"
+
+    def watch() -> None:
+        said, orphaned = None, 0
+        while not stop.wait(interval):
+            present = lock.exists()
+            holders = lock_holders(lock) if present else []
+            others = [h for h in holders if not h.startswith(f"{os.getpid()} ")]  # not this process building it
+            orphaned = orphaned + 1 if present and not holders else 0
+            if others and said != "held":
+                said = "held"
+                logger.warning("waiting for DeepSpeed's %s op: process %s is building it and holds %s", SHM_OP, ", ".join(others), lock)
+            elif orphaned >= 2 and said != "stale":  # twice: a release closes the file a moment before removing it
+                said = "stale"
+                logger.warning("the build of DeepSpeed's %s op holding %s ended without removing it, so this run would wait "
+                               "forever: stop it and start it again (the next start removes the stale lock)", SHM_OP, lock)
+
+    thread = threading.Thread(target=watch, name="fastscale-build-lock", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
