@@ -9,7 +9,6 @@ The two loops run interleaved step for step (the machine may be shared), each ti
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -21,6 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import describe_environment, environment, format_table, write_json  # noqa: E402
 
+from fastscale.io import read_metrics  # noqa: E402
 from fastscale.data import PackedRows, collate, load, rows_for  # noqa: E402
 from fastscale.model import GPT, GPTConfig  # noqa: E402
 from fastscale.train import Trainer, TrainSettings, lr_multiplier  # noqa: E402
@@ -73,7 +73,7 @@ def compare(config: GPTConfig, rows: PackedRows, settings: TrainSettings, batch:
     with tempfile.TemporaryDirectory() as out:
         trainer = Trainer(model, ds, rows, out_dir=out, collate_fn=collate, settings=settings, flops_per_token=config.flops_per_token())
         trainer.fit(callback=after_trainer_step)
-        records = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+        records = read_metrics(Path(out) / "metrics.jsonl").records
     tokens = batch * config.seq_len
     trainer_times = [tokens / r["tokens_per_s"] for r in records]  # the Trainer's own timing of each step
     steady = slice(warmup, None)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import multiprocessing
 import os
 import subprocess
@@ -30,6 +29,7 @@ import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from fastscale.io import json_text, write_atomically
 from fastscale.kernels import roofline
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -325,9 +325,9 @@ def write_results(after, before, pairs, revision, text: str) -> None:
                    after=[e.row() for e in after], before=[e.row() for e in before], before_revision=revision,
                    calibration=[dict(family=f, estimate=e.row(), published=a.value, source=a.source, ratio=ratio(e, a)) for f, e, a in pairs],
                    anchors=[vars(a) for a in roofline.ANCHORS])
-    (RESULTS / "estimates.json").write_text(json.dumps(payload, indent=1) + "\n")
+    write_atomically(RESULTS / "estimates.json", json_text(payload, indent=1) + "\n")
     command = "python -m fastscale.benchmarks.estimate --write" + (f" --before {revision}" if revision else "")
-    (RESULTS / "estimates.md").write_text(
+    write_atomically(RESULTS / "estimates.md",
         f"# Estimated kernel speed (no GPU measured)\n\nWritten by `{command}`. Every number below is an ESTIMATE "
         "of a roofline model fed with the compiled code (sm_90 and sm_80 cubins of the shipped configurations) and the "
         "kernels' own tile tables; no GPU ran them. `calibrated` divides an estimate by the ratio the same model shows "

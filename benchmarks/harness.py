@@ -7,7 +7,6 @@ GPU also TFLOP/s and GB/s as a fraction of the device's own peak. Without a GPU 
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import platform
 import statistics
@@ -20,6 +19,8 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+
+import fastscale.io
 
 # Dense bf16/fp16 tensor-core peak (TFLOP/s) and memory bandwidth (TB/s) by device-name substring.
 GPU_PEAKS = {
@@ -215,9 +216,7 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def write_json(path: str | os.PathLike, payload: dict) -> None:
-    """Writes atomically: a killed benchmark never leaves a torn file."""
+    """A benchmark's results file, its directory created: strict JSON written atomically (fastscale.io)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, path)
+    fastscale.io.write_json(path, payload, indent=2)

@@ -13,7 +13,6 @@ of each step. Not a test: phase A needs ~16 GB of RAM and minutes; phase B ~50 G
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import shutil
@@ -28,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import describe_environment, environment, format_table, write_json  # noqa: E402
 
+from fastscale.io import read_json, read_metrics, write_atomically  # noqa: E402
 from fastscale.model import preset  # noqa: E402
 from fastscale.train.plan import GiB, deepspeed_config, host_memory, plan  # noqa: E402
 
@@ -78,14 +78,14 @@ def main(argv=None) -> int:
         shutil.rmtree(args.nvme_path, ignore_errors=True)
         Path(args.nvme_path).mkdir(parents=True)
     ds = deepspeed_config(pick["choice"], micro_batch=1, bf16=not fp32, nvme_path=args.nvme_path, lr=1e-4)
-    (work / "ds.json").write_text(json.dumps(ds, indent=2))
+    write_json(work / "ds.json", ds)
     run = {
         "model": {"n_layer": config.n_layer, "d_model": config.d_model, "n_head": config.n_head},
         "data": {"dataset": "digits"},
         "seq_len": args.seq_len,
         "train": {"steps": args.steps, "lr": 1e-4, "warmup_steps": 1, "eval_interval": 0, "checkpoint_interval": 0, "noise_scale_interval": 0},
     }
-    (work / "run.json").write_text(json.dumps(run, indent=2))
+    write_json(work / "run.json", run)
     print(f"RAM available now: {mem_available() / GiB:.1f} GiB of {host_memory() / GiB:.1f} GiB")
     command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "1", "--master_port", str(free_port()),
                str(ROOT / "train.py"), "--config", str(work / "run.json"), "--deepspeed_config", str(work / "ds.json"),
@@ -97,14 +97,14 @@ def main(argv=None) -> int:
     result = subprocess.run(command, cwd=ROOT, env=child_env, capture_output=True, text=True)
     wall = time.perf_counter() - start
     peak_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # largest descendant's peak RSS
-    (work / "stdout.txt").write_text(result.stdout)
-    (work / "stderr.txt").write_text(result.stderr)
+    write_atomically(work / "stdout.txt", result.stdout)
+    write_atomically(work / "stderr.txt", result.stderr)
     if result.returncode != 0:
         print(f"the run failed ({result.returncode}) after {wall:.0f} s; last lines of its output:")
         print("\n".join((result.stdout + result.stderr).splitlines()[-25:]))
         return 1
-    records = [json.loads(line) for line in (work / "run" / "metrics.jsonl").read_text().splitlines()]
-    summary = json.loads((work / "run" / "summary.json").read_text())
+    records = read_metrics(work / "run" / "metrics.jsonl").records
+    summary = read_json(work / "run" / "summary.json", what="the trainer's summary")
     measured = max(peak_children, summary["peak_rss_bytes"])
     error = measured / pick["host"] - 1
     print(format_table(["step", "loss", "seconds"], [[str(r["step"]), f"{r['loss']:.4f}", f"{(r['tokens'] / r['step']) / r['tokens_per_s']:.1f}" if r.get("tokens_per_s") else "-"] for r in records]))

@@ -10,13 +10,14 @@ half-written shard.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+
+from fastscale.io import read_json, write_json
 
 
 def dtype_for(vocab_size: int) -> np.dtype:
@@ -44,7 +45,7 @@ def write_shard(path: str | os.PathLike, documents: Iterable[np.ndarray], vocab_
         os.fsync(f.fileno())
     np.save(tmp / "index.npy", np.asarray(offsets, dtype=np.int64))
     info = {"dtype": dtype.name, "vocab_size": int(vocab_size), "n_docs": len(offsets) - 1, "n_tokens": offsets[-1], **meta}
-    (tmp / "meta.json").write_text(json.dumps(info, indent=2))
+    write_json(tmp / "meta.json", info, indent=2)
     if path.exists():
         old = path.with_name(f".{path.name}.old-{os.getpid()}")
         path.rename(old)
@@ -65,7 +66,8 @@ class TokenShard:
         if missing:
             raise FileNotFoundError(f"token shard {str(path)!r} is missing {missing}; write one with `fastscale data`")
         self.path = path
-        self.meta = json.loads((path / "meta.json").read_text())
+        self.meta = read_json(path / "meta.json", what=f"the metadata of token shard {path}",
+                              recover=f"write the shard again with `fastscale data DOMAIN --out {path.parent}`")
         self.offsets = np.load(path / "index.npy")
         n = int(self.offsets[-1])
         self.tokens = np.memmap(path / "tokens.bin", dtype=self.meta["dtype"], mode="r", shape=(n,)) if n else np.zeros(0, self.meta["dtype"])

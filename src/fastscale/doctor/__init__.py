@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from fastscale.benchmarks import harness
-from fastscale.fit.io import write_atomically
+from fastscale.io import write_json
 
 from . import numerics, speed, system
 
@@ -53,7 +53,7 @@ def run(out_dir: str | os.PathLike, *, quick: bool = False) -> dict:
     report["failed"] = sum(c["status"] in ("FAILED", "error") for c in report["checks"])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_atomically(out / "doctor.json", json.dumps(report, indent=2))
+    write_json(out / "doctor.json", report, indent=2)
     return report
 
 

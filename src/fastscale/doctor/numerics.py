@@ -18,14 +18,13 @@ must not leak into the rest of the process.
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from fastscale.io import write_json
 from fastscale.ops import attention, linear_cross_entropy
 
 FP32_ATOL = 2e-5
@@ -224,7 +223,7 @@ def main(argv: list[str]) -> int:
         op, backend = pair.split("=")
         backends.setdefault(op, []).append(backend)
     results = run_checks(backends, device, quick=quick == "1", interpreted=True)
-    Path(out).write_text(json.dumps([asdict(replace(r, device=f"{device} (Triton interpreter)")) for r in results]))
+    write_json(out, [asdict(replace(r, device=f"{device} (Triton interpreter)")) for r in results])
     return 0
 
 

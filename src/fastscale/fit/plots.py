@@ -6,13 +6,13 @@ matplotlib.figure.Figure, never pyplot, so no global backend or window state is 
 
 from __future__ import annotations
 
-import os
-import tempfile
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
 
 from fastscale.fit._checks import FitInputError
+from fastscale.io import write_atomically
 
 FORMATS = (".png", ".svg")
 BAND_ALPHA = 0.25
@@ -29,19 +29,13 @@ def _figure(n_panels: int):
 
 
 def save_figure(figure, path) -> Path:
-    """Save atomically (temporary file, then rename), format from the suffix (.png or .svg)."""
+    """Save atomically (fastscale.io.write_atomically), format from the suffix (.png or .svg)."""
     path = Path(path)
     if path.suffix.lower() not in FORMATS:
         raise FitInputError(f"plot path {str(path)!r}: expected a file name ending in one of {FORMATS}")
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(handle)
-    try:
-        figure.savefig(temporary, dpi=150)
-        os.chmod(temporary, 0o644)  # as fastscale.fit.io.write_atomically: readable by the group
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    image = BytesIO()
+    figure.savefig(image, format=path.suffix.lower()[1:], dpi=150)
+    write_atomically(path, image.getvalue())
     return path
 
 

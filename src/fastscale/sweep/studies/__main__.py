@@ -1,10 +1,9 @@
 """The evaluation process of one run: `python -m fastscale.sweep.studies RUN_DIR` (see __init__)."""
 
-import json
 import sys
 from pathlib import Path
 
-from fastscale.fit.io import write_atomically
+from fastscale.io import read_json, write_json
 
 from . import study
 
@@ -14,9 +13,9 @@ def main(argv: list[str]) -> int:
         print("usage: python -m fastscale.sweep.studies RUN_DIR", file=sys.stderr)
         return 2
     run_dir = Path(argv[0])
-    task = json.loads((run_dir / "study_task.json").read_text())
+    task = read_json(run_dir / "study_task.json", what="the study's task (written by the sweep)")
     result = study(task["kind"]).evaluate(run_dir, Path(task["data_dir"]), task["options"])
-    write_atomically(run_dir / "study.json", json.dumps({"kind": task["kind"], **result}, indent=2))
+    write_json(run_dir / "study.json", {"kind": task["kind"], **result}, indent=2)
     return 0
 
 

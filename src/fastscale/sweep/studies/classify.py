@@ -27,7 +27,6 @@ fails too: the report never stops at the fit.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -38,6 +37,7 @@ import numpy as np
 
 from fastscale.data.prepare import LABELLED_DOMAINS
 
+from ..index import read_state
 from ._common import fit_loss_law, interval_text, is_int, is_number, require, runs_by_size
 
 logger = logging.getLogger(__name__)
@@ -232,7 +232,7 @@ def measure(run_dir, data_dir, options: dict) -> Measured:
     generative = np.array([loss.sum() for loss in token_losses(model, list(heldout.tokens))])
     classifier, logits, tuned = _fine_tune_and_score(model, finetune, heldout, o)
     record = {
-        "n_params": json.loads((Path(run_dir) / "config.json").read_text())["n_params"],
+        "n_params": read_state(Path(run_dir) / "config.json")["n_params"],
         "finetune": {**{k: o[k] for k in ("steps", "batch_size", "lr", "weight_decay", "seed")}, "schedule": "linear decay to 0",
                      "gradient_clipping": CLIP, "optimizer": "AdamW", "examples": len(finetune.labels),
                      "epochs": o["steps"] * o["batch_size"] / len(finetune.labels)},
