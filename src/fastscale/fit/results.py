@@ -9,10 +9,14 @@ match it. `fit_result` assembles every law's result and is the one place the not
   (the optimum is wherever the box stops it, not where the data put it);
 - `<p>_not_determined`: a scale parameter's (x0, Nc, B_crit...) interval spans more than
   NOT_DETERMINED_DECADES powers of ten (its value is not known to within a factor of 1000);
+- `<p>_overflow`: the estimate itself is nan or inf, or a positive scale parameter underflowed to 0;
 - `<p>_draws_not_finite`: some bootstrap draws overflowed (nan or inf) and were left out of the interval;
 - `<p>_zero_width_interval`: every bootstrap draw gave one value, as on identical rows or noiseless
   data, so the interval says nothing about the uncertainty;
 - `not_converged` and `bootstrap_refits_failed` from the optimizer.
+
+Laws add their own kinds (`alpha_not_positive`: loss does not fall with N). Without bootstrap draws
+only the estimate is judged.
 """
 
 from __future__ import annotations
