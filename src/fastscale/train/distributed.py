@@ -141,16 +141,17 @@ def shm_op_needs_build(directory: Path) -> bool:
     return not any(Path(directory).glob(f"{SHM_OP}*.so"))
 
 
-def lock_holders(lock: Path) -> list[str]:
-    """The processes of this machine that hold lock open ("pid command"), as far as we may look."""
-    import psutil
-
+def lock_holders(lock: Path) -> list[str] | None:
+    """The processes of this machine that hold lock open ("pid command"), as far as we may look
+    (/proc: other users' processes are not readable); None where there is no /proc to look in."""
+    if not os.path.isdir("/proc/self/fd"):
+        return None
     target, holders = os.path.realpath(lock), []
-    for process in psutil.process_iter(["pid", "name"]):
+    for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            if any(f.path == target for f in process.open_files()):
-                holders.append(f"{process.info['pid']} {process.info['name']}")
-        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}") == target for fd in os.listdir(f"/proc/{pid}/fd")):
+                holders.append(f"{pid} {Path(f'/proc/{pid}/comm').read_text().strip()}")
+        except OSError:  # gone, or not ours to read
             continue
     return holders
 
@@ -163,6 +164,10 @@ def check_build_lock(directory: Path) -> str:
     if not lock.exists():
         return "none"
     holders = lock_holders(lock)
+    if holders is None:
+        logger.warning("DeepSpeed's %s op has a build lock, %s: a build in progress, or a stale lock a killed build left (then "
+                       "this run waits forever: stop it and remove the lock with: rm %s)", SHM_OP, lock, lock)
+        return "held"
     if not holders:
         time.sleep(RELEASE_GRACE_S)
         if not lock.exists():
@@ -172,7 +177,10 @@ def check_build_lock(directory: Path) -> str:
         logger.warning("waiting for DeepSpeed's %s op: process %s is building it and holds %s; if that process is stuck, "
                        "kill it (the lock then goes stale and the next run clears it)", SHM_OP, ", ".join(holders), lock)
         return "held"
-    age = time.time() - lock.stat().st_mtime
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except FileNotFoundError:  # released after all
+        return "none"
     logger.warning("removing %s: a stale build lock of DeepSpeed's %s op (%.0f s old, held by no process of this machine: "
                    "a build was killed); it would make this run wait forever", lock, SHM_OP, age)
     try:
@@ -199,6 +207,8 @@ def watching_build_lock(directory: Path | None, interval: float = WATCH_INTERVAL
         while not stop.wait(interval):
             present = lock.exists()
             holders = lock_holders(lock) if present else []
+            if holders is None:  # no /proc: holders cannot be told apart from a stale lock
+                return
             others = [h for h in holders if not h.startswith(f"{os.getpid()} ")]  # not this process building it
             orphaned = orphaned + 1 if present and not holders else 0
             if others and said != "held":
