@@ -193,3 +193,29 @@ def test_a_real_sweep_directory_restored_and_retrained_after_damage(trained, tmp
             k: summaries[name][k] for k in ("steps", "tokens", "final_loss", "final_eval_loss")}
     assert json.loads((out / "runs" / run_name / "config.json").read_text())["n_params"] > 0
     assert len(json.loads((out / "report.json").read_text())["runs"]) == 4
+
+
+def test_restore_state_of_a_directory_that_is_not_there_is_an_error(tmp_path, capsys):
+    assert main(["sweep", str(tmp_path / "none"), "--restore-state"]) == 2
+    assert _error(capsys) == f"error: OUT_DIR={str(tmp_path / 'none')!r}: no such sweep directory"
+    assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.parametrize("damaged", ["summary.json", "study.json"])
+def test_a_run_whose_process_left_a_damaged_record_is_failed_and_retried(tmp_path, damaged, caplog):
+    """The runner reads what a finished trainer or evaluation wrote through the same checks: a damaged
+    file fails the run (retried by the next invocation) with a warning naming it, not a traceback."""
+    from fastscale.sweep.runner import _finish_evaluation, _finish_training
+
+    index = ResultsIndex(tmp_path / "results.json")
+    index.add("a", steps=8)
+    index.update("a", "running", attempts=1, run_dir="runs/a")
+    run_dir = tmp_path / "runs" / "a"
+    run_dir.mkdir(parents=True)
+    (run_dir / damaged).write_text('{"kind": "math", "accura')
+    if damaged == "summary.json":
+        _finish_training(index, run_dir, "a", 0, has_study=False)
+    else:
+        _finish_evaluation(index, run_dir, "a", 0)
+    assert ResultsIndex(tmp_path / "results.json").state("a") == "failed"
+    assert any(f"{run_dir / damaged}: " in r.getMessage() and "is truncated" in r.getMessage() for r in caplog.records)

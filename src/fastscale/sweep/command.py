@@ -100,9 +100,14 @@ def run_sweep_command(args: argparse.Namespace) -> int:
 
 
 def _restore_state(out_dir: str) -> int:
-    from .index import restore_state
+    from .runner import restore_state
+    from .spec import SweepError
 
-    restored = restore_state(out_dir)
+    try:
+        restored = restore_state(out_dir)
+    except SweepError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     for path in restored:
         print(f"restored {path} from its previous good version {path}.prev")
     if not restored:

@@ -11,7 +11,7 @@ Every state file the sweep and the report read goes through fastscale.io.read_js
 the fields they use (`read_state`): results.json, sweep.json, and a run's config.json, summary.json
 and study.json. A damaged file is one StateFileError naming it, what is wrong and how to recover.
 results.json and sweep.json are written with keep_previous, so the error can offer FILE.prev, and
-`fastscale sweep OUT --restore-state` (`restore_state`) puts it back.
+`fastscale sweep OUT --restore-state` (fastscale.sweep.runner.restore_state) puts it back.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import time
 from numbers import Real
 from pathlib import Path
 
-from fastscale.io import json_text, read_json, restore_previous, write_atomically
+from fastscale.io import json_text, read_json, write_atomically
 
 STATES = ("pending", "running", "trained", "evaluating", "done", "failed")
 TRAINED = ("trained", "evaluating", "done")  # states that carry the trainer's summary
@@ -143,19 +143,6 @@ def read_state(path):
 def write_state(path, value) -> None:
     """A sweep's state file (results.json, sweep.json), keeping the version it replaces as FILE.prev."""
     write_atomically(path, json_text(value, indent=2, sort_keys=True), keep_previous=True)
-
-
-def restore_state(out_dir) -> list[Path]:
-    """Put back the previous good version of every damaged state file of the sweep in out_dir;
-    returns the files restored. A damaged file without a good previous version is an error."""
-    restored = []
-    for name, (_, check) in SWEEP_FILES.items():
-        path = Path(out_dir) / name
-        if path.exists() and restore_previous(path, check):
-            restored.append(path)
-        elif path.exists():
-            read_state(path)  # still damaged (no good previous version): its error says so
-    return restored
 
 
 class ResultsIndex:

@@ -34,10 +34,10 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Callable
 
-from fastscale.io import StateFileError, last_step, read_metrics, write_json
+from fastscale.io import StateFileError, last_step, read_metrics, restore_previous, write_json
 
 from .devices import Inventory, Layout, Placement, deepspeed_for, place_runs
-from .index import ResultsIndex, read_state, write_state
+from .index import SWEEP_FILES, ResultsIndex, read_state, write_state
 from .spec import Run, SweepError, SweepSpec, study_options
 
 logger = logging.getLogger(__name__)
@@ -71,6 +71,27 @@ def _check_same_sweep(out_dir: Path, spec: SweepSpec) -> None:
             raise SweepError(f"OUT_DIR={str(out_dir)!r} holds a different sweep ({path}); use a new directory or the same preset/file")
     else:
         write_state(path, spec.raw)
+
+
+def restore_state(out_dir) -> list[Path]:
+    """Put back the previous good version (FILE.prev) of every damaged state file of the sweep in
+    out_dir, under the sweep's lock; returns the files restored. A damaged file without a good previous
+    version raises its StateFileError."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        raise SweepError(f"OUT_DIR={str(out_dir)!r}: no such sweep directory")
+    lock = _lock(out_dir)
+    try:
+        restored = []
+        for name, (_, check) in SWEEP_FILES.items():
+            path = out_dir / name
+            if path.exists() and restore_previous(path, check):
+                restored.append(path)
+            elif path.exists():
+                read_state(path)  # damaged with no good previous version: its error says so; a good file passes
+        return restored
+    finally:
+        lock.close()
 
 
 def _check_configs(spec: SweepSpec, runs: list[Run], device_type: str) -> None:
