@@ -10,14 +10,16 @@ ourselves: rank 0 binds a socket to MASTER_ADDR:MASTER_PORT and hands it to TCPS
 DeepSpeed then wraps that process group. A multi-node MASTER_ADDR is left to DeepSpeed's env:// init,
 and so is torchrun, whose agent process serves the store itself (its listener is torchrun's).
 
-Build lock. On CPU, DeepSpeed JIT-builds the deepspeed_shm_comm op (C++, ~1.5-3 minutes) in torch's
-extension directory the first time a run starts. torch.utils.file_baton.FileBaton guards the build
-with a `lock` file: the builder creates it, keeps it open while it builds and removes it; everyone else
-polls until it is gone, with no message and no limit. A build that was killed leaves the file behind
-and every later run sleeps forever. So before the process group starts we look: a lock some process of
-this machine holds open is a build in progress (we say whose and wait); a lock nobody holds is stale
-and removed, with a warning naming it. The holder check sees only this machine: an extension directory
-shared by several machines (a network home) should be made node-local with TORCH_EXTENSIONS_DIR.
+Build lock. On CPU, DeepSpeed JIT-builds the deepspeed_shm_comm op (C++) in torch's extension
+directory the first time a run starts (193 s on a 2-core machine, from its .ninja_log); we announce it
+and log how long it took. torch.utils.file_baton.FileBaton guards the build with a `lock` file: the
+builder creates it, keeps it open while it builds and removes it; everyone else polls until it is
+gone, with no message and no limit. A build that was killed leaves the file behind and every later run
+sleeps forever. So before the process group starts we look: a lock some process of this machine holds
+open (/proc/*/fd) is a build in progress (we say whose and wait); a lock nobody holds is stale and
+removed, with a warning naming it. While DeepSpeed starts, a watcher reports a lock taken after that
+look, and its builder's death. The holder check sees only this machine: an extension directory shared
+by several machines (a network home) should be made node-local with TORCH_EXTENSIONS_DIR.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def init_process_group() -> None:
     directory = build_directory() if _shm_builder() is not None else None
     first_build = directory is not None and check_build_lock(directory) != "held" and shm_op_needs_build(directory)
     if first_build:
-        logger.warning("building DeepSpeed's %s op once (~2 minutes on CPU; later runs reuse it)", SHM_OP)
+        logger.warning("building DeepSpeed's %s op once (minutes: 3 on a 2-core machine; later runs reuse it)", SHM_OP)
     started = time.perf_counter()
     with watching_build_lock(directory):
         if not dist.is_initialized() and is_loopback(os.environ["MASTER_ADDR"]) and not _agent_hosts_store():
