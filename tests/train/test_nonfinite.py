@@ -107,6 +107,7 @@ def test_skip_mode_withholds_updates_and_stops_after_too_many_in_a_row(tmp_path)
     # the update of step 4 was withheld: had its NaN gradients been applied, every later loss would be NaN
     assert all(math.isfinite(records[i]["loss"]) for i in (0, 1, 2, 4))
     assert records[4]["loss"] < records[0]["loss"]
+    assert records[4]["lr"] == records[3]["lr"] != records[2]["lr"]  # a withheld step does not advance the schedule
     # the noise scale's average skipped the NaN measurements
     assert records[3]["noise_scale_raw"] == [None, None] and records[3]["noise_scale"] is None
     assert records[4]["noise_scale"] is not None and math.isfinite(records[4]["noise_scale"])
@@ -126,8 +127,21 @@ def test_bf16_steps_deepspeed_withholds_are_counted_as_skipped(tmp_path):
     records = strict_lines(out / "metrics.jsonl")
     assert [r["skipped_steps"] for r in records] == [0, 0, 1, 1, 1]
     assert records[2]["loss"] is None
+    assert records[3]["lr"] == records[2]["lr"] != records[1]["lr"]  # DeepSpeed does not advance the schedule either
     assert all(math.isfinite(records[i]["loss"]) for i in (0, 1, 3, 4))
     assert strict_json(out / "summary.json")["stopped"] is None
+
+
+def test_skip_mode_stops_when_the_update_could_not_be_withheld(tmp_path):
+    """DeepSpeed's own optimizer (an "optimizer" section) under fp32 and ZeRO stage 0 applies whatever
+    gradients it gets and the trainer's hook is not on it: the weights are then NaN, so skip mode stops."""
+    out = tmp_path / "run"
+    ds = {"optimizer": {"type": "AdamW", "params": {"lr": 0.05, "torch_adam": True}}}
+    result = train(out, {"steps": 5, "nonfinite": "skip", "checkpoint_interval": 1, "keep_checkpoints": 5}, poison=[2], ds=ds)
+    assert result.returncode != 0
+    assert "step 2: loss=inf, gradient norm=inf: not finite, and the update was applied anyway" in result.stderr, result.stderr[-3000:]
+    assert [r["step"] for r in strict_lines(out / "metrics.jsonl")] == [1, 2]
+    assert checkpoints(out) == ["step00000001"]
 
 
 def test_a_torn_metrics_line_is_cut_before_a_resumed_run_appends(tmp_path):

@@ -248,6 +248,10 @@ class Trainer:
         if self.world_size > 1:
             dist.all_reduce(verdict, op=dist.ReduceOp.MIN)
         self._withheld = not bool(verdict)
+        # DeepSpeed's engine reads `overflow` off the optimizer it steps directly (ZeRO stage 0, fp32): a
+        # withheld step is then counted by it and does not advance the LR schedule, as for the steps
+        # its own fp16/bf16 optimizers withhold
+        optimizer.overflow = self._withheld
         if self._withheld:
             for group in optimizer.param_groups:
                 for p in group["params"]:
