@@ -23,7 +23,6 @@ import numpy as np
 
 from fastscale.fit._checks import FitInputError, positive_int
 from fastscale.io import read_metrics
-from fastscale.io import write_atomically  # noqa: F401  re-exported until sweep/ and doctor/ import it from fastscale.io
 
 
 class Table(dict):
