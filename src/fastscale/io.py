@@ -92,11 +92,6 @@ class StateFileError(ValueError):
         self.path = Path(path)
 
 
-def _describe_kind(value) -> str:
-    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number", type(None): "null"}
-    return names.get(type(value), type(value).__name__)
-
-
 def _parse_problem(path: Path) -> tuple[object, str | None]:
     """(the JSON value in path, None), or (None, what is wrong with the file)."""
     try:
@@ -119,7 +114,7 @@ def _parse_problem(path: Path) -> tuple[object, str | None]:
         return None, f"not JSON at line {error.lineno}, column {error.colno}: {error.msg}"
 
 
-def json_problem(path, check: Callable[[object], str | None] | None = None) -> tuple[object, str | None]:
+def _json_problem(path, check: Callable[[object], str | None] | None = None) -> tuple[object, str | None]:
     """(value, None) when path holds JSON that check accepts, else (None, what is wrong)."""
     value, problem = _parse_problem(Path(path))
     if problem is None and check is not None:
@@ -138,12 +133,12 @@ def read_json(path, *, what: str, check: Callable[[object], str | None] | None =
     the same check) and the command that restores it (restore; default a plain cp), else recover (the
     caller's advice), if given."""
     path = Path(path)
-    value, problem = json_problem(path, check)
+    value, problem = _json_problem(path, check)
     if problem is None:
         return value
     message = f"{path}: {what} is {problem}"
     previous = previous_version(path)
-    if previous.is_file() and json_problem(previous, check)[1] is None:
+    if previous.is_file() and _json_problem(previous, check)[1] is None:
         written = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(previous.stat().st_mtime))
         message += f"; the previous good version is {previous} (written {written}): restore it with `{restore or f'cp {previous} {path}'}`"
     elif recover:
@@ -155,7 +150,7 @@ def restore_previous(path, check: Callable[[object], str | None] | None = None) 
     """Put path.prev back at path when path fails check and path.prev passes it; returns whether it did.
     The damaged file is not kept as the previous version (it is not good)."""
     path, previous = Path(path), previous_version(path)
-    if json_problem(path, check)[1] is None or not previous.is_file() or json_problem(previous, check)[1] is not None:
+    if _json_problem(path, check)[1] is None or not previous.is_file() or _json_problem(previous, check)[1] is not None:
         return False
     write_atomically(path, previous.read_bytes())
     logger.warning("%s: restored the previous good version %s", path, previous)

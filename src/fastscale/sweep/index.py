@@ -41,7 +41,7 @@ def check_summary(summary) -> str | None:
     if not isinstance(summary, dict):
         return f"expected an object, got {_kind(summary)}"
     for key, optional in (("tokens", False), ("flops", False), ("final_loss", True), ("final_eval_loss", True), ("tokens_per_s", True)):
-        if not _number(summary.get(key), optional=optional) or (not optional and key not in summary):
+        if not _number(summary.get(key), optional=optional):
             return f"{key}={summary.get(key)!r}; expected a number{' or null' if optional else ''}"
     return None
 
