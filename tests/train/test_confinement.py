@@ -90,6 +90,16 @@ def test_nvme_path_absolute_kept_relative_confined(tmp_path):
         confine_deepspeed_config({**DS, "zero_optimization": {"stage": 3, "offload_param": {"device": "nvme", "nvme_path": "../swap"}}}, tmp_path)
 
 
+def test_wandb_local_files_go_to_the_run_directory_unless_the_environment_says(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_DIR", "")  # recorded, so that teardown restores the environment the test found
+    monkeypatch.delenv("WANDB_DIR")
+    confine_deepspeed_config({**DS, "wandb": {"enabled": True}}, tmp_path)
+    assert os.environ["WANDB_DIR"] == str(tmp_path.resolve())
+    monkeypatch.setenv("WANDB_DIR", "/users/choice")
+    confine_deepspeed_config({**DS, "wandb": {"enabled": True}}, tmp_path)
+    assert os.environ["WANDB_DIR"] == "/users/choice"
+
+
 def test_autotuning_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="autotuning.enabled=true"):
         confine_deepspeed_config({**DS, "autotuning": {"enabled": True}}, tmp_path)
