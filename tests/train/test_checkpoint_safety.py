@@ -154,6 +154,29 @@ def test_a_planted_pickle_never_runs_on_a_sweep_rerun(tmp_path):
     assert f"{path}: refused to load: it asks for builtins.exec" in (run_dir / "train.log").read_text()
 
 
+def test_deepspeeds_loads_go_through_the_safe_engine_and_other_engines_are_refused():
+    from types import SimpleNamespace
+
+    from deepspeed.runtime.checkpoint_engine import FastCheckpointEngine, TorchCheckpointEngine
+
+    engine = SimpleNamespace(checkpoint_engine=TorchCheckpointEngine(None))
+    ckpt.install_safe_engine(engine)
+    safe = engine.checkpoint_engine
+    assert isinstance(safe, ckpt.SafeCheckpointEngine)
+    ckpt.install_safe_engine(engine)
+    assert engine.checkpoint_engine is safe  # installed once
+    asynchronous = SimpleNamespace(checkpoint_engine=FastCheckpointEngine.__new__(FastCheckpointEngine))
+    with pytest.raises(ckpt.CheckpointError, match=r"DeepSpeed checkpoint engine FastCheckpointEngine .*checkpoint.writer"):
+        ckpt.install_safe_engine(asynchronous)
+
+
+def test_a_file_that_is_not_a_checkpoint_is_named(copy):
+    path = tag_dir(copy, STEPS) / RNG
+    truncate(path)
+    with pytest.raises(ckpt.CheckpointError, match=rf"^{path}: cannot be loaded: "):
+        ckpt.safe_load(path)
+
+
 # ------------------------------------------------------------------ damage
 def truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
