@@ -217,11 +217,16 @@ def unsupported(dtype: torch.dtype, head_dim: int) -> str | None:
 
 
 @triton.jit
-def _document(cu_seqlens, doc, seqlen, VARLEN: tl.constexpr):
-    """First token (64-bit) and length of document `doc`."""
+def _document(cu_seqlens, doc, seqlen, total, VARLEN: tl.constexpr):
+    """First token (64-bit) and length of document `doc`, inside [0, total) whatever cu_seqlens holds.
+    The launchers may run on offsets nobody read on the host (ops/attention.py validates them only
+    when that costs no device synchronization), so each document is clamped into the packed tokens:
+    offsets out of order or out of range give wrong values for that batch, never a read or write
+    outside q, k, v and the outputs."""
     if VARLEN:
-        start = tl.load(cu_seqlens + doc)
-        length = tl.load(cu_seqlens + doc + 1) - start
+        start = tl.minimum(tl.maximum(tl.load(cu_seqlens + doc), 0), total)
+        end = tl.minimum(tl.maximum(tl.load(cu_seqlens + doc + 1), start), total)
+        length = end - start
     else:
         start = doc * seqlen
         length = seqlen
@@ -354,7 +359,7 @@ def _forward_kernel(
     doc = tl.program_id(0) // tiles
     tile = tiles - 1 - tl.program_id(0) % tiles
     head = tl.program_id(1)
-    start, length = _document(cu_seqlens, doc, seqlen, VARLEN)
+    start, length = _document(cu_seqlens, doc, seqlen, total, VARLEN)
     m0 = tile * BLOCK_M
     if m0 >= length:
         return
@@ -426,7 +431,7 @@ def _dkdv_kernel(
     doc = tl.program_id(0) // tiles
     tile = tl.program_id(0) % tiles  # causal: first key tiles see the most queries
     kv_head = tl.program_id(1)
-    start, length = _document(cu_seqlens, doc, seqlen, VARLEN)
+    start, length = _document(cu_seqlens, doc, seqlen, total, VARLEN)
     n0 = tile * BLOCK_N
     if n0 >= length:
         return
@@ -475,7 +480,7 @@ def _dq_kernel(
     doc = tl.program_id(0) // tiles
     tile = tiles - 1 - tl.program_id(0) % tiles
     head = tl.program_id(1)
-    start, length = _document(cu_seqlens, doc, seqlen, VARLEN)
+    start, length = _document(cu_seqlens, doc, seqlen, total, VARLEN)
     m0 = tile * BLOCK_M
     if m0 >= length:
         return

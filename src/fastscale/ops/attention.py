@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import weakref
 
 import torch
 
@@ -45,12 +44,17 @@ def attention(q, k, v, *, causal=True, cu_seqlens=None, max_seqlen=None, window=
     _check_tensors(q, k, v, packed=cu_seqlens is not None)
     _check_options(causal, window, scale)
     if cu_seqlens is not None:
-        max_seqlen = _check_cu_seqlens(cu_seqlens, max_seqlen, q)
+        _check_cu_seqlens_form(cu_seqlens, max_seqlen, q)
     elif max_seqlen is not None:
         raise ValueError(f"max_seqlen={max_seqlen!r}: only meaningful with cu_seqlens (packed input); pass None")
+    validated = cu_seqlens is not None and max_seqlen is None
+    if validated:  # the backend choice and the launch grid need the longest document
+        max_seqlen = _check_cu_seqlens(cu_seqlens, q.shape[0], None)
     if scale is None:
         scale = q.shape[-1] ** -0.5
     backend = _choose_backend(backend, q, k, v, causal, cu_seqlens, max_seqlen)
+    if cu_seqlens is not None and not validated and _reads_offsets(cu_seqlens, backend):
+        _check_cu_seqlens(cu_seqlens, q.shape[0], max_seqlen)
     if backend == "torch":
         return attention_torch.attention(q, k, v, causal=causal, cu_seqlens=cu_seqlens, window=window, scale=scale)
     if backend == "flash_attn":
@@ -96,41 +100,57 @@ def _check_options(causal, window, scale) -> None:
         check_number("scale", scale, low=0.0, low_open=True)
 
 
-# The last cu_seqlens validated: (weak reference, its version counter, total tokens, longest document).
-# A model passes the same tensor to every layer; reading it back to the host once per batch, not once
-# per layer, saves a device synchronization per layer. An in-place change bumps the version.
-_last_validated = (lambda: None, -1, -1, -1)
-
-
-def _check_cu_seqlens(cu_seqlens, max_seqlen, q) -> int:
-    """Validates the document boundaries and returns max_seqlen."""
+def _check_cu_seqlens_form(cu_seqlens, max_seqlen, q) -> None:
+    """What can be checked without reading the offsets: type, shape, device, and max_seqlen's type."""
     check_tensor("cu_seqlens", cu_seqlens, ndim=1, dtypes=(torch.int32,))
     check_same("device", "q", q, cu_seqlens=cu_seqlens)
     if cu_seqlens.shape[0] < 2:
         raise ValueError(f"cu_seqlens: shape {tuple(cu_seqlens.shape)}; expected [n_docs + 1] with n_docs >= 1")
-    global _last_validated
-    total = q.shape[0]
-    ref, version, checked_total, longest = _last_validated
-    if ref() is not cu_seqlens or (version, checked_total) != (cu_seqlens._version, total):
-        longest = _longest_document(cu_seqlens.tolist(), total)
-        _last_validated = (weakref.ref(cu_seqlens), cu_seqlens._version, total, longest)
+    if max_seqlen is not None and (isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int)):
+        raise TypeError(f"max_seqlen={max_seqlen!r}: expected None or an int (the longest document's length)")
+    if max_seqlen is not None and max_seqlen < 1:
+        raise ValueError(f"max_seqlen={max_seqlen}: expected None or an int >= 1 (the longest document's length)")
+
+
+def _reads_offsets(cu_seqlens, backend: str) -> bool:
+    """Whether a call given max_seqlen validates cu_seqlens anyway (one without it always does).
+
+    Validation is O(documents) and runs on every call that reads the offsets: a cache cannot know
+    that they have not changed since (a numpy array shared through torch.from_numpy, a `.data` write
+    or another view changes them behind the tensor's version counter) short of reading them again.
+    Reading costs nothing on CPU. On CUDA it is a device synchronization, paid only where the call
+    needs the offsets on the host anyway: max_seqlen not given (the launch grid needs the longest
+    document), the torch backend (it splits q, k, v by document) and flash-attn (its kernels trust
+    their offsets). The triton backend on CUDA with max_seqlen given launches without reading them:
+    its kernels clamp every document into the packed tokens, so offsets validation would have
+    refused give wrong values for that batch, never an access outside the tensors. A model that
+    passes the max_seqlen its data pipeline computed on the CPU (data/packing.py) runs sync-free."""
+    return cu_seqlens.device.type == "cpu" or backend != "triton"
+
+
+def _check_cu_seqlens(cu_seqlens, total: int, max_seqlen: int | None) -> int:
+    """Validates the offsets' values and returns max_seqlen: a few O(documents) tensor ops on the
+    offsets' device and one host read of four scalars; a refusal reads more to name the first bad
+    offset and its values."""
+    lengths = cu_seqlens.long().diff()  # int32 differences wrap around: [0, 2**31 - 1, -2, 10] would pass
+    shortest, longest = torch.aminmax(lengths)
+    first, last, shortest, longest = torch.stack([cu_seqlens[0], cu_seqlens[-1], shortest, longest]).tolist()
+    if first != 0:
+        raise ValueError(f"cu_seqlens[0] = {first}: expected 0 (the offset of the first packed token)")
+    if shortest < 0:
+        at = int((lengths < 0).nonzero()[0])
+        raise ValueError(f"cu_seqlens: not sorted, cu_seqlens[{at + 1}] = {int(cu_seqlens[at + 1])} < "
+                         f"cu_seqlens[{at}] = {int(cu_seqlens[at])}; expected non-decreasing offsets")
+    if last != total:
+        raise ValueError(f"cu_seqlens[{cu_seqlens.shape[0] - 1}] = {last} (the last offset): expected the number of "
+                         f"packed tokens, total_tokens = {total} (q.shape[0])")
     if max_seqlen is None:
         return longest
-    if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int):
-        raise TypeError(f"max_seqlen={max_seqlen!r}: expected None or an int")
     if max_seqlen < longest:
-        raise ValueError(f"max_seqlen={max_seqlen}: shorter than the longest document in cu_seqlens ({longest} tokens)")
+        at = int(lengths.argmax())
+        raise ValueError(f"max_seqlen={max_seqlen}: shorter than the longest document, cu_seqlens[{at + 1}] - "
+                         f"cu_seqlens[{at}] = {longest} tokens; expected max_seqlen >= {longest}")
     return max_seqlen
-
-
-def _longest_document(bounds: list[int], total: int) -> int:
-    if bounds[0] != 0 or bounds[-1] != total:
-        raise ValueError(f"cu_seqlens: runs from {bounds[0]} to {bounds[-1]}; expected 0 to total_tokens = {total} (q.shape[0])")
-    lengths = [e - s for s, e in zip(bounds[:-1], bounds[1:])]
-    if min(lengths) < 0:
-        at = lengths.index(min(lengths))
-        raise ValueError(f"cu_seqlens: not sorted, cu_seqlens[{at + 1}] = {bounds[at + 1]} < cu_seqlens[{at}] = {bounds[at]}; expected non-decreasing offsets")
-    return max(lengths)
 
 
 # ---------------------------------------------------------------------------------------------- backends
