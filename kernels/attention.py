@@ -2,7 +2,9 @@
 ops/attention_torch.py for the same math in plain PyTorch).
 
 Every input is packed: q [total, Hq, D], k/v [total, Hkv, D], documents given by cu_seqlens (or, for
-a batch, consecutive runs of `seqlen` tokens). Nothing of size T^2 ever reaches global memory.
+a batch, consecutive runs of `seqlen` tokens). Nothing of size T^2 ever reaches global memory. The
+launchers validate nothing; the kernels clamp each document into [0, total) (_document), so no offset
+makes them read or write outside the tensors.
 
 Forward (FlashAttention-2): a program owns BLOCK_M queries of one document and one head and streams
 the document's BLOCK_N-key tiles through an online softmax, in fp32. It saves only the output and

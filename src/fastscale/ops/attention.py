@@ -31,7 +31,10 @@ def attention(q, k, v, *, causal=True, cu_seqlens=None, max_seqlen=None, window=
     torch backend) and device; Hq is a multiple of Hkv (GQA/MQA: query head h reads key/value head
     h // (Hq // Hkv)). With cu_seqlens (int32 [n_docs + 1], 0 first, non-decreasing, total_tokens
     last) q/k/v are packed [total_tokens, H, D] and no token attends across a document boundary;
-    max_seqlen (the longest document) is computed from cu_seqlens when not given.
+    max_seqlen (at least the longest document) is computed from cu_seqlens when not given. cu_seqlens
+    is validated on every call that reads it on the host: always on CPU; on CUDA unless max_seqlen
+    is given and the backend is triton, whose kernels stay inside the tensors whatever the offsets
+    (see _reads_offsets: pass max_seqlen to keep the step free of device synchronizations).
     causal: query i sees keys j <= i. window=W: query i sees key j only if i - W < j (and j < i + W
     when not causal), so at most W keys on its left, itself included (flash-attn's
     window_size=(W-1, 0) when causal, (W-1, W-1) when not). scale defaults to 1/sqrt(D).
