@@ -8,7 +8,9 @@ the sweep's and the `deepspeed` launcher's single-node default 127.0.0.1) we cre
 ourselves: rank 0 binds a socket to MASTER_ADDR:MASTER_PORT and hands it to TCPStore
 (master_listen_fd), and gloo's own sockets are put on the loopback interface (GLOO_SOCKET_IFNAME=lo).
 DeepSpeed then wraps that process group. A multi-node MASTER_ADDR is left to DeepSpeed's env:// init,
-and so is torchrun, whose agent process serves the store itself (its listener is torchrun's).
+and so is torchrun, whose agent process serves the store itself (its listener is torchrun's). On GPUs
+NCCL opens bootstrap sockets of its own on the interface NCCL_SOCKET_IFNAME names (not measured here:
+no GPU); set NCCL_SOCKET_IFNAME=lo to keep a single-node GPU run on loopback too.
 
 Build lock. On CPU, DeepSpeed JIT-builds the deepspeed_shm_comm op (C++) in torch's extension
 directory the first time a run starts (193 s on a 2-core machine, from its .ninja_log); we announce it
@@ -39,6 +41,8 @@ SHM_OP = "deepspeed_shm_comm"
 # FileBaton.release closes the lock file's descriptor, then removes the file: a lock nobody holds is
 # stale only if it is still there a moment later
 RELEASE_GRACE_S = 1.0
+# torch's own backends, which take a store; DeepSpeed starts others (oneCCL) its own way
+LOOPBACK_BACKENDS = ("gloo", "nccl")
 WATCH_INTERVAL_S = 5.0  # how soon a run that waits on a build lock started after its own check says so
 
 
@@ -51,6 +55,7 @@ def ensure_distributed_env() -> None:
 
 
 def is_loopback(host: str) -> bool:
+    """host is localhost or a loopback address (127.0.0.0/8, ::1): the ranks are all on this machine."""
     if host == "localhost":
         return True
     try:
@@ -71,22 +76,28 @@ def init_process_group() -> None:
         logger.warning("building DeepSpeed's %s op once (minutes: 3 on a 2-core machine; later runs reuse it)", SHM_OP)
     started = time.perf_counter()
     with watching_build_lock(directory):
-        if not dist.is_initialized() and is_loopback(os.environ["MASTER_ADDR"]) and not _agent_hosts_store():
+        if not dist.is_initialized() and _single_node_store_is_ours():
             _init_on_loopback()
         deepspeed.init_distributed()
     if first_build:
         logger.warning("built DeepSpeed's %s op in %.0f s", SHM_OP, time.perf_counter() - started)
 
 
-def _agent_hosts_store() -> bool:
-    """Under torchrun the elastic agent already serves the store on MASTER_PORT and every rank is its client
-    (torch.distributed.rendezvous reads the same variable)."""
-    return os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+def _single_node_store_is_ours() -> bool:
+    """All ranks on this machine, a backend torch starts from a store, and no torchrun agent serving the
+    store already (torch.distributed.rendezvous reads the same variable)."""
+    return (is_loopback(os.environ["MASTER_ADDR"]) and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
+            and _backend() in LOOPBACK_BACKENDS)
+
+
+def _backend() -> str:
+    from deepspeed.accelerator import get_accelerator
+
+    return get_accelerator().communication_backend_name()
 
 
 def _init_on_loopback() -> None:
     import torch.distributed as dist
-    from deepspeed.accelerator import get_accelerator
     from deepspeed.constants import default_pg_timeout
 
     host, rank, world_size = os.environ["MASTER_ADDR"], int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -99,7 +110,7 @@ def _init_on_loopback() -> None:
         listen_fd = listener.detach()  # the store owns it from here
     store = dist.TCPStore(host, int(os.environ["MASTER_PORT"]), world_size, rank == 0, timeout=default_pg_timeout,
                           master_listen_fd=listen_fd, use_libuv=True)
-    dist.init_process_group(get_accelerator().communication_backend_name(), store=store, rank=rank, world_size=world_size,
+    dist.init_process_group(_backend(), store=store, rank=rank, world_size=world_size,
                             timeout=default_pg_timeout)
 
 
