@@ -184,7 +184,7 @@ def test_read_json_offers_the_previous_version_only_when_it_is_good_and_restore_
     assert not io.restore_previous(path, _runs)  # a good file is left as it is
     path.write_text("{")
     io.previous_version(path).write_text('{"runs": []}')  # a previous version that is no good is not offered
-    with pytest.raises(io.StateFileError, match=r"truncated: its JSON stops mid-value after 1 bytes; retrain$"):
+    with pytest.raises(io.StateFileError, match=r"truncated: its JSON stops mid-value after 1 byte; retrain$"):
         io.read_json(path, what="the index", check=_runs, recover="retrain")
     assert not io.restore_previous(path, _runs) and path.read_text() == "{"
     with pytest.raises(io.StateFileError, match=rf"^{re.escape(str(tmp_path / 'none.json'))}: the index is missing$"):

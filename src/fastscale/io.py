@@ -110,7 +110,7 @@ def _parse_problem(path: Path) -> tuple[object, str | None]:
         return json.loads(text), None
     except json.JSONDecodeError as error:
         if error.pos >= len(text.rstrip()) or error.msg.startswith("Unterminated string"):  # the text ran out mid-value
-            return None, f"truncated: its JSON stops mid-value after {len(data):,} bytes"
+            return None, f"truncated: its JSON stops mid-value after {len(data):,} byte{'s' if len(data) != 1 else ''}"
         return None, f"not JSON at line {error.lineno}, column {error.colno}: {error.msg}"
 
 
@@ -130,8 +130,8 @@ def read_json(path, *, what: str, check: Callable[[object], str | None] | None =
 
     check(value) returns what is wrong with the value's shape, or None. On any fault, StateFileError:
     "PATH: WHAT is PROBLEM; " and how to recover: the previous good version (path.prev, when it passes
-    the same check) and the command that restores it (restore; default a plain cp), else recover (the
-    caller's advice), if given."""
+    the same check) and the command that restores it (restore, given by callers that keep previous
+    versions; default a plain cp), else recover (the caller's advice), if given."""
     path = Path(path)
     value, problem = _json_problem(path, check)
     if problem is None:
@@ -141,6 +141,8 @@ def read_json(path, *, what: str, check: Callable[[object], str | None] | None =
     if previous.is_file() and _json_problem(previous, check)[1] is None:
         written = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(previous.stat().st_mtime))
         message += f"; the previous good version is {previous} (written {written}): restore it with `{restore or f'cp {previous} {path}'}`"
+    elif restore:
+        message += f"; no good previous version is beside it ({previous})" + (f"; {recover}" if recover else "")
     elif recover:
         message += f"; {recover}"
     raise StateFileError(path, message)

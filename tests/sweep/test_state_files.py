@@ -139,7 +139,8 @@ def test_restore_state_without_a_good_previous_version_is_an_error(written, caps
     assert main(["sweep", str(written), "--restore-state"]) == 2
     error = _error(capsys)
     assert re.match(rf"error: {re.escape(str(written / 'results.json'))}: the sweep's results index is truncated", error), error
-    assert "previous good version" not in error and (written / "results.json").read_text() == "{"
+    assert error.endswith(f"; no good previous version is beside it ({written / 'results.json.prev'})"), error
+    assert (written / "results.json").read_text() == "{"
 
 
 @pytest.fixture(scope="module")
@@ -193,6 +194,15 @@ def test_a_real_sweep_directory_restored_and_retrained_after_damage(trained, tmp
             k: summaries[name][k] for k in ("steps", "tokens", "final_loss", "final_eval_loss")}
     assert json.loads((out / "runs" / run_name / "config.json").read_text())["n_params"] > 0
     assert len(json.loads((out / "report.json").read_text())["runs"]) == 4
+
+
+def test_a_damaged_sweep_json_with_no_previous_version_says_what_to_copy_there(written, capsys):
+    (written / "sweep.json.prev").unlink()
+    (written / "sweep.json").write_text("[")
+    assert main(["report", str(written)]) == 2
+    assert _error(capsys).endswith(f"sweep.json: the sweep file this directory holds is truncated: its JSON stops mid-value after 1 byte; "
+                                   f"no good previous version is beside it ({written / 'sweep.json.prev'}); "
+                                   "copy the sweep file this directory was run with there (a preset's is in fastscale.sweep.presets)")
 
 
 def test_restore_state_of_a_directory_that_is_not_there_is_an_error(tmp_path, capsys):

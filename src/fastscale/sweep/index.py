@@ -115,9 +115,10 @@ def check_study(value) -> str | None:
     return None
 
 
-SWEEP_FILES = {
-    "results.json": ("the sweep's results index", check_results),
-    "sweep.json": ("the sweep file this directory holds", check_sweep_file),
+SWEEP_FILES = {  # name: (what it is, its check, how to recover without a previous version)
+    "results.json": ("the sweep's results index", check_results, None),
+    "sweep.json": ("the sweep file this directory holds", check_sweep_file,
+                   "copy the sweep file this directory was run with there (a preset's is in fastscale.sweep.presets)"),
 }
 RUN_FILES = {
     "config.json": ("the trainer's config record", check_run_config),
@@ -131,8 +132,8 @@ def read_state(path):
     summary.json, study.json), checked; a damaged one raises StateFileError with the way back."""
     path = Path(path)
     if path.name in SWEEP_FILES:
-        what, check = SWEEP_FILES[path.name]
-        return read_json(path, what=what, check=check, restore=f"fastscale sweep {path.parent} --restore-state")
+        what, check, recover = SWEEP_FILES[path.name]
+        return read_json(path, what=what, check=check, restore=f"fastscale sweep {path.parent} --restore-state", recover=recover)
     what, check = RUN_FILES[path.name]
     run_dir = path.parent
     return read_json(path, what=f"{what} of run {run_dir.name}", check=check,

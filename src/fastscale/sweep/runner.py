@@ -83,7 +83,7 @@ def restore_state(out_dir) -> list[Path]:
     lock = _lock(out_dir)
     try:
         restored = []
-        for name, (_, check) in SWEEP_FILES.items():
+        for name, (_, check, _) in SWEEP_FILES.items():
             path = out_dir / name
             if path.exists() and restore_previous(path, check):
                 restored.append(path)
