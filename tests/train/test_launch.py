@@ -68,6 +68,27 @@ def test_train_py_exits_with_a_clear_message(tmp_path):
     assert not (tmp_path / "o").exists()  # nothing started
 
 
+def test_train_py_stops_a_diverging_run_with_one_error_line(tmp_path):
+    """lr 1e30 is finite, so the config passes; the first update blows the weights up and step 2's loss
+    is NaN: train.py says so in one line (no traceback), exits 1, and keeps the metrics it wrote."""
+    config = tmp_path / "run.json"
+    train = {"steps": 6, "lr": 1e30, "warmup_steps": 0, "eval_interval": 0, "noise_scale_interval": 0, "checkpoint_interval": 0}
+    config.write_text(json.dumps({**GOOD, "train": train}))
+    ds = tmp_path / "ds.json"
+    ds.write_text(json.dumps({"train_batch_size": 4, "train_micro_batch_size_per_gpu": 4}))
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK")}
+    result = processes.run(
+        [sys.executable, str(ROOT / "train.py"), "--config", str(config), "--deepspeed_config", str(ds), "--out", str(tmp_path / "o"), "--no-progress"],
+        capture_output=True, text=True, env={**env, "OMP_NUM_THREADS": "1"}, timeout=300,
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith("error: step 2: loss=nan"), result.stderr[-3000:]
+    records = [json.loads(line) for line in (tmp_path / "o" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2] and records[1]["loss"] is None
+
+
 SCRIPT = textwrap.dedent(
     """
     import json, sys, torch

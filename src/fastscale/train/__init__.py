@@ -9,6 +9,8 @@ from .schedule import lr_multiplier
 
 _LAZY = {
     "Trainer": "trainer",
+    "NonFiniteError": "trainer",
+    "CheckpointError": "checkpoint",
     "ConfigError": "config",
     "RunConfig": "config",
     "TrainSettings": "config",
@@ -26,6 +28,6 @@ def __getattr__(name):
 
 
 __all__ = [
-    "ConfigError", "GradientNoiseScale", "RunConfig", "Trainer", "TrainSettings", "check_deepspeed_config",
+    "CheckpointError", "ConfigError", "GradientNoiseScale", "NonFiniteError", "RunConfig", "Trainer", "TrainSettings", "check_deepspeed_config",
     "lr_multiplier", "resolve_batch", "two_batch_estimates",
 ]

@@ -6,6 +6,7 @@ progress bar, printing)."""
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -17,7 +18,8 @@ from fastscale.data.packing import has_rows, pack_rows
 from fastscale.model import GPT, GPTConfig
 
 from .config import ConfigError, RunConfig, check_deepspeed_config, load_deepspeed_config
-from .trainer import Trainer
+from .checkpoint import CheckpointError
+from .trainer import NonFiniteError, Trainer
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
             from tqdm import tqdm
 
             bar = tqdm(total=run.train.steps, initial=record["step"] - 1, unit="step", dynamic_ncols=True)
-        postfix = {"loss": f"{record['loss']:.4f}"}
+        postfix = {"loss": "non-finite" if record["loss"] is None else f"{record['loss']:.4f}"}
         if record.get("tokens_per_s"):
             postfix["tok/s"] = f"{record['tokens_per_s']:.0f}"
         if record.get("eval_loss") is not None:
@@ -136,9 +138,19 @@ def run(args: argparse.Namespace) -> int:
         bar.set_postfix(postfix, refresh=False)
         bar.update(1)
 
-    summary = trainer.fit(resume=args.resume, callback=progress)
-    if bar is not None:
-        bar.close()
+    try:
+        summary = trainer.fit(resume=args.resume, callback=progress)
+    except (NonFiniteError, CheckpointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    finally:
+        if bar is not None:
+            bar.close()
     if rank == 0:
         loss = summary["final_loss"]
         print(
