@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,7 +19,7 @@ from processes import run
 from fastscale.sweep import SweepSpec, run_sweep
 from fastscale.sweep.devices import Inventory, place_runs
 from fastscale.sweep.spec import SweepError
-from fastscale.train.confinement import confine_deepspeed_config
+from fastscale.train.confinement import confine_deepspeed_config, direct_monitor_files
 from fastscale.train.config import ConfigError
 
 pytest.importorskip("deepspeed")
@@ -94,9 +94,11 @@ def test_wandb_local_files_go_to_the_run_directory_unless_the_environment_says(t
     monkeypatch.setenv("WANDB_DIR", "")  # recorded, so that teardown restores the environment the test found
     monkeypatch.delenv("WANDB_DIR")
     confine_deepspeed_config({**DS, "wandb": {"enabled": True}}, tmp_path)
+    assert "WANDB_DIR" not in os.environ  # confining is pure: a sweep driver checks every run's config with it
+    direct_monitor_files({**DS, "wandb": {"enabled": True}}, tmp_path)
     assert os.environ["WANDB_DIR"] == str(tmp_path.resolve())
     monkeypatch.setenv("WANDB_DIR", "/users/choice")
-    confine_deepspeed_config({**DS, "wandb": {"enabled": True}}, tmp_path)
+    direct_monitor_files({**DS, "wandb": {"enabled": True}}, tmp_path)
     assert os.environ["WANDB_DIR"] == "/users/choice"
 
 
@@ -122,18 +124,15 @@ SWEEP = {
 
 @pytest.mark.parametrize("monitor", [{"output_path": "../escape"}, {"output_path": "", "job_name": "../../x"}])
 def test_sweep_file_cannot_write_outside_its_run(tmp_path, monitor):
-    """A sweep whose DeepSpeed section points csv_monitor outside: its run fails before training, the log
-    names the key and the value, and nothing appears outside the run directory."""
+    """A sweep whose DeepSpeed section points csv_monitor outside is refused before any run starts: the
+    error names the key and the value, and nothing appears outside OUT (nor any run directory in it)."""
     spec = SweepSpec.from_dict({**SWEEP, "deepspeed": {**DS, "csv_monitor": {"enabled": True, **monitor}}})
     out = tmp_path / "out"
-    index = run_sweep(spec, out, jobs=1)
-    (name, entry), = index.runs.items()
-    assert entry["state"] == "failed"
-    log = (out / "runs" / name / "train.log").read_text()
     key = "output_path" if "../escape" in monitor.values() else "job_name"
-    assert f"csv_monitor.{key}={monitor[key]!r}" in log
-    assert sorted(p.name for p in (out / "runs").iterdir()) == [name]
-    assert not (tmp_path / "x").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    with pytest.raises(SweepError, match=re.escape(f"csv_monitor.{key}={monitor[key]!r}")):
+        run_sweep(spec, out, jobs=1)
+    assert not (out / "runs").exists()
+    assert not (tmp_path / "x").exists() and not (tmp_path / "escape").exists()
 
 
 RUN = """

@@ -94,14 +94,17 @@ def restore_state(out_dir) -> list[Path]:
         lock.close()
 
 
-def _check_configs(spec: SweepSpec, runs: list[Run], device_type: str) -> None:
-    """The trainer's own checks of every run config and of the DeepSpeed config, before any work starts."""
+def _check_configs(spec: SweepSpec, runs: list[Run], device_type: str, out_dir: Path) -> None:
+    """The trainer's own checks of every run config and of the DeepSpeed config (including where it
+    writes files: inside each run's directory), before any work starts."""
+    from fastscale.train.confinement import confine_deepspeed_config
     from fastscale.train.config import ConfigError, RunConfig, check_deepspeed_config
 
     try:
         check_deepspeed_config(spec.deepspeed, world_size=1, device_type=device_type)
         for run in runs:
             RunConfig.from_dict(spec.run_config(run, spec.data), where=f"sweep run {run.name}")
+            confine_deepspeed_config(spec.deepspeed, out_dir / "runs" / run.name)
     except ConfigError as error:
         raise SweepError(str(error)) from None
 
@@ -199,7 +202,7 @@ def run_sweep(spec: SweepSpec, out_dir, *, jobs: int | None = None, launcher: st
         inventory = Inventory.detect()
         launcher = launcher if launcher != "auto" else "deepspeed" if inventory.kind == "cuda" else "process"
         runs = spec.runs()
-        _check_configs(spec, runs, inventory.kind)
+        _check_configs(spec, runs, inventory.kind, out_dir)
         index = ResultsIndex(out_dir / "results.json")  # a damaged index stops the sweep before anything in OUT changes
         _check_same_sweep(out_dir, spec)
         data = prepare_data(spec, out_dir)

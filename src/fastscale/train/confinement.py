@@ -61,11 +61,16 @@ def confine_deepspeed_config(ds: dict, run_dir) -> dict:
             section["output_path"] = MONITOR_DIR
         if "job_name" in section:
             _check_plain_name(f"{name}.job_name", section["job_name"])
-    for name, variable in LOCAL_DIR_VARIABLES.items():
-        if (ds.get(name) or {}).get("enabled") and variable not in os.environ:
-            os.environ[variable] = str(root)
     _confine_paths(ds, root, "")
     return ds
+
+
+def direct_monitor_files(ds: dict, run_dir) -> None:
+    """In the training process: an enabled wandb or comet writes its local files into run_dir unless
+    the environment already says where (a process-wide setting, so never called from a sweep driver)."""
+    for name, variable in LOCAL_DIR_VARIABLES.items():
+        if (ds.get(name) or {}).get("enabled") and variable not in os.environ:
+            os.environ[variable] = os.path.realpath(run_dir)
 
 
 def _check_plain_name(key: str, value) -> None:

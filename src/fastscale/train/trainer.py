@@ -29,7 +29,7 @@ from fastscale.model.flops import mfu, peak_flops, pf_days
 
 from . import checkpoint as ckpt
 from .config import ConfigError, TrainSettings, check_deepspeed_config
-from .confinement import confine_deepspeed_config
+from .confinement import confine_deepspeed_config, direct_monitor_files
 from .distributed import init_process_group
 from .noise_scale import GradientNoiseScale
 from .schedule import lr_multiplier
@@ -160,6 +160,7 @@ class Trainer:
         self.settings = settings
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.ds_config = confine_deepspeed_config(check_deepspeed_config(deepspeed_config, self.world_size), out_dir)
+        direct_monitor_files(self.ds_config, out_dir)
         self.micro = self.ds_config["train_micro_batch_size_per_gpu"]
         self.accumulation = self.ds_config["gradient_accumulation_steps"]
         self.batch_size = self.ds_config["train_batch_size"]
