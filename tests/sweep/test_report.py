@@ -139,6 +139,20 @@ def test_L_of_N_takes_each_sizes_largest_token_budget_with_every_seed():
     assert [r["name"] for r in longest_runs(runs)] == ["b", "c", "d", "e"]
 
 
+def test_steps_skipped_as_non_finite_leave_the_curves_finite():
+    """train.nonfinite="skip" records a skipped step with loss null: the smoothed curve and the noise-scale
+    points leave it out instead of turning NaN."""
+    from fastscale.sweep.report import learning_curves, noise_scales
+
+    metrics = [{"step": s, "flops": 10.0 * s, "loss": 5.0 / s, "noise_scale": 100.0} for s in range(1, 21)]
+    metrics[12] = {**metrics[12], "loss": None}
+    runs = [{"name": "a", "config": {"n_params": 10}, "metrics": metrics}]
+    rows, kind = learning_curves(runs)
+    assert kind == "smoothed train" and np.isfinite(rows["loss"]).all()
+    assert 13 * 10.0 not in rows["flops"] and len(rows["flops"]) == 17  # steps 3..20 but the skipped one
+    assert np.isfinite(noise_scales(runs)["a"]).all() and len(noise_scales(runs)["a"]) == 19
+
+
 def test_report_json_is_strict_json_with_null_for_non_finite_values(sweep):
     root, _, _, _ = sweep
 

@@ -110,6 +110,7 @@ def _held_out_curve(metrics: list[dict]):
 
 
 def _smoothed_train_curve(metrics: list[dict]):
+    metrics = [m for m in metrics if m.get("loss") is not None]  # a step skipped as non-finite has no loss
     steps, flops, loss = (np.array([m[key] for m in metrics], dtype=np.float64) for key in ("step", "flops", "loss"))
     window = max(1, round(SMOOTH_FRACTION * len(loss)))
     return steps, flops, np.array([loss[max(0, i - window + 1) : i + 1].mean() for i in range(len(loss))])
@@ -119,7 +120,7 @@ def noise_scales(runs: list[dict]) -> dict:
     """Per run: (step, smoothed train loss, gradient noise scale) where the trainer measured it."""
     out = {}
     for r in runs:
-        points = [(m["step"], m["loss"], m["noise_scale"]) for m in r["metrics"] if m.get("noise_scale") is not None]
+        points = [(m["step"], m["loss"], m["noise_scale"]) for m in r["metrics"] if m.get("noise_scale") is not None and m.get("loss") is not None]
         if points:
             out[r["name"]] = np.array(points, dtype=np.float64)
     return out
