@@ -7,7 +7,6 @@ its context to a row boundary.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,8 @@ from torch.nn import functional as F
 
 from fastscale.model import GPT, GPTConfig
 from fastscale.train import checkpoint as ckpt
+
+from .index import read_state
 
 
 def newest_checkpoint(run_dir) -> Path:
@@ -32,7 +33,7 @@ def trained_state(run_dir) -> dict:
     """The model's weights (fp32, CPU) from the newest intact checkpoint of any ZeRO stage, loaded as data
     only (fastscale.train.checkpoint.safe_load)."""
     tag_dir = newest_checkpoint(run_dir)
-    stage = (json.loads((Path(run_dir) / "config.json").read_text())["deepspeed"].get("zero_optimization") or {}).get("stage", 0)
+    stage = (read_state(Path(run_dir) / "config.json")["deepspeed"].get("zero_optimization") or {}).get("stage", 0)
     if stage == 3:  # partitioned: DeepSpeed's own consolidation
         return ckpt.zero3_fp32_state(tag_dir)
     state = ckpt.safe_load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu")["module"]
@@ -42,7 +43,7 @@ def trained_state(run_dir) -> dict:
 def load_trained(run_dir) -> GPT:
     """The run's GPT (fastscale.model, from its config.json) with its trained weights, in eval mode on CPU."""
     state = trained_state(run_dir)
-    model = GPT(GPTConfig.from_dict(json.loads((Path(run_dir) / "config.json").read_text())["model"]))
+    model = GPT(GPTConfig.from_dict(read_state(Path(run_dir) / "config.json")["model"]))
     model.load_state_dict(state)
     return model.eval()
 
