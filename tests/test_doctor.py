@@ -4,11 +4,12 @@ a deliberately wrong backend is reported as FAILED with exit code 1 (the check c
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 import torch
+
+import processes
 
 from fastscale import cli, doctor
 from fastscale.doctor import numerics, speed, system
@@ -22,7 +23,7 @@ def quick_run(tmp_path_factory):
     """`fastscale doctor --quick` as a user runs it: its exit code, output and doctor.json."""
     out = tmp_path_factory.mktemp("doctor")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # conftest's: the doctor chooses for itself
-    done = subprocess.run([sys.executable, "-m", "fastscale.cli", "doctor", "--quick", "--out", str(out)],
+    done = processes.run([sys.executable, "-m", "fastscale.cli", "doctor", "--quick", "--out", str(out)],
                           env=env, capture_output=True, text=True, timeout=600)
     report = json.loads((out / "doctor.json").read_text()) if (out / "doctor.json").exists() else None
     return done, report

@@ -20,6 +20,7 @@ from fastscale.sweep.spec import Run
 from fastscale.train.config import TrainSettings, check_deepspeed_config
 from fastscale.train.plan import GiB, Choice, estimate
 
+from processes import started
 from test_resume import TINY, _trainers_of, _wait_for, curves
 
 H100_NODE = Inventory("cuda", host_memory=2048 * GiB, cores=96, gpu_memory=80 * GiB, device_ids=tuple(str(i) for i in range(8)))
@@ -153,15 +154,16 @@ def test_deepspeed_launcher_on_cpu_dies_with_its_sweep_and_matches_the_process_l
 def _kill_and_resume_under_deepspeed(tmp_path, tiny, spec_file):
     out = tmp_path / "deepspeed"
     command = [sys.executable, "-m", "fastscale.cli", "sweep", str(out), "--preset", str(spec_file), "--launcher", "deepspeed", "--no-report"]
-    sweep = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     metrics = out / "runs" / "N3e03_t1.2e04_s0" / "metrics.jsonl"
-    try:
-        _wait_for(lambda: metrics.is_file() and metrics.stat().st_size > 0, 90, "the first logged step under the deepspeed launcher")
-    finally:
-        os.kill(sweep.pid, signal.SIGKILL)
-        sweep.wait()
-    # the launcher gets SIGTERM at its parent's death and terminates its rank
-    _wait_for(lambda: not any(_trainers_of(out)), 40, "the killed sweep's launcher and rank to exit")
+    # the sweep alone is killed (its launcher must follow); the whole group only if the test fails
+    with started(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as sweep:
+        try:
+            _wait_for(lambda: metrics.is_file() and metrics.stat().st_size > 0, 90, "the first logged step under the deepspeed launcher")
+        finally:
+            os.kill(sweep.pid, signal.SIGKILL)
+            sweep.wait()
+        # the launcher gets SIGTERM at its parent's death and terminates its rank
+        _wait_for(lambda: not any(_trainers_of(out)), 40, "the killed sweep's launcher and rank to exit")
 
     index = run_sweep(SweepSpec.from_dict(tiny), out, launcher="deepspeed")
     (entry,) = index.runs.values()

@@ -188,15 +188,16 @@ def test_bad_forecast_losses_are_refused_before_any_fit(sweep, bad):
 
 
 def test_fastscale_report_command_forecasts_the_losses_it_is_given(sweep):
-    import subprocess
     import sys
 
+    from processes import run
+
     root, _, _, _ = sweep
-    done = subprocess.run([sys.executable, "-m", "fastscale.cli", "report", str(root), "--bootstrap", str(BOOT), "--forecast-reducible", "0.3", "0.02"],
+    done = run([sys.executable, "-m", "fastscale.cli", "report", str(root), "--bootstrap", str(BOOT), "--forecast-reducible", "0.3", "0.02"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert [row["reducible"] for row in json.loads((root / "report.json").read_text())["forecast"]] == [0.3, 0.02]
-    bad = subprocess.run([sys.executable, "-m", "fastscale.cli", "sweep", str(root / "never"), "--forecast-reducible", "-1"],
+    bad = run([sys.executable, "-m", "fastscale.cli", "sweep", str(root / "never"), "--forecast-reducible", "-1"],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "forecast_reducible=[-1.0]" in bad.stderr
     assert not (root / "never").exists()  # refused before any work

@@ -13,6 +13,7 @@ import pytest
 from fastscale.sweep import SweepSpec, run_sweep
 from fastscale.sweep.report import write_report
 
+from processes import started
 from test_resume import _trainers_of, _wait_for  # tests/sweep is on sys.path (rootdir-relative, no package)
 
 TINY_MATH = {
@@ -47,23 +48,24 @@ def test_killed_during_evaluation_resumes_to_the_same_results(tmp_path, uninterr
     spec_file.write_text(json.dumps(TINY_MATH))
     out = tmp_path / "sweep"
     command = [sys.executable, "-m", "fastscale.cli", "sweep", str(out), "--preset", str(spec_file), "--jobs", "2", "--no-report"]
-    sweep = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
     def evaluating():
         path = out / "results.json"
         return path.is_file() and any(e["state"] == "evaluating" for e in json.loads(path.read_text())["runs"].values())
 
-    try:
-        _wait_for(evaluating, 180, "a run in its study evaluation")
-    finally:
-        os.kill(sweep.pid, signal.SIGKILL)
-        sweep.wait()
-    before = json.loads((out / "results.json").read_text())["runs"]
-    killed = {n for n, e in before.items() if e["state"] == "evaluating"}
-    finished = {n for n, e in before.items() if e["state"] == "done"}
-    assert killed
-    stamps = {n: (out / "runs" / n / "study.json").stat().st_mtime_ns for n in finished}
-    _wait_for(lambda: not any(_trainers_of(out)), 30, "the killed sweep's processes to exit")
+    # the sweep alone is killed (its children must follow); the whole group only if the test fails
+    with started(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as sweep:
+        try:
+            _wait_for(evaluating, 180, "a run in its study evaluation")
+        finally:
+            os.kill(sweep.pid, signal.SIGKILL)
+            sweep.wait()
+        before = json.loads((out / "results.json").read_text())["runs"]
+        killed = {n for n, e in before.items() if e["state"] == "evaluating"}
+        finished = {n for n, e in before.items() if e["state"] == "done"}
+        assert killed
+        stamps = {n: (out / "runs" / n / "study.json").stat().st_mtime_ns for n in finished}
+        _wait_for(lambda: not any(_trainers_of(out)), 30, "the killed sweep's processes to exit")
 
     index = run_sweep(SweepSpec.from_dict(TINY_MATH), out, jobs=2)
 
