@@ -107,6 +107,9 @@ BATCH = {"train_batch_size": 4}
         ({"fp16": {"enabled": "true"}}, "fp16.enabled='true' is a string; expected true or false"),
         ({"bf16": True}, "bf16=True is a boolean; expected an object"),
         ({"zero_optimization": 2}, "zero_optimization=2 is a number; expected an object"),
+        ({"checkpoint": {"writer": {"type": "fast"}}}, "checkpoint.writer={'type': 'fast'}: fastscale checkpoints only through"),
+        ({"checkpoint": {"use_node_local_storage": True}}, "checkpoint.use_node_local_storage=True: fastscale checkpoints only through"),
+        ({"datastates_ckpt": {}}, "datastates_ckpt={}: asynchronous checkpointing is not supported"),
     ],
 )
 def test_bad_deepspeed_numbers_name_the_key_the_value_and_the_expectation(ds, message):

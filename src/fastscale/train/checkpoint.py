@@ -112,7 +112,7 @@ class SafeCheckpointEngine:
 
 def install_safe_engine(engine) -> None:
     """Route a DeepSpeed engine's checkpoint reads and writes through SafeCheckpointEngine. Other engines
-    (checkpoint.writer, datastates) write asynchronously or through their own loaders: the COMPLETE
+    (checkpoint.writer, datastates_ckpt) write asynchronously or through their own loaders: the COMPLETE
     marker could not vouch for their files, so they are refused."""
     from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
 
@@ -122,7 +122,7 @@ def install_safe_engine(engine) -> None:
     if type(current) is not TorchCheckpointEngine:
         raise CheckpointError(
             f"DeepSpeed checkpoint engine {type(current).__name__} (from the config's 'checkpoint.writer' or "
-            "'datastates'): fastscale checkpoints only through DeepSpeed's default torch engine; remove that section"
+            "'datastates_ckpt'): fastscale checkpoints only through DeepSpeed's default torch engine; remove that section"
         )
     engine.checkpoint_engine = SafeCheckpointEngine(current)
 

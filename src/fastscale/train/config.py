@@ -219,6 +219,20 @@ def resolve_batch(ds: dict, world_size: int) -> dict:
     return {"train_batch_size": tb, "train_micro_batch_size_per_gpu": mb, "gradient_accumulation_steps": gas}
 
 
+def _check_checkpoint_engine(ds: dict, where: str) -> None:
+    """fastscale.train.checkpoint hashes every file of a step once DeepSpeed's save returns: engines that
+    write in the background or elsewhere would leave files the COMPLETE record cannot vouch for."""
+    checkpoint = ds.get("checkpoint") or {}
+    _require_type(isinstance(checkpoint, dict), where, "checkpoint", checkpoint, "an object")
+    for key in ("writer", "use_node_local_storage"):
+        if checkpoint.get(key):
+            raise ConfigError(f"{where}: checkpoint.{key}={checkpoint[key]!r}: fastscale checkpoints only through DeepSpeed's default "
+                              "engine on shared storage (it verifies every file on resume); remove it")
+    if ds.get("datastates_ckpt", False) is not False:  # DeepSpeed's own test: present and not false
+        raise ConfigError(f"{where}: datastates_ckpt={ds['datastates_ckpt']!r}: asynchronous checkpointing is not supported "
+                          "(fastscale verifies every checkpoint file on resume); remove the section")
+
+
 def check_deepspeed_config(ds: dict, world_size: int, *, device_type: str | None = None) -> dict:
     """Check what can be checked before DeepSpeed starts; returns a copy with the batch sizes resolved."""
     where = "deepspeed config"
@@ -239,6 +253,7 @@ def check_deepspeed_config(ds: dict, world_size: int, *, device_type: str | None
         raise ConfigError(f"{where}: fp16.enabled=true is not supported on CPU; use bf16 or fp32")
     if (ds.get("fp16") or {}).get("enabled") and (ds.get("bf16") or {}).get("enabled"):
         raise ConfigError(f"{where}: fp16 and bf16 are both enabled; choose one")
+    _check_checkpoint_engine(ds, where)
     offload_optimizer = (zero.get("offload_optimizer") or {}).get("device", "none")
     offload_param = (zero.get("offload_param") or {}).get("device", "none")
     _require(offload_optimizer in ("none", "cpu", "nvme"), where, "zero_optimization.offload_optimizer.device", offload_optimizer, "none, cpu or nvme")
