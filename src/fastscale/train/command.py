@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
+
+from fastscale.io import write_json
 
 from .plan import GiB, deepspeed_config, parse_bytes, plan
 
@@ -50,8 +51,7 @@ def run_plan(args: argparse.Namespace) -> int:
     print(f"pick: {pick['choice'].describe()} (the fastest choice that fits)")
     if args.out:
         ds = deepspeed_config(pick["choice"], micro_batch=args.micro_batch, bf16=not args.fp32, nvme_path=args.nvme_path)
-        with open(args.out, "w") as f:
-            json.dump(ds, f, indent=2)
+        write_json(args.out, ds, indent=2)
         print(f"wrote {args.out}")
     return 0
 
