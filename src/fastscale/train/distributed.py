@@ -13,7 +13,7 @@ NCCL opens bootstrap sockets of its own on the interface NCCL_SOCKET_IFNAME name
 no GPU); set NCCL_SOCKET_IFNAME=lo to keep a single-node GPU run on loopback too.
 
 Build lock. On CPU, DeepSpeed JIT-builds the deepspeed_shm_comm op (C++) in torch's extension
-directory the first time a run starts (193 s on a 2-core machine, from its .ninja_log); we announce it
+directory the first time a run starts (28 s on a quiet 2-core machine, 193 s on a busy one); we announce it
 and log how long it took. torch.utils.file_baton.FileBaton guards the build with a `lock` file: the
 builder creates it, keeps it open while it builds and removes it; everyone else polls until it is
 gone, with no message and no limit. A build that was killed leaves the file behind and every later run
@@ -73,7 +73,7 @@ def init_process_group() -> None:
     directory = build_directory() if _shm_builder() is not None else None
     first_build = directory is not None and check_build_lock(directory) != "held" and shm_op_needs_build(directory)
     if first_build:
-        logger.warning("building DeepSpeed's %s op once (minutes: 3 on a 2-core machine; later runs reuse it)", SHM_OP)
+        logger.warning("building DeepSpeed's %s op once (half a minute to 3 minutes on a 2-core machine; later runs reuse it)", SHM_OP)
     started = time.perf_counter()
     with watching_build_lock(directory):
         if not dist.is_initialized() and _single_node_store_is_ours():
