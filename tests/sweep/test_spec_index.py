@@ -21,12 +21,15 @@ def test_grid_smallest_first_with_steps_from_the_token_budget():
     assert runs[0].lr == pytest.approx(0.003239 - 0.0001395 * math.log(3e3))
 
 
-def test_compute_budget_gives_tokens_by_c_equals_6nd():
-    raw = {**BASE, "compute": [6e9], "sizes": [1e4]}
+def test_compute_budget_gives_the_tokens_at_which_the_built_shapes_flops_reach_it():
+    raw = {**BASE, "compute": [6e9], "sizes": [1e4], "model": {"head_dim": 8}}
     del raw["tokens"]
     (run, _) = SweepSpec.from_dict(raw).runs()
-    assert run.tokens == pytest.approx(1e5)  # 6e9 / (6 x 1e4)
-    assert run.steps == 130  # 1e5 / 772 = 129.5
+    # from_params(1e4, head_dim=8): 1 layer of d_model 32 (N = 12 x 32^2 = 12,288), flops_per_token =
+    # 6 x 12,288 + 6 x 1 x 193 x 32 = 110,784 (1.85 x 6N_target): D = 6e9 / 110,784 = 54,159 tokens,
+    # 70.15 steps of 772
+    assert run.tokens == pytest.approx(6e9 / 110784, rel=1e-12) and run.compute == 6e9
+    assert run.steps == 70  # C counted: 70 x 772 x 110,784 = 5.987e9, -0.22%; the old rule C = 6 N_target D gave 130 steps: 1.11e10, 1.85x the budget
 
 
 def test_run_config_is_a_trainer_config():

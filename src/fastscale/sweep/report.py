@@ -14,6 +14,8 @@ Every number comes from fastscale.fit on arrays read here from the run directori
 - The extrapolation check: L(N) fitted without the largest model, its prediction for it.
 - The gradient noise scale (tokens) logged by the trainer, per run, and B_crit(L) fitted to it.
 - The sweep's study (fastscale.sweep.studies), from each run's study.json: its own section and plots.
+- Compute: C is the trainer's count (FLOP_CONVENTION); each run's row shows 6ND beside it and, in a
+  sweep of compute budgets, its budget (fastscale.sweep.spec: the counted C lands within 1% of it).
 
 Every file is read through the sweep's checked readers (fastscale.sweep.index.read_state, and
 fastscale.io.read_metrics for the learning curves): a damaged state file stops the report with one
@@ -39,7 +41,7 @@ from fastscale.fit.units import per_item
 from fastscale.io import read_metrics, write_atomically, write_json
 
 from .index import read_state
-from .spec import study_options
+from .spec import COMPUTE_TOLERANCE, SweepSpec, study_options
 from .studies import study
 
 logger = logging.getLogger(__name__)
@@ -50,6 +52,11 @@ EARLY_FRACTION = 0.1
 SEED = 0
 MIN_RUNS = 4
 FORECAST_FRACTIONS = (0.5, 0.25, 0.1)  # default reducible losses to forecast: fractions of the largest model's
+FLOP_CONVENTION = (
+    "C is the trainer's count of training FLOPs: flops_per_token x tokens, flops_per_token = 6N + 6 n_layer n_ctx d_attn "
+    "(Kaplan et al. 2020, section 2.1: a forward pass of 2N + 2 n_layer n_ctx d_attn, the backward twice that), "
+    "N the non-embedding parameters of the shape each run built; 6ND leaves the attention term out"
+)
 
 
 def load_runs(sweep_dir) -> list[dict]:
@@ -157,7 +164,8 @@ def _build_report(sweep_dir: Path, n_bootstrap: int, forecast_reducible) -> tupl
     if len(runs) < MIN_RUNS:
         raise FitInputError(f"SWEEP_DIR={str(sweep_dir)!r}: {len(runs)} done runs; a report needs at least {MIN_RUNS} (L(N) has 3 parameters)")
     n, loss = final_losses(longest_runs(runs))
-    report = {"sweep": spec.get("name"), "tokens_per_item": tokens_per_item, "n_bootstrap": n_bootstrap, "runs": [_run_row(r) for r in runs],
+    rows = run_rows(spec, runs)
+    report = {"sweep": spec.get("name"), "tokens_per_item": tokens_per_item, "n_bootstrap": n_bootstrap, "runs": rows, "compute": compute_section(rows),
               "skipped_lines": {r["name"]: r["skipped"] for r in runs if r["skipped"]}}
     report["one_token_budget"] = len(spec.get("tokens", [])) == 1
     law = fit_power_law(n, loss, n_bootstrap=n_bootstrap, seed=SEED)
@@ -177,15 +185,38 @@ def _build_report(sweep_dir: Path, n_bootstrap: int, forecast_reducible) -> tupl
     return report, fits
 
 
-def _run_row(r: dict) -> dict:
+def compute_budgets(spec: dict) -> dict:
+    """Run name -> its compute budget in FLOPs, from the sweep file (empty under token budgets)."""
+    return {run.name: run.compute for run in SweepSpec.from_dict(spec).runs()} if "compute" in spec else {}
+
+
+def run_rows(spec: dict, runs: list[dict]) -> list[dict]:
+    """The runs table: each run's shape, counts and losses, its counted C beside 6ND, and its budget."""
+    budgets = compute_budgets(spec)
+    return [_run_row(r, budgets.get(r["name"])) for r in runs]
+
+
+def _run_row(r: dict, budget: float | None) -> dict:
     model, summary = r["config"]["model"], r["summary"]
     mfus = [m["mfu"] for m in r["metrics"] if m.get("mfu") is not None]
+    six_nd = 6.0 * r["config"]["n_params"] * summary["tokens"]
     return {
         "name": r["name"], "n_params": r["config"]["n_params"], "n_layer": model["n_layer"], "d_model": model["d_model"],
-        "n_head": model["n_head"], "tokens": summary["tokens"], "flops": summary["flops"], "final_loss": summary["final_loss"],
+        "n_head": model["n_head"], "tokens": summary["tokens"], "flops": summary["flops"], "six_nd": six_nd,
+        "flops_over_six_nd": summary["flops"] / six_nd if six_nd else None, "compute_budget": budget,
+        "flops_over_budget": summary["flops"] / budget if budget else None, "final_loss": summary["final_loss"],
         "final_eval_loss": summary["final_eval_loss"], "tokens_per_s": summary["tokens_per_s"],
         "mfu": float(np.median(mfus)) if mfus else None, "noise_scale": summary.get("noise_scale"),
     }
+
+
+def compute_section(rows: list[dict]) -> dict:
+    """The FLOP convention, the range of C / 6ND over the runs and, under compute budgets, the largest
+    relative distance of a run's counted C from its budget."""
+    ratios = [r["flops_over_six_nd"] for r in rows if r["flops_over_six_nd"] is not None]
+    to_budget = [abs(r["flops_over_budget"] - 1) for r in rows if r["flops_over_budget"] is not None]
+    return {"convention": FLOP_CONVENTION, "flops_over_six_nd": [min(ratios), max(ratios)] if ratios else None,
+            "max_budget_error": max(to_budget) if to_budget else None, "budget_tolerance": COMPUTE_TOLERANCE}
 
 
 def _extrapolation(n, loss, n_bootstrap) -> dict:
@@ -305,11 +336,23 @@ def _skipped_markdown(skipped: dict) -> list[str]:
     return [f"Skipped unreadable lines of metrics.jsonl (torn by a kill or damaged; the other records of those runs are used): {runs}.", ""]
 
 
+def _compute_markdown(compute: dict) -> list[str]:
+    text = f"Compute: {compute['convention']}."
+    if compute["flops_over_six_nd"]:
+        low, high = compute["flops_over_six_nd"]
+        text += f" Here C / 6ND = {low:.3f} to {high:.3f} (the runs table has both)."
+    if compute["max_budget_error"] is not None:
+        text += (f" Compute budgets: each run trained budget / flops_per_token tokens in whole optimizer steps; every run's C is within "
+                 f"{compute['max_budget_error']:.2%} of its budget (the sweep refuses more than {compute['budget_tolerance']:.0%}).")
+    return [text, ""]
+
+
 def _markdown(report: dict) -> str:
     law, tpi = report["L_of_N"], report["tokens_per_item"]
     lines = [f"# Scaling report: sweep `{report['sweep']}`", "",
              f"{len(report['runs'])} finished runs; intervals are 95% bootstrap ({report['n_bootstrap']} draws). Losses in nats per token"
              + (f"; per image = per token x {tpi}." if tpi else "."), "",
+             *_compute_markdown(report["compute"]),
              *_skipped_markdown(report["skipped_lines"]),
              "## L(N): final eval loss against non-embedding parameters", "",
              "Each size's runs of its largest token budget.", "", "![L(N)](L_of_N.png)", "",
@@ -365,12 +408,16 @@ def _markdown(report: dict) -> str:
         lines.append("Not logged by these runs.")
     if report.get("study"):
         lines += [""] + study(report["study"]["kind"]).markdown(report["study"])
-    lines += ["", "## Runs", "", "| run | N | n_layer | d_model | n_head | tokens | FLOPs | final loss | final eval loss | tokens/s | MFU |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "## Runs", "", "C: FLOPs as the trainer counts them (see the top); 6ND without the attention term; budget: the run's compute budget.", "",
+              "| run | N | n_layer | d_model | n_head | tokens | C (FLOPs) | 6ND | C / 6ND | C / budget | final loss | final eval loss | tokens/s | MFU |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["runs"]:
         mfu = f"{r['mfu']:.3f}" if r["mfu"] is not None else "-"
         eval_loss = f"{r['final_eval_loss']:.4f}" if r["final_eval_loss"] is not None else "-"
+        to_six_nd = f"{r['flops_over_six_nd']:.3f}" if r["flops_over_six_nd"] is not None else "-"
+        to_budget = f"{r['flops_over_budget']:.4f}" if r["flops_over_budget"] is not None else "-"
         lines.append(f"| {r['name']} | {r['n_params']:,} | {r['n_layer']} | {r['d_model']} | {r['n_head']} | {r['tokens']:,} | {r['flops']:.3g} | "
-                     f"{r['final_loss']:.4f} | {eval_loss} | {r['tokens_per_s']:.0f} | {mfu} |")
+                     f"{r['six_nd']:.3g} | {to_six_nd} | {to_budget} | {r['final_loss']:.4f} | {eval_loss} | {r['tokens_per_s']:.0f} | {mfu} |")
     return "\n".join(lines) + "\n"
 
 

@@ -6,7 +6,7 @@ A sweep file is JSON:
      "data": {"dataset": "images", "resolution": 8},   # prepared once into OUT/data, or {"path": DIR}
      "seq_len": 193, "tokens_per_item": 192,
      "sizes": [1e4, 3e4, ...],                          # target non-embedding N (GPTConfig.from_params)
-     "tokens": [6e5] or "compute": [1e13],              # budgets: D per run, or C = 6 N D per run
+     "tokens": [6e5] or "compute": [1e13],              # budgets: D per run, or C per run (FLOPs, see below)
      "seeds": [0],
      "model": {"head_dim": 32},                         # from_params options
      "lr": "kaplan" or 3e-3,                            # Kaplan et al. eq. D.1 by size, or one value
@@ -14,6 +14,14 @@ A sweep file is JSON:
      "deepspeed": {...},                                # DeepSpeed config of every run (batch sizes)
      "packing": "stream" or "documents",                # how documents fill the trainer's rows (RunConfig)
      "study": {"kind": "multimodal", ...}}              # optional: fastscale.sweep.studies, after each run
+
+One compute accounting from the budget to the report. C is what the trainer counts and records:
+GPTConfig.flops_per_token() of the shape the run builds (Kaplan et al. 2020, section 2.1: 6N + 6 n_layer
+n_ctx d_attn, N the non-embedding parameters of that shape, not the target size) times the tokens it
+trains on (steps x train_batch_size x seq_len). A compute budget gives each run the tokens at which that
+count reaches the budget, D = C / flops_per_token, in whole optimizer steps: the nearest whole number of
+steps, which moves C by at most half a step (a relative 0.5 / steps). A run that would land more than
+COMPUTE_TOLERANCE from its budget is refused before any run starts (at 50 steps or more it never does).
 """
 
 from __future__ import annotations
@@ -23,10 +31,13 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fastscale.model.config import GPTConfig
+
 from .presets import PRESETS
 
 KEYS = {"name", "description", "data", "seq_len", "tokens_per_item", "sizes", "tokens", "compute", "seeds", "model", "lr", "train", "deepspeed",
         "packing", "study"}
+COMPUTE_TOLERANCE = 0.01  # the largest relative distance of a run's counted C from its compute budget
 
 
 class SweepError(ValueError):
@@ -52,7 +63,8 @@ def kaplan_lr(n_params: float) -> float:
 
 @dataclass
 class Run:
-    """One point of the grid."""
+    """One point of the grid: tokens is the budget's D (steps round it to whole optimizer steps);
+    compute is the budget's C in FLOPs, None under a token budget."""
 
     name: str
     n_target: float
@@ -60,6 +72,7 @@ class Run:
     seed: int
     steps: int
     lr: float
+    compute: float | None = None
 
 
 @dataclass
@@ -124,20 +137,46 @@ class SweepSpec:
         _require(isinstance(batch, int) and batch >= 1, "deepspeed.train_batch_size", batch, "a positive integer (steps come from it)")
         return batch * self.seq_len
 
+    def flops_per_token(self, n_target: float) -> int:
+        """Training FLOPs per token of the shape a run of size n_target builds: GPTConfig.from_params
+        with this sweep's seq_len and model options, merged as run_config merges them (the trainer's
+        fastscale.train.launch.model_config builds the same shape). The vocabulary, which only the
+        prepared data knows, is a placeholder: flops_per_token counts no embedding, so it cannot change it."""
+        options = {"params": n_target, **self.model}
+        try:
+            shape = GPTConfig.from_params(float(options.pop("params")), 1, self.seq_len, **options)
+        except (TypeError, ValueError) as error:
+            raise SweepError(f"sweep: model={self.model!r} at size {n_target:g}: {error}") from None
+        return shape.flops_per_token()
+
     def runs(self) -> list[Run]:
         """The grid, smallest models first (the runner starts the largest first)."""
         runs = []
         for n in sorted(self.sizes):
             for budget in self.budgets:
-                tokens = budget if self.budget_kind == "tokens" else budget / (6.0 * n)  # C = 6 N D
-                steps = max(1, round(tokens / self.tokens_per_step()))
+                label = f"{self.budget_kind[0]}{budget:.3g}".replace("+", "")
+                name = f"N{n:.3g}_{label}".replace("+", "")
+                tokens, steps, compute = self._budget(name, n, budget)
                 for seed in self.seeds:
-                    label = f"{self.budget_kind[0]}{budget:.3g}".replace("+", "")
-                    runs.append(Run(f"N{n:.3g}_{label}_s{seed}".replace("+", ""), n, tokens, seed, steps,
-                                    kaplan_lr(n) if self.lr == "kaplan" else float(self.lr)))
+                    runs.append(Run(f"{name}_s{seed}", n, tokens, seed, steps, kaplan_lr(n) if self.lr == "kaplan" else float(self.lr), compute))
         names = [r.name for r in runs]
         _require(len(set(names)) == len(names), "sizes/budgets", names, "distinct runs (two grid points round to the same name)")
         return runs
+
+    def _budget(self, name: str, n_target: float, budget: float) -> tuple[float, int, float | None]:
+        """(tokens, steps, compute) of one grid point: the nearest whole number of steps to the budget's D."""
+        per_step = self.tokens_per_step()
+        if self.budget_kind == "tokens":
+            return budget, max(1, round(budget / per_step)), None
+        per_token = self.flops_per_token(n_target)
+        tokens = budget / per_token
+        steps = max(1, round(tokens / per_step))
+        counted = per_token * per_step * steps
+        _require(abs(counted / budget - 1) <= COMPUTE_TOLERANCE, f"compute (run {name})", budget,
+                 f"a budget {steps} whole steps of {per_step} tokens at {per_token:,} FLOPs/token reach within {COMPUTE_TOLERANCE:.0%} "
+                 f"(they count {counted:.4g} FLOPs, {counted / budget - 1:+.2%}); 50 steps or more always do: a budget of at least "
+                 f"{50 * per_step * per_token:.3g} FLOPs at this size, or a smaller deepspeed.train_batch_size")
+        return tokens, steps, budget
 
     def run_config(self, run: Run, data: dict) -> dict:
         """The trainer's run config (fastscale.train.RunConfig) of one grid point."""
