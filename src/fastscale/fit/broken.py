@@ -1,0 +1,302 @@
+"""Broken neural scaling laws (Caballero, Gupta, Rish and Krueger, "Broken Neural Scaling Laws", ICLR 2023, eq. 1):
+
+    y = a + b x^-c0 prod_{i=1..n} (1 + (x/d_i)^(1/f_i))^(-c_i f_i)
+
+with the paper's names: a is the limit y reaches as x grows, b the offset, c0 the slope of the first
+power-law segment (of y - a against x on a log-log plot), c_i the change of slope at break i, d_i
+where break i happens (in the units of x) and f_i > 0 its sharpness (smaller is sharper). Far from
+every break the law is a power law: y - a = b x^-c0 below the first break and, between breaks j and
+j + 1, a segment of exponent c0 + c1 + ... + cj (the decomposition of the paper's Figure 1).
+
+The local exponent follows from eq. 1 in closed form: the log of factor i is -c_i f_i softplus(z_i)
+with z_i = log(x/d_i)/f_i, so
+
+    -d log(y - a) / d log x = c0 + sum_i c_i sigmoid(log(x/d_i) / f_i),
+
+which runs from c0 (x << every d_i) to c0 + c1 + ... + cn (x >> every d_i).
+
+Fit: least squares on log y, as every law here (the authors minimize a mean squared log error too;
+their code takes log(y + 1), we take log y so a 1% miss counts the same at every scale). The law's
+permutation symmetry (breaks can be listed in any order) is removed by sorting breaks by d. Bounds,
+kept by a sin^2 change of variables so the batched L-BFGS can run unconstrained and still reach a
+bound exactly (where `fit_result` flags it): a >= 0 (a = s^2; no upper bound, so noise around the
+limit is allowed and a is not pinned to min(y)); every d_i between the SEGMENT_POINTS-th smallest and
+largest distinct x, so each segment has its own points (a break outside the data changes nothing the
+data can see, and a sharp break beside the last point would only fit that point's noise); f_i between
+half the median spacing of the distinct log x (a sharper break falls between two points, where the
+data cannot tell its sharpness) and F_MAX. Starts: breaks on a grid of the
+observed log-x range, a at fractions of min(y), a few sharpnesses, and for each the slopes b, c0, c_i
+of the sharp-break limit (f -> 0, where the log of factor i is -c_i max(0, log(x/d_i))), a linear
+least-squares problem, so every start already follows the data. All starts, then all bootstrap
+refits, run at once in the batched L-BFGS of `_optimize`.
+
+A break the data do not show is flagged, not invented: `d<i>_not_determined` when the interval of d_i
+covers more than half of the searched log-x range (or more than NOT_DETERMINED_DECADES decades), and
+`c<i>_interval_includes_zero` when the data do not exclude a break with no change of slope.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import expit
+
+from fastscale.fit._checks import as_values, enough_data, positive_int, same_length
+from fastscale.fit._optimize import batched_lbfgs, minimize_lbfgs
+from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP, resample_counts
+from fastscale.fit.results import NOT_DETERMINED_DECADES, Estimate, FitResult, fit_result
+
+log = logging.getLogger(__name__)
+
+# Largest sharpness: at f = 10 a break bends the curve over ~40 e-folds of x, beyond any data (the
+# paper's Figure 1 uses f from 0.05 to 1.4). The smallest is data-dependent (module docstring).
+F_MAX = 10.0
+SEGMENT_POINTS = 3  # distinct x on each side of a break, the one it may sit on included
+GRID_BREAKS = 10  # break locations per break on the interior of the observed log-x range
+A_START_FRACTIONS = (0.0, 0.5, 0.9, 0.99)  # of min(y)
+F_STARTS = (0.1, 0.5)
+# A d_i or f_i whose interval covers more than this share of its searched log range is not determined.
+NOT_LOCATED_SHARE = 0.5
+GRADIENT_TOL = 1e-7
+# Bootstrap refits start this far (in the unit box of the sin^2 variables) inside a bound the estimate
+# sits on: sin^2 has zero slope at its ends, so a start exactly there could never leave the bound.
+BOUND_NUDGE = 1e-4
+
+
+def parameter_names(breaks: int) -> tuple:
+    """a, b, c0, c1..cn, d1..dn, f1..fn (the order of the authors' code)."""
+    indices = range(1, breaks + 1)
+    return ("a", "b", "c0", *(f"c{i}" for i in indices), *(f"d{i}" for i in indices), *(f"f{i}" for i in indices))
+
+
+def breaks_of(params: dict) -> int:
+    return sum(1 for name in params if name.startswith("d"))
+
+
+def local_exponent(params: dict, x):
+    """-d log(y - a)/d log x = c0 + sum_i c_i sigmoid(log(x/d_i)/f_i) (module docstring)."""
+    log_x = np.log(np.asarray(x, dtype=np.float64))
+    total = params["c0"] + 0.0 * log_x
+    for i in range(1, breaks_of(params) + 1):
+        total = total + params[f"c{i}"] * expit((log_x - np.log(params[f"d{i}"])) / params[f"f{i}"])
+    return total
+
+
+@dataclass(frozen=True)
+class BrokenPowerLawFit(FitResult):
+    """params: a, b, c0, c1..cn, d1..dn, f1..fn (Caballero et al. 2023, eq. 1), breaks sorted by d."""
+
+    breaks: int
+
+    scales = ("b",)
+
+    @staticmethod
+    def _law(p, x):
+        log_x = np.log(x)
+        log_power = np.log(p["b"]) - p["c0"] * log_x
+        for i in range(1, breaks_of(p) + 1):
+            f = p[f"f{i}"]
+            log_power = log_power - p[f"c{i}"] * f * np.logaddexp(0.0, (log_x - np.log(p[f"d{i}"])) / f)
+        return p["a"] + np.exp(log_power)
+
+    def local_exponent(self, x) -> np.ndarray:
+        """The slope -d log(y - a)/d log x at x: c0 below every break, c0 + c1 + ... + cn above them."""
+        return local_exponent(self.params, x)
+
+    def local_exponent_estimate(self, x: float) -> Estimate:
+        """The local exponent at one x with its bootstrap interval."""
+        return self.estimate(lambda p: local_exponent(p, x))
+
+    def segment_exponents(self) -> tuple:
+        """Exponent of each power-law segment: c0, c0 + c1, ..., c0 + c1 + ... + cn (with intervals)."""
+        return tuple(self.estimate(lambda p, j=j: sum(p[f"c{i}"] for i in range(j + 1))) for j in range(self.breaks + 1))
+
+
+def fit_broken_power_law(
+    x, y, *, breaks: int = 1, n_bootstrap: int = DEFAULT_N_BOOTSTRAP, level: float = DEFAULT_LEVEL, seed: int = 0
+) -> BrokenPowerLawFit:
+    """Fit y = a + b x^-c0 prod_i (1 + (x/d_i)^(1/f_i))^(-c_i f_i) with `breaks` breaks (module docstring).
+
+    x: the scaled quantity (N, D, C, steps), y > 0: the metric (loss, error). Needs 3 + 3 * breaks + 1
+    distinct x. Bootstrap: `n_bootstrap` resamples of the rows, all refitted at once from the estimate.
+    """
+    x, y = as_values("x", x, positive=True), as_values("y", y, positive=True)
+    size = same_length(x=x, y=y)
+    breaks = positive_int("breaks", breaks)
+    n_params = 3 + 3 * breaks
+    law = f"broken power law ({breaks} break{'s' * (breaks > 1)})"
+    enough_data(law, n_params, n_params + 1, x=x)
+    space = _Space(np.log(x), breaks)
+    log_y = np.log(y)
+    theta, objective, converged, n_starts = _fit(space, log_y, y)
+    counts = resample_counts(size, positive_int("n_bootstrap", n_bootstrap, minimum=0), seed)
+    draws, failed = _bootstrap(space, log_y, theta, counts)
+    names = parameter_names(breaks)
+    params = {name: float(v) for name, v in zip(names, space.params(theta[None])[0])}
+    samples = space.params(draws)
+    bounds = {"a": (0.0, None), **{f"d{i}": space.d_bounds for i in range(1, breaks + 1)}, **{f"f{i}": space.f_bounds for i in range(1, breaks + 1)}}
+    log.info("%s: %d starts, objective %.10g", law, n_starts, objective)
+    return fit_result(
+        BrokenPowerLawFit,
+        law="broken",
+        params=params,
+        samples=samples,
+        level=level,
+        converged=converged,
+        failed_refits=failed,
+        bounds=bounds,
+        flags=_break_flags(params, samples, space, level),
+        residual_order=x,
+        residuals=log_y - np.log(BrokenPowerLawFit._law(params, x)),
+        objective=objective,
+        n_points=size,
+        breaks=breaks,
+    )
+
+
+class _Space:
+    """The unconstrained variables theta = (s, k, c0, c_1..n, t_1..n, q_1..n) the optimizer sees:
+    a = s^2, log b = k + c0 * centre, log d_i = lo + (hi - lo) sin^2(t_i), log f_i = log f_min +
+    log(F_MAX/f_min) sin^2(q_i), with log x centred (u = log x - centre) so k and c0 are nearly
+    uncorrelated."""
+
+    def __init__(self, log_x: np.ndarray, breaks: int):
+        self.breaks = breaks
+        self.centre = float(log_x.mean())
+        self.u = log_x - self.centre
+        distinct = np.unique(log_x)
+        self.lo, self.hi = distinct[SEGMENT_POINTS - 1] - self.centre, distinct[-SEGMENT_POINTS] - self.centre
+        self.d_bounds = (float(np.exp(distinct[SEGMENT_POINTS - 1])), float(np.exp(distinct[-SEGMENT_POINTS])))
+        self.f_bounds = (float(np.median(np.diff(distinct))) / 2, F_MAX)
+        self.f_span = np.log(F_MAX / self.f_bounds[0])
+
+    def unpack(self, theta):
+        n = self.breaks
+        s, k, c0 = theta[:, 0], theta[:, 1], theta[:, 2]
+        c, t, q = theta[:, 3 : 3 + n], theta[:, 3 + n : 3 + 2 * n], theta[:, 3 + 2 * n :]
+        log_d = self.lo + (self.hi - self.lo) * np.sin(t) ** 2  # centred
+        f = self.f_bounds[0] * np.exp(self.f_span * np.sin(q) ** 2)
+        return s, k, c0, c, t, q, log_d, f
+
+    def pack(self, a, k, c0, c, log_d, f):
+        """theta from natural values (log_d centred); breaks [S, n]."""
+        box_d = np.clip((log_d - self.lo) / (self.hi - self.lo), 0.0, 1.0)
+        box_f = np.clip(np.log(np.asarray(f) / self.f_bounds[0]) / self.f_span, 0.0, 1.0)
+        columns = [np.sqrt(np.maximum(a, 0.0))[:, None], k[:, None], c0[:, None], c, np.arcsin(np.sqrt(box_d)), np.arcsin(np.sqrt(box_f))]
+        return np.concatenate(columns, axis=1)
+
+    def params(self, theta) -> np.ndarray:
+        """[S, P] parameter rows in `parameter_names` order, breaks sorted by d."""
+        s, k, c0, c, _, _, log_d, f = self.unpack(np.asarray(theta, dtype=np.float64).reshape(-1, 3 + 3 * self.breaks))
+        order = np.argsort(log_d, axis=1)
+        c, log_d, f = (np.take_along_axis(v, order, axis=1) for v in (c, log_d, f))
+        with np.errstate(over="ignore"):  # b out of double range is flagged by fit_result
+            b = np.exp(k + c0 * self.centre)
+        return np.column_stack([s**2, b, c0, c, np.exp(log_d + self.centre), f])
+
+    def nudged(self, theta):
+        """theta moved BOUND_NUDGE inside any sin^2 bound and off s = 0 (see BOUND_NUDGE)."""
+        theta = theta.copy()
+        n = self.breaks
+        box = np.clip(np.sin(theta[3 + n :]) ** 2, BOUND_NUDGE, 1 - BOUND_NUDGE)
+        theta[3 + n :] = np.arcsin(np.sqrt(box))
+        theta[0] = max(abs(theta[0]), BOUND_NUDGE)
+        return theta
+
+    def objective(self, log_y, weights=None):
+        """Batched f(theta [S, P], rows) -> (0.5 * weighted mean squared log residual [S], gradient [S, P]).
+
+        weights: None (all ones) or [R, n] bootstrap counts indexed by `rows`."""
+        u = self.u
+
+        def value_and_gradient(theta, rows):
+            s, k, c0, c, t, q, log_d, f = self.unpack(theta)
+            z = (u[None, None, :] - log_d[:, :, None]) / f[:, :, None]  # [S, n_breaks, n_points]
+            soft = np.logaddexp(0.0, z)
+            power = np.exp(k[:, None] - c0[:, None] * u - np.einsum("sb,sbn->sn", c * f, soft))
+            pred = s[:, None] ** 2 + power
+            w = np.ones_like(pred) if weights is None else weights[rows]
+            total = w.sum(axis=1)
+            r = log_y - np.log(pred)
+            value = 0.5 * np.sum(w * r * r, axis=1) / total
+            g = -(w * r) / total[:, None]  # d value / d log pred
+            g_power = g * power / pred
+            sig = expit(z)
+            grad_d = np.einsum("sb,sbn,sn->sb", c, sig, g_power)  # d / d log d_i
+            grad_f = -np.einsum("sb,sbn,sn->sb", c, soft - z * sig, g_power)  # d / d f_i
+            gradient = np.column_stack([
+                2 * s * np.sum(g / pred, axis=1),
+                g_power.sum(axis=1),
+                -(g_power @ u),
+                -np.einsum("sb,sbn,sn->sb", f, soft, g_power),
+                grad_d * (self.hi - self.lo) * np.sin(2 * t),
+                grad_f * f * self.f_span * np.sin(2 * q),
+            ])
+            return value, gradient
+
+        return value_and_gradient
+
+    def starts(self, log_y, y) -> np.ndarray:
+        """Breaks on the grid x fractions of min(y) for a x sharpnesses, slopes from the sharp-break limit."""
+        grid = np.linspace(self.lo, self.hi, GRID_BREAKS + 2)[1:-1]
+        rows = []
+        for fraction in A_START_FRACTIONS:
+            a = fraction * float(y.min())
+            target = np.log(y - a)
+            for locations in itertools.combinations(grid, self.breaks):
+                hinges = [-np.maximum(0.0, self.u - d) for d in locations]
+                design = np.column_stack([np.ones_like(self.u), -self.u, *hinges])
+                (k, c0, *c), *_ = np.linalg.lstsq(design, target, rcond=None)
+                rows += [(a, k, c0, c, locations, f) for f in F_STARTS]
+        a, k, c0, c, d, f = (np.array(column, dtype=np.float64) for column in zip(*rows))
+        return self.pack(a, k, c0, c.reshape(len(rows), -1), d.reshape(len(rows), -1), np.full((len(rows), self.breaks), 1.0) * f[:, None])
+
+
+def _fit(space: _Space, log_y, y):
+    """Best of the batched multi-start run, polished by scipy's L-BFGS-B."""
+    starts = space.starts(log_y, y)
+    batched = space.objective(log_y)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        batch = batched_lbfgs(batched, starts, max_iter=2000)
+        best = int(np.argmin(np.where(np.isfinite(batch.f), batch.f, np.inf)))
+        single = lambda t: tuple(v[0] for v in batched(t[None], np.zeros(1, dtype=int)))  # noqa: E731
+        polished = minimize_lbfgs(single, batch.x[best])
+    theta = polished.x if polished.fun <= batch.f[best] else batch.x[best]
+    objective, gradient = single(theta)
+    converged = bool(polished.success) or float(np.abs(gradient).max()) <= GRADIENT_TOL
+    return theta, float(objective), converged, len(starts)
+
+
+def _bootstrap(space: _Space, log_y, theta, counts):
+    if len(counts) == 0:
+        return np.zeros((0, len(theta))), 0
+    start = np.repeat(space.nudged(theta)[None], len(counts), axis=0)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        batch = batched_lbfgs(space.objective(log_y, counts.astype(np.float64)), start, max_iter=2000)
+    return batch.x[batch.converged], int(np.sum(~batch.converged))
+
+
+def _break_flags(params, samples, space: _Space, level) -> list:
+    """A break the data do not locate or shape, or whose change of slope may be zero (module docstring)."""
+    if len(samples) == 0:
+        return []
+    names = list(params)
+    tail = 50 * (1 - level)
+    searched = {"d": (space.hi - space.lo, "locate"), "f": (space.f_span, "tell the sharpness of")}
+    flags = []
+    for i in range(1, space.breaks + 1):
+        for kind, (width, verb) in searched.items():
+            low, high = np.nanpercentile(samples[:, names.index(f"{kind}{i}")], [tail, 100 - tail])
+            span = np.log(high / low)
+            if span > NOT_LOCATED_SHARE * width or span > NOT_DETERMINED_DECADES * np.log(10):
+                flags.append(
+                    f"{kind}{i}_not_determined: its {level:.0%} interval [{low:.3g}, {high:.3g}] covers {span / width:.0%} "
+                    f"of the log range searched: the data do not {verb} break {i}"
+                )
+        low, high = np.nanpercentile(samples[:, names.index(f"c{i}")], [tail, 100 - tail])
+        if low <= 0 <= high:
+            flags.append(f"c{i}_interval_includes_zero: [{low:.3g}, {high:.3g}]: the data do not show that the slope changes at break {i}")
+    return flags
