@@ -173,8 +173,8 @@ class SweepSpec:
         steps = max(1, round(tokens / per_step))
         counted = per_token * per_step * steps
         _require(abs(counted / budget - 1) <= COMPUTE_TOLERANCE, f"compute (run {name})", budget,
-                 f"a budget {steps} whole steps of {per_step} tokens at {per_token:,} FLOPs/token reach within {COMPUTE_TOLERANCE:.0%} "
-                 f"(they count {counted:.4g} FLOPs, {counted / budget - 1:+.2%}); 50 steps or more always do: a budget of at least "
+                 f"a budget whole optimizer steps reach within {COMPUTE_TOLERANCE:.0%}: the nearest, {steps} step(s) of {per_step} tokens at "
+                 f"{per_token:,} FLOPs/token, count {counted:.4g} FLOPs ({counted / budget - 1:+.2%}); 50 steps always do: a budget of at least "
                  f"{50 * per_step * per_token:.3g} FLOPs at this size, or a smaller deepspeed.train_batch_size")
         return tokens, steps, budget
 
