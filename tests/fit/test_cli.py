@@ -232,3 +232,116 @@ def test_torn_metrics_lines_are_reported_and_every_record_kept(capsys, tmp_path)
     report = json.loads(out)
     assert report["n_points"] == 6  # noise scales logged at steps 0, 20, ..., 100: none lost around the torn lines
     assert report["params"]["alpha_B"] == pytest.approx(0.21, rel=1e-6)
+
+
+def write_sizes_csv(path, seed):
+    """Chinchilla-like rows over 5 sizes x 4 token counts, a text column, and one row with no N."""
+    rng = np.random.default_rng(seed)
+    n, d = (a.ravel() for a in np.meshgrid(np.geomspace(1e7, 1e9, 5), np.geomspace(1e9, 1e11, 4)))
+    loss = (1.69 + 406.4 / n**0.34 + 410.7 / d**0.28) * np.exp(rng.normal(0, 0.003, n.size))
+    tags = rng.choice(["a", "b", "c"], n.size)
+    lines = [f"{a:g},{b:g},{c:.17g},{t}\n" for a, b, c, t in zip(n, d, loss, tags)]
+    path.write_text("N,D,loss,tag\n" + "".join(lines) + ",1e10,3.0,a\n")
+    return path, n, d, loss, tags
+
+
+@pytest.mark.parametrize("expression, keep", [
+    ("N<1e9", lambda n, tag: n < 1e9),
+    ("N <= 1e8", lambda n, tag: n <= 1e8),
+    ("N>3.2e7", lambda n, tag: n > 3.2e7),
+    ("N>=1e8", lambda n, tag: n >= 1e8),
+    ("N!=1e8", lambda n, tag: n != 1e8),
+    ("N=1e8", lambda n, tag: n == 1e8),
+    ("tag!=b", lambda n, tag: tag != "b"),
+    ("tag<b", lambda n, tag: tag < "b"),
+    ("tag>=b", lambda n, tag: tag >= "b"),
+])
+def test_where_operators_select_the_rows_python_selects(tmp_path, expression, keep):
+    from fastscale.fit.command import select_rows
+    from fastscale.fit.io import read_table
+
+    path, *_ = write_sizes_csv(tmp_path / "runs.csv", seed=1)
+    table = read_table(path)
+    rows = select_rows(table, [expression])
+    expected = [i for i, (n, tag) in enumerate(zip(table["N"], table["tag"])) if keep(float(n), str(tag))]
+    assert list(rows.origin) == [f"{path} line {i + 2}" for i in expected]
+    if expression.startswith("N"):  # the row with no N (nan) satisfies only !=
+        assert ("!=" in expression) == (f"{path} line 22" in rows.origin)
+
+
+def test_where_conditions_all_hold_and_exclude_the_largest_model(capsys, tmp_path):
+    path, n, d, loss, tags = write_sizes_csv(tmp_path / "runs.csv", seed=2)
+    code, out, err = run_cli(
+        capsys, path, "--law", "chinchilla", "--N", "N", "--D", "D", "--loss", "loss", "--where", "N<1e9", "--where", "tag != c",
+        "--bootstrap", "0", "--json",
+    )
+    assert code == 0, err
+    kept = (n < 1e9) & (tags != "c")
+    subset = tmp_path / "subset.csv"
+    subset.write_text("N,D,loss\n" + "".join(f"{a:g},{b:g},{c:.17g}\n" for a, b, c in zip(n[kept], d[kept], loss[kept])))
+    code, expected, err = run_cli(capsys, subset, "--law", "chinchilla", "--N", "N", "--D", "D", "--loss", "loss", "--bootstrap", "0", "--json")
+    assert code == 0, err
+    report, reference = json.loads(out), json.loads(expected)
+    assert report["n_points"] == kept.sum() < 20
+    assert report["params"] == reference["params"]
+
+
+@pytest.mark.parametrize("expression, message", [
+    ("N", "--where 'N': expected COL OP VALUE with OP one of = != < <= > >="),
+    ("<1e9", "--where '<1e9': expected COL OP VALUE"),
+    ("size<1e9", "--where 'size<1e9': no column 'size' in DATA; columns are ['D', 'N', 'loss', 'tag']"),
+    ("N<=big", "--where 'N<=big': column 'N' holds numbers, got 'big'"),
+    ("N>1e12", "--where N>1e12: no row matches"),
+])
+def test_where_errors_name_the_expression(capsys, tmp_path, expression, message):
+    path, *_ = write_sizes_csv(tmp_path / "runs.csv", seed=3)
+    code, out, err = run_cli(capsys, path, "--law", "chinchilla", "--N", "N", "--D", "D", "--loss", "loss", "--where", expression, "--bootstrap", "0")
+    assert (code, out) == (2, "")
+    assert err.startswith(f"fastscale fit: error: {message}") and err.count("\n") == 1
+
+
+def test_frontier_holdout_largest_predicts_where_the_held_out_runs_lead(capsys, tmp_path):
+    sizes = np.geomspace(1e4, 1e7, 7)
+    for i, n in enumerate(sizes):
+        write_run(tmp_path / "sweep" / f"run{i}", float(n))
+    code, out, err = run_cli(
+        capsys, tmp_path / "sweep", "--law", "frontier", "--N", "n_params", "--C", "flops", "--loss", "loss",
+        "--bootstrap", "20", "--holdout-largest", "2", "--json",
+    )
+    assert code == 0, err
+    holdout = json.loads(out)["holdout"]
+    assert "(run5, run6)" in holdout["held_out"]
+    assert {row["run"] for row in holdout["rows"]} <= {"run5", "run6"} and len(holdout["rows"]) > 0
+    assert holdout["mean_abs_rel_error"] == pytest.approx(np.mean([abs(r["rel_error"]) for r in holdout["rows"]]))
+    for row in holdout["rows"]:
+        assert row["rel_error"] == pytest.approx(row["predicted"] / row["observed"] - 1)
+        assert row["low"] <= row["predicted"] <= row["high"]
+    assert {"L_inf", "x0", "alpha", "a", "C0"} == set(holdout["fit_params"])
+    code, out, _ = run_cli(
+        capsys, tmp_path / "sweep", "--law", "frontier", "--N", "n_params", "--C", "flops", "--loss", "loss", "--bootstrap", "0", "--holdout-largest", "2"
+    )
+    assert code == 0 and "holdout: mean |relative error| on the runs of the 2 largest N (run5, run6)" in out
+
+
+def test_isoflop_holdout_largest_holds_out_the_largest_budgets(capsys, tmp_path):
+    rng = np.random.default_rng(5)
+    budgets = np.geomspace(1e18, 1e21, 6)
+    rows = []
+    for c in budgets:
+        for n in np.geomspace(1e7, 1e10, 13):
+            loss = (1.69 + 406.4 / n**0.34 + 410.7 / (c / (6 * n)) ** 0.28) * np.exp(rng.normal(0, 1e-4))
+            rows.append(f"{n:g},{c:g},{loss:.17g}\n")
+    path = tmp_path / "isoflop.csv"
+    path.write_text("N,C,loss\n" + "".join(rows))
+    code, out, err = run_cli(capsys, path, "--law", "isoflop", "--N", "N", "--C", "C", "--loss", "loss", "--bootstrap", "0", "--holdout-largest", "2", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    minima = {m["C"]: m["N_opt"] for m in report["minima"]}
+    holdout = report["holdout"]
+    assert [row["C"] for row in holdout["rows"]] == pytest.approx(sorted(minima)[-1:-3:-1])
+    assert [row["observed"] for row in holdout["rows"]] == pytest.approx([minima[row["C"]] for row in holdout["rows"]])
+    from fastscale.fit import fit_allocation
+
+    small = sorted(minima)[:-2]
+    reference = fit_allocation(small, [minima[c] for c in small], n_bootstrap=0)
+    assert [row["predicted"] for row in holdout["rows"]] == pytest.approx(reference.predict(np.array([row["C"] for row in holdout["rows"]])))

@@ -61,3 +61,50 @@ def test_per_image_8x8_row_of_table3_is_ten_times_off():
     per_image = units.per_item({"L_inf": 3.13, "x0": 1.8e-8, "alpha": 0.19}, 192)
     assert per_image["L_inf"] == pytest.approx(602, rel=0.01)
     assert per_image["x0"] == pytest.approx(1.9e4, rel=0.05)
+
+
+def learning_curves(sizes, rng, bad_largest=False):
+    """One learning curve per size, L = (1e4/N)^0.3 + (2e5/tokens)^0.6 with 0.5% noise (rows: run, N, C, loss).
+    bad_largest: the largest run stops inside the others' compute range, with a loss 5 nats too high."""
+    run, n, c, loss = [], [], [], []
+    for i, size in enumerate(sizes):
+        bad = bad_largest and size == sizes[-1]
+        tokens = np.geomspace(4e3, 4e4 if bad else 4e5, 25)
+        curve = ((1e4 / size) ** 0.3 + (2e5 / tokens) ** 0.6) * np.exp(rng.normal(0, 0.005, tokens.size)) + 5.0 * bad
+        run += [f"run{i}"] * tokens.size
+        n += [size] * tokens.size
+        c += list(6 * size * tokens)
+        loss += list(curve)
+    return np.array(run), np.array(n), np.array(c), np.array(loss)
+
+
+def test_frontier_holdout_compares_the_kept_runs_law_with_the_held_out_runs_curves():
+    from fastscale.fit import fit_frontier, holdout_largest_runs
+
+    run, n, c, loss = learning_curves(np.geomspace(1e4, 1e7, 7), np.random.default_rng(11))
+    check = holdout_largest_runs(run, n, c, loss, 2, n_bootstrap=30)
+    assert list(check.held_out_runs) == ["run5", "run6"]
+    assert len(check.compute) > 0 and set(check.run) <= {"run5", "run6"}
+    for name, compute, observed in zip(check.run, check.compute, check.observed):
+        rows = run == name
+        own = np.exp(np.interp(np.log(compute), np.log(c[rows]), np.log(loss[rows])))
+        assert observed == pytest.approx(own, rel=1e-12)  # the frontier there is the held-out run's curve
+        for other in np.unique(run):
+            other_rows = run == other
+            if c[other_rows].min() <= compute <= c[other_rows].max():
+                assert observed <= np.exp(np.interp(np.log(compute), np.log(c[other_rows]), np.log(loss[other_rows]))) * (1 + 1e-12)
+    kept = ~np.isin(run, ["run5", "run6"])
+    reference = fit_frontier(run[kept], n[kept], c[kept], loss[kept], n_bootstrap=0)
+    assert np.allclose(check.predicted, reference.loss_fit.predict(check.compute), rtol=1e-9)
+    assert np.allclose(check.relative_error, check.predicted / check.observed - 1)
+    assert np.all(check.low <= check.predicted) and np.all(check.predicted <= check.high)
+
+
+def test_frontier_holdout_refuses_runs_that_never_reach_the_frontier():
+    from fastscale.fit import holdout_largest_runs
+
+    run, n, c, loss = learning_curves(np.geomspace(1e4, 1e7, 6), np.random.default_rng(12), bad_largest=True)
+    with pytest.raises(FitInputError, match=r"holdout_largest=1: the held-out runs \['run5'\] never reach the frontier of all runs"):
+        holdout_largest_runs(run, n, c, loss, 1, n_bootstrap=0)
+    with pytest.raises(FitInputError, match="holdout_largest=6: expected fewer than the 6 distinct model sizes"):
+        holdout_largest_runs(run, n, c, loss, 6, n_bootstrap=0)

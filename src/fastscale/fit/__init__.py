@@ -13,7 +13,7 @@ from fastscale.fit.allocation import AllocationFit, IsoFlopMinima, fit_allocatio
 from fastscale.fit.chinchilla import ChinchillaFit, chinchilla_grid, compute_optimal_allocation, fit_chinchilla
 from fastscale.fit.critical_batch import CriticalBatchFit, CriticalBatchLossFit, fit_critical_batch, fit_critical_batch_vs_loss
 from fastscale.fit.frontier import Frontier, FrontierFit, compute_frontier, fit_frontier
-from fastscale.fit.holdout import HoldoutCheck, holdout_largest
+from fastscale.fit.holdout import FrontierHoldoutCheck, HoldoutCheck, holdout_largest, holdout_largest_runs
 from fastscale.fit.kaplan import (
     KaplanNDFit,
     KaplanNSFit,
@@ -37,6 +37,7 @@ __all__ = [
     "FitResult",
     "Frontier",
     "FrontierFit",
+    "FrontierHoldoutCheck",
     "HoldoutCheck",
     "IsoFlopMinima",
     "KaplanNDFit",
@@ -57,6 +58,7 @@ __all__ = [
     "fit_kaplan_ns",
     "fit_power_law",
     "holdout_largest",
+    "holdout_largest_runs",
     "minimum_compute",
     "minimum_steps",
 ]

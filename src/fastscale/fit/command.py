@@ -7,6 +7,7 @@ and where asked `holdout` and `forecast`. The table output prints the same repor
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 import numpy as np
@@ -18,7 +19,7 @@ from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP
 from fastscale.fit.chinchilla import fit_chinchilla
 from fastscale.fit.critical_batch import fit_critical_batch, fit_critical_batch_vs_loss
 from fastscale.fit.frontier import fit_frontier
-from fastscale.fit.holdout import holdout_largest
+from fastscale.fit.holdout import holdout_largest, holdout_largest_runs
 from fastscale.fit.io import Table, column, drop_highest_loss, read_table
 from fastscale.fit.kaplan import fit_kaplan_nd
 from fastscale.fit.power import fit_power_law
@@ -54,10 +55,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         ("--noise-scale", "column of gradient noise scales (critical-batch)"),
     ):
         parser.add_argument(name, metavar="COL", help=text)
-    parser.add_argument("--where", action="append", default=[], metavar="COL=VALUE", help="keep only rows where COL equals VALUE (repeatable)")
+    parser.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="EXPR",
+        help="keep only rows where EXPR = COL OP VALUE holds, OP one of = != < <= > >= (repeatable: all must hold; "
+        "numbers compared as numbers, text as text), e.g. --where 'N<1e9' --where 'config!=old'",
+    )
     parser.add_argument("--pure", action="store_true", help="power, frontier: fit the pure power law (L_inf = 0)")
     parser.add_argument("--drop-top-loss", type=int, default=0, metavar="K", help="drop the K highest-loss rows (Epoch's protocol)")
-    parser.add_argument("--holdout-largest", type=int, default=0, metavar="K", help="fit without the K rows of largest N (or x), report the error on them")
+    parser.add_argument(
+        "--holdout-largest",
+        type=int,
+        default=0,
+        metavar="K",
+        help="fit without the K rows of largest N (or x) and report the error of predicting them; isoflop: the K largest "
+        "budgets; frontier: the runs of the K largest N, compared where they reach the frontier of all runs",
+    )
     parser.add_argument("--forecast-loss", type=float, metavar="L", help="report which x (N, C) reaches loss L")
     parser.add_argument("--forecast-reducible", type=float, metavar="EPS", help="power, frontier: which x brings the reducible loss down to EPS")
     parser.add_argument("--tokens-per-item", type=float, metavar="T", help="power, frontier: also state the law in nats per item (image, document) of T tokens")
@@ -113,23 +128,38 @@ def _in_columns(error: FitInputError, args) -> str:
     return f"--{option.replace('_', '-')} {getattr(args, option)!r}{derived}: {error}"
 
 
+WHERE_OPERATORS = {"!=": np.not_equal, "<=": np.less_equal, ">=": np.greater_equal, "=": np.equal, "<": np.less, ">": np.greater}
+# Two-character operators first, so "N<=1e9" is not read as column "N" < "=1e9".
+WHERE_PATTERN = re.compile(r"^(?P<name>[^!<>=]+?)\s*(?P<op>!=|<=|>=|=|<|>)\s*(?P<value>.*)$", re.DOTALL)
+
+
 def select_rows(table: Table, conditions: list) -> Table:
-    """Rows where every COL=VALUE holds (numbers compared as numbers, text as text)."""
+    """Rows where every COL OP VALUE holds (OP one of = != < <= > >=). A column of numbers is compared
+    with VALUE as a number, a column of text with VALUE as text (lexicographically for < and >)."""
     keep = np.ones(len(next(iter(table.values()))), dtype=bool)
     for condition in conditions:
-        name, sep, value = condition.partition("=")
-        if not sep:
-            raise FitInputError(f"--where {condition!r}: expected COL=VALUE")
-        if name not in table:
-            raise FitInputError(f"--where {name!r}: no such column in DATA; columns are {sorted(table)}")
-        values = table[name]
-        try:
-            keep &= values == (float(value) if values.dtype.kind == "f" else value)
-        except ValueError:
-            raise FitInputError(f"--where {condition!r}: column {name!r} holds numbers, got {value!r}") from None
+        keep &= _where_mask(table, condition)
     if conditions and not keep.any():
         raise FitInputError(f"--where {' '.join(conditions)}: no row matches")
     return table.rows(keep)
+
+
+def _where_mask(table: Table, condition: str) -> np.ndarray:
+    match = WHERE_PATTERN.match(condition.strip())
+    if not match:
+        raise FitInputError(f"--where {condition!r}: expected COL OP VALUE with OP one of = != < <= > >=")
+    name, op, value = match.group("name").strip(), match.group("op"), match.group("value").strip()
+    if name not in table:
+        raise FitInputError(f"--where {condition!r}: no column {name!r} in DATA; columns are {sorted(table)}")
+    values = table[name]
+    if values.dtype.kind != "f":
+        return WHERE_OPERATORS[op](values, value)
+    try:
+        number = float(value)
+    except ValueError:
+        raise FitInputError(f"--where {condition!r}: column {name!r} holds numbers, got {value!r}") from None
+    with np.errstate(invalid="ignore"):
+        return WHERE_OPERATORS[op](values, number)
 
 
 def _options(args):
@@ -171,7 +201,7 @@ def run_power(args, table):
     report = _fit_report(fit)
     if args.holdout_largest:
         check = holdout_largest(fit_power_law, (x[keep],), y[keep], args.holdout_largest, irreducible=not args.pure, **_options(args))
-        report["holdout"] = _holdout_report(check, (args.x,), keep)
+        report["holdout"] = _holdout_report(check, (args.x,), keep, f"--x {args.x!r}")
     report.update(_power_readings(args, fit, args.x))
     _maybe_plot(args, lambda plots: plots.plot_law(fit, x[keep], y[keep], args.plot, xlabel=args.x, ylabel=args.y))
     return report
@@ -205,7 +235,7 @@ def run_allocation(args, table):
         if weights is not None:
             raise FitInputError("--holdout-largest with --sigma is not supported (the weights would need the same split)")
         check = holdout_largest(fit_allocation, (c[keep],), n[keep], args.holdout_largest, **_options(args))
-        report["holdout"] = _holdout_report(check, (args.x,), keep)
+        report["holdout"] = _holdout_report(check, (args.x,), keep, f"--x {args.x!r}")
     _maybe_plot(args, lambda plots: plots.plot_law(fit, c[keep], n[keep], args.plot, xlabel=args.x, ylabel=args.y))
     return report
 
@@ -221,7 +251,7 @@ def run_two_variable(fit_function):
         report = _fit_report(fit)
         if args.holdout_largest:
             check = holdout_largest(fit_function, (n[keep], d[keep]), loss[keep], args.holdout_largest, **_options(args))
-            report["holdout"] = _holdout_report(check, ("N", "D"), keep)
+            report["holdout"] = _holdout_report(check, ("N", "D"), keep, "N")
         if args.forecast_loss is not None:
             if not hasattr(fit, "compute_for_loss"):
                 raise FitInputError(f"--forecast-loss: --law {args.law} has no compute-optimal path to forecast along")
@@ -234,7 +264,7 @@ def run_two_variable(fit_function):
 
 def run_isoflop(args, table):
     _need(args, "N", "C", "loss")
-    _refuse(args, "--holdout-largest", "--forecast-loss", "--forecast-reducible", "--tokens-per-item", "--pure")
+    _refuse(args, "--forecast-loss", "--forecast-reducible", "--tokens-per-item", "--pure")
     n, c = column(table, args.N, option="--N"), column(table, args.C, option="--C")
     loss = column(table, args.loss, option="--loss")
     keep = _rows(args, loss)
@@ -242,13 +272,17 @@ def run_isoflop(args, table):
     report = _fit_report(minima.allocation)
     report["minima"] = [{"C": c_, "N_opt": n_, "loss": l_} for c_, n_, l_ in zip(minima.compute, minima.n_opt, minima.loss_opt)]
     report["skipped_budgets"] = {str(k): v for k, v in minima.skipped.items()}
+    if args.holdout_largest:
+        # Each budget's minimum is found from its own rows alone, so fitting N_opt(C) without the largest
+        # budgets' minima is fitting the law without those budgets.
+        check = holdout_largest(fit_allocation, (minima.compute,), minima.n_opt, args.holdout_largest, **_options(args))
+        report["holdout"] = _holdout_report(check, ("C",), None, "C (budgets with an interior minimum)")
     _maybe_plot(args, lambda plots: plots.plot_law(minima.allocation, minima.compute, minima.n_opt, args.plot, xlabel="C", ylabel="N_opt"))
     return report
 
 
 def run_frontier(args, table):
     _need(args, "N", "C", "loss")
-    _refuse(args, "--holdout-largest")
     runs = table.get(args.run or "run")
     if runs is None:
         raise FitInputError(f"--run {args.run or 'run'!r}: no such column in DATA; columns are {sorted(table)}")
@@ -268,6 +302,10 @@ def run_frontier(args, table):
         "frontier_runs": [{"run": str(r), "C": cc, "N": nn} for r, cc, nn in zip(np.unique(fit.frontier.run), fit.optimal_compute, fit.optimal_n_params)],
         "max_log_above_frontier": fit.max_above_frontier,
     }
+    if args.holdout_largest:
+        options = {**_options(args), "irreducible": not args.pure}
+        check = holdout_largest_runs(runs[keep], n[keep], c[keep], loss[keep], args.holdout_largest, **options)
+        report["holdout"] = _frontier_holdout_report(check, args.holdout_largest)
     report.update(_power_readings(args, fit.loss_fit, "C"))
     _maybe_plot(args, lambda plots: plots.plot_frontier(fit, runs[keep], c[keep], loss[keep], args.plot))
     return report
@@ -338,22 +376,37 @@ def _fit_report(fit) -> dict:
     }
 
 
-def _holdout_report(check, names, kept) -> dict:
-    """kept: the row mask the fit saw, so held-out rows are numbered as in DATA (0-based, header excluded)."""
-    data_rows = np.flatnonzero(kept)
+def _holdout_report(check, names, kept, largest: str) -> dict:
+    """kept: the row mask the fit saw, so held-out rows are numbered as in DATA (0-based, header
+    excluded); None when the fitted points are not DATA rows (IsoFLOP minima)."""
     rows = []
-    for i, row in enumerate(data_rows[check.held_out]):
+    for i in range(len(check.held_out)):
+        number = {} if kept is None else {"row": int(np.flatnonzero(kept)[check.held_out[i]])}
         inputs = {name: float(values[i]) for name, values in zip(names, check.inputs)}
-        rows.append(
-            {"row": int(row), **inputs, "observed": check.observed[i], "predicted": check.predicted[i],
-             "low": check.low[i], "high": check.high[i], "rel_error": check.relative_error[i]}
-        )
+        rows.append({**number, **inputs, **_prediction(check, i)})
     return {
+        "held_out": f"the {len(rows)} point{'s' * (len(rows) != 1)} of largest {largest}",
         "mean_abs_rel_error": check.mean_abs_rel_error,
         "fit_params": {k: float(v) for k, v in check.fit.params.items()},
         "flags": list(check.fit.flags),
         "rows": rows,
     }
+
+
+def _frontier_holdout_report(check, k: int) -> dict:
+    fit = check.fit
+    runs = ", ".join(map(str, check.held_out_runs))
+    return {
+        "held_out": f"the runs of the {k} largest N ({runs}): the {len(check.compute)} points where they attain the frontier of all runs",
+        "mean_abs_rel_error": check.mean_abs_rel_error,
+        "fit_params": {k: float(v) for k, v in {**fit.loss_fit.params, **fit.allocation.params}.items()},
+        "flags": list(fit.flags),
+        "rows": [{"run": str(check.run[i]), "C": float(check.compute[i]), **_prediction(check, i)} for i in range(len(check.compute))],
+    }
+
+
+def _prediction(check, i: int) -> dict:
+    return {"observed": check.observed[i], "predicted": check.predicted[i], "low": check.low[i], "high": check.high[i], "rel_error": check.relative_error[i]}
 
 
 def _estimate(estimate) -> dict:
@@ -371,6 +424,16 @@ def _plain(value):
     return value
 
 
+MAX_TABLE_ROWS = 12
+
+
+def _row_label(row: dict) -> str:
+    """A held-out point as the table names it: its DATA row, or its run and compute, or its budget."""
+    if "row" in row:
+        return f"row {row['row']:>5}"
+    return f"{row['run']} at C={row['C']:.4g}" if "run" in row else f"C={row['C']:.4g}"
+
+
 def format_table(report: dict) -> str:
     lines = [f"law: {report['law']}    data: {report['data']}"]
     if "n_points" in report:
@@ -386,9 +449,11 @@ def format_table(report: dict) -> str:
         lines.append(f"skipped {report['skipped_rows']['count']} rows: {report['skipped_rows']['reason']}")
     if "holdout" in report:
         holdout = report["holdout"]
-        lines.append(f"holdout: mean |relative error| on the {len(holdout['rows'])} largest = {holdout['mean_abs_rel_error']:.4%}")
-        for row in holdout["rows"]:
-            lines.append(f"  row {row['row']:>5}: observed {row['observed']:.6g}  predicted {row['predicted']:.6g}  ({row['rel_error']:+.3%})")
+        lines.append(f"holdout: mean |relative error| on {holdout['held_out']} = {holdout['mean_abs_rel_error']:.4%}")
+        for row in holdout["rows"][:MAX_TABLE_ROWS]:
+            lines.append(f"  {_row_label(row)}: observed {row['observed']:.6g}  predicted {row['predicted']:.6g}  ({row['rel_error']:+.3%})")
+        if len(holdout["rows"]) > MAX_TABLE_ROWS:
+            lines.append(f"  ... {len(holdout['rows']) - MAX_TABLE_ROWS} more in --json")
     for key, what in (("forecast", "loss"), ("forecast_reducible", "reducible")):
         if key in report:
             forecast = dict(report[key])

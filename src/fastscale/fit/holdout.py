@@ -1,6 +1,11 @@
 """The extrapolation check: fit without the largest runs, predict them, report the error.
 
 A law that will be used to forecast a bigger run should first forecast the biggest runs already made.
+For laws fitted to rows (one run per row) the held-out rows are those of largest N (or x). For the
+frontier, whose law is fitted to the lower envelope of whole learning curves, the held-out unit is a
+run: the runs of the K largest model sizes are left out, the frontier and L(C) are fitted on the rest,
+and L(C) is compared with the frontier of all runs where the held-out runs attain it, the compute the
+larger models made reachable at a lower loss.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from typing import Callable
 import numpy as np
 
 from fastscale.fit._checks import FitInputError, as_values, positive_int
+from fastscale.fit.frontier import FrontierFit, compute_frontier, fit_frontier
 from fastscale.fit.results import FitResult
 
 
@@ -48,3 +54,51 @@ def holdout_largest(fit: Callable, inputs: tuple, observed, k: int, *, by: int =
     else:
         low = high = np.full(k, np.nan)
     return HoldoutCheck(result, held, tuple(held_inputs), y[held], predicted, low, high, (predicted - y[held]) / y[held])
+
+
+@dataclass(frozen=True)
+class FrontierHoldoutCheck:
+    fit: FrontierFit  # fitted on the runs kept
+    held_out_runs: np.ndarray  # labels of the runs of the k largest sizes
+    run: np.ndarray  # per compared point: the held-out run attaining the frontier of all runs there
+    compute: np.ndarray  # frontier grid points (of all runs) attained by a held-out run
+    observed: np.ndarray  # the frontier of all runs there
+    predicted: np.ndarray  # L(C) fitted without the held-out runs
+    low: np.ndarray
+    high: np.ndarray
+    relative_error: np.ndarray
+
+    @property
+    def mean_abs_rel_error(self) -> float:
+        return float(np.mean(np.abs(self.relative_error)))
+
+
+def holdout_largest_runs(run, n_params, compute, loss, k: int, **fit_options) -> FrontierHoldoutCheck:
+    """Leave out the runs of the k largest model sizes, fit the frontier (`fit_frontier`) on the rest, and
+    predict the frontier of all runs where a held-out run attains it."""
+    labels = np.asarray(run)
+    n = as_values("n_params", n_params, positive=True)
+    c, y = np.asarray(compute, dtype=np.float64), np.asarray(loss, dtype=np.float64)
+    k = positive_int("holdout_largest", k)
+    sizes = np.unique(n)
+    if k >= len(sizes):
+        raise FitInputError(f"holdout_largest={k}: expected fewer than the {len(sizes)} distinct model sizes")
+    held_rows = n >= sizes[-k]
+    held_runs = np.unique(labels[held_rows])
+    grid_options = {key: value for key, value in fit_options.items() if key == "n_grid"}
+    full = compute_frontier(labels, n, c, y, **grid_options)
+    attained = np.isin(full.run, held_runs)
+    if not attained.any():
+        raise FitInputError(
+            f"holdout_largest={k}: the held-out runs {[str(r) for r in held_runs]} never reach the frontier of all runs, so there is nothing to predict"
+        )
+    kept = ~held_rows
+    result = fit_frontier(labels[kept], n[kept], c[kept], y[kept], **fit_options)
+    at = full.compute[attained]
+    predicted = result.loss_fit.predict(at)
+    if len(result.loss_fit.samples):
+        low, high = result.loss_fit.predict_interval(at)
+    else:
+        low = high = np.full(len(at), np.nan)
+    observed = full.loss[attained]
+    return FrontierHoldoutCheck(result, held_runs, full.run[attained], at, observed, predicted, low, high, (predicted - observed) / observed)
