@@ -345,3 +345,40 @@ def test_isoflop_holdout_largest_holds_out_the_largest_budgets(capsys, tmp_path)
     small = sorted(minima)[:-2]
     reference = fit_allocation(small, [minima[c] for c in small], n_bootstrap=0)
     assert [row["predicted"] for row in holdout["rows"]] == pytest.approx(reference.predict(np.array([row["C"] for row in holdout["rows"]])))
+
+
+def test_overtrain_law_from_compute_recovers_the_shared_exponent(capsys, tmp_path):
+    """Gadre et al. 2024's law, L = E + A N^-alpha + B D^-alpha, at token multipliers M = D/N from 20 to 320
+    (their sweep's range), given as C = 6ND; 0.3% lognormal noise."""
+    rng = np.random.default_rng(6)
+    truth = {"E": 1.8, "A": 500.0, "B": 1500.0, "alpha": 0.3}
+    n, multiplier = (a.ravel() for a in np.meshgrid(np.geomspace(1e7, 1e9, 5), [20.0, 80.0, 320.0]))
+    d = multiplier * n
+    loss = (truth["E"] + truth["A"] * n ** -truth["alpha"] + truth["B"] * d ** -truth["alpha"]) * np.exp(rng.normal(0, 0.003, n.size))
+    path = tmp_path / "overtrain.csv"
+    path.write_text("N,C,loss\n" + "".join(f"{a:.17g},{6 * a * b:.17g},{c:.17g}\n" for a, b, c in zip(n, d, loss)))
+    code, out, err = run_cli(
+        capsys, path, "--law", "overtrain", "--N", "N", "--C", "C", "--loss", "loss", "--bootstrap", "60",
+        "--forecast-loss", "2.2", "--holdout-largest", "3", "--json",
+    )
+    assert code == 0, err
+    report = json.loads(out)
+    p, ci = report["params"], report["ci"]
+    assert report["law"] == "overtrain" and report["n_points"] == 15
+    assert p["alpha"] == pytest.approx(truth["alpha"], abs=0.03) and ci["alpha"][0] <= truth["alpha"] <= ci["alpha"][1]
+    assert p["E"] == pytest.approx(truth["E"], abs=0.1)
+    assert p["eta"] == pytest.approx(p["alpha"] / 2) and p["a"] == pytest.approx(p["A"] * 6 ** p["eta"])
+    c = report["forecast"]["C"]["value"]  # on the compute-optimal line, L*(C) = E + 2 sqrt(ab) C^-eta
+    assert p["E"] + 2 * np.sqrt(p["a"] * p["b"]) * c ** -p["eta"] == pytest.approx(2.2, rel=1e-9)
+    holdout = report["holdout"]
+    assert [row["N"] for row in holdout["rows"]] == pytest.approx([1e9] * 3)
+    assert sorted(row["D"] for row in holdout["rows"]) == pytest.approx(sorted(d[n == n.max()]), rel=1e-9)  # D = C/6N
+    assert holdout["mean_abs_rel_error"] < 0.02
+
+
+def test_overtrain_errors_name_the_column(capsys, tmp_path):
+    path = tmp_path / "two_sizes.csv"
+    path.write_text("N,D,loss\n" + "".join(f"{n:g},{d:g},{3 + i / 10}\n" for i, (n, d) in enumerate([(1e7, 1e9), (1e8, 2e9)] * 3)))
+    code, out, err = run_cli(capsys, path, "--law", "overtrain", "--N", "N", "--D", "D", "--loss", "loss", "--bootstrap", "0")
+    assert (code, out) == (2, "") and err.count("\n") == 1
+    assert err.startswith("fastscale fit: error: --N 'N': n has 2 distinct values")

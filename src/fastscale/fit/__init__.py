@@ -24,6 +24,7 @@ from fastscale.fit.kaplan import (
     minimum_compute,
     minimum_steps,
 )
+from fastscale.fit.overtrain import OvertrainFit, fit_overtrain
 from fastscale.fit.power import PowerLawFit, fit_power_law
 from fastscale.fit.results import Estimate, FitResult
 
@@ -42,6 +43,7 @@ __all__ = [
     "IsoFlopMinima",
     "KaplanNDFit",
     "KaplanNSFit",
+    "OvertrainFit",
     "PowerLawFit",
     "chinchilla_grid",
     "compute_efficient_exponents",
@@ -56,6 +58,7 @@ __all__ = [
     "fit_isoflop",
     "fit_kaplan_nd",
     "fit_kaplan_ns",
+    "fit_overtrain",
     "fit_power_law",
     "holdout_largest",
     "holdout_largest_runs",

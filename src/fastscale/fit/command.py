@@ -22,15 +22,18 @@ from fastscale.fit.frontier import fit_frontier
 from fastscale.fit.holdout import holdout_largest, holdout_largest_runs
 from fastscale.fit.io import Table, column, drop_highest_loss, read_table
 from fastscale.fit.kaplan import fit_kaplan_nd
+from fastscale.fit.overtrain import fit_overtrain
 from fastscale.fit.power import fit_power_law
 from fastscale.io import json_text, write_atomically
 
-LAWS = ("power", "chinchilla", "kaplan-nd", "frontier", "critical-batch", "allocation", "isoflop")
+LAWS = ("power", "chinchilla", "kaplan-nd", "overtrain", "frontier", "critical-batch", "allocation", "isoflop")
 EPILOG = """columns by law:
   power           --x COL --y COL  [--pure]            L = L_inf + (x0/x)^alpha
   allocation      --x C --y N_OPT  [--sigma COL]       N_opt = (C/C0)^a (weights 1/sigma^2 of log N_opt)
   chinchilla      --N COL (--D COL | --C COL) --loss COL   L = E + A/N^alpha + B/D^beta (D = C/6N)
   kaplan-nd       --N COL (--D COL | --C COL) --loss COL   L = [(Nc/N)^(alpha_N/alpha_D) + Dc/D]^alpha_D
+  overtrain       --N COL (--D COL | --C COL) --loss COL   L = E + A/N^alpha + B/D^alpha (Gadre et al. 2024: one
+                                                       exponent; also as L = E + (a M^eta + b M^-eta) C^-eta, M = D/N)
   isoflop         --N COL --C COL --loss COL           Chinchilla approach 2: N_opt(C) from IsoFLOP minima
   frontier        --run COL --N COL --C COL --loss COL learning curves -> frontier, L(C), N_opt(C)
   critical-batch  --x STEPS --y EXAMPLES [--loss TARGET]  (S/S_min - 1)(E/E_min - 1) = 1, per target loss
@@ -91,6 +94,7 @@ ARGUMENT_OPTIONS = {
     "allocation": {"compute": ("x",), "n_opt": ("y",), "weights": ("sigma",)},
     "chinchilla": {"n_params": ("N",), "n_tokens": ("D", "C"), "loss": ("loss",)},
     "kaplan-nd": {"n_params": ("N",), "n_tokens": ("D", "C"), "loss": ("loss",)},
+    "overtrain": {"n": ("N",), "d": ("D", "C"), "loss": ("loss",)},
     "isoflop": {"n_params": ("N",), "compute": ("C",), "loss": ("loss",)},
     "frontier": {"run": ("run",), "n_params": ("N",), "compute": ("C",), "loss": ("loss",)},
     "critical-batch": {"steps": ("x",), "examples": ("y",), "loss": ("loss",), "critical_batch": ("noise_scale",)},
@@ -124,7 +128,7 @@ def _in_columns(error: FitInputError, args) -> str:
     if not given:
         return str(error)
     option = given[0]
-    derived = " (D = C/6N)" if error.argument == "n_tokens" and option == "C" else ""
+    derived = " (D = C/6N)" if option == "C" and "D" in options else ""
     return f"--{option.replace('_', '-')} {getattr(args, option)!r}{derived}: {error}"
 
 
@@ -348,6 +352,7 @@ LAW_RUNNERS = {
     "allocation": run_allocation,
     "chinchilla": run_two_variable(fit_chinchilla),
     "kaplan-nd": run_two_variable(fit_kaplan_nd),
+    "overtrain": run_two_variable(fit_overtrain),
     "isoflop": run_isoflop,
     "frontier": run_frontier,
     "critical-batch": run_critical_batch,
