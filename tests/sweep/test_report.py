@@ -228,3 +228,55 @@ def test_frontier_takes_the_held_out_curves_when_every_run_evaluated_often(tmp_p
     assert report["frontier"]["curves"] == "held-out"
     assert report["frontier"]["L_of_C"]["params"] == pytest.approx(expected.loss_fit.params, rel=1e-9)
     assert report["frontier"]["N_opt"]["params"] == pytest.approx(expected.allocation.params, rel=1e-9)
+
+
+def test_the_report_states_the_flop_convention_and_shows_6nd_beside_c(sweep):
+    root, report, _, _ = sweep
+    # the synthetic runs record C = 6 N D exactly (no attention term) and have token budgets
+    assert report["compute"]["flops_over_six_nd"] == [1.0, 1.0] and report["compute"]["max_budget_error"] is None
+    for r, n in zip(report["runs"], N):
+        assert r["six_nd"] == 6.0 * int(n) * 1e5 and r["flops_over_six_nd"] == 1.0
+        assert r["compute_budget"] is None and r["flops_over_budget"] is None
+    text = (root / "report.md").read_text()
+    assert "Compute: C is the trainer's count of training FLOPs: flops_per_token x tokens, flops_per_token = 6N + 6 n_layer n_ctx d_attn" in text
+    assert "Here C / 6ND = 1.000 to 1.000" in text and "Compute budgets" not in text
+    assert "| run | N | n_layer | d_model | n_head | tokens | C (FLOPs) | 6ND | C / 6ND | C / budget |" in text
+    assert "| run0 | 10,000 | 1 | 16 | 1 | 100,000 | 6e+09 | 6e+09 | 1.000 | - |" in text
+
+
+def test_a_compute_sweeps_report_shows_each_runs_budget_and_its_distance(tmp_path):
+    """A sweep directory as an IsoFLOP sweep's runs would leave it (no training): each run trained the
+    steps its spec gives, and recorded C = flops_per_token of its built shape x tokens."""
+    from fastscale.model import GPTConfig
+    from fastscale.sweep import SweepSpec
+
+    raw = {"name": "iso", "data": {"dataset": "images", "resolution": 8}, "seq_len": 193, "tokens_per_item": 192, "sizes": [1e4, 2e4, 5e4, 2e5],
+           "compute": [3e11, 1e12], "model": {"head_dim": 16}, "deepspeed": {"train_batch_size": 8, "train_micro_batch_size_per_gpu": 4}}
+    (tmp_path / "sweep.json").write_text(json.dumps(raw))
+    rng = np.random.default_rng()
+    index, errors, ratios = {}, [], []
+    for run in SweepSpec.from_dict(raw).runs():
+        shape = GPTConfig.from_params(run.n_target, 256, 193, head_dim=16)
+        tokens = run.steps * 8 * 193
+        flops = float(shape.flops_per_token()) * tokens
+        errors.append(abs(flops / run.compute - 1))
+        ratios.append(flops / (6.0 * shape.n_params * tokens))
+        (tmp_path / "runs" / run.name).mkdir(parents=True)
+        (tmp_path / "runs" / run.name / "config.json").write_text(json.dumps({"n_params": shape.n_params, "model": shape.to_dict()}))
+        steps = np.linspace(run.steps / 10, run.steps, 10).round()
+        lines = [{"step": int(s), "loss": float(true_curve(shape.n_params, s) * np.exp(rng.normal(0, 0.01))), "flops": flops * s / run.steps} for s in steps]
+        (tmp_path / "runs" / run.name / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+        summary = {"steps": run.steps, "tokens": tokens, "flops": flops, "final_loss": lines[-1]["loss"], "final_eval_loss": None, "tokens_per_s": 1.0}
+        index[run.name] = {"state": "done", "attempts": 1, "run_dir": f"runs/{run.name}", "summary": summary}
+    (tmp_path / "results.json").write_text(json.dumps({"runs": index}))
+    report = write_report(tmp_path, n_bootstrap=20)
+    budgets = {run.name: run.compute for run in SweepSpec.from_dict(raw).runs()}
+    for r in report["runs"]:
+        assert r["compute_budget"] == budgets[r["name"]]
+        assert r["flops_over_budget"] == pytest.approx(index[r["name"]]["summary"]["flops"] / budgets[r["name"]], rel=1e-12)
+    assert report["compute"]["max_budget_error"] == pytest.approx(max(errors), rel=1e-12) and max(errors) <= 0.01
+    assert report["compute"]["flops_over_six_nd"] == pytest.approx([min(ratios), max(ratios)], rel=1e-12)
+    assert min(ratios) > 1.01  # at these sizes the attention term is more than 1% of C
+    text = (tmp_path / "report.md").read_text()
+    assert f"every run's C is within {max(errors):.2%} of its budget (the sweep refuses more than 1%)" in text
+    assert f"Here C / 6ND = {min(ratios):.3f} to {max(ratios):.3f}" in text
