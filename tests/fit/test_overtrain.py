@@ -183,3 +183,20 @@ def test_exponent_of_a_rising_loss_is_flagged(caplog):
     with caplog.at_level(logging.WARNING):
         fit = fit_overtrain(n, d, rising, n_bootstrap=0)
     assert any(flag.startswith("alpha_not_positive") for flag in fit.flags), fit.flags
+
+
+def test_large_data_paths_give_the_same_fit(monkeypatch):
+    # Beyond GRID_ROWS rows the start grid runs on a subset and the polish on all rows; beyond
+    # BOOTSTRAP_CELLS the resamples run in chunks. Shrunk here so 32 runs take both paths.
+    from fastscale.fit import overtrain
+
+    n, d = runs_grid()
+    loss = true_loss(n, d) * np.exp(0.01 * np.random.default_rng(17).standard_normal(len(n)))
+    reference = fit_overtrain(n, d, loss, n_bootstrap=40, seed=2)
+    monkeypatch.setattr(overtrain, "GRID_ROWS", 12)
+    monkeypatch.setattr(overtrain, "BOOTSTRAP_CELLS", 5 * len(n))
+    shrunk = fit_overtrain(n, d, loss, n_bootstrap=40, seed=2)
+    assert shrunk.converged and len(shrunk.samples) == 40
+    for name in TRUTH:
+        assert shrunk.params[name] == pytest.approx(reference.params[name], rel=1e-6), name
+    np.testing.assert_allclose(shrunk.samples, reference.samples, rtol=1e-6)

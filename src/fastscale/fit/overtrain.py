@@ -50,6 +50,8 @@ GRID_E = (-1.0, -0.5, 0.0, 0.5, 1.0)
 GRID_ALPHA = (0.05, 0.1, 0.2, 0.4, 0.8, 1.5)
 GRADIENT_TOL = 1e-7
 LEAST_SQUARES = np.inf  # Huber threshold at infinity: the Huber objective is then 0.5 r^2
+GRID_ROWS = 1000  # rows the start grid runs on (a fixed random subset beyond that; the polish uses all)
+BOOTSTRAP_CELLS = 2_000_000  # draws x rows per batched bootstrap run: bounds memory on large data
 
 
 def overtrain_grid() -> np.ndarray:
@@ -150,27 +152,45 @@ def fit_overtrain(
 
 
 def _best_of_grid(u, v, log_y):
-    """(theta, objective, converged): every grid start at once, the best polished by scipy."""
-    grid = overtrain_grid()
+    """(theta, objective, converged): every grid start at once on at most GRID_ROWS rows (the grid only
+    has to find the basin, and 1,080 starts on a million rows would not fit in memory), then the best
+    polished by scipy on all rows."""
+    grid, rows = overtrain_grid(), _grid_rows(len(log_y))
     with np.errstate(over="ignore", invalid="ignore"):
-        batch = batched_lbfgs(tied_objective(u, v, log_y), grid)
-    best = int(np.argmin(np.where(np.isfinite(batch.f), batch.f, np.inf)))
+        batch = batched_lbfgs(tied_objective(u[rows], v[rows], log_y[rows]), grid)
+    start = batch.x[int(np.argmin(np.where(np.isfinite(batch.f), batch.f, np.inf)))]
     single = tied_objective(u, v, log_y)
     one_row = np.zeros(1, dtype=int)
-    polished = minimize_lbfgs(lambda t: tuple(r[0] for r in single(t[None], one_row)), batch.x[best])
-    theta = polished.x if polished.fun <= batch.f[best] else batch.x[best]
-    _, gradient = single(theta[None], one_row)
+
+    def value_and_gradient(theta):
+        return tuple(r[0] for r in single(theta[None], one_row))
+
+    polished = minimize_lbfgs(value_and_gradient, start)
+    at_start = value_and_gradient(start)[0]
+    theta = polished.x if polished.fun <= at_start else start
+    _, gradient = value_and_gradient(theta)
     converged = bool(polished.success) or float(np.abs(gradient).max()) <= GRADIENT_TOL
-    log.info("overtrain: %d starts, best objective %.10g after %d batched iterations", len(grid), batch.f[best], batch.iterations)
-    return theta, float(min(polished.fun, batch.f[best])), converged
+    log.info("overtrain: %d starts on %d rows (%d batched iterations), polished on %d rows", len(grid), len(rows), batch.iterations, len(log_y))
+    return theta, float(min(polished.fun, at_start)), converged
+
+
+def _grid_rows(size: int) -> np.ndarray:
+    if size <= GRID_ROWS:
+        return np.arange(size)
+    return np.sort(np.random.default_rng(0).choice(size, GRID_ROWS, replace=False))
 
 
 def _bootstrap(u, v, log_y, theta, counts):
+    """Refit every resample from theta in batched runs of at most BOOTSTRAP_CELLS draws x rows."""
     if len(counts) == 0:
         return np.zeros((0, 4)), 0
-    with np.errstate(over="ignore", invalid="ignore"):
-        batch = batched_lbfgs(tied_objective(u, v, log_y, counts), np.repeat(theta[None], len(counts), axis=0), max_iter=2000)
-    return batch.x[batch.converged], int(np.sum(~batch.converged))
+    draws, failed = [], 0
+    for part in np.array_split(counts, -(-counts.size // BOOTSTRAP_CELLS)):
+        with np.errstate(over="ignore", invalid="ignore"):
+            batch = batched_lbfgs(tied_objective(u, v, log_y, part), np.repeat(theta[None], len(part), axis=0), max_iter=2000)
+        draws.append(batch.x[batch.converged])
+        failed += int(np.sum(~batch.converged))
+    return np.concatenate(draws), failed
 
 
 def _parameters(centre_n, centre_d):
