@@ -1,5 +1,5 @@
 """The over-training law of Gadre et al. 2024 ("Language models scale reliably with over-training and on
-downstream tasks", arXiv:2403.08540, section 2): Chinchilla's L(N, D) with ONE exponent for N and D.
+downstream tasks", arXiv:2403.08540): Chinchilla's L(N, D) with ONE exponent for N and D.
 
 Two forms of one law, with the paper's parameter names:
 
@@ -17,13 +17,14 @@ Closed forms (derived here from the law, checked in the tests against float64 ev
 - over-training penalty: L(C, M) - E = 2 sqrt(a b) cosh(eta ln(M / M*)) C^-eta;
 - compute for a target loss at multiplier M: C = ((a M^eta + b M^-eta) / (L - E))^(1/eta).
 
-Fit: least squares on log L (losses compare by ratio; Gadre et al. fit by least squares with scipy's
-curve_fit), log L_hat = LSE(k_N - alpha u, k_D - alpha v, e) with u, v = log N, log D centred on the
-data (so the scales k barely correlate with alpha), from a grid of 1,080 starts run at once in the
-batched L-BFGS, the best polished by scipy. The objective is Chinchilla's log-space objective with the
-Huber threshold at infinity (plain squares) and beta tied to alpha. Nothing is bounded: E may sit
-above the smallest observed loss (noise around the asymptote is allowed). Bootstrap refits start from
-the optimum, all resamples in one batched run, as for Chinchilla.
+Fit: least squares on log L (losses compare by ratio, as in every law here; the authors' repository,
+scaling/laws.py, fits L itself by least squares with scipy's curve_fit): log L_hat = LSE(k_N - alpha u,
+k_D - alpha v, e) with u, v = log N, log D centred on the data (so the scales k barely correlate with
+alpha). A grid of 1,080 starts runs at once in the batched L-BFGS on at most GRID_ROWS rows; the best
+is polished by scipy on all rows. The objective is Chinchilla's log-space objective with the Huber
+threshold at infinity (plain squares) and beta tied to alpha. Nothing is bounded: E may sit above the
+smallest observed loss (noise around the asymptote is allowed). Bootstrap refits start from the
+optimum, all resamples in one batched run (in chunks on large data), as for Chinchilla.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
 
 PARAM_NAMES = ("E", "A", "B", "alpha", "a", "b", "eta")
 # Starts, theta = (k_N, k_D, e, alpha): k are the logs of the two reducible terms at the centre of the
-# data (a loss of a few nats with a reducible part from 1% to 300% of it), e = log E as in Chinchilla's grid.
+# data (each from 0.02 to 2.7 nats), e = log E as in Chinchilla's grid.
 GRID_K = (-4.0, -3.0, -2.0, -1.0, 0.0, 1.0)
 GRID_E = (-1.0, -0.5, 0.0, 0.5, 1.0)
 GRID_ALPHA = (0.05, 0.1, 0.2, 0.4, 0.8, 1.5)
@@ -103,7 +104,9 @@ def compute_for_loss(p: dict, loss: float, multiplier):
 
 def tied_objective(log_n, log_d, log_y, weights=None):
     """Batched least squares on log L over theta [S, 4] = (k_N, k_D, e, alpha): Chinchilla's objective on
-    (k_N, k_D, e, alpha, beta = alpha), its beta gradient added to alpha's (the chain rule of the tie)."""
+    (k_N, k_D, e, alpha, beta = alpha), its beta gradient added to alpha's (the chain rule of the tie).
+    log_n, log_d may be centred (the fit passes u, v), which only shifts what k means; weights as in
+    `huber_objective`."""
     untied = huber_objective(log_n, log_d, log_y, weights, delta=LEAST_SQUARES)
 
     def value_and_gradient(theta, rows):
@@ -170,7 +173,8 @@ def _best_of_grid(u, v, log_y):
     theta = polished.x if polished.fun <= at_start else start
     _, gradient = value_and_gradient(theta)
     converged = bool(polished.success) or float(np.abs(gradient).max()) <= GRADIENT_TOL
-    log.info("overtrain: %d starts on %d rows (%d batched iterations), polished on %d rows", len(grid), len(rows), batch.iterations, len(log_y))
+    log.info("overtrain: %d starts on %d rows (%d batched iterations), polished on %d rows",
+             len(grid), len(rows), batch.iterations, len(log_y))
     return theta, float(min(polished.fun, at_start)), converged
 
 
