@@ -387,8 +387,9 @@ def _markdown(report: dict) -> str:
                       "to its N and the frontier orders the runs by size almost by construction: an exponent a near 1 says little. "
                       "Several token budgets per size (or runs to convergence) measure N_opt(C)."]
     lines += ["", "## Forecast", "", "The model size L(N) needs for a reducible loss, and the compute at which that size is compute-optimal "
-              "(N_opt(C) inverted; its interval is over the N_opt(C) fit at the point N).", "",
-              "| reducible (nats/token) | reducible (nats/image) | loss | N [95%] | C FLOPs [95%] | D tokens |", "|---|---|---|---|---|---|"]
+              "(N_opt(C) inverted; its interval is over the N_opt(C) fit at the point N). D is C / 6N: it leaves out the attention term "
+              "C counts, so it overstates the tokens by C / 6ND (the runs table gives that ratio at the sizes trained).", "",
+              "| reducible (nats/token) | reducible (nats/image) | loss | N [95%] | C FLOPs [95%] | D = C / 6N tokens |", "|---|---|---|---|---|---|"]
     for row in report["forecast"]:
         c = row["C"]
         c_text = f"{c['value']:.3g} [{c['low']:.3g}, {c['high']:.3g}]" if c else "-"
