@@ -382,3 +382,59 @@ def test_overtrain_errors_name_the_column(capsys, tmp_path):
     code, out, err = run_cli(capsys, path, "--law", "overtrain", "--N", "N", "--D", "D", "--loss", "loss", "--bootstrap", "0")
     assert (code, out) == (2, "") and err.count("\n") == 1
     assert err.startswith("fastscale fit: error: --N 'N': n has 2 distinct values")
+
+
+def test_broken_power_law_finds_the_break(capsys, tmp_path):
+    """Caballero et al. 2023 eq. 1 with one break: slope 0.1 below x = 1e6, 0.5 above; 0.3% lognormal noise."""
+    rng = np.random.default_rng(7)
+    truth = {"a": 0.5, "b": 10.0, "c0": 0.1, "c1": 0.4, "d1": 1e6, "f1": 0.3}
+    x = np.geomspace(1e3, 1e9, 25)
+    y = truth["a"] + truth["b"] * x ** -truth["c0"] * (1 + (x / truth["d1"]) ** (1 / truth["f1"])) ** (-truth["c1"] * truth["f1"])
+    y = y * np.exp(rng.normal(0, 0.003, x.size))
+    path = tmp_path / "broken.csv"
+    path.write_text("x,y\n" + "".join(f"{a:.17g},{b:.17g}\n" for a, b in zip(x, y)))
+    code, out, err = run_cli(
+        capsys, path, "--law", "broken", "--breaks", "1", "--x", "x", "--y", "y", "--bootstrap", "50", "--holdout-largest", "2", "--json"
+    )
+    assert code == 0, err
+    report = json.loads(out)
+    p, ci = report["params"], report["ci"]
+    assert report["law"] == "broken" and set(p) == {"a", "b", "c0", "c1", "d1", "f1"}
+    below, above = report["segment_exponents"]
+    assert below["value"] == pytest.approx(truth["c0"], abs=0.05) and above["value"] == pytest.approx(truth["c0"] + truth["c1"], abs=0.1)
+    assert below["value"] == pytest.approx(p["c0"]) and above["value"] == pytest.approx(p["c0"] + p["c1"])
+    assert ci["d1"][0] <= truth["d1"] <= ci["d1"][1]
+    assert [row["x"] for row in report["holdout"]["rows"]] == pytest.approx(x[[-1, -2]])
+    code, _, err = run_cli(capsys, path, "--law", "power", "--breaks", "2", "--x", "x", "--y", "y")
+    assert code == 2 and err == "fastscale fit: error: --breaks does not apply to --law power\n"
+
+
+def test_data_constrained_law_from_repeated_epochs(capsys, tmp_path):
+    """Muennighoff et al. 2023's law with the paper's fit (PAPER_PARAMS: R_D* = 15.4, R_N* = 5.3) on runs of
+    3 sizes x 2 unique-data sizes x 1 to 60 epochs; 0.3% lognormal noise."""
+    from fastscale.fit.data_constrained import PAPER_PARAMS, data_constrained_loss
+
+    rng = np.random.default_rng(8)
+    n, unique_d, epochs = (a.ravel() for a in np.meshgrid([1e8, 4e8, 1.6e9], [2e9, 8e9], [1.0, 4.0, 16.0, 60.0]))
+    d = unique_d * epochs
+    loss = data_constrained_loss(PAPER_PARAMS, n, d, unique_d) * np.exp(rng.normal(0, 0.003, n.size))
+    path = tmp_path / "repeated.csv"
+    path.write_text("N,D,U,loss\n" + "".join(f"{a:.17g},{b:.17g},{c:.17g},{e:.17g}\n" for a, b, c, e in zip(n, d, unique_d, loss)))
+    code, out, err = run_cli(
+        capsys, path, "--law", "data-constrained", "--N", "N", "--D", "D", "--unique-D", "U", "--loss", "loss",
+        "--bootstrap", "40", "--holdout-largest", "4", "--json",
+    )
+    assert code == 0, err
+    report = json.loads(out)
+    p = report["params"]
+    assert report["law"] == "data-constrained" and report["n_points"] == 24
+    assert set(p) == set(PAPER_PARAMS)
+    assert np.allclose(data_constrained_loss(p, n, d, unique_d), loss, rtol=0.01)  # the fitted law follows the runs
+    assert report["ci"]["R_D_star"][0] <= PAPER_PARAMS["R_D_star"] <= report["ci"]["R_D_star"][1]
+    holdout = report["holdout"]
+    assert [row["N"] for row in holdout["rows"]] == pytest.approx([1.6e9] * 4)
+    assert all(row["unique_D"] * 1.0 <= row["D"] for row in holdout["rows"])
+    for row in holdout["rows"]:
+        assert row["rel_error"] == pytest.approx(row["predicted"] / row["observed"] - 1)
+    code, _, err = run_cli(capsys, path, "--law", "data-constrained", "--N", "N", "--D", "D", "--unique-D", "D", "--loss", "loss", "--bootstrap", "0")
+    assert code == 2 and err.startswith("fastscale fit: error: --unique-D 'D' (epochs = D/unique-D): epochs has 1 distinct value")

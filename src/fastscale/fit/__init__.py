@@ -10,8 +10,10 @@ C in FLOPs unless stated (`units` converts PF-days), losses in nats per token.
 
 from fastscale.fit._checks import FitInputError
 from fastscale.fit.allocation import AllocationFit, IsoFlopMinima, fit_allocation, fit_isoflop
+from fastscale.fit.broken import BrokenPowerLawFit, fit_broken_power_law
 from fastscale.fit.chinchilla import ChinchillaFit, chinchilla_grid, compute_optimal_allocation, fit_chinchilla
 from fastscale.fit.critical_batch import CriticalBatchFit, CriticalBatchLossFit, fit_critical_batch, fit_critical_batch_vs_loss
+from fastscale.fit.data_constrained import DataConstrainedFit, fit_data_constrained
 from fastscale.fit.frontier import Frontier, FrontierFit, compute_frontier, fit_frontier
 from fastscale.fit.holdout import FrontierHoldoutCheck, HoldoutCheck, holdout_largest, holdout_largest_runs
 from fastscale.fit.kaplan import (
@@ -30,9 +32,11 @@ from fastscale.fit.results import Estimate, FitResult
 
 __all__ = [
     "AllocationFit",
+    "BrokenPowerLawFit",
     "ChinchillaFit",
     "CriticalBatchFit",
     "CriticalBatchLossFit",
+    "DataConstrainedFit",
     "Estimate",
     "FitInputError",
     "FitResult",
@@ -51,9 +55,11 @@ __all__ = [
     "compute_frontier",
     "critical_batch_from_loss",
     "fit_allocation",
+    "fit_broken_power_law",
     "fit_chinchilla",
     "fit_critical_batch",
     "fit_critical_batch_vs_loss",
+    "fit_data_constrained",
     "fit_frontier",
     "fit_isoflop",
     "fit_kaplan_nd",

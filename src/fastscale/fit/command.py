@@ -16,8 +16,10 @@ from fastscale.fit import units
 from fastscale.fit._checks import FitInputError
 from fastscale.fit.allocation import fit_allocation, fit_isoflop
 from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP
+from fastscale.fit.broken import fit_broken_power_law
 from fastscale.fit.chinchilla import fit_chinchilla
 from fastscale.fit.critical_batch import fit_critical_batch, fit_critical_batch_vs_loss
+from fastscale.fit.data_constrained import fit_data_constrained
 from fastscale.fit.frontier import fit_frontier
 from fastscale.fit.holdout import holdout_largest, holdout_largest_runs
 from fastscale.fit.io import Table, column, drop_highest_loss, read_table
@@ -26,14 +28,19 @@ from fastscale.fit.overtrain import fit_overtrain
 from fastscale.fit.power import fit_power_law
 from fastscale.io import json_text, write_atomically
 
-LAWS = ("power", "chinchilla", "kaplan-nd", "overtrain", "frontier", "critical-batch", "allocation", "isoflop")
+LAWS = ("power", "broken", "chinchilla", "kaplan-nd", "overtrain", "data-constrained", "frontier", "critical-batch", "allocation", "isoflop")
 EPILOG = """columns by law:
   power           --x COL --y COL  [--pure]            L = L_inf + (x0/x)^alpha
+  broken          --x COL --y COL  [--breaks K]        y = a + b x^-c0 prod_i (1 + (x/d_i)^(1/f_i))^(-c_i f_i)
+                                                       (Caballero et al. 2023, K breaks, default 1)
   allocation      --x C --y N_OPT  [--sigma COL]       N_opt = (C/C0)^a (weights 1/sigma^2 of log N_opt)
   chinchilla      --N COL (--D COL | --C COL) --loss COL   L = E + A/N^alpha + B/D^beta (D = C/6N)
   kaplan-nd       --N COL (--D COL | --C COL) --loss COL   L = [(Nc/N)^(alpha_N/alpha_D) + Dc/D]^alpha_D
   overtrain       --N COL (--D COL | --C COL) --loss COL   L = E + A/N^alpha + B/D^alpha (Gadre et al. 2024: one
                                                        exponent; also as L = E + (a M^eta + b M^-eta) C^-eta, M = D/N)
+  data-constrained  --N COL (--D COL | --C COL) --unique-D COL --loss COL
+                  L = E + A/N'^alpha + B/D'^beta (Muennighoff et al. 2023): D' discounts repeated epochs
+                  (D/U_D of them, decay R_D_star), N' parameters beyond N_opt(U_D) (decay R_N_star)
   isoflop         --N COL --C COL --loss COL           Chinchilla approach 2: N_opt(C) from IsoFLOP minima
   frontier        --run COL --N COL --C COL --loss COL learning curves -> frontier, L(C), N_opt(C)
   critical-batch  --x STEPS --y EXAMPLES [--loss TARGET]  (S/S_min - 1)(E/E_min - 1) = 1, per target loss
@@ -53,6 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         ("--D", "column of training tokens"),
         ("--C", "column of training compute in FLOPs (D = C / 6N when --D is not given)"),
         ("--loss", "column of losses (nats/token)"),
+        ("--unique-D", "column of unique tokens in the data each run cycled through, D/unique-D epochs (data-constrained)"),
         ("--run", "column naming the run of each row (frontier)"),
         ("--sigma", "column of the standard deviation of log y per row; weights 1/sigma^2 (allocation)"),
         ("--noise-scale", "column of gradient noise scales (critical-batch)"),
@@ -66,6 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="keep only rows where EXPR = COL OP VALUE holds, OP one of = != < <= > >= (repeatable: all must hold; "
         "numbers compared as numbers, text as text), e.g. --where 'N<1e9' --where 'config!=old'",
     )
+    parser.add_argument("--breaks", type=int, metavar="K", help="broken: the number of breaks (default 1)")
     parser.add_argument("--pure", action="store_true", help="power, frontier: fit the pure power law (L_inf = 0)")
     parser.add_argument("--drop-top-loss", type=int, default=0, metavar="K", help="drop the K highest-loss rows (Epoch's protocol)")
     parser.add_argument(
@@ -95,6 +104,8 @@ ARGUMENT_OPTIONS = {
     "chinchilla": {"n_params": ("N",), "n_tokens": ("D", "C"), "loss": ("loss",)},
     "kaplan-nd": {"n_params": ("N",), "n_tokens": ("D", "C"), "loss": ("loss",)},
     "overtrain": {"n": ("N",), "d": ("D", "C"), "loss": ("loss",)},
+    "data-constrained": {"n": ("N",), "d": ("D", "C"), "unique_d": ("unique_D",), "epochs": ("unique_D",), "loss": ("loss",)},
+    "broken": {"x": ("x",), "y": ("y",)},
     "isoflop": {"n_params": ("N",), "compute": ("C",), "loss": ("loss",)},
     "frontier": {"run": ("run",), "n_params": ("N",), "compute": ("C",), "loss": ("loss",)},
     "critical-batch": {"steps": ("x",), "examples": ("y",), "loss": ("loss",), "critical_batch": ("noise_scale",)},
@@ -103,6 +114,8 @@ ARGUMENT_OPTIONS = {
 
 def run(args: argparse.Namespace) -> int:
     try:
+        if args.breaks is not None and args.law != "broken":
+            raise FitInputError(f"--breaks does not apply to --law {args.law}")
         data = read_table(args.data)
         report = LAW_RUNNERS[args.law](args, select_rows(data, args.where))
     except FitInputError as error:
@@ -128,7 +141,7 @@ def _in_columns(error: FitInputError, args) -> str:
     if not given:
         return str(error)
     option = given[0]
-    derived = " (D = C/6N)" if option == "C" and "D" in options else ""
+    derived = " (D = C/6N)" if option == "C" and "D" in options else " (epochs = D/unique-D)" if error.argument == "epochs" else ""
     return f"--{option.replace('_', '-')} {getattr(args, option)!r}{derived}: {error}"
 
 
@@ -224,6 +237,22 @@ def _power_readings(args, fit, x_name) -> dict:
     return readings
 
 
+def run_broken(args, table):
+    _need(args, "x", "y")
+    _refuse(args, "--forecast-loss", "--forecast-reducible", "--tokens-per-item", "--pure")
+    x, y = column(table, args.x, option="--x"), column(table, args.y, option="--y")
+    keep = _rows(args, y)
+    options = {**_options(args), "breaks": 1 if args.breaks is None else args.breaks}
+    fit = fit_broken_power_law(x[keep], y[keep], **options)
+    report = _fit_report(fit)
+    report["segment_exponents"] = [_estimate(segment) for segment in fit.segment_exponents()]
+    if args.holdout_largest:
+        check = holdout_largest(fit_broken_power_law, (x[keep],), y[keep], args.holdout_largest, **options)
+        report["holdout"] = _holdout_report(check, (args.x,), keep, f"--x {args.x!r}")
+    _maybe_plot(args, lambda plots: plots.plot_law(fit, x[keep], y[keep], args.plot, xlabel=args.x, ylabel=args.y))
+    return report
+
+
 def run_allocation(args, table):
     _need(args, "x", "y")
     _refuse(args, "--drop-top-loss", "--forecast-loss", "--forecast-reducible", "--tokens-per-item", "--pure")
@@ -264,6 +293,23 @@ def run_two_variable(fit_function):
         return report
 
     return runner
+
+
+def run_data_constrained(args, table):
+    _need(args, "N", "unique_D", "loss")
+    _refuse(args, "--forecast-loss", "--forecast-reducible", "--tokens-per-item", "--pure")
+    if args.plot:
+        raise FitInputError("--plot: no figure for --law data-constrained yet (the two-variable plot draws laws of N and D alone)")
+    n, d = _tokens(args, table)
+    unique_d = column(table, args.unique_D, option="--unique-D")
+    loss = column(table, args.loss, option="--loss")
+    keep = _rows(args, loss)
+    fit = fit_data_constrained(n[keep], d[keep], unique_d[keep], loss[keep], **_options(args))
+    report = _fit_report(fit)
+    if args.holdout_largest:
+        check = holdout_largest(fit_data_constrained, (n[keep], d[keep], unique_d[keep]), loss[keep], args.holdout_largest, **_options(args))
+        report["holdout"] = _holdout_report(check, ("N", "D", "unique_D"), keep, "N")
+    return report
 
 
 def run_isoflop(args, table):
@@ -349,10 +395,12 @@ def _fit_target(target, steps, examples, args):
 
 LAW_RUNNERS = {
     "power": run_power,
+    "broken": run_broken,
     "allocation": run_allocation,
     "chinchilla": run_two_variable(fit_chinchilla),
     "kaplan-nd": run_two_variable(fit_kaplan_nd),
     "overtrain": run_two_variable(fit_overtrain),
+    "data-constrained": run_data_constrained,
     "isoflop": run_isoflop,
     "frontier": run_frontier,
     "critical-batch": run_critical_batch,
