@@ -13,7 +13,16 @@ match it. `fit_result` assembles every law's result and is the one place the not
 - `<p>_draws_not_finite`: some bootstrap draws overflowed (nan or inf) and were left out of the interval;
 - `<p>_zero_width_interval`: every bootstrap draw gave one value, as on identical rows or noiseless
   data, so the interval says nothing about the uncertainty;
+- `<p>_interval_widened`: the estimate lay outside its percentile interval (an estimate on a bound,
+  or draws skewed away from it) and the interval was widened to reach it: an interval always contains
+  its estimate, and the flag says this one is wider on one side than the draws alone made it;
+- `misspecified`: the residuals, ordered by the law's input, show structure the law cannot capture
+  (too few runs of equal sign, or a significant trend or curvature against log x; see
+  `misspecification_flags`); only laws that pass `residual_order` are tested;
 - `not_converged` and `bootstrap_refits_failed` from the optimizer.
+
+Derived quantities (`estimate`, `predict_interval`) are widened the same way; an `Estimate` says so
+in `widened`.
 
 Laws add their own kinds (`alpha_not_positive`: loss does not fall with N). Without bootstrap draws
 only the estimate is judged.
@@ -27,6 +36,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
+from scipy import stats
 
 from fastscale.fit._checks import probability
 
@@ -35,6 +45,12 @@ log = logging.getLogger(__name__)
 NOT_DETERMINED_DECADES = 3.0
 BOUND_RTOL = 1e-6  # a value this close (relative to max(1, |bound|)) to a bound is on it
 ZERO_WIDTH_RTOL = 1e-12  # an interval narrower than this (relative to its centre) has zero width
+# Residual-structure tests: each at p < MISSPECIFICATION_P; measured false-alarm rate of the pair on
+# correctly specified power laws in tests/fit/test_bias_and_intervals.py. Below MIN_RESIDUAL_TEST_POINTS
+# points a runs test cannot reach that p, so fewer points are not tested.
+MISSPECIFICATION_P = 0.01
+MIN_RESIDUAL_TEST_POINTS = 10
+NOISELESS_RMS = 1e-9  # residuals this small are the optimizer's rounding: their signs carry no information
 
 
 @dataclass(frozen=True)
@@ -44,6 +60,7 @@ class Estimate:
     value: float
     low: float
     high: float
+    widened: bool = False  # the percentile interval excluded the value and was widened to reach it
 
 
 @dataclass(frozen=True)
@@ -73,7 +90,8 @@ class FitResult:
     def predict_interval(self, *inputs) -> tuple[np.ndarray, np.ndarray]:
         """Percentile interval of the prediction over the bootstrap draws (propagates parameter correlations)."""
         draws = self.sample_values(lambda p: self._law(p, *(np.asarray(x, dtype=np.float64) for x in inputs)))
-        return _percentiles(draws, self.level)
+        low, high = _percentiles(draws, self.level)
+        return _including(self.predict(*inputs), low, high)
 
     def sample_values(self, quantity) -> np.ndarray:
         """quantity(params) evaluated on every bootstrap draw; params hold [n_bootstrap, 1] columns."""
@@ -88,7 +106,8 @@ class FitResult:
         if len(self.samples) == 0:
             return Estimate(value, float("nan"), float("nan"))
         low, high = _percentiles(self.sample_values(quantity).reshape(len(self.samples), -1)[:, 0], self.level)
-        return Estimate(value, float(low), float(high))
+        wide_low, wide_high = _including(value, low, high)
+        return Estimate(value, float(wide_low), float(wide_high), widened=bool(wide_low != low or wide_high != high))
 
     def summary(self) -> dict:
         """JSON-ready: params, ci, and the diagnostics."""
@@ -115,15 +134,22 @@ def _percentiles(draws: np.ndarray, level: float):
     return low, high
 
 
+def _including(value, low, high):
+    """Widen [low, high] to reach a finite value (nan bounds, no interval, stay nan)."""
+    known = np.isfinite(value) & np.isfinite(low) & np.isfinite(high)
+    return np.where(known, np.minimum(low, value), low), np.where(known, np.maximum(high, value), high)
+
+
 def fit_result(cls, *, law: str, params: dict, samples: np.ndarray, level: float, converged: bool, failed_refits: int,
-               bounds: dict | None = None, fixed: tuple = (), flags: list = (), **fields) -> FitResult:
+               bounds: dict | None = None, fixed: tuple = (), flags: list = (), residual_order=None, **fields) -> FitResult:
     """Build a law's result: intervals from the bootstrap draws, then the flags of the module docstring
     ahead of the law's own `flags`, all logged.
 
     samples: [n_bootstrap, len(params)] draws of the refits that converged, columns in `params` order;
     failed_refits: how many refits did not. bounds: name -> (low, high) of the search box in parameter
     space (None for an open side). fixed: parameters held constant (no interval, e.g. L_inf of the
-    pure power law).
+    pure power law). residual_order: one positive value per residual (the law's x) to test the
+    residuals for misspecification; None skips the test (laws of several inputs, lower envelopes).
     """
     level = probability("level", level)
     bounds = bounds or {}
@@ -142,8 +168,10 @@ def fit_result(cls, *, law: str, params: dict, samples: np.ndarray, level: float
             lost = len(draws) - len(finite)
             flags.append(f"{name}_draws_not_finite: {lost} of {len(draws)} bootstrap draws ({lost / len(draws):.0%}) are nan or inf, left out of its interval")
         if len(draws):
-            intervals[name] = tuple(float(v) for v in _percentiles(finite, level)) if len(finite) else (float("nan"), float("nan"))
+            intervals[name] = _interval_with_estimate(name, float(params[name]), finite, level, flags)
         flags += _determination_flags(name, float(params[name]), intervals.get(name), bounds.get(name), name in cls.scales, level)
+    if residual_order is not None:
+        flags += misspecification_flags(fields["residuals"], residual_order)
     flags += own
     for flag in flags:
         log.warning("%s: %s", law, flag)
@@ -173,3 +201,74 @@ def _determination_flags(name: str, value: float, interval, bound, scale: bool, 
     if interval is not None and np.isfinite(low) and high - low <= ZERO_WIDTH_RTOL * max(abs(value), 1e-300):
         flags.append(f"{name}_zero_width_interval: every bootstrap draw gave {value:.6g} (identical or noiseless rows?): the interval says nothing")
     return flags
+
+
+def _interval_with_estimate(name: str, value: float, finite: np.ndarray, level: float, flags: list) -> tuple:
+    """The percentile interval of the finite draws, widened to include the estimate (flagged when it was).
+
+    A percentile interval excludes its estimate when the estimate sits on a bound the draws cannot
+    cross, or when the draws' distribution is skewed away from it; reporting such an interval would
+    claim the estimate itself is implausible. Widening keeps the draws' side and says so."""
+    if not len(finite):
+        return float("nan"), float("nan")
+    low, high = (float(v) for v in _percentiles(finite, level))
+    wide_low, wide_high = (float(v) for v in _including(value, low, high))
+    if (wide_low, wide_high) != (low, high):
+        flags.append(f"{name}_interval_widened: the estimate {value:.6g} lay outside the {level:.0%} percentile interval "
+                     f"[{low:.6g}, {high:.6g}]; the interval is widened to include it")
+    return wide_low, wide_high
+
+
+def misspecification_flags(residuals, order) -> list:
+    """`misspecified` when the residuals ordered by x show structure a correctly specified law leaves out.
+
+    Two tests, each at p < MISSPECIFICATION_P: a Wald-Wolfowitz runs test on the signs (a curve that
+    misses systematically leaves long runs of one sign), and an F test of a quadratic in log x against
+    a constant (a trend or a bend the law cannot follow). The fit has already absorbed what its own
+    parameters can, so both are conservative on a correct law; the false-alarm rate is measured in
+    tests/fit/test_bias_and_intervals.py."""
+    r = np.asarray(residuals, dtype=np.float64)
+    v = np.log(np.asarray(order, dtype=np.float64))
+    if len(r) < MIN_RESIDUAL_TEST_POINTS or np.ptp(v) == 0 or np.sqrt(np.mean(r * r)) < NOISELESS_RMS:
+        return []
+    reasons = []
+    p_runs = _runs_test(r[np.argsort(v, kind="stable")])
+    if p_runs < MISSPECIFICATION_P:
+        reasons.append(f"the residual signs ordered by x form too few runs (runs test p = {p_runs:.2g})")
+    p_shape, share = _curvature_test(r, v)
+    if p_shape < MISSPECIFICATION_P:
+        reasons.append(f"a quadratic in log x explains {share:.0%} of the residual variance (F test p = {p_shape:.2g})")
+    if not reasons:
+        return []
+    return [f"misspecified: {'; '.join(reasons)}: the law does not capture the shape of the data, so its intervals and forecasts do not hold"]
+
+
+def _runs_test(ordered: np.ndarray) -> float:
+    """One-sided p-value of a Wald-Wolfowitz runs test for too few runs of residual sign (normal approximation)."""
+    signs = np.sign(ordered[ordered != 0])
+    n_pos, n_neg = int(np.sum(signs > 0)), int(np.sum(signs < 0))
+    n = n_pos + n_neg
+    if n_pos == 0 or n_neg == 0:
+        return 0.0 if n >= MIN_RESIDUAL_TEST_POINTS else 1.0  # every residual on one side of the curve
+    runs = 1 + int(np.count_nonzero(signs[1:] != signs[:-1]))
+    mean = 2.0 * n_pos * n_neg / n + 1.0
+    variance = 2.0 * n_pos * n_neg * (2.0 * n_pos * n_neg - n) / (n * n * (n - 1.0))
+    if variance <= 0:
+        return 1.0
+    return float(stats.norm.cdf((runs - mean) / np.sqrt(variance)))
+
+
+def _curvature_test(r: np.ndarray, v: np.ndarray) -> tuple[float, float]:
+    """p-value of an F test of r ~ 1 + v + v^2 against r ~ 1, and the share of variance the quadratic explains."""
+    z = (v - v.mean()) / v.std()
+    design = np.stack([np.ones_like(z), z, z * z], axis=1)
+    coef, *_ = np.linalg.lstsq(design, r, rcond=None)
+    total = float(np.sum((r - r.mean()) ** 2))
+    left = float(np.sum((r - design @ coef) ** 2))
+    dof = len(r) - 3
+    if total <= 0 or dof <= 0:
+        return 1.0, 0.0
+    if left <= 0:
+        return 0.0, 1.0
+    f_stat = ((total - left) / 2.0) / (left / dof)
+    return float(stats.f.sf(f_stat, 2, dof)), (total - left) / total
