@@ -61,6 +61,11 @@ F_STARTS = (0.1, 0.5)
 # A d_i or f_i whose interval covers more than this share of its searched log range is not determined.
 NOT_LOCATED_SHARE = 0.5
 GRADIENT_TOL = 1e-7
+# Screening: on the paper's 3-break Figure 1 curve (700 points, 960 starts) keeping the 24 best starts
+# after 50 steps found the same optimum (the exact constants) in 4 s as running every start to
+# convergence did in 116 s (2 busy cores).
+SCREEN_ITERATIONS = 50
+KEEP_STARTS = 24
 # Bootstrap refits start this far (in the unit box of the sin^2 variables) inside a bound the estimate
 # sits on: sin^2 has zero slope at its ends, so a start exactly there could never leave the bound.
 BOUND_NUDGE = 1e-4
@@ -215,25 +220,27 @@ class _Space:
         def value_and_gradient(theta, rows):
             s, k, c0, c, t, q, log_d, f = self.unpack(theta)
             z = (u[None, None, :] - log_d[:, :, None]) / f[:, :, None]  # [S, n_breaks, n_points]
-            soft = np.logaddexp(0.0, z)
+            # softplus(z) and sigmoid(z) from one exp(-|z|), without overflow
+            e = np.exp(-np.abs(z))
+            soft = np.log1p(e)
+            soft += np.maximum(z, 0.0)
+            sig = np.where(z >= 0, 1.0, e)
+            sig /= 1.0 + e
             power = np.exp(k[:, None] - c0[:, None] * u - np.einsum("sb,sbn->sn", c * f, soft))
             pred = s[:, None] ** 2 + power
-            w = np.ones_like(pred) if weights is None else weights[rows]
-            total = w.sum(axis=1)
             r = log_y - np.log(pred)
-            value = 0.5 * np.sum(w * r * r, axis=1) / total
-            g = -(w * r) / total[:, None]  # d value / d log pred
+            wr = r if weights is None else weights[rows] * r
+            total = np.full(len(theta), float(len(u))) if weights is None else weights[rows].sum(axis=1)
+            value = 0.5 * np.einsum("sn,sn->s", wr, r) / total
+            g = wr / -total[:, None]  # d value / d log pred
             g_power = g * power / pred
-            sig = expit(z)
-            grad_d = np.einsum("sb,sbn,sn->sb", c, sig, g_power)  # d / d log d_i
-            grad_f = -np.einsum("sb,sbn,sn->sb", c, soft - z * sig, g_power)  # d / d f_i
             gradient = np.column_stack([
                 2 * s * np.sum(g / pred, axis=1),
                 g_power.sum(axis=1),
                 -(g_power @ u),
-                -np.einsum("sb,sbn,sn->sb", f, soft, g_power),
-                grad_d * (self.hi - self.lo) * np.sin(2 * t),
-                grad_f * f * self.f_span * np.sin(2 * q),
+                -f * np.einsum("sbn,sn->sb", soft, g_power),
+                c * np.einsum("sbn,sn->sb", sig, g_power) * (self.hi - self.lo) * np.sin(2 * t),
+                -c * np.einsum("sbn,sn->sb", soft - z * sig, g_power) * f * self.f_span * np.sin(2 * q),
             ])
             return value, gradient
 
@@ -256,11 +263,14 @@ class _Space:
 
 
 def _fit(space: _Space, log_y, y):
-    """Best of the batched multi-start run, polished by scipy's L-BFGS-B."""
+    """Best of the batched multi-start run, polished by scipy's L-BFGS-B. Every start runs
+    SCREEN_ITERATIONS steps; only the KEEP_STARTS best run to convergence."""
     starts = space.starts(log_y, y)
     batched = space.objective(log_y)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        batch = batched_lbfgs(batched, starts, max_iter=2000)
+        screen = batched_lbfgs(batched, starts, max_iter=SCREEN_ITERATIONS)
+        keep = np.argsort(np.where(np.isfinite(screen.f), screen.f, np.inf))[:KEEP_STARTS]
+        batch = batched_lbfgs(batched, screen.x[keep], max_iter=2000)
         best = int(np.argmin(np.where(np.isfinite(batch.f), batch.f, np.inf)))
         single = lambda t: tuple(v[0] for v in batched(t[None], np.zeros(1, dtype=int)))  # noqa: E731
         polished = minimize_lbfgs(single, batch.x[best])
