@@ -405,6 +405,9 @@ def test_broken_power_law_finds_the_break(capsys, tmp_path):
     assert below["value"] == pytest.approx(p["c0"]) and above["value"] == pytest.approx(p["c0"] + p["c1"])
     assert ci["d1"][0] <= truth["d1"] <= ci["d1"][1]
     assert [row["x"] for row in report["holdout"]["rows"]] == pytest.approx(x[[-1, -2]])
+    code, out, err = run_cli(capsys, path, "--law", "broken", "--x", "x", "--y", "y", "--bootstrap", "0")  # one break by default
+    assert code == 0, err
+    assert "segment 0 exponent" in out and "segment 1 exponent" in out and "segment 2" not in out and "d1" in out
     code, _, err = run_cli(capsys, path, "--law", "power", "--breaks", "2", "--x", "x", "--y", "y")
     assert code == 2 and err == "fastscale fit: error: --breaks does not apply to --law power\n"
 

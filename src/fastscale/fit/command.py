@@ -29,22 +29,34 @@ from fastscale.fit.power import fit_power_law
 from fastscale.io import json_text, write_atomically
 
 LAWS = ("power", "broken", "chinchilla", "kaplan-nd", "overtrain", "data-constrained", "frontier", "critical-batch", "allocation", "isoflop")
-EPILOG = """columns by law:
-  power           --x COL --y COL  [--pure]            L = L_inf + (x0/x)^alpha
-  broken          --x COL --y COL  [--breaks K]        y = a + b x^-c0 prod_i (1 + (x/d_i)^(1/f_i))^(-c_i f_i)
-                                                       (Caballero et al. 2023, K breaks, default 1)
-  allocation      --x C --y N_OPT  [--sigma COL]       N_opt = (C/C0)^a (weights 1/sigma^2 of log N_opt)
-  chinchilla      --N COL (--D COL | --C COL) --loss COL   L = E + A/N^alpha + B/D^beta (D = C/6N)
-  kaplan-nd       --N COL (--D COL | --C COL) --loss COL   L = [(Nc/N)^(alpha_N/alpha_D) + Dc/D]^alpha_D
-  overtrain       --N COL (--D COL | --C COL) --loss COL   L = E + A/N^alpha + B/D^alpha (Gadre et al. 2024: one
-                                                       exponent; also as L = E + (a M^eta + b M^-eta) C^-eta, M = D/N)
+EPILOG = """laws, their columns, and the law fitted:
+  power             --x COL --y COL [--pure]
+                    L = L_inf + (x0/x)^alpha (--pure: L_inf = 0)
+  broken            --x COL --y COL [--breaks K]
+                    y = a + b x^-c0 prod_i (1 + (x/d_i)^(1/f_i))^(-c_i f_i), K breaks (default 1)
+                    (Caballero et al. 2023, eq. 1); reports each segment's exponent c0, c0 + c1, ...
+  chinchilla        --N COL (--D COL | --C COL) --loss COL
+                    L = E + A/N^alpha + B/D^beta (Hoffmann et al. 2022; D = C/6N when --C is given)
+  kaplan-nd         --N COL (--D COL | --C COL) --loss COL
+                    L = [(Nc/N)^(alpha_N/alpha_D) + Dc/D]^alpha_D (Kaplan et al. 2020)
+  overtrain         --N COL (--D COL | --C COL) --loss COL
+                    L = E + A/N^alpha + B/D^alpha, one exponent (Gadre et al. 2024), also reported as
+                    L = E + (a M^eta + b M^-eta) C^-eta with M = D/N
   data-constrained  --N COL (--D COL | --C COL) --unique-D COL --loss COL
-                  L = E + A/N'^alpha + B/D'^beta (Muennighoff et al. 2023): D' discounts repeated epochs
-                  (D/U_D of them, decay R_D_star), N' parameters beyond N_opt(U_D) (decay R_N_star)
-  isoflop         --N COL --C COL --loss COL           Chinchilla approach 2: N_opt(C) from IsoFLOP minima
-  frontier        --run COL --N COL --C COL --loss COL learning curves -> frontier, L(C), N_opt(C)
-  critical-batch  --x STEPS --y EXAMPLES [--loss TARGET]  (S/S_min - 1)(E/E_min - 1) = 1, per target loss
-                  --loss COL --noise-scale COL         B_crit(L) = B_star / L^(1/alpha_B)
+                    L = E + A/N'^alpha + B/D'^beta (Muennighoff et al. 2023): D' discounts the D/U_D
+                    repeated epochs (decay R_D_star), N' the parameters beyond N_opt(U_D) (R_N_star)
+  frontier          [--run COL] --N COL --C COL --loss COL
+                    learning curves -> their lower envelope, L(C) = L_inf + (C0/C)^alpha, N_opt = (C/C0)^a
+  isoflop           --N COL --C COL --loss COL
+                    Chinchilla approach 2: each budget's parabola minimum, then N_opt = (C/C0)^a
+  allocation        --x C --y N_OPT [--sigma COL]
+                    N_opt = (C/C0)^a, weights 1/sigma^2 of log N_opt
+  critical-batch    --x STEPS --y EXAMPLES [--loss TARGET]
+                    (S/S_min - 1)(E/E_min - 1) = 1 (McCandlish et al. 2018), one fit per target loss
+                    --loss COL --noise-scale COL
+                    B_crit(L) = B_star / L^(1/alpha_B)
+--holdout-largest: every law but critical-batch. --forecast-loss: power, frontier (x or C reaching L),
+chinchilla, overtrain (C on the compute-optimal path).
 DATA is a CSV file or a directory of run directories (config.json + metrics.jsonl)."""
 
 
@@ -61,7 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         ("--C", "column of training compute in FLOPs (D = C / 6N when --D is not given)"),
         ("--loss", "column of losses (nats/token)"),
         ("--unique-D", "column of unique tokens in the data each run cycled through, D/unique-D epochs (data-constrained)"),
-        ("--run", "column naming the run of each row (frontier)"),
+        ("--run", "column naming the run of each row (frontier; default: run, as run directories give it)"),
         ("--sigma", "column of the standard deviation of log y per row; weights 1/sigma^2 (allocation)"),
         ("--noise-scale", "column of gradient noise scales (critical-batch)"),
     ):
@@ -85,12 +97,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="fit without the K rows of largest N (or x) and report the error of predicting them; isoflop: the K largest "
         "budgets; frontier: the runs of the K largest N, compared where they reach the frontier of all runs",
     )
-    parser.add_argument("--forecast-loss", type=float, metavar="L", help="report which x (N, C) reaches loss L")
+    parser.add_argument("--forecast-loss", type=float, metavar="L", help="report which x (power), C (frontier) or compute-optimal C (chinchilla, overtrain) reaches loss L")
     parser.add_argument("--forecast-reducible", type=float, metavar="EPS", help="power, frontier: which x brings the reducible loss down to EPS")
     parser.add_argument("--tokens-per-item", type=float, metavar="T", help="power, frontier: also state the law in nats per item (image, document) of T tokens")
     parser.add_argument("--bootstrap", type=int, default=DEFAULT_N_BOOTSTRAP, metavar="N", help=f"bootstrap resamples (default {DEFAULT_N_BOOTSTRAP}; 0: no intervals)")
     parser.add_argument("--level", type=float, default=DEFAULT_LEVEL, help="interval level (default 0.95)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples (default 0)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--out", metavar="FILE", help="also write the JSON report to FILE (atomically)")
     parser.add_argument("--plot", metavar="FILE", help="draw the fit to FILE (.png or .svg)")
@@ -496,6 +508,8 @@ def format_table(report: dict) -> str:
     for name, value in report["params"].items():
         low, high = report["ci"].get(name, (float("nan"), float("nan")))
         lines.append(f"{name:<10} {value:>14.6g}   [{low:>13.6g}, {high:>13.6g}]")
+    for i, segment in enumerate(report.get("segment_exponents", [])):
+        lines.append(f"segment {i} exponent {segment['value']:>12.6g}   [{segment['low']:>13.6g}, {segment['high']:>13.6g}]")
     for budget, reason in report.get("skipped_budgets", {}).items():
         lines.append(f"skipped budget C={float(budget):.4g}: {reason}")
     if "skipped_rows" in report:
