@@ -1,5 +1,6 @@
 """`fastscale fit`: the published Chinchilla numbers as JSON, CSV and run-directory input, errors, plots."""
 
+import csv
 import json
 import sys
 
@@ -177,6 +178,20 @@ def test_porian_allocation_with_where_and_sigma(capsys, porian, porian_folder):
     )
     assert code == 0, err
     assert json.loads(out)["params"]["a"] == pytest.approx(setup["a_n_exponent"], abs=1e-4)
+    code, out, err = run_cli(
+        capsys, data_path, "--law", "allocation", "--where", f"config={setup['config']}", "--x", "flops", "--y", "n_star",
+        "--sigma", "n_star_std_log", "--bootstrap", "0", "--holdout-largest", "2", "--json",
+    )
+    assert code == 0, err
+    with open(data_path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    kept = sorted((float(r["flops"]), float(r["n_star"]), float(r["n_star_std_log"])) for r in rows if r["config"] == setup["config"] and r["n_star"])
+    c, n_star, sigma = np.array(kept[:-2]).T
+    from fastscale.fit import fit_allocation
+
+    holdout = json.loads(out)["holdout"]
+    assert holdout["fit_params"] == pytest.approx(fit_allocation(c, n_star, weights=sigma**-2, n_bootstrap=0).params, rel=1e-9)
+    assert [row["flops"] for row in holdout["rows"]] == pytest.approx([kept[-1][0], kept[-2][0]])
     code, _, err = run_cli(capsys, data_path, "--law", "allocation", "--where", "config=nope", "--x", "flops", "--y", "n_star")
     assert code == 2 and "--where config=nope: no row matches" in err
 

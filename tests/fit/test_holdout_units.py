@@ -108,3 +108,20 @@ def test_frontier_holdout_refuses_runs_that_never_reach_the_frontier():
         holdout_largest_runs(run, n, c, loss, 1, n_bootstrap=0)
     with pytest.raises(FitInputError, match="holdout_largest=6: expected fewer than the 6 distinct model sizes"):
         holdout_largest_runs(run, n, c, loss, 6, n_bootstrap=0)
+
+
+def test_holdout_splits_per_row_weights_with_the_rows():
+    from fastscale.fit import fit_allocation
+
+    rng = np.random.default_rng(13)
+    c = np.geomspace(1e18, 1e22, 9)
+    sigma = rng.uniform(0.01, 0.1, 9)
+    n_opt = (c / 1e10) ** 0.5 * np.exp(rng.normal(0, sigma))
+    check = holdout_largest(fit_allocation, (c,), n_opt, 2, per_row={"weights": sigma**-2}, n_bootstrap=0)
+    manual = fit_allocation(c[:7], n_opt[:7], weights=sigma[:7] ** -2, n_bootstrap=0)
+    unweighted = fit_allocation(c[:7], n_opt[:7], n_bootstrap=0)
+    assert check.fit.params == pytest.approx(manual.params, rel=1e-12)
+    assert check.fit.params["a"] != pytest.approx(unweighted.params["a"], rel=1e-6)  # the weights took effect
+    assert np.allclose(check.predicted, manual.predict(c[[8, 7]]), rtol=1e-12)
+    none = holdout_largest(fit_allocation, (c,), n_opt, 2, per_row={"weights": None}, n_bootstrap=0)
+    assert none.fit.params == pytest.approx(unweighted.params, rel=1e-12)

@@ -277,9 +277,7 @@ def run_allocation(args, table):
     if not keep.all():
         report["skipped_rows"] = {"count": int((~keep).sum()), "reason": f"empty --y {args.y!r}"}
     if args.holdout_largest:
-        if weights is not None:
-            raise FitInputError("--holdout-largest with --sigma is not supported (the weights would need the same split)")
-        check = holdout_largest(fit_allocation, (c[keep],), n[keep], args.holdout_largest, **_options(args))
+        check = holdout_largest(fit_allocation, (c[keep],), n[keep], args.holdout_largest, per_row={"weights": weights}, **_options(args))
         report["holdout"] = _holdout_report(check, (args.x,), keep, f"--x {args.x!r}")
     _maybe_plot(args, lambda plots: plots.plot_law(fit, c[keep], n[keep], args.plot, xlabel=args.x, ylabel=args.y))
     return report

@@ -36,9 +36,10 @@ class HoldoutCheck:
         return float(np.mean(np.abs(self.relative_error)))
 
 
-def holdout_largest(fit: Callable, inputs: tuple, observed, k: int, *, by: int = 0, **fit_options) -> HoldoutCheck:
+def holdout_largest(fit: Callable, inputs: tuple, observed, k: int, *, by: int = 0, per_row: dict | None = None, **fit_options) -> HoldoutCheck:
     """Hold out the k rows with the largest inputs[by] (N, or x), fit `fit(*inputs, observed, **fit_options)`
-    on the rest, and predict the held-out rows."""
+    on the rest, and predict the held-out rows. per_row: fit options with one value per row (weights),
+    passed for the kept rows only (None: not given)."""
     y = as_values("observed", observed)
     columns = [np.asarray(column, dtype=np.float64) for column in inputs]
     k = positive_int("holdout_largest", k)
@@ -46,7 +47,8 @@ def holdout_largest(fit: Callable, inputs: tuple, observed, k: int, *, by: int =
         raise FitInputError(f"holdout_largest={k}: expected fewer than the {len(y)} rows")
     order = np.argsort(columns[by], kind="stable")[::-1]
     held, kept = order[:k], np.sort(order[k:])
-    result = fit(*(column[kept] for column in columns), y[kept], **fit_options)
+    split = {name: np.asarray(values)[kept] for name, values in (per_row or {}).items() if values is not None}
+    result = fit(*(column[kept] for column in columns), y[kept], **split, **fit_options)
     held_inputs = [column[held] for column in columns]
     predicted = result.predict(*held_inputs)
     if len(result.samples):
