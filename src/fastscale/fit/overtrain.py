@@ -53,6 +53,11 @@ GRADIENT_TOL = 1e-7
 LEAST_SQUARES = np.inf  # Huber threshold at infinity: the Huber objective is then 0.5 r^2
 GRID_ROWS = 1000  # rows the start grid runs on (a fixed random subset beyond that; the polish uses all)
 BOOTSTRAP_CELLS = 2_000_000  # draws x rows per batched bootstrap run: bounds memory on large data
+N_PARAMS = 4
+# Resamples of few runs: flag when more than this share drew fewer than N_PARAMS + 1 distinct runs. Beyond
+# MANY_RUNS distinct runs (one row each) such a resample has probability < 1e-20 and is not counted.
+UNDERDETERMINED_SHARE = 0.01
+MANY_RUNS = 64
 
 
 def overtrain_grid() -> np.ndarray:
@@ -130,7 +135,7 @@ def fit_overtrain(
     d = as_values("d", d, positive=True)
     y = as_values("loss", loss, positive=True)
     size = same_length(n=n, d=d, loss=y)
-    enough_data("overtrain", 4, 3, n=n, d=d)
+    enough_data("overtrain", N_PARAMS, 3, n=n, d=d)
     centre_n, centre_d = np.log(n).mean(), np.log(d).mean()
     u, v, log_y = np.log(n) - centre_n, np.log(d) - centre_d, np.log(y)
 
@@ -147,7 +152,7 @@ def fit_overtrain(
         level=level,
         converged=converged,
         failed_refits=failed,
-        flags=_exponent_flags(params),
+        flags=_exponent_flags(params) + _underdetermined_flags(n, d, counts),
         residuals=log_y - np.log(OvertrainFit._law(params, n, d)),
         objective=objective,
         n_points=size,
@@ -208,6 +213,26 @@ def _parameters(centre_n, centre_d):
             return np.exp(e), big_a, big_b, alpha, big_a * 6.0**eta, big_b * 6.0**eta, eta
 
     return to_params
+
+
+def _underdetermined_flags(n, d, counts) -> list:
+    """Flag a bootstrap whose resamples often hold fewer distinct runs than the law has parameters + 1.
+
+    With 5 runs, 96% of resamples repeat a run and keep <= 4 distinct ones. The refit then interpolates
+    them (zero residual, so the draw carries no noise) or, with fewer, stops somewhere on a family of
+    exact fits chosen by its start: the percentile interval measures the optimizer, not the data."""
+    labels = np.unique(np.stack([n, d], axis=1), axis=0, return_inverse=True)[1].ravel()
+    runs = int(labels.max()) + 1
+    if len(counts) == 0 or runs > MANY_RUNS:
+        return []
+    drawn = np.stack([counts[:, labels == run].any(axis=1) for run in range(runs)], axis=1)
+    short = int(np.sum(drawn.sum(axis=1) < N_PARAMS + 1))
+    if short <= UNDERDETERMINED_SHARE * len(counts):
+        return []
+    return [
+        f"bootstrap_underdetermined: {short} of {len(counts)} resamples drew fewer than {N_PARAMS + 1} of the {runs} distinct runs, "
+        f"too few to determine {N_PARAMS} parameters: the intervals are unreliable (fit more runs)"
+    ]
 
 
 def _exponent_flags(params):
