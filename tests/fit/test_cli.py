@@ -360,6 +360,10 @@ def test_isoflop_holdout_largest_holds_out_the_largest_budgets(capsys, tmp_path)
     small = sorted(minima)[:-2]
     reference = fit_allocation(small, [minima[c] for c in small], n_bootstrap=0)
     assert [row["predicted"] for row in holdout["rows"]] == pytest.approx(reference.predict(np.array([row["C"] for row in holdout["rows"]])))
+    code, out, err = run_cli(capsys, path, "--law", "isoflop", "--N", "N", "--C", "C", "--loss", "loss", "--bootstrap", "0", "--holdout-largest", "2")
+    assert code == 0, err
+    assert "holdout: mean |relative error| on the 2 points of largest C (budgets with an interior minimum)" in out
+    assert f"  C={sorted(minima)[-1]:.4g}: observed" in out
 
 
 def test_overtrain_law_from_compute_recovers_the_shared_exponent(capsys, tmp_path):
@@ -456,3 +460,25 @@ def test_data_constrained_law_from_repeated_epochs(capsys, tmp_path):
         assert row["rel_error"] == pytest.approx(row["predicted"] / row["observed"] - 1)
     code, _, err = run_cli(capsys, path, "--law", "data-constrained", "--N", "N", "--D", "D", "--unique-D", "D", "--loss", "loss", "--bootstrap", "0")
     assert code == 2 and err.startswith("fastscale fit: error: --unique-D 'D' (epochs = D/unique-D): epochs has 1 distinct value")
+
+
+def test_critical_batch_holdout_holds_out_the_lowest_losses(capsys, tmp_path):
+    """Noise scales exactly on B_crit(L) = 1e6/L^(1/0.21) (alpha_B = 0.21 as in Kaplan et al. 2020); the forecast
+    direction is down in loss, so the lowest losses are held out."""
+    write_run(tmp_path / "run", 1e6, noise_scale=True)
+    code, out, err = run_cli(
+        capsys, tmp_path / "run", "--law", "critical-batch", "--loss", "loss", "--noise-scale", "noise_scale",
+        "--bootstrap", "20", "--holdout-largest", "2", "--json",
+    )
+    assert code == 0, err
+    report = json.loads(out)
+    holdout = report["holdout"]
+    losses = sorted(row["loss"] for row in holdout["rows"])
+    table = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[:-1]]
+    logged = sorted({r["loss"] for r in table if "noise_scale" in r})
+    assert losses == pytest.approx(logged[:2]) and holdout["held_out"] == "the 2 points of lowest loss"
+    assert holdout["mean_abs_rel_error"] < 1e-6  # the law is exact on these noise scales
+    code, out, err = run_cli(capsys, tmp_path / "run", "--law", "critical-batch", "--loss", "loss", "--noise-scale", "noise_scale", "--bootstrap", "0", "--holdout-largest", "2")
+    assert code == 0 and "holdout: mean |relative error| on the 2 points of lowest loss" in out and "  row " in out
+    code, _, err = run_cli(capsys, tmp_path / "run", "--law", "critical-batch", "--x", "step", "--y", "tokens", "--holdout-largest", "2")
+    assert code == 2 and err.startswith("fastscale fit: error: --holdout-largest: --law critical-batch without --loss") and err.count("\n") == 1

@@ -55,8 +55,8 @@ EPILOG = """laws, their columns, and the law fitted:
                     (S/S_min - 1)(E/E_min - 1) = 1 (McCandlish et al. 2018), one fit per target loss
                     --loss COL --noise-scale COL
                     B_crit(L) = B_star / L^(1/alpha_B)
---holdout-largest: every law but critical-batch. --forecast-loss: power, frontier (x or C reaching L),
-chinchilla, overtrain (C on the compute-optimal path).
+--holdout-largest: every law; critical-batch holds out the K lowest losses (needs --loss).
+--forecast-loss: power, frontier (x or C reaching L), chinchilla, overtrain (C on the compute-optimal path).
 DATA is a CSV file or a directory of run directories (config.json + metrics.jsonl)."""
 
 
@@ -95,7 +95,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0,
         metavar="K",
         help="fit without the K rows of largest N (or x) and report the error of predicting them; isoflop: the K largest "
-        "budgets; frontier: the runs of the K largest N, compared where they reach the frontier of all runs",
+        "budgets; frontier: the runs of the K largest N, compared where they reach the frontier of all runs; "
+        "critical-batch: the K lowest losses",
     )
     parser.add_argument("--forecast-loss", type=float, metavar="L", help="report which x (power), C (frontier) or compute-optimal C (chinchilla, overtrain) reaches loss L")
     parser.add_argument("--forecast-reducible", type=float, metavar="EPS", help="power, frontier: which x brings the reducible loss down to EPS")
@@ -372,17 +373,19 @@ def run_frontier(args, table):
 
 
 def run_critical_batch(args, table):
-    _refuse(args, "--holdout-largest", "--forecast-loss", "--forecast-reducible", "--tokens-per-item", "--drop-top-loss", "--pure")
+    _refuse(args, "--forecast-loss", "--forecast-reducible", "--tokens-per-item", "--drop-top-loss", "--pure")
     if args.noise_scale is not None:
         _need(args, "loss")
         loss, noise = column(table, args.loss, option="--loss"), column(table, args.noise_scale, option="--noise-scale")
         finite = np.isfinite(loss) & np.isfinite(noise)  # noise scales are logged on some steps only
         fit = fit_critical_batch_vs_loss(loss[finite], noise[finite], **_options(args))
         _maybe_plot(args, lambda plots: plots.plot_law(fit, loss[finite], noise[finite], args.plot, xlabel="loss", ylabel="B_crit"))
-        return _fit_report(fit)
+        return _with_lowest_loss_holdout(_fit_report(fit), args, loss[finite], noise[finite], finite)
     _need(args, "x", "y")
     steps, examples = column(table, args.x, option="--x"), column(table, args.y, option="--y")
     if args.loss is None:
+        if args.holdout_largest:
+            raise FitInputError("--holdout-largest: --law critical-batch without --loss fits one (steps, examples) curve; give --loss targets to hold out the lowest")
         fit = fit_critical_batch(steps, examples, **_options(args))
         _maybe_plot(args, lambda plots: plots.plot_law(fit, examples / steps, steps, args.plot, xlabel="batch size", ylabel="steps"))
         return _fit_report(fit)
@@ -392,7 +395,17 @@ def run_critical_batch(args, table):
     report = _fit_report(by_loss)
     report["per_target"] = [{"loss": t, **_fit_report(f)} for t, f in per_target.items()]
     report["flags"] = report["flags"] + [f"loss {t}: {flag}" for t, f in per_target.items() for flag in f.flags]
+    report = _with_lowest_loss_holdout(report, args, np.array(list(per_target)), np.array([f.params["B_crit"] for f in per_target.values()]), None)
     _maybe_plot(args, lambda plots: plots.plot_law(by_loss, list(per_target), [f.params["B_crit"] for f in per_target.values()], args.plot, xlabel="loss", ylabel="B_crit"))
+    return report
+
+
+def _with_lowest_loss_holdout(report, args, loss, critical_batch, kept):
+    """--holdout-largest for B_crit(L): the K lowest losses held out, the direction a forecast for a larger
+    model goes (its loss is lower). kept: the DATA rows fitted, None when the points are per-target fits."""
+    if args.holdout_largest:
+        check = holdout_largest(fit_critical_batch_vs_loss, (loss,), critical_batch, args.holdout_largest, lowest=True, **_options(args))
+        report["holdout"] = _holdout_report(check, ("loss",), kept, "loss", lowest=True)
     return report
 
 
@@ -439,7 +452,7 @@ def _fit_report(fit) -> dict:
     }
 
 
-def _holdout_report(check, names, kept, largest: str) -> dict:
+def _holdout_report(check, names, kept, largest: str, *, lowest: bool = False) -> dict:
     """kept: the row mask the fit saw, so held-out rows are numbered as in DATA (0-based, header
     excluded); None when the fitted points are not DATA rows (IsoFLOP minima)."""
     rows = []
@@ -448,7 +461,7 @@ def _holdout_report(check, names, kept, largest: str) -> dict:
         inputs = {name: float(values[i]) for name, values in zip(names, check.inputs)}
         rows.append({**number, **inputs, **_prediction(check, i)})
     return {
-        "held_out": f"the {len(rows)} point{'s' * (len(rows) != 1)} of largest {largest}",
+        "held_out": f"the {len(rows)} point{'s' * (len(rows) != 1)} of {'lowest' if lowest else 'largest'} {largest}",
         "mean_abs_rel_error": check.mean_abs_rel_error,
         "fit_params": {k: float(v) for k, v in check.fit.params.items()},
         "flags": list(check.fit.flags),
@@ -491,10 +504,13 @@ MAX_TABLE_ROWS = 12
 
 
 def _row_label(row: dict) -> str:
-    """A held-out point as the table names it: its DATA row, or its run and compute, or its budget."""
+    """A held-out point as the table names it: its DATA row, or its run and compute, or its inputs."""
     if "row" in row:
         return f"row {row['row']:>5}"
-    return f"{row['run']} at C={row['C']:.4g}" if "run" in row else f"C={row['C']:.4g}"
+    if "run" in row:
+        return f"{row['run']} at C={row['C']:.4g}"
+    inputs = list(row)[: list(row).index("observed")]
+    return ", ".join(f"{name}={row[name]:.4g}" for name in inputs)
 
 
 def format_table(report: dict) -> str:

@@ -23,7 +23,7 @@ from fastscale.fit.results import FitResult
 @dataclass(frozen=True)
 class HoldoutCheck:
     fit: FitResult  # fitted on the kept rows
-    held_out: np.ndarray  # row indices of the held-out rows, largest first
+    held_out: np.ndarray  # row indices of the held-out rows, most extreme (largest, or lowest) first
     inputs: tuple  # the held-out rows' inputs, one array per input
     observed: np.ndarray
     predicted: np.ndarray
@@ -36,16 +36,20 @@ class HoldoutCheck:
         return float(np.mean(np.abs(self.relative_error)))
 
 
-def holdout_largest(fit: Callable, inputs: tuple, observed, k: int, *, by: int = 0, per_row: dict | None = None, **fit_options) -> HoldoutCheck:
+def holdout_largest(
+    fit: Callable, inputs: tuple, observed, k: int, *, by: int = 0, lowest: bool = False, per_row: dict | None = None, **fit_options
+) -> HoldoutCheck:
     """Hold out the k rows with the largest inputs[by] (N, or x), fit `fit(*inputs, observed, **fit_options)`
-    on the rest, and predict the held-out rows. per_row: fit options with one value per row (weights),
-    passed for the kept rows only (None: not given)."""
+    on the rest, and predict the held-out rows. lowest: hold out the smallest instead, for an input that
+    extrapolation takes down (a loss: B_crit(L) is forecast for losses below those measured). per_row:
+    fit options with one value per row (weights), passed for the kept rows only (None: not given)."""
     y = as_values("observed", observed)
     columns = [np.asarray(column, dtype=np.float64) for column in inputs]
     k = positive_int("holdout_largest", k)
     if k >= len(y):
         raise FitInputError(f"holdout_largest={k}: expected fewer than the {len(y)} rows")
-    order = np.argsort(columns[by], kind="stable")[::-1]
+    order = np.argsort(columns[by], kind="stable")
+    order = order if lowest else order[::-1]
     held, kept = order[:k], np.sort(order[k:])
     split = {name: np.asarray(values)[kept] for name, values in (per_row or {}).items() if values is not None}
     result = fit(*(column[kept] for column in columns), y[kept], **split, **fit_options)
