@@ -454,10 +454,11 @@ def _fit_report(fit) -> dict:
 
 def _holdout_report(check, names, kept, largest: str, *, lowest: bool = False) -> dict:
     """kept: the row mask the fit saw, so held-out rows are numbered as in DATA (0-based, header
-    excluded); None when the fitted points are not DATA rows (IsoFLOP minima)."""
+    excluded); None when the fitted points are not DATA rows (IsoFLOP minima, per-target critical batches)."""
+    data_rows = None if kept is None else np.flatnonzero(kept)
     rows = []
     for i in range(len(check.held_out)):
-        number = {} if kept is None else {"row": int(np.flatnonzero(kept)[check.held_out[i]])}
+        number = {} if data_rows is None else {"row": int(data_rows[check.held_out[i]])}
         inputs = {name: float(values[i]) for name, values in zip(names, check.inputs)}
         rows.append({**number, **inputs, **_prediction(check, i)})
     return {
@@ -475,7 +476,7 @@ def _frontier_holdout_report(check, k: int) -> dict:
     return {
         "held_out": f"the runs of the {k} largest N ({runs}): the {len(check.compute)} points where they attain the frontier of all runs",
         "mean_abs_rel_error": check.mean_abs_rel_error,
-        "fit_params": {k: float(v) for k, v in {**fit.loss_fit.params, **fit.allocation.params}.items()},
+        "fit_params": {name: float(value) for name, value in {**fit.loss_fit.params, **fit.allocation.params}.items()},
         "flags": list(fit.flags),
         "rows": [{"run": str(check.run[i]), "C": float(check.compute[i]), **_prediction(check, i)} for i in range(len(check.compute))],
     }

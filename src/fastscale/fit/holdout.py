@@ -79,9 +79,10 @@ class FrontierHoldoutCheck:
         return float(np.mean(np.abs(self.relative_error)))
 
 
-def holdout_largest_runs(run, n_params, compute, loss, k: int, **fit_options) -> FrontierHoldoutCheck:
+def holdout_largest_runs(run, n_params, compute, loss, k: int, *, n_grid: int = 100, **fit_options) -> FrontierHoldoutCheck:
     """Leave out the runs of the k largest model sizes, fit the frontier (`fit_frontier`) on the rest, and
-    predict the frontier of all runs where a held-out run attains it."""
+    predict the frontier of all runs where a held-out run attains it. n_grid: as in `fit_frontier`, whose
+    default it repeats, used for both frontiers."""
     labels = np.asarray(run)
     n = as_values("n_params", n_params, positive=True)
     c, y = np.asarray(compute, dtype=np.float64), np.asarray(loss, dtype=np.float64)
@@ -91,15 +92,14 @@ def holdout_largest_runs(run, n_params, compute, loss, k: int, **fit_options) ->
         raise FitInputError(f"holdout_largest={k}: expected fewer than the {len(sizes)} distinct model sizes")
     held_rows = n >= sizes[-k]
     held_runs = np.unique(labels[held_rows])
-    grid_options = {key: value for key, value in fit_options.items() if key == "n_grid"}
-    full = compute_frontier(labels, n, c, y, **grid_options)
+    full = compute_frontier(labels, n, c, y, n_grid=n_grid)
     attained = np.isin(full.run, held_runs)
     if not attained.any():
         raise FitInputError(
             f"holdout_largest={k}: the held-out runs {[str(r) for r in held_runs]} never reach the frontier of all runs, so there is nothing to predict"
         )
     kept = ~held_rows
-    result = fit_frontier(labels[kept], n[kept], c[kept], y[kept], **fit_options)
+    result = fit_frontier(labels[kept], n[kept], c[kept], y[kept], n_grid=n_grid, **fit_options)
     at = full.compute[attained]
     predicted = result.loss_fit.predict(at)
     if len(result.loss_fit.samples):
