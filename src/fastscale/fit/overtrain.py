@@ -163,7 +163,7 @@ def fit_overtrain(
 
 def _best_of_grid(u, v, log_y):
     """(theta, objective, converged): every grid start at once on at most GRID_ROWS rows (the grid only
-    has to find the basin, and 144 starts on a million rows would not fit in memory), then the best
+    has to find the basin, and 144 starts on a million rows would take ~10 GB), then the best
     polished by scipy on all rows."""
     grid, rows = overtrain_grid(), _grid_rows(len(log_y))
     with np.errstate(over="ignore", invalid="ignore"):
@@ -194,7 +194,7 @@ def _grid_rows(size: int) -> np.ndarray:
 def _bootstrap(u, v, log_y, theta, counts):
     """Refit every resample from theta in batched runs of at most BOOTSTRAP_CELLS draws x rows."""
     if len(counts) == 0:
-        return np.zeros((0, 4)), 0
+        return np.zeros((0, N_PARAMS)), 0
     draws, failed = [], 0
     for part in np.array_split(counts, -(-counts.size // BOOTSTRAP_CELLS)):
         with np.errstate(over="ignore", invalid="ignore"):
@@ -223,9 +223,11 @@ def _underdetermined_flags(n, d, counts) -> list:
     With 5 runs, 96% of resamples repeat a run and keep <= 4 distinct ones. The refit then interpolates
     them (zero residual, so the draw carries no noise) or, with fewer, stops somewhere on a family of
     exact fits chosen by its start: the percentile interval measures the optimizer, not the data."""
+    if len(counts) == 0:
+        return []
     labels = np.unique(np.stack([n, d], axis=1), axis=0, return_inverse=True)[1].ravel()
     runs = int(labels.max()) + 1
-    if len(counts) == 0 or runs > MANY_RUNS:
+    if runs > MANY_RUNS:
         return []
     drawn = np.stack([counts[:, labels == run].any(axis=1) for run in range(runs)], axis=1)
     short = int(np.sum(drawn.sum(axis=1) < N_PARAMS + 1))
