@@ -324,13 +324,14 @@ def _base_theta(base_law):
     bad = [f"{name}={value!r}" for name, value in values.items() if not (np.isfinite(value) and value > 0)]
     if bad:
         raise FitInputError(f"base_law: expected finite values > 0, got {', '.join(bad)}", "base_law")
-    return np.array([np.log(values["A"]), np.log(values["B"]), np.log(values["E"]), values["alpha"], values["beta"]])
+    return _to_theta({**values, "R_D_star": 1.0, "R_N_star": 1.0})[:5]
 
 
 def _linear_starts(runs: _Runs):
     """theta rows (a, b, e, alpha, beta, rho_D, rho_N) from EXPONENT_STARTS: for each exponent pair, the
     E, A, B minimizing the relative squared error (twice, so U_N follows the solved A/B), decays at the
-    paper's values. Pairs whose solution has a zero coefficient are dropped (log 0 has no start)."""
+    paper's values. Pairs whose solution has a zero coefficient are dropped (log 0 has no start); the
+    paper's own constants are always one start, so there is at least one."""
     n, u_d, y = np.exp(runs.log_n), np.exp(runs.log_unique_d), np.exp(runs.log_y)
     decays = {"R_D_star": PAPER_PARAMS["R_D_star"], "R_N_star": PAPER_PARAMS["R_N_star"]}
     d_eff = effective_data(u_d * (1.0 + runs.repetitions_d), u_d, decays["R_D_star"])
@@ -344,8 +345,8 @@ def _linear_starts(runs: _Runs):
             if min(p["E"], p["A"], p["B"]) <= 0:
                 break
         else:
-            starts.append([np.log(p["A"]), np.log(p["B"]), np.log(p["E"]), alpha, beta, np.log(decays["R_D_star"]), np.log(decays["R_N_star"])])
-    return np.array(starts).reshape(-1, 7)
+            starts.append(_to_theta(p))
+    return np.array(starts + [_to_theta(PAPER_PARAMS)])
 
 
 def _decay_grid():
@@ -383,6 +384,11 @@ def _bootstrap(runs, base, theta, counts, delta):
     with np.errstate(over="ignore", invalid="ignore"):
         batch = batched_lbfgs(objective, np.repeat(theta[None], len(counts), axis=0), max_iter=2000)
     return batch.x[batch.converged], int(np.sum(~batch.converged))
+
+
+def _to_theta(p):
+    """(a, b, e, alpha, beta, rho_D, rho_N) of params p: the inverse of _to_params."""
+    return np.array([np.log(p["A"]), np.log(p["B"]), np.log(p["E"]), p["alpha"], p["beta"], np.log(p["R_D_star"]), np.log(p["R_N_star"])])
 
 
 def _to_params(theta, base):
