@@ -287,14 +287,14 @@ def test_where_operators_select_the_rows_python_selects(tmp_path, expression, ke
 def test_where_conditions_all_hold_and_exclude_the_largest_model(capsys, tmp_path):
     path, n, d, loss, tags = write_sizes_csv(tmp_path / "runs.csv", seed=2)
     code, out, err = run_cli(
-        capsys, path, "--law", "chinchilla", "--N", "N", "--D", "D", "--loss", "loss", "--where", "N<1e9", "--where", "tag != c",
+        capsys, path, "--law", "overtrain", "--N", "N", "--D", "D", "--loss", "loss", "--where", "N<1e9", "--where", "tag != c",
         "--bootstrap", "0", "--json",
     )
     assert code == 0, err
     kept = (n < 1e9) & (tags != "c")
     subset = tmp_path / "subset.csv"
     subset.write_text("N,D,loss\n" + "".join(f"{a:g},{b:g},{c:.17g}\n" for a, b, c in zip(n[kept], d[kept], loss[kept])))
-    code, expected, err = run_cli(capsys, subset, "--law", "chinchilla", "--N", "N", "--D", "D", "--loss", "loss", "--bootstrap", "0", "--json")
+    code, expected, err = run_cli(capsys, subset, "--law", "overtrain", "--N", "N", "--D", "D", "--loss", "loss", "--bootstrap", "0", "--json")
     assert code == 0, err
     report, reference = json.loads(out), json.loads(expected)
     assert report["n_points"] == kept.sum() < 20
