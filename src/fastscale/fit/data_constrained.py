@@ -355,8 +355,12 @@ def _decay_grid():
 
 
 def _fit(runs, base, delta):
-    """Best of the start grid (then, fitting all seven, of the decay grid from the best base), polished."""
+    """Best of the starts (then, fitting all seven, of the decay grid from the best base), polished."""
     objective = loss_objective(runs, base=base, delta=delta)
+
+    def single(t):
+        return tuple(v[0] for v in objective(t[None], np.zeros(1, dtype=int)))
+
     starts = _decay_grid() if base is not None else _linear_starts(runs)
     with np.errstate(over="ignore", invalid="ignore"):
         batch = batched_lbfgs(objective, starts)
@@ -368,13 +372,12 @@ def _fit(runs, base, delta):
             if refine.f.min() < batch.f.min():
                 best = refine.x[int(np.argmin(refine.f))]
             n_starts += len(decays)
-        polished = minimize_lbfgs(lambda t: tuple(v[0] for v in objective(t[None], np.zeros(1, dtype=int))), best)
-    value = lambda t: float(objective(t[None], np.zeros(1, dtype=int))[0][0])  # noqa: E731
-    theta = polished.x if value(polished.x) <= value(best) else best
-    _, gradient = objective(theta[None], np.zeros(1, dtype=int))
+        polished = minimize_lbfgs(single, best)
+    theta = polished.x if single(polished.x)[0] <= single(best)[0] else best
+    value, gradient = single(theta)
     converged = bool(polished.success) or float(np.abs(gradient).max()) <= GRADIENT_TOL
-    log.info("data-constrained: %d starts, optimum %.10g", n_starts, value(theta))
-    return theta, value(theta), converged, n_starts
+    log.info("data-constrained: %d starts, optimum %.10g", n_starts, value)
+    return theta, float(value), converged, n_starts
 
 
 def _bootstrap(runs, base, theta, counts, delta):
