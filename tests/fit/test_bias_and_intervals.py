@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from fastscale.fit import fit_power_law
+from fastscale.fit import bootstrap, fit_power_law
 from fastscale.fit.power import PowerLawFit
 from fastscale.fit.results import _curvature_test, _runs_test, fit_result
 
@@ -155,3 +155,14 @@ def test_curvature_test_matches_an_independent_f_test():
     p, share = _curvature_test(r, v)
     assert p == pytest.approx(stats.f.sf(f_stat, 2, 22), rel=1e-9)
     assert share == pytest.approx(1 - full / null, rel=1e-9)
+
+
+@pytest.mark.parametrize("groups", [None, [0, 0, 1, 1, 2, 2, 2]])
+def test_chunked_resamples_are_the_same_draws(monkeypatch, groups):
+    # Large data sets resample a few draws at a time: the draws must not depend on the chunk size.
+    whole = bootstrap.resample_counts(7, 11, seed=5, groups=groups)
+    monkeypatch.setattr(bootstrap, "CHUNK_CELLS", 20)  # 2 resamples of 7 rows per chunk
+    chunks = list(bootstrap.resample_count_chunks(7, 11, seed=5, groups=groups))
+    assert [len(c) for c in chunks] == [2, 2, 2, 2, 2, 1]
+    assert np.array_equal(np.concatenate(chunks), whole)
+    assert np.all(whole.sum(axis=1) == 7) if groups is None else np.all(whole[:, [0, 2, 4]].sum(axis=1) == 3)

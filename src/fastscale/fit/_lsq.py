@@ -85,7 +85,8 @@ def _margin(model: LogModel, theta, rows):
 
 
 def bootstrap(model: LogModel, theta: np.ndarray, counts: np.ndarray, weights: np.ndarray):
-    """Refit every resample from theta; returns ([n_ok, P] draws, number of failed refits)."""
+    """Refit every resample (counts: rows of per-point counts, an array or an iterator of rows) from
+    theta; returns ([n_ok, P] draws, number of failed refits)."""
     draws, failed = [], 0
     for row in counts:
         solution = solve(model, weights * row, starts=(theta,))

@@ -10,12 +10,13 @@ multiply by tokens per item for nats per image or document, see `units.per_item`
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import chain
 
 import numpy as np
 
 from fastscale.fit import _lsq
 from fastscale.fit._checks import FitInputError, as_values, enough_data, positive_int, same_length
-from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP, resample_counts
+from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP, resample_count_chunks
 from fastscale.fit.results import Estimate, FitResult, fit_result
 
 MAX_ALPHA = 10.0
@@ -86,8 +87,8 @@ def fit_power_law(
     same_length(x=x, weights=w)
     model = _model(x, y, irreducible, lower_envelope, w)
     solution = _lsq.solve(model, w)
-    counts = resample_counts(n, positive_int("n_bootstrap", n_bootstrap, minimum=0), seed, groups)
-    draws, failed = _lsq.bootstrap(model, solution.theta, counts, w)
+    chunks = resample_count_chunks(n, positive_int("n_bootstrap", n_bootstrap, minimum=0), seed, groups)
+    draws, failed = _lsq.bootstrap(model, solution.theta, chain.from_iterable(chunks), w)
     center = np.log(x).mean()
     params = dict(zip(("L_inf", "x0", "alpha"), _to_params(solution.theta, irreducible, center)))
     pred = PowerLawFit._law(params, x)
