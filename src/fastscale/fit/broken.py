@@ -27,8 +27,9 @@ half the median spacing of the distinct log x (a sharper break falls between two
 data cannot tell its sharpness) and F_MAX. Starts: breaks on a grid of the
 observed log-x range, a at fractions of min(y), a few sharpnesses, and for each the slopes b, c0, c_i
 of the sharp-break limit (f -> 0, where the log of factor i is -c_i max(0, log(x/d_i))), a linear
-least-squares problem, so every start already follows the data. All starts, then all bootstrap
-refits, run at once in the batched L-BFGS of `_optimize`.
+least-squares problem, so every start already follows the data. All starts run at once in the batched
+L-BFGS of `_optimize` (screened: the best few continue), and all bootstrap refits at once in a batched
+Levenberg-Marquardt from the estimate.
 
 A break the data do not show is flagged, not invented: `d<i>_not_determined` when the interval of d_i
 covers more than half of the searched log-x range (or more than NOT_DETERMINED_DECADES decades), and
@@ -66,6 +67,12 @@ GRADIENT_TOL = 1e-7
 # convergence did in 116 s (2 busy cores).
 SCREEN_ITERATIONS = 50
 KEEP_STARTS = 24
+# Levenberg-Marquardt refits (see _levenberg_marquardt): the tolerances match the batched L-BFGS's.
+LM_MAX_ITER = 50
+LM_START_DAMPING = 1e-3
+LM_MAX_DAMPING = 1e12
+LM_FTOL = 1e-10
+LM_GTOL = 1e-9
 # Bootstrap refits start this far (in the unit box of the sin^2 variables) inside a bound the estimate
 # sits on: sin^2 has zero slope at its ends, so a start exactly there could never leave the bound.
 BOUND_NUDGE = 1e-4
@@ -211,38 +218,42 @@ class _Space:
         theta[0] = max(abs(theta[0]), BOUND_NUDGE)
         return theta
 
+    def log_prediction(self, theta):
+        """(log prediction [S, n], its jacobian d log pred / d theta [S, n, P]) for theta [S, P]."""
+        s, k, c0, c, t, q, log_d, f = self.unpack(theta)
+        u = self.u
+        z = (u[None, None, :] - log_d[:, :, None]) / f[:, :, None]  # [S, n_breaks, n_points]
+        # softplus(z) and sigmoid(z) from one exp(-|z|), without overflow
+        e = np.exp(-np.abs(z))
+        soft = np.log1p(e)
+        soft += np.maximum(z, 0.0)
+        sig = np.where(z >= 0, 1.0, e)
+        sig /= 1.0 + e
+        power = np.exp(k[:, None] - c0[:, None] * u - np.einsum("sb,sbn->sn", c * f, soft))
+        pred = s[:, None] ** 2 + power
+        share = power / pred  # d log pred / d log power
+        jacobian = np.concatenate([
+            (2 * s[:, None] / pred)[:, :, None],
+            share[:, :, None],
+            (-u * share)[:, :, None],
+            np.moveaxis(-f[:, :, None] * soft, 1, 2) * share[:, :, None],
+            np.moveaxis((c * (self.hi - self.lo) * np.sin(2 * t))[:, :, None] * sig, 1, 2) * share[:, :, None],
+            np.moveaxis((-c * f * self.f_span * np.sin(2 * q))[:, :, None] * (soft - z * sig), 1, 2) * share[:, :, None],
+        ], axis=2)
+        return np.log(pred), jacobian
+
     def objective(self, log_y, weights=None):
         """Batched f(theta [S, P], rows) -> (0.5 * weighted mean squared log residual [S], gradient [S, P]).
 
         weights: None (all ones) or [R, n] bootstrap counts indexed by `rows`."""
-        u = self.u
 
         def value_and_gradient(theta, rows):
-            s, k, c0, c, t, q, log_d, f = self.unpack(theta)
-            z = (u[None, None, :] - log_d[:, :, None]) / f[:, :, None]  # [S, n_breaks, n_points]
-            # softplus(z) and sigmoid(z) from one exp(-|z|), without overflow
-            e = np.exp(-np.abs(z))
-            soft = np.log1p(e)
-            soft += np.maximum(z, 0.0)
-            sig = np.where(z >= 0, 1.0, e)
-            sig /= 1.0 + e
-            power = np.exp(k[:, None] - c0[:, None] * u - np.einsum("sb,sbn->sn", c * f, soft))
-            pred = s[:, None] ** 2 + power
-            r = log_y - np.log(pred)
-            wr = r if weights is None else weights[rows] * r
-            total = np.full(len(theta), float(len(u))) if weights is None else weights[rows].sum(axis=1)
-            value = 0.5 * np.einsum("sn,sn->s", wr, r) / total
-            g = wr / -total[:, None]  # d value / d log pred
-            g_power = g * power / pred
-            gradient = np.column_stack([
-                2 * s * np.sum(g / pred, axis=1),
-                g_power.sum(axis=1),
-                -(g_power @ u),
-                -f * np.einsum("sbn,sn->sb", soft, g_power),
-                c * np.einsum("sbn,sn->sb", sig, g_power) * (self.hi - self.lo) * np.sin(2 * t),
-                -c * np.einsum("sbn,sn->sb", soft - z * sig, g_power) * f * self.f_span * np.sin(2 * q),
-            ])
-            return value, gradient
+            log_pred, jacobian = self.log_prediction(theta)
+            r = log_y - log_pred
+            w = np.ones_like(r) if weights is None else weights[rows]
+            total = w.sum(axis=1)
+            wr = w * r
+            return 0.5 * np.einsum("sn,sn->s", wr, r) / total, -np.einsum("sn,snp->sp", wr, jacobian) / total[:, None]
 
         return value_and_gradient
 
@@ -281,12 +292,65 @@ def _fit(space: _Space, log_y, y):
 
 
 def _bootstrap(space: _Space, log_y, theta, counts):
+    """Refit every resample from the estimate: Levenberg-Marquardt first, then the batched L-BFGS for
+    the rows it did not finish in LM_MAX_ITER steps (a break sharper than the data's spacing makes the
+    objective too far from quadratic for Gauss-Newton steps)."""
     if len(counts) == 0:
         return np.zeros((0, len(theta))), 0
+    weights = counts.astype(np.float64)
     start = np.repeat(space.nudged(theta)[None], len(counts), axis=0)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        batch = batched_lbfgs(space.objective(log_y, counts.astype(np.float64)), start, max_iter=2000)
-    return batch.x[batch.converged], int(np.sum(~batch.converged))
+        draws, converged = _levenberg_marquardt(space, log_y, weights, start)
+        rest = np.flatnonzero(~converged)
+        if rest.size:
+            batch = batched_lbfgs(space.objective(log_y, weights[rest]), draws[rest], max_iter=2000)
+            draws[rest], converged[rest] = batch.x, batch.converged
+    log.debug("broken: %d of %d refits finished by Levenberg-Marquardt", len(counts) - rest.size, len(counts))
+    return draws[converged], int(np.sum(~converged))
+
+
+def _levenberg_marquardt(space: _Space, log_y, weights, theta, max_iter: int = LM_MAX_ITER):
+    """Weighted least squares on log y for every row of theta at once, by Levenberg-Marquardt.
+
+    Why not the batched L-BFGS: from the estimate, a refit is a small-residual least-squares problem
+    where Gauss-Newton steps converge in a few iterations where L-BFGS needs hundreds. Measured on 300
+    resamples of 500 points: 0.16 s against 1.58 s (1 break), 0.43 s against 3.57 s (2 breaks), the
+    objectives equal to 5e-6 (relative) or lower, the percentile ends equal to 1e-4. Each row keeps its own damping
+    (divided by 3 after an accepted step, times 4 after a rejected one, Marquardt's diagonal scaling).
+    A row stops when an accepted step lowers its cost by less than LM_FTOL (relative) or its gradient
+    vanishes; rows whose damping runs away, or that reach max_iter, did not converge.
+    Returns (theta [S, P], converged [S])."""
+    theta = theta.copy()
+    log_pred, jacobian = space.log_prediction(theta)
+    r = log_y - log_pred
+    cost = np.einsum("sn,sn->s", weights * r, r)
+    damping = np.full(len(theta), LM_START_DAMPING)
+    converged = np.zeros(len(theta), dtype=bool)
+    active = np.isfinite(cost)
+    for _ in range(max_iter):
+        idx = np.flatnonzero(active)
+        if idx.size == 0:
+            break
+        weighted = jacobian[idx] * weights[idx, :, None]
+        normal = np.matmul(weighted.transpose(0, 2, 1), jacobian[idx])
+        gradient = np.einsum("snp,sn->sp", weighted, r[idx])
+        diagonal = np.einsum("spp->sp", normal)
+        floor = 1e-12 * diagonal.max(axis=1, keepdims=True) + 1e-300
+        system = normal + np.eye(theta.shape[1]) * (damping[idx, None] * (diagonal + floor))[:, :, None]
+        step = np.linalg.solve(system, gradient[:, :, None])[:, :, 0]
+        trial = theta[idx] + step
+        trial_log_pred, trial_jacobian = space.log_prediction(trial)
+        trial_r = log_y - trial_log_pred
+        trial_cost = np.einsum("sn,sn->s", weights[idx] * trial_r, trial_r)
+        better = np.isfinite(trial_cost) & (trial_cost <= cost[idx])
+        flat = np.abs(gradient).max(axis=1) <= LM_GTOL * weights[idx].sum(axis=1)
+        small = better & (cost[idx] - trial_cost <= LM_FTOL * cost[idx])
+        accept = idx[better]
+        theta[accept], r[accept], jacobian[accept], cost[accept] = trial[better], trial_r[better], trial_jacobian[better], trial_cost[better]
+        damping[idx] = np.where(better, damping[idx] / 3, damping[idx] * 4)
+        converged[idx] = flat | small
+        active[idx] = ~(flat | small) & (damping[idx] < LM_MAX_DAMPING)
+    return theta, converged
 
 
 def _break_flags(params, samples, space: _Space, level) -> list:
