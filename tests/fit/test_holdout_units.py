@@ -30,6 +30,10 @@ def test_holdout_error_is_the_relative_error_of_the_prediction():
 def test_holdout_needs_rows_left():
     with pytest.raises(FitInputError, match="holdout_largest=5: expected fewer than the 5 rows"):
         holdout_largest(fit_power_law, (np.arange(1.0, 6.0),), np.ones(5), 5)
+    x = np.repeat(np.arange(1.0, 7.0), 2)  # 6 distinct x, 3 once the 6 largest rows are out
+    with pytest.raises(FitInputError, match="holdout_largest=6: the fit without the 6 held-out rows: x has 3 distinct values") as error:
+        holdout_largest(fit_power_law, (x,), 1 + 1 / x, 6)
+    assert error.value.argument == "x"  # so the CLI still names the column
 
 
 def test_pf_day(published_constants):

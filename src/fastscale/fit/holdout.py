@@ -10,6 +10,7 @@ larger models made reachable at a lower loss.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
@@ -52,7 +53,8 @@ def holdout_largest(
     order = order if lowest else order[::-1]
     held, kept = order[:k], np.sort(order[k:])
     split = {name: np.asarray(values)[kept] for name, values in (per_row or {}).items() if values is not None}
-    result = fit(*(column[kept] for column in columns), y[kept], **split, **fit_options)
+    with _naming_the_holdout(f"holdout_largest={k}: the fit without the {k} held-out rows"):
+        result = fit(*(column[kept] for column in columns), y[kept], **split, **fit_options)
     held_inputs = [column[held] for column in columns]
     predicted = result.predict(*held_inputs)
     if len(result.samples):
@@ -60,6 +62,15 @@ def holdout_largest(
     else:
         low = high = np.full(k, np.nan)
     return HoldoutCheck(result, held, tuple(held_inputs), y[held], predicted, low, high, (predicted - y[held]) / y[held])
+
+
+@contextmanager
+def _naming_the_holdout(what: str):
+    """Data the full fit accepted can be too little once the largest rows are out: say it is the holdout fit."""
+    try:
+        yield
+    except FitInputError as error:
+        raise FitInputError(f"{what}: {error}", error.argument) from None
 
 
 @dataclass(frozen=True)
@@ -99,7 +110,8 @@ def holdout_largest_runs(run, n_params, compute, loss, k: int, *, n_grid: int = 
             f"holdout_largest={k}: the held-out runs {[str(r) for r in held_runs]} never reach the frontier of all runs, so there is nothing to predict"
         )
     kept = ~held_rows
-    result = fit_frontier(labels[kept], n[kept], c[kept], y[kept], n_grid=n_grid, **fit_options)
+    with _naming_the_holdout(f"holdout_largest={k}: the frontier without the runs {[str(r) for r in held_runs]}"):
+        result = fit_frontier(labels[kept], n[kept], c[kept], y[kept], n_grid=n_grid, **fit_options)
     at = full.compute[attained]
     predicted = result.loss_fit.predict(at)
     if len(result.loss_fit.samples):
