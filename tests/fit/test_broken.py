@@ -120,6 +120,17 @@ def test_fitted_slopes_before_and_after_the_break():
     assert np.all(low <= fit.predict(x)) and np.all(fit.predict(x) <= high)
 
 
+def test_one_break_too_few_is_flagged_misspecified():
+    # Figure 1's two-break curve with 1% noise: one break leaves structured residuals (flagged in 5 of 5
+    # seeds tried), two breaks do not.
+    truth = {k: FIGURE_1[k] for k in ("a", "b", "c0", "c1", "c2", "d1", "d2", "f1", "f2")}
+    x = np.logspace(-1, 18, 60)
+    y = bnsl(x, truth) * np.exp(np.random.default_rng(0).normal(0, 0.01, x.size))
+    kinds = lambda fit: [flag.split(":")[0] for flag in fit.flags]  # noqa: E731
+    assert "misspecified" in kinds(fit_broken_power_law(x, y, breaks=1, n_bootstrap=0))
+    assert "misspecified" not in kinds(fit_broken_power_law(x, y, breaks=2, n_bootstrap=0))
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_single_power_law_does_not_get_a_determined_break(seed):
     # L = 2 + (3e4/x)^0.3 has no break: the fitted break's location or sharpness must be flagged.

@@ -18,7 +18,7 @@ which runs from c0 (x << every d_i) to c0 + c1 + ... + cn (x >> every d_i).
 Fit: least squares on log y, as every law here (the authors minimize a mean squared log error too;
 their code takes log(y + 1), we take log y so a 1% miss counts the same at every scale). The law's
 permutation symmetry (breaks can be listed in any order) is removed by sorting breaks by d. Bounds,
-kept by a sin^2 change of variables so the batched L-BFGS can run unconstrained and still reach a
+kept by a sin^2 change of variables so the batched optimizers can run unconstrained and still reach a
 bound exactly (where `fit_result` flags it): a >= 0 (a = s^2; no upper bound, so noise around the
 limit is allowed and a is not pinned to min(y)); every d_i between the SEGMENT_POINTS-th smallest and
 largest distinct x, so each segment has its own points (a break outside the data changes nothing the
@@ -31,9 +31,11 @@ least-squares problem, so every start already follows the data. All starts run a
 L-BFGS of `_optimize` (screened: the best few continue), and all bootstrap refits at once in a batched
 Levenberg-Marquardt from the estimate.
 
-A break the data do not show is flagged, not invented: `d<i>_not_determined` when the interval of d_i
-covers more than half of the searched log-x range (or more than NOT_DETERMINED_DECADES decades), and
-`c<i>_interval_includes_zero` when the data do not exclude a break with no change of slope.
+A break the data do not show is flagged, not invented: besides `fit_result`'s `d<i>_at_bound` and
+`f<i>_at_bound`, `d<i>_not_determined` / `f<i>_not_determined` when the interval of d_i / f_i covers
+more than half of its searched log range (or more than NOT_DETERMINED_DECADES decades), and
+`c<i>_interval_includes_zero` when the data do not exclude a break with no change of slope. On a
+single power law with an asymptote fitted with one break, d1 or f1 ends on a bound (tests).
 """
 
 from __future__ import annotations
@@ -315,8 +317,8 @@ def _levenberg_marquardt(space: _Space, log_y, weights, theta, max_iter: int = L
     Why not the batched L-BFGS: from the estimate, a refit is a small-residual least-squares problem
     where Gauss-Newton steps converge in a few iterations where L-BFGS needs hundreds. Measured on 300
     resamples of 500 points: 0.16 s against 1.58 s (1 break), 0.43 s against 3.57 s (2 breaks), the
-    objectives equal to 5e-6 (relative) or lower, the percentile ends equal to 1e-4. Each row keeps its own damping
-    (divided by 3 after an accepted step, times 4 after a rejected one, Marquardt's diagonal scaling).
+    objectives equal to 5e-6 (relative) or lower, the percentile ends equal to 1e-4. Each row keeps its
+    own damping (divided by 3 after an accepted step, times 4 after a rejected one, Marquardt's diagonal scaling).
     A row stops when an accepted step lowers its cost by less than LM_FTOL (relative) or its gradient
     vanishes; rows whose damping runs away, or that reach max_iter, did not converge.
     Returns (theta [S, P], converged [S])."""
