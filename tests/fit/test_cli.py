@@ -333,7 +333,8 @@ def test_frontier_holdout_largest_predicts_where_the_held_out_runs_lead(capsys, 
         assert row["low"] <= row["predicted"] <= row["high"]
     assert {"L_inf", "x0", "alpha", "a", "C0"} == set(holdout["fit_params"])
     code, out, _ = run_cli(
-        capsys, tmp_path / "sweep", "--law", "frontier", "--N", "n_params", "--C", "flops", "--loss", "loss", "--bootstrap", "0", "--holdout-largest", "2"
+        capsys, tmp_path / "sweep", "--law", "frontier", "--N", "n_params", "--C", "flops", "--loss", "loss",
+        "--bootstrap", "0", "--holdout-largest", "2",
     )
     assert code == 0 and "holdout: mean |relative error| on the runs of the 2 largest N (run5, run6)" in out
 
@@ -348,7 +349,9 @@ def test_isoflop_holdout_largest_holds_out_the_largest_budgets(capsys, tmp_path)
             rows.append(f"{n:g},{c:g},{loss:.17g}\n")
     path = tmp_path / "isoflop.csv"
     path.write_text("N,C,loss\n" + "".join(rows))
-    code, out, err = run_cli(capsys, path, "--law", "isoflop", "--N", "N", "--C", "C", "--loss", "loss", "--bootstrap", "0", "--holdout-largest", "2", "--json")
+    code, out, err = run_cli(
+        capsys, path, "--law", "isoflop", "--N", "N", "--C", "C", "--loss", "loss", "--bootstrap", "0", "--holdout-largest", "2", "--json"
+    )
     assert code == 0, err
     report = json.loads(out)
     minima = {m["C"]: m["N_opt"] for m in report["minima"]}
@@ -478,7 +481,10 @@ def test_critical_batch_holdout_holds_out_the_lowest_losses(capsys, tmp_path):
     logged = sorted({r["loss"] for r in table if "noise_scale" in r})
     assert losses == pytest.approx(logged[:2]) and holdout["held_out"] == "the 2 points of lowest loss"
     assert holdout["mean_abs_rel_error"] < 1e-6  # the law is exact on these noise scales
-    code, out, err = run_cli(capsys, tmp_path / "run", "--law", "critical-batch", "--loss", "loss", "--noise-scale", "noise_scale", "--bootstrap", "0", "--holdout-largest", "2")
+    code, out, err = run_cli(
+        capsys, tmp_path / "run", "--law", "critical-batch", "--loss", "loss", "--noise-scale", "noise_scale",
+        "--bootstrap", "0", "--holdout-largest", "2",
+    )
     assert code == 0 and "holdout: mean |relative error| on the 2 points of lowest loss" in out and "  row " in out
     code, _, err = run_cli(capsys, tmp_path / "run", "--law", "critical-batch", "--x", "step", "--y", "tokens", "--holdout-largest", "2")
     assert code == 2 and err.startswith("fastscale fit: error: --holdout-largest: --law critical-batch without --loss") and err.count("\n") == 1

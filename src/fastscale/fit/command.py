@@ -98,7 +98,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "budgets; frontier: the runs of the K largest N, compared where they reach the frontier of all runs; "
         "critical-batch: the K lowest losses",
     )
-    parser.add_argument("--forecast-loss", type=float, metavar="L", help="report which x (power), C (frontier) or compute-optimal C (chinchilla, overtrain) reaches loss L")
+    parser.add_argument(
+        "--forecast-loss", type=float, metavar="L", help="report which x (power), C (frontier) or compute-optimal C (chinchilla, overtrain) reaches loss L"
+    )
     parser.add_argument("--forecast-reducible", type=float, metavar="EPS", help="power, frontier: which x brings the reducible loss down to EPS")
     parser.add_argument("--tokens-per-item", type=float, metavar="T", help="power, frontier: also state the law in nats per item (image, document) of T tokens")
     parser.add_argument("--bootstrap", type=int, default=DEFAULT_N_BOOTSTRAP, metavar="N", help=f"bootstrap resamples (default {DEFAULT_N_BOOTSTRAP}; 0: no intervals)")
@@ -385,7 +387,9 @@ def run_critical_batch(args, table):
     steps, examples = column(table, args.x, option="--x"), column(table, args.y, option="--y")
     if args.loss is None:
         if args.holdout_largest:
-            raise FitInputError("--holdout-largest: --law critical-batch without --loss fits one (steps, examples) curve; give --loss targets to hold out the lowest")
+            raise FitInputError(
+                "--holdout-largest: --law critical-batch without --loss fits one (steps, examples) curve; give --loss targets to hold out the lowest"
+            )
         fit = fit_critical_batch(steps, examples, **_options(args))
         _maybe_plot(args, lambda plots: plots.plot_law(fit, examples / steps, steps, args.plot, xlabel="batch size", ylabel="steps"))
         return _fit_report(fit)
@@ -483,7 +487,9 @@ def _frontier_holdout_report(check, k: int) -> dict:
 
 
 def _prediction(check, i: int) -> dict:
-    return {"observed": check.observed[i], "predicted": check.predicted[i], "low": check.low[i], "high": check.high[i], "rel_error": check.relative_error[i]}
+    return {
+        "observed": check.observed[i], "predicted": check.predicted[i], "low": check.low[i], "high": check.high[i], "rel_error": check.relative_error[i]
+    }
 
 
 def _estimate(estimate) -> dict:

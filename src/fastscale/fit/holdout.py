@@ -107,7 +107,8 @@ def holdout_largest_runs(run, n_params, compute, loss, k: int, *, n_grid: int = 
     attained = np.isin(full.run, held_runs)
     if not attained.any():
         raise FitInputError(
-            f"holdout_largest={k}: the held-out runs {[str(r) for r in held_runs]} never reach the frontier of all runs, so there is nothing to predict"
+            f"holdout_largest={k}: the held-out runs {[str(r) for r in held_runs]} never reach the frontier of all runs, "
+            "so there is nothing to predict"
         )
     kept = ~held_rows
     with _naming_the_holdout(f"holdout_largest={k}: the frontier without the runs {[str(r) for r in held_runs]}"):
