@@ -4,6 +4,10 @@ Pure numpy/scipy: importing it never imports torch or DeepSpeed (matplotlib only
 `fastscale fit` runs on a laptop. Every fit takes plain arrays and returns a frozen result with
 `params` (names as in the papers), `intervals` (percentile bootstrap), `samples` (the bootstrap draws),
 `residuals` (log observed - log predicted), `converged`, `flags` and `predict` / `predict_interval`.
+Laws: power (Henighan et al. 2020; Kaplan et al. 2020), broken (Caballero et al. 2023), chinchilla
+(Hoffmann et al. 2022), kaplan (Kaplan et al. 2020), overtrain (Gadre et al. 2024), data_constrained
+(Muennighoff et al. 2023), frontier, allocation / isoflop and critical_batch; `holdout` fits without the
+largest runs and predicts them (`holdout_largest`, and `holdout_largest_runs` for the frontier).
 Units: N is whatever the data counts (Kaplan and Henighan: non-embedding parameters; Hoffmann: all),
 C in FLOPs unless stated (`units` converts PF-days), losses in nats per token.
 """
