@@ -177,3 +177,13 @@ def test_screening_the_starts_on_a_subsample_finds_the_same_optimum(monkeypatch)
     for name in ("L_inf", "x0", "alpha"):
         assert screened.params[name] == pytest.approx(every_start.params[name], rel=1e-6)
     assert screened.objective == pytest.approx(every_start.objective, rel=1e-10)
+
+
+def test_forecast_draws_below_their_asymptote_are_counted():
+    x, y = power_law_rows(2, 20)
+    fit = fit_power_law(x, y, n_bootstrap=80, seed=2)
+    l_inf_draws = fit.samples[:, list(fit.params).index("L_inf")]
+    target = float(np.median(l_inf_draws))  # half the draws cannot reach it
+    forecast = fit.x_for_loss(target)
+    assert forecast.draws_not_finite == np.count_nonzero(l_inf_draws >= target) > 0
+    assert fit.x_for_loss(float(y.max())).draws_not_finite == 0

@@ -61,6 +61,8 @@ class Estimate:
     low: float
     high: float
     widened: bool = False  # the percentile interval excluded the value and was widened to reach it
+    draws_not_finite: int = 0  # bootstrap draws where the quantity is nan or inf (e.g. a target loss below
+    # that draw's L_inf), left out of the interval
 
 
 @dataclass(frozen=True)
@@ -105,9 +107,11 @@ class FitResult:
         value = float(np.squeeze(quantity({k: np.float64(v) for k, v in self.params.items()})))
         if len(self.samples) == 0:
             return Estimate(value, float("nan"), float("nan"))
-        low, high = _percentiles(self.sample_values(quantity).reshape(len(self.samples), -1)[:, 0], self.level)
+        draws = self.sample_values(quantity).reshape(len(self.samples), -1)[:, 0]
+        low, high = _percentiles(draws, self.level)
         wide_low, wide_high = _including(value, low, high)
-        return Estimate(value, float(wide_low), float(wide_high), widened=bool(wide_low != low or wide_high != high))
+        return Estimate(value, float(wide_low), float(wide_high), widened=bool(wide_low != low or wide_high != high),
+                        draws_not_finite=int(np.count_nonzero(~np.isfinite(draws))))
 
     def summary(self) -> dict:
         """JSON-ready: params, ci, and the diagnostics."""
