@@ -51,3 +51,20 @@ def test_frontier_needs_three_runs():
     two = np.isin(run, ["run00", "run01"])
     with pytest.raises(FitInputError, match="got 2 runs, expected at least 3"):
         compute_frontier(run[two], n[two], c[two], loss[two])
+
+
+def test_frontier_estimates_lie_inside_their_intervals_and_below_the_frontier():
+    # With an irreducible loss 1.0 added, L_inf stays <= the lowest frontier loss (the envelope
+    # constraint implies it, unlike a free power law), the fit recovers it, and every interval contains
+    # its estimate, the forecast's included.
+    run, n, c, loss = learning_curves(noise=0.005, seed=3)
+    middle = (c > 1e8) & (c < 1e15)
+    fit = fit_frontier(run[middle], n[middle], c[middle], 1.0 + loss[middle], n_bootstrap=30, seed=1)
+    law = fit.loss_fit
+    assert law.params["L_inf"] <= fit.frontier.loss.min() * (1 + 1e-9)
+    assert law.params["L_inf"] == pytest.approx(1.0, abs=5e-3)  # the envelope of 0.5%-noisy curves is off by up to that
+    for name, (low, high) in law.intervals.items():
+        assert low <= law.params[name] <= high, name
+    forecast = law.x_for_loss(float(np.median(fit.frontier.loss)))
+    assert forecast.low <= forecast.value <= forecast.high
+    assert not any(flag.startswith("misspecified") for flag in law.flags)  # one-sided residuals: not tested
