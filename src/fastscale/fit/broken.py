@@ -40,6 +40,7 @@ single power law with an asymptote fitted with one break, d1 or f1 ends on a bou
 
 from __future__ import annotations
 
+import copy
 import itertools
 import logging
 from dataclasses import dataclass
@@ -48,7 +49,7 @@ import numpy as np
 from scipy.special import expit
 
 from fastscale.fit._checks import as_values, enough_data, positive_int, same_length
-from fastscale.fit._optimize import batched_lbfgs, minimize_lbfgs
+from fastscale.fit._optimize import batched_lbfgs
 from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP, resample_counts
 from fastscale.fit.results import NOT_DETERMINED_DECADES, Estimate, FitResult, fit_result
 
@@ -63,14 +64,15 @@ A_START_FRACTIONS = (0.0, 0.5, 0.9, 0.99)  # of min(y)
 F_STARTS = (0.1, 0.5)
 # A d_i or f_i whose interval covers more than this share of its searched log range is not determined.
 NOT_LOCATED_SHARE = 0.5
-GRADIENT_TOL = 1e-7
 # Screening: on the paper's 3-break Figure 1 curve (700 points, 960 starts) keeping the 24 best starts
 # after 20 steps found the same optimum (the exact constants, to 1e-8) in 3.8 s as 50 steps did in
 # 5.8 s and running every start to convergence in 116 s (2 busy cores).
 SCREEN_ITERATIONS = 20
 KEEP_STARTS = 24
+SCREEN_POINTS = 2000  # 80-960 starts x 2000 rows x 6-12 parameters: <= 200 MB of jacobian
 # Levenberg-Marquardt refits (see _levenberg_marquardt): the tolerances match the batched L-BFGS's.
 LM_MAX_ITER = 50
+LM_POLISH_ITER = 500  # the estimate's final refinement on every row
 LM_START_DAMPING = 1e-3
 LM_MAX_DAMPING = 1e12
 LM_FTOL = 1e-10
@@ -259,7 +261,13 @@ class _Space:
 
         return value_and_gradient
 
-    def starts(self, log_y, y) -> np.ndarray:
+    def subset(self, rows) -> "_Space":
+        """The same variables (same bounds and centre) on some rows of the data."""
+        part = copy.copy(self)
+        part.u = self.u[rows]
+        return part
+
+    def starts(self, y) -> np.ndarray:
         """Breaks on the grid x fractions of min(y) for a x sharpnesses, slopes from the sharp-break limit."""
         grid = np.linspace(self.lo, self.hi, GRID_BREAKS + 2)[1:-1]
         rows = []
@@ -276,21 +284,21 @@ class _Space:
 
 
 def _fit(space: _Space, log_y, y):
-    """Best of the batched multi-start run, polished by scipy's L-BFGS-B. Every start runs
-    SCREEN_ITERATIONS steps; only the KEEP_STARTS best run to convergence."""
-    starts = space.starts(log_y, y)
-    batched = space.objective(log_y)
+    """Multi-start on at most SCREEN_POINTS rows (evenly spaced in x order: the starts' [S, n, P]
+    jacobians must fit in memory), then Levenberg-Marquardt on every row from the best. Every start
+    runs SCREEN_ITERATIONS steps of the batched L-BFGS; only the KEEP_STARTS best run to convergence."""
+    rows = np.argsort(space.u, kind="stable")[np.unique(np.linspace(0, len(log_y) - 1, SCREEN_POINTS).round().astype(int))]
+    screen_space = space.subset(rows)
+    starts = screen_space.starts(y[rows])
+    batched = screen_space.objective(log_y[rows])
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         screen = batched_lbfgs(batched, starts, max_iter=SCREEN_ITERATIONS)
         keep = np.argsort(np.where(np.isfinite(screen.f), screen.f, np.inf))[:KEEP_STARTS]
         batch = batched_lbfgs(batched, screen.x[keep], max_iter=2000)
         best = int(np.argmin(np.where(np.isfinite(batch.f), batch.f, np.inf)))
-        single = lambda t: tuple(v[0] for v in batched(t[None], np.zeros(1, dtype=int)))  # noqa: E731
-        polished = minimize_lbfgs(single, batch.x[best])
-    theta = polished.x if polished.fun <= batch.f[best] else batch.x[best]
-    objective, gradient = single(theta)
-    converged = bool(polished.success) or float(np.abs(gradient).max()) <= GRADIENT_TOL
-    return theta, float(objective), converged, len(starts)
+        theta, converged = _levenberg_marquardt(space, log_y, np.ones((1, len(log_y))), batch.x[best][None], max_iter=LM_POLISH_ITER)
+        objective, _ = space.objective(log_y)(theta, np.zeros(1, dtype=int))
+    return theta[0], float(objective[0]), bool(converged[0]), len(starts)
 
 
 def _bootstrap(space: _Space, log_y, theta, counts):
