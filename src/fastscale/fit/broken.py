@@ -50,7 +50,7 @@ from scipy.special import expit
 
 from fastscale.fit._checks import as_values, enough_data, positive_int, same_length
 from fastscale.fit._optimize import batched_lbfgs
-from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP, resample_counts
+from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP, resample_count_chunks
 from fastscale.fit.results import NOT_DETERMINED_DECADES, Estimate, FitResult, fit_result
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,7 @@ SCREEN_POINTS = 2000  # 80-960 starts x 2000 rows x 6-12 parameters: <= 200 MB o
 # Levenberg-Marquardt refits (see _levenberg_marquardt): the tolerances match the batched L-BFGS's.
 LM_MAX_ITER = 50
 LM_POLISH_ITER = 500  # the estimate's final refinement on every row
+BOOTSTRAP_CELLS = 500_000  # resamples x rows refitted at once: jacobians of <= 50 MB
 LM_START_DAMPING = 1e-3
 LM_MAX_DAMPING = 1e12
 LM_FTOL = 1e-10
@@ -148,8 +149,7 @@ def fit_broken_power_law(
     space = _Space(np.log(x), breaks)
     log_y = np.log(y)
     theta, objective, converged, n_starts = _fit(space, log_y, y)
-    counts = resample_counts(size, positive_int("n_bootstrap", n_bootstrap, minimum=0), seed)
-    draws, failed = _bootstrap(space, log_y, theta, counts)
+    draws, failed = _bootstrap(space, log_y, theta, positive_int("n_bootstrap", n_bootstrap, minimum=0), seed)
     names = parameter_names(breaks)
     params = {name: float(v) for name, v in zip(names, space.params(theta[None])[0])}
     samples = space.params(draws)
@@ -301,22 +301,31 @@ def _fit(space: _Space, log_y, y):
     return theta[0], float(objective[0]), bool(converged[0]), len(starts)
 
 
-def _bootstrap(space: _Space, log_y, theta, counts):
+def _bootstrap(space: _Space, log_y, theta, n_bootstrap: int, seed: int):
+    """([n_ok, P] refits of the resamples that converged, number that did not), BOOTSTRAP_CELLS
+    resample rows at a time so the jacobians stay small on large data sets."""
+    draws, failed = [np.zeros((0, len(theta)))], 0
+    for counts in resample_count_chunks(len(log_y), n_bootstrap, seed):
+        for part in np.array_split(counts, -(-counts.size // BOOTSTRAP_CELLS)):
+            refits, converged = _refit(space, log_y, theta, part.astype(np.float64))
+            draws.append(refits[converged])
+            failed += int(np.sum(~converged))
+    return np.concatenate(draws), failed
+
+
+def _refit(space: _Space, log_y, theta, weights):
     """Refit every resample from the estimate: Levenberg-Marquardt first, then the batched L-BFGS for
     the rows it did not finish in LM_MAX_ITER steps (a break sharper than the data's spacing makes the
-    objective too far from quadratic for Gauss-Newton steps)."""
-    if len(counts) == 0:
-        return np.zeros((0, len(theta))), 0
-    weights = counts.astype(np.float64)
-    start = np.repeat(space.nudged(theta)[None], len(counts), axis=0)
+    objective too far from quadratic for Gauss-Newton steps). Returns (theta [R, P], converged [R])."""
+    start = np.repeat(space.nudged(theta)[None], len(weights), axis=0)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         draws, converged = _levenberg_marquardt(space, log_y, weights, start)
         rest = np.flatnonzero(~converged)
         if rest.size:
             batch = batched_lbfgs(space.objective(log_y, weights[rest]), draws[rest], max_iter=2000)
             draws[rest], converged[rest] = batch.x, batch.converged
-    log.debug("broken: %d of %d refits finished by Levenberg-Marquardt", len(counts) - rest.size, len(counts))
-    return draws[converged], int(np.sum(~converged))
+    log.debug("broken: %d of %d refits finished by Levenberg-Marquardt", len(weights) - rest.size, len(weights))
+    return draws, converged
 
 
 def _levenberg_marquardt(space: _Space, log_y, weights, theta, max_iter: int = LM_MAX_ITER):
