@@ -153,7 +153,8 @@ def fit_broken_power_law(
     names = parameter_names(breaks)
     params = {name: float(v) for name, v in zip(names, space.params(theta[None])[0])}
     samples = space.params(draws)
-    bounds = {"a": (0.0, None), **{f"d{i}": space.d_bounds for i in range(1, breaks + 1)}, **{f"f{i}": space.f_bounds for i in range(1, breaks + 1)}}
+    indices = range(1, breaks + 1)
+    bounds = {"a": (0.0, None), **{f"d{i}": space.d_bounds for i in indices}, **{f"f{i}": space.f_bounds for i in indices}}
     log.info("%s: %d starts, objective %.10g", law, n_starts, objective)
     return fit_result(
         BrokenPowerLawFit,
@@ -365,7 +366,8 @@ def _levenberg_marquardt(space: _Space, log_y, weights, theta, max_iter: int = L
         flat = np.abs(gradient).max(axis=1) <= LM_GTOL * weights[idx].sum(axis=1)
         small = better & (cost[idx] - trial_cost <= LM_FTOL * cost[idx])
         accept = idx[better]
-        theta[accept], r[accept], jacobian[accept], cost[accept] = trial[better], trial_r[better], trial_jacobian[better], trial_cost[better]
+        theta[accept], r[accept], cost[accept] = trial[better], trial_r[better], trial_cost[better]
+        jacobian[accept] = trial_jacobian[better]
         damping[idx] = np.where(better, damping[idx] / 3, damping[idx] * 4)
         converged[idx] = flat | small
         active[idx] = ~(flat | small) & (damping[idx] < LM_MAX_DAMPING)
