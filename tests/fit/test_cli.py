@@ -488,3 +488,18 @@ def test_critical_batch_holdout_holds_out_the_lowest_losses(capsys, tmp_path):
     assert code == 0 and "holdout: mean |relative error| on the 2 points of lowest loss" in out and "  row " in out
     code, _, err = run_cli(capsys, tmp_path / "run", "--law", "critical-batch", "--x", "step", "--y", "tokens", "--holdout-largest", "2")
     assert code == 2 and err.startswith("fastscale fit: error: --holdout-largest: --law critical-batch without --loss") and err.count("\n") == 1
+
+
+def test_forecast_reports_the_draws_left_out_of_its_interval(capsys, tmp_path):
+    data = write_power_csv(tmp_path / "runs.csv")
+    code, out, err = run_cli(capsys, data, "--law", "power", "--x", "N", "--y", "loss", "--bootstrap", "40", "--json")
+    assert code == 0, err
+    l_inf = json.loads(out)["params"]["L_inf"]
+    argv = ["--law", "power", "--x", "N", "--y", "loss", "--bootstrap", "40", "--forecast-loss", f"{l_inf + 1e-4:.10f}"]
+    code, out, err = run_cli(capsys, data, *argv, "--json")
+    assert code == 0, err
+    forecast = json.loads(out)["forecast"]["N"]
+    assert 0 < forecast["draws_not_finite"] < 40  # draws whose L_inf is above the target never reach it
+    assert set(forecast) == {"value", "low", "high", "widened", "draws_not_finite"}
+    code, out, err = run_cli(capsys, data, *argv)
+    assert code == 0 and f"{forecast['draws_not_finite']} bootstrap draws not finite, left out)" in out

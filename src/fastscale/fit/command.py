@@ -7,6 +7,7 @@ and where asked `holdout` and `forecast`. The table output prints the same repor
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import sys
 
@@ -493,7 +494,8 @@ def _prediction(check, i: int) -> dict:
 
 
 def _estimate(estimate) -> dict:
-    return {"value": estimate.value, "low": estimate.low, "high": estimate.high}
+    """value, low, high, and how the interval was made: widened to contain the value, draws left out."""
+    return dataclasses.asdict(estimate)
 
 
 def _plain(value):
@@ -508,6 +510,13 @@ def _plain(value):
 
 
 MAX_TABLE_ROWS = 12
+
+
+def _interval_notes(estimate: dict) -> str:
+    notes = ["widened to contain the estimate"] * bool(estimate.get("widened"))
+    if estimate.get("draws_not_finite"):
+        notes.append(f"{estimate['draws_not_finite']} bootstrap draws not finite, left out")
+    return f" ({'; '.join(notes)})" if notes else ""
 
 
 def _row_label(row: dict) -> str:
@@ -530,7 +539,7 @@ def format_table(report: dict) -> str:
         low, high = report["ci"].get(name, (float("nan"), float("nan")))
         lines.append(f"{name:<10} {value:>14.6g}   [{low:>13.6g}, {high:>13.6g}]")
     for i, segment in enumerate(report.get("segment_exponents", [])):
-        lines.append(f"segment {i} exponent {segment['value']:>12.6g}   [{segment['low']:>13.6g}, {segment['high']:>13.6g}]")
+        lines.append(f"segment {i} exponent {segment['value']:>12.6g}   [{segment['low']:>13.6g}, {segment['high']:>13.6g}]{_interval_notes(segment)}")
     for budget, reason in report.get("skipped_budgets", {}).items():
         lines.append(f"skipped budget C={float(budget):.4g}: {reason}")
     if "skipped_rows" in report:
@@ -547,7 +556,8 @@ def format_table(report: dict) -> str:
             forecast = dict(report[key])
             target = forecast.pop(what)
             for name, estimate in forecast.items():
-                lines.append(f"forecast: {name} reaching {what} loss {target}: {estimate['value']:.4g} [{estimate['low']:.4g}, {estimate['high']:.4g}]")
+                interval = f"{estimate['value']:.4g} [{estimate['low']:.4g}, {estimate['high']:.4g}]{_interval_notes(estimate)}"
+                lines.append(f"forecast: {name} reaching {what} loss {target}: {interval}")
     if "per_item" in report:
         item = report["per_item"]
         lines.append(
