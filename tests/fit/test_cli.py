@@ -500,6 +500,6 @@ def test_forecast_reports_the_draws_left_out_of_its_interval(capsys, tmp_path):
     assert code == 0, err
     forecast = json.loads(out)["forecast"]["N"]
     assert 0 < forecast["draws_not_finite"] < 40  # draws whose L_inf is above the target never reach it
-    assert set(forecast) == {"value", "low", "high", "widened", "draws_not_finite"}
+    assert {"value", "low", "high", "widened", "draws_not_finite"} <= set(forecast)
     code, out, err = run_cli(capsys, data, *argv)
     assert code == 0 and f"{forecast['draws_not_finite']} bootstrap draws not finite, left out)" in out
