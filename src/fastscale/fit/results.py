@@ -100,7 +100,8 @@ class FitResult:
         if len(self.samples) == 0:
             raise ValueError(f"{self.law}: no bootstrap draws (fitted with n_bootstrap=0), so no interval")
         columns = {name: self.samples[:, j, None] for j, name in enumerate(self.params)}
-        return np.asarray(quantity(columns))
+        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):  # a draw at a bound (C0 = 0, ...) gives inf or nan:
+            return np.asarray(quantity(columns))  # counted (Estimate.draws_not_finite) and left out of the percentiles
 
     def estimate(self, quantity) -> Estimate:
         """A scalar function of the parameters with its bootstrap interval (nan bounds without draws)."""
