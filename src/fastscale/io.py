@@ -31,6 +31,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
+from numbers import Real
 from pathlib import Path
 from typing import Callable
 
@@ -157,6 +158,16 @@ def restore_previous(path, check: Callable[[object], str | None] | None = None) 
     write_atomically(path, previous.read_bytes())
     logger.warning("%s: restored the previous good version %s", path, previous)
     return True
+
+
+def json_kind(value) -> str:
+    """What kind of JSON value value is, as a message says it ("0.1" in quotes is a string, not a number)."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, Real):
+        return "a number"
+    kinds = {str: "a string", type(None): "null", list: "a list", dict: "an object"}
+    return kinds.get(type(value), f"a {type(value).__name__}")
 
 
 def finite_or_null(value):

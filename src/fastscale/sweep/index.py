@@ -20,16 +20,11 @@ import time
 from numbers import Real
 from pathlib import Path
 
-from fastscale.io import json_text, read_json, write_atomically
+from fastscale.io import json_kind, json_text, read_json, write_atomically
 
 STATES = ("pending", "running", "trained", "evaluating", "done", "failed")
 TRAINED = ("trained", "evaluating", "done")  # states that carry the trainer's summary
 RESULTS_SHAPE = 'expected {"runs": {NAME: {"state": ..., "attempts": ...}}}'
-
-
-def _kind(value) -> str:
-    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
-    return names.get(type(value), "a number" if isinstance(value, Real) else type(value).__name__)
 
 
 def _number(value, *, optional: bool = False) -> bool:
@@ -39,7 +34,7 @@ def _number(value, *, optional: bool = False) -> bool:
 def check_summary(summary) -> str | None:
     """The trainer's summary.json, as the report reads it."""
     if not isinstance(summary, dict):
-        return f"expected an object, got {_kind(summary)}"
+        return f"expected an object, got {json_kind(summary)}"
     for key, optional in (("tokens", False), ("flops", False), ("final_loss", True), ("final_eval_loss", True), ("tokens_per_s", True)):
         if not _number(summary.get(key), optional=optional):
             return f"{key}={summary.get(key)!r}; expected a number{' or null' if optional else ''}"
@@ -48,7 +43,7 @@ def check_summary(summary) -> str | None:
 
 def _check_entry(name: str, entry) -> str | None:
     if not isinstance(entry, dict):
-        return f"run {name!r} is {_kind(entry)}; expected an object with its \"state\""
+        return f"run {name!r} is {json_kind(entry)}; expected an object with its \"state\""
     if "state" not in entry:
         return f"run {name!r} has no \"state\" (one of {', '.join(STATES)})"
     if entry["state"] not in STATES:
@@ -70,11 +65,11 @@ def _check_entry(name: str, entry) -> str | None:
 def check_results(value) -> str | None:
     """results.json: every field the runner and the report read, with its type."""
     if not isinstance(value, dict):
-        return f"{RESULTS_SHAPE}, got {_kind(value)}"
+        return f"{RESULTS_SHAPE}, got {json_kind(value)}"
     if "runs" not in value:
         return f"{RESULTS_SHAPE}, got an object without \"runs\""
     if not isinstance(value["runs"], dict):
-        return f"{RESULTS_SHAPE}, got \"runs\": {_kind(value['runs'])}"
+        return f"{RESULTS_SHAPE}, got \"runs\": {json_kind(value['runs'])}"
     for name, entry in value["runs"].items():
         problem = _check_entry(name, entry)
         if problem:
@@ -85,7 +80,7 @@ def check_results(value) -> str | None:
 def check_sweep_file(value) -> str | None:
     """sweep.json, the sweep file the directory holds, as the report reads it (the runner compares it whole)."""
     if not isinstance(value, dict):
-        return f"expected the sweep file's object, got {_kind(value)}"
+        return f"expected the sweep file's object, got {json_kind(value)}"
     if value.get("tokens_per_item") is not None and not (isinstance(value["tokens_per_item"], int) and value["tokens_per_item"] > 0):
         return f"tokens_per_item={value['tokens_per_item']!r}; expected a positive integer"
     if "tokens" in value and not isinstance(value["tokens"], list):
@@ -99,7 +94,7 @@ def check_sweep_file(value) -> str | None:
 def check_run_config(value) -> str | None:
     """A run's config.json (the trainer's), as the report reads it."""
     if not isinstance(value, dict):
-        return f"expected an object, got {_kind(value)}"
+        return f"expected an object, got {json_kind(value)}"
     if not _number(value.get("n_params")):
         return f"n_params={value.get('n_params')!r}; expected a number"
     model = value.get("model")
@@ -111,7 +106,7 @@ def check_run_config(value) -> str | None:
 def check_study(value) -> str | None:
     """A run's study.json (fastscale.sweep.studies): its measurements, tagged with the study's kind."""
     if not isinstance(value, dict) or not isinstance(value.get("kind"), str):
-        return f"expected an object with the study's \"kind\", got {_kind(value)}"
+        return f"expected an object with the study's \"kind\", got {json_kind(value)}"
     return None
 
 

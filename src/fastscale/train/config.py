@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastscale.data.packing import PACKINGS
+from fastscale.io import json_kind
 
 from .schedule import DECAYS
 
@@ -23,9 +24,6 @@ class ConfigError(ValueError):
 
 NONFINITE = ("stop", "skip")
 
-_JSON_TYPES = {str: "a string", bool: "a boolean", type(None): "null", list: "a list", dict: "an object", int: "a number", float: "a number"}
-
-
 def _require(ok: bool, where: str, name: str, value, expectation: str) -> None:
     if not ok:
         raise ConfigError(f"{where}: {name}={value!r}; expected {expectation}")
@@ -35,8 +33,7 @@ def _require_type(ok: bool, where: str, name: str, value, expectation: str) -> N
     """Like _require, for a value of the wrong type: says what it is ("0.1" in quotes is a string, not
     a number; nothing is coerced)."""
     if not ok:
-        kind = _JSON_TYPES.get(type(value), f"a {type(value).__name__}")
-        raise ConfigError(f"{where}: {name}={value!r} is {kind}; expected {expectation}")
+        raise ConfigError(f"{where}: {name}={value!r} is {json_kind(value)}; expected {expectation}")
 
 
 def _is_integer(value) -> bool:
