@@ -199,6 +199,14 @@ class MetricsLog:
     records: list[dict] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)
 
+    @property
+    def note(self) -> str | None:
+        """What reading left out, in one line naming the file (None when nothing was skipped)."""
+        if not self.skipped:
+            return None
+        lines = ", ".join(map(str, self.skipped[:5])) + (", ..." if len(self.skipped) > 5 else "")
+        return f"{self.path}: skipped {len(self.skipped)} unreadable line{'s' * (len(self.skipped) > 1)} (torn by a kill?): line {lines}"
+
 
 def _record(line: bytes) -> dict | None:
     """The record of one line, or None when the line is torn or not a record (a JSON object with an integer step)."""
@@ -228,7 +236,7 @@ def read_metrics(path) -> MetricsLog:
             by_step[record["step"]] = record  # a resumed run appends: the last record of a step wins
     log.records = [by_step[step] for step in sorted(by_step)]
     if log.skipped:
-        logger.warning("%s: skipped %d unreadable line(s) (torn by a kill?): line %s", path, len(log.skipped), ", ".join(map(str, log.skipped[:5])))
+        logger.warning("%s", log.note)
     return log
 
 

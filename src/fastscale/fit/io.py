@@ -114,8 +114,7 @@ def read_runs(directory) -> Table:
         config = _run_config(metrics.parent)
         curve = read_metrics(metrics)
         if curve.skipped:
-            lines = ", ".join(map(str, curve.skipped[:5])) + (", ..." if len(curve.skipped) > 5 else "")
-            skipped.append(f"{metrics}: skipped {len(curve.skipped)} unreadable line{'s' * (len(curve.skipped) > 1)} (torn by a kill?): line {lines}")
+            skipped.append(curve.note)
         for record in curve.records:
             records.append({"run": metrics.parent.name, "n_params": config.get("n_params"), **record})
             origin.append(f"{metrics} step {record['step']}")
