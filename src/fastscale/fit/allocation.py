@@ -15,8 +15,8 @@ import numpy as np
 
 from fastscale.fit import _lsq
 from fastscale.fit._checks import FitInputError, as_values, enough_data, positive_int, same_length
-from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP, resample_counts
-from fastscale.fit.results import Estimate, FitResult, fit_result
+from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP, DEFAULT_RESAMPLING
+from fastscale.fit.results import Estimate, FitResult, fit_result, misspecification_flags
 
 MIN_POINTS_PER_BUDGET = 3
 MIN_BUDGETS = 3  # a line through the vertices needs a residual to be checked
@@ -46,43 +46,54 @@ class AllocationFit(FitResult):
 
 
 def fit_allocation(
-    compute, n_opt, *, weights=None, n_bootstrap: int = DEFAULT_N_BOOTSTRAP, level: float = DEFAULT_LEVEL, seed: int = 0
+    compute, n_opt, *, weights=None, n_bootstrap: int = DEFAULT_N_BOOTSTRAP, level: float = DEFAULT_LEVEL, seed: int = 0,
+    resampling: str = DEFAULT_RESAMPLING,
 ) -> AllocationFit:
-    """Fit N_opt = (C/C0)^a by (weighted) least squares on log N_opt."""
+    """Fit N_opt = (C/C0)^a by (weighted) least squares on log N_opt; the residuals ordered by C, times
+    sqrt(weight), are tested for misspecification. resampling: the bootstrap scheme (`bootstrap.bootstrap_blocks`; with
+    weights, the parametric noise of a point has variance s^2 / weight)."""
     c, n = as_values("compute", compute, positive=True), as_values("n_opt", n_opt, positive=True)
     size = same_length(compute=c, n_opt=n)
+    _lsq.check_bootstrap(resampling, n_bootstrap)
     enough_data("allocation", 2, 3, compute=c)
     w = np.ones(size) if weights is None else as_values("weights", weights, positive=True)
     same_length(compute=c, weights=w)
     center = np.log(c).mean()
     u = np.log(c) - center
-    jac = np.stack([np.ones(size), u], axis=1)
+    jac = np.stack([np.ones(size), u], axis=-1)
     start = np.polyfit(u, np.log(n), 1, w=np.sqrt(w))[::-1]
-    model = _lsq.LogModel(("k", "a"), np.log(n), lambda t: (t[0] + t[1] * u, jac), ((None, None), (None, None)), (start,))
+
+    def log_prediction(theta):
+        return theta[:, :1] + theta[:, 1:] * u, np.broadcast_to(jac, (len(theta), *jac.shape))
+
+    model = _lsq.LogModel(("k", "a"), np.log(n), log_prediction, ((None, None), (None, None)), (start,))
     solution = _lsq.solve(model, w)
-    counts = resample_counts(size, positive_int("n_bootstrap", n_bootstrap, minimum=0), seed)
-    draws, failed = _lsq.bootstrap(model, solution.theta, counts, w)
-    params = dict(zip(("a", "C0"), _to_params(solution.theta, center)))
+    draws, failed = _lsq.bootstrap(model, solution.theta, w, resampling=resampling, n_bootstrap=n_bootstrap, seed=seed)
+    params = {name: float(v) for name, v in zip(("a", "C0"), _to_params(solution.theta[None], center)[0])}
+    residuals = np.log(n) - (solution.theta[0] + solution.theta[1] * u)
+    flags = [f"a_not_positive: a={params['a']:.4g} <= 0: N_opt does not grow with compute"] if params["a"] <= 0 else []
     return fit_result(
         AllocationFit,
         law="allocation",
         params=params,
-        samples=np.array([_to_params(t, center) for t in draws]).reshape(-1, 2),
+        samples=_to_params(draws, center),
         level=level,
         converged=solution.converged,
         failed_refits=failed,
-        flags=[f"a_not_positive: a={params['a']:.4g} <= 0: N_opt does not grow with compute"] if params["a"] <= 0 else [],
-        residuals=np.log(n) - (solution.theta[0] + solution.theta[1] * u),
+        # standardized residuals: a point of low weight (a noisy vertex) may stray further without a bend
+        flags=flags + misspecification_flags(np.sqrt(w) * residuals, c),
+        residuals=residuals,
         objective=solution.objective,
         n_points=size,
     )
 
 
-def _to_params(theta, center):
-    k, a = theta
+def _to_params(theta, center) -> np.ndarray:
+    """[R, 2] rows (a, C0) from [R, 2] rows (k, a)."""
+    k, a = theta.T
     # log N = k + a (log C - center) = a (log C - log C0)  =>  log C0 = center - k / a
     with np.errstate(divide="ignore", over="ignore"):
-        return a, float(np.exp(center - k / a))
+        return np.column_stack([a, np.exp(center - k / a)])
 
 
 @dataclass(frozen=True)
@@ -105,13 +116,22 @@ def fit_isoflop(
     n_bootstrap: int = DEFAULT_N_BOOTSTRAP,
     level: float = DEFAULT_LEVEL,
     seed: int = 0,
+    resampling: str = DEFAULT_RESAMPLING,
 ) -> IsoFlopMinima:
     """Approach 2: for each compute budget (rows sharing a value of `compute`), fit a parabola of loss in
     u = log N through the lowest-loss size and its `window` neighbours on each side, and take its vertex as
     N_opt(C); then fit N_opt = (C/C0)^a through the vertices. A local parabola, because a profile that
     spans decades of N is not quadratic far from its minimum (on Porian et al.'s profiles a parabola
     through all sizes biases a by up to 0.07). Budgets whose lowest loss is at the smallest or largest size,
-    or whose parabola is not convex, are skipped and listed: an extrapolated minimum is not a measurement."""
+    or whose parabola is not convex, are skipped and listed: an extrapolated minimum is not a measurement.
+
+    The bootstrap (`resampling`) draws the second stage only: new vertices around the fitted line, or
+    the budgets' vertices resampled. That is enough because each vertex comes from its own budget's runs,
+    so the vertices' errors are independent of one another, and their scatter about the line, which both
+    schemes draw from, already holds the error of the parabola (plus any misfit of the line, which the
+    misspecification test sees). Redrawing the runs inside each budget as well would count the vertex
+    error twice. The parametric scheme is the default for the reason it is everywhere: on the handful of
+    budgets a study has, resampling budgets covers worse (`bootstrap` module docstring)."""
     n = as_values("n_params", n_params, positive=True)
     c = as_values("compute", compute, positive=True)
     y = as_values("loss", loss, positive=True)
@@ -130,7 +150,7 @@ def fit_isoflop(
         raise FitInputError(
             f"compute: got {len(budgets)} budgets with an interior loss minimum, expected at least {MIN_BUDGETS} (skipped: {skipped})"
         )
-    allocation = fit_allocation(budgets, minima, n_bootstrap=n_bootstrap, level=level, seed=seed)
+    allocation = fit_allocation(budgets, minima, n_bootstrap=n_bootstrap, level=level, seed=seed, resampling=resampling)
     return IsoFlopMinima(np.array(budgets), np.array(minima), np.array(losses), skipped, allocation)
 
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from fastscale.fit import _lsq
-from fastscale.fit._checks import as_values, enough_data, positive_int, same_length
-from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP, resample_counts
+from fastscale.fit._checks import as_values, enough_data, same_length
+from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP, DEFAULT_RESAMPLING
 from fastscale.fit.results import FitResult, fit_result
 
 
@@ -46,24 +46,27 @@ class CriticalBatchLossFit(FitResult):
 
 
 def fit_critical_batch(
-    steps, examples, *, n_bootstrap: int = DEFAULT_N_BOOTSTRAP, level: float = DEFAULT_LEVEL, seed: int = 0
+    steps, examples, *, n_bootstrap: int = DEFAULT_N_BOOTSTRAP, level: float = DEFAULT_LEVEL, seed: int = 0,
+    resampling: str = DEFAULT_RESAMPLING,
 ) -> CriticalBatchFit:
     """From (S, E) pairs that reach the same loss, fit S = S_min (1 + B_crit/B), B = E/S, on log S.
 
     Given B_crit the best log S_min is the mean residual, so only log B_crit is searched; one start at
     the geometric mean batch size suffices (the profile is unimodal in log B_crit). Needs 3 distinct
-    batch sizes: one batch size cannot tell S_min from B_crit.
+    batch sizes: one batch size cannot tell S_min from B_crit. resampling: the bootstrap scheme
+    (`bootstrap.bootstrap_blocks`); the residuals ordered by batch size are tested for misspecification.
     """
     s = as_values("steps", steps, positive=True)
     e = as_values("examples", examples, positive=True)
     size = same_length(steps=s, examples=e)
+    _lsq.check_bootstrap(resampling, n_bootstrap)
     enough_data("critical batch", 2, 3, **{"batch size (examples/steps)": e / s})
     log_b = np.log(e / s)
 
     def log_prediction(theta):
-        log_s_min, log_b_crit = theta
+        log_s_min, log_b_crit = theta[:, :1], theta[:, 1:]
         ratio = np.exp(log_b_crit - log_b)
-        return log_s_min + np.log1p(ratio), np.stack([np.ones(size), ratio / (1.0 + ratio)], axis=1)
+        return log_s_min + np.log1p(ratio), np.stack([np.ones_like(ratio), ratio / (1.0 + ratio)], axis=-1)
 
     log_b_crit = log_b.mean()
     start = np.array([np.mean(np.log(s) - np.log1p(np.exp(log_b_crit - log_b))), log_b_crit])
@@ -71,23 +74,23 @@ def fit_critical_batch(
     model = _lsq.LogModel(("log S_min", "log B_crit"), np.log(s), log_prediction, bounds, (start,))
     weights = np.ones(size)
     solution = _lsq.solve(model, weights)
-    counts = resample_counts(size, positive_int("n_bootstrap", n_bootstrap, minimum=0), seed)
-    draws, failed = _lsq.bootstrap(model, solution.theta, counts, weights)
+    draws, failed = _lsq.bootstrap(model, solution.theta, weights, resampling=resampling, n_bootstrap=n_bootstrap, seed=seed)
 
     def to_params(theta):
-        s_min, b_crit = np.exp(theta)
-        return s_min, s_min * b_crit, b_crit
+        s_min, b_crit = np.exp(theta).T
+        return np.column_stack([s_min, s_min * b_crit, b_crit])
 
-    params = dict(zip(("S_min", "E_min", "B_crit"), to_params(solution.theta)))
+    params = {name: float(v) for name, v in zip(("S_min", "E_min", "B_crit"), to_params(solution.theta[None])[0])}
     return fit_result(
         CriticalBatchFit,
         law="critical-batch",
         params=params,
-        samples=np.array([to_params(t) for t in draws]).reshape(-1, 3),
+        samples=to_params(draws),
         level=level,
         converged=solution.converged,
         failed_refits=failed,
         bounds={"B_crit": tuple(np.exp(bounds[1]))},  # more than e^10 outside the batch sizes tried
+        residual_order=e / s,
         residuals=np.log(s) - np.log(CriticalBatchFit._law(params, e / s)),
         objective=solution.objective,
         n_points=size,
@@ -95,39 +98,47 @@ def fit_critical_batch(
 
 
 def fit_critical_batch_vs_loss(
-    loss, critical_batch, *, n_bootstrap: int = DEFAULT_N_BOOTSTRAP, level: float = DEFAULT_LEVEL, seed: int = 0
+    loss, critical_batch, *, n_bootstrap: int = DEFAULT_N_BOOTSTRAP, level: float = DEFAULT_LEVEL, seed: int = 0,
+    resampling: str = DEFAULT_RESAMPLING,
 ) -> CriticalBatchLossFit:
-    """Fit B_crit(L) = B_star / L^(1/alpha_B) (a line in log-log) to critical batches or gradient noise scales."""
+    """Fit B_crit(L) = B_star / L^(1/alpha_B) (a line in log-log) to critical batches or gradient noise
+    scales; the residuals ordered by loss are tested for misspecification. resampling: the bootstrap
+    scheme (`bootstrap.bootstrap_blocks`)."""
     y = as_values("loss", loss, positive=True)
     b = as_values("critical_batch", critical_batch, positive=True)
     size = same_length(loss=y, critical_batch=b)
+    _lsq.check_bootstrap(resampling, n_bootstrap)
     enough_data("critical batch vs loss", 2, 3, loss=y)
     center = np.log(y).mean()
     u = np.log(y) - center
-    jac = np.stack([np.ones(size), -u], axis=1)
+    jac = np.stack([np.ones(size), -u], axis=-1)
     slope, intercept = np.polyfit(u, np.log(b), 1)
     inverse_alpha_bound = 1e-6  # B_crit does not grow as the loss falls
     bounds = ((None, None), (inverse_alpha_bound, None))
-    model = _lsq.LogModel(("k", "1/alpha_B"), np.log(b), lambda t: (t[0] - t[1] * u, jac), bounds, (np.array([intercept, max(-slope, 1e-3)]),))
+
+    def log_prediction(theta):
+        return theta[:, :1] - theta[:, 1:] * u, np.broadcast_to(jac, (len(theta), *jac.shape))
+
+    model = _lsq.LogModel(("k", "1/alpha_B"), np.log(b), log_prediction, bounds, (np.array([intercept, max(-slope, 1e-3)]),))
     weights = np.ones(size)
     solution = _lsq.solve(model, weights)
-    counts = resample_counts(size, positive_int("n_bootstrap", n_bootstrap, minimum=0), seed)
-    draws, failed = _lsq.bootstrap(model, solution.theta, counts, weights)
+    draws, failed = _lsq.bootstrap(model, solution.theta, weights, resampling=resampling, n_bootstrap=n_bootstrap, seed=seed)
 
     def to_params(theta):
-        k, inverse_alpha = theta  # log B = k - (1/alpha_B)(log L - center)
-        return np.exp(k + inverse_alpha * center), 1.0 / inverse_alpha
+        k, inverse_alpha = theta.T  # log B = k - (1/alpha_B)(log L - center)
+        return np.column_stack([np.exp(k + inverse_alpha * center), 1.0 / inverse_alpha])
 
-    params = dict(zip(("B_star", "alpha_B"), to_params(solution.theta)))
+    params = {name: float(v) for name, v in zip(("B_star", "alpha_B"), to_params(solution.theta[None])[0])}
     return fit_result(
         CriticalBatchLossFit,
         law="critical-batch-vs-loss",
         params=params,
-        samples=np.array([to_params(t) for t in draws]).reshape(-1, 2),
+        samples=to_params(draws),
         level=level,
         converged=solution.converged,
         failed_refits=failed,
         bounds={"alpha_B": (None, 1.0 / inverse_alpha_bound)},
+        residual_order=y,
         residuals=np.log(b) - np.log(CriticalBatchLossFit._law(params, y)),
         objective=solution.objective,
         n_points=size,

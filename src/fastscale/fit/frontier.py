@@ -6,7 +6,12 @@ linearly in log-log between logged points, and a run only counts inside the comp
 L(C) = L_inf + (C0/C)^alpha is fitted so it lies on or below the frontier, on a log-spaced compute
 grid so densely logged runs do not dominate; N_opt(C) = (C/C0)^a is fitted with one point per run that
 touches the frontier, at the geometric centre of the compute range where it is the best run.
-The bootstrap resamples the runs on the frontier (each run's stretch of frontier moves as one unit).
+The bootstrap of L(C) resamples the runs on the frontier (resampling="rows" with each run's stretch of
+frontier as one group), whatever scheme the caller asks for: the frontier's points are cut from
+learning curves, so neighbouring points share a run and its noise (and the envelope's grid sets how
+many points there are, not the data), and a parametric draw of independent noise per grid point would
+treat a hundred interpolated points as a hundred measurements. N_opt(C) has one point per frontier run,
+independent of one another, and is drawn with the caller's `resampling`.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import numpy as np
 
 from fastscale.fit._checks import FitInputError, as_values, positive_int, same_length
 from fastscale.fit.allocation import AllocationFit, fit_allocation
-from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP
+from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP, DEFAULT_RESAMPLING, check_resampling
 from fastscale.fit.power import PowerLawFit, fit_power_law
 
 MIN_FRONTIER_RUNS = 3
@@ -86,14 +91,18 @@ def fit_frontier(
     n_bootstrap: int = DEFAULT_N_BOOTSTRAP,
     level: float = DEFAULT_LEVEL,
     seed: int = 0,
+    resampling: str = DEFAULT_RESAMPLING,
 ) -> FrontierFit:
-    """Frontier, L(C) on or below it, and N_opt(C) from the runs that touch it."""
+    """Frontier, L(C) on or below it (bootstrap: its runs resampled, see the module docstring), and
+    N_opt(C) from the runs that touch it (bootstrap: `resampling`)."""
+    check_resampling(resampling)
     frontier = compute_frontier(run, n_params, compute, loss, n_grid=n_grid)
     loss_fit = fit_power_law(
         frontier.compute,
         frontier.loss,
         irreducible=irreducible,
         lower_envelope=True,
+        resampling="rows",
         groups=frontier.run,
         n_bootstrap=n_bootstrap,
         level=level,
@@ -106,6 +115,6 @@ def fit_frontier(
         )
     centre = np.array([np.exp(np.log(frontier.compute[frontier.run == w]).mean()) for w in winners])
     size = np.array([frontier.n_params[frontier.run == w][0] for w in winners])
-    allocation = fit_allocation(centre, size, n_bootstrap=n_bootstrap, level=level, seed=seed)
+    allocation = fit_allocation(centre, size, n_bootstrap=n_bootstrap, level=level, seed=seed, resampling=resampling)
     above = float(np.max(np.log(loss_fit.predict(frontier.compute) / frontier.loss)))
     return FrontierFit(frontier, loss_fit, allocation, centre, size, above)

@@ -4,7 +4,8 @@ L(N, D) = [(Nc/N)^(alpha_N/alpha_D) + Dc/D]^alpha_D                      (eq. 1.
 L(N, S_min) = (Nc/N)^alpha_N + (Sc/S_min)^alpha_S                          (eq. 1.6)
 S_min = S / (1 + B_crit(L)/B),  C_min = C / (1 + B/B_crit(L)),  B_crit(L) = B* / L^(1/alpha_B)   (eqs. 5.4, 1.4)
 N is non-embedding parameters, D and B in tokens, S in optimizer steps, L in nats per token.
-Both laws are fitted by least squares on log L with scipy L-BFGS-B from a small grid of exponents.
+Both laws are fitted by least squares on log L with scipy L-BFGS-B from a small grid of exponents; the
+bootstrap draws (`resampling`, see `bootstrap.bootstrap_blocks`) are refitted all at once (`_lsq.refit`).
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from fastscale.fit import _lsq
-from fastscale.fit._checks import as_values, enough_data, positive_int, same_length
-from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP, resample_counts
+from fastscale.fit._checks import as_values, enough_data, same_length
+from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP, DEFAULT_RESAMPLING
 from fastscale.fit.results import FitResult, fit_result
 
 EXPONENT_BOUNDS = (1e-4, 5.0)
@@ -61,13 +62,15 @@ def critical_batch_from_loss(loss, b_star, alpha_b):
 
 
 def fit_kaplan_nd(
-    n_params, n_tokens, loss, *, n_bootstrap: int = DEFAULT_N_BOOTSTRAP, level: float = DEFAULT_LEVEL, seed: int = 0
+    n_params, n_tokens, loss, *, n_bootstrap: int = DEFAULT_N_BOOTSTRAP, level: float = DEFAULT_LEVEL, seed: int = 0,
+    resampling: str = DEFAULT_RESAMPLING,
 ) -> KaplanNDFit:
     """Fit L(N, D) = [(Nc/N)^(alpha_N/alpha_D) + Dc/D]^alpha_D to final (early-stopped) losses."""
     n = as_values("n_params", n_params, positive=True)
     d = as_values("n_tokens", n_tokens, positive=True)
     y = as_values("loss", loss, positive=True)
-    size = same_length(n_params=n, n_tokens=d, loss=y)
+    same_length(n_params=n, n_tokens=d, loss=y)
+    _lsq.check_bootstrap(resampling, n_bootstrap)
     enough_data("kaplan-nd", 4, 3, n_params=n, n_tokens=d)
     mn, md = np.log(n).mean(), np.log(d).mean()
     vn, vd = np.log(n) - mn, np.log(d) - md
@@ -75,13 +78,13 @@ def fit_kaplan_nd(
     def log_prediction(theta):
         # theta = (k_N, k_D, alpha_N, alpha_D): the log of each bracketed term at the centre of the data,
         # so the exponents are nearly uncorrelated with the scales and L-BFGS converges quickly.
-        k_n, k_d, alpha_n, alpha_d = theta
+        k_n, k_d, alpha_n, alpha_d = (theta[:, j, None] for j in range(4))
         ratio = alpha_n / alpha_d
         t_n, t_d = k_n - ratio * vn, k_d - vd
         top = np.maximum(t_n, t_d)
         lse = top + np.log(np.exp(t_n - top) + np.exp(t_d - top))
         w_n = np.exp(t_n - lse)
-        jac = np.stack([alpha_d * w_n, alpha_d * (1.0 - w_n), -w_n * vn, lse + w_n * ratio * vn], axis=1)
+        jac = np.stack([alpha_d * w_n, alpha_d * (1.0 - w_n), -w_n * vn, lse + w_n * ratio * vn], axis=-1)
         return alpha_d * lse, jac
 
     half = np.log(np.exp(np.log(y).mean()) / 2)
@@ -89,58 +92,59 @@ def fit_kaplan_nd(
     model = _lsq.LogModel(("k_N", "k_D", "alpha_N", "alpha_D"), np.log(y), log_prediction, ((None, None), (None, None), EXPONENT_BOUNDS, EXPONENT_BOUNDS), starts)
 
     def to_params(theta):
-        k_n, k_d, alpha_n, alpha_d = theta
+        k_n, k_d, alpha_n, alpha_d = theta.T
         with np.errstate(over="ignore"):  # Nc out of double range is flagged by fit_result
-            return np.exp(mn + k_n * alpha_d / alpha_n), np.exp(md + k_d), alpha_n, alpha_d
+            return np.column_stack([np.exp(mn + k_n * alpha_d / alpha_n), np.exp(md + k_d), alpha_n, alpha_d])
 
-    return _finish(KaplanNDFit, "kaplan-nd", ("Nc", "Dc", "alpha_N", "alpha_D"), model, to_params, (n, d), y, n_bootstrap, level, seed)
+    return _finish(KaplanNDFit, "kaplan-nd", ("Nc", "Dc", "alpha_N", "alpha_D"), model, to_params, (n, d), y, n_bootstrap, level, seed, resampling)
 
 
 def fit_kaplan_ns(
-    n_params, min_steps, loss, *, n_bootstrap: int = DEFAULT_N_BOOTSTRAP, level: float = DEFAULT_LEVEL, seed: int = 0
+    n_params, min_steps, loss, *, n_bootstrap: int = DEFAULT_N_BOOTSTRAP, level: float = DEFAULT_LEVEL, seed: int = 0,
+    resampling: str = DEFAULT_RESAMPLING,
 ) -> KaplanNSFit:
     """Fit L(N, S_min) = (Nc/N)^alpha_N + (Sc/S_min)^alpha_S (learning-curve points, S_min from `minimum_steps`)."""
     n = as_values("n_params", n_params, positive=True)
     s = as_values("min_steps", min_steps, positive=True)
     y = as_values("loss", loss, positive=True)
-    size = same_length(n_params=n, min_steps=s, loss=y)
+    same_length(n_params=n, min_steps=s, loss=y)
+    _lsq.check_bootstrap(resampling, n_bootstrap)
     enough_data("kaplan-ns", 4, 3, n_params=n, min_steps=s)
     mn, ms = np.log(n).mean(), np.log(s).mean()
     vn, vs = np.log(n) - mn, np.log(s) - ms
 
     def log_prediction(theta):
-        k_n, k_s, alpha_n, alpha_s = theta  # logs of the two terms at the centre of the data
+        k_n, k_s, alpha_n, alpha_s = (theta[:, j, None] for j in range(4))  # logs of the two terms at the centre of the data
         t_n, t_s = k_n - alpha_n * vn, k_s - alpha_s * vs
         top = np.maximum(t_n, t_s)
         lse = top + np.log(np.exp(t_n - top) + np.exp(t_s - top))
         w_n = np.exp(t_n - lse)
-        return lse, np.stack([w_n, 1.0 - w_n, -w_n * vn, -(1.0 - w_n) * vs], axis=1)
+        return lse, np.stack([w_n, 1.0 - w_n, -w_n * vn, -(1.0 - w_n) * vs], axis=-1)
 
     half = np.log(np.exp(np.log(y).mean()) / 2)
     starts = tuple(np.array([half, half, a_n, a_s]) for a_n, a_s in itertools.product(START_EXPONENTS, START_EXPONENTS))
     model = _lsq.LogModel(("k_N", "k_S", "alpha_N", "alpha_S"), np.log(y), log_prediction, ((None, None), (None, None), EXPONENT_BOUNDS, EXPONENT_BOUNDS), starts)
 
     def to_params(theta):
-        k_n, k_s, alpha_n, alpha_s = theta
+        k_n, k_s, alpha_n, alpha_s = theta.T
         with np.errstate(over="ignore"):  # Nc out of double range is flagged by fit_result
-            return np.exp(mn + k_n / alpha_n), np.exp(ms + k_s / alpha_s), alpha_n, alpha_s
+            return np.column_stack([np.exp(mn + k_n / alpha_n), np.exp(ms + k_s / alpha_s), alpha_n, alpha_s])
 
-    return _finish(KaplanNSFit, "kaplan-ns", ("Nc", "Sc", "alpha_N", "alpha_S"), model, to_params, (n, s), y, n_bootstrap, level, seed)
+    return _finish(KaplanNSFit, "kaplan-ns", ("Nc", "Sc", "alpha_N", "alpha_S"), model, to_params, (n, s), y, n_bootstrap, level, seed, resampling)
 
 
-def _finish(cls, law, names, model, to_params, inputs, y, n_bootstrap, level, seed):
+def _finish(cls, law, names, model, to_params, inputs, y, n_bootstrap, level, seed, resampling):
     """Solve, bootstrap and package a two-variable law."""
     weights = np.ones(len(y))
     solution = _lsq.solve(model, weights)
-    counts = resample_counts(len(y), positive_int("n_bootstrap", n_bootstrap, minimum=0), seed)
-    draws, failed = _lsq.bootstrap(model, solution.theta, counts, weights)
-    params = dict(zip(names, to_params(solution.theta)))
+    draws, failed = _lsq.bootstrap(model, solution.theta, weights, resampling=resampling, n_bootstrap=n_bootstrap, seed=seed)
+    params = {name: float(v) for name, v in zip(names, to_params(solution.theta[None])[0])}
     exponents = [name for name in names if name.startswith("alpha")]
     return fit_result(
         cls,
         law=law,
         params=params,
-        samples=np.array([to_params(t) for t in draws]).reshape(-1, 4),
+        samples=to_params(draws),
         level=level,
         converged=solution.converged,
         failed_refits=failed,

@@ -10,14 +10,13 @@ multiply by tokens per item for nats per image or document, see `units.per_item`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import chain
 
 import numpy as np
 
 from fastscale.fit import _lsq
-from fastscale.fit._checks import FitInputError, as_values, enough_data, positive_int, same_length
-from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP, resample_count_chunks
-from fastscale.fit.results import Estimate, FitResult, fit_result
+from fastscale.fit._checks import FitInputError, as_values, enough_data, same_length
+from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP, DEFAULT_RESAMPLING
+from fastscale.fit.results import Estimate, FitResult, fit_result, misspecification_flags
 
 MAX_ALPHA = 10.0
 L_INF_START_FRACTIONS = (0.0, 0.3, 0.6, 0.8, 0.9, 0.97)
@@ -65,11 +64,13 @@ def fit_power_law(
     seed: int = 0,
     groups=None,
     lower_envelope: bool = False,
+    resampling: str = DEFAULT_RESAMPLING,
 ) -> PowerLawFit:
     """Fit y = L_inf + (x0/x)^alpha by least squares on log y (L_inf = 0 when irreducible=False).
 
-    weights: per-point weights (e.g. 1/variance of log y). groups: labels resampled together by the
-    bootstrap. lower_envelope: constrain the law to lie on or below every point (how L(C) is fitted to
+    weights: per-point weights (e.g. 1/variance of log y). resampling: the bootstrap scheme
+    (`bootstrap.bootstrap_blocks`: "parametric" draws fresh lognormal noise around the fitted law, "rows"
+    resamples the points); groups: labels of rows resampled together (resampling="rows" only). lower_envelope: constrain the law to lie on or below every point (how L(C) is fitted to
     the compute frontier). Bounds: 0 <= L_inf <= max(y), 0 < alpha <= 10; a parameter ending on a
     bound is flagged. Needs 4 distinct x (3 for the pure law).
 
@@ -77,11 +78,12 @@ def fit_power_law(
     at min(y) pinned the estimate there (1e6 rows with true L_inf 2 gave 1.906 = min(y) and alpha 0.33
     for 0.5). The residual log y - log(L_inf + (x0/x)^alpha) is defined for every positive y whatever
     L_inf is, so points below the fitted asymptote are ordinary noise. Only the lower envelope keeps
-    L_inf <= min(y), which its constraint implies anyway. The residuals ordered by x are tested for
-    structure the law cannot capture (results.misspecification_flags).
+    L_inf <= min(y), which its constraint implies anyway. The residuals ordered by x, times sqrt(weight),
+    are tested for structure the law cannot capture (results.misspecification_flags).
     """
     x, y = as_values("x", x, positive=True), as_values("y", y, positive=True)
     n = same_length(x=x, y=y)
+    _lsq.check_bootstrap(resampling, n_bootstrap, groups)
     n_params = 3 if irreducible else 2
     enough_data("power law" if irreducible else "pure power law", n_params, n_params + 1, x=x)
     w = np.ones(n) if weights is None else as_values("weights", weights, positive=True)
@@ -89,24 +91,24 @@ def fit_power_law(
     center = np.log(x).mean()
     model = _model(x, y, irreducible, lower_envelope, w, center, _screened_start(x, y, irreducible, lower_envelope, w, center))
     solution = _lsq.solve(model, w)
-    chunks = resample_count_chunks(n, positive_int("n_bootstrap", n_bootstrap, minimum=0), seed, groups)
-    draws, failed = _lsq.bootstrap(model, solution.theta, chain.from_iterable(chunks), w)
-    params = dict(zip(("L_inf", "x0", "alpha"), _to_params(solution.theta, irreducible, center)))
-    pred = PowerLawFit._law(params, x)
+    draws, failed = _lsq.bootstrap(model, solution.theta, w, resampling=resampling, n_bootstrap=n_bootstrap, seed=seed, groups=groups)
+    params = dict(zip(("L_inf", "x0", "alpha"), (float(v) for v in _to_params(solution.theta[None], irreducible, center)[0])))
+    residuals = np.log(y) - np.log(PowerLawFit._law(params, x))
     return fit_result(
         PowerLawFit,
         law="power" if irreducible else "pure power",
         params=params,
-        samples=np.array([_to_params(t, irreducible, center) for t in draws]).reshape(-1, 3),
+        samples=_to_params(draws, irreducible, center),
         level=level,
         converged=solution.converged,
         failed_refits=failed,
         bounds={"L_inf": model.bounds[0], "alpha": model.bounds[-1]} if irreducible else {"alpha": model.bounds[-1]},
         fixed=() if irreducible else ("L_inf",),
-        residuals=np.log(y) - np.log(pred),
+        # standardized residuals: a point of low weight may stray further without the law being wrong
+        flags=[] if lower_envelope else misspecification_flags(np.sqrt(w) * residuals, x),
+        residuals=residuals,
         objective=solution.objective,
         n_points=n,
-        residual_order=None if lower_envelope else x,
     )
 
 
@@ -130,19 +132,20 @@ def _model(x, y, irreducible, lower_envelope, w, center, start=None) -> _lsq.Log
     if irreducible:
 
         def log_prediction(theta):
-            l_inf, k, alpha = theta
+            l_inf, k, alpha = (theta[:, j, None] for j in range(3))
             power = np.exp(k - alpha * u)
             pred = l_inf + power
-            return np.log(pred), np.stack([1.0 / pred, power / pred, -u * power / pred], axis=1)
+            return np.log(pred), np.stack([1.0 / pred, power / pred, -u * power / pred], axis=-1)
 
         starts = tuple(_start(u, y, f * y.min(), w) for f in L_INF_START_FRACTIONS) if start is None else (start,)
         bounds = ((0.0, float(y.min() if lower_envelope else y.max())), (None, None), (1e-8, MAX_ALPHA))
         names = ("L_inf", "k", "alpha")
     else:
 
+        jacobian = np.stack([np.ones_like(u), -u], axis=-1)
+
         def log_prediction(theta):
-            k, alpha = theta
-            return k - alpha * u, np.stack([np.ones_like(u), -u], axis=1)
+            return theta[:, :1] - theta[:, 1:] * u, np.broadcast_to(jacobian, (len(theta), *jacobian.shape))
 
         starts = (_start(u, y, 0.0, w)[1:],) if start is None else (start,)
         bounds = ((None, None), (1e-8, MAX_ALPHA))
@@ -156,7 +159,8 @@ def _start(u, y, l_inf, w):
     return np.array([l_inf, intercept, float(np.clip(-slope, 1e-3, MAX_ALPHA))])
 
 
-def _to_params(theta, irreducible, center):
-    l_inf, k, alpha = theta if irreducible else (0.0, *theta)
+def _to_params(theta, irreducible, center) -> np.ndarray:
+    """[R, 3] rows (L_inf, x0, alpha) from [R, P] internal thetas."""
+    l_inf, k, alpha = theta.T if irreducible else (np.zeros(len(theta)), *theta.T)
     with np.errstate(over="ignore"):  # x0 out of double range is flagged by fit_result
-        return l_inf, float(np.exp(center + k / alpha)), alpha
+        return np.column_stack([l_inf, np.exp(center + k / alpha), alpha])
