@@ -231,12 +231,12 @@ def run_power(args, table):
     x, y = column(table, args.x, option="--x"), column(table, args.y, option="--y")
     keep = _rows(args, y)
     fit = fit_power_law(x[keep], y[keep], irreducible=not args.pure, **_options(args))
-    report = _fit_report(fit)
+    report, check = _fit_report(fit), None
     if args.holdout_largest:
         check = holdout_largest(fit_power_law, (x[keep],), y[keep], args.holdout_largest, irreducible=not args.pure, **_options(args))
         report["holdout"] = _holdout_report(check, (args.x,), keep, f"--x {args.x!r}")
     report.update(_power_readings(args, fit, args.x))
-    _maybe_plot(args, lambda plots: plots.plot_law(fit, x[keep], y[keep], args.plot, xlabel=args.x, ylabel=args.y))
+    _maybe_plot(args, lambda plots: plots.plot_law(fit, x[keep], y[keep], args.plot, xlabel=args.x, ylabel=args.y, holdout=check))
     return report
 
 
@@ -262,10 +262,11 @@ def run_broken(args, table):
     fit = fit_broken_power_law(x[keep], y[keep], **options)
     report = _fit_report(fit)
     report["segment_exponents"] = [_estimate(segment) for segment in fit.segment_exponents()]
+    check = None
     if args.holdout_largest:
         check = holdout_largest(fit_broken_power_law, (x[keep],), y[keep], args.holdout_largest, **options)
         report["holdout"] = _holdout_report(check, (args.x,), keep, f"--x {args.x!r}")
-    _maybe_plot(args, lambda plots: plots.plot_law(fit, x[keep], y[keep], args.plot, xlabel=args.x, ylabel=args.y))
+    _maybe_plot(args, lambda plots: plots.plot_law(fit, x[keep], y[keep], args.plot, xlabel=args.x, ylabel=args.y, holdout=check))
     return report
 
 
@@ -280,10 +281,12 @@ def run_allocation(args, table):
     report = _fit_report(fit)
     if not keep.all():
         report["skipped_rows"] = {"count": int((~keep).sum()), "reason": f"empty --y {args.y!r}"}
+    check = None
     if args.holdout_largest:
         check = holdout_largest(fit_allocation, (c[keep],), n[keep], args.holdout_largest, per_row={"weights": weights}, **_options(args))
         report["holdout"] = _holdout_report(check, (args.x,), keep, f"--x {args.x!r}")
-    _maybe_plot(args, lambda plots: plots.plot_law(fit, c[keep], n[keep], args.plot, xlabel=args.x, ylabel=args.y))
+    labels = {"xlabel": f"C (column {args.x!r})", "ylabel": f"N_opt (parameters, column {args.y!r})"}
+    _maybe_plot(args, lambda plots: plots.plot_law(fit, c[keep], n[keep], args.plot, holdout=check, **labels))
     return report
 
 
@@ -295,7 +298,7 @@ def run_two_variable(fit_function):
         loss = column(table, args.loss, option="--loss")
         keep = _rows(args, loss)
         fit = fit_function(n[keep], d[keep], loss[keep], **_options(args))
-        report = _fit_report(fit)
+        report, check = _fit_report(fit), None
         if args.holdout_largest:
             check = holdout_largest(fit_function, (n[keep], d[keep]), loss[keep], args.holdout_largest, **_options(args))
             report["holdout"] = _holdout_report(check, ("N", "D"), keep, "N")
@@ -303,7 +306,7 @@ def run_two_variable(fit_function):
             if not hasattr(fit, "compute_for_loss"):
                 raise FitInputError(f"--forecast-loss: --law {args.law} has no compute-optimal path to forecast along")
             report["forecast"] = {"loss": args.forecast_loss, "C": _estimate(fit.compute_for_loss(args.forecast_loss))}
-        _maybe_plot(args, lambda plots: plots.plot_two_variable(fit, n[keep], d[keep], loss[keep], args.plot))
+        _maybe_plot(args, lambda plots: plots.plot_two_variable(fit, n[keep], d[keep], loss[keep], args.plot, holdout=check))
         return report
 
     return runner
@@ -312,17 +315,16 @@ def run_two_variable(fit_function):
 def run_data_constrained(args, table):
     _need(args, "N", "unique_D", "loss")
     _refuse(args, "--forecast-loss", "--forecast-reducible", "--tokens-per-item", "--pure")
-    if args.plot:
-        raise FitInputError("--plot: no figure for --law data-constrained yet (the two-variable plot draws laws of N and D alone)")
     n, d = _tokens(args, table)
     unique_d = column(table, args.unique_D, option="--unique-D")
     loss = column(table, args.loss, option="--loss")
     keep = _rows(args, loss)
     fit = fit_data_constrained(n[keep], d[keep], unique_d[keep], loss[keep], **_options(args))
-    report = _fit_report(fit)
+    report, check = _fit_report(fit), None
     if args.holdout_largest:
         check = holdout_largest(fit_data_constrained, (n[keep], d[keep], unique_d[keep]), loss[keep], args.holdout_largest, **_options(args))
         report["holdout"] = _holdout_report(check, ("N", "D", "unique_D"), keep, "N")
+    _maybe_plot(args, lambda plots: plots.plot_data_constrained(fit, n[keep], d[keep], unique_d[keep], loss[keep], args.plot, holdout=check))
     return report
 
 
@@ -336,12 +338,14 @@ def run_isoflop(args, table):
     report = _fit_report(minima.allocation)
     report["minima"] = [{"C": c_, "N_opt": n_, "loss": l_} for c_, n_, l_ in zip(minima.compute, minima.n_opt, minima.loss_opt)]
     report["skipped_budgets"] = {str(k): v for k, v in minima.skipped.items()}
+    check = None
     if args.holdout_largest:
         # Each budget's minimum is found from its own rows alone, so fitting N_opt(C) without the largest
         # budgets' minima is fitting the law without those budgets.
         check = holdout_largest(fit_allocation, (minima.compute,), minima.n_opt, args.holdout_largest, **_options(args))
         report["holdout"] = _holdout_report(check, ("C",), None, "C (budgets with an interior minimum)")
-    _maybe_plot(args, lambda plots: plots.plot_law(minima.allocation, minima.compute, minima.n_opt, args.plot, xlabel="C", ylabel="N_opt"))
+    labels = {"xlabel": f"C (budget, column {args.C!r})", "ylabel": "N_opt (parameters at the budget's minimum loss)"}
+    _maybe_plot(args, lambda plots: plots.plot_law(minima.allocation, minima.compute, minima.n_opt, args.plot, holdout=check, **labels))
     return report
 
 
@@ -366,12 +370,14 @@ def run_frontier(args, table):
         "frontier_runs": [{"run": str(r), "C": cc, "N": nn} for r, cc, nn in zip(np.unique(fit.frontier.run), fit.optimal_compute, fit.optimal_n_params)],
         "max_log_above_frontier": fit.max_above_frontier,
     }
+    check = None
     if args.holdout_largest:
         options = {**_options(args), "irreducible": not args.pure}
         check = holdout_largest_runs(runs[keep], n[keep], c[keep], loss[keep], args.holdout_largest, **options)
         report["holdout"] = _frontier_holdout_report(check, args.holdout_largest)
     report.update(_power_readings(args, fit.loss_fit, "C"))
-    _maybe_plot(args, lambda plots: plots.plot_frontier(fit, runs[keep], c[keep], loss[keep], args.plot))
+    drawing = {"n_params": n[keep], "clabel": f"compute (column {args.C!r})", "holdout": check}
+    _maybe_plot(args, lambda plots: plots.plot_frontier(fit, runs[keep], c[keep], loss[keep], args.plot, **drawing))
     return report
 
 
@@ -382,8 +388,9 @@ def run_critical_batch(args, table):
         loss, noise = column(table, args.loss, option="--loss"), column(table, args.noise_scale, option="--noise-scale")
         finite = np.isfinite(loss) & np.isfinite(noise)  # noise scales are logged on some steps only
         fit = fit_critical_batch_vs_loss(loss[finite], noise[finite], **_options(args))
-        _maybe_plot(args, lambda plots: plots.plot_law(fit, loss[finite], noise[finite], args.plot, xlabel="loss", ylabel="B_crit"))
-        return _with_lowest_loss_holdout(_fit_report(fit), args, loss[finite], noise[finite], finite)
+        report, check = _with_lowest_loss_holdout(_fit_report(fit), args, loss[finite], noise[finite], finite)
+        _maybe_plot(args, lambda plots: plots.plot_law(fit, loss[finite], noise[finite], args.plot, holdout=check, **CRITICAL_BATCH_LABELS))
+        return report
     _need(args, "x", "y")
     steps, examples = column(table, args.x, option="--x"), column(table, args.y, option="--y")
     if args.loss is None:
@@ -392,7 +399,8 @@ def run_critical_batch(args, table):
                 "--holdout-largest: --law critical-batch without --loss fits one (steps, examples) curve; give --loss targets to hold out the lowest"
             )
         fit = fit_critical_batch(steps, examples, **_options(args))
-        _maybe_plot(args, lambda plots: plots.plot_law(fit, examples / steps, steps, args.plot, xlabel="batch size", ylabel="steps"))
+        labels = {"xlabel": "batch size (examples per step)", "ylabel": "steps to the target loss"}
+        _maybe_plot(args, lambda plots: plots.plot_law(fit, examples / steps, steps, args.plot, **labels))
         return _fit_report(fit)
     targets = column(table, args.loss, option="--loss")
     per_target = {float(t): _fit_target(t, steps[targets == t], examples[targets == t], args) for t in np.unique(targets)}
@@ -400,18 +408,24 @@ def run_critical_batch(args, table):
     report = _fit_report(by_loss)
     report["per_target"] = [{"loss": t, **_fit_report(f)} for t, f in per_target.items()]
     report["flags"] = report["flags"] + [f"loss {t}: {flag}" for t, f in per_target.items() for flag in f.flags]
-    report = _with_lowest_loss_holdout(report, args, np.array(list(per_target)), np.array([f.params["B_crit"] for f in per_target.values()]), None)
-    _maybe_plot(args, lambda plots: plots.plot_law(by_loss, list(per_target), [f.params["B_crit"] for f in per_target.values()], args.plot, xlabel="loss", ylabel="B_crit"))
+    losses, batches = np.array(list(per_target)), np.array([f.params["B_crit"] for f in per_target.values()])
+    report, check = _with_lowest_loss_holdout(report, args, losses, batches, None)
+    _maybe_plot(args, lambda plots: plots.plot_law(by_loss, losses, batches, args.plot, holdout=check, **CRITICAL_BATCH_LABELS))
     return report
+
+
+CRITICAL_BATCH_LABELS = {"xlabel": "loss (nats/token)", "ylabel": "B_crit (examples per step)"}
 
 
 def _with_lowest_loss_holdout(report, args, loss, critical_batch, kept):
     """--holdout-largest for B_crit(L): the K lowest losses held out, the direction a forecast for a larger
-    model goes (its loss is lower). kept: the DATA rows fitted, None when the points are per-target fits."""
-    if args.holdout_largest:
-        check = holdout_largest(fit_critical_batch_vs_loss, (loss,), critical_batch, args.holdout_largest, lowest=True, **_options(args))
-        report["holdout"] = _holdout_report(check, ("loss",), kept, "loss", lowest=True)
-    return report
+    model goes (its loss is lower). kept: the DATA rows fitted, None when the points are per-target fits.
+    Returns the report and the check (None without --holdout-largest), which the plot draws."""
+    if not args.holdout_largest:
+        return report, None
+    check = holdout_largest(fit_critical_batch_vs_loss, (loss,), critical_batch, args.holdout_largest, lowest=True, **_options(args))
+    report["holdout"] = _holdout_report(check, ("loss",), kept, "loss", lowest=True)
+    return report, check
 
 
 def _fit_target(target, steps, examples, args):

@@ -1,7 +1,19 @@
-"""Figures for fitted laws: log-log axes, the data, the fit and its bootstrap band. PNG or SVG by suffix.
+"""Figures for fitted laws: the data, the fit, its bootstrap band and, with a holdout, the held-out points
+and their predictions. PNG or SVG by suffix.
 
-matplotlib is imported inside the functions (so `fastscale fit` without plots never loads it), and figures are built with
-matplotlib.figure.Figure, never pyplot, so no global backend or window state is touched.
+Every figure states its law and the parameters with their intervals (title), labels its axes with units,
+draws power laws on log-log axes with tick labels that do not collide, and colours data by a third
+variable with one colormap and norm shared by the points, the fitted lines and the colour bar, so a
+line's colour says which points it should pass through.
+
+With a holdout (`holdout.holdout_largest`, `holdout.holdout_largest_runs`) the curve drawn is the fit
+without the held-out points, the one whose predictions are being judged: the held-out points are
+marked (a distinct marker) and their predictions drawn with their bootstrap intervals.
+
+The `figure_*` functions build a matplotlib Figure (tests read its artists); the `plot_*` functions save
+it. matplotlib is imported inside the functions (so `fastscale fit` without plots never loads it), and
+figures are built with matplotlib.figure.Figure, never pyplot, so no global backend or window state is
+touched.
 """
 
 from __future__ import annotations
@@ -16,12 +28,36 @@ from fastscale.io import write_atomically
 
 FORMATS = (".png", ".svg")
 BAND_ALPHA = 0.25
+FIT_COLOR = "C3"
+COLORMAP = "viridis"
+SLICE_QUANTILES = (0.1, 0.5, 0.9)
+PARAMS_PER_LINE = 3
+# Labels used to find the artists again (legend entries, and the tests).
+FITTED_LABEL = "data (fitted)"
+HELD_OUT_LABEL = "held out (observed)"
+PREDICTED_LABEL = "held out: prediction, {level:.0%} interval"
+BAND_LABEL = "{level:.0%} bootstrap band"
+LOSS_LABEL = "loss (nats/token)"
+
+FORMULAS = {
+    "power": "L = L_inf + (x0/x)^alpha",
+    "pure power": "L = (x0/x)^alpha",
+    "broken": "y = a + b x^-c0 prod_i (1 + (x/d_i)^(1/f_i))^(-c_i f_i)",
+    "allocation": "N_opt = (C/C0)^a",
+    "critical-batch": "(S/S_min - 1)(E/E_min - 1) = 1",
+    "critical-batch-vs-loss": "B_crit = B_star / L^(1/alpha_B)",
+    "chinchilla": "L = E + A/N^alpha + B/D^beta",
+    "kaplan-nd": "L = [(Nc/N)^(alpha_N/alpha_D) + Dc/D]^alpha_D",
+    "overtrain": "L = E + A/N^alpha + B/D^alpha",
+    "data-constrained": "L = E + A/N'^alpha + B/D'^beta",
+}
 
 
 def _figure(n_panels: int):
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(5.5 * n_panels, 4.2), layout="constrained")
+    figure = Figure(figsize=(6.0 * n_panels, 4.8), layout="constrained")
+    figure.get_layout_engine().set(wspace=0.06)  # room between a colour bar's label and the next panel's axis label
     axes = figure.subplots(1, n_panels, squeeze=False)[0]
     for ax in axes:
         ax.set_xscale("log"), ax.set_yscale("log"), ax.grid(True, which="both", alpha=0.3)
@@ -39,65 +75,276 @@ def save_figure(figure, path) -> Path:
     return path
 
 
-def _draw_law(ax, fit, x, label):
+def _finished(figure):
+    for ax in figure.axes:
+        _readable_log_ticks(ax)
+    return figure
+
+
+def _readable_log_ticks(ax) -> None:
+    """No minor tick labels, and log axes spanning under ~1.5 decades get major labels at chosen mantissas:
+    matplotlib's default labels minor ticks there (2, 3, 4, 6 x 10^k), which collide on a narrow panel.
+    (Over a span too narrow for two such labels, matplotlib's LogLocator falls back to linear ticks.)"""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
+        if scale != "log":
+            continue
+        low, high = sorted(axis.get_view_interval())
+        axis.set_minor_formatter(NullFormatter())
+        if high / low < 30:
+            # Under a decade, a y axis has room for every integer mantissa; an x axis, whose labels are wide, for 1, 2, 5.
+            dense = axis is ax.yaxis and high / low < 10
+            axis.set_major_locator(LogLocator(subs=np.arange(1.0, 10.0) if dense else (1.0, 2.0, 5.0)))
+            axis.set_major_formatter(FuncFormatter(lambda value, _: _tick_text(value)))
+
+
+def _tick_text(value: float) -> str:
+    if 1e-3 <= abs(value) < 1e4:
+        return f"{value:g}"
+    exponent = int(np.floor(np.log10(abs(value))))
+    mantissa = value / 10.0**exponent
+    return f"$10^{{{exponent}}}$" if round(mantissa, 6) == 1 else f"${mantissa:g}\\times10^{{{exponent}}}$"
+
+
+def _number(value: float) -> str:
+    return f"{value:.3g}"
+
+
+def parameter_text(fit) -> str:
+    """'name = value [low, high]' for every parameter (no interval without bootstrap draws), a few per line."""
+    items = []
+    for name, value in fit.params.items():
+        interval = fit.intervals.get(name)
+        bounds = f" [{_number(interval[0])}, {_number(interval[1])}]" if interval is not None else ""
+        items.append(f"{name} = {_number(value)}{bounds}")
+    lines = ["   ".join(items[i : i + PARAMS_PER_LINE]) for i in range(0, len(items), PARAMS_PER_LINE)]
+    return "\n".join(lines)
+
+
+def _title(ax, fit, what: str = "") -> None:
+    """The law, its parameters with their intervals, and the kinds of its flags (the CLI prints them whole)."""
+    interval = f" ({fit.level:.0%} bootstrap intervals)" if fit.intervals else ""
+    lines = [f"{what}{fit.law}: {FORMULAS.get(fit.law, '')}{interval}", parameter_text(fit)]
+    kinds = sorted({flag.split(":")[0] for flag in fit.flags})
+    if kinds:
+        lines.append("flags: " + ", ".join(kinds))
+    ax.set_title("\n".join(lines), fontsize=7.5, loc="left")
+
+
+def _draw_law(ax, fit, x, label, *, color=FIT_COLOR):
     """The fitted curve over the data's range extended by half a decade each side, with its band."""
     grid = np.geomspace(x.min() / 3, x.max() * 3, 200)
-    ax.plot(grid, fit.predict(grid), color="C3", label=label)
+    (line,) = ax.plot(grid, fit.predict(grid), color=color, label=label, zorder=4)
+    band = None
     if len(fit.samples):
         low, high = fit.predict_interval(grid)
-        ax.fill_between(grid, low, high, color="C3", alpha=BAND_ALPHA, label=f"{fit.level:.0%} bootstrap band")
+        band = ax.fill_between(grid, low, high, color=color, alpha=BAND_ALPHA, label=BAND_LABEL.format(level=fit.level))
+    return line, band
 
 
-def plot_law(fit, x, y, path, *, xlabel: str = "x", ylabel: str = "loss (nats/token)") -> Path:
-    """Data and a one-variable law (power law, allocation, critical batch) on log-log axes."""
+def _held_out_mask(size: int, holdout) -> np.ndarray:
+    """True for the points the holdout fit left out (its indices count the points given to the plot)."""
+    mask = np.zeros(size, dtype=bool)
+    if holdout is not None:
+        mask[holdout.held_out] = True
+    return mask
+
+
+def _draw_predictions(ax, x, holdout, level: float, *, color="k") -> None:
+    """Predictions of the held-out points at x (in the check's order, most extreme first), with their
+    bootstrap intervals as error bars."""
+    predicted = np.asarray(holdout.predicted, dtype=np.float64)
+    low, high = np.asarray(holdout.low, dtype=np.float64), np.asarray(holdout.high, dtype=np.float64)
+    known = np.isfinite(low) & np.isfinite(high)
+    errors = np.where(known, [predicted - low, high - predicted], 0.0)
+    ax.errorbar(x, predicted, yerr=errors, fmt="x", color=color, ms=7, capsize=3, zorder=6, label=PREDICTED_LABEL.format(level=level))
+
+
+def _mark_breaks(ax, fit) -> None:
+    """A broken power law's breaks d_i: a dashed line at the estimate, shaded over its interval."""
+    for name in (p for p in fit.params if p.startswith("d")):
+        value = fit.params[name]
+        ax.axvline(value, color="0.3", ls="--", lw=1, label=f"break {name} = {_number(value)}", zorder=2)
+        if name in fit.intervals:
+            ax.axvspan(*fit.intervals[name], color="0.5", alpha=0.12, zorder=1)
+
+
+def figure_law(fit, x, y, *, xlabel: str = "x", ylabel: str = LOSS_LABEL, holdout=None):
+    """Data and a one-variable law (power law, broken power law, allocation, critical batch) on log-log axes.
+    holdout: a `holdout_largest` check on these x, y; the curve drawn is then its fit, without the held-out points."""
     figure, (ax,) = _figure(1)
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    ax.scatter(x, y, s=14, color="C0", label="data", zorder=3)
-    _draw_law(ax, fit, x, f"{fit.law} fit: " + ", ".join(f"{k}={v:.4g}" for k, v in fit.params.items()))
-    ax.set_xlabel(xlabel), ax.set_ylabel(ylabel), ax.legend(fontsize=8)
-    return save_figure(figure, path)
+    held = _held_out_mask(len(x), holdout)
+    drawn = fit if holdout is None else holdout.fit
+    ax.scatter(x[~held], y[~held], s=16, color="C0", label=FITTED_LABEL, zorder=3)
+    label = "fit" if holdout is None else f"fit without the {held.sum()} held-out points"
+    _draw_law(ax, drawn, x[~held], label)
+    if held.any():
+        ax.scatter(x[held], y[held], s=40, marker="D", facecolors="none", edgecolors="C1", linewidths=1.5, label=HELD_OUT_LABEL, zorder=5)
+        _draw_predictions(ax, x[holdout.held_out], holdout, drawn.level)
+    if drawn.law == "broken":
+        _mark_breaks(ax, drawn)
+    _title(ax, drawn)
+    ax.set_xlabel(xlabel), ax.set_ylabel(ylabel), ax.legend(fontsize=7)
+    return _finished(figure)
 
 
-def plot_two_variable(fit, n, d, loss, path, *, dlabel: str = "D (tokens)") -> Path:
-    """Loss against N coloured by D with the law at three values of D, and observed against predicted."""
+def plot_law(fit, x, y, path, *, xlabel: str = "x", ylabel: str = LOSS_LABEL, holdout=None) -> Path:
+    """`figure_law`, saved to path."""
+    return save_figure(figure_law(fit, x, y, xlabel=xlabel, ylabel=ylabel, holdout=holdout), path)
+
+
+def _log_norm(values):
+    from matplotlib.colors import LogNorm
+
+    return LogNorm(vmin=float(np.min(values)), vmax=float(np.max(values)))
+
+
+def _slices(values) -> np.ndarray:
+    """The values the fitted lines are drawn at: quantiles of the data, snapped to values the data hold,
+    so each line has points of its own colour to pass through."""
+    values = np.unique(values)
+    return np.unique([values[int(round(q * (len(values) - 1)))] for q in SLICE_QUANTILES])
+
+
+def _draw_two_variable_data(ax, x, loss, colour_values, norm, held):
+    from matplotlib import colormaps
+
+    cmap = colormaps[COLORMAP]
+    points = ax.scatter(x[~held], loss[~held], c=colour_values[~held], cmap=cmap, norm=norm, s=14, zorder=3, label=FITTED_LABEL)
+    if held.any():
+        ax.scatter(x[held], loss[held], s=44, marker="D", facecolors="none", edgecolors=cmap(norm(colour_values[held])), linewidths=1.5,
+                   label=HELD_OUT_LABEL, zorder=5)
+    return points, cmap
+
+
+def _parity(ax, fit, inputs, loss, held, holdout) -> None:
+    """Observed against predicted by the drawn fit; held-out points with their prediction intervals."""
+    ax.set_xscale("linear"), ax.set_yscale("linear")
+    predicted = fit.predict(*inputs)
+    ax.scatter(predicted[~held], loss[~held], s=10, color="C0", label=FITTED_LABEL)
+    if held.any():
+        low, high = np.asarray(holdout.low), np.asarray(holdout.high)
+        known = np.isfinite(low) & np.isfinite(high)
+        errors = np.where(known, [holdout.predicted - low, high - holdout.predicted], 0.0)
+        ax.errorbar(holdout.predicted, holdout.observed, xerr=errors, fmt="D", mfc="none", color="C1", ms=6, capsize=3,
+                    label=f"held out, {fit.level:.0%} prediction interval")
+    span = [min(predicted.min(), loss.min()), max(predicted.max(), loss.max())]
+    ax.plot(span, span, color="k", lw=0.8, label="observed = predicted")
+    ax.set_xlabel(f"predicted {LOSS_LABEL}"), ax.set_ylabel(f"observed {LOSS_LABEL}"), ax.legend(fontsize=7)
+
+
+def figure_two_variable(fit, n, d, loss, *, dlabel: str = "D (tokens)", holdout=None):
+    """Loss against N coloured by D, the law at three values of D (each line in the colour of its D, from the
+    points' colormap and norm), and observed against predicted. holdout: a `holdout_largest` check on these
+    rows; its fit is drawn and the held-out rows are marked and predicted."""
     figure, (ax, parity) = _figure(2)
     n, d, loss = (np.asarray(v, dtype=np.float64) for v in (n, d, loss))
-    points = ax.scatter(n, loss, c=np.log10(d), s=12, cmap="viridis", zorder=3)
-    figure.colorbar(points, ax=ax, label=f"log10 {dlabel}")
+    held = _held_out_mask(len(n), holdout)
+    drawn = fit if holdout is None else holdout.fit
+    norm = _log_norm(d)
+    points, cmap = _draw_two_variable_data(ax, n, loss, d, norm, held)
+    figure.colorbar(points, ax=ax, label=dlabel)
     grid = np.geomspace(n.min() / 2, n.max() * 2, 200)
-    for fraction in (0.1, 0.5, 0.9):
-        tokens = np.quantile(d, fraction)
-        ax.plot(grid, fit.predict(grid, np.full_like(grid, tokens)), lw=1, color="C3", label=f"fit at D = {tokens:.2g}")
-    ax.legend(fontsize=8)
-    ax.set_xlabel("N (parameters)"), ax.set_ylabel("loss (nats/token)")
-    ax.set_title(f"{fit.law}: " + ", ".join(f"{k}={v:.4g}" for k, v in list(fit.params.items())[:5]), fontsize=8)
-    predicted = fit.predict(n, d)
-    parity.set_xscale("linear"), parity.set_yscale("linear")
-    parity.scatter(predicted, loss, s=10)
-    span = [min(predicted.min(), loss.min()), max(predicted.max(), loss.max())]
-    parity.plot(span, span, color="k", lw=0.8)
-    parity.set_xlabel("predicted loss"), parity.set_ylabel("observed loss")
-    return save_figure(figure, path)
+    unit = dlabel.split("(")[-1].rstrip(")") if "(" in dlabel else ""
+    for tokens in _slices(d):
+        ax.plot(grid, drawn.predict(grid, np.full_like(grid, tokens)), lw=1.8, color=cmap(norm(tokens)), label=f"fit at D = {tokens:.3g} {unit}".rstrip())
+    if held.any():
+        _draw_predictions(ax, n[holdout.held_out], holdout, drawn.level)
+    ax.legend(fontsize=7)
+    ax.set_xlabel("N (parameters)"), ax.set_ylabel(LOSS_LABEL)
+    _title(ax, drawn)
+    _parity(parity, drawn, (n, d), loss, held, holdout)
+    return _finished(figure)
 
 
-def plot_frontier(frontier_fit, run, compute, loss, path, *, clabel: str = "compute (FLOPs)") -> Path:
-    """Learning curves with their lower envelope and L(C); N_opt(C) from the frontier runs."""
-    figure, (ax, sizes) = _figure(2)
-    run, compute, loss = np.asarray(run), np.asarray(compute, dtype=np.float64), np.asarray(loss, dtype=np.float64)
-    for name in np.unique(run):
+def plot_two_variable(fit, n, d, loss, path, *, dlabel: str = "D (tokens)", holdout=None) -> Path:
+    """`figure_two_variable`, saved to path."""
+    return save_figure(figure_two_variable(fit, n, d, loss, dlabel=dlabel, holdout=holdout), path)
+
+
+def figure_data_constrained(fit, n, d, unique_d, loss, *, holdout=None):
+    """Loss against D coloured by N, the law at three model sizes for the median unique data U_D (each line in
+    the colour of its N; the bend past the dotted line is repeated data losing value), and observed
+    against predicted for every run, whatever its U_D."""
+    figure, (ax, parity) = _figure(2)
+    n, d, unique_d, loss = (np.asarray(v, dtype=np.float64) for v in (n, d, unique_d, loss))
+    held = _held_out_mask(len(n), holdout)
+    drawn = fit if holdout is None else holdout.fit
+    norm = _log_norm(n)
+    points, cmap = _draw_two_variable_data(ax, d, loss, n, norm, held)
+    figure.colorbar(points, ax=ax, label="N (parameters)")
+    unique = float(np.median(unique_d))
+    grid = np.geomspace(unique, d.max() * 2, 200)  # the law holds from one epoch on (D >= U_D)
+    for size in _slices(n):
+        prediction = drawn.predict(np.full_like(grid, size), grid, np.full_like(grid, unique))
+        ax.plot(grid, prediction, lw=1.8, color=cmap(norm(size)), label=f"fit at N = {size:.3g}, U_D = {unique:.3g}")
+    ax.axvline(unique, color="0.3", ls=":", lw=1, label=f"one epoch of U_D = {unique:.3g} tokens")
+    if held.any():
+        _draw_predictions(ax, d[holdout.held_out], holdout, drawn.level)
+    ax.legend(fontsize=7)
+    ax.set_xlabel("D (tokens, repeated epochs included)"), ax.set_ylabel(LOSS_LABEL)
+    _title(ax, drawn)
+    _parity(parity, drawn, (n, d, unique_d), loss, held, holdout)
+    return _finished(figure)
+
+
+def plot_data_constrained(fit, n, d, unique_d, loss, path, *, holdout=None) -> Path:
+    """`figure_data_constrained`, saved to path."""
+    return save_figure(figure_data_constrained(fit, n, d, unique_d, loss, holdout=holdout), path)
+
+
+def _draw_learning_curves(figure, ax, run, compute, loss, n_params, held_runs):
+    """One line per run, coloured by its model size N (colour bar), dashed for held-out runs; without
+    n_params, each run named in the legend instead."""
+    from matplotlib import colormaps
+
+    cmap = colormaps[COLORMAP]
+    sizes = None if n_params is None else np.asarray(n_params, dtype=np.float64)
+    norm = None if sizes is None else _log_norm(sizes)
+    for i, name in enumerate(np.unique(run)):
         rows = run == name
         order = np.argsort(compute[rows])
-        ax.plot(compute[rows][order], loss[rows][order], lw=0.8, alpha=0.6)
-    frontier = frontier_fit.frontier
-    ax.plot(frontier.compute, frontier.loss, color="k", lw=2, label="frontier (lower envelope)")
-    _draw_law(ax, frontier_fit.loss_fit, frontier.compute, "L(C) = " + _power_text(frontier_fit.loss_fit.params))
-    ax.set_xlabel(clabel), ax.set_ylabel("loss (nats/token)"), ax.legend(fontsize=8)
-    sizes.scatter(frontier_fit.optimal_compute, frontier_fit.optimal_n_params, color="C0", zorder=3, label="runs on the frontier")
-    allocation = frontier_fit.allocation
-    _draw_law(sizes, allocation, frontier_fit.optimal_compute, f"N_opt = (C/{allocation.params['C0']:.3g})^{allocation.params['a']:.3f}")
-    sizes.set_xlabel(clabel), sizes.set_ylabel("N_opt (parameters)"), sizes.legend(fontsize=8)
-    return save_figure(figure, path)
+        held = name in held_runs
+        color = f"C{i % 10}" if sizes is None else cmap(norm(np.median(sizes[rows])))
+        label = str(name) if sizes is None else None
+        ax.plot(compute[rows][order], loss[rows][order], lw=1.0, alpha=0.85, color=color, ls="--" if held else "-", label=label, gid=str(name))
+    if sizes is not None:
+        from matplotlib.cm import ScalarMappable
+
+        figure.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="learning curve of a model of N parameters")
+    if len(held_runs):
+        ax.plot([], [], color="0.4", ls="--", label="held-out runs (not fitted)")
 
 
-def _power_text(p):
-    return f"{p['L_inf']:.3g} + ({p['x0']:.3g}/C)^{p['alpha']:.3f}"
+def figure_frontier(frontier_fit, run, compute, loss, *, n_params=None, clabel: str = "compute (FLOPs)", holdout=None):
+    """Learning curves (coloured by N) with their lower envelope and L(C); N_opt(C) from the frontier runs.
+    holdout: a `holdout_largest_runs` check on these rows: the frontier and laws drawn are those fitted
+    without the held-out runs, whose curves are dashed, and L(C)'s predictions are drawn where they
+    reach the frontier of all runs."""
+    figure, (ax, sizes) = _figure(2)
+    run, compute, loss = np.asarray(run), np.asarray(compute, dtype=np.float64), np.asarray(loss, dtype=np.float64)
+    drawn = frontier_fit if holdout is None else holdout.fit
+    held_runs = () if holdout is None else tuple(holdout.held_out_runs)
+    _draw_learning_curves(figure, ax, run, compute, loss, n_params, held_runs)
+    frontier = drawn.frontier
+    what = "frontier (lower envelope)" if holdout is None else "frontier of the runs fitted"
+    ax.plot(frontier.compute, frontier.loss, color="k", lw=2, label=what)
+    _draw_law(ax, drawn.loss_fit, frontier.compute, "L(C) fit")
+    if holdout is not None:
+        ax.scatter(holdout.compute, holdout.observed, s=40, marker="D", facecolors="none", edgecolors="C1", linewidths=1.5,
+                   label="frontier of all runs, reached by held-out runs", zorder=5)
+        _draw_predictions(ax, holdout.compute, holdout, drawn.loss_fit.level)
+    ax.set_xlabel(clabel), ax.set_ylabel(LOSS_LABEL), ax.legend(fontsize=7)
+    _title(ax, drawn.loss_fit, "L(C), ")
+    sizes.scatter(drawn.optimal_compute, drawn.optimal_n_params, color="C0", zorder=3, label="runs on the frontier")
+    _draw_law(sizes, drawn.allocation, drawn.optimal_compute, "N_opt(C) fit")
+    sizes.set_xlabel(clabel), sizes.set_ylabel("N_opt (parameters)"), sizes.legend(fontsize=7)
+    _title(sizes, drawn.allocation)
+    return _finished(figure)
+
+
+def plot_frontier(frontier_fit, run, compute, loss, path, *, n_params=None, clabel: str = "compute (FLOPs)", holdout=None) -> Path:
+    """`figure_frontier`, saved to path."""
+    return save_figure(figure_frontier(frontier_fit, run, compute, loss, n_params=n_params, clabel=clabel, holdout=holdout), path)
