@@ -79,32 +79,39 @@ def test_unique_parameters_are_chinchillas_compute_optimal_size_for_the_unique_d
 
 @pytest.mark.parametrize("fixed_base", [False, True])
 @pytest.mark.parametrize("given_unique_n", [False, True])
-def test_objective_gradient_against_finite_differences(fixed_base, given_unique_n):
+def test_objective_gradient_against_finite_differences(fixed_base, given_unique_n, monkeypatch):
+    # Per-draw weights and log L (a bootstrap block of 4 draws), the starts refitting draws 2, 0, 3; chunks
+    # of 2 starts, so the draws of one call are read in two chunks.
+    from fastscale.fit import data_constrained
+
+    monkeypatch.setattr(data_constrained, "CHUNK_ELEMENTS", 2 * 23)
     rng = np.random.default_rng(5)
     n, d, unique_d, loss = synthetic_runs(rng, size=23)
     unique_n = np.exp(np.log(n) - rng.uniform(-1, 2, 23)) if given_unique_n else None
     runs = _Runs(np.log(n), np.log(unique_d), d / unique_d - 1, np.log(loss), None if unique_n is None else np.log(unique_n))
-    counts = rng.integers(0, 3, (3, 23)).astype(float)
+    counts = rng.integers(0, 3, (4, 23)).astype(float)
+    drawn_loss = loss * np.exp(rng.normal(0, 0.01, (4, 23)))
+    rows = np.array([2, 0, 3])
     theta = np.column_stack([rng.uniform(5, 7, 3), rng.uniform(6.5, 8, 3), rng.uniform(0.4, 0.8, 3), rng.uniform(0.25, 0.45, 3),
                              rng.uniform(0.25, 0.45, 3), np.log(rng.uniform(3, 30, 3)), np.log(rng.uniform(1, 10, 3))])
     base = theta[0, :5] if fixed_base else None
     theta = theta[:, 5:] if fixed_base else theta
-    objective = loss_objective(runs, counts, base)
-    values, gradients = objective(theta, np.arange(3))
+    objective = loss_objective(runs, counts, base, log_y=np.log(drawn_loss))
+    values, gradients = objective(theta, rows)
 
-    def direct(t, w):
+    def direct(t, draw):
         full = np.concatenate([base, t]) if fixed_base else t
         a, b, e, alpha, beta, rho_d, rho_n = full
         p = {"E": np.exp(e), "A": np.exp(a), "B": np.exp(b), "alpha": alpha, "beta": beta, "R_D_star": np.exp(rho_d), "R_N_star": np.exp(rho_n)}
-        r = np.log(data_constrained_loss(p, n, d, unique_d, unique_n)) - np.log(loss)
-        return np.sum(w * np.where(np.abs(r) <= 1e-3, 0.5 * r**2, 1e-3 * (np.abs(r) - 0.5e-3)))
+        r = np.log(data_constrained_loss(p, n, d, unique_d, unique_n)) - np.log(drawn_loss[draw])
+        return np.sum(counts[draw] * np.where(np.abs(r) <= 1e-3, 0.5 * r**2, 1e-3 * (np.abs(r) - 0.5e-3)))
 
-    for s in range(3):
-        assert values[s] == pytest.approx(direct(theta[s], counts[s]), rel=1e-10)
+    for s, draw in enumerate(rows):
+        assert values[s] == pytest.approx(direct(theta[s], draw), rel=1e-10)
         for j in range(theta.shape[1]):
             step = np.zeros(theta.shape[1])
             step[j] = 1e-6
-            numeric = (direct(theta[s] + step, counts[s]) - direct(theta[s] - step, counts[s])) / 2e-6
+            numeric = (direct(theta[s] + step, draw) - direct(theta[s] - step, draw)) / 2e-6
             assert gradients[s, j] == pytest.approx(numeric, rel=1e-5, abs=1e-9), (s, j)
 
 
@@ -185,3 +192,5 @@ def test_bad_input_is_refused_with_the_argument_named():
         fit_data_constrained(n, d, -unique_d, loss)
     with pytest.raises(FitInputError, match="one length"):
         fit_data_constrained(n, d, unique_d[:5], loss)
+    with pytest.raises(FitInputError, match=r"resampling='bca': expected one of \('parametric', 'rows'\)"):
+        fit_data_constrained(n, d, unique_d, loss, resampling="bca")

@@ -175,6 +175,8 @@ def test_bad_input_is_named():
         fit_overtrain(n, d[:-1], loss, n_bootstrap=0)
     with pytest.raises(FitInputError, match=r"n_bootstrap=-1: expected an integer >= 0"):
         fit_overtrain(n, d, loss, n_bootstrap=-1)
+    with pytest.raises(FitInputError, match=r"resampling='bca': expected one of \('parametric', 'rows'\)"):
+        fit_overtrain(n, d, loss, resampling="bca")
 
 
 def test_exponent_of_a_rising_loss_is_flagged(caplog):
@@ -233,14 +235,17 @@ def test_predicts_the_papers_held_out_runs_from_their_released_losses():
     assert np.all((low <= measured) & (measured <= high)), (low, measured, high)
 
 
-def test_bootstrap_of_five_runs_is_flagged_as_underdetermined():
-    # 5 runs: only 5!/5^5 = 3.8% of resamples keep all five, the rest cannot determine 4 parameters.
+def test_row_bootstrap_of_five_runs_is_flagged_as_underdetermined():
+    # 5 runs: only 5!/5^5 = 3.8% of row resamples keep all five, the rest cannot determine 4 parameters.
+    # Parametric draws keep all five runs: nothing to flag.
     n = np.array([SIZES[0], SIZES[1], SIZES[2], SIZES[0], SIZES[1]])
     d = n * np.array([20.0, 20.0, 20.0, 160.0, 640.0])
     loss = true_loss(n, d) * np.exp(0.005 * np.random.default_rng(19).standard_normal(5))
-    fit = fit_overtrain(n, d, loss, n_bootstrap=200, seed=4)
+    fit = fit_overtrain(n, d, loss, n_bootstrap=200, seed=4, resampling="rows")
     flags = [flag for flag in fit.flags if flag.startswith("bootstrap_underdetermined")]
     assert len(flags) == 1, fit.flags
     short = int(flags[0].split(": ")[1].split(" of ")[0])
     assert 0.9 * 200 <= short <= 200  # expected 96.2% of 200
     assert fit_overtrain(n, d, loss, n_bootstrap=0).flags == ()  # no resamples, nothing to flag
+    parametric = fit_overtrain(n, d, loss, n_bootstrap=200, seed=4)
+    assert not any(flag.startswith("bootstrap_underdetermined") for flag in parametric.flags), parametric.flags

@@ -40,7 +40,11 @@ R_D*, R_N* = exp(a, b, e, rho_D, rho_N), so the positive parameters need no boun
 exponent pair of a grid, E, A, B by non-negative least squares (the law is linear in them), which replaces
 a Chinchilla-sized grid of 4,500 starts at a fraction of the cost and finds the same optimum on the tests'
 data; all starts run in one batched L-BFGS, the best is polished by scipy, and all bootstrap resamples
-are refitted from the optimum in one batched run.
+are refitted from the optimum in one batched run (blocks from `bootstrap.bootstrap_blocks`). The default
+parametric draws are the fitted law plus Gaussian noise in log L at the residuals' scale: with the Huber
+loss, a few outlying runs inflate that scale for every draw, so on such data the intervals are wider
+than the Huber fit's robustness calls for (measured for Chinchilla's law: chinchilla.py), and
+resampling="rows" keeps outliers as outliers.
 """
 
 from __future__ import annotations
@@ -54,8 +58,8 @@ from scipy.optimize import nnls
 
 from fastscale.fit._checks import FitInputError, as_values, enough_data, positive_int, same_length
 from fastscale.fit._optimize import batched_lbfgs, minimize_lbfgs
-from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP, resample_counts
-from fastscale.fit.chinchilla import HUBER_DELTA
+from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP, DEFAULT_RESAMPLING, bootstrap_blocks, check_resampling
+from fastscale.fit.chinchilla import HUBER_DELTA, per_draw
 from fastscale.fit.results import FitResult, fit_result
 
 log = logging.getLogger(__name__)
@@ -153,18 +157,20 @@ class _Runs:
     log_unique_n: np.ndarray | None
 
 
-def loss_objective(runs: _Runs, weights=None, base=None, delta: float = HUBER_DELTA):
+def loss_objective(runs: _Runs, weights=None, base=None, delta: float = HUBER_DELTA, log_y=None):
     """Batched objective f(theta [S, P], rows) -> (sum of weighted Huber losses [S], gradients [S, P]).
 
     theta = (a, b, e, alpha, beta, rho_D, rho_N) with A, B, E, R_D*, R_N* = exp(a, b, e, rho_D, rho_N);
     with base = (a, b, e, alpha, beta) held fixed, theta = (rho_D, rho_N). weights: None, [n], or
-    [n_resamples, n] bootstrap counts indexed by `rows`. The gradient is analytic, including the
+    [R, n] per-draw weights indexed by `rows`; log_y: None (the runs' observed log L), or [R, n] per-draw
+    log L indexed by `rows` (see chinchilla.per_draw). The gradient is analytic, including the
     dependence of U_N on the base law: log U_N = (a - b + log(alpha/beta) + beta log U_D) / alpha.
     Starts are processed in chunks of CHUNK_ELEMENTS / n so each [chunk, n] temporary stays in cache:
     this function is nearly all of a 1,000-draw bootstrap's time. Where U_N is computed, non-positive
     exponents are invalid (inf: the line search steps back), since Chinchilla's allocation needs them.
     """
     weights = None if weights is None else np.asarray(weights, dtype=np.float64)
+    log_y = runs.log_y if log_y is None else np.asarray(log_y, dtype=np.float64)
     free = slice(0, 7) if base is None else slice(5, 7)
     base = None if base is None else np.asarray(base, dtype=np.float64)
 
@@ -173,17 +179,18 @@ def loss_objective(runs: _Runs, weights=None, base=None, delta: float = HUBER_DE
         values, gradients = np.empty(len(full)), np.empty((len(full), 7))
         chunk = max(1, CHUNK_ELEMENTS // len(runs.log_y))
         for lo in range(0, len(full), chunk):
-            w = None if weights is None else weights if weights.ndim == 1 else weights[rows[lo : lo + chunk]]
+            part = rows[lo : lo + chunk]
+            w = None if weights is None else per_draw(weights, part)
             with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-                values[lo : lo + chunk], gradients[lo : lo + chunk] = _huber_terms(runs, full[lo : lo + chunk], w, delta)
+                values[lo : lo + chunk], gradients[lo : lo + chunk] = _huber_terms(runs, full[lo : lo + chunk], per_draw(log_y, part), w, delta)
         valid = np.isfinite(values) & ((runs.log_unique_n is not None) | ((full[:, 3] > 0) & (full[:, 4] > 0)))
         return np.where(valid, values, np.inf), np.where(valid[:, None], gradients[:, free], 0.0)
 
     return value_and_gradient
 
 
-def _huber_terms(runs: _Runs, theta, weights, delta):
-    """Objective and gradient [c, 7] for a chunk of starts theta [c, 7] (see loss_objective)."""
+def _huber_terms(runs: _Runs, theta, log_y, weights, delta):
+    """Objective and gradient [c, 7] for a chunk of starts theta [c, 7] against log_y ([n] or [c, n])."""
     a, b, e, alpha, beta, rho_d, rho_n = (theta[:, j, None] for j in range(7))
     multiple_d, decay_d = _multiple(runs.repetitions_d, np.exp(rho_d))
     log_d_eff = np.log(multiple_d)
@@ -202,7 +209,7 @@ def _huber_terms(runs: _Runs, theta, weights, delta):
     total = term_n + term_d
     total += np.exp(e)
     r = np.log(total)
-    r -= runs.log_y
+    r -= log_y
     slope = np.clip(r, -delta, delta)
     r -= 0.5 * slope
     r *= slope  # Huber(r) = c (r - c/2) with c = clip(r, -delta, delta)
@@ -253,6 +260,7 @@ def fit_data_constrained(
     unique_n=None,
     base_law=None,
     delta: float = HUBER_DELTA,
+    resampling: str = DEFAULT_RESAMPLING,
 ) -> DataConstrainedFit:
     """Fit Muennighoff et al.'s L(N, D, U_D) (module docstring) to final losses.
 
@@ -260,7 +268,8 @@ def fit_data_constrained(
     through (unique_d <= d; d / unique_d epochs); loss: final loss in nats per token. unique_n: U_N per
     run if known, else the compute-optimal size for U_D under the base law. base_law: a mapping with E,
     A, B, alpha, beta (a `ChinchillaFit` or its params) to hold fixed and fit only R_D*, R_N* (the paper's
-    second stage); default fit all seven (see the module docstring for why).
+    second stage); default fit all seven (see the module docstring for why). resampling: the
+    bootstrap's scheme, "parametric" or "rows" (see `bootstrap` and the module docstring).
     """
     n = as_values("n", n, positive=True)
     d = as_values("d", d, positive=True)
@@ -277,12 +286,16 @@ def fit_data_constrained(
         enough_data("data-constrained", 7, 3, n=n, d=d, epochs=epochs)
     else:
         enough_data("data-constrained (R_D*, R_N* on a fixed base law)", 2, 3, epochs=epochs)
+    check_resampling(resampling)
+    n_bootstrap = positive_int("n_bootstrap", n_bootstrap, minimum=0)
     runs = _Runs(np.log(n), np.log(u_d), np.maximum(epochs - 1.0, 0.0), np.log(y), None if u_n is None else np.log(u_n))
 
     theta, objective, converged, n_starts = _fit(runs, base, delta)
-    counts = resample_counts(size, positive_int("n_bootstrap", n_bootstrap, minimum=0), seed)
-    draws, failed = _bootstrap(runs, base, theta, counts, delta)
     params = _to_params(theta, base)
+    log_pred = np.log(data_constrained_loss(params, n, d, u_d, u_n))
+    blocks = bootstrap_blocks(resampling, log_y=runs.log_y, log_pred=log_pred, weights=np.ones(size), n_params=len(theta),
+                              n_bootstrap=n_bootstrap, seed=seed)
+    draws, failed = _bootstrap(runs, base, theta, blocks, delta)
     return fit_result(
         DataConstrainedFit,
         law="data-constrained",
@@ -293,7 +306,7 @@ def fit_data_constrained(
         failed_refits=failed,
         fixed=BASE_NAMES if base is not None else (),
         flags=_flags(params, n, u_d, u_n),
-        residuals=runs.log_y - np.log(data_constrained_loss(params, n, d, u_d, u_n)),
+        residuals=runs.log_y - log_pred,
         objective=objective,
         n_points=size,
         n_starts=n_starts,
@@ -380,13 +393,16 @@ def _fit(runs, base, delta):
     return theta, float(value), converged, n_starts
 
 
-def _bootstrap(runs, base, theta, counts, delta):
-    if len(counts) == 0:
-        return np.zeros((0, len(theta))), 0
-    objective = loss_objective(runs, counts, base, delta)
-    with np.errstate(over="ignore", invalid="ignore"):
-        batch = batched_lbfgs(objective, np.repeat(theta[None], len(counts), axis=0), max_iter=2000)
-    return batch.x[batch.converged], int(np.sum(~batch.converged))
+def _bootstrap(runs, base, theta, blocks, delta):
+    """([n_ok, P] refits of the draws that converged, number that did not), one batched run per block."""
+    draws, failed = [np.zeros((0, len(theta)))], 0
+    for block in blocks:
+        objective = loss_objective(runs, block.weights, base, delta, log_y=block.log_y)
+        with np.errstate(over="ignore", invalid="ignore"):
+            batch = batched_lbfgs(objective, np.repeat(theta[None], len(block), axis=0), max_iter=2000)
+        draws.append(batch.x[batch.converged])
+        failed += int(np.sum(~batch.converged))
+    return np.concatenate(draws), failed
 
 
 def _to_theta(p):

@@ -24,7 +24,10 @@ alpha). A grid of 144 starts runs at once in the batched L-BFGS on at most GRID_
 is polished by scipy on all rows. The objective is Chinchilla's log-space objective with the Huber
 threshold at infinity (plain squares) and beta tied to alpha. Nothing is bounded: E may sit above the
 smallest observed loss (noise around the asymptote is allowed). Bootstrap refits start from the
-optimum, all resamples in one batched run (in chunks on large data), as for Chinchilla.
+optimum, all draws in one batched run (in chunks on large data), as for Chinchilla; the draws come
+from `bootstrap.bootstrap_blocks`. Least squares has no Huber robustness to lose, so the default
+parametric draws (the fitted law plus Gaussian noise in log L at the residuals' scale) assume what the
+fit itself assumes; on runs with outliers both the fit and its intervals follow them.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import numpy as np
 
 from fastscale.fit._checks import as_values, enough_data, positive_int, same_length
 from fastscale.fit._optimize import batched_lbfgs, minimize_lbfgs
-from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP, resample_counts
+from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP, DEFAULT_RESAMPLING, bootstrap_blocks, check_resampling
 from fastscale.fit.chinchilla import huber_objective
 from fastscale.fit.results import Estimate, FitResult, fit_result
 
@@ -56,8 +59,8 @@ LEAST_SQUARES = np.inf  # Huber threshold at infinity: the Huber objective is th
 GRID_ROWS = 1000  # rows the start grid runs on (a fixed random subset beyond that; the polish uses all)
 BOOTSTRAP_CELLS = 2_000_000  # draws x rows per batched bootstrap run: bounds memory on large data
 N_PARAMS = 4
-# Resamples of few runs: flag when more than this share drew fewer than N_PARAMS + 1 distinct runs. Beyond
-# MANY_RUNS distinct runs (one row each) such a resample has probability < 1e-20 and is not counted.
+# Row resamples of few runs: flag when more than this share drew fewer than N_PARAMS + 1 distinct runs.
+# Beyond MANY_RUNS distinct runs (one row each) such a resample has probability < 1e-20 and is not counted.
 UNDERDETERMINED_SHARE = 0.01
 MANY_RUNS = 64
 
@@ -113,7 +116,7 @@ def tied_objective(log_n, log_d, log_y, weights=None):
     """Batched least squares on log L over theta [S, 4] = (k_N, k_D, e, alpha): Chinchilla's objective on
     (k_N, k_D, e, alpha, beta = alpha), its beta gradient added to alpha's (the chain rule of the tie).
     log_n, log_d may be centred (the fit passes u, v), which only shifts what k means; weights as in
-    `huber_objective`."""
+    `huber_objective` (log_y too: [n], or [R, n] per draw)."""
     untied = huber_objective(log_n, log_d, log_y, weights, delta=LEAST_SQUARES)
 
     def value_and_gradient(theta, rows):
@@ -125,27 +128,39 @@ def tied_objective(log_n, log_d, log_y, weights=None):
 
 
 def fit_overtrain(
-    n, d, loss, *, n_bootstrap: int = DEFAULT_N_BOOTSTRAP, level: float = DEFAULT_LEVEL, seed: int = 0
+    n,
+    d,
+    loss,
+    *,
+    n_bootstrap: int = DEFAULT_N_BOOTSTRAP,
+    level: float = DEFAULT_LEVEL,
+    seed: int = 0,
+    resampling: str = DEFAULT_RESAMPLING,
 ) -> OvertrainFit:
     """Fit L(N, D) = E + A N^-alpha + B D^-alpha (Gadre et al. 2024) and report it in both forms.
 
     n: parameters per run (as the data counts them); d: training tokens per run; loss: final loss in
     nats per token. Needs >= 3 distinct N, >= 3 distinct D and >= 5 distinct (N, D) runs (4 parameters
-    and one residual): the paper's sweeps vary N and M = D/N, which gives both.
+    and one residual): the paper's sweeps vary N and M = D/N, which gives both. resampling: the
+    bootstrap's scheme, "parametric" or "rows" (see `bootstrap`).
     """
     n = as_values("n", n, positive=True)
     d = as_values("d", d, positive=True)
     y = as_values("loss", loss, positive=True)
     size = same_length(n=n, d=d, loss=y)
     enough_data("overtrain", N_PARAMS, 3, n=n, d=d)
+    check_resampling(resampling)
+    n_bootstrap = positive_int("n_bootstrap", n_bootstrap, minimum=0)
     centre_n, centre_d = np.log(n).mean(), np.log(d).mean()
     u, v, log_y = np.log(n) - centre_n, np.log(d) - centre_d, np.log(y)
 
     theta, objective, converged = _best_of_grid(u, v, log_y)
-    counts = resample_counts(size, positive_int("n_bootstrap", n_bootstrap, minimum=0), seed)
-    draws, failed = _bootstrap(u, v, log_y, theta, counts)
     to_params = _parameters(centre_n, centre_d)
     params = dict(zip(PARAM_NAMES, to_params(theta)))
+    log_pred = np.log(OvertrainFit._law(params, n, d))
+    blocks = bootstrap_blocks(resampling, log_y=log_y, log_pred=log_pred, weights=np.ones(size), n_params=N_PARAMS, n_bootstrap=n_bootstrap, seed=seed)
+    labels = _run_labels(n, d) if resampling == "rows" else None
+    draws, failed, short = _bootstrap(u, v, theta, blocks, labels)
     return fit_result(
         OvertrainFit,
         law="overtrain",
@@ -154,8 +169,8 @@ def fit_overtrain(
         level=level,
         converged=converged,
         failed_refits=failed,
-        flags=_exponent_flags(params) + _underdetermined_flags(n, d, counts),
-        residuals=log_y - np.log(OvertrainFit._law(params, n, d)),
+        flags=_exponent_flags(params) + _underdetermined_flags(short, n_bootstrap, labels),
+        residuals=log_y - log_pred,
         objective=objective,
         n_points=size,
     )
@@ -191,17 +206,23 @@ def _grid_rows(size: int) -> np.ndarray:
     return np.sort(np.random.default_rng(0).choice(size, GRID_ROWS, replace=False))
 
 
-def _bootstrap(u, v, log_y, theta, counts):
-    """Refit every resample from theta in batched runs of at most BOOTSTRAP_CELLS draws x rows."""
-    if len(counts) == 0:
-        return np.zeros((0, N_PARAMS)), 0
-    draws, failed = [], 0
-    for part in np.array_split(counts, -(-counts.size // BOOTSTRAP_CELLS)):
-        with np.errstate(over="ignore", invalid="ignore"):
-            batch = batched_lbfgs(tied_objective(u, v, log_y, part), np.repeat(theta[None], len(part), axis=0), max_iter=2000)
-        draws.append(batch.x[batch.converged])
-        failed += int(np.sum(~batch.converged))
-    return np.concatenate(draws), failed
+def _bootstrap(u, v, theta, blocks, labels):
+    """Refit every draw from theta in batched runs of at most BOOTSTRAP_CELLS draws x rows.
+
+    Returns ([n_ok, 4] draws that converged, number that did not, number of row resamples that drew
+    fewer than N_PARAMS + 1 distinct runs); labels: each row's run (None: not counted, as for
+    parametric draws, which keep every run)."""
+    draws, failed, short = [np.zeros((0, N_PARAMS))], 0, 0
+    for block in blocks:
+        if labels is not None:
+            short += _short_resamples(block.weights, labels)
+        parts = -(-block.weights.size // BOOTSTRAP_CELLS)
+        for weights, log_y in zip(np.array_split(block.weights, parts), np.array_split(block.log_y, parts)):
+            with np.errstate(over="ignore", invalid="ignore"):
+                batch = batched_lbfgs(tied_objective(u, v, log_y, weights), np.repeat(theta[None], len(weights), axis=0), max_iter=2000)
+            draws.append(batch.x[batch.converged])
+            failed += int(np.sum(~batch.converged))
+    return np.concatenate(draws), failed, short
 
 
 def _parameters(centre_n, centre_d):
@@ -217,24 +238,32 @@ def _parameters(centre_n, centre_d):
     return to_params
 
 
-def _underdetermined_flags(n, d, counts) -> list:
-    """Flag a bootstrap whose resamples often hold fewer distinct runs than the law has parameters + 1.
+def _run_labels(n, d) -> np.ndarray:
+    """Each row's run: rows with the same (N, D) are one run."""
+    return np.unique(np.stack([n, d], axis=1), axis=0, return_inverse=True)[1].ravel()
+
+
+def _short_resamples(weights, labels) -> int:
+    """How many row resamples (rows of weights) drew fewer than N_PARAMS + 1 distinct runs (0 beyond MANY_RUNS runs)."""
+    runs = int(labels.max()) + 1
+    if runs > MANY_RUNS:
+        return 0
+    drawn = np.stack([(weights[:, labels == run] > 0).any(axis=1) for run in range(runs)], axis=1)
+    return int(np.sum(drawn.sum(axis=1) < N_PARAMS + 1))
+
+
+def _underdetermined_flags(short: int, resamples: int, labels) -> list:
+    """Flag a row bootstrap whose resamples often hold fewer distinct runs than the law has parameters + 1.
 
     With 5 runs, 96% of resamples repeat a run and keep <= 4 distinct ones. The refit then interpolates
     them (zero residual, so the draw carries no noise) or, with fewer, stops somewhere on a family of
-    exact fits chosen by its start: the percentile interval measures the optimizer, not the data."""
-    if len(counts) == 0:
+    exact fits chosen by its start: the percentile interval measures the optimizer, not the data. The
+    parametric draws keep every run and are not counted."""
+    if short <= UNDERDETERMINED_SHARE * resamples:
         return []
-    labels = np.unique(np.stack([n, d], axis=1), axis=0, return_inverse=True)[1].ravel()
     runs = int(labels.max()) + 1
-    if runs > MANY_RUNS:
-        return []
-    drawn = np.stack([counts[:, labels == run].any(axis=1) for run in range(runs)], axis=1)
-    short = int(np.sum(drawn.sum(axis=1) < N_PARAMS + 1))
-    if short <= UNDERDETERMINED_SHARE * len(counts):
-        return []
     return [
-        f"bootstrap_underdetermined: {short} of {len(counts)} resamples drew fewer than {N_PARAMS + 1} of the {runs} distinct runs, "
+        f"bootstrap_underdetermined: {short} of {resamples} resamples drew fewer than {N_PARAMS + 1} of the {runs} distinct runs, "
         f"too few to determine {N_PARAMS} parameters: the intervals are unreliable (fit more runs)"
     ]
 
