@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from fastscale.fit._checks import FitInputError
+from fastscale.fit.results import _percentiles
 from fastscale.io import write_atomically
 
 FORMATS = (".png", ".svg")
@@ -32,6 +33,7 @@ FIT_COLOR = "C3"
 COLORMAP = "viridis"
 SLICE_QUANTILES = (0.1, 0.5, 0.9)
 PARAMS_PER_LINE = 3
+GRID_POINTS = 200
 # Labels used to find the artists again (legend entries, and the tests).
 FITTED_LABEL = "data (fitted)"
 HELD_OUT_LABEL = "held out (observed)"
@@ -133,14 +135,23 @@ def _title(ax, fit, what: str = "") -> None:
 
 
 def _draw_law(ax, fit, x, label, *, color=FIT_COLOR):
-    """The fitted curve over the data's range extended by half a decade each side, with its band."""
-    grid = np.geomspace(x.min() / 3, x.max() * 3, 200)
+    """The fitted curve over the data's range extended by half a decade each side, with its band: the
+    percentile band of the bootstrap draws, which `predict_interval` widens to reach the curve where the
+    draws lie on one side of it; the legend says at how many of the grid points that happened."""
+    grid = np.geomspace(x.min() / 3, x.max() * 3, GRID_POINTS)
     (line,) = ax.plot(grid, fit.predict(grid), color=color, label=label, zorder=4)
-    band = None
-    if len(fit.samples):
-        low, high = fit.predict_interval(grid)
-        band = ax.fill_between(grid, low, high, color=color, alpha=BAND_ALPHA, label=BAND_LABEL.format(level=fit.level))
-    return line, band
+    if not len(fit.samples):
+        return
+    low, high = fit.predict_interval(grid)
+    widened = _widened_points(fit, grid, low, high)
+    note = f" (widened to the fit at {widened} of {len(grid)} points)" if widened else ""
+    ax.fill_between(grid, low, high, color=color, alpha=BAND_ALPHA, label=BAND_LABEL.format(level=fit.level) + note)
+
+
+def _widened_points(fit, grid, low, high) -> int:
+    """How many grid points' band differs from the draws' own percentile interval."""
+    raw_low, raw_high = _percentiles(fit.sample_values(lambda p: fit._law(p, grid)), fit.level)
+    return int(np.count_nonzero((low < raw_low) | (high > raw_high)))
 
 
 def _held_out_mask(size: int, holdout) -> np.ndarray:
@@ -178,8 +189,9 @@ def figure_law(fit, x, y, *, xlabel: str = "x", ylabel: str = LOSS_LABEL, holdou
     held = _held_out_mask(len(x), holdout)
     drawn = fit if holdout is None else holdout.fit
     ax.scatter(x[~held], y[~held], s=16, color="C0", label=FITTED_LABEL, zorder=3)
-    label = "fit" if holdout is None else f"fit without the {held.sum()} held-out points"
-    _draw_law(ax, drawn, x[~held], label)
+    k = int(held.sum())
+    label = "fit" if holdout is None else f"fit without the {k} held-out point{'s' * (k != 1)}"
+    _draw_law(ax, drawn, x, label)
     if held.any():
         ax.scatter(x[held], y[held], s=40, marker="D", facecolors="none", edgecolors="C1", linewidths=1.5, label=HELD_OUT_LABEL, zorder=5)
         _draw_predictions(ax, x[holdout.held_out], holdout, drawn.level)
