@@ -85,8 +85,17 @@ def _make_forward(stock_forward):
         return _fused_forward(self, labels, arguments, not self.training if return_logits is None else return_logits)
 
     forward.__doc__ = stock_forward.__doc__
-    forward.__signature__ = signature.replace(parameters=[p for p in signature.parameters.values() if p.name != "self"])
+    forward.__signature__ = _with_return_logits(signature)
     return forward
+
+
+def _with_return_logits(signature: inspect.Signature) -> inspect.Signature:
+    """The stock signature with return_logits, for the Trainer, which reads the bound forward's to
+    keep dataset columns and to pass num_items_in_batch (it does when there is a **kwargs)."""
+    parameters = list(signature.parameters.values())
+    extra = inspect.Parameter("return_logits", inspect.Parameter.KEYWORD_ONLY, default=None)
+    at = next((i for i, p in enumerate(parameters) if p.kind is inspect.Parameter.VAR_KEYWORD), len(parameters))
+    return signature.replace(parameters=[*parameters[:at], extra, *parameters[at:]])
 
 
 def _bind(signature: inspect.Signature, model, args, kwargs) -> dict:
