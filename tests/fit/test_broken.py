@@ -177,3 +177,5 @@ def test_refuses_non_positive_y():
     y[5] = 0.0
     with pytest.raises(FitInputError, match=r"y: expected values > 0 .* got 0.0 at index 5"):
         fit_broken_power_law(x, y)
+    with pytest.raises(FitInputError, match=r"resampling='bca': expected one of \('parametric', 'rows'\)"):
+        fit_broken_power_law(*figure_4_data(0), resampling="bca")

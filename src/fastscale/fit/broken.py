@@ -29,7 +29,8 @@ observed log-x range, a at fractions of min(y), a few sharpnesses, and for each 
 of the sharp-break limit (f -> 0, where the log of factor i is -c_i max(0, log(x/d_i))), a linear
 least-squares problem, so every start already follows the data. All starts run at once in the batched
 L-BFGS of `_optimize` (screened: the best few continue), and all bootstrap refits at once in a batched
-Levenberg-Marquardt from the estimate.
+Levenberg-Marquardt from the estimate, the draws from `bootstrap.bootstrap_blocks` (by default the
+fitted law plus Gaussian noise in log y at the residuals' scale; resampling="rows" resamples the points).
 
 A break the data do not show is flagged, not invented: besides `fit_result`'s `d<i>_at_bound` and
 `f<i>_at_bound`, `d<i>_not_determined` / `f<i>_not_determined` when the interval of d_i / f_i covers
@@ -50,7 +51,8 @@ from scipy.special import expit
 
 from fastscale.fit._checks import as_values, enough_data, positive_int, same_length
 from fastscale.fit._optimize import batched_lbfgs
-from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP, resample_count_chunks
+from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP, DEFAULT_RESAMPLING, bootstrap_blocks, check_resampling
+from fastscale.fit.chinchilla import per_draw
 from fastscale.fit.results import NOT_DETERMINED_DECADES, Estimate, FitResult, fit_result
 
 log = logging.getLogger(__name__)
@@ -133,12 +135,20 @@ class BrokenPowerLawFit(FitResult):
 
 
 def fit_broken_power_law(
-    x, y, *, breaks: int = 1, n_bootstrap: int = DEFAULT_N_BOOTSTRAP, level: float = DEFAULT_LEVEL, seed: int = 0
+    x,
+    y,
+    *,
+    breaks: int = 1,
+    n_bootstrap: int = DEFAULT_N_BOOTSTRAP,
+    level: float = DEFAULT_LEVEL,
+    seed: int = 0,
+    resampling: str = DEFAULT_RESAMPLING,
 ) -> BrokenPowerLawFit:
     """Fit y = a + b x^-c0 prod_i (1 + (x/d_i)^(1/f_i))^(-c_i f_i) with `breaks` breaks (module docstring).
 
     x: the scaled quantity (N, D, C, steps), y > 0: the metric (loss, error). Needs 3 + 3 * breaks + 1
-    distinct x. Bootstrap: `n_bootstrap` resamples of the rows, all refitted at once from the estimate.
+    distinct x. Bootstrap: `n_bootstrap` draws of the `resampling` scheme ("parametric" or "rows", see
+    `bootstrap`), all refitted at once from the estimate.
     """
     x, y = as_values("x", x, positive=True), as_values("y", y, positive=True)
     size = same_length(x=x, y=y)
@@ -146,12 +156,16 @@ def fit_broken_power_law(
     n_params = 3 + 3 * breaks
     law = f"broken power law ({breaks} break{'s' * (breaks > 1)})"
     enough_data(law, n_params, n_params + 1, x=x)
+    check_resampling(resampling)
+    n_bootstrap = positive_int("n_bootstrap", n_bootstrap, minimum=0)
     space = _Space(np.log(x), breaks)
     log_y = np.log(y)
     theta, objective, converged, n_starts = _fit(space, log_y, y)
-    draws, failed = _bootstrap(space, log_y, theta, positive_int("n_bootstrap", n_bootstrap, minimum=0), seed)
     names = parameter_names(breaks)
     params = {name: float(v) for name, v in zip(names, space.params(theta[None])[0])}
+    log_pred = np.log(BrokenPowerLawFit._law(params, x))
+    blocks = bootstrap_blocks(resampling, log_y=log_y, log_pred=log_pred, weights=np.ones(size), n_params=n_params, n_bootstrap=n_bootstrap, seed=seed)
+    draws, failed = _bootstrap(space, theta, blocks)
     samples = space.params(draws)
     indices = range(1, breaks + 1)
     bounds = {"a": (0.0, None), **{f"d{i}": space.d_bounds for i in indices}, **{f"f{i}": space.f_bounds for i in indices}}
@@ -167,7 +181,7 @@ def fit_broken_power_law(
         bounds=bounds,
         flags=_break_flags(params, samples, space, level),
         residual_order=x,
-        residuals=log_y - np.log(BrokenPowerLawFit._law(params, x)),
+        residuals=log_y - log_pred,
         objective=objective,
         n_points=size,
         breaks=breaks,
@@ -250,12 +264,13 @@ class _Space:
     def objective(self, log_y, weights=None):
         """Batched f(theta [S, P], rows) -> (0.5 * weighted mean squared log residual [S], gradient [S, P]).
 
-        weights: None (all ones) or [R, n] bootstrap counts indexed by `rows`."""
+        log_y: [n], or [R, n] per draw indexed by `rows`; weights: None (all ones) or [R, n] per-draw
+        weights indexed by `rows` (see chinchilla.per_draw)."""
 
         def value_and_gradient(theta, rows):
             log_pred, jacobian = self.log_prediction(theta)
-            r = log_y - log_pred
-            w = np.ones_like(r) if weights is None else weights[rows]
+            r = per_draw(log_y, rows) - log_pred
+            w = np.ones_like(r) if weights is None else np.broadcast_to(per_draw(weights, rows), r.shape)
             total = w.sum(axis=1)
             wr = w * r
             return 0.5 * np.einsum("sn,sn->s", wr, r) / total, -np.einsum("sn,snp->sp", wr, jacobian) / total[:, None]
@@ -297,33 +312,35 @@ def _fit(space: _Space, log_y, y):
         keep = np.argsort(np.where(np.isfinite(screen.f), screen.f, np.inf))[:KEEP_STARTS]
         batch = batched_lbfgs(batched, screen.x[keep], max_iter=2000)
         best = int(np.argmin(np.where(np.isfinite(batch.f), batch.f, np.inf)))
-        theta, converged = _levenberg_marquardt(space, log_y, np.ones((1, len(log_y))), batch.x[best][None], max_iter=LM_POLISH_ITER)
+        theta, converged = _levenberg_marquardt(space, log_y, np.ones(len(log_y)), batch.x[best][None], max_iter=LM_POLISH_ITER)
         objective, _ = space.objective(log_y)(theta, np.zeros(1, dtype=int))
     return theta[0], float(objective[0]), bool(converged[0]), len(starts)
 
 
-def _bootstrap(space: _Space, log_y, theta, n_bootstrap: int, seed: int):
-    """([n_ok, P] refits of the resamples that converged, number that did not), BOOTSTRAP_CELLS
-    resample rows at a time so the jacobians stay small on large data sets."""
+def _bootstrap(space: _Space, theta, blocks):
+    """([n_ok, P] refits of the draws that converged, number that did not), BOOTSTRAP_CELLS draw rows
+    at a time so the jacobians stay small on large data sets."""
     draws, failed = [np.zeros((0, len(theta)))], 0
-    for counts in resample_count_chunks(len(log_y), n_bootstrap, seed):
-        for part in np.array_split(counts, -(-counts.size // BOOTSTRAP_CELLS)):
-            refits, converged = _refit(space, log_y, theta, part.astype(np.float64))
+    for block in blocks:
+        parts = -(-block.weights.size // BOOTSTRAP_CELLS)
+        for weights, log_y in zip(np.array_split(block.weights, parts), np.array_split(block.log_y, parts)):
+            refits, converged = _refit(space, log_y, theta, weights)
             draws.append(refits[converged])
             failed += int(np.sum(~converged))
     return np.concatenate(draws), failed
 
 
 def _refit(space: _Space, log_y, theta, weights):
-    """Refit every resample from the estimate: Levenberg-Marquardt first, then the batched L-BFGS for
-    the rows it did not finish in LM_MAX_ITER steps (a break sharper than the data's spacing makes the
-    objective too far from quadratic for Gauss-Newton steps). Returns (theta [R, P], converged [R])."""
+    """Refit every draw (rows of log_y and weights, [R, n]) from the estimate: Levenberg-Marquardt first,
+    then the batched L-BFGS for the draws it did not finish in LM_MAX_ITER steps (a break sharper than
+    the data's spacing makes the objective too far from quadratic for Gauss-Newton steps).
+    Returns (theta [R, P], converged [R])."""
     start = np.repeat(space.nudged(theta)[None], len(weights), axis=0)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         draws, converged = _levenberg_marquardt(space, log_y, weights, start)
         rest = np.flatnonzero(~converged)
         if rest.size:
-            batch = batched_lbfgs(space.objective(log_y, weights[rest]), draws[rest], max_iter=2000)
+            batch = batched_lbfgs(space.objective(per_draw(log_y, rest), per_draw(weights, rest)), draws[rest], max_iter=2000)
             draws[rest], converged[rest] = batch.x, batch.converged
     log.debug("broken: %d of %d refits finished by Levenberg-Marquardt", len(weights) - rest.size, len(weights))
     return draws, converged
@@ -338,7 +355,8 @@ def _levenberg_marquardt(space: _Space, log_y, weights, theta, max_iter: int = L
     objectives equal to 5e-6 (relative) or lower, the percentile ends equal to 1e-4. Each row keeps its
     own damping (divided by 3 after an accepted step, times 4 after a rejected one, Marquardt's diagonal scaling).
     A row stops when an accepted step lowers its cost by less than LM_FTOL (relative) or its gradient
-    vanishes; rows whose damping runs away, or that reach max_iter, did not converge.
+    vanishes; rows whose damping runs away, or that reach max_iter, did not converge. log_y and
+    weights: [n] or [S, n], one row per row of theta (see chinchilla.per_draw).
     Returns (theta [S, P], converged [S])."""
     theta = theta.copy()
     log_pred, jacobian = space.log_prediction(theta)
@@ -351,7 +369,8 @@ def _levenberg_marquardt(space: _Space, log_y, weights, theta, max_iter: int = L
         idx = np.flatnonzero(active)
         if idx.size == 0:
             break
-        weighted = jacobian[idx] * weights[idx, :, None]
+        w = per_draw(weights, idx)
+        weighted = jacobian[idx] * w[..., None]
         normal = np.matmul(weighted.transpose(0, 2, 1), jacobian[idx])
         gradient = np.einsum("snp,sn->sp", weighted, r[idx])
         diagonal = np.einsum("spp->sp", normal)
@@ -360,10 +379,10 @@ def _levenberg_marquardt(space: _Space, log_y, weights, theta, max_iter: int = L
         step = np.linalg.solve(system, gradient[:, :, None])[:, :, 0]
         trial = theta[idx] + step
         trial_log_pred, trial_jacobian = space.log_prediction(trial)
-        trial_r = log_y - trial_log_pred
-        trial_cost = np.einsum("sn,sn->s", weights[idx] * trial_r, trial_r)
+        trial_r = per_draw(log_y, idx) - trial_log_pred
+        trial_cost = np.einsum("sn,sn->s", w * trial_r, trial_r)
         better = np.isfinite(trial_cost) & (trial_cost <= cost[idx])
-        flat = np.abs(gradient).max(axis=1) <= LM_GTOL * weights[idx].sum(axis=1)
+        flat = np.abs(gradient).max(axis=1) <= LM_GTOL * np.sum(w, axis=-1)
         small = better & (cost[idx] - trial_cost <= LM_FTOL * cost[idx])
         accept = idx[better]
         theta[accept], r[accept], cost[accept] = trial[better], trial_r[better], trial_cost[better]
