@@ -75,6 +75,26 @@ def test_plot_is_written(capsys, tmp_path, suffix):
     assert head.startswith(b"\x89PNG") if suffix == ".png" else b"<svg" in head or b"<?xml" in head
 
 
+def test_plot_with_holdout_and_for_the_data_constrained_law(capsys, tmp_path):
+    """--plot draws with --holdout-largest, and for --law data-constrained (refused before it had a figure)."""
+    pytest.importorskip("matplotlib")
+    data = write_power_csv(tmp_path / "runs.csv")
+    plot = tmp_path / "holdout.png"
+    code, _, err = run_cli(capsys, data, "--law", "power", "--x", "N", "--y", "loss", "--bootstrap", "20", "--holdout-largest", "2", "--plot", plot)
+    assert code == 0, err
+    assert plot.read_bytes().startswith(b"\x89PNG")
+    n, unique_d, epochs = (a.ravel() for a in np.meshgrid([1e8, 4e8, 1.6e9], [2e9, 8e9], [1.0, 4.0, 16.0]))
+    loss = 1.9 + 400 / n**0.34 + 400 / (unique_d * (1 + np.log(epochs))) ** 0.28  # falls with N and with epochs
+    path = tmp_path / "repeated.csv"
+    path.write_text("N,D,U,loss\n" + "".join(f"{a:g},{b * c:g},{b:g},{e:.17g}\n" for a, b, c, e in zip(n, unique_d, epochs, loss)))
+    plot = tmp_path / "constrained.svg"
+    code, _, err = run_cli(
+        capsys, path, "--law", "data-constrained", "--N", "N", "--D", "D", "--unique-D", "U", "--loss", "loss", "--bootstrap", "0", "--plot", plot
+    )
+    assert code == 0, err
+    assert b"<svg" in plot.read_bytes()[:500]
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
