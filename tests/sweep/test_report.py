@@ -240,8 +240,9 @@ def test_the_report_states_the_flop_convention_and_shows_6nd_beside_c(sweep):
     text = (root / "report.md").read_text()
     assert "Compute: C is the trainer's count of training FLOPs: flops_per_token x tokens, flops_per_token = 6N + 6 n_layer n_ctx d_attn" in text
     assert "Here C / 6ND = 1.000 to 1.000" in text and "Compute budgets" not in text
-    assert "| run | N | n_layer | d_model | n_head | tokens | C (FLOPs) | 6ND | C / 6ND | C / budget |" in text
-    assert "| run0 | 10,000 | 1 | 16 | 1 | 100,000 | 6e+09 | 6e+09 | 1.000 | - |" in text
+    assert "| run | N | n_layer | d_model | n_head | tokens | epochs | C (FLOPs) | 6ND | C / 6ND | C / budget |" in text
+    assert "| run0 | 10,000 | 1 | 16 | 1 | 100,000 | - | 6e+09 | 6e+09 | 1.000 | - |" in text  # no train split size recorded: epochs unknown
+    assert report["isoflop"] is None and "IsoFLOP" not in text  # token budgets: no profiles
 
 
 def test_a_compute_sweeps_report_shows_each_runs_budget_and_its_distance(tmp_path):
@@ -280,3 +281,5 @@ def test_a_compute_sweeps_report_shows_each_runs_budget_and_its_distance(tmp_pat
     text = (tmp_path / "report.md").read_text()
     assert f"every run's C is within {max(errors):.2%} of its budget (the sweep refuses more than 1%)" in text
     assert f"Here C / 6ND = {min(ratios):.3f} to {max(ratios):.3f}" in text
+    assert "expected at least 3" in report["isoflop"]["error"]  # 2 budgets: no IsoFLOP line, and the report says why
+    assert "## IsoFLOP profiles" in text and "Not fitted: compute: got " in text

@@ -41,6 +41,7 @@ from fastscale.fit.units import per_item
 from fastscale.io import read_metrics, write_atomically, write_json
 
 from .index import read_state
+from .isoflop import epochs, fit_profiles, flops_per_parameter, plot_profiles, profiles_section, repeated_data_section
 from .spec import COMPUTE_TOLERANCE, SweepSpec, study_options
 from .studies import study
 
@@ -163,13 +164,15 @@ def _build_report(sweep_dir: Path, n_bootstrap: int, forecast_reducible) -> tupl
     runs = load_runs(sweep_dir)
     if len(runs) < MIN_RUNS:
         raise FitInputError(f"SWEEP_DIR={str(sweep_dir)!r}: {len(runs)} done runs; a report needs at least {MIN_RUNS} (L(N) has 3 parameters)")
-    n, loss = final_losses(longest_runs(runs))
+    longest = longest_runs(runs)
+    n, loss = final_losses(longest)
     rows = run_rows(spec, runs)
     report = {"sweep": spec.get("name"), "tokens_per_item": tokens_per_item, "n_bootstrap": n_bootstrap, "runs": rows, "compute": compute_section(rows),
               "skipped_lines": {r["name"]: r["skipped"] for r in runs if r["skipped"]}}
     report["one_token_budget"] = len(spec.get("tokens", [])) == 1
     law = fit_power_law(n, loss, n_bootstrap=n_bootstrap, seed=SEED)
-    report["L_of_N"] = {**law.summary(), "N": n.tolist(), "loss": loss.tolist(), "reducible": law.reducible(n).tolist()}
+    report["L_of_N"] = {**law.summary(), "N": n.tolist(), "loss": loss.tolist(), "reducible": law.reducible(n).tolist(),
+                        "epochs": [epochs(r) for r in longest]}
     if tokens_per_item:
         report["L_of_N"]["per_item"] = per_item(law.params, tokens_per_item)
     report["extrapolation"] = _extrapolation(n, loss, n_bootstrap)
@@ -177,11 +180,13 @@ def _build_report(sweep_dir: Path, n_bootstrap: int, forecast_reducible) -> tupl
     frontier, report["frontier"] = _frontier(curves, n_bootstrap)
     report["frontier"]["curves"] = curve_loss
     report["forecast"] = _forecast(law, frontier, n, tokens_per_item, forecast_reducible)
+    report["isoflop"], isoflop = _isoflop(spec, runs, report["frontier"], n_bootstrap)
+    report["repeated_data"] = repeated_data_section(runs, n_bootstrap, SEED)
     report["noise_scale"] = _noise(runs, n_bootstrap)
     if spec.get("study"):
         options = study_options(spec["study"])
         report["study"] = {"kind": spec["study"]["kind"], **study(spec["study"]["kind"]).report(runs, options, n_bootstrap, SEED)}
-    fits = {"L_of_N": law, "N": n, "loss": loss, "frontier": frontier, "curves": curves, "noise": noise_scales(runs)}
+    fits = {"L_of_N": law, "N": n, "loss": loss, "frontier": frontier, "curves": curves, "noise": noise_scales(runs), "isoflop": isoflop}
     return report, fits
 
 
@@ -206,7 +211,7 @@ def _run_row(r: dict, budget: float | None) -> dict:
         "flops_over_six_nd": summary["flops"] / six_nd if six_nd else None, "compute_budget": budget,
         "flops_over_budget": summary["flops"] / budget if budget else None, "final_loss": summary["final_loss"],
         "final_eval_loss": summary["final_eval_loss"], "tokens_per_s": summary["tokens_per_s"],
-        "mfu": float(np.median(mfus)) if mfus else None, "noise_scale": summary.get("noise_scale"),
+        "mfu": float(np.median(mfus)) if mfus else None, "noise_scale": summary.get("noise_scale"), "epochs": epochs(r),
     }
 
 
@@ -244,6 +249,26 @@ def _frontier(curves, n_bootstrap):
         "optimal_n_params": fit.optimal_n_params.tolist(),
         "max_above_frontier": fit.max_above_frontier,
     }
+
+
+def _isoflop(spec: dict, runs: list[dict], frontier: dict, n_bootstrap: int):
+    """The IsoFLOP section (fastscale.sweep.isoflop) of a sweep of compute budgets, and what its plot
+    draws: (None, None) under token budgets; an "error" when fewer than MIN_BUDGETS budgets have
+    MIN_POINTS_PER_BUDGET sizes or a minimum inside them."""
+    budgets = compute_budgets(spec)
+    if not budgets:
+        return None, None
+    runs = [r for r in runs if r["name"] in budgets]
+    n, loss = final_losses(runs)
+    compute = np.array([budgets[r["name"]] for r in runs])
+    try:
+        profiles = fit_profiles(n, compute, loss, n_bootstrap=n_bootstrap, seed=SEED)
+    except FitInputError as error:
+        logger.warning("no IsoFLOP profiles: %s", error)
+        return {"error": str(error)}, None
+    per_token = np.array([r["summary"]["flops"] / r["summary"]["tokens"] for r in runs])
+    section = profiles_section(profiles, flops_per_parameter(n, per_token), frontier.get("N_opt"))
+    return section, {"profiles": profiles, "N": n, "compute": compute, "loss": loss}
 
 
 def _forecast(law, frontier, n, tokens_per_item, reducible=None) -> list[dict]:
@@ -297,6 +322,11 @@ def _plots(fits: dict, out: Path) -> list[str]:
         if fits["noise"]:
             _plot_noise(fits["noise"], out / f"noise_scale{suffix}")
             names.append(f"noise_scale{suffix}")
+        if fits["isoflop"]:
+            iso = fits["isoflop"]
+            frontier = fits["frontier"].allocation if fits["frontier"] is not None else None
+            plot_profiles(iso["profiles"], iso["N"], iso["compute"], iso["loss"], frontier, out / f"isoflop{suffix}")
+            names.append(f"isoflop{suffix}")
     return names
 
 
@@ -347,6 +377,70 @@ def _compute_markdown(compute: dict) -> list[str]:
     return [text, ""]
 
 
+def _estimate_text(e: dict) -> str:
+    return f"{e['value']:.3g} [{e['low']:.3g}, {e['high']:.3g}]"
+
+
+def _largest_budget_text(report: dict) -> str:
+    """Which runs L(N) uses, and what that means when they repeat their data or share a compute budget."""
+    text = "Each size's runs of its largest " + ("compute budget: the loss at a fixed C, not at convergence (an IsoFLOP profile, below)."
+                                                 if report["isoflop"] is not None else "token budget.")
+    repeating = [e for e in report["L_of_N"]["epochs"] if e is not None and e > 1]
+    if repeating:
+        text += f" {len(repeating)} of them repeat their data (up to {max(repeating):.1f} epochs): see Repeated data."
+    return text
+
+
+def _isoflop_markdown(section: dict | None, compute: dict) -> list[str]:
+    """The IsoFLOP section: the plot, a row per budget, the line through the minima, approach 1 beside it."""
+    if section is None:
+        return []
+    lines = ["", "## IsoFLOP profiles (Chinchilla's approach 2)", ""]
+    if "error" in section:
+        return lines + [f"Not fitted: {section['error']}"]
+    within = f"every run within {compute['max_budget_error']:.2%} of its budget" if compute["max_budget_error"] is not None else ""
+    lines += ["![IsoFLOP profiles](isoflop.png)", "",
+              f"Per compute budget C (the trainer's count, 6N + attention of each built shape; {within}), the final eval loss against N "
+              f"with a parabola in ln N through the lowest loss and up to 2 sizes on each side; its minimum is N_opt(C). D_opt = C / "
+              "flops_per_token(N_opt) (flops_per_token / N interpolated between the trained shapes); C / 6N_opt is Chinchilla's convention, "
+              "which leaves the attention term out. Intervals: a parametric bootstrap of the parabolas and the line together "
+              "(fastscale.sweep.isoflop).", "",
+              "| C (FLOPs) | sizes in the parabola | N_opt [95%] | L_opt [95%] | D_opt [95%] | C / 6N_opt | flags |", "|---|---|---|---|---|---|---|"]
+    for b in section["budgets"]:
+        lines.append(f"| {b['C']:.3g} | {len(b['N'])} ({min(b['N']):.3g} to {max(b['N']):.3g}) | {_estimate_text(b['N_opt'])} | "
+                     f"{_estimate_text(b['L_opt'])} | {_estimate_text(b['D_opt'])} | {b['D_opt_6N']:.3g} | {'; '.join(b['fit']['flags']) or 'none'} |")
+    fit, d = section["N_opt"], section["D_opt_exponent_6N"]
+    lines += ["", f"- N_opt(C) = (C/C0)^a: a = {_interval(fit, 'a')}, C0 = {_interval(fit, 'C0')}; flags: {'; '.join(fit['flags']) or 'none'}",
+              f"- D_opt ~ C^b with b = 1 - a = {d['value']:.3g} [{d['low']:.3g}, {d['high']:.3g}] (under C = 6ND)",
+              f"- {section['comparison']}"]
+    if section["skipped"]:
+        lines.append("- budgets without a minimum inside their sizes (not used): "
+                     + "; ".join(f"C = {c}: {reason}" for c, reason in section["skipped"].items()))
+    return lines
+
+
+def _repeated_markdown(section: dict) -> list[str]:
+    """Whether runs repeat their data, what that does to L(N), and the data-constrained law for them."""
+    lines = ["", "## Repeated data", ""]
+    unique = ", ".join(f"{u:,.0f}" for u in section["unique_tokens"]) or "unknown"
+    if section["unknown_runs"]:
+        lines.append(f"Epochs unknown for {len(section['unknown_runs'])} run(s) (no final eval loss, or their config records no train split size).")
+    if not section["repeating_runs"]:
+        most = f" (at most {section['max_epochs']:.2f} epochs)" if section["max_epochs"] is not None else ""
+        return lines + [f"No run repeats its training data ({unique} unique tokens){most}."]
+    lines += [f"{len(section['repeating_runs'])} run(s) repeat their training data, up to {section['max_epochs']:.1f} epochs of its {unique} "
+              "unique tokens (the epochs column of the runs table). Their losses include a data-limited term: L(N), L(C) and their L_inf "
+              "describe these runs on this data set, not model size alone, and L_inf is not the task's irreducible loss. The law for "
+              "repeated data is Muennighoff et al. 2023's data-constrained law (`fastscale fit --law data-constrained --unique-D`), "
+              "which discounts repeated tokens (R_D*) and parameters beyond what the unique data can use (R_N*).", ""]
+    fit = section["data_constrained"]
+    if "error" in fit:
+        return lines + [f"Not fitted on these runs: {fit['error']}"]
+    return lines + [f"Fitted to every run's final eval loss (N, D = tokens, U_D = the unique tokens it saw): "
+                    + ", ".join(f"{name} = {_interval(fit, name)}" for name in ("R_D_star", "R_N_star", "E", "alpha", "beta"))
+                    + f"; flags: {'; '.join(fit['flags']) or 'none'}."]
+
+
 def _markdown(report: dict) -> str:
     law, tpi = report["L_of_N"], report["tokens_per_item"]
     lines = [f"# Scaling report: sweep `{report['sweep']}`", "",
@@ -355,7 +449,7 @@ def _markdown(report: dict) -> str:
              *_compute_markdown(report["compute"]),
              *_skipped_markdown(report["skipped_lines"]),
              "## L(N): final eval loss against non-embedding parameters", "",
-             "Each size's runs of its largest token budget.", "", "![L(N)](L_of_N.png)", "",
+             _largest_budget_text(report), "", "![L(N)](L_of_N.png)", "",
              "L(N) = L_inf + (N0/N)^alpha", "",
              f"- alpha = {_interval(law, 'alpha')}", f"- L_inf (irreducible) = {_interval(law, 'L_inf')} nats/token"
              + (f" = {law['per_item']['L_inf']:.4g} nats/image" if tpi else ""),
@@ -386,6 +480,8 @@ def _markdown(report: dict) -> str:
             lines += ["", "Caveat: every run saw the same number of tokens, so each learning curve spans a compute range proportional "
                       "to its N and the frontier orders the runs by size almost by construction: an exponent a near 1 says little. "
                       "Several token budgets per size (or runs to convergence) measure N_opt(C)."]
+    lines += _isoflop_markdown(report["isoflop"], report["compute"])
+    lines += _repeated_markdown(report["repeated_data"])
     lines += ["", "## Forecast", "", "The model size L(N) needs for a reducible loss, and the compute at which that size is compute-optimal "
               "(N_opt(C) inverted; its interval is over the N_opt(C) fit at the point N). D is C / 6N: it leaves out the attention term "
               "C counts, so it overstates the tokens by C / 6ND (the runs table gives that ratio at the sizes trained).", "",
@@ -410,14 +506,15 @@ def _markdown(report: dict) -> str:
     if report.get("study"):
         lines += [""] + study(report["study"]["kind"]).markdown(report["study"])
     lines += ["", "## Runs", "", "C: FLOPs as the trainer counts them (see the top); 6ND without the attention term; budget: the run's compute budget.", "",
-              "| run | N | n_layer | d_model | n_head | tokens | C (FLOPs) | 6ND | C / 6ND | C / budget | final loss | final eval loss | tokens/s | MFU |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| run | N | n_layer | d_model | n_head | tokens | epochs | C (FLOPs) | 6ND | C / 6ND | C / budget | final loss | final eval loss | tokens/s | MFU |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["runs"]:
         mfu = f"{r['mfu']:.3f}" if r["mfu"] is not None else "-"
         eval_loss = f"{r['final_eval_loss']:.4f}" if r["final_eval_loss"] is not None else "-"
         to_six_nd = f"{r['flops_over_six_nd']:.3f}" if r["flops_over_six_nd"] is not None else "-"
         to_budget = f"{r['flops_over_budget']:.4f}" if r["flops_over_budget"] is not None else "-"
-        lines.append(f"| {r['name']} | {r['n_params']:,} | {r['n_layer']} | {r['d_model']} | {r['n_head']} | {r['tokens']:,} | {r['flops']:.3g} | "
+        epochs = f"{r['epochs']:.2f}" if r["epochs"] is not None else "-"
+        lines.append(f"| {r['name']} | {r['n_params']:,} | {r['n_layer']} | {r['d_model']} | {r['n_head']} | {r['tokens']:,} | {epochs} | {r['flops']:.3g} | "
                      f"{r['six_nd']:.3g} | {to_six_nd} | {to_budget} | {r['final_loss']:.4f} | {eval_loss} | {r['tokens_per_s']:.0f} | {mfu} |")
     return "\n".join(lines) + "\n"
 

@@ -1,0 +1,247 @@
+"""The report's IsoFLOP profiles (Hoffmann et al. 2022, "Training Compute-Optimal Large Language
+Models", section 3.2, approach 2) and the epochs each run trained over its unique data.
+
+IsoFLOP profiles: the runs of each compute budget C, final held-out loss against the non-embedding N of
+each run's built shape, a parabola in ln N around the lowest loss, its vertex N_opt(C); then N_opt(C) =
+(C/C0)^a through the vertices. The point estimates are fastscale.fit.fit_isoflop's (its local window
+and its rules for skipping a budget). The intervals are a parametric bootstrap of both stages at once
+(fastscale.fit.bootstrap, "parametric"): each draw puts new noise on every parabola's points, around the
+fitted parabolas, with one noise scale pooled over the budgets (the same held-out set and the same
+trainer at every budget; a budget of 4 sizes leaves a parabola 1 degree of freedom, too few to estimate
+its own), drawn from its chi-square distribution. Each draw's vertices give that draw's line, so the
+interval of a carries the vertices' uncertainty. Resampling the 3 vertices instead would give a line
+through 3 points 1 degree of freedom and say nothing about how well each vertex is measured.
+Each parabola keeps the window of sizes the estimate used; a draw whose parabola is not convex has no
+vertex (nan: counted as not finite by fit_result and left out; the flags say how many).
+
+C is the trainer's count (fastscale.sweep.spec: flops_per_token of the built shape, 6N + attention);
+D_opt(C) = C / flops_per_token(N_opt), with flops_per_token / N interpolated in ln N between the shapes
+the sweep trained; the report also gives C / 6 N_opt, Chinchilla's convention.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fastscale.fit import FitInputError, fit_data_constrained, fit_isoflop
+from fastscale.fit.allocation import MIN_BUDGETS, MIN_POINTS_PER_BUDGET, AllocationFit
+from fastscale.fit.bootstrap import bootstrap_blocks
+from fastscale.fit.results import FitResult, fit_result
+
+WINDOW = 2  # sizes on each side of the lowest loss that a budget's parabola uses (fit_isoflop's window)
+
+
+@dataclass(frozen=True)
+class ParabolaFit(FitResult):
+    """One IsoFLOP profile: L(N) = L_opt + k (ln N - ln N_opt)^2 around its minimum, in loss units
+    (nats/token), with k the curvature in nats per (ln N)^2. window: the sizes it was fitted to."""
+
+    compute: float
+    window: np.ndarray
+
+    scales = ("N_opt",)
+
+    @staticmethod
+    def _law(p, n):
+        return p["L_opt"] + p["k"] * (np.log(n) - np.log(p["N_opt"])) ** 2
+
+
+@dataclass(frozen=True)
+class IsoFlopProfiles:
+    """The profiles with a vertex (budgets ascending), the allocation through their vertices, and the
+    budgets skipped with the reason (fit_isoflop's)."""
+
+    parabolas: list
+    allocation: AllocationFit
+    skipped: dict
+
+
+def fit_profiles(n_params, compute, loss, *, n_bootstrap: int, seed: int) -> IsoFlopProfiles:
+    """Approach 2 with intervals (module docstring). compute: each run's budget, shared by the runs of
+    one profile. Raises FitInputError (fit_isoflop's) when fewer than MIN_BUDGETS budgets have a vertex."""
+    n, c, y = (np.asarray(v, dtype=np.float64) for v in (n_params, compute, loss))
+    minima = fit_isoflop(n, c, y, window=WINDOW, n_bootstrap=0)
+    windows = [_window(n, c, y, budget) for budget in minima.compute]
+    observed = np.concatenate([y[w] for w in windows])
+    coefficients = [np.polyfit(np.log(n[w]), y[w], 2) for w in windows]
+    fitted = np.concatenate([np.polyval(k, np.log(n[w])) for k, w in zip(coefficients, windows)])
+    draws = np.concatenate([block.log_y for block in bootstrap_blocks(
+        "parametric", log_y=observed, log_pred=fitted, weights=np.ones_like(observed), n_params=3 * len(windows),
+        n_bootstrap=n_bootstrap, seed=seed)] or [np.zeros((0, len(observed)))])
+    vertices, parabolas, start = [], [], 0
+    for budget, w, k, n_opt, l_opt in zip(minima.compute, windows, coefficients, minima.n_opt, minima.loss_opt):
+        columns = slice(start, start + len(w))
+        start += len(w)
+        samples = _vertices(np.log(n[w]), draws[:, columns])
+        vertices.append(samples[:, 0])
+        parabolas.append(fit_result(
+            ParabolaFit, law=f"IsoFLOP parabola at C = {budget:.3g}", params={"N_opt": n_opt, "L_opt": l_opt, "k": float(k[0])},
+            samples=samples, level=minima.allocation.level, converged=True, failed_refits=0,
+            residuals=observed[columns] - fitted[columns], objective=float(np.sum((observed[columns] - fitted[columns]) ** 2)),
+            n_points=len(w), compute=float(budget), window=n[w]))
+    return IsoFlopProfiles(parabolas, _allocation(minima, np.array(vertices).T), minima.skipped)
+
+
+def _window(n, c, y, budget) -> np.ndarray:
+    """Row indices of one budget's parabola, by ascending N: the lowest loss and WINDOW sizes each side
+    (fit_isoflop's rule, which the tests check against its vertices)."""
+    rows = np.flatnonzero(c == budget)
+    rows = rows[np.argsort(n[rows])]
+    lowest = int(np.argmin(y[rows]))
+    return rows[max(0, lowest - WINDOW) : lowest + WINDOW + 1]
+
+
+def _vertices(u, y_draws) -> np.ndarray:
+    """[r, 3] (N_opt, L_opt, k) of the parabola through (u, each row of y_draws); nan where not convex."""
+    if len(y_draws) == 0:
+        return np.zeros((0, 3))
+    c2, c1, c0 = np.polyfit(u, y_draws.T, 2)
+    convex = c2 > 0
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        vertex = np.where(convex, -c1 / (2 * c2), np.nan)
+        return np.column_stack([np.exp(vertex), np.where(convex, c0 - c1 * c1 / (4 * c2), np.nan), c2])
+
+
+def _allocation(minima, vertex_draws) -> AllocationFit:
+    """N_opt = (C/C0)^a through each draw's vertices (nan where a vertex is missing), around fit_isoflop's
+    own line. The law's own flag (a_not_positive) is kept; fit_result makes the interval flags."""
+    point = minima.allocation
+    x = np.log(minima.compute)
+    center = x.mean()
+    samples = np.full((len(vertex_draws), 2), np.nan)
+    complete = np.all(np.isfinite(vertex_draws) & (vertex_draws > 0), axis=1)
+    if complete.any():
+        slope, intercept = np.polyfit(x - center, np.log(vertex_draws[complete]).T, 1)
+        with np.errstate(divide="ignore", over="ignore"):
+            samples[complete] = np.column_stack([slope, np.exp(center - intercept / slope)])
+    return fit_result(
+        AllocationFit, law="allocation (IsoFLOP vertices)", params=point.params, samples=samples, level=point.level,
+        converged=point.converged, failed_refits=0, flags=[f for f in point.flags if f.startswith("a_not_positive")],
+        residuals=point.residuals, objective=point.objective, n_points=point.n_points)
+
+
+def flops_per_parameter(n_params, flops_per_token):
+    """flops_per_token / N as a function of N, interpolated in ln N between the trained shapes (constant
+    beyond them): 6 plus the attention term's share, which falls as the shapes widen."""
+    n, ratio = np.asarray(n_params, dtype=np.float64), np.asarray(flops_per_token, dtype=np.float64) / np.asarray(n_params, dtype=np.float64)
+    order = np.argsort(n)
+    return lambda size: np.interp(np.log(size), np.log(n[order]), ratio[order])
+
+
+def profiles_section(profiles: IsoFlopProfiles, per_parameter, frontier_allocation: dict | None) -> dict:
+    """JSON-ready: per budget the vertex with intervals and D_opt in both FLOP conventions; the line
+    N_opt(C) = (C/C0)^a with D_opt's exponent under C = 6ND (1 - a); approach 1's a beside it."""
+    budgets = []
+    for p in profiles.parabolas:
+        n_opt = p.estimate(lambda q: q["N_opt"])
+        tokens = p.estimate(lambda q, c=p.compute: c / (per_parameter(q["N_opt"]) * q["N_opt"]))
+        budgets.append({
+            "C": p.compute, "N": p.window.tolist(), "N_opt": _interval(n_opt), "L_opt": _interval(p.estimate(lambda q: q["L_opt"])),
+            "D_opt": _interval(tokens), "D_opt_6N": p.compute / (6.0 * n_opt.value), "fit": p.summary(),
+        })
+    a = profiles.allocation.summary()
+    low, high = a["ci"].get("a", [float("nan")] * 2)
+    return {"budgets": budgets, "skipped": {f"{c:.4g}": reason for c, reason in profiles.skipped.items()}, "N_opt": a,
+            "D_opt_exponent_6N": {"value": 1.0 - a["params"]["a"], "low": 1.0 - high, "high": 1.0 - low},
+            "frontier_a": frontier_allocation, "comparison": _comparison(a, frontier_allocation)}
+
+
+def _interval(e) -> dict:
+    return {"value": e.value, "low": e.low, "high": e.high, "draws_not_finite": e.draws_not_finite}
+
+
+def _comparison(isoflop: dict, frontier: dict | None) -> str:
+    """One sentence: approach 2's exponent against approach 1's (the frontier of learning curves)."""
+    if frontier is None or "params" not in frontier:
+        return "No frontier fit to compare with (approach 1)."
+    a2, a1 = isoflop["params"]["a"], frontier["params"]["a"]
+    i2, i1 = isoflop["ci"].get("a"), frontier["ci"].get("a")
+    if not (i2 and i1):
+        return f"Approach 2 gives a = {a2:.3g}, the frontier (approach 1) a = {a1:.3g} (no intervals to compare)."
+    overlap = i2[0] <= i1[1] and i1[0] <= i2[1]
+    return (f"Approach 2 (IsoFLOP vertices) gives a = {a2:.3g} [{i2[0]:.3g}, {i2[1]:.3g}], the frontier of learning curves (approach 1) "
+            f"a = {a1:.3g} [{i1[0]:.3g}, {i1[1]:.3g}]: the intervals {'overlap, so the two approaches agree within their uncertainty' if overlap else 'do not overlap, so the two approaches disagree'}.")
+
+
+def epochs(run: dict) -> float | None:
+    """Tokens trained / unique tokens of the train split (the data record in the run's config.json);
+    None when the config does not record the split's size."""
+    unique = unique_tokens(run)
+    return run["summary"]["tokens"] / unique if unique else None
+
+
+def unique_tokens(run: dict) -> float | None:
+    size = ((run["config"].get("data") or {}).get("train") or {}).get("n_tokens")
+    return float(size) if isinstance(size, (int, float)) and size > 0 else None
+
+
+def repeated_data_section(runs: list[dict], n_bootstrap: int, seed: int) -> dict:
+    """Which runs repeat their data (> 1 epoch) and, when some do, Muennighoff et al.'s data-constrained
+    law fitted to every run's final held-out loss (N, D = tokens, U_D = the unique tokens it saw), or
+    what the runs lack for it (fit_data_constrained's error)."""
+    known = [r for r in runs if epochs(r) is not None and r["summary"]["final_eval_loss"] is not None]
+    repeating = [r["name"] for r in known if epochs(r) > 1.0]
+    out = {"unique_tokens": sorted({unique_tokens(r) for r in known}), "max_epochs": max((epochs(r) for r in known), default=None),
+           "repeating_runs": repeating, "unknown_runs": [r["name"] for r in runs if r not in known]}
+    if repeating:
+        n, d, u, y = (np.array(v, dtype=np.float64) for v in zip(*[
+            (r["config"]["n_params"], r["summary"]["tokens"], min(r["summary"]["tokens"], unique_tokens(r)), r["summary"]["final_eval_loss"])
+            for r in known]))
+        try:
+            out["data_constrained"] = fit_data_constrained(n, d, u, y, n_bootstrap=n_bootstrap, seed=seed).summary()
+        except FitInputError as error:
+            out["data_constrained"] = {"error": str(error)}
+    return out
+
+
+def plot_profiles(profiles: IsoFlopProfiles, n_params, compute, loss, frontier_fit, path) -> None:
+    """Left: loss against N per budget (one colour each), its parabola and vertex with N_opt's interval.
+    Right: the vertices against C with N_opt(C) = (C/C0)^a and its band, approach 1's line dashed."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
+    from fastscale.fit.plots import BAND_ALPHA, save_figure
+
+    n, c, y = (np.asarray(v, dtype=np.float64) for v in (n_params, compute, loss))
+    figure = Figure(figsize=(11, 4.4), layout="constrained")
+    left, right = figure.subplots(1, 2)
+    budgets = np.unique(c)
+    colours = colormaps["viridis"](np.linspace(0.0, 0.85, len(budgets)))
+    for budget, colour in zip(budgets, colours):
+        rows = c == budget
+        left.scatter(n[rows], y[rows], s=16, color=colour, zorder=3, label=f"C = {budget:.2g} FLOPs")
+    for p in profiles.parabolas:
+        colour = colours[int(np.searchsorted(budgets, p.compute))]
+        grid = np.geomspace(p.window.min(), p.window.max(), 100)
+        left.plot(grid, p.predict(grid), color=colour, lw=1.2)
+        n_opt = p.estimate(lambda q: q["N_opt"])
+        left.errorbar([n_opt.value], [p.params["L_opt"]], xerr=[[n_opt.value - n_opt.low], [n_opt.high - n_opt.value]], fmt="*",
+                      ms=11, color=colour, mec="k", capsize=3, zorder=4)
+    left.set_xscale("log"), left.grid(True, which="both", alpha=0.3)
+    left.set_xlabel("N (non-embedding parameters)"), left.set_ylabel("final eval loss (nats/token)")
+    left.set_title("IsoFLOP profiles: parabolas in ln N, minima (stars) with 95% intervals", fontsize=9)
+    left.legend(fontsize=7)
+    _plot_allocation(right, profiles, colours, budgets, frontier_fit, BAND_ALPHA)
+    save_figure(figure, path)
+
+
+def _plot_allocation(ax, profiles, colours, budgets, frontier_fit, band_alpha) -> None:
+    fit = profiles.allocation
+    compute = np.array([p.compute for p in profiles.parabolas])
+    grid = np.geomspace(compute.min() / 2, compute.max() * 2, 100)
+    ax.plot(grid, fit.predict(grid), color="C3", label=f"N_opt = (C/C0)^a, a = {fit.params['a']:.3g}")
+    if len(fit.samples):
+        low, high = fit.predict_interval(grid)
+        ax.fill_between(grid, low, high, color="C3", alpha=band_alpha, label=f"{fit.level:.0%} bootstrap band")
+    for p in profiles.parabolas:
+        n_opt = p.estimate(lambda q: q["N_opt"])
+        ax.errorbar([p.compute], [n_opt.value], yerr=[[n_opt.value - n_opt.low], [n_opt.high - n_opt.value]], fmt="*", ms=11,
+                    color=colours[int(np.searchsorted(budgets, p.compute))], mec="k", capsize=3, zorder=4)
+    if frontier_fit is not None:
+        ax.plot(grid, frontier_fit.predict(grid), color="0.3", ls="--", lw=1, label=f"frontier (approach 1), a = {frontier_fit.params['a']:.3g}")
+    ax.set_xscale("log"), ax.set_yscale("log"), ax.grid(True, which="both", alpha=0.3)
+    ax.set_xlabel("C (FLOPs, 6N + attention)"), ax.set_ylabel("N_opt")
+    ax.set_title("N_opt(C) through the minima", fontsize=9)
+    ax.legend(fontsize=7)
