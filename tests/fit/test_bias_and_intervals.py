@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from fastscale.fit import bootstrap, fit_power_law, power
+from fastscale.fit import _lsq, bootstrap, fit_power_law
 from fastscale.fit.power import PowerLawFit
 from fastscale.fit.results import _curvature_test, _runs_test, fit_result
 
@@ -172,7 +172,7 @@ def test_screening_the_starts_on_a_subsample_finds_the_same_optimum(monkeypatch)
     # Large inputs race their starts on SCREEN_ROWS points and polish the winner on all of them.
     x, y = power_law_rows(4, 400, noise=0.05)
     every_start = fit_power_law(x, y, n_bootstrap=0)
-    monkeypatch.setattr(power, "SCREEN_ROWS", 40)
+    monkeypatch.setattr(_lsq, "SCREEN_ROWS", 40)
     screened = fit_power_law(x, y, n_bootstrap=0)
     for name in ("L_inf", "x0", "alpha"):
         assert screened.params[name] == pytest.approx(every_start.params[name], rel=1e-6)

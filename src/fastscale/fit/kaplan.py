@@ -73,30 +73,14 @@ def fit_kaplan_nd(
     _lsq.check_bootstrap(resampling, n_bootstrap)
     enough_data("kaplan-nd", 4, 3, n_params=n, n_tokens=d)
     mn, md = np.log(n).mean(), np.log(d).mean()
-    vn, vd = np.log(n) - mn, np.log(d) - md
-
-    def log_prediction(theta):
-        # theta = (k_N, k_D, alpha_N, alpha_D): the log of each bracketed term at the centre of the data,
-        # so the exponents are nearly uncorrelated with the scales and L-BFGS converges quickly.
-        k_n, k_d, alpha_n, alpha_d = (theta[:, j, None] for j in range(4))
-        ratio = alpha_n / alpha_d
-        t_n, t_d = k_n - ratio * vn, k_d - vd
-        top = np.maximum(t_n, t_d)
-        lse = top + np.log(np.exp(t_n - top) + np.exp(t_d - top))
-        w_n = np.exp(t_n - lse)
-        jac = np.stack([alpha_d * w_n, alpha_d * (1.0 - w_n), -w_n * vn, lse + w_n * ratio * vn], axis=-1)
-        return alpha_d * lse, jac
-
-    half = np.log(np.exp(np.log(y).mean()) / 2)
-    starts = tuple(np.array([half / a_d, half / a_d, a_n, a_d]) for a_n, a_d in itertools.product(START_EXPONENTS, START_EXPONENTS))
-    model = _lsq.LogModel(("k_N", "k_D", "alpha_N", "alpha_D"), np.log(y), log_prediction, ((None, None), (None, None), EXPONENT_BOUNDS, EXPONENT_BOUNDS), starts)
+    vn, vd, log_y = np.log(n) - mn, np.log(d) - md, np.log(y)
 
     def to_params(theta):
         k_n, k_d, alpha_n, alpha_d = theta.T
         with np.errstate(over="ignore"):  # Nc out of double range is flagged by fit_result
             return np.column_stack([np.exp(mn + k_n * alpha_d / alpha_n), np.exp(md + k_d), alpha_n, alpha_d])
 
-    return _finish(KaplanNDFit, "kaplan-nd", ("Nc", "Dc", "alpha_N", "alpha_D"), model, to_params, (n, d), y, n_bootstrap, level, seed, resampling)
+    return _finish(KaplanNDFit, "kaplan-nd", ("Nc", "Dc", "alpha_N", "alpha_D"), lambda rows: _nd_model(vn[rows], vd[rows], log_y[rows]), to_params, (n, d), y, n_bootstrap, level, seed, resampling)
 
 
 def fit_kaplan_ns(
@@ -111,7 +95,38 @@ def fit_kaplan_ns(
     _lsq.check_bootstrap(resampling, n_bootstrap)
     enough_data("kaplan-ns", 4, 3, n_params=n, min_steps=s)
     mn, ms = np.log(n).mean(), np.log(s).mean()
-    vn, vs = np.log(n) - mn, np.log(s) - ms
+    vn, vs, log_y = np.log(n) - mn, np.log(s) - ms, np.log(y)
+
+    def to_params(theta):
+        k_n, k_s, alpha_n, alpha_s = theta.T
+        with np.errstate(over="ignore"):  # Nc out of double range is flagged by fit_result
+            return np.column_stack([np.exp(mn + k_n / alpha_n), np.exp(ms + k_s / alpha_s), alpha_n, alpha_s])
+
+    return _finish(KaplanNSFit, "kaplan-ns", ("Nc", "Sc", "alpha_N", "alpha_S"), lambda rows: _ns_model(vn[rows], vs[rows], log_y[rows]), to_params, (n, s), y, n_bootstrap, level, seed, resampling)
+
+
+def _nd_model(vn, vd, log_y) -> _lsq.LogModel:
+    """L(N, D) on log N and log D centred over the data (vn, vd)."""
+
+    def log_prediction(theta):
+        # theta = (k_N, k_D, alpha_N, alpha_D): the log of each bracketed term at the centre of the data,
+        # so the exponents are nearly uncorrelated with the scales and L-BFGS converges quickly.
+        k_n, k_d, alpha_n, alpha_d = (theta[:, j, None] for j in range(4))
+        ratio = alpha_n / alpha_d
+        t_n, t_d = k_n - ratio * vn, k_d - vd
+        top = np.maximum(t_n, t_d)
+        lse = top + np.log(np.exp(t_n - top) + np.exp(t_d - top))
+        w_n = np.exp(t_n - lse)
+        jac = np.stack([alpha_d * w_n, alpha_d * (1.0 - w_n), -w_n * vn, lse + w_n * ratio * vn], axis=-1)
+        return alpha_d * lse, jac
+
+    half = np.log(np.exp(log_y.mean()) / 2)
+    starts = tuple(np.array([half / a_d, half / a_d, a_n, a_d]) for a_n, a_d in itertools.product(START_EXPONENTS, START_EXPONENTS))
+    return _lsq.LogModel(("k_N", "k_D", "alpha_N", "alpha_D"), log_y, log_prediction, ((None, None), (None, None), EXPONENT_BOUNDS, EXPONENT_BOUNDS), starts)
+
+
+def _ns_model(vn, vs, log_y) -> _lsq.LogModel:
+    """L(N, S_min) on log N and log S_min centred over the data (vn, vs)."""
 
     def log_prediction(theta):
         k_n, k_s, alpha_n, alpha_s = (theta[:, j, None] for j in range(4))  # logs of the two terms at the centre of the data
@@ -121,22 +136,15 @@ def fit_kaplan_ns(
         w_n = np.exp(t_n - lse)
         return lse, np.stack([w_n, 1.0 - w_n, -w_n * vn, -(1.0 - w_n) * vs], axis=-1)
 
-    half = np.log(np.exp(np.log(y).mean()) / 2)
+    half = np.log(np.exp(log_y.mean()) / 2)
     starts = tuple(np.array([half, half, a_n, a_s]) for a_n, a_s in itertools.product(START_EXPONENTS, START_EXPONENTS))
-    model = _lsq.LogModel(("k_N", "k_S", "alpha_N", "alpha_S"), np.log(y), log_prediction, ((None, None), (None, None), EXPONENT_BOUNDS, EXPONENT_BOUNDS), starts)
-
-    def to_params(theta):
-        k_n, k_s, alpha_n, alpha_s = theta.T
-        with np.errstate(over="ignore"):  # Nc out of double range is flagged by fit_result
-            return np.column_stack([np.exp(mn + k_n / alpha_n), np.exp(ms + k_s / alpha_s), alpha_n, alpha_s])
-
-    return _finish(KaplanNSFit, "kaplan-ns", ("Nc", "Sc", "alpha_N", "alpha_S"), model, to_params, (n, s), y, n_bootstrap, level, seed, resampling)
+    return _lsq.LogModel(("k_N", "k_S", "alpha_N", "alpha_S"), log_y, log_prediction, ((None, None), (None, None), EXPONENT_BOUNDS, EXPONENT_BOUNDS), starts)
 
 
-def _finish(cls, law, names, model, to_params, inputs, y, n_bootstrap, level, seed, resampling):
-    """Solve, bootstrap and package a two-variable law."""
+def _finish(cls, law, names, build, to_params, inputs, y, n_bootstrap, level, seed, resampling):
+    """Solve (starts screened on large data, `_lsq.screened_solve`), bootstrap and package a two-variable law."""
     weights = np.ones(len(y))
-    solution = _lsq.solve(model, weights)
+    model, solution = _lsq.screened_solve(build, weights, inputs[0])
     draws, failed = _lsq.bootstrap(model, solution.theta, weights, resampling=resampling, n_bootstrap=n_bootstrap, seed=seed)
     params = {name: float(v) for name, v in zip(names, to_params(solution.theta[None])[0])}
     exponents = [name for name in names if name.startswith("alpha")]
