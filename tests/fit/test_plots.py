@@ -140,30 +140,50 @@ def test_holdout_law_draws_the_fit_without_the_held_out_points_and_marks_them(po
     assert f"L_inf = {check.fit.params['L_inf']:.3g} [" in title and f"alpha = {check.fit.params['alpha']:.3g} [" in title
 
 
-def test_two_variable_slices_take_the_colour_of_their_D_from_the_points_norm(overtrain):
+def slice_lines(ax, prefix):
+    """The fitted lines whose label starts with prefix, with the value each is drawn at."""
+    lines = [line for line in ax.lines if line.get_label().startswith(prefix)]
+    return [(line, float(line.get_label()[len(prefix) :].split()[0])) for line in lines]
+
+
+def test_two_variable_slices_take_the_colour_of_their_multiplier_from_the_points_norm(overtrain):
+    """The over-training runs sit at 3 multipliers M = D/N: one line per M, each in the colour the points of
+    that M have, through the colour bar's own norm, drawn from the fit without the held-out rows."""
     fit, n, d, loss, check = overtrain
     figure = plots.figure_two_variable(fit, n, d, loss, holdout=check)
     ax, parity = figure.axes[:2]
     (colorbar,) = colorbars(figure)
     points = artist(ax, plots.FITTED_LABEL)
-    assert colorbar.mappable is points and colorbar.ax.get_ylabel() == "D (tokens)"
-    assert points.norm.vmin == pytest.approx(d.min()) and points.norm.vmax == pytest.approx(d.max())
-    slices = [line for line in ax.lines if line.get_label().startswith("fit at D = ")]
-    assert len(slices) == 3
-    tokens = [float(line.get_label().split("= ")[1].split()[0]) for line in slices]
-    assert len(set(np.round(np.log10(tokens), 2))) == 3
-    for line, value in zip(slices, tokens):
-        exact = d[np.argmin(np.abs(np.log(d / value)))]  # slices sit at D values the runs have
-        assert value == pytest.approx(exact, rel=1e-2)
-        assert np.allclose(line.get_color(), points.get_cmap()(points.norm(exact)))
+    assert colorbar.mappable is points and colorbar.ax.get_ylabel().startswith("M = D/N")
+    multiplier = d / n
+    assert points.norm.vmin == pytest.approx(multiplier.min()) and points.norm.vmax == pytest.approx(multiplier.max())
+    assert np.asarray(points.get_array()) == pytest.approx(np.delete(multiplier, check.held_out))
+    slices = slice_lines(ax, "fit at M = ")
+    assert sorted(value for _, value in slices) == pytest.approx([20.0, 80.0, 320.0], rel=1e-3)
+    for line, value in slices:
+        assert np.allclose(line.get_color(), points.get_cmap()(points.norm(value)))
         grid, curve = line.get_data()
-        assert curve == pytest.approx(check.fit.predict(grid, np.full_like(grid, exact)), rel=1e-12)
-    assert np.asarray(points.get_array()) == pytest.approx(np.delete(d, check.held_out))  # the points coloured by D through the same norm
+        assert curve == pytest.approx(check.fit.predict(grid, value * grid), rel=1e-3)
     held = artist(ax, plots.HELD_OUT_LABEL).get_offsets()
     assert sorted(held[:, 0]) == pytest.approx(sorted(n[check.held_out]))
-    bars = artist(parity, f"held out, {fit.level:.0%} prediction interval")
-    observed = bars.lines[0].get_ydata()
+    observed = artist(parity, f"held out, {fit.level:.0%} prediction interval").lines[0].get_ydata()
     assert observed == pytest.approx(loss[check.held_out])
+
+
+def test_two_variable_slices_by_D_on_a_grid_of_sizes_and_tokens(overtrain):
+    """Runs on a grid of N and D (more distinct D/N than D): lines at D values the runs have, coloured by D."""
+    fit = overtrain[0]
+    n, d = (a.ravel() for a in np.meshgrid(np.geomspace(1e7, 1e9, 5), np.geomspace(1e9, 1e11, 4)))
+    figure = plots.figure_two_variable(fit, n, d, fit.predict(n, d))
+    ax = figure.axes[0]
+    points = artist(ax, plots.FITTED_LABEL)
+    assert colorbars(figure)[0].ax.get_ylabel() == "D (tokens)"
+    slices = slice_lines(ax, "fit at D = ")
+    assert len(slices) == 3
+    for line, value in slices:
+        exact = d[np.argmin(np.abs(np.log(d / value)))]
+        assert value == pytest.approx(exact, rel=1e-2)  # a D the runs have
+        assert np.allclose(line.get_color(), points.get_cmap()(points.norm(exact)), atol=0.02)
 
 
 def test_frontier_band_contains_the_fitted_curve_and_is_the_draws_own(frontier):
@@ -245,4 +265,4 @@ def test_no_tick_or_axis_labels_overlap(power, overtrain, frontier):
     for figure in figures:
         assert overlapping_texts(figure) == []
     labels = [t.get_text() for t in figures[1].axes[0].yaxis.get_ticklabels() if t.get_visible() and t.get_text()]
-    assert len(labels) >= 2  # the narrow axis still has numbers to read
+    assert len(labels) >= 3  # the narrow axis still has numbers to read

@@ -86,19 +86,23 @@ def _finished(figure):
 def _readable_log_ticks(ax) -> None:
     """No minor tick labels, and log axes spanning under ~1.5 decades get major labels at chosen mantissas:
     matplotlib's default labels minor ticks there (2, 3, 4, 6 x 10^k), which collide on a narrow panel.
-    (Over a span too narrow for two such labels, matplotlib's LogLocator falls back to linear ticks.)"""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    Under half a decade, mantissas leave one or two labels, so the ticks are linear ones (AutoLocator)."""
+    from matplotlib.ticker import AutoLocator, FuncFormatter, LogLocator, NullFormatter
 
     for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
         if scale != "log":
             continue
         low, high = sorted(axis.get_view_interval())
         axis.set_minor_formatter(NullFormatter())
-        if high / low < 30:
+        if high / low >= 30:
+            continue
+        if high / low < 3:
+            axis.set_major_locator(AutoLocator())
+        else:
             # Under a decade, a y axis has room for every integer mantissa; an x axis, whose labels are wide, for 1, 2, 5.
             dense = axis is ax.yaxis and high / low < 10
             axis.set_major_locator(LogLocator(subs=np.arange(1.0, 10.0) if dense else (1.0, 2.0, 5.0)))
-            axis.set_major_formatter(FuncFormatter(lambda value, _: _tick_text(value)))
+        axis.set_major_formatter(FuncFormatter(lambda value, _: _tick_text(value)))
 
 
 def _tick_text(value: float) -> str:
@@ -216,7 +220,8 @@ def _log_norm(values):
 def _slices(values) -> np.ndarray:
     """The values the fitted lines are drawn at: quantiles of the data, snapped to values the data hold,
     so each line has points of its own colour to pass through."""
-    values = np.unique(values)
+    _, first = np.unique(np.round(np.log10(values), 3), return_index=True)  # as _distinct counts them
+    values = np.asarray(values)[first]
     return np.unique([values[int(round(q * (len(values) - 1)))] for q in SLICE_QUANTILES])
 
 
@@ -247,21 +252,26 @@ def _parity(ax, fit, inputs, loss, held, holdout) -> None:
     ax.set_xlabel(f"predicted {LOSS_LABEL}"), ax.set_ylabel(f"observed {LOSS_LABEL}"), ax.legend(fontsize=7)
 
 
-def figure_two_variable(fit, n, d, loss, *, dlabel: str = "D (tokens)", holdout=None):
+def figure_two_variable(fit, n, d, loss, *, holdout=None):
     """Loss against N coloured by D, the law at three values of D (each line in the colour of its D, from the
-    points' colormap and norm), and observed against predicted. holdout: a `holdout_largest` check on these
-    rows; its fit is drawn and the held-out rows are marked and predicted."""
+    points' colormap and norm), and observed against predicted. When the runs hold fewer distinct tokens per
+    parameter M = D/N than distinct D (an over-training sweep at a few multipliers, Gadre et al. 2024), the
+    colour and the lines are by M instead, so each line follows the runs of one multiplier.
+    holdout: a `holdout_largest` check on these rows; its fit is drawn and the held-out rows are marked and predicted."""
     figure, (ax, parity) = _figure(2)
     n, d, loss = (np.asarray(v, dtype=np.float64) for v in (n, d, loss))
     held = _held_out_mask(len(n), holdout)
     drawn = fit if holdout is None else holdout.fit
-    norm = _log_norm(d)
-    points, cmap = _draw_two_variable_data(ax, n, loss, d, norm, held)
-    figure.colorbar(points, ax=ax, label=dlabel)
+    by_multiplier = _distinct(d / n) < _distinct(d)
+    colour = d / n if by_multiplier else d
+    norm = _log_norm(colour)
+    points, cmap = _draw_two_variable_data(ax, n, loss, colour, norm, held)
+    figure.colorbar(points, ax=ax, label="M = D/N (tokens per parameter)" if by_multiplier else "D (tokens)")
     grid = np.geomspace(n.min() / 2, n.max() * 2, 200)
-    unit = dlabel.split("(")[-1].rstrip(")") if "(" in dlabel else ""
-    for tokens in _slices(d):
-        ax.plot(grid, drawn.predict(grid, np.full_like(grid, tokens)), lw=1.8, color=cmap(norm(tokens)), label=f"fit at D = {tokens:.3g} {unit}".rstrip())
+    for value in _slices(colour):
+        tokens = value * grid if by_multiplier else np.full_like(grid, value)
+        label = f"fit at M = {value:.3g} tokens/parameter" if by_multiplier else f"fit at D = {value:.3g} tokens"
+        ax.plot(grid, drawn.predict(grid, tokens), lw=1.8, color=cmap(norm(value)), label=label)
     if held.any():
         _draw_predictions(ax, n[holdout.held_out], holdout, drawn.level)
     ax.legend(fontsize=7)
@@ -271,9 +281,14 @@ def figure_two_variable(fit, n, d, loss, *, dlabel: str = "D (tokens)", holdout=
     return _finished(figure)
 
 
-def plot_two_variable(fit, n, d, loss, path, *, dlabel: str = "D (tokens)", holdout=None) -> Path:
+def _distinct(values) -> int:
+    """Distinct values to 3 significant digits (a multiplier computed as D/N carries rounding)."""
+    return len(np.unique(np.round(np.log10(values), 3)))
+
+
+def plot_two_variable(fit, n, d, loss, path, *, holdout=None) -> Path:
     """`figure_two_variable`, saved to path."""
-    return save_figure(figure_two_variable(fit, n, d, loss, dlabel=dlabel, holdout=holdout), path)
+    return save_figure(figure_two_variable(fit, n, d, loss, holdout=holdout), path)
 
 
 def figure_data_constrained(fit, n, d, unique_d, loss, *, holdout=None):
