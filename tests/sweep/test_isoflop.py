@@ -12,7 +12,7 @@ import torch
 
 from fastscale.fit import fit_isoflop
 from fastscale.sweep.isoflop import fit_profiles, flops_per_parameter, profiles_section
-from fastscale.sweep.report import write_report
+from fastscale.sweep.report import _markdown, build_report, write_report
 
 A, C0, K = 0.5, 1e3, 0.08
 BUDGETS = np.array([1e11, 1e12, 1e13])
@@ -152,18 +152,18 @@ def test_repeated_data_section_says_what_the_data_constrained_fit_lacks(tmp_path
     # one budget, 4 sizes: 4 runs, fewer than the data-constrained law's 7 parameters need
     runs = [(n, 1e10, 2.0 + 0.05 * np.log(n / 1e4) ** 2) for n in (2.5e3, 5e3, 1e4, 2e4)]
     write_sweep(tmp_path, runs, unique_tokens=1e5)
-    report = write_report(tmp_path, n_bootstrap=20)
+    report, _ = build_report(tmp_path, n_bootstrap=20)  # the numbers and the text; the plots are tested above
     repeated = report["repeated_data"]
     assert sorted(repeated["repeating_runs"]) == sorted(r["name"] for r in report["runs"] if r["tokens"] > 1e5) != []
     error = repeated["data_constrained"]["error"]
     assert "7" in error
-    assert f"Not fitted on these runs: {error}" in (tmp_path / "report.md").read_text()
+    assert f"Not fitted on these runs: {error}" in _markdown(report)
 
 
 def test_a_sweep_without_repeats_says_so(tmp_path, no_budget_check):
     runs = [(n, c, 2.0 + 0.05 * np.log(n / 1e4) ** 2 + 1e1 / c**0.1) for c in (1e9, 1e10) for n in (2.5e3, 5e3, 1e4, 2e4)]
     write_sweep(tmp_path, runs, unique_tokens=1e12)
-    report = write_report(tmp_path, n_bootstrap=20)
+    report, _ = build_report(tmp_path, n_bootstrap=20)
     assert report["repeated_data"]["repeating_runs"] == [] and "data_constrained" not in report["repeated_data"]
     assert report["repeated_data"]["max_epochs"] == pytest.approx(1e10 / (7 * 2.5e3) / 1e12)
-    assert "No run repeats its training data (1,000,000,000,000 unique tokens)" in (tmp_path / "report.md").read_text()
+    assert "No run repeats its training data (1,000,000,000,000 unique tokens)" in _markdown(report)

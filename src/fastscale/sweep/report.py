@@ -279,7 +279,10 @@ def _forecast(law, frontier, n, tokens_per_item, reducible=None) -> list[dict]:
     losses, and their asymptotes can differ by more than these targets (1.89 against 1.995 nats/token
     on image8's smoothed training curves)."""
     if reducible is None:
-        reducible = [float(law.reducible(n.max())) * fraction for fraction in FORECAST_FRACTIONS]
+        largest = float(law.reducible(n.max()))
+        if not largest > 0:  # L(N) that does not fall with N (an IsoFLOP profile's largest budget can rise): nothing to halve
+            return []
+        reducible = [largest * fraction for fraction in FORECAST_FRACTIONS]
     with np.errstate(over="ignore"):  # bootstrap draws with tiny alpha forecast N = inf: it only widens the interval
         return [_forecast_row(law, frontier, float(eps), tokens_per_item) for eps in reducible]
 
@@ -441,6 +444,24 @@ def _repeated_markdown(section: dict) -> list[str]:
                     + f"; flags: {'; '.join(fit['flags']) or 'none'}."]
 
 
+def _forecast_markdown(rows: list[dict]) -> list[str]:
+    """The forecast table, or why there is none."""
+    if not rows:
+        return ["", "## Forecast", "", "None: L(N) has no reducible loss at the largest model (its loss does not fall with N), so no size to forecast."]
+    lines = ["", "## Forecast", "", "The model size L(N) needs for a reducible loss, and the compute at which that size is compute-optimal "
+              "(N_opt(C) inverted; its interval is over the N_opt(C) fit at the point N). D is C / 6N: it leaves out the attention term "
+              "C counts, so it overstates the tokens by C / 6ND (the runs table gives that ratio at the sizes trained).", "",
+              "| reducible (nats/token) | reducible (nats/image) | loss | N [95%] | C FLOPs [95%] | D = C / 6N tokens |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        c = row["C"]
+        c_text = f"{c['value']:.3g} [{c['low']:.3g}, {c['high']:.3g}]" if c else "-"
+        d_text = f"{row['D']:.3g}" if row["D"] else "-"
+        per_image = f"{row['reducible_per_item']:.2f}" if row["reducible_per_item"] is not None else "-"
+        lines.append(f"| {row['reducible']:.4f} | {per_image} | {row['loss']:.4f} | {row['N']['value']:.3g} [{row['N']['low']:.3g}, {row['N']['high']:.3g}] "
+                     f"| {c_text} | {d_text} |")
+    return lines
+
+
 def _markdown(report: dict) -> str:
     law, tpi = report["L_of_N"], report["tokens_per_item"]
     lines = [f"# Scaling report: sweep `{report['sweep']}`", "",
@@ -482,17 +503,7 @@ def _markdown(report: dict) -> str:
                       "Several token budgets per size (or runs to convergence) measure N_opt(C)."]
     lines += _isoflop_markdown(report["isoflop"], report["compute"])
     lines += _repeated_markdown(report["repeated_data"])
-    lines += ["", "## Forecast", "", "The model size L(N) needs for a reducible loss, and the compute at which that size is compute-optimal "
-              "(N_opt(C) inverted; its interval is over the N_opt(C) fit at the point N). D is C / 6N: it leaves out the attention term "
-              "C counts, so it overstates the tokens by C / 6ND (the runs table gives that ratio at the sizes trained).", "",
-              "| reducible (nats/token) | reducible (nats/image) | loss | N [95%] | C FLOPs [95%] | D = C / 6N tokens |", "|---|---|---|---|---|---|"]
-    for row in report["forecast"]:
-        c = row["C"]
-        c_text = f"{c['value']:.3g} [{c['low']:.3g}, {c['high']:.3g}]" if c else "-"
-        d_text = f"{row['D']:.3g}" if row["D"] else "-"
-        per_image = f"{row['reducible_per_item']:.2f}" if row["reducible_per_item"] is not None else "-"
-        lines.append(f"| {row['reducible']:.4f} | {per_image} | {row['loss']:.4f} | {row['N']['value']:.3g} [{row['N']['low']:.3g}, {row['N']['high']:.3g}] "
-                     f"| {c_text} | {d_text} |")
+    lines += _forecast_markdown(report["forecast"])
     noise = report["noise_scale"]
     lines += ["", "## Gradient noise scale", ""]
     if noise["per_run"]:
