@@ -106,3 +106,34 @@ def test_compute_for_inverts_the_allocation_on_every_draw():
     assert (estimate.low, estimate.high) == pytest.approx(tuple(np.percentile(draws, [2.5, 97.5])), rel=1e-9)
     with pytest.raises(FitInputError, match="n_opt=-1"):
         fit.compute_for(-1)
+
+
+def test_a_bent_allocation_is_flagged_misspecified_and_a_straight_one_is_not():
+    # N_opt(C) whose exponent drifts from 0.45 to 0.65 over four decades (a bend a single line
+    # cannot follow), 2% noise on 30 budgets; the same budgets on a straight line are not flagged.
+    rng = np.random.default_rng(11)
+    compute = np.logspace(17, 21, 30)
+    u = np.log(compute / 1e19)
+    bent = np.exp(18 + 0.55 * u + 0.025 * u**2 + rng.normal(0, 0.02, 30))
+    straight = np.exp(18 + 0.55 * u + rng.normal(0, 0.02, 30))
+    assert any(f.startswith("misspecified: ") for f in fit_allocation(compute, bent, n_bootstrap=0).flags)
+    assert fit_allocation(compute, straight, n_bootstrap=0).flags == ()
+
+
+def test_isoflop_passes_its_resampling_to_the_allocation():
+    rng = np.random.default_rng(5)
+    n_grid = np.geomspace(1e7, 1e10, 9)
+    n, c, loss = [], [], []
+    for budget in np.logspace(18, 22, 5):
+        d = budget / (6 * n_grid)
+        n += list(n_grid)
+        c += [budget] * 9
+        loss += list((1.69 + 406.4 / n_grid**0.34 + 410.7 / d**0.28) * np.exp(rng.normal(0, 0.002, 9)))
+    n, c, loss = np.array(n), np.array(c), np.array(loss)
+    parametric = fit_isoflop(n, c, loss, n_bootstrap=30, seed=1)
+    rows = fit_isoflop(n, c, loss, n_bootstrap=30, seed=1, resampling="rows")
+    direct = fit_allocation(parametric.compute, parametric.n_opt, n_bootstrap=30, seed=1, resampling="rows")
+    assert rows.allocation.samples.tolist() == direct.samples.tolist()
+    assert not np.allclose(parametric.allocation.samples, rows.allocation.samples)
+    with pytest.raises(FitInputError, match="resampling='budgets'"):
+        fit_isoflop(n, c, loss, n_bootstrap=3, resampling="budgets")

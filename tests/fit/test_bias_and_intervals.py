@@ -10,15 +10,27 @@ Measured on this 2-core machine with the code these tests pin (numbers quoted in
   of seeds with 10, 20 and 50 points (the runs test needs points on both sides of the break).
 """
 
+import dataclasses
 from itertools import combinations
 
 import numpy as np
 import pytest
 from scipy import stats
 
-from fastscale.fit import _lsq, bootstrap, fit_power_law
+from fastscale.fit import (
+    FitInputError,
+    _lsq,
+    bootstrap,
+    fit_allocation,
+    fit_critical_batch,
+    fit_critical_batch_vs_loss,
+    fit_kaplan_nd,
+    fit_kaplan_ns,
+    fit_power_law,
+    power,
+)
 from fastscale.fit.power import PowerLawFit
-from fastscale.fit.results import _curvature_test, _runs_test, fit_result
+from fastscale.fit.results import BOUND_RTOL, _curvature_test, _runs_test, fit_result
 
 
 def power_law_rows(seed, n, *, l_inf=2.0, x0=1e7, alpha=0.5, noise=0.02, x=None):
@@ -187,3 +199,109 @@ def test_forecast_draws_below_their_asymptote_are_counted():
     forecast = fit.x_for_loss(target)
     assert forecast.draws_not_finite == np.count_nonzero(l_inf_draws >= target) > 0
     assert fit.x_for_loss(float(y.max())).draws_not_finite == 0
+
+
+def _draws_and_both_refits(model, weights, theta, scheme, n_draws, seed):
+    """One block of bootstrap draws refitted by the batched Levenberg-Marquardt and, one by one, by scipy."""
+    log_pred = model.log_prediction(theta[None])[0][0]
+    block = next(bootstrap.bootstrap_blocks(scheme, log_y=model.log_y, log_pred=log_pred, weights=weights,
+                                            n_params=len(theta), n_bootstrap=n_draws, seed=seed))
+    batched, converged = _lsq.refit(model, theta, block.weights, block.log_y)
+    one_by_one = [_lsq._minimize(dataclasses.replace(model, log_y=block.log_y[i]), block.weights[i], starts=(theta,))
+                  for i in range(n_draws)]
+
+    def cost(t):
+        r = block.log_y - model.log_prediction(t)[0]
+        return np.sum(block.weights * r * r, axis=1)
+
+    return batched, converged, np.array([s.theta for s in one_by_one]), cost
+
+
+@pytest.mark.parametrize("scheme", ["parametric", "rows"])
+def test_batched_refits_equal_scipy_refits_of_the_same_draws(scheme):
+    # 40 points, 1% noise: every parameter is determined, so both solvers must land on one optimum.
+    # Levenberg-Marquardt stops when a step gains < 1e-12 of the cost; at a quadratic minimum that leaves
+    # the parameters ~sqrt(2e-12 n) ~ 1e-5 of their sampling spread away (measured: 1.3e-5). scipy's
+    # tolerances are as tight, so 1e-3 of the spread is a loose bound that still catches an early stop.
+    x, y = power_law_rows(21, 40, noise=0.01)
+    w = np.ones(40)
+    model = power._model(x, y, True, False, w, np.log(x).mean())
+    theta = _lsq.solve(model, w).theta
+    batched, converged, scipy_refits, _ = _draws_and_both_refits(model, w, theta, scheme, 12, seed=5)
+    assert converged.all()
+    spread = scipy_refits.std(axis=0)
+    assert np.all(np.abs(batched - scipy_refits) <= 1e-3 * spread), np.abs(batched - scipy_refits) / spread
+
+
+def test_batched_refits_end_on_a_bound_where_scipy_does():
+    # A pure power law fitted with an irreducible term: L_inf = 0 is the optimum of about half the draws.
+    # Where scipy stops on the bound the batched refit must too, at a cost no higher than scipy's.
+    rng = np.random.default_rng(0)  # its estimate is on the bound, and about half the draws end there
+    x = np.logspace(5, 9, 10)
+    y = (1e12 / x) ** 0.1 * np.exp(rng.normal(0, 0.01, 10))
+    w = np.ones(10)
+    model = power._model(x, y, True, False, w, np.log(x).mean())
+    theta = _lsq.solve(model, w).theta
+    batched, converged, scipy_refits, cost = _draws_and_both_refits(model, w, theta, "parametric", 16, seed=1)
+    on_bound = scipy_refits[:, 0] <= BOUND_RTOL  # on the bound 0 as fit_result judges it
+    assert converged.all() and 3 <= on_bound.sum() <= 13, scipy_refits[:, 0]
+    assert np.all(batched[on_bound, 0] <= BOUND_RTOL)
+    # the valley along L_inf is flat (the fit cannot tell L_inf from a steeper power), so compare
+    # the costs there: the batched refit reaches scipy's floor or goes lower
+    assert np.all(cost(batched) <= cost(scipy_refits) * (1 + 1e-9) + 1e-300)
+
+
+@pytest.mark.parametrize("scheme", bootstrap.RESAMPLING)
+def test_linear_law_parametric_and_row_intervals_against_closed_forms(scheme):
+    # Allocation is a straight line in log-log. Parametric: its percentile interval for the slope is the
+    # Student-t interval (bootstrap module docstring). Rows: the pairs bootstrap interval of a line is
+    # close to the normal interval with the heteroscedasticity-robust (HC0) standard error. Both computed
+    # here in float64 independently of the library.
+    rng = np.random.default_rng(17)
+    compute = np.logspace(17, 21, 12)
+    n_opt = (compute / 1e-3) ** 0.55 * np.exp(rng.normal(0, 0.05, 12))
+    fit = fit_allocation(compute, n_opt, n_bootstrap=4000, seed=3, resampling=scheme)
+    design = np.column_stack([np.ones(12), np.log(compute)])
+    coef, *_ = np.linalg.lstsq(design, np.log(n_opt), rcond=None)
+    r = np.log(n_opt) - design @ coef
+    inverse = np.linalg.inv(design.T @ design)
+    if scheme == "parametric":
+        half = stats.t.ppf(0.975, 10) * np.sqrt(r @ r / 10 * inverse[1, 1])
+        tolerance = 0.05  # Monte Carlo error of a 2.5% quantile of 4,000 draws: ~3% of the half width
+    else:
+        half = stats.norm.ppf(0.975) * np.sqrt((inverse @ (design.T * r * r) @ design @ inverse)[1, 1])
+        tolerance = 0.2  # the pairs bootstrap matches HC0 only to first order on 12 points
+    low, high = fit.intervals["a"]
+    assert fit.params["a"] == pytest.approx(coef[1], rel=1e-9)
+    assert low == pytest.approx(coef[1] - half, abs=tolerance * half)
+    assert high == pytest.approx(coef[1] + half, abs=tolerance * half)
+
+
+@pytest.mark.parametrize("fit_function, args", [
+    (fit_power_law, (np.logspace(5, 9, 8), 2 + (3e4 / np.logspace(5, 9, 8)) ** 0.25)),
+    (fit_allocation, (np.logspace(17, 21, 5), np.logspace(8, 11, 5))),
+    (fit_critical_batch, (np.array([4e3, 3e3, 2.5e3, 2.2e3]), np.array([4e3, 3e3, 2.5e3, 2.2e3]) * [1e3, 3e3, 1e4, 3e4])),
+    (fit_critical_batch_vs_loss, (np.linspace(2.5, 5, 5), 1e6 / np.linspace(2.5, 5, 5) ** 5)),
+    (fit_kaplan_nd, (np.repeat([1e6, 1e7, 1e8], 3), np.tile([1e8, 1e9, 1e10], 3), np.linspace(4, 3, 9))),
+    (fit_kaplan_ns, (np.repeat([1e6, 1e7, 1e8], 3), np.tile([1e3, 1e4, 1e5], 3), np.linspace(4, 3, 9))),
+])
+def test_every_law_names_a_bad_resampling_scheme(fit_function, args):
+    with pytest.raises(FitInputError, match=r"resampling='cases': expected one of \('parametric', 'rows'\)"):
+        fit_function(*args, n_bootstrap=3, resampling="cases")
+
+
+def test_groups_need_row_resampling():
+    x, y = power_law_rows(0, 12)
+    with pytest.raises(FitInputError, match="groups: rows are resampled in groups only with resampling='rows', got resampling='parametric'"):
+        fit_power_law(x, y, groups=np.arange(12) // 3, n_bootstrap=3)
+    fit = fit_power_law(x, y, groups=np.arange(12) // 3, n_bootstrap=40, resampling="rows", seed=1)
+    assert len(fit.samples) + sum("refits_failed" in f for f in fit.flags) >= 40
+
+
+def test_schemes_draw_differently_from_one_estimate():
+    x, y = power_law_rows(6, 15)
+    parametric = fit_power_law(x, y, n_bootstrap=50, seed=2)
+    rows = fit_power_law(x, y, n_bootstrap=50, seed=2, resampling="rows")
+    assert parametric.params == rows.params
+    assert not np.allclose(parametric.samples, rows.samples)
+    assert fit_power_law(x, y, n_bootstrap=50, seed=2).samples.tolist() == parametric.samples.tolist()  # seeded

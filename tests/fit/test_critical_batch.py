@@ -56,3 +56,22 @@ def test_critical_batch_bad_input():
         fit_critical_batch([100, 50], [1e4, 2e4])
     with pytest.raises(FitInputError, match="examples: expected finite numbers"):
         fit_critical_batch([100, 50, 40], [1e4, np.inf, 3e4])
+
+
+def test_a_tradeoff_of_another_shape_is_flagged_misspecified():
+    # S = S_min (1 + (B_crit/B)^2) falls faster with B than McCandlish's S_min (1 + B_crit/B): on 20
+    # batch sizes with 1% noise the residuals ordered by B bend; the true shape is not flagged.
+    rng = np.random.default_rng(8)
+    batch = np.geomspace(64, 65536, 20)
+    noise = np.exp(rng.normal(0, 0.01, 20))
+    wrong = 2000 * (1 + (2000 / batch) ** 2) * noise
+    right = 2000 * (1 + 2000 / batch) * noise
+    assert any(f.startswith("misspecified: ") for f in fit_critical_batch(wrong, wrong * batch, n_bootstrap=0).flags)
+    assert fit_critical_batch(right, right * batch, n_bootstrap=0).flags == ()
+
+
+def test_b_crit_against_loss_off_a_power_law_is_flagged_misspecified():
+    loss = np.geomspace(2, 6, 20)
+    rng = np.random.default_rng(9)
+    curved = 2e8 / loss ** (1 / 0.21) * np.exp(0.8 * np.log(loss / 3.5) ** 2 + rng.normal(0, 0.01, 20))
+    assert any(f.startswith("misspecified: ") for f in fit_critical_batch_vs_loss(loss, curved, n_bootstrap=0).flags)

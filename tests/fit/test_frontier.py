@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fastscale.fit import FitInputError, compute_frontier, fit_frontier
+from fastscale.fit import FitInputError, compute_frontier, fit_frontier, fit_power_law
 
 ALPHA_N, ALPHA_S = 0.3, 0.6
 
@@ -68,3 +68,21 @@ def test_frontier_estimates_lie_inside_their_intervals_and_below_the_frontier():
     forecast = law.x_for_loss(float(np.median(fit.frontier.loss)))
     assert forecast.low <= forecast.value <= forecast.high
     assert not any(flag.startswith("misspecified") for flag in law.flags)  # one-sided residuals: not tested
+
+
+def test_frontier_resamples_its_runs_for_l_of_c_and_passes_the_scheme_to_n_opt():
+    # L(C): the frontier's points are cut from learning curves, so its bootstrap draws whole runs
+    # whatever the scheme; N_opt(C) (one point per run) takes the caller's scheme.
+    run, n, c, loss = learning_curves(noise=0.005, seed=4)
+    middle = (c > 1e8) & (c < 1e15)
+    args = (run[middle], n[middle], c[middle], loss[middle])
+    parametric = fit_frontier(*args, irreducible=False, n_bootstrap=20, seed=2)
+    rows = fit_frontier(*args, irreducible=False, n_bootstrap=20, seed=2, resampling="rows")
+    assert parametric.loss_fit.samples.tolist() == rows.loss_fit.samples.tolist()
+    frontier = parametric.frontier
+    by_run = fit_power_law(frontier.compute, frontier.loss, irreducible=False, lower_envelope=True, groups=frontier.run,
+                           resampling="rows", n_bootstrap=20, seed=2)
+    assert by_run.samples.tolist() == parametric.loss_fit.samples.tolist()
+    assert not np.allclose(parametric.allocation.samples, rows.allocation.samples)
+    with pytest.raises(FitInputError, match="resampling='runs'"):
+        fit_frontier(*args, n_bootstrap=3, resampling="runs")

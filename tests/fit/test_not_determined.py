@@ -8,6 +8,7 @@ import pytest
 
 from fastscale.fit import (
     FitInputError,
+    _checks,
     fit_allocation,
     fit_chinchilla,
     fit_critical_batch,
@@ -135,3 +136,22 @@ def test_allocation_without_growth_is_flagged():
     c = np.logspace(18, 21, 6)
     fit = fit_allocation(c, 1e8 * (c / 1e18) ** -0.1 * np.exp(rng.normal(0, 0.01, 6)), n_bootstrap=0)
     assert flag(fit, "a_not_positive").startswith(f"a_not_positive: a={fit.params['a']:.4g} <= 0")
+
+
+def test_distinct_values_outside_the_counted_sample_still_count(monkeypatch):
+    # enough_data first counts distinct values on SAMPLE_ROWS rows spread over the data; values it did
+    # not see must still count, and a shortfall must still be named from all the rows.
+    monkeypatch.setattr(_checks, "SAMPLE_ROWS", 5)  # rows 0, 5, 10, 15, 20 of 21
+    x = np.full(21, 1e6)
+    x[[1, 2, 3]] = [1e7, 1e8, 1e9]  # four distinct sizes, three of them between the sampled rows
+    _checks.enough_data("power law", 3, 4, x=x)
+    x[3] = 1e6
+    with pytest.raises(FitInputError, match=r"^x has 3 distinct values \(21 rows: 1e\+06, 1e\+07, 1e\+08\); power law needs >= 4"):
+        _checks.enough_data("power law", 3, 4, x=x)
+    # points: two variables with 2 distinct values each in the sample, 4 distinct pairs in all
+    n = np.full(21, 1.0)
+    d = np.full(21, 1.0)
+    n[[1, 2]], d[[2, 3]] = 2.0, 2.0
+    _checks.enough_data("law", 3, 2, n=n, d=d)
+    with pytest.raises(FitInputError, match=r"^\(n, d\) takes 4 distinct values in 21 rows; law needs >= 5 distinct points"):
+        _checks.enough_data("law", 4, 2, n=n, d=d)
