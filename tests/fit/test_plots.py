@@ -3,6 +3,7 @@
 norm, the band around the fitted curve, learning-curve colours, break lines, tick labels that do not
 collide), not on pixels. Fits are made once per module on small synthetic data from published constants."""
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 pytest.importorskip("matplotlib")
 
 from fastscale.fit import plots
+from fastscale.fit._checks import FitInputError
 from fastscale.fit.broken import fit_broken_power_law
 from fastscale.fit.data_constrained import PAPER_PARAMS, data_constrained_loss, fit_data_constrained
 from fastscale.fit.frontier import fit_frontier
@@ -90,7 +92,7 @@ def test_every_plot_writes_png_and_svg(tmp_path, rng, power, overtrain, frontier
         head = path.read_bytes()[:200]
         assert head.startswith(b"\x89PNG") if suffix == ".png" else (b"<svg" in head or b"<?xml" in head), name
         assert path.stat().st_size > 10_000, name
-    with pytest.raises(plots.FitInputError, match="expected a file name ending in one of"):
+    with pytest.raises(FitInputError, match="expected a file name ending in one of"):
         plots.plot_law(fit, x, y, tmp_path / "law.jpg")
 
 
@@ -199,6 +201,18 @@ def test_frontier_band_contains_the_fitted_curve_and_is_the_draws_own(frontier):
     assert lower[:, 0] == pytest.approx(grid) and upper[:, 0] == pytest.approx(grid)
     assert np.all(lower[:, 1] <= curve) and np.all(curve <= upper[:, 1])
     assert np.all(lower[:, 1] < upper[:, 1])
+
+
+def test_a_band_widened_to_reach_the_fit_says_so(power):
+    """Draws that all lie above the fit (as a lower envelope's can): the band is widened down to the curve,
+    and its legend label counts the grid points where that was done."""
+    fit, x, y, _ = power
+    shifted = dataclasses.replace(fit, samples=fit.samples + [0.05, 0.0, 0.0])  # every draw's L_inf 0.05 higher
+    (ax,) = plots.figure_law(shifted, x, y).axes
+    grid, curve = artist(ax, "fit").get_data()
+    band = artist(ax, plots.BAND_LABEL.format(level=fit.level) + f" (widened to the fit at {grid.size} of {grid.size} points)")
+    lower, upper = band_edges(band, grid.size)
+    assert lower[:, 1] == pytest.approx(curve, rel=1e-12) and np.all(upper[:, 1] > curve)
 
 
 def test_frontier_learning_curves_coloured_by_their_size(frontier):

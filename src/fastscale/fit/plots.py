@@ -138,18 +138,18 @@ def _title(ax, fit, what: str = "") -> None:
     ax.set_title("\n".join(lines), fontsize=7.5, loc="left")
 
 
-def _draw_law(ax, fit, x, label, *, color=FIT_COLOR):
+def _draw_law(ax, fit, x, label):
     """The fitted curve over the data's range extended by half a decade each side, with its band: the
     percentile band of the bootstrap draws, which `predict_interval` widens to reach the curve where the
     draws lie on one side of it; the legend says at how many of the grid points that happened."""
     grid = np.geomspace(x.min() / 3, x.max() * 3, GRID_POINTS)
-    (line,) = ax.plot(grid, fit.predict(grid), color=color, label=label, zorder=4)
+    ax.plot(grid, fit.predict(grid), color=FIT_COLOR, label=label, zorder=4)
     if not len(fit.samples):
         return
     low, high = fit.predict_interval(grid)
     widened = _widened_points(fit, grid, low, high)
     note = f" (widened to the fit at {widened} of {len(grid)} points)" if widened else ""
-    ax.fill_between(grid, low, high, color=color, alpha=BAND_ALPHA, label=BAND_LABEL.format(level=fit.level) + note)
+    ax.fill_between(grid, low, high, color=FIT_COLOR, alpha=BAND_ALPHA, label=BAND_LABEL.format(level=fit.level) + note)
 
 
 def _widened_points(fit, grid, low, high) -> int:
@@ -166,14 +166,14 @@ def _held_out_mask(size: int, holdout) -> np.ndarray:
     return mask
 
 
-def _draw_predictions(ax, x, holdout, level: float, *, color="k") -> None:
+def _draw_predictions(ax, x, holdout, level: float) -> None:
     """Predictions of the held-out points at x (in the check's order, most extreme first), with their
     bootstrap intervals as error bars."""
     predicted = np.asarray(holdout.predicted, dtype=np.float64)
     low, high = np.asarray(holdout.low, dtype=np.float64), np.asarray(holdout.high, dtype=np.float64)
     known = np.isfinite(low) & np.isfinite(high)
     errors = np.where(known, [predicted - low, high - predicted], 0.0)
-    ax.errorbar(x, predicted, yerr=errors, fmt="x", color=color, ms=7, capsize=3, zorder=6, label=PREDICTED_LABEL.format(level=level))
+    ax.errorbar(x, predicted, yerr=errors, fmt="x", color="k", ms=7, capsize=3, zorder=6, label=PREDICTED_LABEL.format(level=level))
 
 
 def _mark_breaks(ax, fit) -> None:
