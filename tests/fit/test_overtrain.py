@@ -189,13 +189,13 @@ def test_exponent_of_a_rising_loss_is_flagged(caplog):
 
 def test_large_data_paths_give_the_same_fit(monkeypatch):
     # Beyond GRID_ROWS rows the start grid runs on a subset and the polish on all rows; beyond
-    # BOOTSTRAP_CELLS the resamples run in chunks. Shrunk here so 32 runs take both paths.
-    from fastscale.fit import overtrain
+    # BOOTSTRAP_CELLS the draws run in chunks. Shrunk here so 32 runs take both paths.
+    from fastscale.fit import chinchilla, overtrain
 
     n, d = runs_grid()
     loss = true_loss(n, d) * np.exp(0.01 * np.random.default_rng(17).standard_normal(len(n)))
     reference = fit_overtrain(n, d, loss, n_bootstrap=40, seed=2)
-    monkeypatch.setattr(overtrain, "GRID_ROWS", 12)
+    monkeypatch.setattr(chinchilla, "GRID_ROWS", 12)
     monkeypatch.setattr(overtrain, "BOOTSTRAP_CELLS", 5 * len(n))
     shrunk = fit_overtrain(n, d, loss, n_bootstrap=40, seed=2)
     assert shrunk.converged and len(shrunk.samples) == 40

@@ -61,6 +61,10 @@ PARAM_NAMES = ("E", "A", "B", "alpha", "beta", "a", "b")
 # A start "reached the optimum" when its objective is within this relative distance of the best.
 SAME_OPTIMUM_RTOL = 1e-6
 GRADIENT_TOL = 1e-7
+# Rows a start grid runs on (a fixed random subset beyond that; the polish uses all). On 6 synthetic sets
+# of 500 points the grid on 250 of them led the polish to the optimum of the grid on all 500 (objectives
+# equal to 1e-15, exponents to 1e-8) in half the time; Epoch's 240 points are all used.
+GRID_ROWS = 250
 
 
 def chinchilla_grid() -> np.ndarray:
@@ -74,9 +78,9 @@ class ChinchillaFit(FitResult):
     (N_opt proportional to C^a) and b = alpha/(alpha+beta) (D_opt proportional to C^b)."""
 
     n_starts: int
-    starts_at_optimum: int
+    starts_at_optimum: int  # how many grid starts ended at the grid's best objective (a flat surface shows here)
 
-    scales = ("A", "B")  # how many grid starts ended at the best objective (a flat surface shows here)
+    scales = ("A", "B")
 
     @staticmethod
     def _law(p, n, d):
@@ -204,17 +208,25 @@ def fit_chinchilla(
     grid = chinchilla_grid() if starts is None else np.atleast_2d(np.asarray(starts, dtype=np.float64))
     log_n, log_d, log_y = np.log(n), np.log(d), np.log(y)
 
+    rows = grid_rows(size)
     with np.errstate(over="ignore", invalid="ignore"):
-        batch = batched_lbfgs(huber_objective(log_n, log_d, log_y, delta=delta), grid)
+        batch = batched_lbfgs(huber_objective(log_n[rows], log_d[rows], log_y[rows], delta=delta), grid)
     best = int(np.argmin(np.where(np.isfinite(batch.f), batch.f, np.inf)))
     single = huber_objective(log_n, log_d, log_y, delta=delta)
-    polished = minimize_lbfgs(lambda t: tuple(v[0] for v in single(t[None], np.zeros(1, dtype=int))), batch.x[best])
-    theta = polished.x if polished.fun <= batch.f[best] else batch.x[best]
-    objective = float(min(polished.fun, batch.f[best]))
-    _, gradient = single(theta[None], np.zeros(1, dtype=int))
+    one_row = np.zeros(1, dtype=int)
+
+    def value_and_gradient(t):
+        return tuple(v[0] for v in single(t[None], one_row))
+
+    polished = minimize_lbfgs(value_and_gradient, batch.x[best])
+    at_start = value_and_gradient(batch.x[best])[0]
+    theta = polished.x if polished.fun <= at_start else batch.x[best]
+    objective = float(min(polished.fun, at_start))
+    _, gradient = value_and_gradient(theta)
     converged = bool(polished.success) or float(np.abs(gradient).max()) <= GRADIENT_TOL
-    at_optimum = int(np.sum(batch.f <= objective * (1 + SAME_OPTIMUM_RTOL)))
-    log.info("chinchilla: %d starts, %d at the optimum %.10g after %d batched iterations", len(grid), at_optimum, objective, batch.iterations)
+    at_optimum = int(np.sum(batch.f <= batch.f[best] * (1 + SAME_OPTIMUM_RTOL)))
+    log.info("chinchilla: %d starts on %d rows, %d at the grid's best after %d batched iterations; optimum %.10g on %d rows",
+             len(grid), len(rows), at_optimum, batch.iterations, objective, size)
 
     params = dict(zip(PARAM_NAMES, _to_params(theta)))
     log_pred = np.log(ChinchillaFit._law(params, n, d))
@@ -235,6 +247,15 @@ def fit_chinchilla(
         n_starts=len(grid),
         starts_at_optimum=at_optimum,
     )
+
+
+def grid_rows(size: int) -> np.ndarray:
+    """The rows a start grid runs on: all of them up to GRID_ROWS, else a fixed random GRID_ROWS. The
+    grid only has to find the basin (the polish on every row finds the optimum), and 4,500 starts on a
+    million rows would need 36 GB per temporary."""
+    if size <= GRID_ROWS:
+        return np.arange(size)
+    return np.sort(np.random.default_rng(0).choice(size, GRID_ROWS, replace=False))
 
 
 def _bootstrap(log_n, log_d, theta, blocks, delta):

@@ -20,7 +20,7 @@ Closed forms (derived here from the law, checked in the tests against float64 ev
 Fit: least squares on log L (losses compare by ratio, as in every law here; the authors' repository,
 scaling/laws.py, fits L itself by least squares with scipy's curve_fit): log L_hat = LSE(k_N - alpha u,
 k_D - alpha v, e) with u, v = log N, log D centred on the data (so the scales k barely correlate with
-alpha). A grid of 144 starts runs at once in the batched L-BFGS on at most GRID_ROWS rows; the best
+alpha). A grid of 144 starts runs at once in the batched L-BFGS on at most chinchilla.GRID_ROWS rows; the best
 is polished by scipy on all rows. The objective is Chinchilla's log-space objective with the Huber
 threshold at infinity (plain squares) and beta tied to alpha. Nothing is bounded: E may sit above the
 smallest observed loss (noise around the asymptote is allowed). Bootstrap refits start from the
@@ -41,7 +41,7 @@ import numpy as np
 from fastscale.fit._checks import as_values, enough_data, positive_int, same_length
 from fastscale.fit._optimize import batched_lbfgs, minimize_lbfgs
 from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP, DEFAULT_RESAMPLING, bootstrap_blocks, check_resampling
-from fastscale.fit.chinchilla import huber_objective
+from fastscale.fit.chinchilla import grid_rows, huber_objective
 from fastscale.fit.results import Estimate, FitResult, fit_result
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,6 @@ GRID_E = (-1.0, 0.0, 1.0)
 GRID_ALPHA = (0.05, 0.2, 0.8)
 GRADIENT_TOL = 1e-7
 LEAST_SQUARES = np.inf  # Huber threshold at infinity: the Huber objective is then 0.5 r^2
-GRID_ROWS = 1000  # rows the start grid runs on (a fixed random subset beyond that; the polish uses all)
 BOOTSTRAP_CELLS = 2_000_000  # draws x rows per batched bootstrap run: bounds memory on large data
 N_PARAMS = 4
 # Row resamples of few runs: flag when more than this share drew fewer than N_PARAMS + 1 distinct runs.
@@ -177,10 +176,9 @@ def fit_overtrain(
 
 
 def _best_of_grid(u, v, log_y):
-    """(theta, objective, converged): every grid start at once on at most GRID_ROWS rows (the grid only
-    has to find the basin, and 144 starts on a million rows would take ~10 GB), then the best
-    polished by scipy on all rows."""
-    grid, rows = overtrain_grid(), _grid_rows(len(log_y))
+    """(theta, objective, converged): every grid start at once on at most chinchilla.GRID_ROWS rows
+    (`grid_rows`), then the best polished by scipy on all rows."""
+    grid, rows = overtrain_grid(), grid_rows(len(log_y))
     with np.errstate(over="ignore", invalid="ignore"):
         batch = batched_lbfgs(tied_objective(u[rows], v[rows], log_y[rows]), grid)
     start = batch.x[int(np.argmin(np.where(np.isfinite(batch.f), batch.f, np.inf)))]
@@ -198,12 +196,6 @@ def _best_of_grid(u, v, log_y):
     log.info("overtrain: %d starts on %d rows (%d batched iterations), polished on %d rows",
              len(grid), len(rows), batch.iterations, len(log_y))
     return theta, float(min(polished.fun, at_start)), converged
-
-
-def _grid_rows(size: int) -> np.ndarray:
-    if size <= GRID_ROWS:
-        return np.arange(size)
-    return np.sort(np.random.default_rng(0).choice(size, GRID_ROWS, replace=False))
 
 
 def _bootstrap(u, v, theta, blocks, labels):
