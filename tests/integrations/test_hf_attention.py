@@ -229,3 +229,20 @@ def test_mismatched_flash_kwargs_are_refused():
     with pytest.raises(ValueError, match="cu_seq_lens_k differs from cu_seq_lens_q"):
         integration.fastscale_attention_forward(module, q, kv, kv, None, cu_seq_lens_q=offsets, max_length_q=4,
                                                 cu_seq_lens_k=torch.tensor([0, 3, 6], dtype=torch.int32))
+
+
+def test_gradient_checkpointing_on_packed_documents(kernel_calls):
+    """Recomputed layers in backward reuse the forward's document offsets and give stock gradients."""
+    documents = _documents([5, 4])
+    ref, fast = model_pair(config("llama"), "eager")
+    for model in (ref, fast):
+        model.activation_checkpointing_enable()
+    weights = torch.randn(9, VOCAB)
+    expected = _per_document(ref.train(), documents, weights)
+    expected.backward()
+    position_ids = torch.cat([torch.arange(len(d)) for d in documents])[None]
+    got = (fast.train()(torch.cat(documents)[None], position_ids=position_ids).logits[0] * weights).sum()
+    got.backward()
+    assert_close(got, expected)
+    assert_same_gradients(ref, fast)
+    assert len(kernel_calls) == 4 and all(call["cu_seqlens"].tolist() == [0, 5, 9] for call in kernel_calls)
