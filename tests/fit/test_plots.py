@@ -194,7 +194,7 @@ def test_frontier_band_contains_the_fitted_curve_and_is_the_draws_own(frontier):
     fit, run, n, compute, loss, _ = frontier
     figure = plots.figure_frontier(fit, run, compute, loss, n_params=n)
     ax = figure.axes[0]
-    line = artist(ax, "L(C) fit")
+    line = artist(ax, plots.FRONTIER_FIT_LABEL)
     grid, curve = line.get_data()
     band = artist(ax, plots.BAND_LABEL.format(level=fit.loss_fit.level))  # no "widened" note in the label
     lower, upper = band_edges(band, grid.size)
