@@ -112,16 +112,27 @@ def _minimize(model: LogModel, weights: np.ndarray, starts=None) -> Solution:
 
 
 def screened_solve(build: Callable, weights: np.ndarray, order: np.ndarray) -> tuple[LogModel, Solution]:
-    """(build(all rows), its `solve`). On more than SCREEN_ROWS rows the starts first race on the
-    `spread_rows` of `order` (the law's input) and only the winner runs on all the rows: each start
-    costs a few dozen passes over the data, and a subsample spanning the input already tells the basins
-    apart (1e6 rows on this 2-core machine: power law 4.8 s to 1.2 s, Kaplan L(N, D) 100 s to 3 s).
-    build(rows) -> the LogModel of those rows (an index array, or slice(None) for all of them)."""
+    """(build(all rows), its optimum). On more than SCREEN_ROWS rows the starts race on the
+    `spread_rows` of `order` (the law's input), all at once by Levenberg-Marquardt (`refit`), and only
+    the winner goes on to all the rows: a subsample spanning the input already tells the basins apart,
+    and each start would cost dozens of passes over all the data (1e6 rows on this 2-core machine: a
+    power law 4.8 s to ~1.5 s, Kaplan L(N, D) 100 s to ~3 s). scipy takes over where the polish on all
+    rows does not converge. build(rows) -> the LogModel of those rows (an index array, or slice(None))."""
     model = build(slice(None))
     if len(weights) <= SCREEN_ROWS or model.below:
         return model, solve(model, weights)
     rows = spread_rows(order)
-    return model, solve(model, weights, starts=(solve(build(rows), weights[rows]).theta,))
+    screen = build(rows)
+    starts = np.array(screen.starts, dtype=np.float64)
+    shape = (len(starts), len(rows))
+    found, _ = refit(screen, starts, np.broadcast_to(weights[rows], shape), np.broadcast_to(screen.log_y, shape), max_iter=LM_POLISH_ITER)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        values = np.array([objective(screen, weights[rows])(theta)[0] for theta in found])
+    winner = found[int(np.argmin(np.where(np.isfinite(values), values, np.inf)))]
+    polished, done = refit(model, winner, weights[None], model.log_y[None], max_iter=LM_POLISH_ITER)
+    if done[0]:
+        return model, Solution(polished[0], float(objective(model, weights)(polished[0])[0]), True)
+    return model, solve(model, weights, starts=(winner,))
 
 
 def spread_rows(order: np.ndarray) -> np.ndarray:
@@ -195,8 +206,9 @@ def _refit_one_by_one(model: LogModel, theta, weights, log_y):
 
 
 def refit(model: LogModel, theta, weights, log_y, max_iter: int = LM_MAX_ITER):
-    """Weighted least squares of every draw (rows of weights [R, n] and log_y [R, n]) at once, from theta,
-    by Levenberg-Marquardt projected on the bounds. Returns (theta [R, P], converged [R]).
+    """Weighted least squares of every draw (rows of weights [R, n] and log_y [R, n]) at once, from theta
+    ([P], or [R, P]: one start per draw), by Levenberg-Marquardt projected on the bounds. Returns
+    (theta [R, P], converged [R]).
 
     Bounds: a parameter on a bound whose descent direction points out of the box is held there for the
     step (its row and column leave the normal equations, as in projected Newton methods), the others
@@ -207,7 +219,7 @@ def refit(model: LogModel, theta, weights, log_y, max_iter: int = LM_MAX_ITER):
     low = np.array([-np.inf if b is None else b for b, _ in model.bounds], dtype=np.float64)
     high = np.array([np.inf if b is None else b for _, b in model.bounds], dtype=np.float64)
     weights, log_y = np.asarray(weights, dtype=np.float64), np.asarray(log_y, dtype=np.float64)
-    x = np.repeat(np.clip(np.asarray(theta, dtype=np.float64), low, high)[None], len(weights), axis=0)
+    x = np.array(np.broadcast_to(np.clip(np.asarray(theta, dtype=np.float64), low, high), (len(weights), len(low))))
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         log_pred, jacobian = model.log_prediction(x)
         jacobian = np.array(np.broadcast_to(jacobian, (*log_y.shape, x.shape[1])))
