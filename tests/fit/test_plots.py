@@ -230,8 +230,13 @@ def test_frontier_learning_curves_coloured_by_their_size(frontier):
         assert np.allclose(line.get_color(), cmap(norm(size)))
         assert line.get_linestyle() == ("--" if name in check.held_out_runs else "-")
     assert list(check.held_out_runs) == [run[np.argmax(n)]]
-    at, predicted, low, high = prediction_bars(artist(ax, plots.PREDICTED_LABEL.format(level=fit.loss_fit.level)))
-    assert at == pytest.approx(check.compute) and predicted == pytest.approx(check.fit.loss_fit.predict(at), rel=1e-12)
+    size = len(check.compute)
+    assert size > plots.MAX_PREDICTION_BARS  # every grid point the held-out run leads: too many bars to read
+    label = plots.PREDICTED_LABEL.format(level=fit.loss_fit.level) + f" ({plots.MAX_PREDICTION_BARS} of {size} shown)"
+    at, predicted, low, high = prediction_bars(artist(ax, label))
+    assert len(at) == plots.MAX_PREDICTION_BARS and np.isin(at, check.compute).all()
+    assert at[0] == check.compute[0] and at[-1] == check.compute[-1]
+    assert predicted == pytest.approx(check.fit.loss_fit.predict(at), rel=1e-12)
     legend = plots.figure_frontier(fit, run, compute, loss).axes[0].get_legend()
     assert set(np.unique(run)) <= {text.get_text() for text in legend.get_texts()}  # without sizes, runs are named
 

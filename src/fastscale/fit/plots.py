@@ -34,6 +34,7 @@ COLORMAP = "viridis"
 SLICE_QUANTILES = (0.1, 0.5, 0.9)
 PARAMS_PER_LINE = 3
 GRID_POINTS = 200
+MAX_PREDICTION_BARS = 8
 # Labels used to find the artists again (legend entries, and the tests).
 FITTED_LABEL = "data (fitted)"
 HELD_OUT_LABEL = "held out (observed)"
@@ -171,12 +172,16 @@ def _held_out_mask(size: int, holdout) -> np.ndarray:
 
 def _draw_predictions(ax, x, holdout, level: float) -> None:
     """Predictions of the held-out points at x (in the check's order, most extreme first), with their
-    bootstrap intervals as error bars."""
-    predicted = np.asarray(holdout.predicted, dtype=np.float64)
-    low, high = np.asarray(holdout.low, dtype=np.float64), np.asarray(holdout.high, dtype=np.float64)
+    bootstrap intervals as error bars; at most MAX_PREDICTION_BARS of them, evenly spread (a frontier
+    holdout predicts every grid point a held-out run leads, dozens of bars that would merge), the
+    legend saying how many are shown."""
+    shown = np.unique(np.linspace(0, len(x) - 1, min(len(x), MAX_PREDICTION_BARS)).round().astype(np.int64))
+    predicted = np.asarray(holdout.predicted, dtype=np.float64)[shown]
+    low, high = (np.asarray(bound, dtype=np.float64)[shown] for bound in (holdout.low, holdout.high))
     known = np.isfinite(low) & np.isfinite(high)
     errors = np.where(known, [predicted - low, high - predicted], 0.0)
-    ax.errorbar(x, predicted, yerr=errors, fmt="x", color="k", ms=7, capsize=3, zorder=6, label=PREDICTED_LABEL.format(level=level))
+    label = PREDICTED_LABEL.format(level=level) + (f" ({len(shown)} of {len(x)} shown)" if len(shown) < len(x) else "")
+    ax.errorbar(np.asarray(x)[shown], predicted, yerr=errors, fmt="x", color="k", ms=7, capsize=3, zorder=6, label=label)
 
 
 def _mark_breaks(ax, fit) -> None:
