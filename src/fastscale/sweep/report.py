@@ -1,7 +1,7 @@
 """The report of a sweep: REPORT/report.json, report.md and plots (PNG and SVG), from the done runs.
 
 Every number comes from fastscale.fit on arrays read here from the run directories:
-- L(N): the final held-out loss of each run of the largest token budget of its size (final train loss
+- L(N): the final held-out loss of each run of the largest token (or compute) budget of its size (final train loss
   where a run has no eval) against its non-embedding N, L = L_inf + (N0/N)^alpha, with bootstrap intervals; L_inf is the irreducible loss,
   (N0/N)^alpha the reducible loss, in nats per token and per item (tokens_per_item of the sweep).
 - L(C), the frontier and N_opt(C): the learning curves against the trainer's FLOP count, without each
@@ -12,6 +12,12 @@ Every number comes from fastscale.fit on arrays read here from the run directori
   lower envelope of raw batch losses would follow the noise down, and even smoothed it sits below the
   held-out losses).
 - The extrapolation check: L(N) fitted without the largest model, its prediction for it.
+- IsoFLOP profiles (a sweep of compute budgets; fastscale.sweep.isoflop): per budget a parabola of the
+  final losses in ln N and its minimum N_opt(C), then N_opt(C) = (C/C0)^a and D_opt, beside the
+  frontier's a (Chinchilla's approaches 2 and 1).
+- Repeated data: each run's epochs over the unique tokens of its train split; when runs repeat their
+  data, the report says L(N) and L_inf then include a data-limited term and fits Muennighoff et al.'s
+  data-constrained law (or says what the runs lack for it).
 - The gradient noise scale (tokens) logged by the trainer, per run, and B_crit(L) fitted to it.
 - The sweep's study (fastscale.sweep.studies), from each run's study.json: its own section and plots.
 - Compute: C is the trainer's count (FLOP_CONVENTION); each run's row shows 6ND beside it and, in a
