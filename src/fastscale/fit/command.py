@@ -109,7 +109,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples (default 0)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--out", metavar="FILE", help="also write the JSON report to FILE (atomically)")
-    parser.add_argument("--plot", metavar="FILE", help="draw the fit to FILE (.png or .svg)")
+    parser.add_argument(
+        "--plot", metavar="FILE", help="draw the fit to FILE (.png or .svg); with --holdout-largest, the fit without the held-out points, which are marked and predicted"
+    )
 
 
 # Each law's fit-function arguments, as the options whose columns fill them (first one given), so an
