@@ -237,6 +237,20 @@ class _Space:
         theta[0] = max(abs(theta[0]), BOUND_NUDGE)
         return theta
 
+    def bend(self, theta):
+        """[S, P] phi''/phi' of the change of variables phi(theta) per parameter: 1/s for a = s^2,
+        2 cot(2 t) for a sin^2 box, 0 for the parameters used as they are.
+
+        The curvature a Gauss-Newton step leaves out: with G the gradient in phi, the exact Hessian in
+        theta has G phi'' on its diagonal besides J'J. Near a bound J' -> 0, so without it a draw whose
+        optimum lies on the bound gets steps far past it (see _levenberg_marquardt)."""
+        n = self.breaks
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.zeros_like(theta)
+            ratio[:, 0] = 1.0 / theta[:, 0]
+            ratio[:, 3 + n :] = 2.0 / np.tan(2.0 * theta[:, 3 + n :])
+        return np.where(np.isfinite(ratio), ratio, 0.0)
+
     def log_prediction(self, theta):
         """(log prediction [S, n], its jacobian d log pred / d theta [S, n, P]) for theta [S, P]."""
         s, k, c0, c, t, q, log_d, f = self.unpack(theta)
@@ -373,7 +387,8 @@ def _levenberg_marquardt(space: _Space, log_y, weights, theta, max_iter: int = L
         weighted = jacobian[idx] * w[..., None]
         normal = np.matmul(weighted.transpose(0, 2, 1), jacobian[idx])
         gradient = np.einsum("snp,sn->sp", weighted, r[idx])
-        diagonal = np.einsum("spp->sp", normal)
+        diagonal = np.einsum("spp->sp", normal)  # a writeable view: the bend's curvature is added in place
+        diagonal += np.maximum(-gradient * space.bend(theta[idx]), 0.0)
         floor = 1e-12 * diagonal.max(axis=1, keepdims=True) + 1e-300
         system = normal + np.eye(theta.shape[1]) * (damping[idx, None] * (diagonal + floor))[:, :, None]
         step = np.linalg.solve(system, gradient[:, :, None])[:, :, 0]
