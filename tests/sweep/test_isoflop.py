@@ -118,7 +118,12 @@ def no_budget_check(monkeypatch):
     monkeypatch.setattr(spec.SweepSpec, "tokens_per_step", lambda self: 1)
 
 
-def test_report_of_an_isoflop_sweep(tmp_path, no_budget_check):
+def test_report_of_an_isoflop_sweep(tmp_path, no_budget_check, monkeypatch):
+    from fastscale.fit import plots
+
+    # the L(N) and frontier figures are test_report's; drawing them here would triple this test's time
+    monkeypatch.setattr(plots, "plot_law", lambda *args, **kwargs: None)
+    monkeypatch.setattr(plots, "plot_frontier", lambda *args, **kwargs: None)
     rng = np.random.default_rng()
     n, c, y = profile_runs(rng)
     n = np.round(n)  # run names use 3 significant digits: keep sizes distinct at that precision
