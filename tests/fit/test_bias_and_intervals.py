@@ -295,7 +295,7 @@ def test_every_law_names_a_bad_resampling_scheme(fit_function, args):
 
 def test_groups_need_row_resampling():
     x, y = power_law_rows(0, 12)
-    with pytest.raises(FitInputError, match="groups: rows are resampled in groups only with resampling='rows', got resampling='parametric'"):
+    with pytest.raises(FitInputError, match="groups: rows are resampled in groups only with resampling='rows', got "):
         fit_power_law(x, y, groups=np.arange(12) // 3, n_bootstrap=3)
     fit = fit_power_law(x, y, groups=np.arange(12) // 3, n_bootstrap=40, resampling="rows", seed=1)
     assert len(fit.samples) + sum("refits_failed" in f for f in fit.flags) >= 40

@@ -115,9 +115,10 @@ def screened_solve(build: Callable, weights: np.ndarray, order: np.ndarray) -> t
     """(build(all rows), its optimum). On more than SCREEN_ROWS rows the starts race on the
     `spread_rows` of `order` (the law's input), all at once by Levenberg-Marquardt (`refit`), and only
     the winner goes on to all the rows: a subsample spanning the input already tells the basins apart,
-    and each start would cost dozens of passes over all the data (1e6 rows on this 2-core machine: a
-    power law 4.8 s to ~1.5 s, Kaplan L(N, D) 100 s to ~3 s). scipy takes over where the polish on all
-    rows does not converge. build(rows) -> the LogModel of those rows (an index array, or slice(None))."""
+    and each start would cost dozens of passes over all the data (1e6 rows on this shared 2-core
+    machine at load ~13: a power law 4.8 s to 1.9 s, Kaplan L(N, D) 100 s to 2.3 s). scipy takes over
+    where the polish on all rows does not converge. build(rows) -> the LogModel of those rows (an index
+    array, or slice(None))."""
     model = build(slice(None))
     if len(weights) <= SCREEN_ROWS or model.below:
         return model, solve(model, weights)
@@ -125,7 +126,8 @@ def screened_solve(build: Callable, weights: np.ndarray, order: np.ndarray) -> t
     screen = build(rows)
     starts = np.array(screen.starts, dtype=np.float64)
     shape = (len(starts), len(rows))
-    found, _ = refit(screen, starts, np.broadcast_to(weights[rows], shape), np.broadcast_to(screen.log_y, shape), max_iter=LM_POLISH_ITER)
+    every_start = (np.broadcast_to(weights[rows], shape), np.broadcast_to(screen.log_y, shape))
+    found, _ = refit(screen, starts, *every_start, max_iter=LM_POLISH_ITER)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         values = np.array([objective(screen, weights[rows])(theta)[0] for theta in found])
     winner = found[int(np.argmin(np.where(np.isfinite(values), values, np.inf)))]
@@ -139,7 +141,8 @@ def spread_rows(order: np.ndarray) -> np.ndarray:
     """At most SCREEN_ROWS row indices, evenly spaced in the sorted order of `order` (all rows when fewer)."""
     if len(order) <= SCREEN_ROWS:
         return np.arange(len(order))
-    return np.argsort(order, kind="stable")[np.unique(np.linspace(0, len(order) - 1, min(len(order), SCREEN_ROWS)).astype(np.int64))]
+    picks = np.unique(np.linspace(0, len(order) - 1, SCREEN_ROWS).astype(np.int64))
+    return np.argsort(order, kind="stable")[picks]
 
 
 def _projected_gradient(model: LogModel, theta, gradient) -> float:
@@ -166,7 +169,8 @@ def check_bootstrap(resampling: str, n_bootstrap, groups=None) -> None:
     positive_int("n_bootstrap", n_bootstrap, minimum=0)
 
 
-def bootstrap(model: LogModel, theta: np.ndarray, weights: np.ndarray, *, resampling: str, n_bootstrap: int, seed: int, groups=None):
+def bootstrap(model: LogModel, theta: np.ndarray, weights: np.ndarray, *, resampling: str, n_bootstrap: int, seed: int,
+              groups=None):
     """Draw `n_bootstrap` data sets (`bootstrap.bootstrap_blocks`: the parametric scheme centres them on
     the law at theta with the fit's weights) and refit each from theta. Options as `check_bootstrap` passed.
 

@@ -50,8 +50,8 @@ def fit_allocation(
     resampling: str = DEFAULT_RESAMPLING,
 ) -> AllocationFit:
     """Fit N_opt = (C/C0)^a by (weighted) least squares on log N_opt; the residuals ordered by C, times
-    sqrt(weight), are tested for misspecification. resampling: the bootstrap scheme (`bootstrap.bootstrap_blocks`; with
-    weights, the parametric noise of a point has variance s^2 / weight)."""
+    sqrt(weight), are tested for misspecification. resampling: the bootstrap scheme
+    (`bootstrap.bootstrap_blocks`; with weights, a point's parametric noise has variance s^2 / weight)."""
     c, n = as_values("compute", compute, positive=True), as_values("n_opt", n_opt, positive=True)
     size = same_length(compute=c, n_opt=n)
     _lsq.check_bootstrap(resampling, n_bootstrap)

@@ -10,6 +10,7 @@ bootstrap draws (`resampling`, see `bootstrap.bootstrap_blocks`) are refitted al
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass
 
@@ -65,7 +66,8 @@ def fit_kaplan_nd(
     n_params, n_tokens, loss, *, n_bootstrap: int = DEFAULT_N_BOOTSTRAP, level: float = DEFAULT_LEVEL, seed: int = 0,
     resampling: str = DEFAULT_RESAMPLING,
 ) -> KaplanNDFit:
-    """Fit L(N, D) = [(Nc/N)^(alpha_N/alpha_D) + Dc/D]^alpha_D to final (early-stopped) losses."""
+    """Fit L(N, D) = [(Nc/N)^(alpha_N/alpha_D) + Dc/D]^alpha_D to final (early-stopped) losses.
+    resampling: the bootstrap scheme (`bootstrap.bootstrap_blocks`)."""
     n = as_values("n_params", n_params, positive=True)
     d = as_values("n_tokens", n_tokens, positive=True)
     y = as_values("loss", loss, positive=True)
@@ -80,14 +82,17 @@ def fit_kaplan_nd(
         with np.errstate(over="ignore"):  # Nc out of double range is flagged by fit_result
             return np.column_stack([np.exp(mn + k_n * alpha_d / alpha_n), np.exp(md + k_d), alpha_n, alpha_d])
 
-    return _finish(KaplanNDFit, "kaplan-nd", ("Nc", "Dc", "alpha_N", "alpha_D"), lambda rows: _nd_model(vn[rows], vd[rows], log_y[rows]), to_params, (n, d), y, n_bootstrap, level, seed, resampling)
+    names = ("Nc", "Dc", "alpha_N", "alpha_D")
+    build = functools.partial(_nd_model, vn, vd, log_y)
+    return _finish(KaplanNDFit, "kaplan-nd", names, build, to_params, (n, d), y, n_bootstrap, level, seed, resampling)
 
 
 def fit_kaplan_ns(
     n_params, min_steps, loss, *, n_bootstrap: int = DEFAULT_N_BOOTSTRAP, level: float = DEFAULT_LEVEL, seed: int = 0,
     resampling: str = DEFAULT_RESAMPLING,
 ) -> KaplanNSFit:
-    """Fit L(N, S_min) = (Nc/N)^alpha_N + (Sc/S_min)^alpha_S (learning-curve points, S_min from `minimum_steps`)."""
+    """Fit L(N, S_min) = (Nc/N)^alpha_N + (Sc/S_min)^alpha_S (learning-curve points, S_min from `minimum_steps`).
+    resampling: the bootstrap scheme (`bootstrap.bootstrap_blocks`)."""
     n = as_values("n_params", n_params, positive=True)
     s = as_values("min_steps", min_steps, positive=True)
     y = as_values("loss", loss, positive=True)
@@ -102,11 +107,14 @@ def fit_kaplan_ns(
         with np.errstate(over="ignore"):  # Nc out of double range is flagged by fit_result
             return np.column_stack([np.exp(mn + k_n / alpha_n), np.exp(ms + k_s / alpha_s), alpha_n, alpha_s])
 
-    return _finish(KaplanNSFit, "kaplan-ns", ("Nc", "Sc", "alpha_N", "alpha_S"), lambda rows: _ns_model(vn[rows], vs[rows], log_y[rows]), to_params, (n, s), y, n_bootstrap, level, seed, resampling)
+    names = ("Nc", "Sc", "alpha_N", "alpha_S")
+    build = functools.partial(_ns_model, vn, vs, log_y)
+    return _finish(KaplanNSFit, "kaplan-ns", names, build, to_params, (n, s), y, n_bootstrap, level, seed, resampling)
 
 
-def _nd_model(vn, vd, log_y) -> _lsq.LogModel:
-    """L(N, D) on log N and log D centred over the data (vn, vd)."""
+def _nd_model(vn, vd, log_y, rows) -> _lsq.LogModel:
+    """L(N, D) on some rows, log N and log D centred over all the data (vn, vd)."""
+    vn, vd, log_y = vn[rows], vd[rows], log_y[rows]
 
     def log_prediction(theta):
         # theta = (k_N, k_D, alpha_N, alpha_D): the log of each bracketed term at the centre of the data,
@@ -121,12 +129,15 @@ def _nd_model(vn, vd, log_y) -> _lsq.LogModel:
         return alpha_d * lse, jac
 
     half = np.log(np.exp(log_y.mean()) / 2)
-    starts = tuple(np.array([half / a_d, half / a_d, a_n, a_d]) for a_n, a_d in itertools.product(START_EXPONENTS, START_EXPONENTS))
-    return _lsq.LogModel(("k_N", "k_D", "alpha_N", "alpha_D"), log_y, log_prediction, ((None, None), (None, None), EXPONENT_BOUNDS, EXPONENT_BOUNDS), starts)
+    grid = itertools.product(START_EXPONENTS, START_EXPONENTS)
+    starts = tuple(np.array([half / a_d, half / a_d, a_n, a_d]) for a_n, a_d in grid)
+    bounds = ((None, None), (None, None), EXPONENT_BOUNDS, EXPONENT_BOUNDS)
+    return _lsq.LogModel(("k_N", "k_D", "alpha_N", "alpha_D"), log_y, log_prediction, bounds, starts)
 
 
-def _ns_model(vn, vs, log_y) -> _lsq.LogModel:
-    """L(N, S_min) on log N and log S_min centred over the data (vn, vs)."""
+def _ns_model(vn, vs, log_y, rows) -> _lsq.LogModel:
+    """L(N, S_min) on some rows, log N and log S_min centred over all the data (vn, vs)."""
+    vn, vs, log_y = vn[rows], vs[rows], log_y[rows]
 
     def log_prediction(theta):
         k_n, k_s, alpha_n, alpha_s = (theta[:, j, None] for j in range(4))  # logs of the two terms at the centre of the data
@@ -138,7 +149,8 @@ def _ns_model(vn, vs, log_y) -> _lsq.LogModel:
 
     half = np.log(np.exp(log_y.mean()) / 2)
     starts = tuple(np.array([half, half, a_n, a_s]) for a_n, a_s in itertools.product(START_EXPONENTS, START_EXPONENTS))
-    return _lsq.LogModel(("k_N", "k_S", "alpha_N", "alpha_S"), log_y, log_prediction, ((None, None), (None, None), EXPONENT_BOUNDS, EXPONENT_BOUNDS), starts)
+    bounds = ((None, None), (None, None), EXPONENT_BOUNDS, EXPONENT_BOUNDS)
+    return _lsq.LogModel(("k_N", "k_S", "alpha_N", "alpha_S"), log_y, log_prediction, bounds, starts)
 
 
 def _finish(cls, law, names, build, to_params, inputs, y, n_bootstrap, level, seed, resampling):

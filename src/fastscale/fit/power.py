@@ -69,9 +69,10 @@ def fit_power_law(
 
     weights: per-point weights (e.g. 1/variance of log y). resampling: the bootstrap scheme
     (`bootstrap.bootstrap_blocks`: "parametric" draws fresh lognormal noise around the fitted law, "rows"
-    resamples the points); groups: labels of rows resampled together (resampling="rows" only). lower_envelope: constrain the law to lie on or below every point (how L(C) is fitted to
-    the compute frontier). Bounds: 0 <= L_inf <= max(y), 0 < alpha <= 10; a parameter ending on a
-    bound is flagged. Needs 4 distinct x (3 for the pure law).
+    resamples the points); groups: labels of rows resampled together (resampling="rows" only).
+    lower_envelope: constrain the law to lie on or below every point (how L(C) is fitted to the compute
+    frontier). Bounds: 0 <= L_inf <= max(y), 0 < alpha <= 10; a parameter ending on a bound is flagged.
+    Needs 4 distinct x (3 for the pure law).
 
     L_inf is not bounded by min(y): with noise, the lowest points fall below the asymptote, and a bound
     at min(y) pinned the estimate there (1e6 rows with true L_inf 2 gave 1.906 = min(y) and alpha 0.33
@@ -88,8 +89,10 @@ def fit_power_law(
     w = np.ones(n) if weights is None else as_values("weights", weights, positive=True)
     same_length(x=x, weights=w)
     center = np.log(x).mean()
-    model, solution = _lsq.screened_solve(lambda rows: _model(x[rows], y[rows], irreducible, lower_envelope, w[rows], center), w, x)
-    draws, failed = _lsq.bootstrap(model, solution.theta, w, resampling=resampling, n_bootstrap=n_bootstrap, seed=seed, groups=groups)
+    model, solution = _lsq.screened_solve(lambda rows: _model(x[rows], y[rows], irreducible, lower_envelope, w[rows], center),
+                                          w, x)
+    draws, failed = _lsq.bootstrap(model, solution.theta, w, resampling=resampling, n_bootstrap=n_bootstrap, seed=seed,
+                                   groups=groups)
     params = dict(zip(("L_inf", "x0", "alpha"), (float(v) for v in _to_params(solution.theta[None], irreducible, center)[0])))
     residuals = np.log(y) - np.log(PowerLawFit._law(params, x))
     return fit_result(
