@@ -130,21 +130,54 @@ def test_data_collator_with_flattening(flash_kwargs, kernel_calls):
     assert kernel_calls and all(call["cu_seqlens"].tolist() == [0, 5, 7, 14] for call in kernel_calls)
 
 
-def test_padding_falls_back_to_sdpa_with_the_stock_mask(kernel_calls, caplog):
-    """Left padding: the stock mask through SDPA, equal to eager on every real token; logged once."""
+def _padding(batch, length, side):
+    """A [batch, length] mask: row 0 whole, row 1 with 4 padded positions on `side`."""
+    mask = torch.ones(batch, length, dtype=torch.long)
+    if side == "left":
+        mask[1, :4] = 0
+    elif side == "right":
+        mask[1, -4:] = 0
+    else:  # scattered
+        mask[1, 2:4] = 0
+    return mask
+
+
+@pytest.mark.parametrize("kind", ["llama", "mistral", "gemma2", "gpt2"])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padded_batch_on_the_kernel_equals_stock(kind, side, kernel_calls):
+    """Left or right padding: the kernel on the real tokens only; the real tokens' logits, the loss
+    and every gradient equal stock SDPA's (eager for Gemma 2). Labels are -100 on padding and where
+    a padded position would predict (the first real token after left padding): what a padded query
+    attends to is not defined (0 here and in SDPA, an average in eager)."""
+    input_ids = torch.randint(0, VOCAB, (2, 11))
+    mask = _padding(2, 11, side)
+    after_padding = torch.nn.functional.pad(mask, (1, 0), value=1)[:, :-1] == 0
+    labels = input_ids.masked_fill((mask == 0) | after_padding, -100)
+    ref, fast = model_pair(config(kind), _references(kind)[-1])
+    expected, got = (m.train()(input_ids, attention_mask=mask, labels=labels) for m in (ref, fast))
+    expected.loss.backward()
+    got.loss.backward()
+    real = mask.bool()
+    assert_close(got.logits[real], expected.logits[real])
+    assert_close(got.loss, expected.loss)
+    assert_same_gradients(ref, fast)
+    assert kernel_calls and all(call["cu_seqlens"].tolist() == [0, 11, 18] for call in kernel_calls)
+
+
+def test_padding_inside_a_row_falls_back_to_sdpa_with_the_stock_mask(kernel_calls, caplog):
+    """Padding inside a row: the stock mask through SDPA, equal to eager on every real token; the
+    fallback is logged once."""
     hf_attention._warned.clear()
     input_ids = torch.randint(0, VOCAB, (2, 9))
-    mask = torch.ones(2, 9, dtype=torch.long)
-    mask[1, :4] = 0
+    mask = _padding(2, 9, "inside")
     ref, fast = model_pair(config("mistral"), "eager")
     with caplog.at_level(logging.WARNING, logger=hf_attention.__name__):
         got = fast(input_ids, attention_mask=mask).logits
         fast(input_ids, attention_mask=mask)
     assert_close(got[mask.bool()], ref(input_ids, attention_mask=mask).logits[mask.bool()])
     assert not kernel_calls
-    assert [r.message for r in caplog.records] == [
-        "fastscale attention falls back for a padding mask, a KV cache or a custom mask pattern: SDPA with transformers' mask"
-    ]
+    assert [r.message for r in caplog.records] == ["fastscale attention falls back for a KV cache, padding in the "
+                                                   "middle of a row or a custom mask pattern: SDPA with transformers' mask"]
 
 
 def test_all_ones_mask_uses_the_kernel(kernel_calls):
@@ -155,13 +188,18 @@ def test_all_ones_mask_uses_the_kernel(kernel_calls):
     assert len(kernel_calls) == 2
 
 
-@pytest.mark.parametrize("packed", [False, True])
-def test_gemma2_softcap_falls_back_to_eager(packed, kernel_calls):
-    """Softcapped attention scores: the model's eager attention with the causal, window and document
-    mask the kernel would have applied; equal to stock eager (per document when packed)."""
+@pytest.mark.parametrize("batch", ["full", "packed", "padded"])
+def test_gemma2_softcap_falls_back_to_eager(batch, kernel_calls):
+    """Softcapped attention scores: the model's eager attention with the causal, window, document
+    and padding mask the kernel would have applied; equal to stock eager (per document when packed,
+    on the real tokens when padded)."""
     cfg = config("gemma2", attn_logit_softcapping=2.0)
     ref, fast = model_pair(cfg, "eager")
-    if packed:
+    if batch == "padded":
+        input_ids, mask = torch.randint(0, VOCAB, (2, 11)), _padding(2, 11, "left")
+        real = mask.bool()
+        assert_close(fast(input_ids, attention_mask=mask).logits[real], ref(input_ids, attention_mask=mask).logits[real])
+    elif batch == "packed":
         documents = _documents([4, 6])
         weights = torch.randn(10, VOCAB)
         expected = _per_document(ref, documents, weights)

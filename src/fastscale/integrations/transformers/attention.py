@@ -5,8 +5,11 @@ model forward (AttentionMaskInterface, by config._attn_implementation) and its a
 once per layer (AttentionInterface). Both are registered here under "fastscale".
 
 The mask function returns None whenever fastscale.ops.attention can serve the batch from shapes and
-flags alone: no padding, no cache offset, the model's plain causal or sliding-window pattern. Then
-each layer calls the kernel with causal=module.is_causal, window=sliding_window (the model passes
+flags alone: no padding, no cache offset, the model's plain causal or sliding-window pattern; and
+the [B, T] padding mask itself when each row's real tokens are one contiguous run (left or right
+padding), which the kernel then serves as packed documents of the real tokens only, padded
+positions' outputs left 0 (as transformers' flash-attention path unpads). Then each layer calls the
+kernel with causal=module.is_causal, window=sliding_window (the model passes
 its own: transformers' sliding masks and the kernel both let query i see key j when i - W < j <= i),
 GQA heads as they are, and, for a padding-free packed batch, cu_seqlens. Documents are where
 position_ids do not step by one (as transformers' own packed-sequence masks read them), so a batch
@@ -14,8 +17,8 @@ from DataCollatorWithFlattening never attends across documents; the offsets are 
 forward, on the first layer, and reused by the others. A collator's precomputed cu_seq_lens_q /
 max_length_q are used as given.
 
-Everything else gets the exact mask transformers' SDPA path would build (padding, a KV cache,
-custom mask patterns) and runs transformers' SDPA function, or the model's own eager attention
+Everything else gets the exact mask transformers' SDPA path would build (a KV cache, scattered
+padding, custom mask patterns) and runs transformers' SDPA function, or the model's own eager attention
 where SDPA cannot (softcapped scores, returned attention weights). Each reason is logged once.
 """
 
@@ -50,13 +53,16 @@ def register() -> None:
 
 def fastscale_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_function=None,
                    attention_mask=None, use_vmap=False, **kwargs):
-    """None when the kernel can serve the batch (see the module docstring), else the boolean
-    [B, 1, q, kv] mask of transformers' SDPA path. create_causal_mask sets use_vmap exactly when the
-    model adds its own pattern (or_mask_function / and_mask_function) to the causal one."""
-    no_padding = attention_mask is None or (attention_mask.shape[-1] == kv_length and bool(attention_mask.all()))
+    """What the layers receive as attention_mask: None or the [B, T] padding mask when the kernel
+    can serve the batch (see the module docstring), else the boolean [B, 1, q, kv] mask of
+    transformers' SDPA path. create_causal_mask sets use_vmap exactly when the model adds its own
+    pattern (or_mask_function / and_mask_function) to the causal one."""
     plain = not use_vmap and q_length == kv_length and _is_zero(q_offset) and _is_zero(kv_offset)
-    if no_padding and plain:
-        return None
+    if plain and (attention_mask is None or attention_mask.shape[-1] == kv_length):
+        if attention_mask is None or bool(attention_mask.all()):
+            return None
+        if _one_run_per_row(attention_mask):
+            return attention_mask
     kwargs["allow_is_causal_skip"] = False
     return sdpa_mask(batch_size=batch_size, q_length=q_length, kv_length=kv_length, q_offset=q_offset,
                      kv_offset=kv_offset, mask_function=mask_function, attention_mask=attention_mask,
@@ -65,6 +71,13 @@ def fastscale_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mas
 
 def _is_zero(offset) -> bool:
     return int(offset) == 0
+
+
+def _one_run_per_row(padding: torch.Tensor) -> bool:
+    """Whether each row's real tokens are contiguous (at most one False -> True step), with at least
+    one real token in the batch."""
+    starts = padding & ~torch.nn.functional.pad(padding, (1, 0))[:, :-1]
+    return bool((starts.sum(-1) <= 1).all()) and bool(starts.any())
 
 
 # ---------------------------------------------------------------------------------------------- attention
@@ -81,6 +94,8 @@ def fastscale_attention_forward(module, query, key, value, attention_mask, dropo
         return _fallback(module, query, key, value, attention_mask, dropout, scaling, sliding_window, softcap,
                          causal, kwargs)
     q, k, v = (x.transpose(1, 2) for x in (query, key, value))  # the kernel's [B, T, H, D]
+    if attention_mask is not None:
+        return _unpadded(q, k, v, attention_mask, causal, sliding_window, scaling), None
     documents = _documents(kwargs, q.shape[0], q.shape[1], q.device)
     if documents is None:
         out = fused_attention(q, k, v, causal=causal, window=sliding_window, scale=scaling)
@@ -99,8 +114,8 @@ def _fallback_reason(query, key, value, attention_mask, dropout, softcap, kwargs
         return "softcapped attention scores (the kernel has no softcap): the model's eager attention"
     if dropout:
         return f"attention dropout {dropout} in training (the kernel has no dropout): SDPA"
-    if attention_mask is not None:
-        return "a padding mask, a KV cache or a custom mask pattern: SDPA with transformers' mask"
+    if attention_mask is not None and attention_mask.ndim != 2:
+        return "a KV cache, padding in the middle of a row or a custom mask pattern: SDPA with transformers' mask"
     if key.shape != value.shape or query.shape[-1] != key.shape[-1] or query.shape[2] != key.shape[2]:
         return f"query {tuple(query.shape)}, key {tuple(key.shape)}, value {tuple(value.shape)} (the kernel " \
                "needs one head dim and as many keys as queries): SDPA"
@@ -120,9 +135,10 @@ def _fallback(module, query, key, value, attention_mask, dropout, scaling, slidi
     """transformers' SDPA, or the model's eager attention for softcap and returned weights, with an
     explicit mask: transformers' when it built one, else the causal / window / document mask that
     the kernel would have applied."""
-    if attention_mask is None:
+    if attention_mask is None or attention_mask.ndim == 2:  # packed documents only without padding, as transformers
+        documents = _document_ids(kwargs, query.shape[0], key.shape[2]) if attention_mask is None else None
         attention_mask = _dense_mask(query.shape[0], query.shape[2], key.shape[2], causal, sliding_window,
-                                     _document_ids(kwargs, query.shape[0], key.shape[2]), query.device)
+                                     documents, attention_mask, query.device)
     if softcap is None and not kwargs.get("output_attentions"):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=False, **kwargs)
@@ -132,8 +148,9 @@ def _fallback(module, query, key, value, attention_mask, dropout, scaling, slidi
     return eager(module, query, key, value, additive, dropout=dropout, scaling=scaling, softcap=softcap, **kwargs)
 
 
-def _dense_mask(batch, q_len, kv_len, causal, window, document_ids, device) -> torch.Tensor:
-    """[B, 1, q_len, kv_len] bool, True where a query sees a key; the queries are the last q_len keys."""
+def _dense_mask(batch, q_len, kv_len, causal, window, document_ids, padding, device) -> torch.Tensor:
+    """[B, 1, q_len, kv_len] bool, True where a query sees a key; the queries are the last q_len keys.
+    A padded query that sees no key sees itself, so its (unused) output stays finite."""
     i = torch.arange(kv_len - q_len, kv_len, device=device)[:, None]
     j = torch.arange(kv_len, device=device)[None, :]
     visible = (j <= i) if causal else torch.ones(q_len, kv_len, dtype=torch.bool, device=device)
@@ -143,31 +160,34 @@ def _dense_mask(batch, q_len, kv_len, causal, window, document_ids, device) -> t
     if document_ids is not None:
         same = document_ids[:, kv_len - q_len:, None] == document_ids[:, None, :]
         visible = visible & same[:, None]
+    if padding is not None:
+        visible = visible & padding[:, None, None, :].bool()
+        blind = ~visible.any(-1, keepdim=True)
+        visible = visible | (blind & (i == j))
     return visible
 
 
 # ---------------------------------------------------------------------------------------------- documents
 
 
-class _Documents:
-    """The packed-batch offsets of the last position_ids seen: one model forward hands the same
-    tensor to every layer, so they are computed on the first layer only. Held by weak reference and
-    keyed on the tensor's version, so a new batch (or an in-place write) recomputes them."""
+class _PerForward:
+    """The last result of a function of one tensor: one model forward hands the same position_ids
+    and padding mask to every layer, so what is derived from them is computed on the first layer
+    only. The tensor is held by weak reference and the key includes its version and the batch size,
+    so a new batch (or an in-place write) recomputes."""
 
-    def __init__(self):
+    def __init__(self, compute):
+        self.compute = compute
         self.key = None
         self.value = None
 
-    def get(self, position_ids: torch.Tensor, batch: int):
-        key = (position_ids._version, batch)
-        if self.key is not None and self.key[0]() is position_ids and self.key[1:] == key:
+    def get(self, tensor: torch.Tensor, batch: int):
+        key = (tensor._version, batch)
+        if self.key is not None and self.key[0]() is tensor and self.key[1:] == key:
             return self.value
-        self.value = _starts_to_offsets(_document_starts(position_ids.expand(batch, -1)))
-        self.key = (weakref.ref(position_ids), *key)
+        self.value = self.compute(tensor, batch)
+        self.key = (weakref.ref(tensor), *key)
         return self.value
-
-
-_cache = _Documents()
 
 
 def _document_starts(position_ids: torch.Tensor) -> torch.Tensor:
@@ -200,7 +220,34 @@ def _documents(kwargs, batch: int, length: int, device):
     if position_ids.shape[-1] != length:
         raise ValueError(f"position_ids: shape {tuple(position_ids.shape)}; expected [batch, {length}], one position "
                          "per query token")
-    return _cache.get(position_ids, batch)
+    return _documents_cache.get(position_ids, batch)
+
+
+def _offsets_of_positions(position_ids: torch.Tensor, batch: int):
+    return _starts_to_offsets(_document_starts(position_ids.expand(batch, -1)))
+
+
+def _real_tokens(padding: torch.Tensor, batch: int):
+    """(indices of the real tokens in the flattened [B * T] batch, cu_seqlens, max_seqlen): each row's
+    one run of real tokens is a document."""
+    lengths = padding.sum(-1)
+    cu_seqlens = torch.nn.functional.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
+    return padding.reshape(-1).nonzero().squeeze(1), cu_seqlens, int(lengths.max())
+
+
+_documents_cache = _PerForward(_offsets_of_positions)
+_padding_cache = _PerForward(_real_tokens)
+
+
+def _unpadded(q, k, v, padding, causal, window, scale):
+    """Attention of the real tokens of a left- or right-padded batch [B, T, H, D], as packed
+    documents; padded positions get 0."""
+    batch, length = q.shape[:2]
+    tokens, cu_seqlens, max_seqlen = _padding_cache.get(padding, batch)
+    packed = [x.reshape(batch * length, *x.shape[2:])[tokens] for x in (q, k, v)]
+    out = fused_attention(*packed, causal=causal, cu_seqlens=cu_seqlens, max_seqlen=max(max_seqlen, 1),
+                          window=window, scale=scale)
+    return out.new_zeros(batch * length, *out.shape[1:]).index_copy(0, tokens, out).view(q.shape)
 
 
 def _document_ids(kwargs, batch: int, length: int) -> torch.Tensor | None:
