@@ -64,6 +64,23 @@ def test_power_table_holdout_forecast_and_results_file(capsys, tmp_path):
     assert list(tmp_path.glob(".fit.json.*")) == []  # no temporary file left behind
 
 
+def test_resampling_scheme_is_chosen_and_stated(capsys, tmp_path):
+    data = write_power_csv(tmp_path / "runs.csv")
+    reports = {}
+    for scheme in ("parametric", "rows"):
+        code, out, err = run_cli(capsys, data, "--law", "power", "--x", "N", "--y", "loss", "--bootstrap", "60", "--resampling", scheme, "--json")
+        assert code == 0, err
+        reports[scheme] = json.loads(out)
+    assert [r["resampling"] for r in reports.values()] == ["parametric", "rows"]
+    assert reports["parametric"]["params"] == reports["rows"]["params"]  # one estimate, two ways to draw its interval
+    assert reports["parametric"]["ci"]["alpha"] != reports["rows"]["ci"]["alpha"]
+    code, out, _ = run_cli(capsys, data, "--law", "power", "--x", "N", "--y", "loss", "--bootstrap", "0")
+    assert code == 0 and "bootstrap resamples: 0 (none)" in out
+    with pytest.raises(SystemExit) as stop:
+        run_cli(capsys, data, "--law", "power", "--x", "N", "--y", "loss", "--resampling", "bca")
+    assert stop.value.code == 2 and "invalid choice: 'bca'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("suffix", [".png", ".svg"])
 def test_plot_is_written(capsys, tmp_path, suffix):
     pytest.importorskip("matplotlib")

@@ -16,7 +16,7 @@ import numpy as np
 from fastscale.fit import units
 from fastscale.fit._checks import FitInputError
 from fastscale.fit.allocation import fit_allocation, fit_isoflop
-from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP
+from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP, DEFAULT_RESAMPLING, RESAMPLING
 from fastscale.fit.broken import fit_broken_power_law
 from fastscale.fit.chinchilla import fit_chinchilla
 from fastscale.fit.critical_batch import fit_critical_batch, fit_critical_batch_vs_loss
@@ -106,6 +106,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokens-per-item", type=float, metavar="T", help="power, frontier: also state the law in nats per item (image, document) of T tokens")
     parser.add_argument("--bootstrap", type=int, default=DEFAULT_N_BOOTSTRAP, metavar="N", help=f"bootstrap resamples (default {DEFAULT_N_BOOTSTRAP}; 0: no intervals)")
     parser.add_argument("--level", type=float, default=DEFAULT_LEVEL, help="interval level (default 0.95)")
+    parser.add_argument(
+        "--resampling", choices=RESAMPLING, default=DEFAULT_RESAMPLING,
+        help="bootstrap scheme: parametric (new noise from the fitted noise model, its scale drawn too; intervals that cover on "
+        "few points) or rows (resample the rows; assumes nothing about the noise; frontier: always its runs) (default %(default)s)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples (default 0)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--out", metavar="FILE", help="also write the JSON report to FILE (atomically)")
@@ -139,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     except FitInputError as error:
         print(f"fastscale fit: error: {_in_columns(error, args)}", file=sys.stderr)
         return 2
-    report = {"data": str(args.data), **report}
+    report = {"data": str(args.data), "resampling": _resampling(args), **report}
     if data.skipped:
         report["skipped_lines"] = list(data.skipped)
     text = json_text(_plain(report), indent=2)
@@ -150,6 +155,14 @@ def run(args: argparse.Namespace) -> int:
     for warning in report.get("skipped_lines", []) + report.get("flags", []) + holdout_flags:
         print(f"warning: {warning}", file=sys.stderr)
     return 0
+
+
+def _resampling(args) -> str:
+    """The bootstrap scheme as the report states it: the frontier's L(C) always resamples its runs,
+    whose frontier points are cut from one learning curve each and are not independent."""
+    if args.bootstrap == 0:
+        return "none"
+    return f"runs for L(C), {args.resampling} for N_opt(C)" if args.law == "frontier" else args.resampling
 
 
 def _in_columns(error: FitInputError, args) -> str:
@@ -198,7 +211,7 @@ def _where_mask(table: Table, condition: str) -> np.ndarray:
 
 
 def _options(args):
-    return {"n_bootstrap": args.bootstrap, "level": args.level, "seed": args.seed}
+    return {"n_bootstrap": args.bootstrap, "level": args.level, "seed": args.seed, "resampling": args.resampling}
 
 
 def _need(args, *names):
@@ -548,7 +561,7 @@ def _row_label(row: dict) -> str:
 def format_table(report: dict) -> str:
     lines = [f"law: {report['law']}    data: {report['data']}"]
     if "n_points" in report:
-        lines.append(f"points: {report['n_points']}    bootstrap resamples: {report['n_bootstrap']}    rms log residual: {report['rms_log_residual']:.4g}")
+        lines.append(f"points: {report['n_points']}    bootstrap resamples: {report['n_bootstrap']} ({report['resampling']})    rms log residual: {report['rms_log_residual']:.4g}")
     level = f"{report['level']:.0%} CI"
     lines.append(f"{'param':<10} {'value':>14} {level:>32}")
     for name, value in report["params"].items():
