@@ -242,12 +242,13 @@ def test_output_attentions_falls_back_to_eager(kernel_calls):
         assert_close(a, b)
 
 
-def test_generation_equals_stock():
+def test_generation_equals_stock(kernel_calls):
     """Greedy decoding with a KV cache: the prefill on the kernel, the decode steps on SDPA."""
     input_ids = torch.randint(0, VOCAB, (1, 6))
     ref, fast = model_pair(config("mistral"), "eager")
     options = dict(max_new_tokens=5, do_sample=False, pad_token_id=0)
     assert fast.generate(input_ids, **options).tolist() == ref.generate(input_ids, **options).tolist()
+    assert len(kernel_calls) == 2
 
 
 def test_registered_under_its_name():
@@ -284,3 +285,13 @@ def test_gradient_checkpointing_on_packed_documents(kernel_calls):
     assert_close(got, expected)
     assert_same_gradients(ref, fast)
     assert len(kernel_calls) == 4 and all(call["cu_seqlens"].tolist() == [0, 5, 9] for call in kernel_calls)
+
+
+def test_left_padded_generation_equals_stock(kernel_calls):
+    """Batched greedy decoding of prompts of different lengths: the padded prefill on the kernel."""
+    input_ids = torch.randint(1, VOCAB, (2, 7))
+    mask = _padding(2, 7, "left")
+    ref, fast = model_pair(config("qwen2"), "sdpa")
+    options = dict(attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert fast.generate(input_ids, **options).tolist() == ref.generate(input_ids, **options).tolist()
+    assert len(kernel_calls) == 2 and kernel_calls[0]["cu_seqlens"].tolist() == [0, 7, 10]

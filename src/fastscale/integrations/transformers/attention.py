@@ -4,22 +4,24 @@ transformers looks an attention implementation up twice per forward: its mask fu
 model forward (AttentionMaskInterface, by config._attn_implementation) and its attention function
 once per layer (AttentionInterface). Both are registered here under "fastscale".
 
-The mask function returns None whenever fastscale.ops.attention can serve the batch from shapes and
-flags alone: no padding, no cache offset, the model's plain causal or sliding-window pattern; and
-the [B, T] padding mask itself when each row's real tokens are one contiguous run (left or right
-padding), which the kernel then serves as packed documents of the real tokens only, padded
-positions' outputs left 0 (as transformers' flash-attention path unpads). Then each layer calls the
-kernel with causal=module.is_causal, window=sliding_window (the model passes
-its own: transformers' sliding masks and the kernel both let query i see key j when i - W < j <= i),
-GQA heads as they are, and, for a padding-free packed batch, cu_seqlens. Documents are where
-position_ids do not step by one (as transformers' own packed-sequence masks read them), so a batch
-from DataCollatorWithFlattening never attends across documents; the offsets are computed once per
-forward, on the first layer, and reused by the others. A collator's precomputed cu_seq_lens_q /
-max_length_q are used as given.
+The mask function returns what fastscale.ops.attention can serve from shapes and flags alone, when
+there is no cache offset and the model's pattern is its plain causal or sliding-window one: None
+for a batch without padding, and the [B, T] padding mask itself when each row's real tokens are one
+contiguous run (left or right padding). Each layer then calls the kernel with
+causal=module.is_causal, window=sliding_window (the model passes its own: transformers' sliding
+masks and the kernel both let query i see key j when i - W < j <= i) and the GQA heads as they are:
+- a padded batch runs as packed documents of its real tokens (cu_seqlens from the rows' lengths),
+  padded positions' outputs 0, as transformers' flash-attention path unpads;
+- a padding-free batch is packed where position_ids do not step by one (as transformers' own
+  packed-sequence masks read them), so a batch from DataCollatorWithFlattening never attends across
+  documents; a collator's precomputed cu_seq_lens_q / max_length_q are used as given.
+What is derived from position_ids or the padding mask is computed on the first layer of a forward
+and reused by the others.
 
-Everything else gets the exact mask transformers' SDPA path would build (a KV cache, scattered
-padding, custom mask patterns) and runs transformers' SDPA function, or the model's own eager attention
-where SDPA cannot (softcapped scores, returned attention weights). Each reason is logged once.
+Everything else gets the exact mask transformers' SDPA path would build (a KV cache, padding inside
+a row, custom mask patterns) and runs transformers' SDPA function, or the model's own eager
+attention where SDPA cannot (softcapped scores, returned attention weights). Each reason is logged
+once.
 """
 
 from __future__ import annotations
