@@ -116,10 +116,11 @@ def fit_power_law(
 def _model(x, y, irreducible, lower_envelope, w, center) -> _lsq.LogModel:
     """Centered parametrization: power = exp(k - alpha*u), u = log x - center (the mean of log x over all
     the points), so k and alpha are nearly uncorrelated and L-BFGS converges in a few dozen steps.
-    Starts: lines through log(y - L_inf) for a few L_inf below min(y), on the `_lsq.spread_rows` of x
-    (a start need not be exact, and on 1e6 rows six line fits on every row cost a third of the fit)."""
+    Starts: lines through log(y - L_inf) for a few L_inf below min(y), on every k-th row, at most
+    SCREEN_ROWS of them (a start need not be exact, and on 1e6 rows six line fits on every row cost a
+    third of the fit)."""
     u = np.log(x) - center
-    spread = _lsq.spread_rows(x)
+    spread = slice(None, None, max(1, len(x) // _lsq.SCREEN_ROWS))
     log_y = np.log(y)
     if irreducible:
 
