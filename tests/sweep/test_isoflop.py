@@ -101,7 +101,9 @@ def write_sweep(root, runs, unique_tokens):
         tokens = compute / (7.0 * n)
         run_dir = root / "runs" / name
         run_dir.mkdir(parents=True)
-        config = {"n_params": n, "model": {"n_layer": 1, "d_model": 16, "n_head": 1}, "data": {"train": {"n_tokens": unique_tokens}}}
+        # stream packing: the trainer's rows are the split's tokens in rows of seq_len
+        config = {"n_params": n, "model": {"n_layer": 1, "d_model": 16, "n_head": 1, "seq_len": 10},
+                  "data": {"train": {"n_tokens": unique_tokens}, "train_rows": unique_tokens / 10}}
         (run_dir / "config.json").write_text(json.dumps(config))
         (run_dir / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": loss + 1 / s, "flops": compute * s / 20}) + "\n" for s in range(1, 21)))
         summary = {"steps": 20, "tokens": tokens, "flops": compute, "final_loss": loss, "final_eval_loss": loss, "tokens_per_s": 1.0}

@@ -166,28 +166,33 @@ def _comparison(isoflop: dict, frontier: dict | None) -> str:
 
 
 def epochs(run: dict) -> float | None:
-    """Tokens trained / unique tokens of the train split (the data record in the run's config.json);
-    None when the config does not record the split's size."""
-    unique = unique_tokens(run)
-    return run["summary"]["tokens"] / unique if unique else None
+    """Passes over the training data: tokens trained / (train rows x seq_len), both from the run's
+    config.json (the trainer records its rows). With "documents" packing a row is one padded document,
+    so the trainer's token count includes padding, and so does this denominator; None when the config
+    does not record the rows."""
+    rows, seq_len = run["config"].get("data", {}).get("train_rows"), run["config"]["model"].get("seq_len")
+    known = all(isinstance(v, (int, float)) and v > 0 for v in (rows, seq_len))
+    return run["summary"]["tokens"] / (rows * seq_len) if known else None
 
 
 def unique_tokens(run: dict) -> float | None:
+    """The train split's tokens (its meta.json, as the run's config.json records it), or None."""
     size = ((run["config"].get("data") or {}).get("train") or {}).get("n_tokens")
     return float(size) if isinstance(size, (int, float)) and size > 0 else None
 
 
 def repeated_data_section(runs: list[dict], n_bootstrap: int, seed: int) -> dict:
     """Which runs repeat their data (> 1 epoch) and, when some do, Muennighoff et al.'s data-constrained
-    law fitted to every run's final held-out loss (N, D = tokens, U_D = the unique tokens it saw), or
-    what the runs lack for it (fit_data_constrained's error)."""
-    known = [r for r in runs if epochs(r) is not None and r["summary"]["final_eval_loss"] is not None]
+    law fitted to every run's final held-out loss, with U_D the split's tokens, D = epochs x U_D the
+    tokens seen (padding left out) and min(D, U_D) the unique ones among them; or what the runs lack for
+    it (fit_data_constrained's error)."""
+    known = [r for r in runs if epochs(r) is not None and unique_tokens(r) and r["summary"]["final_eval_loss"] is not None]
     repeating = [r["name"] for r in known if epochs(r) > 1.0]
     out = {"unique_tokens": sorted({unique_tokens(r) for r in known}), "max_epochs": max((epochs(r) for r in known), default=None),
            "repeating_runs": repeating, "unknown_runs": [r["name"] for r in runs if r not in known]}
     if repeating:
         n, d, u, y = (np.array(v, dtype=np.float64) for v in zip(*[
-            (r["config"]["n_params"], r["summary"]["tokens"], min(r["summary"]["tokens"], unique_tokens(r)), r["summary"]["final_eval_loss"])
+            (r["config"]["n_params"], epochs(r) * unique_tokens(r), min(epochs(r), 1.0) * unique_tokens(r), r["summary"]["final_eval_loss"])
             for r in known]))
         try:
             out["data_constrained"] = fit_data_constrained(n, d, u, y, n_bootstrap=n_bootstrap, seed=seed).summary()

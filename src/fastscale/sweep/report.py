@@ -433,7 +433,7 @@ def _repeated_markdown(section: dict) -> list[str]:
     lines = ["", "## Repeated data", ""]
     unique = ", ".join(f"{u:,.0f}" for u in section["unique_tokens"]) or "unknown"
     if section["unknown_runs"]:
-        lines.append(f"Epochs unknown for {len(section['unknown_runs'])} run(s) (no final eval loss, or their config records no train split size).")
+        lines.append(f"Epochs unknown for {len(section['unknown_runs'])} run(s) (no final eval loss, or their config.json does not record the train split).")
     if not section["repeating_runs"]:
         most = f" (at most {section['max_epochs']:.2f} epochs)" if section["max_epochs"] is not None else ""
         return lines + [f"No run repeats its training data ({unique} unique tokens){most}."]
