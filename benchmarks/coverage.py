@@ -175,12 +175,7 @@ def replicate(law: str, noise: float, index: int, schemes: tuple, draws: int) ->
     out = {}
     for scheme in schemes:
         start = time.process_time()
-        try:  # TRANSITIONAL until every fit has resampling=
-            fit = spec.fit(*inputs, n_bootstrap=draws, seed=index, level=LEVEL, resampling=scheme)
-        except TypeError as error:
-            if scheme != "rows" or "resampling" not in str(error):
-                raise
-            fit = spec.fit(*inputs, n_bootstrap=draws, seed=index, level=LEVEL)
+        fit = spec.fit(*inputs, n_bootstrap=draws, seed=index, level=LEVEL, resampling=scheme)
         seconds = time.process_time() - start
         out[scheme] = {
             "covered": {k: bool(fit.intervals[k][0] <= v <= fit.intervals[k][1]) for k, v in spec.truth.items()},
