@@ -179,3 +179,50 @@ def test_refuses_non_positive_y():
         fit_broken_power_law(x, y)
     with pytest.raises(FitInputError, match=r"resampling='bca': expected one of \('parametric', 'rows'\)"):
         fit_broken_power_law(*figure_4_data(0), resampling="bca")
+
+
+def test_bend_is_the_curvature_ratio_of_the_change_of_variables():
+    # phi''/phi' by central differences of the natural parameters a, log d1, log f1 (one break, so the
+    # sort by d cannot reorder them) in the optimizer's variables s, t1, q1; 0 for b, c0, c1's variables.
+    from fastscale.fit.broken import _Space
+
+    x = np.logspace(1, 5, 20)
+    space = _Space(np.log(x), 1)
+    theta = np.array([[0.3, 0.1, 0.2, 0.5, 0.4, 1.1]])
+    natural = lambda t: np.log(space.params(t)[0, [0, 4, 5]]) * [0, 1, 1] + space.params(t)[0, [0, 4, 5]] * [1, 0, 0]  # noqa: E731
+    h = 1e-4
+    for column, j in ((0, 0), (4, 1), (5, 2)):
+        step = np.zeros_like(theta)
+        step[0, column] = h
+        up, mid, down = natural(theta + step)[j], natural(theta)[j], natural(theta - step)[j]
+        ratio = ((up - 2 * mid + down) / h**2) / ((up - down) / (2 * h))
+        assert space.bend(theta)[0, column] == pytest.approx(ratio, rel=1e-5), column
+    assert np.all(space.bend(theta)[0, 1:4] == 0)
+
+
+def test_bootstrap_refits_match_scipy_on_draws_whose_asymptote_is_on_its_bound():
+    # Figure 1's first two breaks with a = 1e-3, which data from x = 0.1 cannot tell from 0: a sits on its
+    # bound in the estimate and in about half of the draws, where Gauss-Newton alone overshoots the bound.
+    # Each batched refit must reach what scipy's L-BFGS-B reaches on the same draw from the same start.
+    from scipy.optimize import minimize
+
+    from fastscale.fit.bootstrap import bootstrap_blocks
+    from fastscale.fit.broken import _refit, _Space
+
+    truth = {k: FIGURE_1[k] for k in ("a", "b", "c0", "c1", "c2", "d1", "d2", "f1", "f2")}
+    x = np.logspace(-1, 18, 120)
+    y = bnsl(x, truth) * np.exp(np.random.default_rng(1).normal(0, 0.01, x.size))
+    fit = fit_broken_power_law(x, y, breaks=2, n_bootstrap=0)
+    assert fit.params["a"] < 1e-12
+    space = _Space(np.log(x), 2)
+    theta = space.pack(np.array([fit.params["a"]]), np.log([fit.params["b"]]) - fit.params["c0"] * space.centre, np.array([fit.params["c0"]]),
+                       np.array([[fit.params["c1"], fit.params["c2"]]]), np.log([[fit.params["d1"], fit.params["d2"]]]) - space.centre,
+                       np.array([[fit.params["f1"], fit.params["f2"]]]))[0]
+    block = next(bootstrap_blocks("parametric", log_y=np.log(y), log_pred=np.log(fit.predict(x)), weights=np.ones(x.size), n_params=9, n_bootstrap=6, seed=3))
+    draws, converged = _refit(space, block.log_y, theta, block.weights)
+    assert converged.all()
+    for draw in range(6):
+        objective = space.objective(block.log_y[draw])
+        one = lambda t: tuple(v[0] for v in objective(t[None], np.zeros(1, dtype=int)))  # noqa: E731
+        reference = minimize(one, space.nudged(theta), jac=True, method="L-BFGS-B", options={"maxiter": 20000, "ftol": 1e-15, "gtol": 1e-12})
+        assert one(draws[draw])[0] <= reference.fun * (1 + 1e-7), draw
