@@ -17,6 +17,7 @@ with labels returns loss only. Without labels the stock forward runs.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import types
 
@@ -39,6 +40,8 @@ SUPPORTED = {
 }
 IGNORE_INDEX = -100
 _LOSS_KWARGS = ("num_items_in_batch", "shift_labels", "ignore_index")
+# what the output carries over from the base model's (the cache field's name changed in transformers 5.24)
+_CARRIED = {field.name for field in dataclasses.fields(CausalLMOutputWithPast)} - {"loss", "logits"}
 
 
 class FusedLinearHead(nn.Linear):
@@ -118,8 +121,8 @@ def _fused_forward(model, labels, arguments: dict, return_logits: bool):
     softcap = getattr(model.config, "final_logit_softcapping", None)
     loss = _loss(head, hidden, labels, softcap, **loss_kwargs)
     logits = _logits(head, hidden, logits_to_keep, softcap) if return_logits else None
-    result = CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.get("cache"),
-                                    hidden_states=outputs.get("hidden_states"), attentions=outputs.get("attentions"))
+    carried = {name: value for name, value in outputs.items() if name in _CARRIED}  # the cache, states, attentions
+    result = CausalLMOutputWithPast(loss=loss, logits=logits, **carried)
     return result.to_tuple() if return_dict is False else result
 
 
