@@ -208,9 +208,9 @@ def summarize(runs: list, scheme: str, truth: dict) -> dict:
     }
 
 
-def study(laws, noises, schemes, replicates: int, draws: int, jobs: int) -> list:
-    """Every (law, noise) replicate in a pool of `jobs` processes; one entry per (law, noise, scheme)."""
-    entries = []
+def study(laws, noises, schemes, replicates: int, draws: int, jobs: int, record) -> None:
+    """Every (law, noise) replicate in a pool of `jobs` processes; record(entries) after each (law, noise),
+    one entry per scheme, so a long study keeps what it has finished."""
     with ProcessPoolExecutor(max_workers=jobs) as pool:
         for law in laws:
             for noise in noises:
@@ -218,14 +218,13 @@ def study(laws, noises, schemes, replicates: int, draws: int, jobs: int) -> list
                 tasks = [pool.submit(replicate, law, noise, i, tuple(schemes), draws) for i in range(replicates)]
                 runs = [t.result() for t in tasks]
                 wall = time.perf_counter() - start
-                for scheme in schemes:
-                    spec = LAWS[law]
-                    entry = {"law": law, "noise": noise, "resampling": scheme, "draws": draws, "level": LEVEL,
-                             "design": spec.design, "source": spec.source, "truth": spec.truth,
-                             "wall_seconds_all_schemes": wall, **summarize(runs, scheme, spec.truth)}
-                    entries.append(entry)
+                spec = LAWS[law]
+                entries = [{"law": law, "noise": noise, "resampling": scheme, "draws": draws, "level": LEVEL,
+                            "design": spec.design, "source": spec.source, "truth": spec.truth,
+                            "wall_seconds_all_schemes": wall, **summarize(runs, scheme, spec.truth)} for scheme in schemes]
+                for entry in entries:
                     print(format_entry(entry), flush=True)
-    return entries
+                record(entries)
 
 
 def merge(path: Path, entries: list, stamp: dict) -> list:
@@ -291,14 +290,18 @@ def main(argv=None) -> int:
     for name in ("replicates", "draws", "jobs"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} {getattr(args, name)}: expected an integer >= 1")
-    entries = study(args.laws, args.noise, args.resampling, args.replicates, args.draws, args.jobs)
     env = environment()
-    stamp = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": f"{env['cpu']}, {env['cores']} cores (shared)",
-             "note": args.note, "command": "python benchmarks/coverage.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+    stamp = {"machine": f"{env['cpu']}, {env['cores']} cores (shared)", "note": args.note,
+             "command": "python benchmarks/coverage.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     args.out.mkdir(parents=True, exist_ok=True)
-    merged = merge(args.out / "coverage.json", entries, stamp)
-    (args.out / "coverage.json").write_text(json.dumps({"environment": env, "entries": merged}, indent=1) + "\n")
-    (args.out / "coverage.md").write_text(markdown(merged))
+
+    def record(entries):
+        date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        merged = merge(args.out / "coverage.json", entries, {**stamp, "date": date})
+        (args.out / "coverage.json").write_text(json.dumps({"environment": env, "entries": merged}, indent=1) + "\n")
+        (args.out / "coverage.md").write_text(markdown(merged))
+
+    study(args.laws, args.noise, args.resampling, args.replicates, args.draws, args.jobs, record)
     return 0
 
 
