@@ -161,13 +161,15 @@ def by_size(runs: list[dict]) -> list[dict]:
 
 
 def fit_law(n, loss, n_bootstrap: int, seed: int) -> dict:
-    """L(N) = L_inf + (N0/N)^alpha of per-run losses, the bootstrap resampling sizes (seeds together)."""
+    """L(N) = L_inf + (N0/N)^alpha of per-run losses, the bootstrap resampling sizes (seeds together,
+    "rows" resampling over groups: the seeds of one size share that size's departure from the law, so
+    they are not independent points, which the parametric scheme assumes)."""
     from fastscale.fit import FitInputError, fit_power_law
 
     if len(np.unique(n)) < MIN_SIZES:  # seeds of one size are more points, not more of the curve
         return {"error": f"{len(np.unique(n))} model sizes; L(N) has 3 parameters and needs at least {MIN_SIZES}"}
     try:
-        fit = fit_power_law(n, loss, n_bootstrap=n_bootstrap, seed=seed, groups=n)
+        fit = fit_power_law(n, loss, n_bootstrap=n_bootstrap, seed=seed, groups=n, resampling="rows")
     except FitInputError as error:
         return {"error": str(error)}
     return {**fit.summary(), "N": list(map(float, n)), "loss": list(map(float, loss))}
