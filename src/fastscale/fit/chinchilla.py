@@ -145,21 +145,26 @@ def huber_objective(log_n, log_d, log_loss, weights=None, delta=HUBER_DELTA):
 
     def value_and_gradient(theta, rows):
         a, b, e, alpha, beta = (theta[:, j, None] for j in range(5))
-        exp_n = a - alpha * log_n
-        exp_d = b - beta * log_d
-        top = np.maximum(exp_n, exp_d)
-        np.maximum(top, e, out=top)  # log-sum-exp without overflow
-        exp_n -= top
-        np.exp(exp_n, out=exp_n)
-        exp_d -= top
-        np.exp(exp_d, out=exp_d)
-        exp_e = np.exp(e - top)
-        total = exp_n + exp_d
+        # The terms are exponentiated as they are, without log-sum-exp's shift by their maximum (which took
+        # 40% of the time): a sum of positive terms loses no precision, and a sum that overflows (or
+        # underflows to 0) gives an inf objective, which the line search rejects, so those warnings are off.
+        with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"):
+            return _huber_terms(a, b, e, alpha, beta, rows)
+
+    def _huber_terms(a, b, e, alpha, beta, rows):
+        term_n = np.multiply(alpha, -log_n)
+        term_n += a
+        np.exp(term_n, out=term_n)  # A / N^alpha
+        term_d = np.multiply(beta, -log_d)
+        term_d += b
+        np.exp(term_d, out=term_d)  # B / D^beta
+        exp_e = np.exp(e)
+        total = term_n + term_d
         total += exp_e
         r = np.log(total)
-        r += top
         r -= per_draw(log_loss, rows)
-        slope = np.clip(r, -delta, delta)
+        slope = np.minimum(r, delta)
+        np.maximum(slope, -delta, out=slope)
         # Huber(r) = c (r - c/2) with c = clip(r, -delta, delta): r^2/2 inside, delta(|r| - delta/2) outside
         r -= 0.5 * slope
         r *= slope
@@ -168,11 +173,10 @@ def huber_objective(log_n, log_d, log_loss, weights=None, delta=HUBER_DELTA):
             r *= w
             slope *= w
         slope /= total
-        exp_n *= slope
-        exp_d *= slope
-        exp_e *= slope
-        g_n, g_d = exp_n @ scale_n, exp_d @ scale_d
-        gradient = np.stack([g_n[:, 0], g_d[:, 0], exp_e.sum(1), g_n[:, 1], g_d[:, 1]], axis=1)
+        term_n *= slope
+        term_d *= slope
+        g_n, g_d = term_n @ scale_n, term_d @ scale_d
+        gradient = np.stack([g_n[:, 0], g_d[:, 0], exp_e[:, 0] * slope.sum(1), g_n[:, 1], g_d[:, 1]], axis=1)
         return r.sum(1), gradient
 
     return value_and_gradient
