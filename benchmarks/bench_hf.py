@@ -69,7 +69,8 @@ def methods(device):
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="bench_hf", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="bench_hf", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--d", type=int, default=256, help="hidden size")
     parser.add_argument("--layers", type=int, default=2)
