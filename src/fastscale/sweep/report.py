@@ -414,10 +414,10 @@ def _isoflop_markdown(section: dict | None, compute: dict) -> list[str]:
               "flops_per_token(N_opt) (flops_per_token / N interpolated between the trained shapes); C / 6N_opt is Chinchilla's convention, "
               "which leaves the attention term out. Intervals: a parametric bootstrap of the parabolas and the line together "
               "(fastscale.sweep.isoflop).", "",
-              "| C (FLOPs) | sizes in the parabola | N_opt [95%] | L_opt [95%] | D_opt [95%] | C / 6N_opt | flags |", "|---|---|---|---|---|---|---|"]
+              "| C (FLOPs) | sizes in the parabola | N_opt [95%] | L_opt [95%] | D_opt [95%] | C / 6N_opt | flags (in report.json) |", "|---|---|---|---|---|---|---|"]
     for b in section["budgets"]:
         lines.append(f"| {b['C']:.3g} | {len(b['N'])} ({min(b['N']):.3g} to {max(b['N']):.3g}) | {_estimate_text(b['N_opt'])} | "
-                     f"{_estimate_text(b['L_opt'])} | {_estimate_text(b['D_opt'])} | {b['D_opt_6N']:.3g} | {'; '.join(b['fit']['flags']) or 'none'} |")
+                     f"{_estimate_text(b['L_opt'])} | {_estimate_text(b['D_opt'])} | {b['D_opt_6N']:.3g} | {_flag_kinds(b['fit']['flags'])} |")
     fit, d = section["N_opt"], section["D_opt_exponent_6N"]
     lines += ["", f"- N_opt(C) = (C/C0)^a: a = {_interval(fit, 'a')}, C0 = {_interval(fit, 'C0')}; flags: {'; '.join(fit['flags']) or 'none'}",
               f"- D_opt ~ C^b with b = 1 - a = {d['value']:.3g} [{d['low']:.3g}, {d['high']:.3g}] (under C = 6ND)",
@@ -426,6 +426,11 @@ def _isoflop_markdown(section: dict | None, compute: dict) -> list[str]:
         lines.append("- budgets without a minimum inside their sizes (not used): "
                      + "; ".join(f"C = {c}: {reason}" for c, reason in section["skipped"].items()))
     return lines
+
+
+def _flag_kinds(flags: list) -> str:
+    """The kinds of a fit's flags ("KIND: detail"), for a table cell; the details are in report.json."""
+    return ", ".join(dict.fromkeys(flag.split(":")[0] for flag in flags)) or "none"
 
 
 def _repeated_markdown(section: dict) -> list[str]:
@@ -445,9 +450,17 @@ def _repeated_markdown(section: dict) -> list[str]:
     fit = section["data_constrained"]
     if "error" in fit:
         return lines + [f"Not fitted on these runs: {fit['error']}"]
-    return lines + [f"Fitted to every run's final eval loss (N, D = tokens, U_D = the unique tokens it saw): "
-                    + ", ".join(f"{name} = {_interval(fit, name)}" for name in ("R_D_star", "R_N_star", "E", "alpha", "beta"))
-                    + f"; flags: {'; '.join(fit['flags']) or 'none'}."]
+    lines.append("Fitted to every run's final eval loss (N, D = tokens seen, U_D = the unique tokens among them): "
+                 + ", ".join(f"{name} = {_interval(fit, name)}" for name in ("R_D_star", "R_N_star", "E", "alpha", "beta"))
+                 + f"; flags: {'; '.join(fit['flags']) or 'none'}.")
+    repeats = section["max_epochs"] - 1
+    if fit["params"]["R_D_star"] > repeats:
+        lines += ["", f"R_D* = {fit['params']['R_D_star']:.3g} is beyond the most repetitions any run made ({repeats:.1f}): these runs do "
+                  "not reach the point where a repeated token has lost most of its value, so they do not measure R_D*."]
+    if fit["flags"]:
+        lines += ["", "With these flags the fit is not a measurement of the decay constants: more runs at several repetition levels "
+                  "and sizes (and a single-epoch base) are what the law needs."]
+    return lines
 
 
 def _forecast_markdown(rows: list[dict]) -> list[str]:
