@@ -232,7 +232,7 @@ def compute_section(rows: list[dict]) -> dict:
 
 def _extrapolation(n, loss, n_bootstrap) -> dict:
     if len(n) <= MIN_RUNS:
-        return {"error": f"{len(n)} runs: the check needs {MIN_RUNS} to fit without the largest"}
+        return {"error": f"{len(n)} sizes: the check needs {MIN_RUNS + 1}, to fit L(N) to {MIN_RUNS} without the largest"}
     check = holdout_largest(fit_power_law, (n,), loss, 1, n_bootstrap=n_bootstrap, seed=SEED)
     return {
         "held_out_N": check.inputs[0].tolist(), "observed": check.observed.tolist(), "predicted": check.predicted.tolist(),
