@@ -11,6 +11,7 @@ BENCHMARKS = {
     "attention": "fastscale.benchmarks.bench_attention",
     "cross-entropy": "fastscale.benchmarks.bench_cross_entropy",
     "fit": "fastscale.fit.benchmark",
+    "hf": "fastscale.benchmarks.bench_hf",
 }
 
 
