@@ -160,9 +160,10 @@ def _comparison(isoflop: dict, frontier: dict | None) -> str:
     i2, i1 = isoflop["ci"].get("a"), frontier["ci"].get("a")
     if not (i2 and i1):
         return f"Approach 2 gives a = {a2:.3g}, the frontier (approach 1) a = {a1:.3g} (no intervals to compare)."
-    overlap = i2[0] <= i1[1] and i1[0] <= i2[1]
+    verdict = ("overlap, so the two approaches agree within their uncertainty" if i2[0] <= i1[1] and i1[0] <= i2[1]
+               else "do not overlap, so the two approaches disagree")
     return (f"Approach 2 (IsoFLOP vertices) gives a = {a2:.3g} [{i2[0]:.3g}, {i2[1]:.3g}], the frontier of learning curves (approach 1) "
-            f"a = {a1:.3g} [{i1[0]:.3g}, {i1[1]:.3g}]: the intervals {'overlap, so the two approaches agree within their uncertainty' if overlap else 'do not overlap, so the two approaches disagree'}.")
+            f"a = {a1:.3g} [{i1[0]:.3g}, {i1[1]:.3g}]: the intervals {verdict}.")
 
 
 def epochs(run: dict) -> float | None:

@@ -414,7 +414,8 @@ def _isoflop_markdown(section: dict | None, compute: dict) -> list[str]:
               "flops_per_token(N_opt) (flops_per_token / N interpolated between the trained shapes); C / 6N_opt is Chinchilla's convention, "
               "which leaves the attention term out. Intervals: a parametric bootstrap of the parabolas and the line together "
               "(fastscale.sweep.isoflop).", "",
-              "| C (FLOPs) | sizes in the parabola | N_opt [95%] | L_opt [95%] | D_opt [95%] | C / 6N_opt | flags (in report.json) |", "|---|---|---|---|---|---|---|"]
+              "| C (FLOPs) | sizes in the parabola | N_opt [95%] | L_opt [95%] | D_opt [95%] | C / 6N_opt | flags (in report.json) |",
+              "|---|---|---|---|---|---|---|"]
     for b in section["budgets"]:
         lines.append(f"| {b['C']:.3g} | {len(b['N'])} ({min(b['N']):.3g} to {max(b['N']):.3g}) | {_estimate_text(b['N_opt'])} | "
                      f"{_estimate_text(b['L_opt'])} | {_estimate_text(b['D_opt'])} | {b['D_opt_6N']:.3g} | {_flag_kinds(b['fit']['flags'])} |")
@@ -438,7 +439,8 @@ def _repeated_markdown(section: dict) -> list[str]:
     lines = ["", "## Repeated data", ""]
     unique = ", ".join(f"{u:,.0f}" for u in section["unique_tokens"]) or "unknown"
     if section["unknown_runs"]:
-        lines.append(f"Epochs unknown for {len(section['unknown_runs'])} run(s) (no final eval loss, or their config.json does not record the train split).")
+        lines.append(f"Epochs unknown for {len(section['unknown_runs'])} run(s) (no final eval loss, or their config.json does not "
+                     "record the train split).")
     if not section["repeating_runs"]:
         most = f" (at most {section['max_epochs']:.2f} epochs)" if section["max_epochs"] is not None else ""
         return lines + [f"No run repeats its training data ({unique} unique tokens){most}."]
