@@ -326,7 +326,7 @@ def _plots(fits: dict, out: Path) -> list[str]:
         names.append(f"L_of_N{suffix}")
         if fits["frontier"] is not None:
             curves = fits["curves"]
-            plot_frontier(fits["frontier"], curves["run"], curves["flops"], curves["loss"], out / f"frontier{suffix}")
+            plot_frontier(fits["frontier"], curves["run"], curves["flops"], curves["loss"], out / f"frontier{suffix}", n_params=curves["n_params"])
             names.append(f"frontier{suffix}")
         if fits["noise"]:
             _plot_noise(fits["noise"], out / f"noise_scale{suffix}")
