@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from fastscale.fit import FitInputError, fit_allocation, fit_isoflop
+from fastscale.fit.bootstrap import bootstrap_blocks, resample_counts
 
 
 def test_porian_exponents_from_optimal_pairs(porian):
@@ -121,20 +122,71 @@ def test_a_bent_allocation_is_flagged_misspecified_and_a_straight_one_is_not():
     assert fit_allocation(compute, straight, n_bootstrap=0).flags == ()
 
 
-def test_isoflop_passes_its_resampling_to_the_allocation():
-    rng = np.random.default_rng(5)
+def chinchilla_profiles(rng, noise):
+    """5 budgets x 9 sizes of Chinchilla's fitted law (Hoffmann et al. 2022, eq. 10: E = 1.69, A = 406.4,
+    B = 410.7, alpha = 0.34, beta = 0.28), lognormal noise; each budget's minimum lies inside its sizes."""
     n_grid = np.geomspace(1e7, 1e10, 9)
     n, c, loss = [], [], []
     for budget in np.logspace(18, 22, 5):
         d = budget / (6 * n_grid)
         n += list(n_grid)
         c += [budget] * 9
-        loss += list((1.69 + 406.4 / n_grid**0.34 + 410.7 / d**0.28) * np.exp(rng.normal(0, 0.002, 9)))
-    n, c, loss = np.array(n), np.array(c), np.array(loss)
+        loss += list((1.69 + 406.4 / n_grid**0.34 + 410.7 / d**0.28) * np.exp(rng.normal(0, noise, 9)))
+    return np.array(n), np.array(c), np.array(loss)
+
+
+def windows(n, c, loss):
+    """Each budget's rows by ascending N, cut to the lowest loss and 2 sizes each side (fit_isoflop's default)."""
+    out = []
+    for budget in np.unique(c):
+        rows = np.flatnonzero(c == budget)
+        rows = rows[np.argsort(n[rows])]
+        lowest = int(np.argmin(loss[rows]))
+        out.append(rows[max(0, lowest - 2) : lowest + 3])
+    return out
+
+
+def test_isoflop_parametric_draws_are_both_stages_refitted_by_numpy():
+    # The parametric draws, rebuilt with numpy: new losses for the windows' rows (bootstrap_blocks, noise
+    # pooled over budgets with 3 parameters per parabola), np.polyfit's parabola and vertex per budget,
+    # np.polyfit's line through each draw's vertices.
+    n, c, loss = chinchilla_profiles(np.random.default_rng(), 0.003)
+    fit = fit_isoflop(n, c, loss, n_bootstrap=40, seed=3)
+    rows = windows(n, c, loss)
+    fitted = np.concatenate([np.polyval(np.polyfit(np.log(n[r]), loss[r], 2), np.log(n[r])) for r in rows])
+    everything = np.concatenate(rows)
+    (block,) = bootstrap_blocks("parametric", log_y=loss[everything], log_pred=fitted, weights=np.ones(len(everything)),
+                                n_params=3 * len(rows), n_bootstrap=40, seed=3)
+    vertices = np.empty((40, len(rows)))
+    start = 0
+    for b, r in enumerate(rows):
+        for i in range(40):
+            c2, c1, c0 = np.polyfit(np.log(n[r]), block.log_y[i, start : start + len(r)], 2)
+            vertices[i, b] = -c1 / (2 * c2)
+            expected = [np.exp(vertices[i, b]), c0 - c1**2 / (4 * c2), c2]
+            np.testing.assert_allclose(fit.parabolas[b].samples[i], expected, rtol=1e-8)
+        start += len(r)
+    budgets = np.unique(c)
+    lines = np.array([np.polyfit(np.log(budgets), v, 1) for v in vertices])
+    np.testing.assert_allclose(fit.allocation.samples, np.column_stack([lines[:, 0], np.exp(-lines[:, 1] / lines[:, 0])]), rtol=1e-8)
+    assert all(len(p.intervals) == 3 and p.intervals["N_opt"][0] <= p.params["N_opt"] <= p.intervals["N_opt"][1] for p in fit.parabolas)
+
+
+def test_isoflop_rows_resamples_whole_budgets():
+    # "rows": the counts of a bootstrap of the 5 budgets; each draw's line is the least-squares line through
+    # the drawn budgets' own vertices, weighted by their counts; a budget's vertex gets no interval (flagged).
+    n, c, loss = chinchilla_profiles(np.random.default_rng(5), 0.002)
     parametric = fit_isoflop(n, c, loss, n_bootstrap=30, seed=1)
     rows = fit_isoflop(n, c, loss, n_bootstrap=30, seed=1, resampling="rows")
-    direct = fit_allocation(parametric.compute, parametric.n_opt, n_bootstrap=30, seed=1, resampling="rows")
-    assert rows.allocation.samples.tolist() == direct.samples.tolist()
-    assert not np.allclose(parametric.allocation.samples, rows.allocation.samples)
+    assert rows.allocation.params == parametric.allocation.params and rows.n_opt.tolist() == parametric.n_opt.tolist()
+    counts = resample_counts(5, 30, 1)
+    x, v = np.log(rows.compute), np.log(rows.n_opt)
+    for draw, count in zip(rows.allocation.samples, counts):
+        if np.count_nonzero(count) < 2:  # one budget drawn 5 times: no line
+            assert np.isnan(draw).all()
+            continue
+        slope, intercept = np.polyfit(x, v, 1, w=np.sqrt(count))
+        np.testing.assert_allclose(draw, [slope, np.exp(-intercept / slope)], rtol=1e-8)
+    assert all(p.intervals == {} and p.flags[0].startswith("no_interval: ") for p in rows.parabolas)
     with pytest.raises(FitInputError, match="resampling='budgets'"):
         fit_isoflop(n, c, loss, n_bootstrap=3, resampling="budgets")

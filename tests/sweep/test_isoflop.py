@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from fastscale.fit import fit_isoflop
-from fastscale.sweep.isoflop import fit_profiles, flops_per_parameter, profiles_section
-from fastscale.sweep.report import _markdown, build_report, write_report
+from fastscale.sweep.isoflop import flops_per_parameter, profiles_section
+from fastscale.sweep.report import _markdown, build_report
 
 A, C0, K = 0.5, 1e3, 0.08
 BUDGETS = np.array([1e11, 1e12, 1e13])
@@ -36,21 +36,15 @@ def profile_runs(rng, offsets=(0.1, -0.15, 0.2)):
     return np.array(n), np.array(c), np.array(y)
 
 
-def test_vertices_are_fit_isoflops_and_the_intervals_cover_the_truth():
+def test_estimates_are_the_windows_least_squares_and_the_intervals_cover_the_truth():
     rng = np.random.default_rng(torch.initial_seed())  # conftest's per-test seed: a coverage count that reproduces
     covered = {"a": 0, "N_opt": 0}
     seeds = 100
     for seed in range(seeds):
         n, c, y = profile_runs(rng)
-        profiles = fit_profiles(n, c, y, n_bootstrap=200, seed=seed)
-        if seed == 0:  # the point estimates are fit_isoflop's, whose rule the bootstrap windows copy
-            minima = fit_isoflop(n, c, y, n_bootstrap=0)
-            np.testing.assert_allclose([p.params["N_opt"] for p in profiles.parabolas], minima.n_opt, rtol=1e-12)
-            assert profiles.allocation.params == pytest.approx(minima.allocation.params, rel=1e-12)
-            assert [p.compute for p in profiles.parabolas] == list(BUDGETS)
-            for p in profiles.parabolas:  # the reparametrized parabola is the least-squares one through its window
-                expected = np.polyval(np.polyfit(np.log(p.window), y[np.isin(n, p.window)], 2), np.log(p.window))
-                np.testing.assert_allclose(p.predict(p.window), expected, rtol=1e-10)
+        profiles = fit_isoflop(n, c, y, n_bootstrap=200, seed=seed)
+        if seed == 0:
+            check_point_estimates(profiles, n, c, y)
         low, high = profiles.allocation.intervals["a"]
         covered["a"] += low <= A <= high
         low, high = profiles.parabolas[1].intervals["N_opt"]
@@ -60,10 +54,26 @@ def test_vertices_are_fit_isoflops_and_the_intervals_cover_the_truth():
     assert covered["a"] >= 86 and covered["N_opt"] >= 86, covered
 
 
+def check_point_estimates(profiles, n, c, y):
+    """Independently of fit_isoflop: each budget's 5 sizes hold their minimum inside, so the window of
+    2 sizes each side is all 5; the vertex of numpy's parabola through them, the line through the vertices."""
+    assert [p.compute for p in profiles.parabolas] == list(BUDGETS) and profiles.skipped == {}
+    vertices = []
+    for p in profiles.parabolas:
+        rows = c == p.compute
+        c2, c1, c0 = np.polyfit(np.log(n[rows]), y[rows], 2)
+        vertices.append(np.exp(-c1 / (2 * c2)))
+        assert p.params == pytest.approx({"N_opt": vertices[-1], "L_opt": c0 - c1**2 / (4 * c2), "k": c2}, rel=1e-10)
+        np.testing.assert_allclose(p.predict(n[rows]), np.polyval([c2, c1, c0], np.log(n[rows])), rtol=1e-10)
+        np.testing.assert_array_equal(np.sort(p.window), np.sort(n[rows]))
+    slope, intercept = np.polyfit(np.log(BUDGETS), np.log(vertices), 1)
+    assert profiles.allocation.params == pytest.approx({"a": slope, "C0": np.exp(-intercept / slope)}, rel=1e-7)
+
+
 def test_section_gives_d_opt_in_both_conventions_and_compares_with_the_frontier():
     rng = np.random.default_rng()
     n, c, y = profile_runs(rng)
-    profiles = fit_profiles(n, c, y, n_bootstrap=200, seed=0)
+    profiles = fit_isoflop(n, c, y, n_bootstrap=200, seed=0)
     # shapes whose flops_per_token is 7N: D_opt = C / (7 N_opt), and C / 6N_opt beside it
     frontier = {"params": {"a": 0.9, "C0": 1.0}, "ci": {"a": [0.8, 1.0]}}
     section = profiles_section(profiles, flops_per_parameter(n, 7.0 * n), frontier)
@@ -120,8 +130,11 @@ def no_budget_check(monkeypatch):
     monkeypatch.setattr(spec.SweepSpec, "tokens_per_step", lambda self: 1)
 
 
-def test_report_of_an_isoflop_sweep(tmp_path, no_budget_check, monkeypatch):
+def test_report_of_an_isoflop_sweep(tmp_path, no_budget_check, monkeypatch, capsys):
+    from argparse import Namespace
+
     from fastscale.fit import plots
+    from fastscale.sweep.command import run_report_command
 
     # the L(N) and frontier figures are test_report's; drawing them here would triple this test's time
     monkeypatch.setattr(plots, "plot_law", lambda *args, **kwargs: None)
@@ -131,9 +144,15 @@ def test_report_of_an_isoflop_sweep(tmp_path, no_budget_check, monkeypatch):
     n = np.round(n)  # run names use 3 significant digits: keep sizes distinct at that precision
     unique = 2e7  # the smallest budget's runs see < 1 epoch, the largest's small models repeat
     write_sweep(tmp_path, list(zip(n, c, y)), unique)
-    report = write_report(tmp_path, n_bootstrap=50)
+    assert run_report_command(Namespace(sweep_dir=str(tmp_path), bootstrap=50, forecast_reducible=None)) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
     section = report["isoflop"]
     minima = fit_isoflop(n, c, y, n_bootstrap=0)
+    # the printed summary gives approach 2's exponent, not an L(N) fitted across budgets
+    printed = capsys.readouterr().out
+    low, high = section["N_opt"]["ci"]["a"]
+    assert f"IsoFLOP profiles (approach 2; 3 budgets): N_opt ~ C^a, a = {section['N_opt']['params']['a']:.3f} [{low:.3f}, {high:.3f}]" in printed
+    assert "alpha" not in printed
     assert [b["N_opt"]["value"] for b in section["budgets"]] == pytest.approx(list(minima.n_opt), rel=1e-12)
     for b in section["budgets"]:
         assert b["N_opt"]["low"] <= b["N_opt"]["value"] <= b["N_opt"]["high"]

@@ -2,7 +2,8 @@
 
 `fit_allocation` is the straight line in log-log space through (C, N_opt) points, optionally weighted
 (Porian et al. 2024 weight each budget by 1/std^2 of log N_opt). `fit_isoflop` is Chinchilla's
-approach 2: a parabola of loss against log N per compute budget, its minimum N_opt(C), then the line.
+approach 2: a parabola of loss against log N per compute budget, its minimum N_opt(C), then the line,
+with a bootstrap of both stages at once (per-budget intervals and the line's).
 Henighan et al. write the same law N_opt = (C/C0)^beta; here the exponent is `a` throughout, as in
 Hoffmann et al. and Porian et al., and D_opt follows from C = 6 N D.
 """
@@ -15,7 +16,7 @@ import numpy as np
 
 from fastscale.fit import _lsq
 from fastscale.fit._checks import FitInputError, as_values, enough_data, positive_int, same_length
-from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP, DEFAULT_RESAMPLING
+from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP, DEFAULT_RESAMPLING, bootstrap_blocks
 from fastscale.fit.results import Estimate, FitResult, fit_result, misspecification_flags
 
 MIN_POINTS_PER_BUDGET = 3
@@ -58,33 +59,52 @@ def fit_allocation(
     enough_data("allocation", 2, 3, compute=c)
     w = np.ones(size) if weights is None else as_values("weights", weights, positive=True)
     same_length(compute=c, weights=w)
+    line = _fit_line(c, n, w)
+    draws, failed = _lsq.bootstrap(line.model, line.solution.theta, w, resampling=resampling, n_bootstrap=n_bootstrap, seed=seed)
+    return _allocation_result("allocation", line, c, w, _to_params(draws, line.center), failed, level)
+
+
+@dataclass(frozen=True)
+class _Line:
+    """log N_opt = k + a (log C - center), fitted by weighted least squares (`_lsq`)."""
+
+    model: _lsq.LogModel
+    solution: _lsq.Solution
+    center: float
+
+
+def _fit_line(c, n, w) -> _Line:
     center = np.log(c).mean()
     u = np.log(c) - center
-    jac = np.stack([np.ones(size), u], axis=-1)
+    jac = np.stack([np.ones(len(c)), u], axis=-1)
     start = np.polyfit(u, np.log(n), 1, w=np.sqrt(w))[::-1]
 
     def log_prediction(theta):
         return theta[:, :1] + theta[:, 1:] * u, np.broadcast_to(jac, (len(theta), *jac.shape))
 
     model = _lsq.LogModel(("k", "a"), np.log(n), log_prediction, ((None, None), (None, None)), (start,))
-    solution = _lsq.solve(model, w)
-    draws, failed = _lsq.bootstrap(model, solution.theta, w, resampling=resampling, n_bootstrap=n_bootstrap, seed=seed)
-    params = {name: float(v) for name, v in zip(("a", "C0"), _to_params(solution.theta[None], center)[0])}
-    residuals = np.log(n) - (solution.theta[0] + solution.theta[1] * u)
+    return _Line(model, _lsq.solve(model, w), center)
+
+
+def _allocation_result(law: str, line: _Line, c, w, samples, failed_refits: int, level: float) -> AllocationFit:
+    """The fitted line as (a, C0) with its draws [R, 2] (a, C0)."""
+    theta = line.solution.theta
+    params = {name: float(v) for name, v in zip(("a", "C0"), _to_params(theta[None], line.center)[0])}
+    residuals = line.model.log_y - (theta[0] + theta[1] * (np.log(c) - line.center))
     flags = [f"a_not_positive: a={params['a']:.4g} <= 0: N_opt does not grow with compute"] if params["a"] <= 0 else []
     return fit_result(
         AllocationFit,
-        law="allocation",
+        law=law,
         params=params,
-        samples=_to_params(draws, center),
+        samples=samples,
         level=level,
-        converged=solution.converged,
-        failed_refits=failed,
+        converged=line.solution.converged,
+        failed_refits=failed_refits,
         # standardized residuals: a point of low weight (a noisy vertex) may stray further without a bend
         flags=flags + misspecification_flags(np.sqrt(w) * residuals, c),
         residuals=residuals,
-        objective=solution.objective,
-        n_points=size,
+        objective=line.solution.objective,
+        n_points=len(c),
     )
 
 
@@ -92,19 +112,47 @@ def _to_params(theta, center) -> np.ndarray:
     """[R, 2] rows (a, C0) from [R, 2] rows (k, a)."""
     k, a = theta.T
     # log N = k + a (log C - center) = a (log C - log C0)  =>  log C0 = center - k / a
-    with np.errstate(divide="ignore", over="ignore"):
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
         return np.column_stack([a, np.exp(center - k / a)])
 
 
 @dataclass(frozen=True)
-class IsoFlopMinima:
-    """Per-budget parabola minima (Chinchilla approach 2) and the allocation fitted through them."""
+class ParabolaFit(FitResult):
+    """One IsoFLOP profile: L(N) = L_opt + k (ln N - ln N_opt)^2 around its minimum, in loss units
+    (nats/token), k the curvature in nats per (ln N)^2. Fitted by least squares on the loss itself (not
+    its log); residuals are log(observed / fitted) as for every law. compute: the budget; window: the
+    sizes N of the rows it was fitted to."""
 
-    compute: np.ndarray  # budgets with an interior minimum
-    n_opt: np.ndarray
-    loss_opt: np.ndarray
-    skipped: dict  # budget -> why no minimum was taken from it
+    compute: float
+    window: np.ndarray
+
+    scales = ("N_opt",)
+
+    @staticmethod
+    def _law(p, n):
+        return p["L_opt"] + p["k"] * (np.log(n) - np.log(p["N_opt"])) ** 2
+
+
+@dataclass(frozen=True)
+class IsoFlopMinima:
+    """Approach 2: the budgets' parabolas (budgets ascending, those with an interior minimum), the
+    allocation N_opt = (C/C0)^a through their vertices, and the budgets skipped with the reason."""
+
+    parabolas: tuple  # ParabolaFit per budget
     allocation: AllocationFit
+    skipped: dict  # budget -> why no minimum was taken from it
+
+    @property
+    def compute(self) -> np.ndarray:
+        return np.array([p.compute for p in self.parabolas])
+
+    @property
+    def n_opt(self) -> np.ndarray:
+        return np.array([p.params["N_opt"] for p in self.parabolas])
+
+    @property
+    def loss_opt(self) -> np.ndarray:
+        return np.array([p.params["L_opt"] for p in self.parabolas])
 
 
 def fit_isoflop(
@@ -118,52 +166,155 @@ def fit_isoflop(
     seed: int = 0,
     resampling: str = DEFAULT_RESAMPLING,
 ) -> IsoFlopMinima:
-    """Approach 2: for each compute budget (rows sharing a value of `compute`), fit a parabola of loss in
-    u = log N through the lowest-loss size and its `window` neighbours on each side, and take its vertex as
-    N_opt(C); then fit N_opt = (C/C0)^a through the vertices. A local parabola, because a profile that
-    spans decades of N is not quadratic far from its minimum (on Porian et al.'s profiles a parabola
-    through all sizes biases a by up to 0.07). Budgets whose lowest loss is at the smallest or largest size,
-    or whose parabola is not convex, are skipped and listed: an extrapolated minimum is not a measurement.
+    """Approach 2 (Hoffmann et al. 2022, section 3.2): for each compute budget (rows sharing a value of
+    `compute`), a parabola of loss in u = ln N through the lowest-loss size and its `window` neighbours
+    on each side (rows by ascending N), its vertex N_opt(C); then N_opt = (C/C0)^a through the vertices
+    by least squares on ln N_opt. A local parabola, because a profile that spans decades of N is not
+    quadratic far from its minimum (on Porian et al.'s profiles a parabola through all sizes biases a by
+    up to 0.07). Budgets whose lowest loss is at the smallest or largest size, or whose parabola is not
+    convex, are skipped and listed: an extrapolated minimum is not a measurement.
 
-    The bootstrap (`resampling`) draws the second stage only: new vertices around the fitted line, or
-    the budgets' vertices resampled. That is enough because each vertex comes from its own budget's runs,
-    so the vertices' errors are independent of one another, and their scatter about the line, which both
-    schemes draw from, already holds the error of the parabola (plus any misfit of the line, which the
-    misspecification test sees). Redrawing the runs inside each budget as well would count the vertex
-    error twice. The parametric scheme is the default for the reason it is everywhere: on the handful of
-    budgets a study has, resampling budgets covers worse (`bootstrap` module docstring)."""
+    The bootstrap draws both stages at once, so the interval of a carries how well each vertex is
+    measured and each budget's N_opt, L_opt and k get intervals too. Each parabola keeps the window
+    of rows the estimate chose; a draw refits every budget's parabola, takes its vertices, and fits
+    that draw's line through them. A draw whose parabola at some budget is not convex has no vertex
+    there and no line (nan: fit_result leaves it out and flags how many).
+
+    - "parametric" (default): new losses around the fitted parabolas, Gaussian on the loss with one
+      noise scale pooled over the budgets (the same held-out set and trainer at every budget; a
+      window of 4 sizes leaves its parabola 1 degree of freedom, too few to estimate its own), drawn
+      per draw from its chi-square distribution with (rows - 3 x budgets) degrees of freedom
+      (`bootstrap.bootstrap_blocks`). Resampling only the vertices about the line instead gives a
+      line through 3 vertices 1 degree of freedom (a in [-0.59, 1.43] on benchmarks/results/isoflop's
+      runs, where this gives [0.20, 0.98]) and says nothing about how well each vertex is measured.
+      It assumes the losses of one budget scatter independently about a parabola.
+    - "rows": whole budgets resampled (each budget's runs together, `bootstrap_blocks` groups): a
+      drawn budget keeps its own vertex, counted as often as it was drawn in the draw's line. It
+      assumes nothing about the noise, but it sees a vertex's error only through the scatter of the
+      vertices about the line: on a handful of budgets its intervals are too narrow (a in [0.39, 0.63]
+      on the same runs), a draw holding one budget has no line (nan), and a budget's own vertex gets
+      no interval (no draws, flagged `no_interval`): resampling a budget's 4 or 5 runs would leave
+      fewer than 3 sizes in a quarter to a half of the draws.
+
+    The point estimates do not depend on the scheme."""
     n = as_values("n_params", n_params, positive=True)
     c = as_values("compute", compute, positive=True)
     y = as_values("loss", loss, positive=True)
     same_length(n_params=n, compute=c, loss=y)
     window = positive_int("window", window)
-    budgets, minima, losses, skipped = [], [], [], {}
+    _lsq.check_bootstrap(resampling, n_bootstrap)
+    profiles, skipped = [], {}
     for budget in np.unique(c):
-        rows = np.flatnonzero(c == budget)
-        rows = rows[np.argsort(n[rows])]
-        reason, n_min, l_min = _parabola_minimum(np.log(n[rows]), y[rows], window)
+        reason, rows, coefficients = _profile(n, y, np.flatnonzero(c == budget), window)
         if reason:
             skipped[float(budget)] = reason
         else:
-            budgets.append(budget), minima.append(n_min), losses.append(l_min)
-    if len(budgets) < MIN_BUDGETS:
+            profiles.append((float(budget), rows, coefficients))
+    if len(profiles) < MIN_BUDGETS:
         raise FitInputError(
-            f"compute: got {len(budgets)} budgets with an interior loss minimum, expected at least {MIN_BUDGETS} (skipped: {skipped})"
+            f"compute: got {len(profiles)} budgets with an interior loss minimum, expected at least {MIN_BUDGETS} (skipped: {skipped})"
         )
-    allocation = fit_allocation(budgets, minima, n_bootstrap=n_bootstrap, level=level, seed=seed, resampling=resampling)
-    return IsoFlopMinima(np.array(budgets), np.array(minima), np.array(losses), skipped, allocation)
+    vertices, budget_weights = _vertex_draws(profiles, n, y, resampling, n_bootstrap, seed)
+    parabolas = tuple(
+        _parabola_result(profile, n, y, vertices[:, b], level, resampling, n_bootstrap) for b, profile in enumerate(profiles)
+    )
+    budgets, n_opt = np.array([p.compute for p in parabolas]), np.array([p.params["N_opt"] for p in parabolas])
+    line = _fit_line(budgets, n_opt, np.ones(len(budgets)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        theta = _line_draws(np.log(budgets) - line.center, np.log(vertices[:, :, 0]), budget_weights)
+    allocation = _allocation_result("allocation (IsoFLOP vertices)", line, budgets, np.ones(len(budgets)), _to_params(theta, line.center), 0, level)
+    return IsoFlopMinima(parabolas, allocation, skipped)
 
 
-def _parabola_minimum(u, y, window):
-    """u sorted ascending. Returns (reason to skip or "", N at the vertex, loss at the vertex)."""
-    sizes = len(np.unique(u))  # a parabola needs distinct sizes: repeated runs of one size add no curvature
+def _profile(n, y, rows, window: int):
+    """One budget's rows -> (reason to skip or "", the rows of its parabola by ascending N, its
+    coefficients (c2, c1, c0) in u = ln N)."""
+    rows = rows[np.argsort(n[rows])]
+    sizes = len(np.unique(n[rows]))  # a parabola needs distinct sizes: repeated runs of one size add no curvature
     if sizes < MIN_POINTS_PER_BUDGET:
-        return f"{sizes} distinct model sizes ({len(u)} rows), expected at least {MIN_POINTS_PER_BUDGET}", None, None
-    lowest = int(np.argmin(y))
-    if lowest in (0, len(y) - 1):
+        return f"{sizes} distinct model sizes ({len(rows)} rows), expected at least {MIN_POINTS_PER_BUDGET}", None, None
+    lowest = int(np.argmin(y[rows]))
+    if lowest in (0, len(rows) - 1):
         return "the lowest loss is at the edge of the sizes tried", None, None
-    near = slice(max(0, lowest - window), lowest + window + 1)
-    c2, c1, c0 = np.polyfit(u[near], y[near], 2)
-    if c2 <= 0:
+    near = rows[max(0, lowest - window) : lowest + window + 1]
+    coefficients = np.polyfit(np.log(n[near]), y[near], 2)
+    if coefficients[0] <= 0:
         return "loss is not convex in log N near its minimum", None, None
-    return "", float(np.exp(-c1 / (2 * c2))), float(c0 - c1 * c1 / (4 * c2))
+    return "", near, coefficients
+
+
+def _vertex(c2, c1, c0, shift=0.0):
+    """(N_opt, L_opt) of L = c2 v^2 + c1 v + c0 with v = ln N - shift (c2 > 0)."""
+    return np.exp(shift - c1 / (2 * c2)), c0 - c1 * c1 / (4 * c2)
+
+
+def _vertex_draws(profiles, n, y, resampling: str, n_bootstrap: int, seed: int):
+    """[R, B, 3] draws of each budget's (N_opt, L_opt, k), nan where the draw's parabola is not convex,
+    and [R, B] each budget's weight in each draw (0: not drawn), from `bootstrap_blocks` over the
+    parabolas' rows (the block's log_y column carries the loss itself: the parabolas are fitted to it)."""
+    rows = np.concatenate([r for _, r, _ in profiles])
+    budget = np.repeat(np.arange(len(profiles)), [len(r) for _, r, _ in profiles])
+    fitted = np.concatenate([np.polyval(k, np.log(n[r])) for _, r, k in profiles])
+    blocks = bootstrap_blocks(
+        resampling, log_y=y[rows], log_pred=fitted, weights=np.ones(len(rows)), n_params=3 * len(profiles),
+        n_bootstrap=n_bootstrap, seed=seed, groups=budget if resampling == "rows" else None,
+    )
+    vertices, weights = [np.zeros((0, len(profiles), 3))], [np.zeros((0, len(profiles)))]
+    for block in blocks:
+        columns = [budget == b for b in range(len(profiles))]
+        vertices.append(np.stack([_weighted_vertices(np.log(n[rows[j]]), block.weights[:, j], block.log_y[:, j]) for j in columns], axis=1))
+        weights.append(np.stack([block.weights[:, j].mean(axis=1) for j in columns], axis=1))
+    return np.concatenate(vertices), np.concatenate(weights)
+
+
+def _weighted_vertices(u, weights, y) -> np.ndarray:
+    """[R, 3] (N_opt, L_opt, k) of the weighted least-squares parabola in u through each row of y [R, m]
+    (weights [R, m]); nan where fewer than MIN_POINTS_PER_BUDGET distinct u have weight, or (N_opt,
+    L_opt) where it is not convex. u is centred so the normal equations stay well conditioned."""
+    shift = u.mean()
+    design = np.stack([(u - shift) ** 2, u - shift, np.ones_like(u)], axis=-1)
+    sizes = u[:, None] == np.unique(u)[None, :]
+    solvable = np.count_nonzero((weights > 0).astype(np.int64) @ sizes, axis=1) >= MIN_POINTS_PER_BUDGET
+    coefficients = np.full((len(y), 3), np.nan)
+    w, values = weights[solvable], y[solvable]
+    normal = np.einsum("rm,mi,mj->rij", w, design, design)
+    coefficients[solvable] = np.linalg.solve(normal, np.einsum("rm,mi,rm->ri", w, design, values)[..., None])[..., 0]
+    c2, c1, c0 = coefficients.T
+    convex = c2 > 0
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        n_opt, l_opt = _vertex(c2, c1, c0, shift)
+    return np.column_stack([np.where(convex, n_opt, np.nan), np.where(convex, l_opt, np.nan), c2])
+
+
+def _parabola_result(profile, n, y, draws, level: float, resampling: str, n_bootstrap: int) -> ParabolaFit:
+    budget, rows, coefficients = profile
+    n_opt, l_opt = _vertex(*coefficients)
+    fitted = np.polyval(coefficients, np.log(n[rows]))
+    per_budget = resampling == "parametric"
+    flags = [] if per_budget or n_bootstrap == 0 else [
+        "no_interval: resampling='rows' draws whole budgets, which leaves a budget's own vertex as it is: "
+        "resampling='parametric' puts intervals on it"
+    ]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        residuals = np.log(y[rows] / fitted)
+    return fit_result(
+        ParabolaFit, law=f"IsoFLOP parabola at C = {budget:.3g}", params={"N_opt": float(n_opt), "L_opt": float(l_opt), "k": float(coefficients[0])},
+        samples=draws if per_budget else np.zeros((0, 3)), level=level, converged=True, failed_refits=0, flags=flags,
+        residuals=residuals, objective=float(np.sum((y[rows] - fitted) ** 2)), n_points=len(rows), compute=budget, window=n[rows],
+    )
+
+
+def _line_draws(x, log_vertices, weights) -> np.ndarray:
+    """[R, 2] (k, a) of each draw's weighted least-squares line log N_opt = k + a x through the budgets it
+    holds (weights [R, B], 0: not drawn); nan where a drawn budget has no vertex or fewer than 2 budgets
+    are drawn."""
+    drawn = weights > 0
+    complete = np.all(np.isfinite(log_vertices) | ~drawn, axis=1) & (np.count_nonzero(drawn, axis=1) >= 2)
+    w = np.where(drawn & complete[:, None], weights, 0.0)
+    v = np.where(drawn & complete[:, None], log_vertices, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        total = w.sum(axis=1)
+        mean_x, mean_v = (w * x).sum(axis=1) / total, (w * v).sum(axis=1) / total
+        dx = x - mean_x[:, None]
+        slope = (w * dx * (v - mean_v[:, None])).sum(axis=1) / (w * dx * dx).sum(axis=1)
+    return np.where(complete[:, None], np.column_stack([mean_v - slope * mean_x, slope]), np.nan)

@@ -120,6 +120,25 @@ def run_report_command(args: argparse.Namespace) -> int:
     return _report(args.sweep_dir, args)
 
 
+def _print_loss_of_n(report: dict) -> None:
+    law = report["L_of_N"]
+    low, high = law["ci"].get("alpha", (float("nan"), float("nan")))
+    print(f"L(N) = L_inf + (N0/N)^alpha: alpha = {law['params']['alpha']:.4f} [{low:.4f}, {high:.4f}], L_inf = {law['params']['L_inf']:.4f} nats/token")
+    ext = report["extrapolation"]
+    if "error" not in ext:
+        print(f"extrapolation to the largest model: relative error {ext['relative_error'][0]:+.2%}")
+
+
+def _print_isoflop(section: dict) -> None:
+    """Approach 2's exponent in place of L(N): on an IsoFLOP grid each size's loss is at a fixed compute,
+    not at convergence, so a power law in N fitted to it means nothing."""
+    a = section["N_opt"]
+    low, high = a["ci"].get("a", (float("nan"), float("nan")))
+    skipped = f", {len(section['skipped'])} skipped (no interior minimum)" if section["skipped"] else ""
+    print(f"IsoFLOP profiles (approach 2; {len(section['budgets'])} budgets{skipped}): N_opt ~ C^a, a = {a['params']['a']:.3f} "
+          f"[{low:.3f}, {high:.3f}]; L(N) not summarised (each size's loss is at a fixed compute; see report.md)")
+
+
 def _report(sweep_dir: str, args: argparse.Namespace) -> int:
     from fastscale.fit import FitInputError
 
@@ -130,12 +149,11 @@ def _report(sweep_dir: str, args: argparse.Namespace) -> int:
     except (FileNotFoundError, FitInputError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    law = report["L_of_N"]
-    low, high = law["ci"].get("alpha", (float("nan"), float("nan")))
-    print(f"L(N) = L_inf + (N0/N)^alpha: alpha = {law['params']['alpha']:.4f} [{low:.4f}, {high:.4f}], L_inf = {law['params']['L_inf']:.4f} nats/token")
-    ext = report["extrapolation"]
-    if "error" not in ext:
-        print(f"extrapolation to the largest model: relative error {ext['relative_error'][0]:+.2%}")
+    isoflop = report.get("isoflop") or {}
+    if "N_opt" in isoflop:
+        _print_isoflop(isoflop)
+    else:
+        _print_loss_of_n(report)
     frontier = report["frontier"]
     if "error" not in frontier:
         a = frontier["N_opt"]

@@ -2,17 +2,11 @@
 Models", section 3.2, approach 2) and the epochs each run trained over its unique data.
 
 IsoFLOP profiles: the runs of each compute budget C, final held-out loss against the non-embedding N of
-each run's built shape, a parabola in ln N around the lowest loss, its vertex N_opt(C); then N_opt(C) =
-(C/C0)^a through the vertices. The point estimates are fastscale.fit.fit_isoflop's (its local window
-and its rules for skipping a budget). The intervals are a parametric bootstrap of both stages at once
-(fastscale.fit.bootstrap, "parametric"): each draw puts new noise on every parabola's points, around the
-fitted parabolas, with one noise scale pooled over the budgets (the same held-out set and the same
-trainer at every budget; a budget of 4 sizes leaves a parabola 1 degree of freedom, too few to estimate
-its own), drawn from its chi-square distribution. Each draw's vertices give that draw's line, so the
-interval of a carries the vertices' uncertainty. Resampling the 3 vertices instead would give a line
-through 3 points 1 degree of freedom and say nothing about how well each vertex is measured.
-Each parabola keeps the window of sizes the estimate used; a draw whose parabola is not convex has no
-vertex (nan: counted as not finite by fit_result and left out; the flags say how many).
+each run's built shape. The numbers are fastscale.fit.fit_isoflop's: per budget a parabola in ln N
+around the lowest loss and its vertex N_opt(C), then N_opt(C) = (C/C0)^a through the vertices, with
+intervals from its parametric bootstrap of both stages at once (its docstring says why). This module
+adds what is the report's: D_opt in both FLOP conventions, the comparison with approach 1, the
+repeated-data section and the plot.
 
 C is the trainer's count (fastscale.sweep.spec: flops_per_token of the built shape, 6N + attention);
 D_opt(C) = C / flops_per_token(N_opt), with flops_per_token / N interpolated in ln N between the shapes
@@ -21,105 +15,14 @@ the sweep trained; the report also gives C / 6 N_opt, Chinchilla's convention.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from fastscale.fit import FitInputError, fit_data_constrained, fit_isoflop
-from fastscale.fit.allocation import MIN_BUDGETS, MIN_POINTS_PER_BUDGET, AllocationFit
-from fastscale.fit.bootstrap import bootstrap_blocks
-from fastscale.fit.results import FitResult, fit_result
-
-WINDOW = 2  # sizes on each side of the lowest loss that a budget's parabola uses (fit_isoflop's window)
+from fastscale.fit import FitInputError, IsoFlopMinima, fit_data_constrained, fit_isoflop
 
 
-@dataclass(frozen=True)
-class ParabolaFit(FitResult):
-    """One IsoFLOP profile: L(N) = L_opt + k (ln N - ln N_opt)^2 around its minimum, in loss units
-    (nats/token), with k the curvature in nats per (ln N)^2. window: the sizes it was fitted to."""
-
-    compute: float
-    window: np.ndarray
-
-    scales = ("N_opt",)
-
-    @staticmethod
-    def _law(p, n):
-        return p["L_opt"] + p["k"] * (np.log(n) - np.log(p["N_opt"])) ** 2
-
-
-@dataclass(frozen=True)
-class IsoFlopProfiles:
-    """The profiles with a vertex (budgets ascending), the allocation through their vertices, and the
-    budgets skipped with the reason (fit_isoflop's)."""
-
-    parabolas: list
-    allocation: AllocationFit
-    skipped: dict
-
-
-def fit_profiles(n_params, compute, loss, *, n_bootstrap: int, seed: int) -> IsoFlopProfiles:
-    """Approach 2 with intervals (module docstring). compute: each run's budget, shared by the runs of
-    one profile. Raises FitInputError (fit_isoflop's) when fewer than MIN_BUDGETS budgets have a vertex."""
-    n, c, y = (np.asarray(v, dtype=np.float64) for v in (n_params, compute, loss))
-    minima = fit_isoflop(n, c, y, window=WINDOW, n_bootstrap=0)
-    windows = [_window(n, c, y, budget) for budget in minima.compute]
-    observed = np.concatenate([y[w] for w in windows])
-    coefficients = [np.polyfit(np.log(n[w]), y[w], 2) for w in windows]
-    fitted = np.concatenate([np.polyval(k, np.log(n[w])) for k, w in zip(coefficients, windows)])
-    draws = np.concatenate([block.log_y for block in bootstrap_blocks(
-        "parametric", log_y=observed, log_pred=fitted, weights=np.ones_like(observed), n_params=3 * len(windows),
-        n_bootstrap=n_bootstrap, seed=seed)] or [np.zeros((0, len(observed)))])
-    vertices, parabolas, start = [], [], 0
-    for budget, w, k, n_opt, l_opt in zip(minima.compute, windows, coefficients, minima.n_opt, minima.loss_opt):
-        columns = slice(start, start + len(w))
-        start += len(w)
-        samples = _vertices(np.log(n[w]), draws[:, columns])
-        vertices.append(samples[:, 0])
-        parabolas.append(fit_result(
-            ParabolaFit, law=f"IsoFLOP parabola at C = {budget:.3g}", params={"N_opt": n_opt, "L_opt": l_opt, "k": float(k[0])},
-            samples=samples, level=minima.allocation.level, converged=True, failed_refits=0,
-            residuals=observed[columns] - fitted[columns], objective=float(np.sum((observed[columns] - fitted[columns]) ** 2)),
-            n_points=len(w), compute=float(budget), window=n[w]))
-    return IsoFlopProfiles(parabolas, _allocation(minima, np.array(vertices).T), minima.skipped)
-
-
-def _window(n, c, y, budget) -> np.ndarray:
-    """Row indices of one budget's parabola, by ascending N: the lowest loss and WINDOW sizes each side
-    (fit_isoflop's rule, which the tests check against its vertices)."""
-    rows = np.flatnonzero(c == budget)
-    rows = rows[np.argsort(n[rows])]
-    lowest = int(np.argmin(y[rows]))
-    return rows[max(0, lowest - WINDOW) : lowest + WINDOW + 1]
-
-
-def _vertices(u, y_draws) -> np.ndarray:
-    """[r, 3] (N_opt, L_opt, k) of the parabola through (u, each row of y_draws); nan where not convex."""
-    if len(y_draws) == 0:
-        return np.zeros((0, 3))
-    c2, c1, c0 = np.polyfit(u, y_draws.T, 2)
-    convex = c2 > 0
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        vertex = np.where(convex, -c1 / (2 * c2), np.nan)
-        return np.column_stack([np.exp(vertex), np.where(convex, c0 - c1 * c1 / (4 * c2), np.nan), c2])
-
-
-def _allocation(minima, vertex_draws) -> AllocationFit:
-    """N_opt = (C/C0)^a through each draw's vertices (nan where a vertex is missing), around fit_isoflop's
-    own line. The law's own flag (a_not_positive) is kept; fit_result makes the interval flags."""
-    point = minima.allocation
-    x = np.log(minima.compute)
-    center = x.mean()
-    samples = np.full((len(vertex_draws), 2), np.nan)
-    complete = np.all(np.isfinite(vertex_draws) & (vertex_draws > 0), axis=1)
-    if complete.any():
-        slope, intercept = np.polyfit(x - center, np.log(vertex_draws[complete]).T, 1)
-        with np.errstate(divide="ignore", over="ignore"):
-            samples[complete] = np.column_stack([slope, np.exp(center - intercept / slope)])
-    return fit_result(
-        AllocationFit, law="allocation (IsoFLOP vertices)", params=point.params, samples=samples, level=point.level,
-        converged=point.converged, failed_refits=0, flags=[f for f in point.flags if f.startswith("a_not_positive")],
-        residuals=point.residuals, objective=point.objective, n_points=point.n_points)
+def fit_profiles(n_params, compute, loss, *, n_bootstrap: int, seed: int) -> IsoFlopMinima:
+    """fit_isoflop with its default window and bootstrap (the report's call)."""
+    return fit_isoflop(n_params, compute, loss, n_bootstrap=n_bootstrap, seed=seed)
 
 
 def flops_per_parameter(n_params, flops_per_token):
@@ -130,7 +33,7 @@ def flops_per_parameter(n_params, flops_per_token):
     return lambda size: np.interp(np.log(size), np.log(n[order]), ratio[order])
 
 
-def profiles_section(profiles: IsoFlopProfiles, per_parameter, frontier_allocation: dict | None) -> dict:
+def profiles_section(profiles: IsoFlopMinima, per_parameter, frontier_allocation: dict | None) -> dict:
     """JSON-ready: per budget the vertex with intervals and D_opt in both FLOP conventions; the line
     N_opt(C) = (C/C0)^a with D_opt's exponent under C = 6ND (1 - a); approach 1's a beside it."""
     budgets = []
@@ -202,7 +105,7 @@ def repeated_data_section(runs: list[dict], n_bootstrap: int, seed: int) -> dict
     return out
 
 
-def plot_profiles(profiles: IsoFlopProfiles, n_params, compute, loss, frontier_fit, path) -> None:
+def plot_profiles(profiles: IsoFlopMinima, n_params, compute, loss, frontier_fit, path) -> None:
     """Left: loss against N per budget (one colour each), its parabola and vertex with N_opt's interval.
     Right: the vertices against C with N_opt(C) = (C/C0)^a and its band, approach 1's line dashed."""
     from matplotlib import colormaps
