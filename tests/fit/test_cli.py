@@ -10,6 +10,7 @@ import pytest
 import processes
 
 from fastscale.cli import main
+from fastscale.fit import fit_isoflop
 
 
 def run_cli(capsys, *argv):
@@ -404,6 +405,36 @@ def test_isoflop_holdout_largest_holds_out_the_largest_budgets(capsys, tmp_path)
     assert code == 0, err
     assert "holdout: mean |relative error| on the 2 points of largest C (budgets with an interior minimum)" in out
     assert f"  C={sorted(minima)[-1]:.4g}: observed" in out
+
+
+def test_isoflop_reports_each_budgets_minimum_with_its_interval(capsys, tmp_path):
+    # Chinchilla's law (Hoffmann et al. 2022, eq. 10) on 4 budgets x 9 sizes, 0.3% noise: the JSON and the
+    # table give each budget's N_opt and loss with fit_isoflop's intervals; the holdout keeps them for the rest.
+    rng = np.random.default_rng()
+    rows = []
+    for c in np.geomspace(1e18, 1e21, 4):
+        for n in np.geomspace(3e7, 3e9, 9):
+            loss = (1.69 + 406.4 / n**0.34 + 410.7 / (c / (6 * n)) ** 0.28) * np.exp(rng.normal(0, 0.003))
+            rows.append((n, c, loss))
+    path = tmp_path / "isoflop.csv"
+    path.write_text("N,C,loss\n" + "".join(f"{n:.17g},{c:.17g},{loss:.17g}\n" for n, c, loss in rows))
+    options = ("--law", "isoflop", "--N", "N", "--C", "C", "--loss", "loss", "--bootstrap", "60", "--seed", "4")
+    code, out, err = run_cli(capsys, path, *options, "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    n, c, loss = np.array(rows).T
+    expected = fit_isoflop(n, c, loss, n_bootstrap=60, seed=4)
+    assert len(report["minima"]) == len(expected.parabolas) >= 3
+    for row, parabola in zip(report["minima"], expected.parabolas):
+        assert row["C"] == parabola.compute and row["N_opt"] == pytest.approx(parabola.params["N_opt"], rel=1e-12)
+        assert row["N_opt_ci"] == pytest.approx(list(parabola.intervals["N_opt"]), rel=1e-12)
+        assert row["loss_ci"] == pytest.approx(list(parabola.intervals["L_opt"]), rel=1e-12)
+        assert row["N_opt_ci"][0] <= row["N_opt"] <= row["N_opt_ci"][1]
+    assert report["ci"]["a"] == pytest.approx(list(expected.allocation.intervals["a"]), rel=1e-12)
+    code, out, err = run_cli(capsys, path, *options)
+    assert code == 0, err
+    first = report["minima"][0]
+    assert (f"budget C={first['C']:.4g}: N_opt {first['N_opt']:.4g} [{first['N_opt_ci'][0]:.4g}, {first['N_opt_ci'][1]:.4g}]" in out), out
 
 
 def test_overtrain_law_from_compute_recovers_the_shared_exponent(capsys, tmp_path):

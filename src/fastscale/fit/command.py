@@ -349,19 +349,34 @@ def run_isoflop(args, table):
     n, c = column(table, args.N, option="--N"), column(table, args.C, option="--C")
     loss = column(table, args.loss, option="--loss")
     keep = _rows(args, loss)
-    minima = fit_isoflop(n[keep], c[keep], loss[keep], **_options(args))
+    n, c, loss = n[keep], c[keep], loss[keep]
+    minima = fit_isoflop(n, c, loss, **_options(args))
     report = _fit_report(minima.allocation)
-    report["minima"] = [{"C": c_, "N_opt": n_, "loss": l_} for c_, n_, l_ in zip(minima.compute, minima.n_opt, minima.loss_opt)]
+    report["minima"] = [_parabola_report(p) for p in minima.parabolas]
+    report["flags"] = report["flags"] + [f"C {p.compute:.4g}: {flag}" for p in minima.parabolas for flag in p.flags]
     report["skipped_budgets"] = {str(k): v for k, v in minima.skipped.items()}
     check = None
     if args.holdout_largest:
-        # Each budget's minimum is found from its own rows alone, so fitting N_opt(C) without the largest
-        # budgets' minima is fitting the law without those budgets.
-        check = holdout_largest(fit_allocation, (minima.compute,), minima.n_opt, args.holdout_largest, **_options(args))
+        # Each budget's minimum comes from its own rows alone, so refitting the runs of the other budgets
+        # gives their vertices unchanged and the line (with fit_isoflop's intervals) without the largest.
+        def fit_without(compute_kept, _n_opt, **options):
+            rows = np.isin(c, compute_kept)
+            return fit_isoflop(n[rows], c[rows], loss[rows], **options).allocation
+
+        check = holdout_largest(fit_without, (minima.compute,), minima.n_opt, args.holdout_largest, **_options(args))
         report["holdout"] = _holdout_report(check, ("C",), None, "C (budgets with an interior minimum)")
     labels = {"xlabel": f"C (budget, column {args.C!r})", "ylabel": "N_opt (parameters at the budget's minimum loss)"}
     _maybe_plot(args, lambda plots: plots.plot_law(minima.allocation, minima.compute, minima.n_opt, args.plot, holdout=check, **labels))
     return report
+
+
+def _parabola_report(parabola) -> dict:
+    """One IsoFLOP budget: its vertex (N_opt, loss there) and curvature k with their intervals (null without)."""
+    ci = {name: list(parabola.intervals.get(name, (float("nan"), float("nan")))) for name in parabola.params}
+    return {
+        "C": parabola.compute, "N_opt": parabola.params["N_opt"], "N_opt_ci": ci["N_opt"], "loss": parabola.params["L_opt"],
+        "loss_ci": ci["L_opt"], "k": parabola.params["k"], "k_ci": ci["k"], "sizes": parabola.window.tolist(), "flags": list(parabola.flags),
+    }
 
 
 def run_frontier(args, table):
@@ -558,6 +573,11 @@ def _row_label(row: dict) -> str:
     return ", ".join(f"{name}={row[name]:.4g}" for name in inputs)
 
 
+def _ci_text(interval) -> str:
+    low, high = interval
+    return f"[{low:.4g}, {high:.4g}]" if np.isfinite(low) and np.isfinite(high) else "(no interval)"
+
+
 def format_table(report: dict) -> str:
     lines = [f"law: {report['law']}    data: {report['data']}"]
     if "n_points" in report:
@@ -569,6 +589,11 @@ def format_table(report: dict) -> str:
         lines.append(f"{name:<10} {value:>14.6g}   [{low:>13.6g}, {high:>13.6g}]")
     for i, segment in enumerate(report.get("segment_exponents", [])):
         lines.append(f"segment {i} exponent {segment['value']:>12.6g}   [{segment['low']:>13.6g}, {segment['high']:>13.6g}]{_interval_notes(segment)}")
+    for row in report.get("minima", [])[:MAX_TABLE_ROWS]:
+        lines.append(f"budget C={row['C']:.4g}: N_opt {row['N_opt']:.4g} {_ci_text(row['N_opt_ci'])}  loss there {row['loss']:.4g} "
+                     f"{_ci_text(row['loss_ci'])}  ({len(row['sizes'])} runs in its parabola)")
+    if len(report.get("minima", [])) > MAX_TABLE_ROWS:
+        lines.append(f"  ... {len(report['minima']) - MAX_TABLE_ROWS} more budgets in --json")
     for budget, reason in report.get("skipped_budgets", {}).items():
         lines.append(f"skipped budget C={float(budget):.4g}: {reason}")
     if "skipped_rows" in report:
