@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from fastscale.fit import FitInputError, fit_allocation, fit_isoflop
 from fastscale.fit.bootstrap import bootstrap_blocks, resample_counts
@@ -77,6 +78,18 @@ def test_isoflop_skips_budgets_with_edge_minima():
         fit_isoflop(n, c, loss, n_bootstrap=0)
 
 
+def test_isoflop_skips_a_budget_whose_parabola_has_its_minimum_beyond_the_sizes():
+    # lowest loss at the 4th of 5 sizes, but the flat least-squares parabola through sizes 2-5 has its
+    # vertex at 2.1e8, 13 times the largest size (np.polyfit): an extrapolation, not a measurement
+    sizes = np.array([1e6, 2e6, 4e6, 8e6, 1.6e7])
+    n, c = np.tile(sizes, 4), np.repeat([1e17, 2e17, 4e17, 8e17], 5)
+    profile = 2.0 + 0.02 * np.log(sizes / 4e6) ** 2
+    loss = np.concatenate([[2.004, 2.004, 2.007, 1.988, 1.993], profile, profile, profile])
+    minima = fit_isoflop(n, c, loss, n_bootstrap=0)
+    assert list(minima.skipped) == [1e17] and "minimum N = 2.08e+08 lies beyond the sizes tried (1e+06 to 1.6e+07)" in minima.skipped[1e17]
+    assert minima.n_opt == pytest.approx([4e6] * 3, rel=1e-9)
+
+
 def test_recovers_allocation_exponent_and_interval_covers_truth():
     # Coverage of a nominal 95% interval for a (12 budgets, 5% noise): 95% with parametric draws (the default,
     # 300 seeds x 1,000), 91% with row resampling (100 seeds x 300).
@@ -127,7 +140,7 @@ def chinchilla_profiles(rng, noise):
     B = 410.7, alpha = 0.34, beta = 0.28), lognormal noise; each budget's minimum lies inside its sizes."""
     n_grid = np.geomspace(1e7, 1e10, 9)
     n, c, loss = [], [], []
-    for budget in np.logspace(18, 22, 5):
+    for budget in np.logspace(18, 21.5, 5):
         d = budget / (6 * n_grid)
         n += list(n_grid)
         c += [budget] * 9
@@ -149,9 +162,10 @@ def windows(n, c, loss):
 def test_isoflop_parametric_draws_are_both_stages_refitted_by_numpy():
     # The parametric draws, rebuilt with numpy: new losses for the windows' rows (bootstrap_blocks, noise
     # pooled over budgets with 3 parameters per parabola), np.polyfit's parabola and vertex per budget,
-    # np.polyfit's line through each draw's vertices.
-    n, c, loss = chinchilla_profiles(np.random.default_rng(), 0.003)
+    # np.polyfit's line through each draw's vertices (a vertex beyond the sizes tried is none: left out).
+    n, c, loss = chinchilla_profiles(np.random.default_rng(torch.initial_seed()), 0.003)
     fit = fit_isoflop(n, c, loss, n_bootstrap=40, seed=3)
+    assert fit.skipped == {}
     rows = windows(n, c, loss)
     fitted = np.concatenate([np.polyval(np.polyfit(np.log(n[r]), loss[r], 2), np.log(n[r])) for r in rows])
     everything = np.concatenate(rows)
@@ -162,12 +176,13 @@ def test_isoflop_parametric_draws_are_both_stages_refitted_by_numpy():
     for b, r in enumerate(rows):
         for i in range(40):
             c2, c1, c0 = np.polyfit(np.log(n[r]), block.log_y[i, start : start + len(r)], 2)
-            vertices[i, b] = -c1 / (2 * c2)
-            expected = [np.exp(vertices[i, b]), c0 - c1**2 / (4 * c2), c2]
+            inside = c2 > 0 and np.log(1e7) <= -c1 / (2 * c2) <= np.log(1e10)
+            vertices[i, b] = -c1 / (2 * c2) if inside else np.nan
+            expected = [np.exp(vertices[i, b]), c0 - c1**2 / (4 * c2) if inside else np.nan, c2]
             np.testing.assert_allclose(fit.parabolas[b].samples[i], expected, rtol=1e-8)
         start += len(r)
     budgets = np.unique(c)
-    lines = np.array([np.polyfit(np.log(budgets), v, 1) for v in vertices])
+    lines = np.array([np.polyfit(np.log(budgets)[np.isfinite(v)], v[np.isfinite(v)], 1) for v in vertices])
     np.testing.assert_allclose(fit.allocation.samples, np.column_stack([lines[:, 0], np.exp(-lines[:, 1] / lines[:, 0])]), rtol=1e-8)
     assert all(len(p.intervals) == 3 and p.intervals["N_opt"][0] <= p.params["N_opt"] <= p.intervals["N_opt"][1] for p in fit.parabolas)
 
@@ -175,7 +190,7 @@ def test_isoflop_parametric_draws_are_both_stages_refitted_by_numpy():
 def test_isoflop_rows_resamples_whole_budgets():
     # "rows": the counts of a bootstrap of the 5 budgets; each draw's line is the least-squares line through
     # the drawn budgets' own vertices, weighted by their counts; a budget's vertex gets no interval (flagged).
-    n, c, loss = chinchilla_profiles(np.random.default_rng(5), 0.002)
+    n, c, loss = chinchilla_profiles(np.random.default_rng(torch.initial_seed()), 0.002)
     parametric = fit_isoflop(n, c, loss, n_bootstrap=30, seed=1)
     rows = fit_isoflop(n, c, loss, n_bootstrap=30, seed=1, resampling="rows")
     assert rows.allocation.params == parametric.allocation.params and rows.n_opt.tolist() == parametric.n_opt.tolist()

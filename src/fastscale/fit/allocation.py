@@ -86,12 +86,12 @@ def _fit_line(c, n, w) -> _Line:
     return _Line(model, _lsq.solve(model, w), center)
 
 
-def _allocation_result(law: str, line: _Line, c, w, samples, failed_refits: int, level: float) -> AllocationFit:
-    """The fitted line as (a, C0) with its draws [R, 2] (a, C0)."""
+def _allocation_result(law: str, line: _Line, c, w, samples, failed_refits: int, level: float, flags=()) -> AllocationFit:
+    """The fitted line as (a, C0) with its draws [R, 2] (a, C0); flags: the caller's own."""
     theta = line.solution.theta
     params = {name: float(v) for name, v in zip(("a", "C0"), _to_params(theta[None], line.center)[0])}
     residuals = line.model.log_y - (theta[0] + theta[1] * (np.log(c) - line.center))
-    flags = [f"a_not_positive: a={params['a']:.4g} <= 0: N_opt does not grow with compute"] if params["a"] <= 0 else []
+    flags = [*flags, f"a_not_positive: a={params['a']:.4g} <= 0: N_opt does not grow with compute"] if params["a"] <= 0 else list(flags)
     return fit_result(
         AllocationFit,
         law=law,
@@ -171,14 +171,18 @@ def fit_isoflop(
     on each side (rows by ascending N), its vertex N_opt(C); then N_opt = (C/C0)^a through the vertices
     by least squares on ln N_opt. A local parabola, because a profile that spans decades of N is not
     quadratic far from its minimum (on Porian et al.'s profiles a parabola through all sizes biases a by
-    up to 0.07). Budgets whose lowest loss is at the smallest or largest size, or whose parabola is not
-    convex, are skipped and listed: an extrapolated minimum is not a measurement.
+    up to 0.07). Budgets whose lowest loss is at the smallest or largest size, whose parabola is not
+    convex, or whose parabola's minimum lies beyond the sizes tried are skipped and listed: an
+    extrapolated minimum is not a measurement.
 
     The bootstrap draws both stages at once, so the interval of a carries how well each vertex is
     measured and each budget's N_opt, L_opt and k get intervals too. Each parabola keeps the window
     of rows the estimate chose; a draw refits every budget's parabola, takes its vertices, and fits
     that draw's line through them. A draw whose parabola at some budget is not convex has no vertex
-    there and no line (nan: fit_result leaves it out and flags how many).
+    there, nor does one whose vertex lies beyond the budget's sizes (the estimate's rule). Such a vertex is left out of that budget's interval
+    (flagged `no_vertex`) and the draw fits its line through the other vertices (flagged
+    `vertices_missing`): with dozens of budgets nearly every draw has one flat profile, and dropping
+    the whole draw would keep only the draws where every profile is sharp.
 
     - "parametric" (default): new losses around the fitted parabolas, Gaussian on the loss with one
       noise scale pooled over the budgets (the same held-out set and trainer at every budget; a
@@ -209,7 +213,8 @@ def fit_isoflop(
         if reason:
             skipped[float(budget)] = reason
         else:
-            profiles.append((float(budget), rows, coefficients))
+            sizes = n[c == budget]
+            profiles.append((float(budget), rows, coefficients, np.log([sizes.min(), sizes.max()])))
     if len(profiles) < MIN_BUDGETS:
         raise FitInputError(
             f"compute: got {len(profiles)} budgets with an interior loss minimum, expected at least {MIN_BUDGETS} (skipped: {skipped})"
@@ -221,8 +226,12 @@ def fit_isoflop(
     budgets, n_opt = np.array([p.compute for p in parabolas]), np.array([p.params["N_opt"] for p in parabolas])
     line = _fit_line(budgets, n_opt, np.ones(len(budgets)))
     with np.errstate(divide="ignore", invalid="ignore"):
-        theta = _line_draws(np.log(budgets) - line.center, np.log(vertices[:, :, 0]), budget_weights)
-    allocation = _allocation_result("allocation (IsoFLOP vertices)", line, budgets, np.ones(len(budgets)), _to_params(theta, line.center), 0, level)
+        theta, lacking = _line_draws(np.log(budgets) - line.center, np.log(vertices[:, :, 0]), budget_weights)
+    flags = [f"vertices_missing: {lacking} of {len(theta)} bootstrap draws lacked some budget's vertex (the budgets' no_vertex "
+             "flags say which) and fitted their line through the other vertices"] if lacking else []
+    allocation = _allocation_result(
+        "allocation (IsoFLOP vertices)", line, budgets, np.ones(len(budgets)), _to_params(theta, line.center), 0, level, flags
+    )
     return IsoFlopMinima(parabolas, allocation, skipped)
 
 
@@ -240,6 +249,9 @@ def _profile(n, y, rows, window: int):
     coefficients = np.polyfit(np.log(n[near]), y[near], 2)
     if coefficients[0] <= 0:
         return "loss is not convex in log N near its minimum", None, None
+    n_opt, _ = _vertex(*coefficients)
+    if not n[rows[0]] <= n_opt <= n[rows[-1]]:
+        return f"the parabola's minimum N = {n_opt:.3g} lies beyond the sizes tried ({n[rows[0]]:.3g} to {n[rows[-1]]:.3g})", None, None
     return "", near, coefficients
 
 
@@ -252,9 +264,9 @@ def _vertex_draws(profiles, n, y, resampling: str, n_bootstrap: int, seed: int):
     """[R, B, 3] draws of each budget's (N_opt, L_opt, k), nan where the draw's parabola is not convex,
     and [R, B] each budget's weight in each draw (0: not drawn), from `bootstrap_blocks` over the
     parabolas' rows (the block's log_y column carries the loss itself: the parabolas are fitted to it)."""
-    rows = np.concatenate([r for _, r, _ in profiles])
-    budget = np.repeat(np.arange(len(profiles)), [len(r) for _, r, _ in profiles])
-    fitted = np.concatenate([np.polyval(k, np.log(n[r])) for _, r, k in profiles])
+    rows = np.concatenate([p[1] for p in profiles])
+    budget = np.repeat(np.arange(len(profiles)), [len(p[1]) for p in profiles])
+    fitted = np.concatenate([np.polyval(k, np.log(n[r])) for _, r, k, _ in profiles])
     blocks = bootstrap_blocks(
         resampling, log_y=y[rows], log_pred=fitted, weights=np.ones(len(rows)), n_params=3 * len(profiles),
         n_bootstrap=n_bootstrap, seed=seed, groups=budget if resampling == "rows" else None,
@@ -262,15 +274,19 @@ def _vertex_draws(profiles, n, y, resampling: str, n_bootstrap: int, seed: int):
     vertices, weights = [np.zeros((0, len(profiles), 3))], [np.zeros((0, len(profiles)))]
     for block in blocks:
         columns = [budget == b for b in range(len(profiles))]
-        vertices.append(np.stack([_weighted_vertices(np.log(n[rows[j]]), block.weights[:, j], block.log_y[:, j]) for j in columns], axis=1))
+        vertices.append(np.stack([
+            _weighted_vertices(np.log(n[rows[j]]), block.weights[:, j], block.log_y[:, j], p[3]) for j, p in zip(columns, profiles)
+        ], axis=1))
         weights.append(np.stack([block.weights[:, j].mean(axis=1) for j in columns], axis=1))
     return np.concatenate(vertices), np.concatenate(weights)
 
 
-def _weighted_vertices(u, weights, y) -> np.ndarray:
+def _weighted_vertices(u, weights, y, span) -> np.ndarray:
     """[R, 3] (N_opt, L_opt, k) of the weighted least-squares parabola in u through each row of y [R, m]
-    (weights [R, m]); nan where fewer than MIN_POINTS_PER_BUDGET distinct u have weight, or (N_opt,
-    L_opt) where it is not convex. u is centred so the normal equations stay well conditioned."""
+    (weights [R, m]); nan where fewer than MIN_POINTS_PER_BUDGET distinct u have weight, and (N_opt,
+    L_opt) nan where it has no minimum inside span (ln N of the budget's smallest and largest size: not
+    convex, or its vertex beyond the sizes tried, which the estimate would not take either).
+    u is centred so the normal equations stay well conditioned."""
     shift = u.mean()
     design = np.stack([(u - shift) ** 2, u - shift, np.ones_like(u)], axis=-1)
     sizes = u[:, None] == np.unique(u)[None, :]
@@ -280,14 +296,14 @@ def _weighted_vertices(u, weights, y) -> np.ndarray:
     normal = np.einsum("rm,mi,mj->rij", w, design, design)
     coefficients[solvable] = np.linalg.solve(normal, np.einsum("rm,mi,rm->ri", w, design, values)[..., None])[..., 0]
     c2, c1, c0 = coefficients.T
-    convex = c2 > 0
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         n_opt, l_opt = _vertex(c2, c1, c0, shift)
-    return np.column_stack([np.where(convex, n_opt, np.nan), np.where(convex, l_opt, np.nan), c2])
+        inside = (c2 > 0) & (np.log(n_opt) >= span[0]) & (np.log(n_opt) <= span[1])
+    return np.column_stack([np.where(inside, n_opt, np.nan), np.where(inside, l_opt, np.nan), c2])
 
 
 def _parabola_result(profile, n, y, draws, level: float, resampling: str, n_bootstrap: int) -> ParabolaFit:
-    budget, rows, coefficients = profile
+    budget, rows, coefficients, _ = profile
     n_opt, l_opt = _vertex(*coefficients)
     fitted = np.polyval(coefficients, np.log(n[rows]))
     per_budget = resampling == "parametric"
@@ -295,6 +311,10 @@ def _parabola_result(profile, n, y, draws, level: float, resampling: str, n_boot
         "no_interval: resampling='rows' draws whole budgets, which leaves a budget's own vertex as it is: "
         "resampling='parametric' puts intervals on it"
     ]
+    lost = int(np.count_nonzero(np.isnan(draws[:, 0]))) if per_budget else 0
+    if lost:
+        flags.append(f"no_vertex: {lost} of {len(draws)} bootstrap draws had no minimum inside the sizes tried (parabola not convex, "
+                     "or its vertex beyond them), left out of N_opt's and L_opt's intervals")
     with np.errstate(invalid="ignore", divide="ignore"):
         residuals = np.log(y[rows] / fitted)
     return fit_result(
@@ -304,17 +324,19 @@ def _parabola_result(profile, n, y, draws, level: float, resampling: str, n_boot
     )
 
 
-def _line_draws(x, log_vertices, weights) -> np.ndarray:
-    """[R, 2] (k, a) of each draw's weighted least-squares line log N_opt = k + a x through the budgets it
-    holds (weights [R, B], 0: not drawn); nan where a drawn budget has no vertex or fewer than 2 budgets
-    are drawn."""
+def _line_draws(x, log_vertices, weights):
+    """[R, 2] (k, a) of each draw's weighted least-squares line log N_opt = k + a x through the vertices
+    it has (weights [R, B], 0: budget not drawn; nan vertex: its parabola not convex), nan where fewer
+    than 2 remain; and how many draws lacked a drawn budget's vertex."""
     drawn = weights > 0
-    complete = np.all(np.isfinite(log_vertices) | ~drawn, axis=1) & (np.count_nonzero(drawn, axis=1) >= 2)
-    w = np.where(drawn & complete[:, None], weights, 0.0)
-    v = np.where(drawn & complete[:, None], log_vertices, 0.0)
+    usable = drawn & np.isfinite(log_vertices)
+    lacking = int(np.count_nonzero(np.any(drawn & ~usable, axis=1)))
+    w = np.where(usable, weights, 0.0)
+    v = np.where(usable, log_vertices, 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         total = w.sum(axis=1)
         mean_x, mean_v = (w * x).sum(axis=1) / total, (w * v).sum(axis=1) / total
         dx = x - mean_x[:, None]
         slope = (w * dx * (v - mean_v[:, None])).sum(axis=1) / (w * dx * dx).sum(axis=1)
-    return np.where(complete[:, None], np.column_stack([mean_v - slope * mean_x, slope]), np.nan)
+    line = np.column_stack([mean_v - slope * mean_x, slope])
+    return np.where((np.count_nonzero(usable, axis=1) >= 2)[:, None], line, np.nan), lacking
