@@ -11,6 +11,7 @@ Hoffmann et al. and Porian et al., and D_opt follows from C = 6 N D.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -209,12 +210,11 @@ def fit_isoflop(
     _lsq.check_bootstrap(resampling, n_bootstrap)
     profiles, skipped = [], {}
     for budget in np.unique(c):
-        reason, rows, coefficients = _profile(n, y, np.flatnonzero(c == budget), window)
-        if reason:
-            skipped[float(budget)] = reason
+        profile = _profile(float(budget), n, y, np.flatnonzero(c == budget), window)
+        if isinstance(profile, str):
+            skipped[float(budget)] = profile
         else:
-            sizes = n[c == budget]
-            profiles.append((float(budget), rows, coefficients, np.log([sizes.min(), sizes.max()])))
+            profiles.append(profile)
     if len(profiles) < MIN_BUDGETS:
         raise FitInputError(
             f"compute: got {len(profiles)} budgets with an interior loss minimum, expected at least {MIN_BUDGETS} (skipped: {skipped})"
@@ -235,24 +235,30 @@ def fit_isoflop(
     return IsoFlopMinima(parabolas, allocation, skipped)
 
 
-def _profile(n, y, rows, window: int):
-    """One budget's rows -> (reason to skip or "", the rows of its parabola by ascending N, its
-    coefficients (c2, c1, c0) in u = ln N)."""
+class _Profile(NamedTuple):
+    budget: float
+    rows: np.ndarray  # the parabola's rows, by ascending N
+    coefficients: np.ndarray  # (c2, c1, c0) of the loss in u = ln N
+    span: np.ndarray  # ln N of the budget's smallest and largest size
+
+
+def _profile(budget: float, n, y, rows, window: int) -> _Profile | str:
+    """One budget's parabola, or the reason it has none."""
     rows = rows[np.argsort(n[rows])]
     sizes = len(np.unique(n[rows]))  # a parabola needs distinct sizes: repeated runs of one size add no curvature
     if sizes < MIN_POINTS_PER_BUDGET:
-        return f"{sizes} distinct model sizes ({len(rows)} rows), expected at least {MIN_POINTS_PER_BUDGET}", None, None
+        return f"{sizes} distinct model sizes ({len(rows)} rows), expected at least {MIN_POINTS_PER_BUDGET}"
     lowest = int(np.argmin(y[rows]))
     if lowest in (0, len(rows) - 1):
-        return "the lowest loss is at the edge of the sizes tried", None, None
+        return "the lowest loss is at the edge of the sizes tried"
     near = rows[max(0, lowest - window) : lowest + window + 1]
     coefficients = np.polyfit(np.log(n[near]), y[near], 2)
     if coefficients[0] <= 0:
-        return "loss is not convex in log N near its minimum", None, None
+        return "loss is not convex in log N near its minimum"
     n_opt, _ = _vertex(*coefficients)
     if not n[rows[0]] <= n_opt <= n[rows[-1]]:
-        return f"the parabola's minimum N = {n_opt:.3g} lies beyond the sizes tried ({n[rows[0]]:.3g} to {n[rows[-1]]:.3g})", None, None
-    return "", near, coefficients
+        return f"the parabola's minimum N = {n_opt:.3g} lies beyond the sizes tried ({n[rows[0]]:.3g} to {n[rows[-1]]:.3g})"
+    return _Profile(budget, near, coefficients, np.log(n[rows[[0, -1]]]))
 
 
 def _vertex(c2, c1, c0, shift=0.0):
@@ -261,12 +267,12 @@ def _vertex(c2, c1, c0, shift=0.0):
 
 
 def _vertex_draws(profiles, n, y, resampling: str, n_bootstrap: int, seed: int):
-    """[R, B, 3] draws of each budget's (N_opt, L_opt, k), nan where the draw's parabola is not convex,
-    and [R, B] each budget's weight in each draw (0: not drawn), from `bootstrap_blocks` over the
+    """[R, B, 3] draws of each budget's (N_opt, L_opt, k), nan where the draw's parabola has no minimum
+    inside the budget's sizes, and [R, B] each budget's weight in each draw (0: not drawn), from `bootstrap_blocks` over the
     parabolas' rows (the block's log_y column carries the loss itself: the parabolas are fitted to it)."""
-    rows = np.concatenate([p[1] for p in profiles])
-    budget = np.repeat(np.arange(len(profiles)), [len(p[1]) for p in profiles])
-    fitted = np.concatenate([np.polyval(k, np.log(n[r])) for _, r, k, _ in profiles])
+    rows = np.concatenate([p.rows for p in profiles])
+    budget = np.repeat(np.arange(len(profiles)), [len(p.rows) for p in profiles])
+    fitted = np.concatenate([np.polyval(p.coefficients, np.log(n[p.rows])) for p in profiles])
     blocks = bootstrap_blocks(
         resampling, log_y=y[rows], log_pred=fitted, weights=np.ones(len(rows)), n_params=3 * len(profiles),
         n_bootstrap=n_bootstrap, seed=seed, groups=budget if resampling == "rows" else None,
@@ -275,7 +281,7 @@ def _vertex_draws(profiles, n, y, resampling: str, n_bootstrap: int, seed: int):
     for block in blocks:
         columns = [budget == b for b in range(len(profiles))]
         vertices.append(np.stack([
-            _weighted_vertices(np.log(n[rows[j]]), block.weights[:, j], block.log_y[:, j], p[3]) for j, p in zip(columns, profiles)
+            _weighted_vertices(np.log(n[rows[j]]), block.weights[:, j], block.log_y[:, j], p.span) for j, p in zip(columns, profiles)
         ], axis=1))
         weights.append(np.stack([block.weights[:, j].mean(axis=1) for j in columns], axis=1))
     return np.concatenate(vertices), np.concatenate(weights)
@@ -302,7 +308,7 @@ def _weighted_vertices(u, weights, y, span) -> np.ndarray:
     return np.column_stack([np.where(inside, n_opt, np.nan), np.where(inside, l_opt, np.nan), c2])
 
 
-def _parabola_result(profile, n, y, draws, level: float, resampling: str, n_bootstrap: int) -> ParabolaFit:
+def _parabola_result(profile: _Profile, n, y, draws, level: float, resampling: str, n_bootstrap: int) -> ParabolaFit:
     budget, rows, coefficients, _ = profile
     n_opt, l_opt = _vertex(*coefficients)
     fitted = np.polyval(coefficients, np.log(n[rows]))
@@ -326,7 +332,7 @@ def _parabola_result(profile, n, y, draws, level: float, resampling: str, n_boot
 
 def _line_draws(x, log_vertices, weights):
     """[R, 2] (k, a) of each draw's weighted least-squares line log N_opt = k + a x through the vertices
-    it has (weights [R, B], 0: budget not drawn; nan vertex: its parabola not convex), nan where fewer
+    it has (weights [R, B], 0: budget not drawn; nan: the draw has no vertex there), nan where fewer
     than 2 remain; and how many draws lacked a drawn budget's vertex."""
     drawn = weights > 0
     usable = drawn & np.isfinite(log_vertices)
