@@ -201,7 +201,12 @@ def fit_isoflop(
       no interval (no draws, flagged `no_interval`): resampling a budget's 4 or 5 runs would leave
       fewer than 3 sizes in a quarter to a half of the draws.
 
-    The point estimates do not depend on the scheme."""
+    The point estimates do not depend on the scheme. Measured coverage of nominal 95% intervals (1,000
+    seeds x 1,000 draws, binomial se ~0.7%): on exact parabolas with Gaussian noise (3 budgets of 4 or 5
+    sizes, tests/sweep/test_isoflop.py's design) parametric a 94.8-95.4%, N_opt 95.2-95.6%; rows a 63-69%.
+    On Chinchilla's law (5 budgets x 9 sizes, 0.3% noise; bench fit's 10 x 10 at 2%) parametric a
+    98.8% and 97.9%, rows 86.5% and 90.1%; N_opt 90-91%, because a local parabola's vertex on that profile sits
+    0.8-2.6% above the true minimum even without noise (approach 2's own bias, not the bootstrap's)."""
     n = as_values("n_params", n_params, positive=True)
     c = as_values("compute", compute, positive=True)
     y = as_values("loss", loss, positive=True)
