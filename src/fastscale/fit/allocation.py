@@ -214,8 +214,10 @@ def fit_isoflop(
     window = positive_int("window", window)
     _lsq.check_bootstrap(resampling, n_bootstrap)
     profiles, skipped = [], {}
-    for budget in np.unique(c):
-        profile = _profile(float(budget), n, y, np.flatnonzero(c == budget), window)
+    order = np.lexsort((n, c))  # by budget, then by N: each budget's rows in one slice
+    levels, starts = np.unique(c[order], return_index=True)
+    for budget, rows in zip(levels, np.split(order, starts[1:])):
+        profile = _profile(float(budget), n, y, rows, window)
         if isinstance(profile, str):
             skipped[float(budget)] = profile
         else:
@@ -248,8 +250,7 @@ class _Profile(NamedTuple):
 
 
 def _profile(budget: float, n, y, rows, window: int) -> _Profile | str:
-    """One budget's parabola, or the reason it has none."""
-    rows = rows[np.argsort(n[rows])]
+    """One budget's parabola (rows: the budget's, by ascending N), or the reason it has none."""
     sizes = len(np.unique(n[rows]))  # a parabola needs distinct sizes: repeated runs of one size add no curvature
     if sizes < MIN_POINTS_PER_BUDGET:
         return f"{sizes} distinct model sizes ({len(rows)} rows), expected at least {MIN_POINTS_PER_BUDGET}"
