@@ -191,7 +191,7 @@ def fit_isoflop(
       per draw from its chi-square distribution with (rows - 3 x budgets) degrees of freedom
       (`bootstrap.bootstrap_blocks`). Resampling only the vertices about the line instead gives a
       line through 3 vertices 1 degree of freedom (a in [-0.59, 1.43] on benchmarks/results/isoflop's
-      runs, where this gives [0.20, 0.98]) and says nothing about how well each vertex is measured.
+      runs, where this gives [0.18, 0.96]) and says nothing about how well each vertex is measured.
       It assumes the losses of one budget scatter independently about a parabola.
     - "rows": whole budgets resampled (each budget's runs together, `bootstrap_blocks` groups): a
       drawn budget keeps its own vertex, counted as often as it was drawn in the draw's line. It
