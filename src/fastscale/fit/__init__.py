@@ -13,7 +13,7 @@ C in FLOPs unless stated (`units` converts PF-days), losses in nats per token.
 """
 
 from fastscale.fit._checks import FitInputError
-from fastscale.fit.allocation import AllocationFit, IsoFlopMinima, fit_allocation, fit_isoflop
+from fastscale.fit.allocation import AllocationFit, IsoFlopMinima, ParabolaFit, fit_allocation, fit_isoflop
 from fastscale.fit.broken import BrokenPowerLawFit, fit_broken_power_law
 from fastscale.fit.chinchilla import ChinchillaFit, chinchilla_grid, compute_optimal_allocation, fit_chinchilla
 from fastscale.fit.critical_batch import CriticalBatchFit, CriticalBatchLossFit, fit_critical_batch, fit_critical_batch_vs_loss
@@ -49,6 +49,7 @@ __all__ = [
     "FrontierHoldoutCheck",
     "HoldoutCheck",
     "IsoFlopMinima",
+    "ParabolaFit",
     "KaplanNDFit",
     "KaplanNSFit",
     "OvertrainFit",

@@ -17,12 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastscale.fit import FitInputError, IsoFlopMinima, fit_data_constrained, fit_isoflop
-
-
-def fit_profiles(n_params, compute, loss, *, n_bootstrap: int, seed: int) -> IsoFlopMinima:
-    """fit_isoflop with its default window and bootstrap (the report's call)."""
-    return fit_isoflop(n_params, compute, loss, n_bootstrap=n_bootstrap, seed=seed)
+from fastscale.fit import FitInputError, IsoFlopMinima, fit_data_constrained
 
 
 def flops_per_parameter(n_params, flops_per_token):

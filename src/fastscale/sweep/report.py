@@ -12,7 +12,7 @@ Every number comes from fastscale.fit on arrays read here from the run directori
   lower envelope of raw batch losses would follow the noise down, and even smoothed it sits below the
   held-out losses).
 - The extrapolation check: L(N) fitted without the largest model, its prediction for it.
-- IsoFLOP profiles (a sweep of compute budgets; fastscale.sweep.isoflop): per budget a parabola of the
+- IsoFLOP profiles (a sweep of compute budgets; fastscale.fit.fit_isoflop, fastscale.sweep.isoflop): per budget a parabola of the
   final losses in ln N and its minimum N_opt(C), then N_opt(C) = (C/C0)^a and D_opt, beside the
   frontier's a (Chinchilla's approaches 2 and 1).
 - Repeated data: each run's epochs over the unique tokens of its train split; when runs repeat their
@@ -40,6 +40,7 @@ from fastscale.fit import (
     FitInputError,
     fit_critical_batch_vs_loss,
     fit_frontier,
+    fit_isoflop,
     fit_power_law,
     holdout_largest,
 )
@@ -47,7 +48,7 @@ from fastscale.fit.units import per_item
 from fastscale.io import read_metrics, write_atomically, write_json
 
 from .index import read_state
-from .isoflop import epochs, fit_profiles, flops_per_parameter, plot_profiles, profiles_section, repeated_data_section
+from .isoflop import epochs, flops_per_parameter, plot_profiles, profiles_section, repeated_data_section
 from .spec import COMPUTE_TOLERANCE, SweepSpec, study_options
 from .studies import study
 
@@ -268,7 +269,7 @@ def _isoflop(spec: dict, runs: list[dict], frontier: dict, n_bootstrap: int):
     n, loss = final_losses(runs)
     compute = np.array([budgets[r["name"]] for r in runs])
     try:
-        profiles = fit_profiles(n, compute, loss, n_bootstrap=n_bootstrap, seed=SEED)
+        profiles = fit_isoflop(n, compute, loss, n_bootstrap=n_bootstrap, seed=SEED)
     except FitInputError as error:
         logger.warning("no IsoFLOP profiles: %s", error)
         return {"error": str(error)}, None
@@ -413,7 +414,7 @@ def _isoflop_markdown(section: dict | None, compute: dict) -> list[str]:
               f"with a parabola in ln N through the lowest loss and up to 2 sizes on each side; its minimum is N_opt(C). D_opt = C / "
               "flops_per_token(N_opt) (flops_per_token / N interpolated between the trained shapes); C / 6N_opt is Chinchilla's convention, "
               "which leaves the attention term out. Intervals: a parametric bootstrap of the parabolas and the line together "
-              "(fastscale.sweep.isoflop).", "",
+              "(fastscale.fit.fit_isoflop).", "",
               "| C (FLOPs) | sizes in the parabola | N_opt [95%] | L_opt [95%] | D_opt [95%] | C / 6N_opt | flags (in report.json) |",
               "|---|---|---|---|---|---|---|"]
     for b in section["budgets"]:
