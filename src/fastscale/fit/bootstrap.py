@@ -47,6 +47,17 @@ class Resamples:
         return self.weights.shape[0]
 
 
+def per_draw(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The rows of per-draw data [R, n] that the starts `rows` refit, or the one [n] row they share.
+
+    A [n] array, or a [R, n] broadcast view (stride 0 across draws: the observed log y of a "rows"
+    bootstrap block, the weights of a "parametric" one), is shared by every draw and returned as one row,
+    which numpy broadcasts, instead of being copied into an [S, n] array by fancy indexing."""
+    if values.ndim == 1:
+        return values
+    return values[0] if values.strides[0] == 0 else values[rows]
+
+
 def check_resampling(resampling: str, groups=None) -> str:
     """The scheme's name, checked; groups of rows can only be resampled whole by the "rows" scheme."""
     if resampling not in RESAMPLING:

@@ -51,8 +51,7 @@ from scipy.special import expit
 
 from fastscale.fit._checks import as_values, enough_data, positive_int, same_length
 from fastscale.fit._optimize import batched_lbfgs
-from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP, DEFAULT_RESAMPLING, bootstrap_blocks, check_resampling
-from fastscale.fit.chinchilla import per_draw
+from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP, DEFAULT_RESAMPLING, bootstrap_blocks, check_resampling, per_draw
 from fastscale.fit.results import NOT_DETERMINED_DECADES, Estimate, FitResult, fit_result
 
 log = logging.getLogger(__name__)
@@ -283,7 +282,7 @@ class _Space:
         """Batched f(theta [S, P], rows) -> (0.5 * weighted mean squared log residual [S], gradient [S, P]).
 
         log_y: [n], or [R, n] per draw indexed by `rows`; weights: None (all ones) or [R, n] per-draw
-        weights indexed by `rows` (see chinchilla.per_draw)."""
+        weights indexed by `rows` (see bootstrap.per_draw)."""
 
         def value_and_gradient(theta, rows):
             log_pred, jacobian = self.log_prediction(theta)
@@ -374,7 +373,7 @@ def _levenberg_marquardt(space: _Space, log_y, weights, theta, max_iter: int = L
     own damping (divided by 3 after an accepted step, times 4 after a rejected one, Marquardt's diagonal scaling).
     A row stops when an accepted step lowers its cost by less than LM_FTOL (relative) or its gradient
     vanishes; rows whose damping runs away, or that reach max_iter, did not converge. log_y and
-    weights: [n] or [S, n], one row per row of theta (see chinchilla.per_draw).
+    weights: [n] or [S, n], one row per row of theta (see bootstrap.per_draw).
     Returns (theta [S, P], converged [S])."""
     theta = theta.copy()
     log_pred, jacobian = space.log_prediction(theta)

@@ -45,7 +45,7 @@ import numpy as np
 
 from fastscale.fit._checks import as_values, enough_data, positive_int, same_length
 from fastscale.fit._optimize import batched_lbfgs, minimize_lbfgs
-from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP, DEFAULT_RESAMPLING, bootstrap_blocks, check_resampling
+from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP, DEFAULT_RESAMPLING, bootstrap_blocks, check_resampling, per_draw
 from fastscale.fit.results import Estimate, FitResult, fit_result
 
 log = logging.getLogger(__name__)
@@ -118,17 +118,6 @@ def _compute_for_loss(p, loss):
     with np.errstate(invalid="ignore", divide="ignore"):
         n_opt = (np.abs(reducible) / ((1.0 + p["alpha"] / p["beta"]) * p["A"])) ** (-1.0 / p["alpha"])
         return np.where(reducible > 0, 6.0 * (n_opt / g) ** (1.0 / p["a"]), np.nan)
-
-
-def per_draw(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """The rows of per-draw data [R, n] that the starts `rows` refit, or the one [n] row they share.
-
-    A [n] array, or a [R, n] broadcast view (stride 0 across draws: the observed log y of a "rows"
-    bootstrap block, the weights of a "parametric" one), is shared by every draw and returned as one row,
-    which numpy broadcasts, instead of being copied into an [S, n] array by fancy indexing."""
-    if values.ndim == 1:
-        return values
-    return values[0] if values.strides[0] == 0 else values[rows]
 
 
 def huber_objective(log_n, log_d, log_loss, weights=None, delta=HUBER_DELTA):

@@ -59,8 +59,8 @@ from scipy.optimize import nnls
 
 from fastscale.fit._checks import FitInputError, as_values, enough_data, positive_int, same_length
 from fastscale.fit._optimize import batched_lbfgs, minimize_lbfgs
-from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP, DEFAULT_RESAMPLING, bootstrap_blocks, check_resampling
-from fastscale.fit.chinchilla import HUBER_DELTA, per_draw
+from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP, DEFAULT_RESAMPLING, bootstrap_blocks, check_resampling, per_draw
+from fastscale.fit.chinchilla import HUBER_DELTA
 from fastscale.fit.results import FitResult, fit_result
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ def loss_objective(runs: _Runs, weights=None, base=None, delta: float = HUBER_DE
     theta = (a, b, e, alpha, beta, rho_D, rho_N) with A, B, E, R_D*, R_N* = exp(a, b, e, rho_D, rho_N);
     with base = (a, b, e, alpha, beta) held fixed, theta = (rho_D, rho_N). weights: None, [n], or
     [R, n] per-draw weights indexed by `rows`; log_y: None (the runs' observed log L), or [R, n] per-draw
-    log L indexed by `rows` (see chinchilla.per_draw). The gradient is analytic, including the
+    log L indexed by `rows` (see bootstrap.per_draw). The gradient is analytic, including the
     dependence of U_N on the base law: log U_N = (a - b + log(alpha/beta) + beta log U_D) / alpha.
     Starts are processed in chunks of CHUNK_ELEMENTS / n so each [chunk, n] temporary stays in cache:
     this function is nearly all of a 1,000-draw bootstrap's time. Where U_N is computed, non-positive
