@@ -85,6 +85,7 @@ GRADIENT_TOL = 1e-7
 # starts x rows per objective chunk: [chunk, n] float64 temporaries of 64 KiB stay in cache (measured on
 # 1,000 draws x 500 runs: a bootstrap 4x faster than with one [S, n] block)
 CHUNK_ELEMENTS = 8192
+SCREEN_ROWS = 5_000
 
 
 @dataclass(frozen=True)
@@ -369,29 +370,52 @@ def _decay_grid():
 
 
 def _fit(runs, base, delta):
-    """Best of the starts (then, fitting all seven, of the decay grid from the best base), polished."""
+    """Best of the starts (then, fitting all seven, of the decay grid from the best base), polished on
+    every row. Above SCREEN_ROWS rows the starts race on SCREEN_ROWS rows drawn at random (seeded) and
+    only the winner goes on to all of them, first by the batched L-BFGS (scipy's L-BFGS-B, started at a
+    subsample's optimum, stops after one iteration in this ill-conditioned valley without moving), then
+    polished: each start costs hundreds of passes over the data, and a few thousand runs already tell
+    the basins apart. On 20,000 synthetic runs (3 seeds) it reaches the all-rows multi-start's optimum
+    (parameters within 6e-5) in ~3 s instead of 6-20 s; 1e6 rows take ~11 s instead of minutes."""
     objective = loss_objective(runs, base=base, delta=delta)
 
     def single(t):
         return tuple(v[0] for v in objective(t[None], np.zeros(1, dtype=int)))
 
-    starts = _decay_grid() if base is not None else _linear_starts(runs)
     with np.errstate(over="ignore", invalid="ignore"):
-        batch = batched_lbfgs(objective, starts)
-        best = batch.x[int(np.argmin(batch.f))]  # non-finite objectives are inf
-        n_starts = len(starts)
-        if base is None:
-            decays = _decay_grid()
-            refine = batched_lbfgs(objective, np.column_stack([np.broadcast_to(best[:5], (len(decays), 5)), decays]))
-            if refine.f.min() < batch.f.min():
-                best = refine.x[int(np.argmin(refine.f))]
-            n_starts += len(decays)
+        screened = _subsample(runs, SCREEN_ROWS)
+        best, n_starts = _best_start(screened, base, delta)
+        if screened is not runs:  # the subsample's optimum is near, not at, all rows' one: follow the valley there
+            best = batched_lbfgs(objective, best[None]).x[0]
         polished = minimize_lbfgs(single, best)
     theta = polished.x if single(polished.x)[0] <= single(best)[0] else best
     value, gradient = single(theta)
     converged = bool(polished.success) or float(np.abs(gradient).max()) <= GRADIENT_TOL
     log.info("data-constrained: %d starts, optimum %.10g", n_starts, value)
     return theta, float(value), converged, n_starts
+
+
+def _best_start(runs, base, delta):
+    """(theta, number of starts): the best of the multi-start batched L-BFGS on these runs."""
+    objective = loss_objective(runs, base=base, delta=delta)
+    starts = _decay_grid() if base is not None else _linear_starts(runs)
+    batch = batched_lbfgs(objective, starts)
+    best = batch.x[int(np.argmin(batch.f))]  # non-finite objectives are inf
+    if base is not None:
+        return best, len(starts)
+    decays = _decay_grid()
+    refine = batched_lbfgs(objective, np.column_stack([np.broadcast_to(best[:5], (len(decays), 5)), decays]))
+    if refine.f.min() < batch.f.min():
+        best = refine.x[int(np.argmin(refine.f))]
+    return best, len(starts) + len(decays)
+
+
+def _subsample(runs: _Runs, size: int) -> _Runs:
+    """`size` of the runs drawn without replacement (seed 0), all of them when size covers them."""
+    if size >= len(runs.log_y):
+        return runs
+    rows = np.sort(np.random.default_rng(0).choice(len(runs.log_y), size, replace=False))
+    return _Runs(*(None if v is None else v[rows] for v in (runs.log_n, runs.log_unique_d, runs.repetitions_d, runs.log_y, runs.log_unique_n)))
 
 
 def _bootstrap(runs, base, theta, blocks, delta):
