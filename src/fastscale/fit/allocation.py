@@ -268,8 +268,10 @@ def _profile(budget: float, n, y, rows, window: int) -> _Profile | str:
 
 
 def _vertex(c2, c1, c0, shift=0.0):
-    """(N_opt, L_opt) of L = c2 v^2 + c1 v + c0 with v = ln N - shift (c2 > 0)."""
-    return np.exp(shift - c1 / (2 * c2)), c0 - c1 * c1 / (4 * c2)
+    """(N_opt, L_opt) of L = c2 v^2 + c1 v + c0 with v = ln N - shift (c2 > 0). A nearly flat parabola's
+    vertex overflows to inf, which the callers treat as beyond the sizes tried."""
+    with np.errstate(over="ignore"):
+        return np.exp(shift - c1 / (2 * c2)), c0 - c1 * c1 / (4 * c2)
 
 
 def _vertex_draws(profiles, n, y, resampling: str, n_bootstrap: int, seed: int):
