@@ -3,7 +3,8 @@ when it times out, when the test fails while it runs, and after its leader exits
 DeepSpeed rank, a launcher's child, a ninja build) outlives the test that started it.
 
 subprocess.run's own timeout kills only the direct child: a launcher's ranks kept running (and kept
-the output pipes open, so the test then waited for them too).
+the output pipes open, so the test then waited for them too). Also: a free TCP port for a
+process group's rendezvous.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 
 
@@ -55,3 +57,10 @@ def run(command, *, timeout: float, check: bool = False, capture_output: bool = 
     if check:
         result.check_returncode()
     return result
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback interface now (for MASTER_PORT)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -5,7 +5,6 @@ embeddings (GPT-2)."""
 
 import json
 import os
-import socket
 import sys
 from pathlib import Path
 
@@ -20,12 +19,6 @@ pytest.importorskip("deepspeed")
 WORKER = Path(__file__).with_name("hf_trainer_worker.py")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     out = tmp_path_factory.mktemp("hf_zero3") / "losses.json"
@@ -33,7 +26,7 @@ def results(tmp_path_factory):
            "PYTHONPATH": os.pathsep.join(filter(None, [str(WORKER.parent), os.environ.get("PYTHONPATH")]))}
     env.pop("TRITON_INTERPRET", None)
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(free_port()), str(WORKER), str(out)]
+               str(processes.free_port()), str(WORKER), str(out)]
     run = processes.run(command, env=env, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return json.loads(out.read_text())

@@ -5,7 +5,6 @@ called on a partitioned weight outside its module, the op refuses with a clear e
 
 import json
 import os
-import socket
 import sys
 from pathlib import Path
 
@@ -18,18 +17,12 @@ pytest.importorskip("deepspeed")
 WORKER = Path(__file__).with_name("zero3_worker.py")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     out = tmp_path_factory.mktemp("zero3") / "curves.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
     env.pop("TRITON_INTERPRET", None)
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()), str(WORKER), str(out)]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(processes.free_port()), str(WORKER), str(out)]
     run = processes.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return json.loads(out.read_text())

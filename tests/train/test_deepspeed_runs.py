@@ -8,7 +8,6 @@ Each DeepSpeed start costs ~10 s, so the runs are made once per module and share
 import json
 import os
 import shutil
-import socket
 import sys
 from pathlib import Path
 
@@ -31,12 +30,6 @@ RUN = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def env(**extra):
     e = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
     e.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "fastscale_torch_extensions"))
@@ -53,7 +46,7 @@ def launch(tmp: Path, out: Path, ds: str | dict, *extra, fault_at=None, check=Tr
         path.write_text(json.dumps(ds))
         ds = str(path)
     command = [
-        sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(free_port()),
+        sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(processes.free_port()),
         str(ROOT / "train.py"), "--config", str(config), "--deepspeed_config", ds, "--out", str(out), "--no-progress", *extra,
     ]
     extra_env = {"FASTSCALE_FAULT_AT_STEP": str(fault_at)} if fault_at else {}
