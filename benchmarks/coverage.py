@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import time
 from collections import Counter
@@ -40,8 +39,9 @@ from fastscale.fit import (
     fit_overtrain,
     fit_power_law,
 )
-from fastscale.fit.benchmark import environment
+from fastscale.fit.benchmark import environment, fit_warnings_silenced
 from fastscale.fit.bootstrap import RESAMPLING
+from fastscale.io import write_atomically
 from fastscale.fit.data_constrained import PAPER_PARAMS, data_constrained_loss
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -286,7 +286,6 @@ def main(argv=None) -> int:
     parser.add_argument("--note", default="", help="stored with the entries (e.g. the commit of the fit code)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="directory of coverage.json and coverage.md")
     args = parser.parse_args(argv)
-    logging.getLogger("fastscale").setLevel(logging.ERROR)  # each fit's flags are counted in the table instead
     for name in ("replicates", "draws", "jobs"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} {getattr(args, name)}: expected an integer >= 1")
@@ -298,10 +297,11 @@ def main(argv=None) -> int:
     def record(entries):
         date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         merged = merge(args.out / "coverage.json", entries, {**stamp, "date": date})
-        (args.out / "coverage.json").write_text(json.dumps({"environment": env, "entries": merged}, indent=1) + "\n")
-        (args.out / "coverage.md").write_text(markdown(merged))
+        write_atomically(args.out / "coverage.json", json.dumps({"environment": env, "entries": merged}, indent=1) + "\n")
+        write_atomically(args.out / "coverage.md", markdown(merged))
 
-    study(args.laws, args.noise, args.resampling, args.replicates, args.draws, args.jobs, record)
+    with fit_warnings_silenced():  # each fit's flags are counted in the table instead (the pool's workers inherit the level)
+        study(args.laws, args.noise, args.resampling, args.replicates, args.draws, args.jobs, record)
     return 0
 
 

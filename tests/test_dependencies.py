@@ -12,14 +12,26 @@ ROOT = Path(__file__).resolve().parents[1]
 DISTRIBUTION = {"PIL": "pillow", "sklearn": "scikit-learn", "flash_attn": "flash-attn"}  # import name -> distribution
 
 
-def imported_modules() -> set[str]:
+# optional distributions (an extra's) -> the only place of the package that may import them
+OPTIONAL = {"flash-attn": "src/fastscale/ops/", "transformers": "src/fastscale/integrations/transformers/"}
+
+
+def python_files() -> list[Path]:
+    return [*(ROOT / "src" / "fastscale").rglob("*.py"), *(ROOT / "kernels").rglob("*.py")]
+
+
+def imports_of(path: Path) -> set[str]:
     names = set()
-    for path in [*(ROOT / "src" / "fastscale").rglob("*.py"), *(ROOT / "kernels").rglob("*.py")]:
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                names |= {alias.name.split(".")[0] for alias in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names.add(node.module.split(".")[0])
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def imported_modules() -> set[str]:
+    names = set().union(*(imports_of(path) for path in python_files()))
     return {n for n in names if n not in sys.stdlib_module_names and n != "fastscale"}
 
 
@@ -33,5 +45,12 @@ def test_every_imported_module_is_a_declared_dependency():
     optional = requirement_names([r for extra in project["optional-dependencies"].values() for r in extra])
     imported = {DISTRIBUTION.get(name, name).lower() for name in imported_modules()}
     assert {"deepspeed", "torch", "numpy"} <= imported  # the scan sees the package's imports
-    assert imported - required <= {"flash-attn"}, f"imported but not dependencies: {sorted(imported - required)}"
-    assert "flash-attn" in optional
+    assert imported - required <= set(OPTIONAL), f"imported but not dependencies: {sorted(imported - required)}"
+    assert set(OPTIONAL) <= optional
+
+
+def test_optional_dependencies_are_imported_only_where_they_are_optional():
+    for distribution, allowed in OPTIONAL.items():
+        name = {v: k for k, v in DISTRIBUTION.items()}.get(distribution, distribution)
+        importers = {path.relative_to(ROOT).as_posix() for path in python_files() if name in imports_of(path)}
+        assert importers and all(p.startswith(allowed) for p in importers), (distribution, sorted(importers))

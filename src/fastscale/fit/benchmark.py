@@ -21,6 +21,7 @@ rest of fastscale.fit (so it does not use the kernel harness, which imports torc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -46,6 +47,7 @@ from fastscale.fit.io import column, drop_highest_loss, read_table
 from fastscale.fit.kaplan import fit_kaplan_nd, fit_kaplan_ns
 from fastscale.fit.overtrain import fit_overtrain
 from fastscale.fit.power import fit_power_law
+from fastscale.io import write_atomically
 
 DEFAULT_DATA = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "scaling" / "chinchilla-epoch" / "svg_extracted_data.csv"
 
@@ -367,16 +369,29 @@ def main(argv=None) -> int:
         if getattr(args, name) < (1 if name in ("points", "repeats") else 0):
             parser.error(f"--{name} {getattr(args, name)}: expected an integer >= {1 if name in ('points', 'repeats') else 0}")
     rows_of = dict(_law_rows(parser, item) for item in args.rows_of)
-    logging.getLogger("fastscale").setLevel(logging.ERROR)  # the synthetic fits' flags are counted in the table
-    report = run(args.laws, args.points, args.draws, args.rows, rows_of, args.data, args.baseline_starts, args.repeats)
+    with fit_warnings_silenced():  # the synthetic fits' flags are counted in the table
+        report = run(args.laws, args.points, args.draws, args.rows, rows_of, args.data, args.baseline_starts, args.repeats)
     text = json.dumps(report, indent=2)
     print(text if args.json else format_report(report))
     if args.write:
         args.write.mkdir(parents=True, exist_ok=True)
-        (args.write / "fit.json").write_text(text + "\n")
+        write_atomically(args.write / "fit.json", text + "\n")
         command = "fastscale bench fit " + " ".join(argv if argv is not None else sys.argv[1:])
-        (args.write / "fit.md").write_text(markdown(report, command))
+        write_atomically(args.write / "fit.md", markdown(report, command))
     return 0
+
+
+@contextlib.contextmanager
+def fit_warnings_silenced():
+    """fastscale's warnings at ERROR only while the block runs (the level is put back: a test or a
+    caller in the same process keeps its logging)."""
+    logger = logging.getLogger("fastscale")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _law_rows(parser, item: str) -> tuple:
