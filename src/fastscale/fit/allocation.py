@@ -18,7 +18,7 @@ import numpy as np
 from fastscale.fit import _lsq
 from fastscale.fit._checks import FitInputError, as_values, enough_data, positive_int, same_length
 from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP, DEFAULT_RESAMPLING, bootstrap_blocks
-from fastscale.fit.results import Estimate, FitResult, fit_result, misspecification_flags
+from fastscale.fit.results import Estimate, FitResult, fit_result
 
 MIN_POINTS_PER_BUDGET = 3
 MIN_BUDGETS = 3  # a line through the vertices needs a residual to be checked
@@ -101,8 +101,9 @@ def _allocation_result(law: str, line: _Line, c, w, samples, failed_refits: int,
         level=level,
         converged=line.solution.converged,
         failed_refits=failed_refits,
-        # standardized residuals: a point of low weight (a noisy vertex) may stray further without a bend
-        flags=flags + misspecification_flags(np.sqrt(w) * residuals, c),
+        flags=flags,
+        residual_order=c,
+        residual_weights=w,
         residuals=residuals,
         objective=line.solution.objective,
         n_points=len(c),

@@ -16,7 +16,7 @@ import numpy as np
 from fastscale.fit import _lsq
 from fastscale.fit._checks import FitInputError, as_values, enough_data, same_length
 from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP, DEFAULT_RESAMPLING
-from fastscale.fit.results import Estimate, FitResult, fit_result, misspecification_flags
+from fastscale.fit.results import Estimate, FitResult, fit_result
 
 MAX_ALPHA = 10.0
 L_INF_START_FRACTIONS = (0.0, 0.3, 0.6, 0.8, 0.9, 0.97)
@@ -105,8 +105,8 @@ def fit_power_law(
         failed_refits=failed,
         bounds={"L_inf": model.bounds[0], "alpha": model.bounds[-1]} if irreducible else {"alpha": model.bounds[-1]},
         fixed=() if irreducible else ("L_inf",),
-        # standardized residuals: a point of low weight may stray further without the law being wrong
-        flags=[] if lower_envelope else misspecification_flags(np.sqrt(w) * residuals, x),
+        residual_order=None if lower_envelope else x,
+        residual_weights=w,
         residuals=residuals,
         objective=solution.objective,
         n_points=n,

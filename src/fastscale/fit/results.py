@@ -146,7 +146,8 @@ def _including(value, low, high):
 
 
 def fit_result(cls, *, law: str, params: dict, samples: np.ndarray, level: float, converged: bool, failed_refits: int,
-               bounds: dict | None = None, fixed: tuple = (), flags: list = (), residual_order=None, **fields) -> FitResult:
+               bounds: dict | None = None, fixed: tuple = (), flags: list = (), residual_order=None, residual_weights=None,
+               **fields) -> FitResult:
     """Build a law's result: intervals from the bootstrap draws, then the flags of the module docstring
     ahead of the law's own `flags`, all logged.
 
@@ -155,6 +156,8 @@ def fit_result(cls, *, law: str, params: dict, samples: np.ndarray, level: float
     space (None for an open side). fixed: parameters held constant (no interval, e.g. L_inf of the
     pure power law). residual_order: one positive value per residual (the law's x) to test the
     residuals for misspecification; None skips the test (laws of several inputs, lower envelopes).
+    residual_weights: the fit's per-point weights, so the test sees standardized residuals
+    sqrt(w) * r (a point of low weight may stray further without the law being wrong).
     """
     level = probability("level", level)
     bounds = bounds or {}
@@ -176,7 +179,8 @@ def fit_result(cls, *, law: str, params: dict, samples: np.ndarray, level: float
             intervals[name] = _interval_with_estimate(name, float(params[name]), finite, level, flags)
         flags += _determination_flags(name, float(params[name]), intervals.get(name), bounds.get(name), name in cls.scales, level)
     if residual_order is not None:
-        flags += misspecification_flags(fields["residuals"], residual_order)
+        scale = 1.0 if residual_weights is None else np.sqrt(residual_weights)
+        flags += misspecification_flags(scale * fields["residuals"], residual_order)
     flags += own
     for flag in flags:
         log.warning("%s: %s", law, flag)
