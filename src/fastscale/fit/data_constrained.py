@@ -60,7 +60,7 @@ from scipy.optimize import nnls
 from fastscale.fit._checks import FitInputError, as_values, enough_data, positive_int, same_length
 from fastscale.fit._optimize import batched_lbfgs, minimize_lbfgs
 from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP, DEFAULT_RESAMPLING, bootstrap_blocks, check_resampling, per_draw
-from fastscale.fit.chinchilla import HUBER_DELTA
+from fastscale.fit.chinchilla import HUBER_DELTA, grid_rows
 from fastscale.fit.results import FitResult, fit_result
 
 log = logging.getLogger(__name__)
@@ -411,10 +411,10 @@ def _best_start(runs, base, delta):
 
 
 def _subsample(runs: _Runs, size: int) -> _Runs:
-    """`size` of the runs drawn without replacement (seed 0), all of them when size covers them."""
+    """`size` of the runs (chinchilla.grid_rows: drawn at random, seed 0), all of them when size covers them."""
     if size >= len(runs.log_y):
         return runs
-    rows = np.sort(np.random.default_rng(0).choice(len(runs.log_y), size, replace=False))
+    rows = grid_rows(len(runs.log_y), size)
     return _Runs(*(None if v is None else v[rows] for v in (runs.log_n, runs.log_unique_d, runs.repetitions_d, runs.log_y, runs.log_unique_n)))
 
 
