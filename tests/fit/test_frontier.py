@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from fastscale.fit import FitInputError, compute_frontier, fit_frontier, fit_power_law
+from fastscale.fit.frontier import early_rows
 
 ALPHA_N, ALPHA_S = 0.3, 0.6
 
@@ -86,3 +87,46 @@ def test_frontier_resamples_its_runs_for_l_of_c_and_passes_the_scheme_to_n_opt()
     assert not np.allclose(parametric.allocation.samples, rows.allocation.samples)
     with pytest.raises(FitInputError, match="resampling='runs'"):
         fit_frontier(*args, n_bootstrap=3, resampling="runs")
+
+
+def test_frontier_is_monotone_where_runs_end_and_matches_a_brute_force_envelope():
+    # Short runs of three sizes that end while the larger runs are still above their last loss: the
+    # envelope of the curves alone jumps up there; the frontier (lowest loss with at most C) does not.
+    rng = np.random.default_rng(7)
+    run, n, c, loss = [], [], [], []
+    for i, (size, end) in enumerate([(1e4, 1e8), (1e5, 1e10), (1e6, 1e11), (3e4, 3e8)]):
+        compute = np.geomspace(1e7, end, 17)
+        run += [f"r{i}"] * 17
+        n += [size] * 17
+        c += list(compute)
+        loss += list((2.0 + (1e4 / size) ** 0.3 + (1e2 * 6 * size / compute) ** 0.6) * np.exp(rng.normal(0, 0.01, 17)))
+    run, n, c, loss = np.array(run), np.array(n), np.array(c), np.array(loss)
+    frontier = compute_frontier(run, n, c, loss, n_grid=41)
+    assert np.all(np.diff(frontier.loss) <= 0)
+    # independent: each run's log-log interpolation on the grid, the minimum over runs, then over grid points <= C
+    grid = np.geomspace(c.min(), c.max(), 41)
+    envelope = np.full(41, np.inf)
+    for name in np.unique(run):
+        rows = run == name
+        inside = (grid >= c[rows].min() * (1 - 1e-12)) & (grid <= c[rows].max() * (1 + 1e-12))
+        envelope[inside] = np.minimum(envelope[inside], np.exp(np.interp(np.log(grid[inside]), np.log(c[rows]), np.log(loss[rows]))))
+    expected = np.array([envelope[: g + 1].min() for g in range(41)])
+    assert not np.all(np.diff(envelope[np.isfinite(envelope)]) <= 0)  # the raw envelope does rise: the test can fail
+    np.testing.assert_allclose(frontier.compute, grid, rtol=1e-12)
+    np.testing.assert_allclose(frontier.loss, expected, rtol=1e-12)
+    # each point names a run that reached that loss at or before that compute
+    for g in range(41):
+        rows = (run == frontier.run[g]) & (c <= grid[g] * (1 + 1e-12))
+        assert rows.any() and frontier.n_params[g] == n[run == frontier.run[g]][0]
+
+
+def test_early_rows_are_each_runs_first_steps_by_compute():
+    run = np.array(["a"] * 10 + ["b"] * 5)
+    steps = np.concatenate([np.arange(1, 11), np.arange(1, 6)]).astype(float)
+    compute = steps * np.where(run == "a", 3e9, 7e10)
+    early = early_rows(run, compute, 0.2)
+    assert early.tolist() == (steps <= 0.2 * np.where(run == "a", 10, 5)).tolist()
+    assert early.sum() == 3  # a: steps 1, 2; b: step 1
+    assert not early_rows(run, compute, 0.0).any()
+    with pytest.raises(FitInputError, match=r"drop_warmup=1\.5: expected a fraction"):
+        early_rows(run, compute, 1.5)

@@ -1,8 +1,15 @@
 """The compute-efficient frontier from learning curves (Henighan et al. 2020, sec. 2.1; Kaplan et al. 2020).
 
 Every run contributes its learning curve, loss against compute spent so far. The frontier is the lower
-envelope over runs: at each compute, the lowest loss any run reached there (curves are interpolated
-linearly in log-log between logged points, and a run only counts inside the compute range it covered).
+envelope over runs: at each compute C, the lowest loss any run reached with at most C (curves are
+interpolated linearly in log-log between logged points, and a run only counts inside the compute range
+it covered). "At most C" makes it monotone: where the best run so far ends and the next runs are still
+above its last loss, the frontier stays at that loss (more compute can always train that run and stop),
+instead of jumping up to the runs still going. On noisy curves a lower envelope is biased low (it follows
+each run's downward fluctuations), the more so the more runs and points it takes the minimum over: feed it
+held-out losses (each point the same held-out rows) or smoothed training losses, never raw batch losses.
+Each run's first steps (warmup, the first fast drop) are no part of a power law: `early_rows` marks
+them, the same way for the sweep report and `fastscale fit --law frontier --drop-warmup`.
 L(C) = L_inf + (C0/C)^alpha is fitted so it lies on or below the frontier, on a log-spaced compute
 grid so densely logged runs do not dominate; N_opt(C) = (C/C0)^a is fitted with one point per run that
 touches the frontier, at the geometric centre of the compute range where it is the best run.
@@ -53,7 +60,8 @@ class FrontierFit:
 
 
 def compute_frontier(run, n_params, compute, loss, *, n_grid: int = 100) -> Frontier:
-    """Lower envelope of the learning curves (rows: one logged point of one run) on n_grid log-spaced computes."""
+    """Lower envelope of the learning curves (rows: one logged point of one run) on n_grid log-spaced
+    computes: at each, the lowest loss reached with at most that compute (non-increasing)."""
     labels = np.asarray(run)
     n = as_values("n_params", n_params, positive=True)
     c = as_values("compute", compute, positive=True)
@@ -76,8 +84,20 @@ def compute_frontier(run, n_params, compute, loss, *, n_grid: int = 100) -> Fron
         sizes[i] = np.median(n[rows])
     best = np.argmin(curves, axis=0)
     lowest = curves[best, np.arange(len(grid))]
-    covered = np.isfinite(lowest)  # grid points between the compute ranges of all runs have no frontier
-    return Frontier(grid[covered], lowest[covered], runs[best][covered], sizes[best][covered])
+    # the lowest loss with at most this compute: where it rises, the earlier grid point's run keeps it
+    attained = np.maximum.accumulate(np.where(lowest <= np.minimum.accumulate(lowest), np.arange(len(grid)), 0))
+    best = best[attained]
+    return Frontier(grid, lowest[attained], runs[best], sizes[best])
+
+
+def early_rows(run, compute, fraction: float) -> np.ndarray:
+    """True for each run's rows at compute <= fraction x that run's largest compute: its first steps
+    (compute grows in proportion to steps within a run), which a frontier fit leaves out."""
+    if not (isinstance(fraction, (int, float)) and 0 <= fraction < 1):
+        raise FitInputError(f"drop_warmup={fraction!r}: expected a fraction of each run's compute in [0, 1)", "drop_warmup")
+    labels, c = np.asarray(run), np.asarray(compute, dtype=np.float64)
+    final = {name: c[labels == name].max() for name in np.unique(labels)}
+    return c <= fraction * np.array([final[name] for name in labels])
 
 
 def fit_frontier(

@@ -7,7 +7,7 @@ A sweep file is JSON:
      "seq_len": 193, "tokens_per_item": 192,
      "sizes": [1e4, 3e4, ...],                          # target non-embedding N (GPTConfig.from_params)
      "tokens": [6e5] or "compute": [1e13],              # budgets: D per run, or C per run (FLOPs, see below)
-     "seeds": [0],
+     "seeds": [0],                                      # every size; or one list per entry of "sizes"
      "model": {"head_dim": 32},                         # from_params options
      "lr": "kaplan" or 3e-3,                            # Kaplan et al. eq. D.1 by size, or one value
      "train": {...},                                    # TrainSettings fields (steps come from the budget)
@@ -56,6 +56,20 @@ def _positive_list(raw: dict, name: str) -> list[float]:
     return [float(v) for v in values]
 
 
+def _seeds_per_size(seeds, n_sizes: int) -> list[list[int]]:
+    """Each size's seeds: one list for every size, or one list per size (more seeds where runs are cheap,
+    the small sizes, whose run names stay those of a single list: N{size}_{budget}_s{seed})."""
+    def valid(values) -> bool:
+        return isinstance(values, list) and bool(values) and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in values)
+
+    if isinstance(seeds, list) and seeds and all(isinstance(s, list) for s in seeds):
+        _require(len(seeds) == n_sizes and all(valid(s) for s in seeds), "seeds", seeds,
+                 f"one list of integers >= 0 per size ({n_sizes} lists)")
+        return seeds
+    _require(valid(seeds), "seeds", seeds, "a non-empty list of integers >= 0, or one such list per size")
+    return [seeds] * n_sizes
+
+
 def kaplan_lr(n_params: float) -> float:
     """Kaplan et al. (2020) eq. D.1: the learning rate that worked across their sizes."""
     return 0.003239 - 0.0001395 * math.log(n_params)
@@ -83,7 +97,7 @@ class SweepSpec:
     sizes: list
     budgets: list  # tokens per run, or compute per run when budget_kind == "compute"
     budget_kind: str
-    seeds: list
+    seeds: list  # per entry of sizes, its seeds
     tokens_per_item: int | None = None
     model: dict = field(default_factory=dict)
     lr: object = "kaplan"
@@ -102,8 +116,8 @@ class SweepSpec:
             _require(key in raw, key, None, "a value (the key is required)")
         _require(("tokens" in raw) != ("compute" in raw), "tokens/compute", (raw.get("tokens"), raw.get("compute")), "exactly one of the two budgets")
         kind = "tokens" if "tokens" in raw else "compute"
-        seeds = raw.get("seeds", [0])
-        _require(isinstance(seeds, list) and seeds and all(isinstance(s, int) and s >= 0 for s in seeds), "seeds", seeds, "a non-empty list of integers >= 0")
+        sizes = _positive_list(raw, "sizes")
+        seeds = _seeds_per_size(raw.get("seeds", [0]), len(sizes))
         lr = raw.get("lr", "kaplan")
         _require(lr == "kaplan" or (isinstance(lr, (int, float)) and lr > 0), "lr", lr, "'kaplan' or a positive number")
         _require(isinstance(raw["seq_len"], int) and raw["seq_len"] >= 2, "seq_len", raw["seq_len"], "an integer >= 2")
@@ -114,7 +128,7 @@ class SweepSpec:
         if study is not None:
             _check_study(study, raw["data"])
         return cls(
-            name=str(raw.get("name", "sweep")), data=raw["data"], seq_len=raw["seq_len"], sizes=_positive_list(raw, "sizes"),
+            name=str(raw.get("name", "sweep")), data=raw["data"], seq_len=raw["seq_len"], sizes=sizes,
             budgets=_positive_list(raw, kind), budget_kind=kind, seeds=seeds, tokens_per_item=raw.get("tokens_per_item"),
             model=raw.get("model", {}), lr=lr, train=train, deepspeed=raw["deepspeed"], packing=raw.get("packing"), study=study, raw=raw,
         )
@@ -152,12 +166,12 @@ class SweepSpec:
     def runs(self) -> list[Run]:
         """The grid, smallest models first (the runner starts the largest first)."""
         runs = []
-        for n in sorted(self.sizes):
+        for n, seeds in sorted(zip(self.sizes, self.seeds)):
             for budget in self.budgets:
                 label = f"{self.budget_kind[0]}{budget:.3g}".replace("+", "")
                 name = f"N{n:.3g}_{label}".replace("+", "")
                 tokens, steps, compute = self._budget(name, n, budget)
-                for seed in self.seeds:
+                for seed in seeds:
                     runs.append(Run(f"{name}_s{seed}", n, tokens, seed, steps, kaplan_lr(n) if self.lr == "kaplan" else float(self.lr), compute))
         names = [r.name for r in runs]
         _require(len(set(names)) == len(names), "sizes/budgets", names, "distinct runs (two grid points round to the same name)")
