@@ -99,10 +99,8 @@ def test_compute_for_loss_inverts_the_optimal_loss(epoch_chinchilla_fit):
 
 
 def test_recovers_known_parameters_from_synthetic_data():
-    # Coverage measured over 100 seeds of Hoffmann et al.'s constants (E 1.69, A 406.4, B 410.7, alpha 0.34,
-    # beta 0.28; 200 points, 2% noise, 200 draws): the default parametric bootstrap's 95% intervals covered
-    # E in 91%, A 92%, B 94%, alpha 92%, beta 94% (resampling="rows": 94, 93, 96, 94, 95%, with intervals
-    # 10-25% wider). One seed here, other constants, less noise.
+    # One seed, other constants, less noise; coverage over 200 seeds of Hoffmann et al.'s constants is
+    # benchmarks/coverage.py's (benchmarks/results/coverage.md).
     rng = np.random.default_rng(3)
     truth = {"E": 1.7, "A": 400.0, "B": 1500.0, "alpha": 0.33, "beta": 0.30}
     n = np.exp(rng.uniform(np.log(5e7), np.log(2e10), 200))

@@ -27,8 +27,7 @@ def test_exact_pairs_give_exact_s_min_e_min_and_b_crit():
 
 
 def test_noisy_pairs_interval_covers_b_crit():
-    # Measured on 11 points: parametric draws (the default), 300 seeds x 1,000: 94% coverage of B_crit and of
-    # S_min; row resampling, 100 seeds x 300: 92% and 88%.
+    # A guard against gross undercoverage on a few seeds; coverage at scale is benchmarks/coverage.py's.
     covered = 0
     for seed in range(8):
         fit = fit_critical_batch(*tradeoff(seed), n_bootstrap=50, seed=seed)

@@ -22,8 +22,7 @@ def sizes_and_tokens(seed, n=60):
 
 
 def test_l_nd_recovers_kaplans_published_constants(published_constants):
-    # Coverage of nominal 95% intervals, 60 points, 1% noise: parametric draws (the default), 300 seeds x
-    # 1,000: Nc 94%, Dc 94%, alpha_N 95%, alpha_D 94%; row resampling, 40 seeds x 200: 90/92/88/92%.
+    # One seed; coverage over 200 seeds is benchmarks/coverage.py's (benchmarks/results/coverage.md).
     truth = published_constants["kaplan2020"]["L_N_D"]
     truth = {"Nc": truth["N_c"], "Dc": truth["D_c"], "alpha_N": truth["alpha_N"], "alpha_D": truth["alpha_D"]}
     n, d, rng = sizes_and_tokens(0)
