@@ -17,6 +17,7 @@ from fastscale.fit.data_constrained import (
     effective_parameters,
     fit_data_constrained,
     loss_objective,
+    unique_parameters,
 )
 
 P = PAPER_PARAMS
@@ -185,6 +186,19 @@ def test_runs_without_excess_parameters_flag_r_n_star():
     loss = data_constrained_loss(P, n, d, unique_d) * np.exp(rng.normal(0, 0.003, 40))
     fit = fit_data_constrained(n, d, unique_d, loss, n_bootstrap=0, base_law=P)
     assert any(flag.startswith("R_N_star_not_determined: no run has more parameters than U_N") for flag in fit.flags)
+
+
+def test_decays_far_beyond_the_runs_repetitions_are_flagged_not_determined():
+    # Truth without any discount (R* = 1e9), noiseless: over 1 to 8 epochs a decay constant beyond ~100x
+    # the repetitions changes the loss by under 1%, so what the fit returns for it is not a measurement.
+    rng = np.random.default_rng(3)
+    n, _, unique_d, _ = synthetic_runs(rng)
+    d = unique_d * rng.choice([1.0, 1.0, 2.0, 4.0, 8.0], len(n))
+    fit = fit_data_constrained(n, d, unique_d, data_constrained_loss({**P, "R_D_star": 1e9, "R_N_star": 1e9}, n, d, unique_d), n_bootstrap=0)
+    excess = np.max(n / unique_parameters(fit.params, n, unique_d)) - 1
+    for name, most in (("R_D_star", 7.0), ("R_N_star", excess)):
+        assert most / fit.params[name] < 0.01, (name, fit.params[name])  # the fit found no decay over the data
+        assert any(flag.startswith(f"{name}_not_determined: {name}=") for flag in fit.flags), fit.flags
 
 
 def test_bad_input_is_refused_with_the_argument_named():
