@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import importlib
 
-KINDS = ("multimodal", "math", "classify")
+KINDS = ("multimodal", "math", "classify", "text")
 
 
 def study(kind: str):
