@@ -16,7 +16,7 @@ import numpy as np
 
 from . import sources
 from .shards import MemoryShard, TokenShard, write_shard
-from .tokenizers import ByteTokenizer, ImageCaptionTokenizer, ImageTokenizer, VideoTokenizer
+from .tokenizers import BPETokenizer, ByteTokenizer, ImageCaptionTokenizer, ImageTokenizer, VideoTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -59,16 +59,21 @@ def build_labelled(
     doc_bytes: int | None = 4096,
     val_fraction: float = 0.1,
     seed: int = 0,
+    bpe: bool = False,
+    vocab: int | None = None,
+    tokenizer: str | None = None,
 ):
     """-> (tokenizer, train Split, val Split, provenance dict): each split's documents (int64 arrays) and
-    their labels (the digit of a digit image, None for every other document)."""
+    their labels (the digit of a digit image, None for every other document). Text: input, or the
+    running Python's standard library (sources.python_stdlib) without one; as bytes, or with bpe=True
+    through a byte-level BPE of `vocab` tokens trained on the training split, or the tokenizer.json
+    at `tokenizer`."""
     _check("domain", domain, domain in DOMAINS, f"one of {DOMAINS}")
     _check("resolution", resolution, isinstance(resolution, int) and resolution >= 1, "a positive integer")
     _check("frames", frames, isinstance(frames, int) and frames >= 1, "a positive integer")
     _check("order", order, order in ORDERS, f"one of {ORDERS}")
     _check("val_fraction", val_fraction, 0 <= val_fraction < 1, "a fraction in [0, 1)")
-    if domain == "text" and input is None:
-        raise ValueError("domain='text' needs input=PATH (a text file or a folder of them); no text corpus is bundled")
+    _check_text_options(domain, bpe, vocab, tokenizer)
     rng = np.random.default_rng(seed)
     origin = "bundled" if input is None else str(input)
     val_docs, labels = None, None
@@ -103,8 +108,7 @@ def build_labelled(
             n_val = max(1, int(n * val_fraction))
             val_docs = [tok.encode(text) for text, _ in sources.math_problems(n_val, eval_difficulty, seed + 1)]
     else:
-        tok = ByteTokenizer()
-        docs = [tok.encode(data) for data in sources.text_folder(input, doc_bytes)]
+        tok, docs, val_docs, corpus = _text(input, doc_bytes, val_fraction, rng, bpe=bpe, vocab=vocab, tokenizer=tokenizer)
     if not docs:
         raise ValueError(f"domain={domain!r} with input={input!r} produced no documents")
     if labels is None:
@@ -118,7 +122,41 @@ def build_labelled(
     provenance = {"domain": domain, "source": origin, "tokenizer": tok.to_dict(), "seed": seed}
     if domain == "math":
         provenance.update(difficulty=difficulty, eval_difficulty=eval_difficulty)
+    if domain == "text":
+        provenance.update(corpus)
     return tok, train, val, provenance
+
+
+def _check_text_options(domain: str, bpe: bool, vocab, tokenizer) -> None:
+    if domain != "text":
+        _check("bpe", bpe, not bpe and vocab is None and tokenizer is None, f"False (with no vocab or tokenizer): a learned vocabulary is for domain 'text', not {domain!r}")
+        return
+    if tokenizer is not None:
+        _check("vocab", vocab, vocab is None, f"None with tokenizer={tokenizer!r}: a loaded tokenizer brings its vocabulary")
+    elif bpe:
+        _check("vocab", vocab, vocab is not None, "a vocabulary size for the BPE to learn, such as 8192")
+    else:
+        _check("vocab", vocab, vocab is None, "None without bpe=True (bytes have 257 tokens)")
+
+
+def _text(input, doc_bytes, val_fraction: float, rng, *, bpe: bool, vocab, tokenizer):
+    """-> (tokenizer, train documents, val documents, corpus provenance). The documents are deduplicated
+    and split before any tokenizer is trained: a BPE learns its merges from the training split only."""
+    raw = sources.python_stdlib(doc_bytes) if input is None else sources.text_folder(input, doc_bytes)
+    texts, duplicates = sources.deduplicate(raw)
+    corpus = sources.stdlib_corpus_info() if input is None else {"corpus": str(input)}
+    corpus.update(corpus_bytes=sum(len(t) for t in texts), corpus_documents=len(texts), duplicates_removed=duplicates)
+    perm = rng.permutation(len(texts))
+    n_val = int(round(len(texts) * val_fraction))
+    val_texts, train_texts = [texts[i] for i in perm[:n_val]], [texts[i] for i in perm[n_val:]]
+    if tokenizer is not None:
+        tok = BPETokenizer.load(tokenizer)
+    elif bpe:
+        tok = BPETokenizer.train((t.decode("utf-8", errors="replace") for t in train_texts), vocab)
+    else:
+        tok = ByteTokenizer()
+    encode = tok.encode_batch if isinstance(tok, BPETokenizer) else (lambda docs: [tok.encode(d) for d in docs])
+    return tok, encode(train_texts), encode(val_texts), corpus
 
 
 def build(domain: str, **options):
@@ -145,9 +183,13 @@ def _labelled_images(tok: ImageTokenizer, split: Split) -> LabelledImages:
 
 
 def prepare(domain: str, out, **options) -> dict:
-    """Write out/train and out/val shards for domain; returns {"train": meta, "val": meta}."""
+    """Write out/train and out/val shards for domain (and out/tokenizer.json for a BPE vocabulary, which
+    the shards' metadata names); returns {"train": meta, "val": meta}."""
     tok, train, val, provenance = build(domain, **options)
     out = Path(out)
+    if isinstance(tok, BPETokenizer):
+        out.mkdir(parents=True, exist_ok=True)
+        tok.save(out / tok.FILE)
     result = {}
     for split, docs in (("train", train), ("val", val)):
         shard = write_shard(out / split, docs, tok.vocab_size, split=split, **provenance)

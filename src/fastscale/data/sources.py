@@ -1,14 +1,18 @@
 """Document sources for each domain: the real data bundled with scikit-learn (8x8 handwritten digits,
-two sample photographs), procedural math problems with a difficulty level, and users' own folders of
+two sample photographs), the text that ships with the running Python (its standard library's source
+and pydoc topics), procedural math problems with a difficulty level, and users' own folders of
 images, frames, captioned images or text. Each yields raw objects for the domain's tokenizer.
 Nothing here downloads anything."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import platform
+import sysconfig
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -161,18 +165,73 @@ def caption_folder(folder, resolution: int = 8) -> Iterator[tuple[np.ndarray, st
 
 
 def text_folder(folder, doc_bytes: int | None = None) -> Iterator[bytes]:
-    """Every file under folder as bytes; with doc_bytes, cut into documents at the last blank line (or
-    newline) before each doc_bytes boundary."""
+    """Every file under folder as bytes; with doc_bytes, cut into documents (cut_documents)."""
     for path in _files(folder, None):
-        data = path.read_bytes()
-        if not doc_bytes:
-            if data:
-                yield data
-            continue
-        while data:
-            piece = data[:doc_bytes]
-            if len(data) > doc_bytes:
-                cut = max(piece.rfind(b"\n\n"), piece.rfind(b"\n"))
-                piece = piece[: cut + 1] if cut > 0 else piece
-            yield piece
-            data = data[len(piece) :]
+        yield from cut_documents(path.read_bytes(), doc_bytes)
+
+
+def cut_documents(data: bytes, doc_bytes: int | None) -> Iterator[bytes]:
+    """data whole (doc_bytes None or 0), or in pieces of at most doc_bytes cut after the last newline
+    before each boundary (mid-line only where a line is longer); nothing for empty data."""
+    if not doc_bytes:
+        if data:
+            yield data
+        return
+    while data:
+        piece = data[:doc_bytes]
+        if len(data) > doc_bytes:
+            cut = piece.rfind(b"\n")
+            piece = piece[: cut + 1] if cut > 0 else piece
+        yield piece
+        data = data[len(piece) :]
+
+
+# The standard library's own tests (fixtures in odd encodings, generated data), the pydoc topics' module
+# (pydoc_topics below reads its text once) and third-party packages are not the standard library's text.
+STDLIB_EXCLUDED = {"test", "tests", "idle_test", "site-packages", "dist-packages", "pydoc_data", "__pycache__"}
+STDLIB_LICENCE = "PSF-2.0 (Python Software Foundation License Version 2; LICENSE.txt in the standard library's folder)"
+
+
+def stdlib_files() -> list[Path]:
+    """The .py files of the running Python's standard library, sorted, without its tests."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    return sorted(p for p in root.rglob("*.py") if not STDLIB_EXCLUDED & set(p.relative_to(root).parts))
+
+
+def pydoc_topics() -> list[bytes]:
+    """The language reference topics `help()` shows (pydoc_data.topics), one document each, sorted by name."""
+    from pydoc_data.topics import topics
+
+    return [topics[name].encode("utf-8") for name in sorted(topics)]
+
+
+def python_stdlib(doc_bytes: int | None = 4096) -> Iterator[bytes]:
+    """The text corpus every machine with Python has: each standard-library source file and each pydoc
+    topic, cut into documents of at most doc_bytes (cut_documents). About 12.5 MB on CPython 3.11
+    (stdlib_corpus_info says what the running Python has): mostly Python code with its docstrings and
+    comments, and ~0.5 MB of English reference prose."""
+    for path in stdlib_files():
+        yield from cut_documents(path.read_bytes(), doc_bytes)
+    for topic in pydoc_topics():
+        yield from cut_documents(topic, doc_bytes)
+
+
+def stdlib_corpus_info() -> dict:
+    """Where the default text comes from, for the data's metadata."""
+    return {"corpus": "python-stdlib", "python": platform.python_version(), "stdlib": sysconfig.get_paths()["stdlib"],
+            "licence": STDLIB_LICENCE}
+
+
+def deduplicate(documents: Iterable[bytes]) -> tuple[list[bytes], int]:
+    """(the documents with every exact repeat after its first occurrence removed, how many were
+    removed): a held-out document that is also a training document measures memory, not modelling."""
+    seen, kept, removed = set(), [], 0
+    for doc in documents:
+        digest = hashlib.sha256(doc).digest()
+        if digest in seen:
+            removed += 1
+        else:
+            seen.add(digest)
+            kept.append(doc)
+    return kept, removed
+

@@ -4,14 +4,24 @@
 - video: frames of such images in time order;
 - image+caption: caption bytes (offset by 256) and pixels, caption first or image first, with SEP
   between them;
-- text and math: UTF-8 bytes.
+- text and math: UTF-8 bytes;
+- text with a learned vocabulary: byte-level BPE (Hugging Face `tokenizers`), trained on the training
+  split or loaded from a tokenizer.json, saved beside the shards and named in their metadata.
 
 encode() returns an int64 numpy array; decode() inverts it exactly (round-trip).
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Iterable
+
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 
 class Tokenizer:
@@ -136,12 +146,106 @@ class ImageCaptionTokenizer(Tokenizer):
         return {"name": self.name, "resolution": self.image.resolution, "channels": self.image.channels}
 
 
+class BPETokenizer(Tokenizer):
+    """Byte-level BPE through Hugging Face `tokenizers` (GPT-2's scheme: every byte is a base token, so
+    any text round-trips and nothing is out of vocabulary). A BOS token starts every document: the special
+    token "<|endoftext|>" of a trained tokenizer, or the first of BOS_CANDIDATES a loaded one defines.
+    Texts are encoded without the tokenizer's own special-token template (add_special_tokens=False), so
+    the document boundary is the BOS alone, as in the other domains.
+
+    The shards' metadata records {"name": "bpe", "file": FILE, "vocab_size", "sha256"}: FILE is the
+    tokenizer.json saved beside the shards (`fastscale data` writes it), resolved against the data
+    directory by tokenizer_from_dict(meta, root=DIR), and the hash says it is the one the shards were
+    encoded with."""
+
+    name = "bpe"
+    BOS_CANDIDATES = ("<|endoftext|>", "<|begin_of_text|>", "<s>", "<bos>", "[CLS]")
+    FILE = "tokenizer.json"
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        found = [t for t in self.BOS_CANDIDATES if tokenizer.token_to_id(t) is not None]
+        if not found:
+            raise ValueError(f"tokenizer: defines none of the BOS tokens {self.BOS_CANDIDATES}; expected one of them to mark document starts")
+        self.bos = int(tokenizer.token_to_id(found[0]))
+        self.vocab_size = int(tokenizer.get_vocab_size())
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int) -> "BPETokenizer":
+        """A byte-level BPE of vocab_size tokens (the 256 bytes, BOS and merges) learned from texts. A
+        corpus with fewer distinct merges gives a smaller vocabulary (logged): vocab_size is the most."""
+        from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
+
+        if not (isinstance(vocab_size, int) and not isinstance(vocab_size, bool) and MIN_BPE_VOCAB <= vocab_size <= MAX_VOCAB):
+            raise ValueError(f"vocab={vocab_size!r}; expected an integer from {MIN_BPE_VOCAB} (the 256 bytes and BOS) to {MAX_VOCAB}")
+        tokenizer = HFTokenizer(models.BPE())
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        tokenizer.train_from_iterator(texts, trainer)
+        if tokenizer.get_vocab_size() < vocab_size:
+            logger.warning("BPE: the corpus supports %d tokens, fewer than vocab=%d asked for", tokenizer.get_vocab_size(), vocab_size)
+        return cls(tokenizer)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "BPETokenizer":
+        """A tokenizer.json (Hugging Face `tokenizers` format)."""
+        from tokenizers import Tokenizer as HFTokenizer
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"tokenizer={str(path)!r} does not exist; expected a tokenizer.json file")
+        try:
+            tokenizer = HFTokenizer.from_file(str(path))
+        except Exception as error:  # tokenizers raises a bare Exception on malformed files
+            raise ValueError(f"tokenizer={str(path)!r} is not a Hugging Face tokenizer.json: {error}") from None
+        if tokenizer.get_vocab_size() > MAX_VOCAB:
+            raise ValueError(f"tokenizer={str(path)!r} has {tokenizer.get_vocab_size():,} tokens; expected at most {MAX_VOCAB:,}")
+        return cls(tokenizer)
+
+    def save(self, path: str | os.PathLike) -> None:
+        self.tokenizer.save(str(path))
+
+    def encode(self, text: str | bytes) -> np.ndarray:
+        return self.encode_batch([text])[0]
+
+    def encode_batch(self, texts: list) -> list[np.ndarray]:
+        """Many documents at once (the tokenizer's own threads); bytes are read as UTF-8, invalid
+        sequences replaced."""
+        texts = [t.decode("utf-8", errors="replace") if isinstance(t, bytes) else t for t in texts]
+        encodings = self.tokenizer.encode_batch(texts, add_special_tokens=False)
+        return [np.concatenate([[self.bos], e.ids]).astype(np.int64) for e in encodings]
+
+    def decode(self, tokens) -> str:
+        tokens = np.asarray(tokens)
+        tokens = tokens[1:] if len(tokens) and tokens[0] == self.bos else tokens
+        return self.tokenizer.decode(tokens.tolist(), skip_special_tokens=False)
+
+    def sha256(self) -> str:
+        return hashlib.sha256(self.tokenizer.to_str().encode("utf-8")).hexdigest()
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "file": self.FILE, "vocab_size": self.vocab_size, "sha256": self.sha256()}
+
+
+MIN_BPE_VOCAB = 257
+MAX_VOCAB = 262_144  # token ids are stored as uint32 above 65,536 (fastscale.data.shards.dtype_for)
 TOKENIZERS = {"bytes": ByteTokenizer, "image": ImageTokenizer, "video": VideoTokenizer, "image_caption": ImageCaptionTokenizer}
 
 
-def tokenizer_from_dict(data: dict) -> Tokenizer:
+def tokenizer_from_dict(data: dict, root: str | os.PathLike | None = None) -> Tokenizer:
+    """The tokenizer a shard's metadata names. A BPE tokenizer is read from its file in root (the data
+    directory that holds the shards and tokenizer.json) and checked against the recorded hash."""
     data = dict(data)
     name = data.pop("name")
+    if name == BPETokenizer.name:
+        if root is None:
+            raise ValueError("tokenizer_from_dict: a 'bpe' tokenizer needs root=the data directory holding its tokenizer.json")
+        tok = BPETokenizer.load(Path(root) / data["file"])
+        if tok.sha256() != data["sha256"]:
+            raise ValueError(f"{Path(root) / data['file']}: not the tokenizer the shards were encoded with (sha256 differs from their metadata's)")
+        return tok
     if name not in TOKENIZERS:
-        raise ValueError(f"tokenizer name={name!r}; expected one of {sorted(TOKENIZERS)}")
+        raise ValueError(f"tokenizer name={name!r}; expected one of {sorted([*TOKENIZERS, BPETokenizer.name])}")
     return TOKENIZERS[name](**data)
