@@ -145,21 +145,39 @@ def zero3_fp32_state(tag_dir) -> dict:
     original = zero_to_fp32.torch
     zero_to_fp32.torch = _TorchWithSafeLoad("torch")
     try:
-        return zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+        state = zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
     finally:
         zero_to_fp32.torch = original
+    return {without_recompute_wrapper(name): tensor for name, tensor in state.items()}
+
+
+def without_recompute_wrapper(name: str) -> str:
+    """A parameter name as the unwrapped model has it. ZeRO-3 records the names the engine saw, which
+    under activation checkpointing include the wrapper torch's checkpoint_wrapper puts around each
+    recomputed module (its state_dict strips it; its parent's named_parameters does not)."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import _CHECKPOINT_PREFIX
+
+    return name.replace(_CHECKPOINT_PREFIX, "")
 
 
 def load_rng(path) -> None:
-    """Restore the CPU and (when saved and present) CUDA generators saved by rng_bytes."""
+    """Restore the CPU generator and the generator of every CUDA device saved by rng_bytes. Where this
+    process sees a different number of CUDA devices than the saving one, the devices both have are
+    restored and a warning says the resume is not exact (dropout draws differ from the uninterrupted run)."""
     state = safe_load(path)
     torch.set_rng_state(state["cpu"])
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    saved = list(state.get("cuda") or [])
+    present = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if len(saved) != present:
+        logger.warning("%s holds the generators of %d CUDA device(s), this process has %d: the resume is not exact "
+                       "(random draws on the devices differ from the uninterrupted run)", path, len(saved), present)
+    if saved and present:
+        torch.cuda.set_rng_state_all(saved[:present])
 
 
 def rng_bytes() -> bytes:
-    """This process's generator states as a torch.save of tensors only (so it loads with weights_only)."""
+    """This process's generator states, the CPU's and every CUDA device's (exact resume needs each device
+    that draws dropout masks), as a torch.save of tensors only (so it loads with weights_only)."""
     buffer = io.BytesIO()
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
     torch.save({"cpu": torch.get_rng_state(), "cuda": cuda}, buffer)

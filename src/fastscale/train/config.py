@@ -68,11 +68,21 @@ class TrainSettings:
     """The `train` section of a run config. Intervals are in optimizer steps; 0 turns a feature off
     (checkpoint_interval=0: no checkpoints at all, else one every interval and one at the end).
 
+    log_interval: the loop reads the device (losses, gradient norm) only on log steps (every
+    log_interval-th, and the eval, noise-scale, checkpoint and last steps); the steps between run without
+    waiting for it. metrics.jsonl gets a record on each log step.
+
     nonfinite: what a step with a non-finite loss or gradient norm does. "stop" (default) ends the run
-    with an error after writing that step's metrics (no checkpoint of it); "skip" withholds the step's
-    update, counts it in the metrics' skipped_steps and goes on, until max_consecutive_skips steps in a
-    row were skipped. Under fp16, DeepSpeed's dynamic loss scaler skips overflowing steps itself while it
-    searches for a scale: those count as skipped steps in either mode, and never stop the run on their own.
+    with an error after writing that step's metrics (no checkpoint of it); since values are read on log
+    steps, the run ends at the first log step at or after the non-finite one (up to log_interval - 1
+    steps later) and names it. "skip" withholds the step's update, counts it in the metrics'
+    skipped_steps and goes on, until max_consecutive_skips steps in a row were skipped; to withhold an
+    update it reads a finiteness verdict every step (one wait for the device per step). Under fp16,
+    DeepSpeed's dynamic loss scaler skips overflowing steps itself while it searches for a scale: those
+    count as skipped steps in either mode, and never stop the run on their own.
+
+    data_workers: DataLoader worker processes collating batches ahead of the step (0: in the training
+    process), each holding prefetch_batches micro-batches ready.
     """
 
     steps: int = 100
@@ -93,12 +103,14 @@ class TrainSettings:
     noise_scale_ema: float = 0.9
     nonfinite: str = "stop"
     max_consecutive_skips: int = 20
+    data_workers: int = 1
+    prefetch_batches: int = 2
 
     def __post_init__(self) -> None:
         w = "train"
-        for name in ("steps", "log_interval", "eval_batches", "keep_checkpoints", "max_consecutive_skips"):
+        for name in ("steps", "log_interval", "eval_batches", "keep_checkpoints", "max_consecutive_skips", "prefetch_batches"):
             check_integer(w, name, getattr(self, name), 1, "a positive integer")
-        for name in ("warmup_steps", "eval_interval", "checkpoint_interval", "noise_scale_interval", "seed"):
+        for name in ("warmup_steps", "eval_interval", "checkpoint_interval", "noise_scale_interval", "seed", "data_workers"):
             check_integer(w, name, getattr(self, name), 0, "an integer >= 0 (0 turns it off)" if name != "seed" else "an integer >= 0")
         check_number(w, "lr", self.lr, lambda v: v > 0, "a finite learning rate > 0")
         check_number(w, "eps", self.eps, lambda v: v > 0, "a finite number > 0")
@@ -119,7 +131,9 @@ class RunConfig:
     vocab_size and seq_len come from the data and the run. data: {"path": DIR} or {"dataset": NAME, ...}.
     packing (fastscale.data.packing): "stream" cuts the token stream into rows, so a document may be
     split across two rows; "documents" keeps every document whole in one row (padding the rest), which
-    needs seq_len >= the longest document.
+    needs seq_len >= the longest document. monitor: experiment tracking, DeepSpeed's monitor sections
+    ({"tensorboard": {...}, "wandb": {...}, "csv_monitor": {...}, "comet": {...}}, each with
+    "enabled": true) fed the metrics.jsonl records (fastscale.train.monitor).
     """
 
     model: dict
@@ -127,12 +141,13 @@ class RunConfig:
     seq_len: int
     train: TrainSettings = field(default_factory=TrainSettings)
     packing: str = "stream"
+    monitor: dict = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, raw: dict, where: str = "run config") -> "RunConfig":
         if not isinstance(raw, dict):
             raise ConfigError(f"{where}: expected a JSON object, got {type(raw).__name__}")
-        known = {"model", "data", "seq_len", "packing", "train", "name", "description"}
+        known = {"model", "data", "seq_len", "packing", "train", "monitor", "name", "description"}
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys are {sorted(known)}")
@@ -151,14 +166,35 @@ class RunConfig:
         unknown = sorted(set(train) - names)
         if unknown:
             raise ConfigError(f"{where}: unknown train key(s) {unknown}; known keys are {sorted(names)}")
-        return cls(model=raw["model"], data=raw["data"], seq_len=seq_len, train=TrainSettings(**train), packing=packing)
+        monitor = raw.get("monitor", {})
+        check_monitor(monitor, where)
+        return cls(model=raw["model"], data=raw["data"], seq_len=seq_len, train=TrainSettings(**train), packing=packing, monitor=monitor)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "RunConfig":
         return cls.from_dict(_read_json(path, "--config"), where=str(path))
 
     def to_dict(self) -> dict:
-        return {"model": self.model, "data": self.data, "seq_len": self.seq_len, "packing": self.packing, "train": dataclasses.asdict(self.train)}
+        return {"model": self.model, "data": self.data, "seq_len": self.seq_len, "packing": self.packing, "train": dataclasses.asdict(self.train),
+                "monitor": self.monitor}
+
+
+MONITORS = ("tensorboard", "wandb", "csv_monitor", "comet")
+
+
+def check_monitor(monitor, where: str) -> None:
+    """The run config's "monitor": an object of DeepSpeed monitor sections, each an object whose
+    "enabled" (if given) is a boolean; wandb's "mode" is "offline" (the default) or "online"."""
+    _require_type(isinstance(monitor, dict), where, "monitor", monitor, "an object of monitor sections")
+    unknown = sorted(set(monitor) - set(MONITORS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown monitor(s) {unknown}; known monitors are {list(MONITORS)}")
+    for name, section in monitor.items():
+        _require_type(isinstance(section, dict), where, f"monitor.{name}", section, "an object")
+        if "enabled" in section:
+            _require_type(isinstance(section["enabled"], bool), where, f"monitor.{name}.enabled", section["enabled"], "true or false")
+    mode = (monitor.get("wandb") or {}).get("mode", "offline")
+    _require(mode in ("offline", "online"), where, "monitor.wandb.mode", mode, "'offline' (the default) or 'online'")
 
 
 def _read_json(path, flag: str) -> dict:
@@ -230,6 +266,23 @@ def _check_checkpoint_engine(ds: dict, where: str) -> None:
                           "(fastscale verifies every checkpoint file on resume); remove the section")
 
 
+DEEPSPEED_RECOMPUTE_OPTIONS = ("partition_activations", "cpu_checkpointing", "contiguous_memory_optimization")
+
+
+def _check_activation_checkpointing(ds: dict, where: str) -> None:
+    """The section turns recomputation on; the Trainer recomputes with torch.utils.checkpoint
+    (use_reentrant=False), so the options of DeepSpeed's own checkpointing API would do nothing: refused on."""
+    section = ds.get("activation_checkpointing")
+    if section is None:
+        return
+    _require_type(isinstance(section, dict), where, "activation_checkpointing", section, "an object")
+    for key in DEEPSPEED_RECOMPUTE_OPTIONS:
+        if section.get(key):
+            raise ConfigError(f"{where}: activation_checkpointing.{key}={section[key]!r}: fastscale recomputes each block with "
+                              "torch.utils.checkpoint(use_reentrant=False), which has no such option (it belongs to DeepSpeed's "
+                              "own checkpointing API); remove it or set it false")
+
+
 def check_deepspeed_config(ds: dict, world_size: int, *, device_type: str | None = None) -> dict:
     """Check what can be checked before DeepSpeed starts; returns a copy with the batch sizes resolved."""
     where = "deepspeed config"
@@ -251,6 +304,7 @@ def check_deepspeed_config(ds: dict, world_size: int, *, device_type: str | None
     if (ds.get("fp16") or {}).get("enabled") and (ds.get("bf16") or {}).get("enabled"):
         raise ConfigError(f"{where}: fp16 and bf16 are both enabled; choose one")
     _check_checkpoint_engine(ds, where)
+    _check_activation_checkpointing(ds, where)
     offload_optimizer = (zero.get("offload_optimizer") or {}).get("device", "none")
     offload_param = (zero.get("offload_param") or {}).get("device", "none")
     _require(offload_optimizer in ("none", "cpu", "nvme"), where, "zero_optimization.offload_optimizer.device", offload_optimizer, "none, cpu or nvme")

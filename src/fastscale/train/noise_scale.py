@@ -9,11 +9,36 @@ are unbiased estimates of the true gradient's squared norm and of the trace of t
 gradient covariance. Each is smoothed by an exponential moving average (bias-corrected like Adam)
 before taking the ratio B_simple = tr(Sigma) / |G|^2, since the ratio of noisy estimates is biased
 and very noisy. B is in whatever unit the batch sizes are given in (the trainer uses tokens).
+
+The squared norms come from per-parameter dot products (`gradient_dot`), accumulated in float64 on the
+device: never a concatenated copy of the gradient, which at billions of parameters is gigabytes.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Sequence
+
+import torch
+
+
+def gradient_dot(a: Sequence[torch.Tensor | None], b: Sequence[torch.Tensor | None]) -> torch.Tensor:
+    """sum over parameters of <a_p, b_p> as a float64 scalar on the gradients' device (None: a zero
+    gradient). Each product is taken in float32 at least; only a low-precision parameter is upcast,
+    one at a time."""
+    if len(a) != len(b):
+        raise ValueError(f"gradient_dot: {len(a)} gradients against {len(b)}; expected one per parameter in both")
+    dots = [torch.dot(x.reshape(-1).float(), y.reshape(-1).float()).double() for x, y in zip(a, b) if x is not None and y is not None]
+    if not dots:
+        raise ValueError("gradient_dot: no parameter has a gradient in both lists")
+    return torch.stack(dots).sum()
+
+
+def two_batch_norms(a: Sequence[torch.Tensor | None], b: Sequence[torch.Tensor | None]) -> torch.Tensor:
+    """[|G_small|^2, |G_big|^2] (float64, on the device) from the gradients of two equal halves of a batch:
+    the mean of |a|^2 and |b|^2, and |(a + b) / 2|^2 = (|a|^2 + |b|^2 + 2 <a, b>) / 4."""
+    aa, bb, ab = gradient_dot(a, a), gradient_dot(b, b), gradient_dot(a, b)
+    return torch.stack([(aa + bb) / 2, (aa + bb + 2 * ab) / 4])
 
 
 def two_batch_estimates(small_sq_norm: float, big_sq_norm: float, b_small: float, b_big: float) -> tuple[float, float]:

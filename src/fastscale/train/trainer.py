@@ -5,23 +5,27 @@ checkpoints with exact resume, FLOP accounting and the gradient noise scale.
 ZeRO stage, precision, gradient accumulation, offload and activation checkpointing all come from the
 DeepSpeed config; the trainer only supplies the model, the optimizer (torch AdamW unless the config
 has an "optimizer" section), the LR schedule (unless it has a "scheduler" section) and the batches.
+
+The loop is four parts: `_step` (one optimizer step; its loss and gradient norm stay on the device),
+`_settle` (on log steps only: one read of the device for every step since the last, the outcome of
+each step, the records for metrics.jsonl and the monitor), `evaluate` and `save_checkpoint`. Between
+log steps nothing waits for the device: no .item(), no collective of the trainer's own, batches
+collated ahead by DataLoader workers. Tests and tools act on the run through `callback`.
 """
 
 from __future__ import annotations
 
-import functools
 import gc
-import json
 import logging
 import math
 import os
 import resource
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 
 from fastscale.io import metrics_line, repair_metrics, write_atomically, write_json
@@ -31,7 +35,9 @@ from . import checkpoint as ckpt
 from .config import ConfigError, TrainSettings, check_deepspeed_config
 from .confinement import confine_deepspeed_config, direct_monitor_files
 from .distributed import init_process_group
-from .noise_scale import GradientNoiseScale
+from .loader import Layout, StepSampler, batch_loader, to_device
+from .monitor import Monitor, check_sections, enabled_sections
+from .noise_scale import GradientNoiseScale, gradient_dot, two_batch_norms
 from .schedule import lr_multiplier
 
 logger = logging.getLogger(__name__)
@@ -103,22 +109,80 @@ def default_token_count(batch) -> int:
     return int(tensor.numel())
 
 
-def rows_for(n_rows: int, seed: int, first: int, count: int) -> np.ndarray:
-    from fastscale.data.packing import rows_for as rows
 
-    return rows(n_rows, seed, first, count)
+def recompute_in_backward(model: torch.nn.Module, modules: Sequence[torch.nn.Module]) -> int:
+    """Wrap each of `modules` (children somewhere in model) in torch's checkpoint_wrapper, in place: its
+    forward runs under torch.utils.checkpoint(use_reentrant=False), so its activations are recomputed
+    in backward instead of kept, and autograd.grad works through it (the noise scale needs it). The
+    wrapper strips its own name from state_dict keys and adds it back on load, so checkpoints and
+    state dicts stay those of the unwrapped model. Returns how many modules were wrapped."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointImpl, CheckpointWrapper, checkpoint_wrapper
+
+    targets = {id(m) for m in modules}
+    wrapped = 0
+    for parent in list(model.modules()):
+        if isinstance(parent, CheckpointWrapper):
+            continue  # already wrapped (a second fit)
+        for name, child in list(parent.named_children()):
+            if id(child) in targets:
+                setattr(parent, name, checkpoint_wrapper(child, checkpoint_impl=CheckpointImpl.NO_REENTRANT))
+                wrapped += 1
+    return wrapped
 
 
-_RECOMPUTE = {"on": True}  # off while the noise scale takes gradients with autograd.grad (DeepSpeed's
-# reentrant checkpointing cannot serve .grad())
+@dataclass
+class StepResult:
+    """One optimizer step as `_step` leaves it: host values, and the loss and gradient norm still on the
+    device (read by `_settle` on the next log step)."""
+
+    step: int  # optimizer steps done, this one included
+    loss: torch.Tensor  # this rank's mean over its micro-batches, float64, on the device
+    grad_norm: torch.Tensor | float | None
+    applied: bool
+    lr: float | None
+    tokens: int  # all ranks, since the start of the run, this step included
+    flops: float
+    noise: tuple[float, float, float, float] | None  # measured before the step (a log step)
 
 
-def _checkpointed_forward(forward, *args, **kwargs):
-    import deepspeed
+@dataclass
+class Totals:
+    """The counters a checkpoint carries besides the engine (its client state, with the noise scale)."""
 
-    if not (_RECOMPUTE["on"] and torch.is_grad_enabled()):
-        return forward(*args, **kwargs)
-    return deepspeed.checkpointing.checkpoint(lambda *a: forward(*a, **kwargs), *args)
+    step: int = 0
+    tokens: int = 0
+    flops: float = 0.0
+    elapsed: float = 0.0
+    skipped: int = 0
+    skips_in_a_row: int = 0
+
+    @classmethod
+    def from_state(cls, state: dict | None) -> "Totals":
+        if not state:
+            return cls()
+        # checkpoints written before skipping existed have no counts: nothing was skipped then
+        return cls(state["step"], state["tokens"], state["flops"], state["elapsed"], state.get("skipped_steps", 0), state.get("consecutive_skips", 0))
+
+    def state(self, noise: GradientNoiseScale) -> dict:
+        return {"step": self.step, "tokens": self.tokens, "flops": self.flops, "elapsed": self.elapsed, "noise": noise.state_dict(),
+                "skipped_steps": self.skipped, "consecutive_skips": self.skips_in_a_row}
+
+
+class Window:
+    """Throughput since the previous log step. A log step waits for the device, so the window's time
+    is the device's, though the steps between return before it is done."""
+
+    def __init__(self, tokens: int) -> None:
+        self.start_tokens, self.seconds = tokens, 0.0
+
+    def close(self, record: dict, totals: Totals, flops_per_token: float | None, peak: float) -> None:
+        """tokens_per_s, mfu and elapsed_s into record; the next window starts."""
+        tokens = totals.tokens - self.start_tokens
+        record["tokens_per_s"] = tokens / self.seconds if self.seconds else None
+        if flops_per_token and self.seconds:
+            record["mfu"] = mfu(flops_per_token * tokens / self.seconds, peak)
+        record["elapsed_s"] = totals.elapsed
+        self.start_tokens, self.seconds = totals.tokens, 0.0
 
 
 class Trainer:
@@ -126,15 +190,14 @@ class Trainer:
     [i]; batches are collate_fn(list of items)) with the DeepSpeed config `deepspeed_config` (a dict
     or a path), writing the run directory `out_dir`.
 
-    Sample k of the infinite stream (epochs of seeded permutations) goes to global step
-    k // train_batch_size; within a step, rank r's micro-batch m holds the samples
-    (m * world_size + r) * micro ... + micro - 1. The order is a pure function of (seed, step), which is
-    what makes resume exact.
+    The batches come in the order fastscale.train.loader describes, a pure function of (seed, step),
+    which is what makes resume exact; checkpoints hold the CPU generator and every CUDA device's.
 
     flops_per_token (e.g. GPTConfig.flops_per_token()) enables compute, PF-days and MFU in the metrics;
     n_params is recorded. checkpoint_modules: the modules whose forward is recomputed in backward when
     the DeepSpeed config has an "activation_checkpointing" section (default: the members of every
-    nn.ModuleList in the model, e.g. GPT's blocks).
+    nn.ModuleList in the model, e.g. GPT's blocks; see `recompute_in_backward`). monitor: the run
+    config's "monitor" section (fastscale.train.monitor), fed the metrics records.
     """
 
     def __init__(
@@ -152,6 +215,7 @@ class Trainer:
         token_count: Callable = default_token_count,
         checkpoint_modules: Sequence[torch.nn.Module] | None = None,
         run_info: dict | None = None,
+        monitor: dict | None = None,
         **overrides,
     ) -> None:
         settings = settings or TrainSettings()
@@ -161,6 +225,8 @@ class Trainer:
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.ds_config = confine_deepspeed_config(check_deepspeed_config(deepspeed_config, self.world_size), out_dir)
         direct_monitor_files(self.ds_config, out_dir)
+        check_sections(monitor or {})
+        self.monitor_sections = enabled_sections(monitor)
         self.micro = self.ds_config["train_micro_batch_size_per_gpu"]
         self.accumulation = self.ds_config["gradient_accumulation_steps"]
         self.batch_size = self.ds_config["train_batch_size"]
@@ -202,13 +268,10 @@ class Trainer:
         if dist.get_world_size() != self.world_size:
             raise ConfigError(f"Trainer: WORLD_SIZE={self.world_size} but the process group has {dist.get_world_size()} ranks")
         if "activation_checkpointing" in self.ds_config:
-            deepspeed.checkpointing.configure(None, deepspeed_config=self.ds_config)
             modules = self.checkpoint_modules
             if modules is None:
                 modules = [m for lst in self.model.modules() if isinstance(lst, torch.nn.ModuleList) for m in lst]
-            for module in modules:
-                module.forward = functools.partial(_checkpointed_forward, module.forward)
-            logger.info("activation checkpointing on %d modules", len(modules))
+            logger.info("activation checkpointing on %d modules", recompute_in_backward(self.model, modules))
         s = self.settings
         optimizer = None
         if "optimizer" in self.ds_config:
@@ -234,11 +297,14 @@ class Trainer:
         if self.device.type != "cpu" and self.peak == self.peak:
             self.peak *= self.world_size  # one device per rank; a CPU estimate is already the machine's
         self.dtype = torch.bfloat16 if (self.ds_config.get("bf16") or {}).get("enabled") else torch.float16 if (self.ds_config.get("fp16") or {}).get("enabled") else torch.float32
+        self.layout = Layout(len(self.train_data), s.seed, self.batch_size, self.micro, self.accumulation, self.world_size, self.rank)
+        self.monitor = Monitor(self.monitor_sections, self.out_dir) if self.monitor_sections and self.rank == 0 else None
 
     def _withhold_nonfinite_update(self, optimizer, args, kwargs) -> None:
         """Step pre-hook of train.nonfinite="skip": when a gradient is not finite on any rank, every
         gradient is dropped (set to None), which torch optimizers treat as "no update, no weight decay".
-        Under ZeRO the optimizer holds this rank's partition, so the verdict is agreed over all ranks."""
+        Under ZeRO the optimizer holds this rank's partition, so the verdict is agreed over all ranks.
+        Deciding needs the verdict on the host: the one wait for the device per step that "skip" costs."""
         import torch.distributed as dist
         from deepspeed.accelerator import get_accelerator
 
@@ -259,83 +325,75 @@ class Trainer:
                     p.grad = None
 
     # ------------------------------------------------------------------ data
-    def _items(self, dataset, indices) -> list:
-        return [dataset[int(i)] for i in indices]
+    def _loader(self, start: int):
+        """This rank's micro-batches of steps start .. settings.steps - 1, collated ahead."""
+        s = self.settings
+        return batch_loader(self.train_data, StepSampler(self.layout, start, s.steps), self.collate_fn, workers=s.data_workers,
+                            prefetch=s.prefetch_batches, pin_memory=self.device.type == "cuda", seed=s.seed)
 
-    def _micro_batch(self, step: int, micro: int, rows: slice | None = None):
-        first = step * self.batch_size + (micro * self.world_size + self.rank) * self.micro
-        indices = rows_for(len(self.train_data), self.settings.seed, first, self.micro)
-        if rows is not None:
-            indices = indices[rows]
-        return self._to_device(self.collate_fn(self._items(self.train_data, indices)))
-
-    def _to_device(self, batch):
-        if isinstance(batch, dict):
-            return {k: self._to_device(v) for k, v in batch.items()}
-        if isinstance(batch, (tuple, list)):
-            return type(batch)(self._to_device(v) for v in batch)
-        return batch.to(self.device) if torch.is_tensor(batch) else batch
+    def _batch(self, dataset, indices):
+        return to_device(self.collate_fn([dataset[int(i)] for i in indices]), self.device)
 
     # ------------------------------------------------------------------ measurements
-    def _all_mean(self, values: list[float]) -> list[float]:
+    def _mean_over_ranks(self, values: torch.Tensor) -> torch.Tensor:
         import torch.distributed as dist
 
-        t = torch.tensor(values, dtype=torch.float64, device=self.device)
         if self.world_size > 1:
-            dist.all_reduce(t)
-        return (t / self.world_size).tolist()
+            dist.all_reduce(values)
+        return values / self.world_size
 
-    def _flat_grad(self, batch) -> torch.Tensor:
+    def _gradients(self, batch) -> list[torch.Tensor | None]:
         params = [p for p in self.engine.module.parameters() if p.requires_grad]
-        _RECOMPUTE["on"] = False
-        try:
-            grads = torch.autograd.grad(call_model(self.engine.module, batch), params, allow_unused=True)
-        finally:
-            _RECOMPUTE["on"] = True
-        return torch.cat([(torch.zeros_like(p) if g is None else g).float().reshape(-1) for p, g in zip(params, grads)])
+        return list(torch.autograd.grad(call_model(self.engine.module, batch), params, allow_unused=True))
 
     def _measure_noise(self, step: int) -> tuple[float, float, float, float] | None:
-        """(|G_small|^2, |G_big|^2, B_small, B_big) in tokens. Small batches: each rank's first
-        micro-batch (big: their mean over ranks); on one rank, the two halves of the micro-batch."""
+        """(|G_small|^2, |G_big|^2, B_small, B_big) in tokens, from per-parameter dot products (no
+        concatenated copy of the gradient). Small batches: each rank's first micro-batch (big: their
+        mean over ranks, reduced parameter by parameter); on one rank, the two halves of the micro-batch."""
         import torch.distributed as dist
 
+        indices = self.layout.indices(step, 0)
         if self.world_size > 1:
-            batch = self._micro_batch(step, 0)
+            batch = self._batch(self.train_data, indices)
             tokens = self.token_count(batch)
-            flat = self._flat_grad(batch)
-            small = flat.dot(flat).item()
-            dist.all_reduce(flat)
-            flat /= self.world_size
-            big = flat.dot(flat).item()
-            small = self._all_mean([small])[0]
-            return small, big, tokens, tokens * self.world_size
+            grads = self._gradients(batch)
+            small = self._mean_over_ranks(gradient_dot(grads, grads))
+            for g in grads:
+                if g is not None:
+                    dist.all_reduce(g)
+                    g /= self.world_size
+            small_sq, big_sq = torch.stack([small, gradient_dot(grads, grads)]).tolist()
+            return small_sq, big_sq, tokens, tokens * self.world_size
         if self.micro < 2:
             return None
         half = self.micro // 2
-        a, b = self._micro_batch(step, 0, slice(0, half)), self._micro_batch(step, 0, slice(half, 2 * half))
-        ga, gb = self._flat_grad(a), self._flat_grad(b)
+        a, b = self._batch(self.train_data, indices[:half]), self._batch(self.train_data, indices[half : 2 * half])
         tokens = self.token_count(a)
-        mean = (ga + gb) / 2
-        return (ga.dot(ga).item() + gb.dot(gb).item()) / 2, mean.dot(mean).item(), tokens, 2 * tokens
+        small_sq, big_sq = two_batch_norms(self._gradients(a), self._gradients(b)).tolist()
+        return small_sq, big_sq, tokens, 2 * tokens
 
     @torch.no_grad()
     def evaluate(self) -> float | None:
-        """Mean loss over the first eval_batches x train_batch_size rows of val_data (the same rows every time)."""
+        """Mean loss over the first eval_batches x train_batch_size rows of val_data (the same rows every
+        time), summed on the device and read once."""
         if self.val_data is None:
             return None
         self.engine.eval()
-        total = 0.0
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
         n = len(self.val_data)
         for i in range(self.settings.eval_batches):
             first = (i * self.world_size + self.rank) * self.micro
-            batch = self._to_device(self.collate_fn(self._items(self.val_data, [(first + j) % n for j in range(self.micro)])))
-            total += call_model(self.engine, batch).float().item()
+            total += call_model(self.engine, self._batch(self.val_data, [(first + j) % n for j in range(self.micro)])).detach()
         self.engine.train()
-        return self._all_mean([total / self.settings.eval_batches])[0]
+        return self._mean_over_ranks(total / self.settings.eval_batches).item()
 
-    def _grad_norm_stage0(self) -> float:
-        sq = sum(p.grad.float().pow(2).sum().item() for p in self.engine.module.parameters() if p.grad is not None)
-        return math.sqrt(sq)
+    def _fused_grad_norm(self) -> torch.Tensor | None:
+        """The gradient norm before clipping, as one fused norm on the device, where the engine steps a
+        torch optimizer itself (ZeRO stage 0 in fp32: DeepSpeed keeps no norm there); else None."""
+        if self.stage != 0 or self.dtype != torch.float32:
+            return None
+        grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+        return torch.nn.utils.get_total_norm(grads) if grads else None
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, step: int, state: dict) -> None:
@@ -397,31 +455,100 @@ class Trainer:
         repair_metrics(path)
         return open(path, "a")
 
-    def _train_step(self, step: int) -> tuple[float, float | None, int, bool]:
-        """One optimizer step over the accumulation micro-batches: (loss averaged over micro-batches and
-        ranks, gradient norm, this rank's tokens, whether the update was applied). The loss is summed on
-        the device (float64, exact for these few terms) and read once per step."""
+    def _step(self, step: int, batches, totals: Totals, noise) -> StepResult:
+        """One optimizer step over the accumulation micro-batches. The loss is summed on the device
+        (float64, exact for these few terms) and the gradient norm left there: nothing here waits for it."""
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         tokens, grad_norm = 0, None
+        lr = self.engine.get_lr()[0] if hasattr(self.engine, "get_lr") else None
         self._withheld = False
         for micro in range(self.accumulation):
-            batch = self._micro_batch(step, micro)
+            batch = to_device(next(batches), self.device)
             tokens += self.token_count(batch)
             loss = call_model(self.engine, batch)
             self.engine.backward(loss)
-            if micro == self.accumulation - 1 and self.stage == 0 and self.dtype == torch.float32:
-                grad_norm = self._grad_norm_stage0()
+            if micro == self.accumulation - 1:
+                grad_norm = self._fused_grad_norm()
             self.engine.step()
             loss_sum += loss.detach()
         if grad_norm is None:
-            norm = self.engine.get_global_grad_norm()
-            grad_norm = None if norm is None else float(norm)
+            grad_norm = self.engine.get_global_grad_norm()
+            grad_norm = grad_norm.detach().clone() if torch.is_tensor(grad_norm) else grad_norm
+        totals.step = step + 1
+        totals.tokens += tokens * self.world_size
+        totals.flops += (self.flops_per_token or 0.0) * tokens * self.world_size
         applied = self.engine.was_step_applied() and not self._withheld
-        return self._all_mean([loss_sum.item() / self.accumulation])[0], grad_norm, tokens, applied
+        return StepResult(totals.step, loss_sum / self.accumulation, grad_norm, applied, lr, totals.tokens, totals.flops, noise)
+
+    def _is_log_step(self, done: int) -> bool:
+        """Steps whose values are read: every log_interval-th, the last, and those that evaluate,
+        measure the noise scale (it was measured before the step) or checkpoint."""
+        s = self.settings
+        return (done % s.log_interval == 0 or done == s.steps or bool(self._eval_due(done)) or self._noise_due(done - 1)
+                or bool(s.checkpoint_interval and done % s.checkpoint_interval == 0))
+
+    def _eval_due(self, done: int) -> bool:
+        s = self.settings
+        return self.val_data is not None and bool(s.eval_interval) and (done % s.eval_interval == 0 or done == s.steps)
+
+    def _noise_due(self, step: int) -> bool:
+        s = self.settings
+        return bool(s.noise_scale_interval) and step % s.noise_scale_interval == 0 and self.stage < 3
+
+    def _read(self, pending: list[StepResult]) -> list[tuple[float, float | None]]:
+        """(loss averaged over ranks, gradient norm) of every pending step: one collective and one read
+        of the device for all of them."""
+        losses = self._mean_over_ranks(torch.stack([result.loss for result in pending]))
+        norms = torch.stack([torch.as_tensor(math.nan if r.grad_norm is None else r.grad_norm, dtype=torch.float64).to(self.device)
+                             for r in pending])
+        values = torch.cat([losses, norms]).tolist()
+        return [(loss, None if r.grad_norm is None else norm) for r, loss, norm in zip(pending, values[: len(pending)], values[len(pending):])]
+
+    def _settle(self, pending: list[StepResult], totals: Totals, noise: GradientNoiseScale) -> tuple[list[dict], dict | None]:
+        """The records of the pending steps (each ends with a log step) and, if the run must stop, why.
+        Every step's outcome is judged in order (fastscale.train.trainer.step_outcome); a record is made
+        for the log step and for every step that was not "ok" (skipped, or the one that stops the run,
+        after which nothing is recorded)."""
+        s = self.settings
+        records = []
+        for result, (loss, grad_norm) in zip(pending, self._read(pending)):
+            outcome = step_outcome(loss, grad_norm, applied=result.applied, loss_scaling=self.dtype == torch.float16, mode=s.nonfinite)
+            totals.skips_in_a_row = totals.skips_in_a_row + 1 if outcome == "skipped" else 0
+            totals.skipped += outcome == "skipped"
+            stop = outcome == "stop" or totals.skips_in_a_row >= s.max_consecutive_skips
+            if outcome == "ok" and result is not pending[-1]:
+                continue
+            records.append(self._record(result, loss, grad_norm, totals.skipped, noise))
+            if stop:
+                reason = stop_message(result.step, loss, grad_norm, applied=result.applied, skips=totals.skips_in_a_row, settings=s)
+                return records, {"step": result.step, "reason": reason}
+        return records, None
+
+    def _record(self, result: StepResult, loss: float, grad_norm: float | None, skipped: int, noise: GradientNoiseScale) -> dict:
+        record = {"step": result.step, "tokens": result.tokens, "loss": loss, "lr": result.lr, "grad_norm": grad_norm, "skipped_steps": skipped}
+        if self.flops_per_token:
+            record.update(flops=result.flops, pf_days=pf_days(result.flops))
+        if result.noise:
+            # a NaN measurement would poison the moving average for the rest of the run
+            usable = all(math.isfinite(v) for v in result.noise[:2])
+            record.update(noise_scale=noise.update(*result.noise) if usable else None, noise_scale_raw=result.noise[:2],
+                          noise_scale_batches=result.noise[2:])
+        return record
+
+    def _publish(self, records: list[dict], metrics) -> None:
+        for record in records:
+            if metrics:
+                metrics.write(metrics_line(record))
+            if self.monitor:
+                self.monitor.write(record)
+        if metrics:
+            metrics.flush()
 
     def fit(self, *, resume: bool = False, callback: Callable[[dict], None] | None = None) -> dict:
         """Train to settings.steps (continuing from the newest complete checkpoint with resume=True).
-        callback(record) runs on rank 0 after every step. Returns the summary (also summary.json)."""
+        callback(record) runs on rank 0 after every step, before that step's checkpoint: on log steps
+        with the record written to metrics.jsonl, on the others with what is known without waiting for
+        the device (step, tokens, lr). Returns the summary (also summary.json)."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._setup()
         try:
@@ -429,20 +556,8 @@ class Trainer:
         finally:
             self.close()
 
-    def _fit(self, resume: bool, callback) -> dict:
-        import torch.distributed as dist
-
-        s = self.settings
-        torch.manual_seed(s.seed + 1000 * self.rank)  # dropout streams differ per rank, reproducibly
-        state = self._resume() if resume else None
-        start = state["step"] if state else 0
-        tokens, flops, elapsed = (state["tokens"], state["flops"], state["elapsed"]) if state else (0, 0.0, 0.0)
-        # checkpoints written before skipping existed have no counts: nothing was skipped then
-        skipped, skips_in_a_row = (state.get("skipped_steps", 0), state.get("consecutive_skips", 0)) if state else (0, 0)
-        noise = GradientNoiseScale(s.noise_scale_ema)
-        if state:
-            noise.load_state_dict(state["noise"])
-        info = {
+    def _run_info(self) -> dict:
+        return {
             **self.run_info,
             "deepspeed": self.ds_config,
             "train": dict(self.settings.__dict__),
@@ -452,83 +567,68 @@ class Trainer:
             "peak_flops_source": self.peak_description,
             "n_params": self.n_params if self.n_params is not None else self.run_info.get("n_params"),
         }
-        self._write_json("config.json", info)
+
+    def _fit(self, resume: bool, callback) -> dict:
+        import torch.distributed as dist
+
+        s = self.settings
+        torch.manual_seed(s.seed + 1000 * self.rank)  # dropout streams differ per rank, reproducibly
+        state = self._resume() if resume else None
+        totals = Totals.from_state(state)
+        noise = GradientNoiseScale(s.noise_scale_ema)
+        if state:
+            noise.load_state_dict(state["noise"])
+        self._write_json("config.json", self._run_info())
         if self.stage == 3 and s.noise_scale_interval:
             logger.warning("gradient noise scale is not measured under ZeRO stage 3 (parameters are partitioned)")
         metrics = self._open_metrics()
-        last_eval, loss_value, stopped = None, None, None
-        window_tokens, window_time = 0, 0.0
+        batches = iter(self._loader(totals.step))
+        last_eval, loss_value, stopped, pending = None, None, None, []
+        window = Window(totals.tokens)
         try:
-            for step in range(start, s.steps):
+            for step in range(totals.step, s.steps):
                 t0 = time.perf_counter()
-                lr = self.engine.get_lr()[0] if hasattr(self.engine, "get_lr") else None
-                measured = None
-                if s.noise_scale_interval and step % s.noise_scale_interval == 0 and self.stage < 3:
-                    measured = self._measure_noise(step)
-                loss_value, grad_norm, step_tokens, applied = self._train_step(step)
-                step_tokens *= self.world_size
-                dt = time.perf_counter() - t0
-                tokens += step_tokens
-                step_flops = (self.flops_per_token or 0.0) * step_tokens
-                flops += step_flops
-                elapsed += dt
-                window_tokens += step_tokens
-                window_time += dt
-                done = step + 1
-                outcome = step_outcome(loss_value, grad_norm, applied=applied, loss_scaling=self.dtype == torch.float16, mode=s.nonfinite)
-                skips_in_a_row = skips_in_a_row + 1 if outcome == "skipped" else 0
-                skipped += outcome == "skipped"
-                if outcome == "stop" or skips_in_a_row >= s.max_consecutive_skips:
-                    stopped = {"step": done, "reason": stop_message(done, loss_value, grad_norm, applied=applied, skips=skips_in_a_row, settings=s)}
-                # a NaN measurement would poison the moving average for the rest of the run
-                usable = measured and all(math.isfinite(v) for v in measured[:2])
-                noise_value = noise.update(*measured) if usable else None
-                record = {"step": done, "tokens": tokens, "loss": loss_value, "lr": lr, "grad_norm": grad_norm, "skipped_steps": skipped}
-                if self.flops_per_token:
-                    record.update(flops=flops, pf_days=pf_days(flops))
-                if measured:
-                    record.update(noise_scale=noise_value, noise_scale_raw=measured[:2], noise_scale_batches=measured[2:])
-                is_eval = not stopped and self.val_data is not None and s.eval_interval and (done % s.eval_interval == 0 or done == s.steps)
-                if is_eval:
-                    record["eval_loss"] = last_eval = self.evaluate()
-                if done % s.log_interval == 0 or is_eval or measured or done == s.steps or outcome != "ok":
-                    record["tokens_per_s"] = window_tokens / window_time if window_time else None
-                    if self.flops_per_token and window_time:
-                        record["mfu"] = mfu(self.flops_per_token * window_tokens / window_time, self.peak)
-                    record["elapsed_s"] = elapsed
-                    window_tokens, window_time = 0, 0.0
-                    if metrics:
-                        metrics.write(metrics_line(record))
-                        metrics.flush()
+                measured = self._measure_noise(step) if self._noise_due(step) else None
+                pending.append(self._step(step, batches, totals, measured))
+                done = totals.step
+                if self._is_log_step(done):
+                    records, stopped = self._settle(pending, totals, noise)
+                    pending = []
+                    loss_value = records[-1]["loss"]
+                    if not stopped and self._eval_due(done):
+                        records[-1]["eval_loss"] = last_eval = self.evaluate()
+                seconds = time.perf_counter() - t0
+                window.seconds += seconds
+                totals.elapsed += seconds
+                if pending:
+                    if callback and self.rank == 0:
+                        callback({"step": done, "tokens": totals.tokens, "lr": pending[-1].lr})
+                    continue
+                window.close(records[-1], totals, self.flops_per_token, self.peak)
+                self._publish(records, metrics)
                 if callback and self.rank == 0:
-                    callback(record)
+                    callback(records[-1])
                 if stopped:
-                    break  # before any checkpoint: the state after this step is not to be resumed from
-                fault = os.environ.get("FASTSCALE_FAULT_AT_STEP")  # test hook: a hard kill at a chosen step
-                if fault and int(fault) == done and self.rank == 0:
-                    os.kill(os.getpid(), 9)
+                    break  # before any checkpoint: the state after that step is not to be resumed from
                 if s.checkpoint_interval and (done % s.checkpoint_interval == 0 or done == s.steps):
-                    state = {
-                        "step": done, "tokens": tokens, "flops": flops, "elapsed": elapsed, "noise": noise.state_dict(),
-                        "skipped_steps": skipped, "consecutive_skips": skips_in_a_row,
-                    }
-                    self.save_checkpoint(done, state)
+                    self.save_checkpoint(done, totals.state(noise))
         finally:
+            batches = None  # ends the loader's workers
             if metrics:
                 metrics.close()
         summary = {
             "steps": s.steps,
-            "tokens": tokens,
-            "flops": flops,
-            "pf_days": pf_days(flops),
+            "tokens": totals.tokens,
+            "flops": totals.flops,
+            "pf_days": pf_days(totals.flops),
             "final_loss": loss_value,
             "final_eval_loss": last_eval,
-            "elapsed_s": elapsed,
-            "tokens_per_s": tokens / elapsed if elapsed else None,
+            "elapsed_s": totals.elapsed,
+            "tokens_per_s": totals.tokens / totals.elapsed if totals.elapsed else None,
             "noise_scale": noise.b_simple,
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "peak_flops_source": self.peak_description,
-            "skipped_steps": skipped,
+            "skipped_steps": totals.skipped,
             "stopped": stopped,
         }
         self._write_json("summary.json", summary)
