@@ -13,6 +13,10 @@ full activation checkpointing plus one layer's worth during its recomputation; f
 
 On a machine without GPUs (gpus=0) "device" memory is host memory: offload to "cpu" saves nothing
 there, and only "nvme" takes states out of RAM.
+
+Every rank also holds what no formula of the model gives: the process itself (PROCESS_HOST_BYTES, host
+memory, measured). Not counted: token shards, which are memory-mapped (their pages count toward a
+process's RSS as they are read, but the kernel can drop them), and the gradient noise scale's copies.
 """
 
 from __future__ import annotations
@@ -23,21 +27,37 @@ from dataclasses import dataclass
 from fastscale.model.config import GPTConfig
 
 GiB = 2**30
+MiB = 2**20
+# Host memory of a trainer process beyond what estimate() derives from the model: the peak RSS
+# (ru_maxrss) of the image8 preset's smallest run (35,392 parameters, fp32, ZeRO-0, micro batch 4 of 193
+# tokens, one rank, OMP_NUM_THREADS=1) was 421.9-423.1 MiB, of which the planner's components are 6.5 MiB.
+# Measured on the 2-core development machine (CPU only; Python 3.11, torch 2.13, DeepSpeed 0.19.8) with
+# /proc/self/status's VmHWM along the way: the interpreter and torch 218 MiB, DeepSpeed's import +24,
+# torch._dynamo, which torch.optim imports when the optimizer is built, ~+150 (importing it alone peaks
+# at 371 MiB), the process group, DeepSpeed's engine and shm comm op and the first step ~+25. Over all
+# 14 image8 runs (3.5e4 to 1.0e6 parameters) peak RSS minus the planner's components was 403-417 MiB.
+# On a GPU machine the CUDA libraries and context add host memory this machine cannot measure: there
+# this constant is a lower bound.
+PROCESS_HOST_BYTES = 415 * MiB
+UNITS = {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "b": 1}
+PLACES = {"device": "device (GPU) memory", "host": "host memory", "disk": "disk space at the nvme path"}
 
 
-def parse_bytes(text: str | int | float) -> int:
-    """'24GiB', '80GB', '512MiB', '1e9' -> bytes."""
-    if isinstance(text, (int, float)):
-        return int(text)
-    units = {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "b": 1, "": 1}
-    s = text.strip().lower()
-    for unit in sorted(units, key=len, reverse=True):
-        if unit and s.endswith(unit):
-            return int(float(s[: -len(unit)]) * units[unit])
+def parse_bytes(text: str, name: str = "memory") -> int:
+    """'24GiB', '80GB', '512MiB', '1e9B' -> bytes. A size needs its unit: a bare number (is '24' bytes
+    or GiB?) is refused, naming the argument (name) it was given for."""
+    expected = "expected a size with its unit, such as 24GiB, 80GB, 512MiB or 1e9B"
+    s = str(text).strip().lower()
+    unit = next((u for u in sorted(UNITS, key=len, reverse=True) if s.endswith(u)), None)
+    if unit is None:
+        raise ValueError(f"{name}={text!r} has no unit; {expected}")
     try:
-        return int(float(s))
+        value = float(s[: -len(unit)])
     except ValueError:
-        raise ValueError(f"memory={text!r}; expected a size such as 24GiB, 80GB or 1e9") from None
+        raise ValueError(f"{name}={text!r}; {expected}") from None
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"{name}={text!r}; expected a positive size, such as 24GiB")
+    return int(value * UNITS[unit])
 
 
 def host_memory() -> int:
@@ -110,8 +130,10 @@ def estimate(config: GPTConfig, choice: Choice, *, world_size: int = 1, micro_ba
         "activations": activation_bytes(config, micro_batch, p_bytes, choice.checkpointing),
         "logits": 2 * micro_batch * config.seq_len * min(config.vocab_size, 8192) * 4,  # chunked loss: one chunk and its gradient
         "buffers": buffers,
+        "process": PROCESS_HOST_BYTES,
     }
     place = {k: "device" for k in components}
+    place["process"] = "cpu"
     if choice.offload_optimizer != "none":
         place["optimizer"] = choice.offload_optimizer
         # DeepSpeed 0.19 (stage3.py) keeps each rank's gradient partition in a flat host buffer in the
@@ -133,11 +155,14 @@ def estimate(config: GPTConfig, choice: Choice, *, world_size: int = 1, micro_ba
     return {"components": {k: int(v) for k, v in components.items()}, "place": place, "device": int(totals["device"]), "host": int(totals["cpu"]), "nvme": int(totals["nvme"])}
 
 
-def plan(config: GPTConfig, *, memory: int, host: int | None = None, gpus: int = 1, nodes: int = 1, micro_batch: int = 1, bf16: bool = True, headroom: float = 0.9, allow_nvme: bool = True) -> list[dict]:
+def plan(config: GPTConfig, *, memory: int, host: int | None = None, disk: int | None = None, gpus: int = 1, nodes: int = 1,
+         micro_batch: int = 1, bf16: bool = True, headroom: float = 0.9, allow_nvme: bool = True) -> list[dict]:
     """Every choice with its estimate and whether it fits; the first fitting one is the pick.
 
     memory: bytes per GPU (ignored when gpus=0); host: host RAM per node (default: this machine's),
-    shared by the node's ranks. A choice fits when each place is within headroom of its capacity."""
+    shared by the node's ranks; disk: free bytes for nvme offload per node (None: not checked). A
+    choice fits when each place is within headroom of its capacity; "over" maps each place that is not
+    ("device", "host", "disk") to (bytes needed, bytes usable), which no_fit_reason explains."""
     host = host_memory() if host is None else host
     ranks_per_node = max(gpus, 1)
     world = ranks_per_node * nodes
@@ -148,9 +173,46 @@ def plan(config: GPTConfig, *, memory: int, host: int | None = None, gpus: int =
         if gpus == 0 and choice.offload_param == "cpu" or (gpus == 0 and choice.offload_optimizer == "cpu"):
             continue  # no memory saved on a CPU-only machine
         est = estimate(config, choice, world_size=world, micro_batch=micro_batch, bf16=bf16, gpus=gpus)
-        fits = est["host"] * ranks_per_node <= headroom * host and (gpus == 0 or est["device"] <= headroom * memory)
-        rows.append({"choice": choice, **est, "fits": fits})
+        needs = {"host": (est["host"] * ranks_per_node, headroom * host)}
+        if gpus:
+            needs["device"] = (est["device"], headroom * memory)
+        if disk is not None and est["nvme"]:
+            needs["disk"] = (est["nvme"] * ranks_per_node, headroom * disk)
+        over = {place: (need, usable) for place, (need, usable) in needs.items() if need > usable}
+        rows.append({"choice": choice, **est, "fits": not over, "over": over})
     return rows
+
+
+def no_fit_reason(rows: list[dict]) -> str:
+    """Why no row of plan() fits: the memory (device, host or disk) that stops the closest choice, with
+    its bytes needed and usable, and how many choices each memory stops."""
+    if not rows:
+        raise ValueError("no_fit_reason: rows is empty; expected plan()'s rows")
+    if any(row["fits"] for row in rows):
+        raise ValueError("no_fit_reason: a choice fits; expected plan()'s rows of which none fits")
+
+    closest = min(rows, key=lambda row: _ratio(row, limit_of(row)))
+    limit = limit_of(closest)
+    need, usable = closest["over"][limit]
+    counts = {place: sum(limit_of(row) == place for row in rows) for place in PLACES}
+    stopped = ", ".join(f"{count} by {PLACES[place]}" for place, count in counts.items() if count)
+    text = (f"{PLACES[limit]} is the limit: the closest choice, {closest['choice'].describe()}, needs {need / GiB:.1f} GiB of "
+            f"{PLACES[limit]}{' per GPU' if limit == 'device' else ' per node'} where {usable / GiB:.1f} GiB is usable; choices stopped: {stopped}")
+    if not any("nvme" in (row["choice"].offload_optimizer, row["choice"].offload_param) for row in rows):
+        text += "; offloading to disk (nvme) was not considered"
+    return text
+
+
+def limit_of(row: dict) -> str | None:
+    """The place that stops a plan() row most (largest need over usable), None when it fits."""
+    if not row["over"]:
+        return None
+    return max(row["over"], key=lambda place: _ratio(row, place))
+
+
+def _ratio(row: dict, place: str) -> float:
+    need, usable = row["over"][place]
+    return need / usable if usable else float("inf")
 
 
 def deepspeed_config(choice: Choice, *, micro_batch: int = 1, accumulation: int = 1, bf16: bool = True, nvme_path: str | None = None, lr: float = 3e-4) -> dict:
@@ -225,4 +287,4 @@ def check_fits(config: GPTConfig, ds: dict, world_size: int) -> dict:
     return est
 
 
-__all__ = ["CHOICES", "Choice", "check_fits", "deepspeed_config", "estimate", "parse_bytes", "plan"]
+__all__ = ["CHOICES", "PROCESS_HOST_BYTES", "Choice", "check_fits", "deepspeed_config", "estimate", "no_fit_reason", "parse_bytes", "plan"]
