@@ -12,12 +12,14 @@ DeepSpeed config and a share of a GPU (small runs are packed several per GPU) or
 Launchers: "process" starts the trainer itself (one rank; on a GPU pinned by CUDA_VISIBLE_DEVICES);
 "deepspeed" wraps the same command in DeepSpeed's per-node launcher (deepspeed.launcher.launch), which
 pins the run's GPUs, starts one rank per GPU and gives the ranks a port of their own; "auto" is
-deepspeed on GPUs, process on CPU.
+deepspeed on GPUs, process on CPU; "ray" submits each run as a Ray task to a cluster
+(fastscale.sweep.cluster: the runs go to the cluster's nodes, the index and this loop stay here).
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import ctypes
 import fcntl
 import json
@@ -43,7 +45,7 @@ from .spec import Run, SweepError, SweepSpec, study_options
 logger = logging.getLogger(__name__)
 
 POLL_S = 0.2
-LAUNCHERS = ("auto", "process", "deepspeed")
+LAUNCHERS = ("auto", "process", "deepspeed", "ray")
 TRAINER = "import sys; from fastscale.train.launch import main; sys.exit(main())"
 RANK_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -127,12 +129,13 @@ def prepare_data(spec: SweepSpec, out_dir: Path) -> dict:
     return {"path": str(target.resolve())}
 
 
-def _spawn(args: list[str], log_path: Path, devices: dict | None = None) -> subprocess.Popen:
+def _spawn(args: list[str], log_path: Path, devices: dict | None = None, keep_fds: tuple[int, ...] = ()) -> subprocess.Popen:
+    """keep_fds: descriptors the child inherits (the Ray launcher's trainer lock)."""
     env = {k: v for k, v in os.environ.items() if k not in RANK_VARIABLES}  # each run is its own world (the launcher sets them)
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", **(devices or {}))
     log = open(log_path, "a")
     try:
-        return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
+        return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent, pass_fds=keep_fds)
     finally:
         log.close()
 
@@ -162,64 +165,87 @@ def _deepspeed_launch(command: list[str], device_ids: list[str], port: int) -> l
             f"--master_port={port}", "--no_python", "--no_local_rank", *command]
 
 
-def _start_training(run_dir: Path, config: dict, deepspeed: dict, resume: bool, *, launcher: str, device_ids: list[str] | None,
-                    port: int) -> subprocess.Popen:
-    """device_ids: the run's GPUs (CUDA_VISIBLE_DEVICES names), None on CPU."""
+def _trainer_command(run_dir: Path, config: dict, deepspeed: dict, resume: bool) -> list[str]:
+    """The trainer's command line for a run, its config files written into run_dir."""
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "run.json", config, indent=2)
     write_json(run_dir / "ds.json", deepspeed, indent=2)
-    args = [sys.executable, "-c", TRAINER, "--config", str(run_dir / "run.json"), "--deepspeed_config", str(run_dir / "ds.json"),
+    return [sys.executable, "-c", TRAINER, "--config", str(run_dir / "run.json"), "--deepspeed_config", str(run_dir / "ds.json"),
             "--out", str(run_dir), "--no-progress"] + (["--resume"] if resume else [])
+
+
+def _start_training(run_dir: Path, config: dict, deepspeed: dict, resume: bool, *, launcher: str, device_ids: list[str] | None,
+                    port: int) -> subprocess.Popen:
+    """device_ids: the run's GPUs (CUDA_VISIBLE_DEVICES names), None on CPU."""
+    args = _trainer_command(run_dir, config, deepspeed, resume)
     if launcher == "deepspeed":
         return _spawn(_deepspeed_launch(args, device_ids or ["0"], port), run_dir / "train.log")
     return _spawn(args, run_dir / "train.log", {"CUDA_VISIBLE_DEVICES": ",".join(device_ids)} if device_ids else None)
 
 
-def _start_evaluation(run_dir: Path, study: dict, data: dict) -> subprocess.Popen:
+def _evaluation_command(run_dir: Path, study: dict, data: dict) -> list[str]:
     """The study's measurements of a trained run, in a process of its own (torch, one thread)."""
     task = {"kind": study["kind"], "options": study_options(study), "data_dir": data["path"]}
     write_json(run_dir / "study_task.json", task, indent=2)
-    return _spawn([sys.executable, "-m", "fastscale.sweep.studies", str(run_dir)], run_dir / "study.log")
+    return [sys.executable, "-m", "fastscale.sweep.studies", str(run_dir)]
 
 
-def run_sweep(spec: SweepSpec, out_dir, *, jobs: int | None = None, launcher: str = "auto", retrain: tuple[str, ...] = (),
-              on_layout: Callable[[str], None] | None = None, on_update: Callable[[str, str], None] | None = None,
+def run_sweep(spec: SweepSpec, out_dir, *, jobs: int | None = None, launcher: str = "auto", address: str | None = None,
+              retrain: tuple[str, ...] = (), on_layout: Callable[[str], None] | None = None, on_update: Callable[[str, str], None] | None = None,
               on_step: Callable[[str, int, int], None] | None = None) -> ResultsIndex:
     """Train (and, with a study, evaluate) every run of the grid not yet done; returns the results
     index. jobs: runs at a time (default: one per core on CPU; on GPUs as many as the placement packs).
-    launcher: "auto", "process" or "deepspeed" (module docstring). retrain: names of runs to train again
-    (their files were damaged; from their newest checkpoint). on_layout(reason) is called once with
+    launcher: "auto", "process", "deepspeed" or "ray" (module docstring); address: the Ray cluster's
+    ("auto", "HOST:PORT" or "ray://HOST:PORT"; launcher "ray" only, default "auto"). retrain: names
+    of runs to train again (their files were damaged; from their newest checkpoint). on_layout(reason) is called once with
     the placement's reason, on_update(name, state) whenever a run's process starts or ends,
     on_step(name, step, steps) as a training run logs steps."""
     if jobs is not None and (not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1):
         raise SweepError(f"jobs={jobs!r}; expected a positive integer")
     if launcher not in LAUNCHERS:
         raise SweepError(f"launcher={launcher!r}; expected one of {LAUNCHERS}")
-    out_dir = Path(out_dir)
+    if address is not None and launcher != "ray":
+        raise SweepError(f"address={address!r} is the Ray cluster's; it needs launcher='ray', got launcher={launcher!r}")
+    out_dir = Path(out_dir).absolute() if launcher == "ray" else Path(out_dir)  # the runs' paths are read on other nodes
     out_dir.mkdir(parents=True, exist_ok=True)
     lock = _lock(out_dir)
     try:
-        inventory = Inventory.detect()
-        launcher = launcher if launcher != "auto" else "deepspeed" if inventory.kind == "cuda" else "process"
-        runs = spec.runs()
-        _check_configs(spec, runs, inventory.kind, out_dir)
-        index = ResultsIndex(out_dir / "results.json")  # a damaged index stops the sweep before anything in OUT changes
-        _check_same_sweep(out_dir, spec)
-        data = prepare_data(spec, out_dir)
-        layout, deepspeed = _place(spec, runs, data, inventory, jobs, launcher)
-        logger.info("placement: %s", layout.reason)
-        on_layout and on_layout(layout.reason)
-        for run in runs:
-            index.add(run.name, n_target=run.n_target, tokens_target=run.tokens, seed=run.seed, steps=run.steps, lr=run.lr)
-        _mark_for_retraining(index, retrain)
-        todo = sorted((_next_task(index, run) for run in runs if index.state(run.name) != "done"), key=_longest_first)
-        limit = jobs or inventory.cores
-        logger.info("sweep %s: %d runs, %d done, %d to do, at most %d at a time, %s launcher", spec.name, len(runs), len(runs) - len(todo),
-                    len(todo), limit, launcher)
-        _schedule(spec, out_dir, data, index, todo, _Slots(layout, limit, launcher, deepspeed), on_update, on_step)
-        return index
+        with contextlib.ExitStack() as cluster:
+            inventory = _inventory(launcher, address, out_dir, cluster)
+            return _sweep(spec, out_dir, inventory, jobs, launcher, retrain, on_layout, on_update, on_step)
     finally:
         lock.close()
+
+
+def _inventory(launcher: str, address: str | None, out_dir: Path, cluster: contextlib.ExitStack) -> Inventory:
+    """This machine's devices, or with the ray launcher the cluster's (connected for as long as cluster lasts)."""
+    if launcher != "ray":
+        return Inventory.detect()
+    from .cluster import connected
+
+    return cluster.enter_context(connected(address, out_dir))
+
+
+def _sweep(spec, out_dir, inventory, jobs, launcher, retrain, on_layout, on_update, on_step) -> ResultsIndex:
+    """run_sweep under the sweep's lock, on inventory (this machine's devices or the Ray cluster's)."""
+    launcher = launcher if launcher != "auto" else "deepspeed" if inventory.kind == "cuda" else "process"
+    runs = spec.runs()
+    _check_configs(spec, runs, inventory.kind, out_dir)
+    index = ResultsIndex(out_dir / "results.json")  # a damaged index stops the sweep before anything in OUT changes
+    _check_same_sweep(out_dir, spec)
+    data = prepare_data(spec, out_dir)
+    layout, deepspeed = _place(spec, runs, data, inventory, jobs, launcher)
+    logger.info("placement: %s", layout.reason)
+    on_layout and on_layout(layout.reason)
+    for run in runs:
+        index.add(run.name, n_target=run.n_target, tokens_target=run.tokens, seed=run.seed, steps=run.steps, lr=run.lr)
+    _mark_for_retraining(index, retrain)
+    todo = sorted((_next_task(index, run) for run in runs if index.state(run.name) != "done"), key=_longest_first)
+    limit = jobs or inventory.cores
+    logger.info("sweep %s: %d runs, %d done, %d to do, at most %d at a time, %s launcher", spec.name, len(runs), len(runs) - len(todo),
+                len(todo), limit, launcher)
+    _schedule(spec, out_dir, data, index, todo, _Slots(layout, limit, launcher, deepspeed), on_update, on_step)
+    return index
 
 
 def _place(spec: SweepSpec, runs: list[Run], data: dict, inventory: Inventory, jobs: int | None, launcher: str) -> tuple[Layout, dict]:
@@ -238,6 +264,10 @@ def _place(spec: SweepSpec, runs: list[Run], data: dict, inventory: Inventory, j
             raise SweepError(f"sweep run {name} needs {placement.gpus} GPUs (devices: {layout.reason}); launcher='process' starts one rank: "
                              "use launcher 'deepspeed' or 'auto'")
         deepspeed[name] = deepspeed_for(placement, spec.deepspeed, configs[name].train)
+        if launcher == "ray":
+            from .cluster import check_fits_nodes
+
+            check_fits_nodes(name, placement)
         try:
             check_deepspeed_config(deepspeed[name], placement.gpus, device_type=inventory.kind)
         except ConfigError as error:
@@ -360,12 +390,26 @@ def _start(spec, out_dir, data, index, task: str, run: Run, held: tuple[list[int
     run_dir = out_dir / "runs" / run.name
     if task == "evaluate":
         index.update(run.name, "evaluating")
-        return _Active(task, run, _start_evaluation(run_dir, spec.study, data), devices, share, None)
+        command = _evaluation_command(run_dir, spec.study, data)
+        process = _submit(command, run_dir, "study.log", task, run, slots) if slots.launcher == "ray" else _spawn(command, run_dir / "study.log")
+        return _Active(task, run, process, devices, share, None)
     port = _free_port(ports - {None}) if slots.launcher == "deepspeed" else None
-    resume = index.runs[run.name]["attempts"] > 0  # started before: continue from its checkpoint
-    process = _start_training(run_dir, spec.run_config(run, data), slots.deepspeed[run.name], resume, launcher=slots.launcher, device_ids=slots.device_ids(devices), port=port)
+    if slots.launcher == "ray":  # always --resume: a task Ray retries after its node died continues from its checkpoint
+        command = _trainer_command(run_dir, spec.run_config(run, data), slots.deepspeed[run.name], resume=True)
+        process = _submit(command, run_dir, "train.log", task, run, slots)
+    else:
+        resume = index.runs[run.name]["attempts"] > 0  # started before: continue from its checkpoint
+        process = _start_training(run_dir, spec.run_config(run, data), slots.deepspeed[run.name], resume, launcher=slots.launcher,
+                                  device_ids=slots.device_ids(devices), port=port)
     index.update(run.name, "running", attempts=index.runs[run.name]["attempts"] + 1, run_dir=str(run_dir.relative_to(out_dir)))
     return _Active(task, run, process, devices, share, port)
+
+
+def _submit(command: list[str], run_dir: Path, log_name: str, task: str, run: Run, slots: _Slots):
+    """command as a Ray task (fastscale.sweep.cluster) with the resources of the run's placement."""
+    from .cluster import resources, submit
+
+    return submit(command, run_dir, log_name, resources(slots.layout.placements[run.name], task, slots.layout.inventory))
 
 
 def _finish_training(index: ResultsIndex, run_dir: Path, name: str, returncode: int, *, has_study: bool) -> None:

@@ -1,0 +1,232 @@
+"""The ray launcher on a real two-node Ray cluster on this machine (ray.cluster_utils.Cluster), all of
+it on the loopback address: a small sweep over both nodes equals the single-node sweep run by run and
+step by step; with the worker node killed mid-sweep (its raylet and workers, cluster.remove_node) the
+sweep still ends with the same numbers (Ray retries the run's task, which resumes from its checkpoint)
+and a rerun of the same sweep has nothing left to do. Three very small runs (~2-3 minutes in all).
+
+Ray rewrites a loopback address given to ray.init into the machine's interface address unless
+RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 is set before ray is imported (Ray 2.60): the module fixture sets it
+for this process and every Ray process it starts, and imports ray only then.
+"""
+
+import importlib.util
+import ipaddress
+import json
+import re
+import shutil
+import tempfile
+import threading
+import time
+
+import pytest
+
+from fastscale.sweep import SweepSpec, run_sweep
+from fastscale.sweep.cluster import RayRun, check_storage
+from fastscale.sweep.spec import SweepError
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs ray (the [cluster] extra)")
+
+# head_dim 8 and one layer: three distinct shapes; 16 steps each with a checkpoint every 4
+TINY = {
+    "name": "tiny", "data": {"dataset": "digits"}, "seq_len": 193, "tokens_per_item": 192,
+    "sizes": [3e3, 1.2e4, 2.8e4], "tokens": [1.24e4], "seeds": [0], "model": {"head_dim": 8}, "lr": 3e-3,
+    "train": {"warmup_steps": 2, "log_interval": 1, "eval_interval": 8, "eval_batches": 2, "checkpoint_interval": 4, "noise_scale_interval": 4},
+    "deepspeed": {"train_batch_size": 4, "train_micro_batch_size_per_gpu": 2, "zero_optimization": {"stage": 0}, "steps_per_print": 1000000000},
+}
+LOOPBACK = "127.0.0.1"
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A head node and a worker node of one CPU each on 127.0.0.1; every process of both is gone after
+    the module, whatever happened in it."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        import ray
+        from ray._private import ray_constants
+        from ray.cluster_utils import Cluster
+
+        assert not ray_constants.ENABLE_RAY_CLUSTER, "ray was imported before this module set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0"
+        temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
+        cluster = Cluster(shutdown_at_exit=False)
+        try:
+            node = {"node_ip_address": LOOPBACK, "num_cpus": 1}
+            cluster.add_node(**node, include_dashboard=False, temp_dir=temp_dir)
+            cluster.add_node(**node)
+            yield cluster
+        finally:
+            ray.shutdown()
+            cluster.shutdown()
+            shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def single_node(tmp_path_factory):
+    """The reference: the same sweep on this machine with the process launcher."""
+    out = tmp_path_factory.mktemp("single")
+    started = time.perf_counter()
+    run_sweep(SweepSpec.from_dict(TINY), out, jobs=2, launcher="process")
+    return out, time.perf_counter() - started
+
+
+@pytest.fixture(scope="module")
+def on_two_nodes(ray_cluster, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ray")
+    started = time.perf_counter()
+    run_sweep(SweepSpec.from_dict(TINY), out, launcher="ray", address=ray_cluster.address)
+    return out, time.perf_counter() - started
+
+
+def curves(sweep_dir):
+    """Each run's learning curve, the last record of each step (a resumed run appends)."""
+    out = {}
+    for run_dir in sorted((sweep_dir / "runs").iterdir()):
+        by_step = {}
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+            record = json.loads(line)
+            by_step[record["step"]] = (record["loss"], record.get("eval_loss"))
+        out[run_dir.name] = by_step
+    return out
+
+
+def summaries(sweep_dir):
+    runs = json.loads((sweep_dir / "results.json").read_text())["runs"]
+    return {name: (entry["state"], entry["summary"]["steps"], entry["summary"]["final_loss"], entry["summary"]["final_eval_loss"])
+            for name, entry in runs.items()}
+
+
+def nodes_of(run_dir):
+    """The Ray nodes that started the run's trainer, in order (the task's first line in train.log)."""
+    return re.findall(r"started on Ray node ([0-9a-f]+)", (run_dir / "train.log").read_text())
+
+
+def test_every_ray_process_is_on_loopback(ray_cluster):
+    import psutil
+    import ray
+
+    assert ray_cluster.address.startswith(f"{LOOPBACK}:")
+    ray.init(address=ray_cluster.address, configure_logging=False, log_to_driver=False)
+    try:
+        nodes = ray.nodes()
+    finally:
+        ray.shutdown()
+    assert len(nodes) == 2 and all(node["Alive"] for node in nodes)
+    assert {node["NodeManagerAddress"] for node in nodes} == {LOOPBACK}
+    processes = [psutil.Process(info.process.pid) for node in ray_cluster.list_all_nodes()
+                 for infos in node.all_processes.values() for info in infos]
+    processes += [child for process in processes for child in process.children(recursive=True)]
+    listening = {(c.laddr.ip, c.laddr.port) for p in processes for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
+    assert listening and all(_is_loopback(ip) for ip, _ in listening), listening
+
+
+def _is_loopback(ip):
+    """127.0.0.0/8, ::1, or an IPv4-mapped loopback (::ffff:127.0.0.1: gRPC's dual-stack sockets)."""
+    address = ipaddress.ip_address(ip)
+    return (getattr(address, "ipv4_mapped", None) or address).is_loopback
+
+
+def test_sweep_on_two_nodes_equals_the_single_node_sweep(on_two_nodes, single_node, ray_cluster):
+    out, seconds = on_two_nodes
+    reference, reference_seconds = single_node
+    assert summaries(out) == summaries(reference)
+    assert all(state == "done" and steps == 16 for state, steps, _, _ in summaries(out).values())
+    assert curves(out) == curves(reference)
+    ran_on = {node for run_dir in (out / "runs").iterdir() for node in nodes_of(run_dir)}
+    assert ran_on == {node.node_id for node in ray_cluster.list_all_nodes()}  # both nodes trained runs
+    print(f"3 runs: single node (process launcher, 2 at a time) {reference_seconds:.0f} s, two Ray nodes of 1 CPU {seconds:.0f} s")
+
+
+def test_sweep_with_a_node_killed_mid_run_ends_with_the_same_numbers(ray_cluster, single_node, tmp_path):
+    import ray
+
+    out = tmp_path / "sweep"
+    worker = next(node for node in ray_cluster.worker_nodes)
+    spec = SweepSpec.from_dict(TINY)
+    ray.init(address=ray_cluster.address, configure_logging=False, log_to_driver=False)  # the sweep thread uses this connection
+    try:
+        failure = []
+        sweep = threading.Thread(target=lambda: _run_catching(failure, spec, out))
+        sweep.start()
+        try:
+            victim = _wait_for(lambda: _checkpointed_run_on(out, worker.node_id), 180, "a run on the worker node with a checkpoint")
+        finally:
+            ray_cluster.remove_node(worker)  # its raylet and workers are killed; the run's trainer gets SIGTERM
+            sweep.join(timeout=600)
+        assert not sweep.is_alive() and not failure, failure
+        ray_cluster.add_node(node_ip_address=LOOPBACK, num_cpus=1)  # the cluster as other tests expect it
+    finally:
+        ray.shutdown()
+    reference = single_node[0]
+    assert summaries(out) == summaries(reference)
+    assert curves(out) == curves(reference)
+    nodes = nodes_of(out / "runs" / victim)
+    assert nodes[0] == worker.node_id and len(nodes) == 2 and nodes[1] != worker.node_id  # retried on the head node
+    steps = [json.loads(line)["step"] for line in (out / "runs" / victim / "metrics.jsonl").read_text().splitlines()]
+    assert steps.count(1) == 1 and steps.count(16) == 1  # resumed from its checkpoint, not trained again from step 1
+    before = (out / "results.json").read_text()
+
+    index = run_sweep(spec, out, launcher="ray", address=ray_cluster.address)  # the same command again: nothing left to do
+
+    assert all(entry["state"] == "done" for entry in index.runs.values())
+    assert json.loads((out / "results.json").read_text())["runs"] == json.loads(before)["runs"]
+
+
+def _run_catching(failure, spec, out):
+    try:
+        run_sweep(spec, out, launcher="ray")
+    except BaseException as error:  # reported by the test's thread
+        failure.append(error)
+
+
+def _checkpointed_run_on(out, node_id):
+    for run_dir in sorted((out / "runs").glob("*")) if (out / "runs").is_dir() else ():
+        if (run_dir / "train.log").is_file() and nodes_of(run_dir) == [node_id] and any((run_dir / "checkpoints").glob("*/*")):
+            return run_dir.name
+    return None
+
+
+def _wait_for(value, timeout, what):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = value()
+        if found:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def test_a_node_that_cannot_see_out_dir_is_refused(ray_cluster, tmp_path, monkeypatch):
+    """Every node of this cluster shares this machine's files: the nodes are made to look for the token
+    at a path where it is not."""
+    import ray
+
+    from fastscale.sweep import cluster
+
+    original = cluster._sees
+    ray.init(address=ray_cluster.address, configure_logging=False, log_to_driver=False)
+    try:
+        monkeypatch.setattr(cluster, "_sees", lambda path, token: original(path + ".elsewhere", token))
+        with pytest.raises(SweepError, match=r"OUT_DIR=.* is not visible from Ray node\(s\) 127\.0\.0\.1 \(host .*No such file"):
+            check_storage(tmp_path)
+    finally:
+        ray.shutdown()
+
+
+def test_address_needs_the_ray_launcher(tmp_path):
+    with pytest.raises(SweepError, match=r"address='auto' is the Ray cluster's; it needs launcher='ray', got launcher='process'"):
+        run_sweep(SweepSpec.from_dict(TINY), tmp_path, launcher="process", address="auto")
+
+
+def test_a_task_that_dies_without_exit_code_is_lost(ray_cluster):
+    import ray
+
+    ray.init(address=ray_cluster.address, configure_logging=False, log_to_driver=False)
+    try:
+        def die():
+            import os
+            os._exit(3)  # the worker itself dies: no exit code reaches the driver
+
+        run = RayRun(ray.remote(max_retries=0)(die).remote())
+        assert run.wait() == RayRun.LOST and run.poll() == RayRun.LOST
+    finally:
+        ray.shutdown()
