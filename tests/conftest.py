@@ -61,9 +61,18 @@ if INTERPRETING:
     _patch_interpreter()
 
 
+def _test_seed(request) -> int:
+    """Random inputs differ from test to test but reproduce run to run: the seed is the test id's CRC."""
+    return zlib.crc32(request.node.nodeid.encode())
+
+
 @pytest.fixture(autouse=True)
 def _fresh_seed(request):
-    """Random inputs differ from test to test but reproduce run to run: the seed is the test id's CRC."""
-    seed = zlib.crc32(request.node.nodeid.encode())
-    torch.manual_seed(seed)
+    torch.manual_seed(_test_seed(request))
     yield
+
+
+@pytest.fixture
+def rng(request) -> np.random.Generator:
+    """numpy's generator for the test, seeded like torch's."""
+    return np.random.default_rng(_test_seed(request))

@@ -108,8 +108,7 @@ def test_allocation_bad_input():
         fit_allocation([1e17, 1e18], [1e6, 1e7])
 
 
-def test_compute_for_inverts_the_allocation_on_every_draw():
-    rng = np.random.default_rng()
+def test_compute_for_inverts_the_allocation_on_every_draw(rng):
     compute = np.geomspace(1e15, 1e20, 12)
     n_opt = (compute / 3e3) ** 0.5 * np.exp(rng.normal(0, 0.05, compute.size))
     fit = fit_allocation(compute, n_opt, n_bootstrap=200, seed=int(rng.integers(1000)))

@@ -54,10 +54,9 @@ def test_trained_model_reproduces_the_trainers_eval_loss(runs, stage):
     assert np.concatenate(losses).mean() == pytest.approx(summary["final_eval_loss"], rel=1e-5)
 
 
-def test_token_losses_of_uneven_documents_match_one_at_a_time_float64():
+def test_token_losses_of_uneven_documents_match_one_at_a_time_float64(rng):
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=11, seq_len=40, n_layer=2, d_model=16, n_head=2)).eval()
-    rng = np.random.default_rng()
     docs = [rng.integers(0, 11, size=n) for n in (2, 40, 7, 33, 3, 40, 19)]
     got = token_losses(model, docs, batch_size=3)  # several batches, each padded to its longest
     _, hits = token_scores(model, docs, batch_size=3)

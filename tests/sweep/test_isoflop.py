@@ -70,8 +70,7 @@ def check_point_estimates(profiles, n, c, y):
     assert profiles.allocation.params == pytest.approx({"a": slope, "C0": np.exp(-intercept / slope)}, rel=1e-7)
 
 
-def test_section_gives_d_opt_in_both_conventions_and_compares_with_the_frontier():
-    rng = np.random.default_rng()
+def test_section_gives_d_opt_in_both_conventions_and_compares_with_the_frontier(rng):
     n, c, y = profile_runs(rng)
     profiles = fit_isoflop(n, c, y, n_bootstrap=200, seed=0)
     # shapes whose flops_per_token is 7N: D_opt = C / (7 N_opt), and C / 6N_opt beside it
@@ -130,7 +129,7 @@ def no_budget_check(monkeypatch):
     monkeypatch.setattr(spec.SweepSpec, "tokens_per_step", lambda self: 1)
 
 
-def test_report_of_an_isoflop_sweep(tmp_path, no_budget_check, monkeypatch, capsys):
+def test_report_of_an_isoflop_sweep(tmp_path, no_budget_check, monkeypatch, capsys, rng):
     from argparse import Namespace
 
     from fastscale.fit import plots
@@ -139,7 +138,6 @@ def test_report_of_an_isoflop_sweep(tmp_path, no_budget_check, monkeypatch, caps
     # the L(N) and frontier figures are test_report's; drawing them here would triple this test's time
     monkeypatch.setattr(plots, "plot_law", lambda *args, **kwargs: None)
     monkeypatch.setattr(plots, "plot_frontier", lambda *args, **kwargs: None)
-    rng = np.random.default_rng()
     n, c, y = profile_runs(rng)
     n = np.round(n)  # run names use 3 significant digits: keep sizes distinct at that precision
     unique = 2e7  # the smallest budget's runs see < 1 epoch, the largest's small models repeat

@@ -210,8 +210,7 @@ def same(a: dict, b: dict) -> bool:
     return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
-def test_report_averages_seeds_and_fits_like_fastscale_fit():
-    rng = np.random.default_rng()
+def test_report_averages_seeds_and_fits_like_fastscale_fit(rng):
     sizes = np.geomspace(1e4, 4e5, 6).round()
     runs = hand_made_runs(rng, sizes)
     section = classify.report(runs, {}, 50, 4)
@@ -228,8 +227,7 @@ def test_report_averages_seeds_and_fits_like_fastscale_fit():
     json.dumps(section)
 
 
-def test_report_falls_back_to_a_pure_power_law_then_to_an_error_never_crashing(tmp_path):
-    rng = np.random.default_rng()
+def test_report_falls_back_to_a_pure_power_law_then_to_an_error_never_crashing(tmp_path, rng):
     sizes = np.array([1e4, 4e4, 1.6e5])  # 3 points: too few for 3 parameters, enough for 2
     three = classify.report(hand_made_runs(rng, sizes, seeds=1), {}, 20, 0)
     loss = np.array([row["classification_loss"] for row in three["sizes"]])
@@ -244,8 +242,7 @@ def test_report_falls_back_to_a_pure_power_law_then_to_an_error_never_crashing(t
     assert classify.plots(one, tmp_path) == ["classify.png", "classify.svg"]
 
 
-def test_markdown_and_plots(tmp_path):
-    rng = np.random.default_rng()
+def test_markdown_and_plots(tmp_path, rng):
     section = classify.report(hand_made_runs(rng, np.geomspace(1e4, 4e5, 5).round(), seeds=1), {"steps": 40}, 20, 0)
     text = "\n".join(classify.markdown(section))
     assert "40 steps" in text and f"alpha = {section['fit']['params']['alpha']:.4g}" in text and "(classify.png)" in text

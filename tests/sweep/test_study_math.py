@@ -147,8 +147,7 @@ def fake_levels(rng, n):
              "seen_in_training": 1.0 if k == 1 else 0.0, "unseen_answer_loss": None if k == 1 else float(rng.uniform(1, 2))} for k in (1, 2, 3)]
 
 
-def test_report_averages_seeds_and_matches_fastscale_fit():
-    rng = np.random.default_rng()
+def test_report_averages_seeds_and_matches_fastscale_fit(rng):
     sizes = [1e4, 3e4, 1e5, 3e5, 1e6]
     runs = [fake_run(f"N{n:g}_s{s}", n, s, fake_levels(rng, n)) for n in sizes for s in ((0, 1) if n == 1e5 else (0,))]
     section = study.report(runs, OPTIONS, n_bootstrap=50, seed=4)
@@ -167,8 +166,7 @@ def test_report_averages_seeds_and_matches_fastscale_fit():
     json.dumps(section)  # JSON-ready
 
 
-def test_report_falls_back_when_a_level_cannot_be_fitted(tmp_path):
-    rng = np.random.default_rng()
+def test_report_falls_back_when_a_level_cannot_be_fitted(tmp_path, rng):
     sizes = [1e4, 1e5, 1e6]  # too few for L_inf + (N0/N)^alpha (fit_power_law wants 4), enough for (N0/N)^alpha
     runs = [fake_run(f"N{n:g}", n, 0, fake_levels(rng, n)) for n in sizes]
     for r in runs[1:]:
