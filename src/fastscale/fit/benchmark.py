@@ -47,6 +47,7 @@ from fastscale.fit.io import column, drop_highest_loss, read_table
 from fastscale.fit.kaplan import fit_kaplan_nd, fit_kaplan_ns
 from fastscale.fit.overtrain import fit_overtrain
 from fastscale.fit.power import fit_power_law
+from fastscale.fit.units import flops_to_pf_days, pf_days_to_flops
 from fastscale.io import write_atomically
 
 DEFAULT_DATA = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "scaling" / "chinchilla-epoch" / "svg_extracted_data.csv"
@@ -107,7 +108,6 @@ QUICK = {"points": 40, "draws": 20, "rows": 200, "baseline_starts": 10, "repeats
 # and Table 3 (L(N, D), L(N, S), B_crit(L), N_opt = 1.3e9 C^0.73 in PF-days); Henighan et al. 2020 Table 1
 # (Image 8x8 L(N)); Caballero et al. 2023 Figure 4; McCandlish et al. 2018 (S = S_min (1 + B_crit/B)).
 CHINCHILLA = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
-PF_DAY = 8.64e19
 
 
 @dataclass(frozen=True)
@@ -197,7 +197,7 @@ CASES = {
     "critical-batch": Case(_critical_batch, fit_critical_batch, "S = S_min (1 + B_crit/B)"),
     "critical-batch-vs-loss": Case(lambda rng, k: (loss := _log_uniform(rng, 2.5, 5.5, k), _noisy(rng, 2e8 / loss ** (1 / 0.21))),
                                    fit_critical_batch_vs_loss, "Kaplan B_crit(L)"),
-    "allocation": Case(lambda rng, k: (c := _log_uniform(rng, 1e-3, 1e3, k) * PF_DAY, _noisy(rng, 1.3e9 * (c / PF_DAY) ** 0.73)),
+    "allocation": Case(lambda rng, k: (c := pf_days_to_flops(_log_uniform(rng, 1e-3, 1e3, k)), _noisy(rng, 1.3e9 * flops_to_pf_days(c) ** 0.73)),
                        fit_allocation, "Kaplan N_opt(C)"),
     "isoflop": Case(_isoflop, fit_isoflop, "approach 2: parabolas, then N_opt(C)"),
 }
