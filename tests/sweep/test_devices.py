@@ -1,10 +1,12 @@
 """Placement of a sweep's runs on fake device inventories (expected counts from plan.estimate, computed
 here), the scheduler's device shares, and one tiny run through DeepSpeed's launcher on CPU: killed
-with its sweep, resumed, and the same learning curve as the process launcher (~30 s)."""
+with its sweep, resumed, and the same learning curve as the process launcher (~30 s), both within a
+quarter of the host memory their placement line promised."""
 
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,7 +17,7 @@ import pytest
 from fastscale.model.config import GPTConfig
 from fastscale.sweep import SweepError, SweepSpec, run_sweep
 from fastscale.sweep.devices import MAX_RUNS_PER_GPU, PROCESS_DEVICE_BYTES, Inventory, deepspeed_for, place_runs
-from fastscale.sweep.runner import _Slots
+from fastscale.sweep.runner import LAUNCHERS, _Slots
 from fastscale.sweep.spec import Run
 from fastscale.train.config import TrainSettings, check_deepspeed_config
 from fastscale.train.plan import GiB, Choice, estimate
@@ -119,7 +121,7 @@ def test_a_run_that_fits_nowhere_is_refused_with_what_it_needs():
 def test_bad_jobs_and_launcher_are_refused_by_name(tmp_path):
     with pytest.raises(SweepError, match="jobs=0; expected a positive integer"):
         place_runs({}, BATCH, LAPTOP_CPU, jobs=0)
-    with pytest.raises(SweepError, match=r"launcher='mpi'; expected one of \('auto', 'process', 'deepspeed'\)"):
+    with pytest.raises(SweepError, match=r"launcher='mpi'; expected one of " + re.escape(str(LAUNCHERS))):
         run_sweep(SweepSpec.from_dict(TINY), tmp_path, launcher="mpi")
 
 
@@ -139,16 +141,40 @@ def test_scheduler_packs_small_runs_and_gives_a_wide_run_idle_gpus():
     assert slots.take("evaluate", small) is not None  # evaluations run on the CPU: no GPU share
 
 
-def test_deepspeed_launcher_on_cpu_dies_with_its_sweep_and_matches_the_process_launcher(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_sweeps(tmp_path_factory):
+    """One tiny run trained twice: by the process launcher (its placement line kept) and, meanwhile on
+    the other core, under DeepSpeed's launcher, killed with its sweep and resumed."""
+    tmp_path = tmp_path_factory.mktemp("launchers")
     tiny = {**TINY, "sizes": [3e3], "tokens": [1.2e4]}  # 16 steps, checkpoints every 5
     spec_file = tmp_path / "tiny.json"
     spec_file.write_text(json.dumps(tiny))
-    reference = tmp_path / "process"  # trained meanwhile, on the other core
+    reference, lines = tmp_path / "process", []
     with ThreadPoolExecutor(1) as pool:
-        reference_done = pool.submit(run_sweep, SweepSpec.from_dict(tiny), reference, launcher="process")
+        reference_done = pool.submit(run_sweep, SweepSpec.from_dict(tiny), reference, launcher="process", on_layout=lines.append)
         _kill_and_resume_under_deepspeed(tmp_path, tiny, spec_file)
         reference_done.result()
-    assert curves(tmp_path / "deepspeed") == curves(reference)  # fp32, same seed: identical losses step by step
+    return reference, tmp_path / "deepspeed", lines
+
+
+def test_deepspeed_launcher_on_cpu_dies_with_its_sweep_and_matches_the_process_launcher(tiny_sweeps):
+    reference, out, _ = tiny_sweeps
+    (entry,) = json.loads((out / "results.json").read_text())["runs"].values()
+    assert entry["state"] == "done" and entry["attempts"] == 2
+    assert "launch.py" in (out / "runs" / "N3e03_t1.2e04_s0" / "train.log").read_text()  # it went through DeepSpeed's launcher
+    assert curves(out) == curves(reference)  # fp32, same seed: identical losses step by step
+
+
+def test_the_placement_line_is_within_a_quarter_of_each_runs_measured_peak_rss(tiny_sweeps):
+    """The host memory the placement line promises per run (the planner's estimate with the process
+    baseline) against the peak RSS the trainer measured (ru_maxrss) under either launcher."""
+    reference, out, (line,) = tiny_sweeps
+    promised = re.search(r"each needs <= ([0-9.]+) MiB of host memory by the planner \(incl\. 415\.0 MiB per process\)", line)
+    assert promised, line
+    for sweep_dir in (reference, out):
+        (entry,) = json.loads((sweep_dir / "results.json").read_text())["runs"].values()
+        measured = entry["summary"]["peak_rss_bytes"] / 2**20
+        assert abs(float(promised.group(1)) / measured - 1) <= 0.25, (line, measured)
 
 
 def _kill_and_resume_under_deepspeed(tmp_path, tiny, spec_file):
@@ -165,7 +191,4 @@ def _kill_and_resume_under_deepspeed(tmp_path, tiny, spec_file):
         # the launcher gets SIGTERM at its parent's death and terminates its rank
         _wait_for(lambda: not any(_trainers_of(out)), 40, "the killed sweep's launcher and rank to exit")
 
-    index = run_sweep(SweepSpec.from_dict(tiny), out, launcher="deepspeed")
-    (entry,) = index.runs.values()
-    assert entry["state"] == "done" and entry["attempts"] == 2
-    assert "launch.py" in (metrics.parent / "train.log").read_text()  # it went through DeepSpeed's launcher
+    run_sweep(SweepSpec.from_dict(tiny), out, launcher="deepspeed")
