@@ -278,6 +278,7 @@ def plots(section: dict, out_dir: Path) -> list[str]:
     from matplotlib import colormaps
     from matplotlib.colors import LogNorm
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
 
     from fastscale.fit.plots import save_figure
 
@@ -300,6 +301,8 @@ def plots(section: dict, out_dir: Path) -> list[str]:
     _draw_pure(axes[2], lod["fit"], d, "alpha_D")
     axes[2].set_xscale("log"), axes[2].set_yscale("log"), axes[2].grid(True, which="both", alpha=0.3)
     axes[2].set_xlabel("D (tokens seen)"), axes[2].set_ylabel("held-out loss (nats/token)"), axes[2].legend(fontsize=7)
+    for ax in axes:
+        ax.xaxis.set_minor_formatter(NullFormatter())  # labelled minor ticks overlap within a decade
     names = []
     for suffix in (".png", ".svg"):
         save_figure(figure, Path(out_dir) / f"text_laws{suffix}")
