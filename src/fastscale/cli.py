@@ -1,4 +1,5 @@
-"""The `fastscale` command. Library code returns values and logs; this module prints."""
+"""The `fastscale` command line. Library code returns values and logs; this module and each command's
+run function print."""
 
 from __future__ import annotations
 
@@ -6,6 +7,36 @@ import argparse
 import importlib
 import logging
 import sys
+from importlib import metadata
+
+DESCRIPTION = """\
+fastscale: train a grid of GPT sizes, fit scaling laws to them and forecast bigger runs.
+
+  fastscale sweep runs/image8                  train the image8 preset (resumable) and write its report
+  fastscale report runs/image8                 fit L(N), L(C), the frontier and forecasts again
+  fastscale fit runs.csv --law power           fit a law to your own measurements
+  fastscale train --config RUN.json --deepspeed_config DS.json --out runs/x    one training run
+  fastscale plan --params 1.3e9 --memory 24GiB --gpus 1    which ZeRO/offload setting fits
+
+Run `fastscale COMMAND --help` for a command's options and their defaults."""
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions as written (they hold example commands), and every option's default after its
+    help, unless the help already says it or there is none to show (None, a flag's False, an empty list)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help = action.help or ""
+        if not action.option_strings or action.default in (None, False, (), [], argparse.SUPPRESS) or "default" in help:
+            return help
+        return f"{help} (default: %(default)s)" if help else "default: %(default)s"
+
+
+def version() -> str:
+    try:
+        return metadata.version("fastscale")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 BENCHMARKS = {
     "attention": "fastscale.benchmarks.bench_attention",
@@ -66,15 +97,17 @@ def run_doctor(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastscale", description=__doc__)
+    parser = argparse.ArgumentParser(prog="fastscale", description=DESCRIPTION, formatter_class=HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     parser_class=lambda **kw: argparse.ArgumentParser(formatter_class=HelpFormatter, **kw))
 
     bench = commands.add_parser(
         "bench", help="run a kernel benchmark", description="Run a kernel benchmark; arguments after the name go to it (try NAME --help)."
     )
-    bench.add_argument("name", choices=sorted(BENCHMARKS))
-    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+    bench.add_argument("name", choices=sorted(BENCHMARKS), help="which benchmark")
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER, metavar="...", help="the benchmark's own options (see NAME --help)")
     bench.set_defaults(handler=run_bench)
 
     from fastscale.fit.command import add_arguments as add_fit_arguments  # numpy/scipy only, no torch
@@ -111,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "against a float64 reference (the tests' criteria) and time it against the baselines. "
                     "Writes DIR/doctor.json; exits with 1 if a check fails.",
     )
-    doctor.add_argument("--out", default="doctor-report", metavar="DIR", help="directory for doctor.json (default: %(default)s)")
+    doctor.add_argument("--out", default="doctor-report", metavar="DIR", help="directory for doctor.json")
     doctor.add_argument("--quick", action="store_true", help="one shape per check, 3 timed runs instead of 10, no torch.compile baseline")
     doctor.set_defaults(handler=run_doctor)
     return parser
@@ -120,13 +153,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from fastscale.io import StateFileError
 
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.command_line = ["fastscale", *argv]  # for the commands that print how to resume
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.handler(args)
     except StateFileError as error:  # a damaged file of a run or sweep: its message says which and how to recover
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # train and sweep say where they stopped and how to resume; the rest just stop
+        print(f"\ninterrupted: fastscale {args.command}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -13,12 +13,12 @@ from .plan import GiB, deepspeed_config, parse_bytes, plan
 
 def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", type=float, required=True, help="non-embedding parameters N of the GPT preset (e.g. 1.3e9)")
-    parser.add_argument("--memory", default="80GiB", help="memory per GPU (default 80GiB; ignored with --gpus 0)")
+    parser.add_argument("--memory", default="80GiB", help="memory per GPU, with a unit (ignored with --gpus 0)")
     parser.add_argument("--host-memory", help="host RAM per node (default: this machine's)")
     parser.add_argument("--gpus", type=int, default=1, help="GPUs per node; 0 for a CPU-only machine (one rank)")
-    parser.add_argument("--nodes", type=int, default=1)
-    parser.add_argument("--seq-len", type=int, default=1024)
-    parser.add_argument("--vocab-size", type=int, default=50304)
+    parser.add_argument("--nodes", type=int, default=1, help="nodes, each with --gpus GPUs and --host-memory RAM")
+    parser.add_argument("--seq-len", type=int, default=1024, help="tokens per sequence (activations scale with it)")
+    parser.add_argument("--vocab-size", type=int, default=50304, help="vocabulary size (embedding and logits memory)")
     parser.add_argument("--micro-batch", type=int, default=1, help="sequences per rank per micro-step")
     parser.add_argument("--fp32", action="store_true", help="plan for fp32 instead of bf16 mixed precision")
     parser.add_argument("--nvme-path", help="directory for ZeRO-Infinity offload to disk (enables the nvme choices)")

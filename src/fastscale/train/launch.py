@@ -9,6 +9,7 @@ import argparse
 import errno
 import logging
 import os
+import shlex
 import sys
 
 import torch
@@ -18,7 +19,7 @@ from fastscale.data.packing import has_rows, pack_rows
 from fastscale.model import GPT, GPTConfig
 
 from .config import ConfigError, RunConfig, check_deepspeed_config, load_deepspeed_config
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, complete_tags, tag_for
 from .trainer import NonFiniteError, Trainer
 
 logger = logging.getLogger(__name__)
@@ -93,8 +94,46 @@ def build_run(run: RunConfig | dict | str, deepspeed_config, out_dir, *, memory_
     )
 
 
+def set_cpu_threads() -> int | None:
+    """On a machine without a GPU and with OMP_NUM_THREADS unset, one intra-op thread per rank; returns
+    the count set, or None when left alone. torch's default, one thread per core, lets the threads of
+    one rank (or of ranks and other processes) wait on each other: the tiny config trained 60 steps
+    in 23 s with one thread and in 77-121 s with torch's default of two on a 2-core machine with other
+    work running (fastscale 0.1.0, torch 2.13)."""
+    if "OMP_NUM_THREADS" in os.environ or torch.cuda.is_available():
+        return None
+    torch.set_num_threads(1)
+    return 1
+
+
+def program() -> list[str]:
+    """How this process was started, for the resume hint: `python train.py`, or `fastscale train`
+    (the same arguments) when started otherwise (the console script, a sweep's trainer process)."""
+    return ["python", sys.argv[0]] if sys.argv[0].endswith(".py") else ["fastscale", "train"]
+
+
+def resume_command(command_line: list[str]) -> str:
+    """The command that continues a run: the one that started it, with --resume and without the
+    launcher's --local_rank. Under DeepSpeed's launcher the launcher's own options are not known here."""
+    words, skip = [], False
+    for word in command_line:
+        if skip or word.startswith(("--local_rank", "--local-rank")):
+            skip = word in ("--local_rank", "--local-rank")  # its value is the next word
+            continue
+        words.append(word)
+    if "--resume" not in words:
+        words.append("--resume")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        script = words[1:] if words[0] == "python" else words
+        return "deepspeed <launcher options> " + shlex.join(script)
+    return shlex.join(words)
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Train a GPT of the fastscale family with DeepSpeed: deepspeed train.py --config RUN.json --deepspeed_config DS.json --out DIR")
+    from fastscale.cli import HelpFormatter
+
+    p = argparse.ArgumentParser(description="Train a GPT of the fastscale family with DeepSpeed: deepspeed train.py --config RUN.json "
+                                            "--deepspeed_config DS.json --out DIR", formatter_class=HelpFormatter)
     from .command import add_train_arguments
 
     add_train_arguments(p)
@@ -102,55 +141,99 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run(parser().parse_args(argv))
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser().parse_args(argv)
+    args.command_line = [*program(), *argv]
+    return run(args)
+
+
+class Progress:
+    """Rank 0's view of the loop: the progress bar (unless --no-progress), the last step done, and
+    the checkpoint a --resume continued from, told once (the first step after it is the checkpoint's
+    step + 1)."""
+
+    def __init__(self, total_steps: int, *, bar: bool, resume: bool, checkpoints) -> None:
+        self.total_steps, self.show_bar, self.resume, self.checkpoints = total_steps, bar, resume, checkpoints
+        self.bar, self.step = None, None
+
+    def __call__(self, record: dict) -> None:
+        if self.step is None and self.resume and record["step"] > 1:
+            self.say(f"resumed from checkpoint {self.checkpoints / tag_for(record['step'] - 1)} (step {record['step'] - 1})")
+        if self.step is None and self.show_bar:
+            from tqdm import tqdm
+
+            # initial: the resumed step, so that the rate counts this process's steps only
+            self.bar = tqdm(total=self.total_steps, initial=record["step"] - 1, unit="step", dynamic_ncols=True)
+        self.step = record["step"]
+        if self.bar is not None:
+            self.bar.set_postfix(progress_postfix(record), refresh=False)
+            self.bar.update(1)
+
+    def say(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def progress_postfix(record: dict) -> dict:
+    postfix = {"loss": "non-finite" if record["loss"] is None else f"{record['loss']:.4f}"}
+    if record.get("tokens_per_s"):
+        postfix["tok/s"] = f"{record['tokens_per_s']:.0f}"
+    if record.get("eval_loss") is not None:
+        postfix["eval"] = f"{record['eval_loss']:.4f}"
+    return postfix
+
+
+def interrupted_message(progress: Progress | None, command: str) -> str:
+    """The one line a Ctrl-C leaves: where the run stopped, where --resume will continue from."""
+    if progress is None or progress.step is None:
+        return f"interrupted before the first step; resume with: {command}"
+    newest = complete_tags(progress.checkpoints) if progress.checkpoints.is_dir() else []
+    continues = f"newest checkpoint: step {newest[-1][0]}" if newest else "no checkpoint yet, so --resume starts over"
+    return f"interrupted at step {progress.step} ({continues}); resume with: {command}"
 
 
 def run(args: argparse.Namespace) -> int:
+    """The command line's training run (fastscale train, train.py): prints, exits 130 on Ctrl-C."""
     logging.basicConfig(level=logging.INFO if os.environ.get("FASTSCALE_VERBOSE") else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not args.deepspeed_config:
         print("error: --deepspeed_config DS.json is required (see configs/ds/)", file=sys.stderr)
         return 2
     rank = int(os.environ.get("RANK", "0"))
+    threads = set_cpu_threads()
+    if threads and rank == 0:
+        print(f"OMP_NUM_THREADS is unset: training with {threads} thread per rank (set OMP_NUM_THREADS to choose)", file=sys.stderr)
+    progress = None
     try:
-        run = RunConfig.load(args.config)
-        if args.steps is not None:
-            run.train.steps = args.steps
-            run.train.__post_init__()
-        trainer = build_run(run, args.deepspeed_config, args.out)
-    except (ConfigError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    bar = None
-
-    def progress(record: dict) -> None:
-        nonlocal bar
-        if args.no_progress:
-            return
-        if bar is None:
-            from tqdm import tqdm
-
-            bar = tqdm(total=run.train.steps, initial=record["step"] - 1, unit="step", dynamic_ncols=True)
-        postfix = {"loss": "non-finite" if record["loss"] is None else f"{record['loss']:.4f}"}
-        if record.get("tokens_per_s"):
-            postfix["tok/s"] = f"{record['tokens_per_s']:.0f}"
-        if record.get("eval_loss") is not None:
-            postfix["eval"] = f"{record['eval_loss']:.4f}"
-        bar.set_postfix(postfix, refresh=False)
-        bar.update(1)
-
-    try:
-        summary = trainer.fit(resume=args.resume, callback=progress)
-    except (NonFiniteError, CheckpointError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        try:
+            run_config = RunConfig.load(args.config)
+            if args.steps is not None:
+                run_config.train.steps = args.steps
+                run_config.train.__post_init__()
+            trainer = build_run(run_config, args.deepspeed_config, args.out)
+        except (ConfigError, FileNotFoundError, ValueError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        progress = Progress(run_config.train.steps, bar=not args.no_progress, resume=args.resume, checkpoints=trainer.ckpt_dir)
+        summary = _fit(trainer, progress, args.resume)
+    except KeyboardInterrupt:
+        if progress is not None:
+            progress.close()
+        if rank == 0:
+            command = resume_command(getattr(args, "command_line", None) or [*program(), *sys.argv[1:]])
+            print("\n" + interrupted_message(progress, command), file=sys.stderr)
+        return 130
+    if summary is None:
         return 1
-    except OSError as error:
-        if error.errno != errno.ENOSPC:
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    finally:
-        if bar is not None:
-            bar.close()
+    if args.resume and progress.step is None:  # the checkpoint was at or past the last step: nothing left to train
+        step, tag = complete_tags(trainer.ckpt_dir)[-1]
+        progress.say(f"resumed from checkpoint {trainer.ckpt_dir / tag} (step {step}): nothing left to train")
     if rank == 0:
         loss = summary["final_loss"]
         print(
@@ -160,3 +243,19 @@ def run(args: argparse.Namespace) -> int:
             f"{summary['tokens_per_s'] or 0:.0f} tokens/s; run directory {args.out}"
         )
     return 0
+
+
+def _fit(trainer: Trainer, progress: Progress, resume: bool) -> dict | None:
+    """The summary, or None after an error line (a diverged run, a bad checkpoint, a full disk)."""
+    try:
+        return trainer.fit(resume=resume, callback=progress)
+    except (NonFiniteError, CheckpointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return None
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return None
+    finally:
+        progress.close()
