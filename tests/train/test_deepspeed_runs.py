@@ -16,6 +16,7 @@ import pytest
 import processes
 
 ROOT = Path(__file__).resolve().parents[2]
+KILLER = Path(__file__).with_name("train_then_kill.py")
 pytest.importorskip("deepspeed")
 
 STEPS = 12
@@ -45,12 +46,13 @@ def launch(tmp: Path, out: Path, ds: str | dict, *extra, fault_at=None, check=Tr
         path = tmp / f"ds-{out.name}.json"
         path.write_text(json.dumps(ds))
         ds = str(path)
+    # a killed run: train.py's run through a test entry whose callback kills rank 0 after step fault_at
+    script = [str(ROOT / "train.py")] if fault_at is None else [str(KILLER), str(fault_at)]
     command = [
         sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(processes.free_port()),
-        str(ROOT / "train.py"), "--config", str(config), "--deepspeed_config", ds, "--out", str(out), "--no-progress", *extra,
+        *script, "--config", str(config), "--deepspeed_config", ds, "--out", str(out), "--no-progress", *extra,
     ]
-    extra_env = {"FASTSCALE_FAULT_AT_STEP": str(fault_at)} if fault_at else {}
-    result = processes.run(command, cwd=ROOT, env=env(**extra_env), capture_output=True, text=True, timeout=600)
+    result = processes.run(command, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
     if check and result.returncode != 0:
         raise AssertionError(f"run failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result

@@ -1,8 +1,9 @@
 """Non-finite training, for real: a regression trained by the Trainer in one process (DeepSpeed, CPU) on
 data with poisoned rows (x = 1e30, so the loss overflows float32 to inf and the gradients to inf/NaN)
-placed at chosen steps. A non-finite step stops the run after writing its metrics (strict JSON, null for
-the non-finite values) and no checkpoint after it; train.nonfinite="skip" withholds the update and goes
-on, until max_consecutive_skips; a torn last metrics line is cut before a resumed run appends.
+placed at chosen steps. A non-finite step stops the run after writing its metrics (strict JSON, null
+for the non-finite values) and no checkpoint after it; train.nonfinite="skip" withholds the update and
+goes on, until max_consecutive_skips; a torn last metrics line is cut before a resumed run appends (the
+kill comes from the Trainer's callback).
 
 fp16 (DeepSpeed's dynamic loss scaler) cannot run on this CPU-only machine (check_deepspeed_config
 refuses it, and DeepSpeed's CPU accelerator has no fp16 optimizer), so its rule is tested on
@@ -25,9 +26,9 @@ pytest.importorskip("deepspeed")
 
 SCRIPT = textwrap.dedent(
     """
-    import json, sys, torch
+    import json, os, signal, sys, torch
+    from fastscale.data.packing import rows_for
     from fastscale.train import Trainer
-    from fastscale.train.trainer import rows_for
 
     spec = json.loads(sys.argv[1])
 
@@ -47,18 +48,21 @@ SCRIPT = textwrap.dedent(
     ds = {"train_batch_size": 16, "train_micro_batch_size_per_gpu": 8, **spec.get("ds", {})}
     trainer = Trainer(Regression(), ds, torch.utils.data.TensorDataset(x, y), out_dir=spec["out"],
                       **{"lr": 0.05, "warmup_steps": 1, "eval_interval": 0, "noise_scale_interval": 0, **spec["train"]})
-    trainer.fit(resume=spec.get("resume", False))
+
+    def kill_after_fault_step(record):  # a hard kill right after that step's record, before its checkpoint
+        if record["step"] == spec.get("fault_at"):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    trainer.fit(resume=spec.get("resume", False), callback=kill_after_fault_step)
     """
 )
 
 
 def train(out: Path, train: dict, *, poison=(), ds=None, resume=False, fault_at=None):
-    spec = {"out": str(out), "train": train, "poison": list(poison), "ds": ds or {}, "resume": resume}
+    spec = {"out": str(out), "train": train, "poison": list(poison), "ds": ds or {}, "resume": resume, "fault_at": fault_at}
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "fastscale_torch_extensions"))
     env.update(OMP_NUM_THREADS="1")
-    if fault_at:
-        env["FASTSCALE_FAULT_AT_STEP"] = str(fault_at)
     return run([sys.executable, "-c", SCRIPT, json.dumps(spec)], capture_output=True, text=True, env=env, timeout=300)
 
 
@@ -93,6 +97,21 @@ def test_a_non_finite_loss_stops_the_run_after_writing_its_step(tmp_path):
     summary = strict_json(out / "summary.json")
     assert summary["stopped"]["step"] == 4 and "not finite" in summary["stopped"]["reason"]
     assert summary["final_loss"] is None and summary["tokens"] == 4 * 16 * 8  # tokens: the elements of x
+
+
+def test_between_log_steps_a_non_finite_step_is_found_at_the_next_log_step(tmp_path):
+    """The loop reads losses only on log steps: a non-finite step 5 under log_interval=4 is judged at
+    step 8, which then records step 5 (and nothing after it), names it and writes no checkpoint of 8."""
+    out = tmp_path / "run"
+    result = train(out, {"steps": 12, "log_interval": 4, "checkpoint_interval": 4}, poison=[5])
+    assert result.returncode != 0
+    assert "step 5: loss=inf" in result.stderr or "step 5: loss=nan" in result.stderr, result.stderr[-3000:]
+    records = strict_lines(out / "metrics.jsonl")
+    assert [r["step"] for r in records] == [4, 5]
+    assert math.isfinite(records[0]["loss"]) and records[1]["loss"] is None
+    assert checkpoints(out) == ["step00000004"]
+    summary = strict_json(out / "summary.json")
+    assert summary["stopped"]["step"] == 5 and summary["tokens"] == 8 * 16 * 8  # steps 6-8 ran before the read
 
 
 def test_skip_mode_withholds_updates_and_stops_after_too_many_in_a_row(tmp_path):

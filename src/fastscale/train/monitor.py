@@ -41,7 +41,8 @@ def check_sections(sections: dict) -> None:
     try:
         get_monitor_config(enabled)
     except ValidationError as error:
-        raise ConfigError(f"run config: monitor: {error}") from None
+        faults = "; ".join(f"monitor.{'.'.join(map(str, e['loc']))}={e.get('input')!r}: {e['msg']}" for e in error.errors())
+        raise ConfigError(f"run config: {faults} (DeepSpeed's monitor config)") from None
 
 
 class Monitor:
