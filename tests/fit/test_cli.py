@@ -61,7 +61,7 @@ def test_power_table_holdout_forecast_and_results_file(capsys, tmp_path):
     assert p["L_inf"] + (p["x0"] / report["forecast"]["N"]["value"]) ** p["alpha"] == pytest.approx(2.05)
     assert (p["x0"] / report["forecast_reducible"]["N"]["value"]) ** p["alpha"] == pytest.approx(0.05)
     assert report["per_item"]["L_inf"] == pytest.approx(192 * p["L_inf"])
-    assert [row["row"] for row in report["holdout"]["rows"]] == [8, 7]
+    assert [row["row"] for row in report["holdout"]["rows"]] == [f"{data} line 10", f"{data} line 9"]  # the header is line 1
     assert list(tmp_path.glob(".fit.json.*")) == []  # no temporary file left behind
 
 
@@ -118,7 +118,7 @@ def test_plot_with_holdout_and_for_the_data_constrained_law(capsys, tmp_path):
     [
         (["--law", "power", "--x", "params", "--y", "loss"], "--x 'params': no such column in DATA; columns are ['N', 'loss', 'name']"),
         (["--law", "power", "--x", "name", "--y", "loss"], "--x 'name': expected numbers"),
-        (["--law", "power", "--x", "N"], "--law power: expected --y"),
+        (["--law", "power", "--x", "loss", "--y", "name", "--drop-warmup", "0.1"], "--drop-warmup does not apply to --law power"),
         (["--law", "chinchilla", "--N", "N", "--loss", "loss"], "expected --D or --C"),
         (["--law", "critical-batch", "--x", "N", "--y", "loss", "--drop-top-loss", "1"], "--drop-top-loss does not apply"),
         (["--law", "power", "--x", "N", "--y", "loss", "--drop-top-loss", "9"], "drop_top_loss=9: expected fewer than the 9 rows"),
@@ -570,3 +570,37 @@ def test_forecast_reports_the_draws_left_out_of_its_interval(capsys, tmp_path):
     assert {"value", "low", "high", "widened", "draws_not_finite"} <= set(forecast)
     code, out, err = run_cli(capsys, data, *argv)
     assert code == 0 and f"{forecast['draws_not_finite']} bootstrap draws not finite, left out)" in out
+
+
+def test_conventional_column_names_need_no_options_and_the_report_says_which_it_took(capsys, tmp_path):
+    data = write_power_csv(tmp_path / "runs.csv")  # columns N, loss, name
+    code, out, err = run_cli(capsys, data, "--law", "power", "--bootstrap", "0", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["default_columns"] == {"x": "N", "y": "loss"}
+    _, explicit, _ = run_cli(capsys, data, "--law", "power", "--x", "N", "--y", "loss", "--bootstrap", "0", "--json")
+    assert report["params"] == json.loads(explicit)["params"]
+    # N and D both there: which one is x is the user's choice, and the error says what is missing
+    rng = np.random.default_rng()
+    rows = [(n, 20 * n, 1.7 + (1e4 / n) ** 0.3 + (1e6 / (20 * n)) ** 0.3 + rng.normal(0, 0.001)) for n in np.geomspace(1e5, 1e8, 12)]
+    both = tmp_path / "nd.csv"
+    both.write_text("N,D,loss\n" + "".join(f"{n},{d},{y}\n" for n, d, y in rows))
+    code, out, err = run_cli(capsys, both, "--law", "power", "--bootstrap", "0")
+    assert code == 2 and out == "" and "--law power: expected --x" in err
+    code, out, err = run_cli(capsys, both, "--law", "chinchilla", "--bootstrap", "0", "--json")
+    assert code == 0, err
+    assert json.loads(out)["default_columns"] == {"N": "N", "D": "D", "loss": "loss"}
+
+
+def test_errors_name_the_csv_line_of_the_bad_value(capsys, tmp_path):
+    # a blank line and a --where filter before the bad row: the error still names the line an editor shows
+    path = tmp_path / "runs.csv"
+    n = [1e4, 3e4, 1e5, 3e5, 1e6, 3e6]
+    loss = [3.1, 2.9, 2.7, -2.6, 2.5, 2.45]
+    path.write_text("N,loss\n\n" + "".join(f"{a},{b}\n" for a, b in zip(n, loss)) + "1e7,nan\n")
+    code, out, err = run_cli(capsys, path, "--law", "power", "--where", "N>2e4", "--bootstrap", "0")
+    assert code == 2 and out == ""
+    assert f"got nan at {path} line 9" in err and "index" not in err  # header line 1, blank line 2, rows on lines 3 to 9
+    path.write_text(path.read_text().replace("1e7,nan\n", ""))
+    code, out, err = run_cli(capsys, path, "--law", "power", "--where", "N>2e4", "--bootstrap", "0")
+    assert code == 2 and f"got -2.6 at {path} line 6" in err  # the 1e4 row on line 3 filtered out: index 2 of the fit

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import re
 import sys
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -21,7 +22,7 @@ from fastscale.fit.broken import fit_broken_power_law
 from fastscale.fit.chinchilla import fit_chinchilla
 from fastscale.fit.critical_batch import fit_critical_batch, fit_critical_batch_vs_loss
 from fastscale.fit.data_constrained import fit_data_constrained
-from fastscale.fit.frontier import fit_frontier
+from fastscale.fit.frontier import early_rows, fit_frontier
 from fastscale.fit.holdout import holdout_largest, holdout_largest_runs
 from fastscale.fit.io import Table, column, drop_highest_loss, read_table
 from fastscale.fit.kaplan import fit_kaplan_nd
@@ -46,8 +47,9 @@ EPILOG = """laws, their columns, and the law fitted:
   data-constrained  --N COL (--D COL | --C COL) --unique-D COL --loss COL
                     L = E + A/N'^alpha + B/D'^beta (Muennighoff et al. 2023): D' discounts the D/U_D
                     repeated epochs (decay R_D_star), N' the parameters beyond N_opt(U_D) (R_N_star)
-  frontier          [--run COL] --N COL --C COL --loss COL
+  frontier          [--run COL] --N COL --C COL --loss COL [--drop-warmup F]
                     learning curves -> their lower envelope, L(C) = L_inf + (C0/C)^alpha, N_opt = (C/C0)^a
+                    (the sweep report's: --N n_params --C flops --loss eval_loss --drop-warmup 0.1 on SWEEP/runs)
   isoflop           --N COL --C COL --loss COL
                     Chinchilla approach 2: each budget's parabola minimum, then N_opt = (C/C0)^a
   allocation        --x C --y N_OPT [--sigma COL]
@@ -56,9 +58,12 @@ EPILOG = """laws, their columns, and the law fitted:
                     (S/S_min - 1)(E/E_min - 1) = 1 (McCandlish et al. 2018), one fit per target loss
                     --loss COL --noise-scale COL
                     B_crit(L) = B_star / L^(1/alpha_B)
+Columns named N, D, C and loss need no option: power and broken take --x from the one of N, D, C
+in DATA and --y loss; the other laws --N N, --D D (else --C C), --loss loss, where DATA has them.
 --holdout-largest: every law; critical-batch holds out the K lowest losses (needs --loss).
 --forecast-loss: power, frontier (x or C reaching L), chinchilla, overtrain (C on the compute-optimal path).
-DATA is a CSV file or a directory of run directories (config.json + metrics.jsonl)."""
+DATA is a CSV file or a directory of run directories (config.json + metrics.jsonl). Errors name rows
+as a text editor numbers them: the CSV line (the header is line 1), or the run's metrics.jsonl step."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -90,6 +95,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--breaks", type=int, metavar="K", help="broken: the number of breaks (default 1)")
     parser.add_argument("--pure", action="store_true", help="power, frontier: fit the pure power law (L_inf = 0)")
     parser.add_argument("--drop-top-loss", type=int, default=0, metavar="K", help="drop the K highest-loss rows (Epoch's protocol)")
+    parser.add_argument(
+        "--drop-warmup", type=float, default=0.0, metavar="F",
+        help="frontier: leave out each run's rows at compute <= F x its largest compute, its first steps (the sweep report uses 0.1) (default 0)",
+    )
     parser.add_argument(
         "--holdout-largest",
         type=int,
@@ -139,12 +148,16 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.breaks is not None and args.law != "broken":
             raise FitInputError(f"--breaks does not apply to --law {args.law}")
+        if args.drop_warmup and args.law != "frontier":
+            raise FitInputError(f"--drop-warmup does not apply to --law {args.law} (only to frontier)")
         data = read_table(args.data)
-        report = LAW_RUNNERS[args.law](args, select_rows(data, args.where))
+        rows = select_rows(data, args.where)
+        defaulted = default_columns(args, rows)
+        report = LAW_RUNNERS[args.law](args, rows)
     except FitInputError as error:
         print(f"fastscale fit: error: {_in_columns(error, args)}", file=sys.stderr)
         return 2
-    report = {"data": str(args.data), "resampling": _resampling(args), **report}
+    report = {"data": str(args.data), "resampling": _resampling(args), **({"default_columns": defaulted} if defaulted else {}), **report}
     if data.skipped:
         report["skipped_lines"] = list(data.skipped)
     text = json_text(_plain(report), indent=2)
@@ -155,6 +168,52 @@ def run(args: argparse.Namespace) -> int:
     for warning in report.get("skipped_lines", []) + report.get("flags", []) + holdout_flags:
         print(f"warning: {warning}", file=sys.stderr)
     return 0
+
+
+# The conventional column names each law's options take when not given (power and broken: x is the one
+# of N, D, C the table has). Only for options the law reads, so a column named "loss" never turns
+# critical-batch's (steps, examples) fit into a per-target one.
+DEFAULT_COLUMNS = {
+    "power": {"y": "loss"}, "broken": {"y": "loss"},
+    "chinchilla": {"N": "N", "D": "D", "loss": "loss"}, "kaplan-nd": {"N": "N", "D": "D", "loss": "loss"},
+    "overtrain": {"N": "N", "D": "D", "loss": "loss"}, "data-constrained": {"N": "N", "D": "D", "loss": "loss"},
+    "isoflop": {"N": "N", "C": "C", "loss": "loss"}, "frontier": {"N": "N", "C": "C", "loss": "loss"},
+}
+TWO_VARIABLE = ("chinchilla", "kaplan-nd", "overtrain", "data-constrained")
+
+
+def default_columns(args, table) -> dict:
+    """Fill the options of args.law left unset from columns with the conventional names (N, D, C, loss)
+    the table has; returns {option: column} of what was filled, which the report states."""
+    filled = {}
+    defaults = dict(DEFAULT_COLUMNS.get(args.law, {}))
+    if args.law in ("power", "broken"):
+        present = [name for name in ("N", "D", "C") if name in table]
+        if len(present) == 1:
+            defaults["x"] = present[0]
+    if args.law in TWO_VARIABLE and args.D is None and args.C is None and "D" not in table and "C" in table:
+        defaults["C"] = "C"  # D = C / 6N, as with --C
+    for option, name in defaults.items():
+        if getattr(args, option) is None and name in table and not (option == "D" and args.C is not None):
+            setattr(args, option, name)
+            filled[option] = name
+    return filled
+
+
+@contextmanager
+def rows_named(table, keep=None):
+    """A fit error naming an element of the arrays fitted ("... at index 3") names that row of DATA
+    instead ("... at runs.csv line 5", the header being line 1): the fit saw the rows of the mask `keep`
+    (None: all), so its index counts only those."""
+    try:
+        yield
+    except FitInputError as error:
+        rows = np.arange(len(table.origin)) if keep is None else np.flatnonzero(keep)
+        match = re.search(r" at index (\d+)", str(error))
+        if not match or int(match.group(1)) >= len(rows):
+            raise
+        message = str(error)
+        raise FitInputError(message[: match.start()] + f" at {table.origin[rows[int(match.group(1))]]}" + message[match.end() :], error.argument) from None
 
 
 def _resampling(args) -> str:
@@ -245,11 +304,12 @@ def run_power(args, table):
     _need(args, "x", "y")
     x, y = column(table, args.x, option="--x"), column(table, args.y, option="--y")
     keep = _rows(args, y)
-    fit = fit_power_law(x[keep], y[keep], irreducible=not args.pure, **_options(args))
+    with rows_named(table, keep):
+        fit = fit_power_law(x[keep], y[keep], irreducible=not args.pure, **_options(args))
     report, check = _fit_report(fit), None
     if args.holdout_largest:
         check = holdout_largest(fit_power_law, (x[keep],), y[keep], args.holdout_largest, irreducible=not args.pure, **_options(args))
-        report["holdout"] = _holdout_report(check, (args.x,), keep, f"--x {args.x!r}")
+        report["holdout"] = _holdout_report(check, (args.x,), table.origin[keep], f"--x {args.x!r}")
     report.update(_power_readings(args, fit, args.x))
     _maybe_plot(args, lambda plots: plots.plot_law(fit, x[keep], y[keep], args.plot, xlabel=args.x, ylabel=args.y, holdout=check))
     return report
@@ -274,13 +334,14 @@ def run_broken(args, table):
     x, y = column(table, args.x, option="--x"), column(table, args.y, option="--y")
     keep = _rows(args, y)
     options = {**_options(args), "breaks": 1 if args.breaks is None else args.breaks}
-    fit = fit_broken_power_law(x[keep], y[keep], **options)
+    with rows_named(table, keep):
+        fit = fit_broken_power_law(x[keep], y[keep], **options)
     report = _fit_report(fit)
     report["segment_exponents"] = [_estimate(segment) for segment in fit.segment_exponents()]
     check = None
     if args.holdout_largest:
         check = holdout_largest(fit_broken_power_law, (x[keep],), y[keep], args.holdout_largest, **options)
-        report["holdout"] = _holdout_report(check, (args.x,), keep, f"--x {args.x!r}")
+        report["holdout"] = _holdout_report(check, (args.x,), table.origin[keep], f"--x {args.x!r}")
     _maybe_plot(args, lambda plots: plots.plot_law(fit, x[keep], y[keep], args.plot, xlabel=args.x, ylabel=args.y, holdout=check))
     return report
 
@@ -292,14 +353,15 @@ def run_allocation(args, table):
     # An empty N_opt means the budget had no interior minimum (Porian's optimal_pairs.csv): skip, and say so.
     keep = ~np.isnan(n)
     weights = None if args.sigma is None else 1.0 / column(table, args.sigma, option="--sigma")[keep] ** 2
-    fit = fit_allocation(c[keep], n[keep], weights=weights, **_options(args))
+    with rows_named(table, keep):
+        fit = fit_allocation(c[keep], n[keep], weights=weights, **_options(args))
     report = _fit_report(fit)
     if not keep.all():
         report["skipped_rows"] = {"count": int((~keep).sum()), "reason": f"empty --y {args.y!r}"}
     check = None
     if args.holdout_largest:
         check = holdout_largest(fit_allocation, (c[keep],), n[keep], args.holdout_largest, per_row={"weights": weights}, **_options(args))
-        report["holdout"] = _holdout_report(check, (args.x,), keep, f"--x {args.x!r}")
+        report["holdout"] = _holdout_report(check, (args.x,), table.origin[keep], f"--x {args.x!r}")
     labels = {"xlabel": f"C (column {args.x!r})", "ylabel": f"N_opt (parameters, column {args.y!r})"}
     _maybe_plot(args, lambda plots: plots.plot_law(fit, c[keep], n[keep], args.plot, holdout=check, **labels))
     return report
@@ -312,11 +374,12 @@ def run_two_variable(fit_function):
         n, d = _tokens(args, table)
         loss = column(table, args.loss, option="--loss")
         keep = _rows(args, loss)
-        fit = fit_function(n[keep], d[keep], loss[keep], **_options(args))
+        with rows_named(table, keep):
+            fit = fit_function(n[keep], d[keep], loss[keep], **_options(args))
         report, check = _fit_report(fit), None
         if args.holdout_largest:
             check = holdout_largest(fit_function, (n[keep], d[keep]), loss[keep], args.holdout_largest, **_options(args))
-            report["holdout"] = _holdout_report(check, ("N", "D"), keep, "N")
+            report["holdout"] = _holdout_report(check, ("N", "D"), table.origin[keep], "N")
         if args.forecast_loss is not None:
             if not hasattr(fit, "compute_for_loss"):
                 raise FitInputError(f"--forecast-loss: --law {args.law} has no compute-optimal path to forecast along")
@@ -334,11 +397,12 @@ def run_data_constrained(args, table):
     unique_d = column(table, args.unique_D, option="--unique-D")
     loss = column(table, args.loss, option="--loss")
     keep = _rows(args, loss)
-    fit = fit_data_constrained(n[keep], d[keep], unique_d[keep], loss[keep], **_options(args))
+    with rows_named(table, keep):
+        fit = fit_data_constrained(n[keep], d[keep], unique_d[keep], loss[keep], **_options(args))
     report, check = _fit_report(fit), None
     if args.holdout_largest:
         check = holdout_largest(fit_data_constrained, (n[keep], d[keep], unique_d[keep]), loss[keep], args.holdout_largest, **_options(args))
-        report["holdout"] = _holdout_report(check, ("N", "D", "unique_D"), keep, "N")
+        report["holdout"] = _holdout_report(check, ("N", "D", "unique_D"), table.origin[keep], "N")
     _maybe_plot(args, lambda plots: plots.plot_data_constrained(fit, n[keep], d[keep], unique_d[keep], loss[keep], args.plot, holdout=check))
     return report
 
@@ -350,7 +414,8 @@ def run_isoflop(args, table):
     loss = column(table, args.loss, option="--loss")
     keep = _rows(args, loss)
     n, c, loss = n[keep], c[keep], loss[keep]
-    minima = fit_isoflop(n, c, loss, **_options(args))
+    with rows_named(table, keep):
+        minima = fit_isoflop(n, c, loss, **_options(args))
     report = _fit_report(minima.allocation)
     report["minima"] = [_parabola_report(p) for p in minima.parabolas]
     report["flags"] = report["flags"] + [f"C {p.compute:.4g}: {flag}" for p in minima.parabolas for flag in p.flags]
@@ -388,8 +453,10 @@ def run_frontier(args, table):
     loss = column(table, args.loss, option="--loss")
     # Learning curves log eval losses on some steps only, and step 0 at zero compute: use the rest.
     keep = np.isfinite(loss) & np.isfinite(c) & (c > 0)
+    keep[keep] = ~early_rows(runs[keep], c[keep], args.drop_warmup)
     keep[keep] = _rows(args, loss[keep])
-    fit = fit_frontier(runs[keep], n[keep], c[keep], loss[keep], irreducible=not args.pure, **_options(args))
+    with rows_named(table, keep):
+        fit = fit_frontier(runs[keep], n[keep], c[keep], loss[keep], irreducible=not args.pure, **_options(args))
     loss_report, allocation_report = _fit_report(fit.loss_fit), _fit_report(fit.allocation)
     report = {
         "law": "frontier",
@@ -417,8 +484,9 @@ def run_critical_batch(args, table):
         _need(args, "loss")
         loss, noise = column(table, args.loss, option="--loss"), column(table, args.noise_scale, option="--noise-scale")
         finite = np.isfinite(loss) & np.isfinite(noise)  # noise scales are logged on some steps only
-        fit = fit_critical_batch_vs_loss(loss[finite], noise[finite], **_options(args))
-        report, check = _with_lowest_loss_holdout(_fit_report(fit), args, loss[finite], noise[finite], finite)
+        with rows_named(table, finite):
+            fit = fit_critical_batch_vs_loss(loss[finite], noise[finite], **_options(args))
+        report, check = _with_lowest_loss_holdout(_fit_report(fit), args, loss[finite], noise[finite], table.origin[finite])
         _maybe_plot(args, lambda plots: plots.plot_law(fit, loss[finite], noise[finite], args.plot, holdout=check, **CRITICAL_BATCH_LABELS))
         return report
     _need(args, "x", "y")
@@ -447,14 +515,15 @@ def run_critical_batch(args, table):
 CRITICAL_BATCH_LABELS = {"xlabel": "loss (nats/token)", "ylabel": "B_crit (examples per step)"}
 
 
-def _with_lowest_loss_holdout(report, args, loss, critical_batch, kept):
+def _with_lowest_loss_holdout(report, args, loss, critical_batch, origin):
     """--holdout-largest for B_crit(L): the K lowest losses held out, the direction a forecast for a larger
-    model goes (its loss is lower). kept: the DATA rows fitted, None when the points are per-target fits.
+    model goes (its loss is lower). origin: where each point fitted came from in DATA, None when the points are
+    per-target fits.
     Returns the report and the check (None without --holdout-largest), which the plot draws."""
     if not args.holdout_largest:
         return report, None
     check = holdout_largest(fit_critical_batch_vs_loss, (loss,), critical_batch, args.holdout_largest, lowest=True, **_options(args))
-    report["holdout"] = _holdout_report(check, ("loss",), kept, "loss", lowest=True)
+    report["holdout"] = _holdout_report(check, ("loss",), origin, "loss", lowest=True)
     return report, check
 
 
@@ -501,13 +570,13 @@ def _fit_report(fit) -> dict:
     }
 
 
-def _holdout_report(check, names, kept, largest: str, *, lowest: bool = False) -> dict:
-    """kept: the row mask the fit saw, so held-out rows are numbered as in DATA (0-based, header
-    excluded); None when the fitted points are not DATA rows (IsoFLOP minima, per-target critical batches)."""
-    data_rows = None if kept is None else np.flatnonzero(kept)
+def _holdout_report(check, names, origin, largest: str, *, lowest: bool = False) -> dict:
+    """origin: where each fitted point came from in DATA ("runs.csv line 5", "run3/metrics.jsonl step
+    40"), so held-out rows are named as an editor shows them; None when the fitted points are not DATA
+    rows (IsoFLOP minima, per-target critical batches)."""
     rows = []
     for i in range(len(check.held_out)):
-        number = {} if data_rows is None else {"row": int(data_rows[check.held_out[i]])}
+        number = {} if origin is None else {"row": str(origin[check.held_out[i]])}
         inputs = {name: float(values[i]) for name, values in zip(names, check.inputs)}
         rows.append({**number, **inputs, **_prediction(check, i)})
     return {
@@ -566,7 +635,7 @@ def _interval_notes(estimate: dict) -> str:
 def _row_label(row: dict) -> str:
     """A held-out point as the table names it: its DATA row, or its run and compute, or its inputs."""
     if "row" in row:
-        return f"row {row['row']:>5}"
+        return row["row"]
     if "run" in row:
         return f"{row['run']} at C={row['C']:.4g}"
     inputs = list(row)[: list(row).index("observed")]
