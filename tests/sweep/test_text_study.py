@@ -127,3 +127,29 @@ def test_loss_memory_fused_holds_less_than_eager_logits():
     assert m["fused_bytes"] == pytest.approx(formula["fused_loss"], rel=0.05)
     tied = text.vocabulary_bytes(4096, 16, 256, tie_embeddings=True)
     assert tied["weights"] == 4096 * 16 * 4 and formula["optimizer"] == 2 * 4096 * 16 * 8
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_a_large_vocabulary_trains_through_the_fused_loss(tie):
+    """V = 32,768 (what a GPU text run uses): GPT's loss through LinearCrossEntropyLoss and every
+    parameter's gradient, against a float64 copy of the model scored from its full eager logits, with the
+    embedding tied or not."""
+    import copy
+
+    from torch.nn import functional as F
+
+    from fastscale.model import GPT, GPTConfig
+    from fastscale.nn import LinearCrossEntropyLoss
+
+    model = GPT(GPTConfig(vocab_size=32_768, seq_len=16, n_layer=1, d_model=16, n_head=1, tie_embeddings=tie))
+    assert isinstance(model.head, LinearCrossEntropyLoss) and (model.head.weight is model.wte.weight) == tie
+    reference = copy.deepcopy(model).double()
+    idx, targets = torch.randint(0, 32_768, (3, 16)), torch.randint(0, 32_768, (3, 16))
+    targets[0, :5] = -100
+    loss = model(idx, targets)
+    loss.backward()
+    expected = F.cross_entropy(reference(idx).reshape(-1, 32_768), targets.reshape(-1), ignore_index=-100)
+    expected.backward()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad.double(), q.grad, rtol=1e-3, atol=1e-7, msg=lambda m: f"{name}: {m}")
