@@ -20,8 +20,11 @@ import time
 
 import pytest
 
+import processes
+
 from fastscale.sweep import SweepSpec, run_sweep
-from fastscale.sweep.cluster import RayRun, check_storage
+from fastscale.sweep.cluster import RayRun, check_storage, submit_across_nodes
+from fastscale.sweep.runner import _deepspeed_launch, _trainer_command
 from fastscale.sweep.spec import SweepError
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs ray (the [cluster] extra)")
@@ -34,6 +37,12 @@ TINY = {
     "deepspeed": {"train_batch_size": 4, "train_micro_batch_size_per_gpu": 2, "zero_optimization": {"stage": 0}, "steps_per_print": 1000000000},
 }
 LOOPBACK = "127.0.0.1"
+# one run of two ranks (ZeRO-2 partitions the optimizer states over them)
+RUN = {
+    "model": {"n_layer": 1, "d_model": 24, "n_head": 3}, "data": {"dataset": "digits"}, "seq_len": 33,
+    "train": {"steps": 6, "lr": 3e-3, "warmup_steps": 2, "seed": 11, "eval_interval": 3, "eval_batches": 1, "checkpoint_interval": 3},
+}
+DEEPSPEED = {"train_batch_size": 6, "train_micro_batch_size_per_gpu": 3, "zero_optimization": {"stage": 2}, "steps_per_print": 10**9}
 
 
 @pytest.fixture(scope="module")
@@ -226,7 +235,45 @@ def test_a_task_that_dies_without_exit_code_is_lost(ray_cluster):
             import os
             os._exit(3)  # the worker itself dies: no exit code reaches the driver
 
-        run = RayRun(ray.remote(max_retries=0)(die).remote())
+        run = RayRun([ray.remote(max_retries=0)(die).remote()])
         assert run.wait() == RayRun.LOST and run.poll() == RayRun.LOST
     finally:
         ray.shutdown()
+
+
+def test_a_run_across_two_nodes_equals_its_two_ranks_on_one_node(ray_cluster, tmp_path):
+    """What the sweep does for a run needing more GPUs than a node has, on CPU ranks: a placement group
+    of one bundle per node, DeepSpeed's per-node launcher on each with its node_rank and node 0 as
+    the master. Reference: the same two ranks under one launcher on this machine."""
+    import ray
+
+    one_node, two_nodes = tmp_path / "one_node", tmp_path / "two_nodes"
+    command = _trainer_command(one_node, RUN, DEEPSPEED, resume=False)
+    processes.run(_deepspeed_launch(command, {"localhost": ["0", "1"]}, processes.free_port()), timeout=600, check=True,
+                  capture_output=True, env=_rank_free_env())
+    ray.init(address=ray_cluster.address, configure_logging=False, log_to_driver=False)
+    try:
+        run = submit_across_nodes(_trainer_command(two_nodes, RUN, DEEPSPEED, resume=True), two_nodes, "train.log", nodes=2,
+                                  ranks_per_node=1, gpus=False)
+        assert run.wait() == 0, (two_nodes / "train.log").read_text()[-3000:]
+        from ray.util import placement_group_table
+
+        assert all(entry["state"] == "REMOVED" for entry in placement_group_table().values())
+    finally:
+        ray.shutdown()
+    log = (two_nodes / "train.log").read_text()
+    ranks = dict(re.findall(r"started on Ray node ([0-9a-f]+) .* as node_rank (\d)", log))
+    assert len(ranks) == 2 and set(ranks.values()) == {"0", "1"}  # one node_rank on each node
+    assert json.loads((two_nodes / "config.json").read_text())["world_size"] == 2
+    assert losses(two_nodes) == losses(one_node) and sorted(losses(one_node)) == list(range(1, 7))
+
+
+def _rank_free_env():
+    import os
+
+    return {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+
+
+def losses(run_dir):
+    return {record["step"]: (record["loss"], record.get("eval_loss"))
+            for record in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}

@@ -97,10 +97,6 @@ def cluster_inventory() -> Inventory:
     return Inventory("cuda", memory, cores, probe.gpu_memory, tuple(str(k) for k in range(gpus)))
 
 
-def gpus_per_node() -> int:
-    return int(max(node["Resources"].get("GPU", 0) for node in _alive_nodes()))
-
-
 def check_storage(out_dir: Path) -> None:
     """Every alive node sees out_dir: a token written here is read back by a task pinned to each node;
     raises SweepError naming the nodes that cannot."""
@@ -135,9 +131,8 @@ def _sees(path: str, token: str) -> str | None:
 
 
 def resources(placement: Placement, task: str, inventory: Inventory) -> dict:
-    """Ray resources of one task: a CPU; on CPU the planner's host memory estimate; a training run on
-    GPUs its share of one GPU or its whole GPUs (one node's: a run spanning nodes is refused by
-    check_fits_nodes); an evaluation runs on the CPU."""
+    """Ray resources of one task on one node: a CPU; on CPU the planner's host memory estimate; a
+    training run on GPUs its share of one GPU or its whole GPUs; an evaluation runs on the CPU."""
     options = {"num_cpus": 1}
     if inventory.kind == "cpu":
         options["memory"] = placement.device_bytes
@@ -146,20 +141,54 @@ def resources(placement: Placement, task: str, inventory: Inventory) -> dict:
     return options
 
 
-def check_fits_nodes(name: str, placement: Placement) -> None:
-    """A run spanning more GPUs than one node has is not placed by this launcher (run it with
-    `deepspeed --hostfile`)."""
-    if placement.gpus > 1:
-        per_node = gpus_per_node()
-        if placement.gpus > per_node:
-            raise SweepError(f"sweep run {name} needs {placement.gpus} GPUs and the largest Ray node has {per_node}: the ray launcher "
-                             "places a run on one node; run it across nodes with `deepspeed --hostfile` (README: Run on a cluster)")
+def nodes_for(name: str, placement: Placement) -> int:
+    """How many nodes a run spans: 1 when its GPUs fit the largest node, else the fewest nodes over
+    which its ranks divide evenly; raises SweepError when the cluster has not that many such nodes."""
+    if placement.gpus <= 1:
+        return 1
+    per_node = [int(node["Resources"].get("GPU", 0)) for node in _alive_nodes()]
+    nodes = next(n for n in range(1, placement.gpus + 1) if placement.gpus % n == 0 and placement.gpus // n <= max(per_node))
+    if sum(gpus >= placement.gpus // nodes for gpus in per_node) < nodes:
+        raise SweepError(f"sweep run {name} needs {placement.gpus} GPUs: {nodes} node(s) of {placement.gpus // nodes} GPU(s), and the Ray "
+                         f"cluster's nodes have {sorted(per_node, reverse=True)} GPUs")
+    return nodes
 
 
 def submit(command: list[str], run_dir: Path, log_name: str, options: dict) -> "RayRun":
-    """command (a trainer's or an evaluation's) as a Ray task with options (resources); its output
-    appended to RUN_DIR/log_name."""
-    return RayRun(_task().options(**options, max_retries=RETRIES, retry_exceptions=False).remote(command, str(run_dir), log_name))
+    """command (a trainer's or an evaluation's) as a Ray task on one node with options (resources);
+    its output appended to RUN_DIR/log_name. Ray retries it where its node or worker died."""
+    task = _task().options(**options, max_retries=RETRIES, retry_exceptions=False)
+    return RayRun([task.remote(command, str(run_dir), log_name, None)])
+
+
+def submit_across_nodes(command: list[str], run_dir: Path, log_name: str, *, nodes: int, ranks_per_node: int, gpus: bool) -> "RayRun":
+    """A trainer command with nodes x ranks_per_node ranks: a placement group of one bundle per node
+    (STRICT_SPREAD: each on a different node), in each a task that starts DeepSpeed's per-node launcher
+    with its --node_rank, the per-node rank counts as --world_info, and node 0's address and a port
+    free there as the master (a task in bundle 0 picks them; the node tasks wait for its result).
+    Not retried by Ray: a rank lost takes the whole group down; the sweep's rerun resumes the run."""
+    import ray
+    from ray.util.placement_group import placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    bundle = {"CPU": ranks_per_node, **({"GPU": ranks_per_node} if gpus else {})}
+    group = placement_group([bundle] * nodes, strategy="STRICT_SPREAD")
+    where = [PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=k) for k in range(nodes)]
+    master = ray.remote(_master_address).options(num_cpus=0, scheduling_strategy=where[0], max_retries=0).remote()
+    options = {"num_cpus": ranks_per_node, "num_gpus": ranks_per_node if gpus else 0, "max_retries": 0}
+    group_of = {"nodes": nodes, "ranks_per_node": ranks_per_node, "master": master}
+    refs = [_task().options(**options, scheduling_strategy=where[k]).remote(command, str(run_dir), log_name, {**group_of, "node_rank": k})
+            for k in range(nodes)]
+    return RayRun(refs, group)
+
+
+def _master_address() -> tuple[str, int]:
+    """On node 0 of a group: its address and a port free there now (rank 0 binds it moments later)."""
+    import ray
+
+    from .runner import _free_port
+
+    return ray.util.get_node_ip_address(), _free_port(set())
 
 
 @functools.cache
@@ -169,29 +198,44 @@ def _task():
     return ray.remote(_run_on_node)
 
 
-def _run_on_node(command: list[str], run_dir: str, log_name: str) -> int:
-    """In a Ray worker: command in its own process, holding the run's trainer lock; its exit code.
-    A run with more than one GPU (Ray set CUDA_VISIBLE_DEVICES to them) starts under DeepSpeed's
-    per-node launcher, one rank per GPU, on a port free on this node."""
+def _run_on_node(command: list[str], run_dir: str, log_name: str, group: dict | None) -> int:
+    """In a Ray worker: command in its own process; its exit code. Alone (group None), a run with more
+    than one GPU (Ray set CUDA_VISIBLE_DEVICES to them) starts under DeepSpeed's per-node launcher, one
+    rank per GPU, on a port free on this node; in a group, under the launcher as node group["node_rank"].
+    The process holds the run's trainer lock (node 0 of a group: the others cannot start without it)."""
     import ray
 
     from .runner import _deepspeed_launch, _free_port, _spawn
 
     gpus = [str(g) for g in ray.get_gpu_ids()]
-    if len(gpus) > 1:
-        command = _deepspeed_launch(command, gpus, _free_port(set()))
+    if group is not None:
+        command = _node_of_group(command, group, gpus, _deepspeed_launch)
+    elif len(gpus) > 1:
+        command = _deepspeed_launch(command, {"localhost": gpus}, _free_port(set()))
     log = Path(run_dir) / log_name
-    with _trainer_lock(Path(run_dir)) as lock:
+    with _trainer_lock(Path(run_dir)) if group is None or group["node_rank"] == 0 else contextlib.nullcontext() as lock:
         with open(log, "a") as handle:  # which node ran which attempt, for whoever reads the log after a failure
             handle.write(f"fastscale: started on Ray node {ray.get_runtime_context().get_node_id()} ({ray.util.get_node_ip_address()}, "
-                         f"host {socket.gethostname()})\n")
-        process = _spawn(command, log, keep_fds=(lock.fileno(),))
+                         f"host {socket.gethostname()}){'' if group is None else ' as node_rank ' + str(group['node_rank'])}\n")
+        process = _spawn(command, log, keep_fds=(lock.fileno(),) if lock else ())
         try:
             return process.wait()
         except KeyboardInterrupt:  # ray.cancel: stop the trainer (its launcher stops its ranks), then let Ray end the task
             process.terminate()
             process.wait()
             raise
+
+
+def _node_of_group(command: list[str], group: dict, gpus: list[str], deepspeed_launch) -> list[str]:
+    """command under DeepSpeed's per-node launcher as one node of a group. --world_info lists each
+    node's devices; the launcher reads only this node's names (the others count ranks), so the other
+    nodes are given placeholders; on CPU this node's "devices" are its rank numbers too."""
+    import ray
+
+    host, port = ray.get(group["master"])
+    node_rank, count = group["node_rank"], group["ranks_per_node"]
+    world = {f"node{k}": gpus if k == node_rank and gpus else [str(r) for r in range(count)] for k in range(group["nodes"])}
+    return deepspeed_launch(command, world, port, node_rank=node_rank, master_addr=host)
 
 
 @contextlib.contextmanager
@@ -216,43 +260,64 @@ def _trainer_lock(run_dir: Path):
 
 
 class RayRun:
-    """A Ray task seen as the scheduler sees a subprocess.Popen: poll() is None while it runs, then its
-    exit code; a task that failed without one (its node died after Ray's retries, or it was cancelled)
-    exits with LOST."""
+    """A run's Ray task(s) seen as the scheduler sees a subprocess.Popen: poll() is None while they
+    run, then the exit code (the first non-zero one of a group's nodes). A task that ended without an
+    exit code (its node died after Ray's retries, or it was cancelled) counts as LOST; when one node of
+    a group fails the others are stopped (their ranks would wait for it until the collective's timeout)."""
 
     LOST = -1
 
-    def __init__(self, ref):
-        self.ref, self.returncode = ref, None
+    def __init__(self, refs: list, group=None):
+        self.refs, self.group, self.returncode = refs, group, None
+        self.codes: dict[int, int] = {}
 
     def poll(self) -> int | None:
         import ray
 
-        if self.returncode is None and ray.wait([self.ref], timeout=0)[0]:
-            self.returncode = self._result()
+        if self.returncode is None:
+            running = [ref for k, ref in enumerate(self.refs) if k not in self.codes]
+            for ref in ray.wait(running, num_returns=len(running), timeout=0)[0]:
+                self.codes[self.refs.index(ref)] = self._result(ref)
+            if any(self.codes.values()) and len(self.codes) < len(self.refs):
+                self._cancel(force=True)
+            if len(self.codes) == len(self.refs):
+                self._finish()
         return self.returncode
 
-    def _result(self) -> int:
+    def _finish(self) -> None:
+        self.returncode = next((code for code in self.codes.values() if code), 0)
+        if self.group is not None:
+            from ray.util.placement_group import remove_placement_group
+
+            remove_placement_group(self.group)
+
+    @staticmethod
+    def _result(ref) -> int:
         import ray
 
         try:
-            return ray.get(self.ref)
+            return ray.get(ref)
         except ray.exceptions.RayError as error:
             logger.warning("a Ray task of the sweep ended without an exit code: %s", str(error).splitlines()[0])
-            return self.LOST
+            return RayRun.LOST
 
-    def terminate(self) -> None:
-        """Ask the task to stop its process (KeyboardInterrupt in the task); wait() insists."""
+    def _cancel(self, force: bool) -> None:
         import ray
 
+        for k, ref in enumerate(self.refs):
+            if k not in self.codes:
+                ray.cancel(ref, force=force)
+
+    def terminate(self) -> None:
+        """Ask the tasks to stop their processes (KeyboardInterrupt in each task); wait() insists."""
         if self.returncode is None:
-            ray.cancel(self.ref)
+            self._cancel(force=False)
 
     def wait(self) -> int:
         import ray
 
-        if self.returncode is None and not ray.wait([self.ref], timeout=STOP_WAIT_S)[0]:
-            ray.cancel(self.ref, force=True)  # its worker is killed; the trainer gets SIGTERM (PR_SET_PDEATHSIG)
-        if self.returncode is None:
-            self.returncode = self._result()
+        if self.returncode is None and len(ray.wait(self.refs, num_returns=len(self.refs), timeout=STOP_WAIT_S)[0]) < len(self.refs):
+            self._cancel(force=True)  # their workers are killed; each trainer gets SIGTERM (PR_SET_PDEATHSIG)
+        while self.poll() is None:
+            ray.wait(self.refs, num_returns=len(self.refs))
         return self.returncode

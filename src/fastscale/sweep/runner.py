@@ -150,8 +150,10 @@ def _free_port(taken: set[int]) -> int:
             return port
 
 
-def _deepspeed_launch(command: list[str], device_ids: list[str], port: int) -> list[str]:
-    """command under DeepSpeed's per-node launcher, one rank per device of device_ids.
+def _deepspeed_launch(command: list[str], world: dict[str, list[str]], port: int, *, node_rank: int = 0,
+                      master_addr: str = "127.0.0.1") -> list[str]:
+    """command under DeepSpeed's per-node launcher as node node_rank of world (node name -> its device
+    names; one rank per device), the master at master_addr:port (rank 0's node).
 
     Not the `deepspeed` command (deepspeed.launcher.runner): on one node it starts this same launcher
     and installs no signal handler, so a SIGTERM (ours, at PR_SET_PDEATHSIG) kills the runner and leaves
@@ -160,9 +162,9 @@ def _deepspeed_launch(command: list[str], device_ids: list[str], port: int) -> l
     What the runner adds on one node, finding the devices and parsing --include, the sweep's
     inventory does. --no_python runs command as given (the process launcher's), --no_local_rank because
     the trainer reads LOCAL_RANK from the environment."""
-    world = base64.urlsafe_b64encode(json.dumps({"localhost": device_ids}).encode()).decode()
-    return [sys.executable, "-u", "-m", "deepspeed.launcher.launch", f"--world_info={world}", "--master_addr=127.0.0.1",
-            f"--master_port={port}", "--no_python", "--no_local_rank", *command]
+    world_info = base64.urlsafe_b64encode(json.dumps(world).encode()).decode()
+    return [sys.executable, "-u", "-m", "deepspeed.launcher.launch", f"--world_info={world_info}", f"--node_rank={node_rank}",
+            f"--master_addr={master_addr}", f"--master_port={port}", "--no_python", "--no_local_rank", *command]
 
 
 def _trainer_command(run_dir: Path, config: dict, deepspeed: dict, resume: bool) -> list[str]:
@@ -179,7 +181,7 @@ def _start_training(run_dir: Path, config: dict, deepspeed: dict, resume: bool, 
     """device_ids: the run's GPUs (CUDA_VISIBLE_DEVICES names), None on CPU."""
     args = _trainer_command(run_dir, config, deepspeed, resume)
     if launcher == "deepspeed":
-        return _spawn(_deepspeed_launch(args, device_ids or ["0"], port), run_dir / "train.log")
+        return _spawn(_deepspeed_launch(args, {"localhost": device_ids or ["0"]}, port), run_dir / "train.log")
     return _spawn(args, run_dir / "train.log", {"CUDA_VISIBLE_DEVICES": ",".join(device_ids)} if device_ids else None)
 
 
@@ -265,9 +267,9 @@ def _place(spec: SweepSpec, runs: list[Run], data: dict, inventory: Inventory, j
                              "use launcher 'deepspeed' or 'auto'")
         deepspeed[name] = deepspeed_for(placement, spec.deepspeed, configs[name].train)
         if launcher == "ray":
-            from .cluster import check_fits_nodes
+            from .cluster import nodes_for
 
-            check_fits_nodes(name, placement)
+            nodes_for(name, placement)  # a run the cluster cannot hold stops the sweep before any starts
         try:
             check_deepspeed_config(deepspeed[name], placement.gpus, device_type=inventory.kind)
         except ConfigError as error:
@@ -406,10 +408,15 @@ def _start(spec, out_dir, data, index, task: str, run: Run, held: tuple[list[int
 
 
 def _submit(command: list[str], run_dir: Path, log_name: str, task: str, run: Run, slots: _Slots):
-    """command as a Ray task (fastscale.sweep.cluster) with the resources of the run's placement."""
-    from .cluster import resources, submit
+    """command as Ray task(s) (fastscale.sweep.cluster) with the resources of the run's placement: one
+    task on one node, or a training run's ranks over the nodes it spans."""
+    from .cluster import nodes_for, resources, submit, submit_across_nodes
 
-    return submit(command, run_dir, log_name, resources(slots.layout.placements[run.name], task, slots.layout.inventory))
+    placement = slots.layout.placements[run.name]
+    nodes = nodes_for(run.name, placement) if task == "train" else 1
+    if nodes > 1:
+        return submit_across_nodes(command, run_dir, log_name, nodes=nodes, ranks_per_node=placement.gpus // nodes, gpus=True)
+    return submit(command, run_dir, log_name, resources(placement, task, slots.layout.inventory))
 
 
 def _finish_training(index: ResultsIndex, run_dir: Path, name: str, returncode: int, *, has_study: bool) -> None:
