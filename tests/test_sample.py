@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from fastscale import sample
-from fastscale.data.tokenizers import ByteTokenizer
+from fastscale.data.tokenizers import ByteTokenizer, ImageCaptionTokenizer, VideoTokenizer
 from fastscale.sweep.evaluation import load_trained
 from processes import run
 
@@ -150,3 +150,22 @@ def test_a_run_without_a_checkpoint_is_refused(image_run, tmp_path, capsys):
     shutil.copytree(image_run, run_dir, ignore=shutil.ignore_patterns("checkpoints"))
     assert command(run_dir) == 2
     assert "no complete checkpoint under checkpoints/" in capsys.readouterr().err
+
+
+def test_a_caption_prompt_is_written_as_the_captions_domain_writes_it_and_its_image_decoded():
+    tokenizer = ImageCaptionTokenizer(resolution=2)
+    prompt = sample.prompt_tokens(tokenizer, "a 7")
+    image = np.random.default_rng(1).integers(0, 256, (2, 2, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(prompt, tokenizer.encode(image, "a 7", order="caption_first")[: len(prompt)])
+    assert sample.new_tokens(tokenizer, 64, len(prompt), None) == 12
+    rows = np.concatenate([prompt, image.reshape(-1)])[None]
+    np.testing.assert_array_equal(sample.decode(tokenizer, rows, len(prompt))[0], image)
+    with pytest.raises(ValueError, match="pass the caption as the prompt"):
+        sample.prompt_tokens(tokenizer, None)
+
+
+def test_a_clip_decodes_to_its_frames():
+    tokenizer = VideoTokenizer(frames=2, resolution=2)
+    clip = np.random.default_rng(2).integers(0, 256, (2, 2, 2, 3), dtype=np.uint8)
+    assert sample.new_tokens(tokenizer, 64, 1, None) == 24
+    np.testing.assert_array_equal(sample.decode(tokenizer, tokenizer.encode(clip)[None], 1)[0], clip)

@@ -137,13 +137,13 @@ def png_bytes(grid: np.ndarray) -> bytes:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (train.py --out, or a sweep's OUT/runs/NAME) with a checkpoint")
-    parser.add_argument("--n", type=int, default=8, help="samples to draw (default: %(default)s)")
+    parser.add_argument("--n", type=int, default=8, help="samples to draw")
     parser.add_argument("--prompt", help="text the samples continue (text runs) or the caption to draw (image+caption runs)")
     parser.add_argument("--tokens", type=int, help="new tokens per text sample (default: what fills the context after the prompt)")
-    parser.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (default: %(default)s)")
+    parser.add_argument("--temperature", type=float, default=1.0, help="softmax temperature")
     parser.add_argument("--top-k", type=int, help="sample from the k most likely tokens only (default: all)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same samples (default: %(default)s)")
-    parser.add_argument("--scale", type=int, default=8, help="pixels per image pixel in the PNG grid (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same samples")
+    parser.add_argument("--scale", type=int, default=8, help="pixels per image pixel in the PNG grid")
     parser.add_argument("--out", help="where to write the samples (default: RUN_DIR/samples.png for images, RUN_DIR/samples.txt for text)")
 
 
