@@ -277,3 +277,38 @@ def _rank_free_env():
 def losses(run_dir):
     return {record["step"]: (record["loss"], record.get("eval_loss"))
             for record in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
+
+
+@pytest.mark.parametrize("gpus, per_node, nodes", [(1, [8, 8], 1), (4, [8, 8], 1), (16, [8, 8], 2), (12, [4, 4, 4], 3), (6, [4, 4, 4], 2)])
+def test_a_run_spans_the_fewest_nodes_its_ranks_divide_over(monkeypatch, gpus, per_node, nodes):
+    from fastscale.sweep import cluster
+
+    monkeypatch.setattr(cluster, "_alive_nodes", lambda: [{"Resources": {"GPU": float(g), "CPU": 8.0}} for g in per_node])
+    assert cluster.nodes_for("big", _placement(gpus)) == nodes
+
+
+def test_a_run_the_cluster_cannot_hold_is_refused(monkeypatch):
+    from fastscale.sweep import cluster
+
+    monkeypatch.setattr(cluster, "_alive_nodes", lambda: [{"Resources": {"GPU": 8.0}}, {"Resources": {"GPU": 4.0}}])
+    with pytest.raises(SweepError, match=r"sweep run big needs 16 GPUs: 2 node\(s\) of 8 GPU\(s\), and the Ray cluster's nodes have \[8, 4\] GPUs"):
+        cluster.nodes_for("big", _placement(16))
+
+
+def test_resources_of_a_task():
+    from fractions import Fraction
+
+    from fastscale.sweep.cluster import resources
+    from fastscale.sweep.devices import Inventory
+
+    cpu, gpus = Inventory("cpu", 2**33, 4), Inventory("cuda", 2**35, 16, 2**34, ("0", "1"))
+    assert resources(_placement(1, per_device=4), "train", cpu) == {"num_cpus": 1, "memory": 1000}
+    assert resources(_placement(1, per_device=4), "train", gpus) == {"num_cpus": 1, "num_gpus": float(Fraction(1, 4))}
+    assert resources(_placement(2), "train", gpus) == {"num_cpus": 1, "num_gpus": 2}
+    assert resources(_placement(2), "evaluate", gpus) == {"num_cpus": 1}
+
+
+def _placement(gpus, per_device=1):
+    from fastscale.sweep.devices import Placement
+
+    return Placement(None, False, gpus, per_device, 1000, "test")

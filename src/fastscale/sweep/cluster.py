@@ -8,6 +8,13 @@ requests (one CPU; a share of a GPU or whole GPUs of one node; on CPU the planne
 estimate as Ray's "memory" resource), and retrying a task whose node or worker died (system failures
 only: a trainer that exits non-zero is the run's own failure and is not retried).
 
+A run that needs more GPUs than one node has spans nodes (`submit_across_nodes`): a placement group
+of one bundle per node, and on each node DeepSpeed's own per-node launcher (what `deepspeed --hostfile`
+starts over ssh) with its --node_rank and node 0 as MASTER_ADDR; the launcher sets RANK, LOCAL_RANK and
+WORLD_SIZE. Chosen over Ray Train's DeepSpeed integration because it runs the same trainer process,
+checkpoints and logs as every other launcher (Ray Train would run the training loop inside its own
+workers, with its own checkpoint and failure handling beside ours).
+
 Storage. Every node reads and writes OUT_DIR at the same path (the run directories, checkpoints, the
 prepared data): OUT must be on storage every node mounts there (NFS, Lustre, a shared volume). At the
 start the driver writes a token into OUT and a task pinned to each node reads it back; a node that
