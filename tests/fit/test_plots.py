@@ -285,3 +285,66 @@ def test_no_tick_or_axis_labels_overlap(power, overtrain, frontier):
         assert overlapping_texts(figure) == []
     labels = [t.get_text() for t in figures[1].axes[0].yaxis.get_ticklabels() if t.get_visible() and t.get_text()]
     assert len(labels) >= 3  # the narrow axis still has numbers to read
+
+
+def test_scaling_figure_draws_the_reducible_loss_as_a_line_of_slope_minus_alpha(power, tmp_path):
+    fit, x, y, check = power
+    others = {"budget 1e9 tokens (not fitted)": (x[:4], y[:4] + 0.05)}
+    figure = plots.figure_scaling(fit, x, y, xlabel="N (parameters)", holdout=check, others=others, names={"x0": "N0"})
+    ax, reducible = figure.axes
+    assert reducible.get_xscale() == reducible.get_yscale() == "log"
+    line = artist(reducible, "fit: (N0/x)^alpha")
+    grid, drawn = (np.asarray(v) for v in line.get_data())
+    slope = np.diff(np.log(drawn)) / np.diff(np.log(grid))
+    np.testing.assert_allclose(slope, -fit.params["alpha"], rtol=1e-9)  # a straight line on log-log axes
+    points = artist(reducible, plots.FITTED_LABEL).get_offsets()
+    held = np.zeros(len(x), dtype=bool)
+    held[check.held_out] = True
+    np.testing.assert_allclose(points, np.column_stack([x[~held], y[~held] - fit.params["L_inf"]]))  # observed L - L_inf
+    marked = artist(reducible, "held out by the extrapolation check (in this fit)").get_offsets()
+    assert sorted(marked[:, 0]) == sorted(x[held])
+    hollow = artist(ax, "budget 1e9 tokens (not fitted)").get_offsets()
+    np.testing.assert_allclose(hollow, np.column_stack([x[:4], y[:4] + 0.05]))  # every run shown, the unfitted ones too
+    assert "N0 = " in ax.get_title(loc="left") and "x0" not in ax.get_title(loc="left")  # the text's names
+    for panel in (ax, reducible):
+        assert panel.get_xlabel() and "nats/token" in panel.get_ylabel()
+        labels = [t.get_text() for t in panel.yaxis.get_ticklabels() if t.get_text() and panel.get_ylim()[0] <= t.get_position()[1] <= panel.get_ylim()[1]]
+        assert len(labels) >= 3, labels  # enough ticks to read a value off
+    plots.plot_scaling(fit, x, y, tmp_path / "scaling.png", xlabel="N")
+    assert (tmp_path / "scaling.png").stat().st_size > 10_000
+
+
+def test_frontier_colour_bar_has_a_tick_at_each_size(frontier):
+    frontier_fit, run, sizes, compute, loss, _ = frontier
+    figure = plots.figure_frontier(frontier_fit, run, compute, loss, n_params=sizes)
+    (bar,) = colorbars(figure)
+    np.testing.assert_allclose(bar.get_ticks(), np.unique(sizes))
+    assert [t.get_text() for t in bar.ax.yaxis.get_ticklabels()] == [f"{s:.3g}" for s in np.unique(sizes)]
+    assert np.all(np.diff(frontier_fit.frontier.loss) <= 0)  # the envelope drawn never rises
+
+
+def test_noise_scale_figure_colours_by_size_styles_by_budget_and_draws_the_fit(rng):
+    from fastscale.fit.critical_batch import fit_critical_batch_vs_loss
+
+    series, n_params, budgets = {}, {}, {}
+    for i, (size, tokens) in enumerate(itertools.product([1e4, 1e5, 1e6], [2e5, 6e5])):
+        steps = np.arange(10.0, 200.0, 10.0) * (tokens / 2e5)
+        loss = 2.0 + 3.0 / np.sqrt(steps) + 1e2 / size**0.3
+        series[f"r{i}"] = np.column_stack([steps, loss, 300.0 / loss**2 * np.exp(rng.normal(0, 0.02, steps.size))])
+        n_params[f"r{i}"], budgets[f"r{i}"] = size, tokens
+    points = np.concatenate(list(series.values()))
+    fit = fit_critical_batch_vs_loss(points[:, 1], points[:, 2], n_bootstrap=0)
+    figure = plots.figure_noise_scale(series, n_params, budgets, fit)
+    by_step, by_loss = figure.axes[:2]
+    lines = {line.get_gid(): line for line in by_step.lines if line.get_gid()}
+    assert len({tuple(lines[name].get_color()) for name in series}) == 3  # one colour per size
+    for name in series:
+        same_size = [other for other in series if n_params[other] == n_params[name]]
+        assert {tuple(lines[o].get_color()) for o in same_size} == {tuple(lines[name].get_color())}
+        assert lines[name].get_linestyle() == ("-" if budgets[name] == 2e5 else "--")
+    fitted = artist(by_loss, "B_crit(L) fit")
+    grid, drawn = (np.asarray(v) for v in fitted.get_data())
+    np.testing.assert_allclose(drawn, fit.params["B_star"] / grid ** (1 / fit.params["alpha_B"]), rtol=1e-9)
+    (bar,) = colorbars(figure)
+    np.testing.assert_allclose(bar.get_ticks(), [1e4, 1e5, 1e6])
+    assert "(tokens)" in by_step.get_ylabel() and by_step.get_xlabel() == "optimizer step" and "nats/token" in by_loss.get_xlabel()

@@ -18,6 +18,7 @@ touched.
 
 from __future__ import annotations
 
+import re
 from io import BytesIO
 from pathlib import Path
 
@@ -121,21 +122,27 @@ def _number(value: float) -> str:
     return f"{value:.3g}"
 
 
-def parameter_text(fit) -> str:
-    """'name = value [low, high]' for every parameter (no interval without bootstrap draws), a few per line."""
+def parameter_text(fit, names=None) -> str:
+    """'name = value [low, high]' for every parameter (no interval without bootstrap draws), a few per line.
+    names: the names the surrounding text gives parameters (x0 -> N0), so the figure and the text agree."""
+    names = names or {}
     items = []
     for name, value in fit.params.items():
         interval = fit.intervals.get(name)
         bounds = f" [{_number(interval[0])}, {_number(interval[1])}]" if interval is not None else ""
-        items.append(f"{name} = {_number(value)}{bounds}")
+        items.append(f"{names.get(name, name)} = {_number(value)}{bounds}")
     lines = ["   ".join(items[i : i + PARAMS_PER_LINE]) for i in range(0, len(items), PARAMS_PER_LINE)]
     return "\n".join(lines)
 
 
-def _title(ax, fit, what: str = "") -> None:
-    """The law, its parameters with their intervals, and the kinds of its flags (the CLI prints them whole)."""
+def _title(ax, fit, what: str = "", names=None) -> None:
+    """The law, its parameters with their intervals, and the kinds of its flags (the CLI prints them whole);
+    names: parameter names as the surrounding text gives them (x0 -> N0), in the formula too."""
     interval = f" ({fit.level:.0%} bootstrap intervals)" if fit.intervals else ""
-    lines = [f"{what}{fit.law}: {FORMULAS.get(fit.law, '')}{interval}", parameter_text(fit)]
+    formula = FORMULAS.get(fit.law, "")
+    for name, text in (names or {}).items():
+        formula = re.sub(rf"\b{re.escape(name)}\b", text, formula)
+    lines = [f"{what}{fit.law}: {formula}{interval}", parameter_text(fit, names)]
     kinds = sorted({flag.split(":")[0] for flag in fit.flags})
     if kinds:
         lines.append("flags: " + ", ".join(kinds))
@@ -348,13 +355,15 @@ def _draw_learning_curves(figure, ax, run, compute, loss, n_params, held_runs):
     if sizes is not None:
         from matplotlib.cm import ScalarMappable
 
-        figure.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="learning curve of a model of N parameters")
+        size_colorbar(figure, ScalarMappable(norm=norm, cmap=cmap), ax, sizes, "N (parameters) of each learning curve")
     if len(held_runs):
         ax.plot([], [], color="0.4", ls="--", label="held-out runs (not fitted)")
 
 
 def figure_frontier(frontier_fit, run, compute, loss, *, n_params=None, clabel: str = "compute (FLOPs)", holdout=None):
-    """Learning curves (coloured by N) with their lower envelope and L(C); N_opt(C) from the frontier runs.
+    """Learning curves (coloured by N, a colour bar with a tick at each size) with their lower envelope
+    (monotone: the lowest loss with at most C, `frontier.compute_frontier`) and L(C); N_opt(C) from the
+    frontier runs.
     holdout: a `holdout_largest_runs` check on these rows: the frontier and laws drawn are those fitted
     without the held-out runs, whose curves are dashed, and L(C)'s predictions are drawn where they
     reach the frontier of all runs.
@@ -381,7 +390,7 @@ def figure_frontier(frontier_fit, run, compute, loss, *, n_params=None, clabel: 
                    label="frontier of all runs, reached by held-out runs", zorder=5)
         _draw_predictions(ax, holdout.compute, holdout, drawn.loss_fit.level)
     ax.set_xlabel(clabel), ax.set_ylabel(LOSS_LABEL), ax.legend(fontsize=7)
-    _title(ax, drawn.loss_fit, "L(C), ")
+    _title(ax, drawn.loss_fit, "L(C), ", names={"x0": "C0"})
     sizes.scatter(drawn.optimal_compute, drawn.optimal_n_params, color="C0", zorder=3, label="runs on the frontier")
     _draw_law(sizes, drawn.allocation, drawn.optimal_compute, "N_opt(C) fit")
     sizes.set_xlabel(clabel), sizes.set_ylabel("N_opt (parameters)"), sizes.legend(fontsize=7)
@@ -392,3 +401,102 @@ def figure_frontier(frontier_fit, run, compute, loss, *, n_params=None, clabel: 
 def plot_frontier(frontier_fit, run, compute, loss, path, *, n_params=None, clabel: str = "compute (FLOPs)", holdout=None) -> Path:
     """`figure_frontier`, saved to path."""
     return save_figure(figure_frontier(frontier_fit, run, compute, loss, n_params=n_params, clabel=clabel, holdout=holdout), path)
+
+
+def figure_scaling(fit, x, y, *, xlabel: str, ylabel: str = LOSS_LABEL, holdout=None, others=None, names=None):
+    """A power law with an irreducible term as the papers draw it: the loss L against x, and the reducible
+    loss L - L_inf on log-log axes, where L = L_inf + (x0/x)^alpha is a straight line of slope -alpha.
+
+    fit: the law the text reports, drawn in both panels with its band. holdout: a `holdout_largest` check
+    on these x, y: the held-out points are marked in both panels, and on the left the prediction of the
+    fit without them, with its interval. others: label -> (x, y) of runs not fitted (shorter budgets),
+    drawn hollow so every run is on the figure. names: parameter names of the text (x0 -> N0).
+    Points at or below L_inf have no reducible loss on a log axis: the right panel's legend counts them."""
+    figure, (ax, reducible) = _figure(2)
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    held = _held_out_mask(len(x), holdout)
+    l_inf = fit.params.get("L_inf", 0.0)
+    for panel, values, law in ((ax, y, fit.predict), (reducible, y - l_inf, fit.reducible)):
+        panel.scatter(x[~held], values[~held], s=18, color="C0", label=FITTED_LABEL, zorder=3)
+        if held.any():
+            panel.scatter(x[held], values[held], s=46, marker="D", facecolors="none", edgecolors="C1", linewidths=1.6,
+                          label="held out by the extrapolation check (in this fit)", zorder=5)
+        for i, (label, (other_x, other_y)) in enumerate((others or {}).items()):
+            other_x, other_y = np.asarray(other_x, dtype=np.float64), np.asarray(other_y, dtype=np.float64)
+            shown = other_y if panel is ax else other_y - l_inf
+            panel.scatter(other_x, shown, s=22, marker="os^v"[i % 4], facecolors="none", edgecolors=f"C{i + 2}", linewidths=1.2, label=label, zorder=3)
+    _draw_law(ax, fit, x, "fit")
+    ax.axhline(l_inf, color="0.4", ls=":", lw=1, label=f"L_inf = {_number(l_inf)}")
+    grid = np.geomspace(x.min() / 3, x.max() * 3, GRID_POINTS)
+    reducible.plot(grid, fit.reducible(grid), color=FIT_COLOR, zorder=4, label=f"fit: ({(names or {}).get('x0', 'x0')}/x)^alpha")
+    if len(fit.samples):
+        low, high = fit.predict_interval(grid)  # the band of L, less the fitted L_inf: the uncertainty of the curve drawn on the left
+        reducible.fill_between(grid, np.maximum(low - l_inf, 1e-300), np.maximum(high - l_inf, 1e-300), color=FIT_COLOR, alpha=BAND_ALPHA,
+                               label=BAND_LABEL.format(level=fit.level) + " of L, less L_inf")
+    if holdout is not None:
+        _draw_predictions(ax, x[holdout.held_out], holdout, holdout.fit.level)
+    below = int(np.sum(y <= l_inf))
+    if below:
+        reducible.plot([], [], " ", label=f"{below} point{'s' * (below != 1)} at or below L_inf (not drawn)")
+    _title(ax, fit, names=names)
+    ax.set_xlabel(xlabel), ax.set_ylabel(ylabel), ax.legend(fontsize=7)
+    reducible.set_title("reducible loss L - L_inf on log-log axes: the power law is a straight line", fontsize=7.5, loc="left")
+    reducible.set_xlabel(xlabel), reducible.set_ylabel(f"L - L_inf ({ylabel.split('(')[-1].rstrip(')') if '(' in ylabel else 'nats/token'})")
+    reducible.legend(fontsize=7)
+    return _finished(figure)
+
+
+def plot_scaling(fit, x, y, path, **options) -> Path:
+    """`figure_scaling`, saved to path."""
+    return save_figure(figure_scaling(fit, x, y, **options), path)
+
+
+def size_colorbar(figure, mappable, ax, sizes, label: str):
+    """A colour bar for model sizes with a tick at each size (a log colour bar over two decades otherwise
+    labels one or two powers of ten, which says nothing about which colour is which run)."""
+    bar = figure.colorbar(mappable, ax=ax, label=label)
+    ticks = np.unique(np.asarray(sizes, dtype=np.float64))
+    bar.set_ticks(ticks, labels=[f"{value:.3g}" for value in ticks])
+    bar.ax.minorticks_off()
+    return bar
+
+
+LINE_STYLES = ("-", "--", ":", "-.")
+
+
+def figure_noise_scale(series: dict, n_params: dict, budgets: dict, fit=None, *, budget_unit: str = "tokens"):
+    """The gradient noise scale B_simple of each run against its step (left) and against its smoothed
+    training loss (right), coloured by model size N (a colour bar with a tick per size) and styled by
+    token budget (legend), with B_crit(L) = B_star / L^(1/alpha_B) drawn on the right where fitted.
+
+    series: run -> array of rows (step, loss, noise scale); n_params, budgets: run -> N, run -> budget."""
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.lines import Line2D
+
+    figure, (by_step, by_loss) = _figure(2)
+    cmap, norm = colormaps[COLORMAP], _log_norm(list(n_params.values()))
+    styles = {budget: LINE_STYLES[i % len(LINE_STYLES)] for i, budget in enumerate(sorted(set(budgets.values())))}
+    for name, s in series.items():
+        look = {"color": cmap(norm(n_params[name])), "ls": styles[budgets[name]], "lw": 1.1, "alpha": 0.9, "gid": name}
+        by_step.plot(s[:, 0], s[:, 2], **look)
+        by_loss.plot(s[:, 1], s[:, 2], **look)
+    handles = [Line2D([], [], color="0.3", ls=style, label=f"budget {budget:.3g} {budget_unit}") for budget, style in styles.items()]
+    if fit is not None:
+        loss = np.concatenate([s[:, 1] for s in series.values()])
+        grid = np.geomspace(loss.min(), loss.max(), GRID_POINTS)
+        (line,) = by_loss.plot(grid, fit.predict(grid), color=FIT_COLOR, lw=2.2, label="B_crit(L) fit", zorder=5)
+        handles.append(line)
+        _title(by_loss, fit)
+    by_step.legend(handles=handles[: len(styles)], fontsize=7)
+    by_loss.legend(handles=handles, fontsize=7)
+    by_step.set_xlabel("optimizer step"), by_step.set_ylabel("gradient noise scale B_simple (tokens)")
+    by_loss.set_xlabel(f"smoothed training {LOSS_LABEL}"), by_loss.set_ylabel("gradient noise scale B_simple (tokens)")
+    by_step.set_title("per run: colour = N, line style = token budget", fontsize=7.5, loc="left")
+    size_colorbar(figure, ScalarMappable(norm=norm, cmap=cmap), by_loss, list(n_params.values()), "N (non-embedding parameters)")
+    return _finished(figure)
+
+
+def plot_noise_scale(series: dict, n_params: dict, budgets: dict, path, fit=None, **options) -> Path:
+    """`figure_noise_scale`, saved to path."""
+    return save_figure(figure_noise_scale(series, n_params, budgets, fit, **options), path)

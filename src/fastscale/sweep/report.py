@@ -1,23 +1,40 @@
 """The report of a sweep: REPORT/report.json, report.md and plots (PNG and SVG), from the done runs.
 
 Every number comes from fastscale.fit on arrays read here from the run directories:
-- L(N): the final held-out loss of each run of the largest token (or compute) budget of its size (final train loss
-  where a run has no eval) against its non-embedding N, L = L_inf + (N0/N)^alpha, with bootstrap intervals; L_inf is the irreducible loss,
-  (N0/N)^alpha the reducible loss, in nats per token and per item (tokens_per_item of the sweep).
+- L(N): the final loss of each run of the largest token (or compute) budget of its size against its
+  non-embedding N, L = L_inf + (N0/N)^alpha, with bootstrap intervals. A run's final loss is its held-out
+  loss at its last step (the trainer evaluates there, on eval_batches of held-out rows: the whole held-out
+  split in the presets), else its training loss averaged over the last SMOOTH_FRACTION of its logged
+  steps (one step's batch of 8 rows is noise: 3.19 nats where the mean of the last 13 steps was 2.51);
+  the report says which. L_inf is the limit N -> infinity at these runs' budget and data: runs stopped
+  at a token budget (not converged or early-stopped, as Kaplan et al.'s L(N)), so it includes the
+  data-limited term of that budget; (N0/N)^alpha is the fitted reducible loss, shown beside the observed
+  one, L - L_inf. Sizes trained with several seeds enter with every seed, and the bootstrap resamples
+  sizes with all their seeds ("rows" resampling in groups: a size's seeds share its departure from the
+  law); with one seed per size the bootstrap is the default parametric one.
+- The extrapolation check: L(N) fitted without the largest size, its prediction of the total loss and
+  of the reducible loss (observed - L_inf of that fit, against (N0/N)^alpha), what the law is about: a
+  total loss within 0.3% can hide a reducible loss 30% off.
+- L(N, D) = E + A/N^alpha + B/D^beta (Hoffmann et al. 2022, fastscale.fit.fit_chinchilla) on every
+  run's final loss when each size has at least two token budgets, with its compute-optimal exponents
+  a = beta/(alpha+beta) (N_opt ~ C^a) and b = alpha/(alpha+beta) (D_opt ~ C^b).
 - L(C), the frontier and N_opt(C): the learning curves against the trainer's FLOP count, without each
-  run's first EARLY_FRACTION of steps (warmup and the first drop are not part of a power law), through
-  fit_frontier. The curves are the held-out loss at each evaluation where every run evaluated at least
+  run's first EARLY_FRACTION of steps (fastscale.fit.frontier.early_rows: warmup and the first drop are
+  not part of a power law), through fit_frontier, the function `fastscale fit --law frontier
+  --drop-warmup` calls: on the held-out curves that command gives the report's numbers (the report
+  prints it). The curves are the held-out loss at each evaluation where every run evaluated at least
   MIN_EVALS times; else the training loss smoothed by a trailing mean over SMOOTH_FRACTION of each
   run's logged steps (a batch of 8 rows mixes digits and photographs, whose losses differ by nats: a
   lower envelope of raw batch losses would follow the noise down, and even smoothed it sits below the
   held-out losses).
-- The extrapolation check: L(N) fitted without the largest model, its prediction for it.
 - IsoFLOP profiles (a sweep of compute budgets; fastscale.fit.fit_isoflop, fastscale.sweep.isoflop): per budget a parabola of the
   final losses in ln N and its minimum N_opt(C), then N_opt(C) = (C/C0)^a and D_opt, beside the
   frontier's a (Chinchilla's approaches 2 and 1).
 - Repeated data: each run's epochs over the unique tokens of its train split; when runs repeat their
   data, the report says L(N) and L_inf then include a data-limited term and fits Muennighoff et al.'s
   data-constrained law (or says what the runs lack for it).
+- The forecast: the N and compute-optimal C of chosen reducible losses, each row with its caveats: an
+  interval spanning more than a decade, an N beyond the sizes trained, tokens beyond the training set.
 - The gradient noise scale (tokens) logged by the trainer, per run, and B_crit(L) fitted to it.
 - The sweep's study (fastscale.sweep.studies), from each run's study.json: its own section and plots.
 - Compute: C is the trainer's count (FLOP_CONVENTION); each run's row shows 6ND beside it and, in a
@@ -38,12 +55,14 @@ import numpy as np
 
 from fastscale.fit import (
     FitInputError,
+    fit_chinchilla,
     fit_critical_batch_vs_loss,
     fit_frontier,
     fit_isoflop,
     fit_power_law,
     holdout_largest,
 )
+from fastscale.fit.frontier import early_rows
 from fastscale.fit.units import per_item
 from fastscale.io import read_metrics, write_atomically, write_json
 
@@ -60,6 +79,7 @@ EARLY_FRACTION = 0.1
 SEED = 0
 MIN_RUNS = 4
 FORECAST_FRACTIONS = (0.5, 0.25, 0.1)  # default reducible losses to forecast: fractions of the largest model's
+WIDE_INTERVAL = 10.0  # a forecast interval wider than this ratio (a decade) gets a caveat
 FLOP_CONVENTION = (
     "C is the trainer's count of training FLOPs: flops_per_token x tokens, flops_per_token = 6N + 6 n_layer n_ctx d_attn "
     "(Kaplan et al. 2020, section 2.1: a forward pass of 2N + 2 n_layer n_ctx d_attn, the backward twice that), "
@@ -97,9 +117,27 @@ def longest_runs(runs: list[dict]) -> list[dict]:
 
 
 def final_losses(runs: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """(N, final loss) per run: the held-out loss at its last step, else its smoothed final training loss."""
     n = np.array([r["config"]["n_params"] for r in runs], dtype=np.float64)
-    loss = np.array([r["summary"]["final_eval_loss"] if r["summary"]["final_eval_loss"] is not None else r["summary"]["final_loss"] for r in runs])
+    loss = np.array([r["summary"]["final_eval_loss"] if r["summary"]["final_eval_loss"] is not None else smoothed_final_loss(r["metrics"])
+                     for r in runs], dtype=np.float64)
     return n, loss
+
+
+def final_loss_kind(runs: list[dict]) -> str:
+    """What final_losses holds for these runs, as the report says it."""
+    evaluated = sum(r["summary"]["final_eval_loss"] is not None for r in runs)
+    held_out = "held-out loss at the last step"
+    smoothed = f"training loss averaged over the last {SMOOTH_FRACTION:.0%} of logged steps"
+    if evaluated == len(runs):
+        return held_out
+    return smoothed if evaluated == 0 else f"{held_out} ({evaluated} runs), else {smoothed} ({len(runs) - evaluated} runs without an evaluation)"
+
+
+def smoothed_final_loss(metrics: list[dict]) -> float:
+    """The mean training loss of the last SMOOTH_FRACTION of a run's logged steps (at least one)."""
+    losses = [m["loss"] for m in metrics if m.get("loss") is not None]
+    return float(np.mean(losses[-max(1, round(SMOOTH_FRACTION * len(losses))) :])) if losses else float("nan")
 
 
 def learning_curves(runs: list[dict]) -> tuple[dict, str]:
@@ -110,8 +148,8 @@ def learning_curves(runs: list[dict]) -> tuple[dict, str]:
     held_out = all(sum(m.get("eval_loss") is not None for m in r["metrics"]) >= MIN_EVALS for r in runs)
     rows = {"run": [], "n_params": [], "flops": [], "loss": []}
     for r in runs:
-        steps, flops, loss = _held_out_curve(r["metrics"]) if held_out else _smoothed_train_curve(r["metrics"])
-        keep = steps > EARLY_FRACTION * steps.max()
+        _, flops, loss = _held_out_curve(r["metrics"]) if held_out else _smoothed_train_curve(r["metrics"])
+        keep = ~early_rows(np.full(len(flops), r["name"]), flops, EARLY_FRACTION)
         rows["run"] += [r["name"]] * int(keep.sum())
         rows["n_params"] += [r["config"]["n_params"]] * int(keep.sum())
         rows["flops"] += list(flops[keep])
@@ -177,24 +215,77 @@ def _build_report(sweep_dir: Path, n_bootstrap: int, forecast_reducible) -> tupl
     report = {"sweep": spec.get("name"), "tokens_per_item": tokens_per_item, "n_bootstrap": n_bootstrap, "runs": rows, "compute": compute_section(rows),
               "skipped_lines": {r["name"]: r["skipped"] for r in runs if r["skipped"]}}
     report["one_token_budget"] = len(spec.get("tokens", [])) == 1
-    law = fit_power_law(n, loss, n_bootstrap=n_bootstrap, seed=SEED)
-    report["L_of_N"] = {**law.summary(), "N": n.tolist(), "loss": loss.tolist(), "reducible": law.reducible(n).tolist(),
-                        "epochs": [epochs(r) for r in longest]}
+    law = fit_power_law(n, loss, n_bootstrap=n_bootstrap, seed=SEED, **seed_groups(n))
+    report["L_of_N"] = _law_section(law, longest, n, loss)
     if tokens_per_item:
         report["L_of_N"]["per_item"] = per_item(law.params, tokens_per_item)
-    report["extrapolation"] = _extrapolation(n, loss, n_bootstrap)
+    report["extrapolation"], holdout = _extrapolation(n, loss, n_bootstrap)
+    report["L_of_N_D"] = _chinchilla(runs, n_bootstrap)
     curves, curve_loss = learning_curves(runs)
     frontier, report["frontier"] = _frontier(curves, n_bootstrap)
     report["frontier"]["curves"] = curve_loss
-    report["forecast"] = _forecast(law, frontier, n, tokens_per_item, forecast_reducible)
+    report["frontier"]["drop_warmup"] = EARLY_FRACTION
     report["isoflop"], isoflop = _isoflop(spec, runs, report["frontier"], n_bootstrap)
     report["repeated_data"] = repeated_data_section(runs, n_bootstrap, SEED)
-    report["noise_scale"] = _noise(runs, n_bootstrap)
+    unique = max(report["repeated_data"]["unique_tokens"], default=None)
+    report["forecast"] = _forecast(law, frontier, n, tokens_per_item, forecast_reducible, unique)
+    report["noise_scale"], noise_fit = _noise(runs, n_bootstrap)
     if spec.get("study"):
         options = study_options(spec["study"])
         report["study"] = {"kind": spec["study"]["kind"], **study(spec["study"]["kind"]).report(runs, options, n_bootstrap, SEED)}
-    fits = {"L_of_N": law, "N": n, "loss": loss, "frontier": frontier, "curves": curves, "noise": noise_scales(runs), "isoflop": isoflop}
+    fits = {"L_of_N": law, "N": n, "loss": loss, "holdout": holdout, "shorter": _shorter_runs(runs, longest), "frontier": frontier, "curves": curves,
+            "noise": noise_scales(runs), "noise_fit": noise_fit, "n_params": {r["name"]: r["config"]["n_params"] for r in runs},
+            "tokens": {r["name"]: r["summary"]["tokens"] for r in runs}, "isoflop": isoflop}
     return report, fits
+
+
+def seed_groups(n: np.ndarray) -> dict:
+    """fit_power_law's bootstrap options for runs at these sizes: with several seeds at a size, resample
+    sizes with all their seeds (they share the size's departure from the law, so they are not the
+    independent points the parametric draws assume); with one run per size, the default."""
+    return {"groups": n, "resampling": "rows"} if len(np.unique(n)) < len(n) else {}
+
+
+def _law_section(law, longest: list[dict], n: np.ndarray, loss: np.ndarray) -> dict:
+    """L(N)'s summary with each run's observed reducible loss beside the fitted one, what its losses are,
+    what L_inf includes (the runs' tokens and epochs), and the seed-to-seed spread where sizes have seeds."""
+    spread = []
+    for size in np.unique(n):
+        same = loss[n == size]
+        if len(same) > 1:
+            spread.append({"N": float(size), "runs": len(same), "mean": float(same.mean()), "std": float(same.std(ddof=1))})
+    return {**law.summary(), "runs": [r["name"] for r in longest], "N": n.tolist(), "loss": loss.tolist(), "loss_kind": final_loss_kind(longest),
+            "reducible": law.reducible(n).tolist(), "reducible_observed": (loss - law.params["L_inf"]).tolist(),
+            "tokens": [r["summary"]["tokens"] for r in longest], "epochs": [epochs(r) for r in longest], "seed_spread": spread,
+            "bootstrap": "sizes resampled with all their seeds" if seed_groups(n) else "parametric"}
+
+
+def _shorter_runs(runs: list[dict], longest: list[dict]) -> dict:
+    """Token budget -> (N, final loss) of the runs L(N) leaves out (shorter budgets), for its plot."""
+    names = {r["name"] for r in longest}
+    shorter = {}
+    for r in runs:
+        if r["name"] not in names:
+            shorter.setdefault(r["summary"]["tokens"], []).append(r)
+    return {tokens: final_losses(group) for tokens, group in sorted(shorter.items())}
+
+
+def _chinchilla(runs: list[dict], n_bootstrap: int) -> dict | None:
+    """L(N, D) on every run's final loss when each of at least 3 sizes has at least 2 token counts
+    (None otherwise: one budget per size cannot separate N from D)."""
+    budgets = {}
+    for r in runs:
+        budgets.setdefault(r["config"]["n_params"], set()).add(r["summary"]["tokens"])
+    if len(budgets) < 3 or min(map(len, budgets.values())) < 2:
+        return None
+    n, loss = final_losses(runs)
+    tokens = np.array([r["summary"]["tokens"] for r in runs], dtype=np.float64)
+    try:
+        fit = fit_chinchilla(n, tokens, loss, n_bootstrap=n_bootstrap, seed=SEED)
+    except FitInputError as error:
+        logger.warning("no L(N, D) fit: %s", error)
+        return {"error": str(error)}
+    return {**fit.summary(), "runs": len(runs), "loss_kind": final_loss_kind(runs)}
 
 
 def compute_budgets(spec: dict) -> dict:
@@ -216,7 +307,7 @@ def _run_row(r: dict, budget: float | None) -> dict:
         "name": r["name"], "n_params": r["config"]["n_params"], "n_layer": model["n_layer"], "d_model": model["d_model"],
         "n_head": model["n_head"], "tokens": summary["tokens"], "flops": summary["flops"], "six_nd": six_nd,
         "flops_over_six_nd": summary["flops"] / six_nd if six_nd else None, "compute_budget": budget,
-        "flops_over_budget": summary["flops"] / budget if budget else None, "final_loss": summary["final_loss"],
+        "flops_over_budget": summary["flops"] / budget if budget else None, "train_loss": smoothed_final_loss(r["metrics"]),
         "final_eval_loss": summary["final_eval_loss"], "tokens_per_s": summary["tokens_per_s"],
         "mfu": float(np.median(mfus)) if mfus else None, "noise_scale": summary.get("noise_scale"), "epochs": epochs(r),
     }
@@ -231,15 +322,25 @@ def compute_section(rows: list[dict]) -> dict:
             "max_budget_error": max(to_budget) if to_budget else None, "budget_tolerance": COMPUTE_TOLERANCE}
 
 
-def _extrapolation(n, loss, n_bootstrap) -> dict:
-    if len(n) <= MIN_RUNS:
-        return {"error": f"{len(n)} sizes: the check needs {MIN_RUNS + 1}, to fit L(N) to {MIN_RUNS} without the largest"}
-    check = holdout_largest(fit_power_law, (n,), loss, 1, n_bootstrap=n_bootstrap, seed=SEED)
+def _extrapolation(n, loss, n_bootstrap):
+    """L(N) without the runs of the largest size (all its seeds) and its predictions of their total and
+    reducible loss (the reducible observed as loss - that fit's L_inf), and the check (None when too few
+    sizes) for the plot."""
+    sizes = len(np.unique(n))
+    if sizes <= MIN_RUNS:
+        return {"error": f"{sizes} sizes: the check needs {MIN_RUNS + 1}, to fit L(N) to {MIN_RUNS} without the largest"}, None
+    largest = int(np.sum(n == n.max()))
+    seeds = {"per_row": {"groups": n}, "resampling": "rows"} if seed_groups(n[n < n.max()]) else {}
+    check = holdout_largest(fit_power_law, (n,), loss, largest, n_bootstrap=n_bootstrap, seed=SEED, **seeds)
+    l_inf = check.fit.params["L_inf"]
+    predicted, observed = check.fit.reducible(check.inputs[0]), check.observed - l_inf
     return {
         "held_out_N": check.inputs[0].tolist(), "observed": check.observed.tolist(), "predicted": check.predicted.tolist(),
         "low": check.low.tolist(), "high": check.high.tolist(), "relative_error": check.relative_error.tolist(),
         "mean_abs_rel_error": check.mean_abs_rel_error, "fit": check.fit.summary(),
-    }
+        "reducible_observed": observed.tolist(), "reducible_predicted": predicted.tolist(),
+        "reducible_relative_error": ((predicted - observed) / observed).tolist(),
+    }, check
 
 
 def _frontier(curves, n_bootstrap):
@@ -278,7 +379,7 @@ def _isoflop(spec: dict, runs: list[dict], frontier: dict, n_bootstrap: int):
     return section, {"profiles": profiles, "N": n, "compute": compute, "loss": loss}
 
 
-def _forecast(law, frontier, n, tokens_per_item, reducible=None) -> list[dict]:
+def _forecast(law, frontier, n, tokens_per_item, reducible=None, unique_tokens=None) -> list[dict]:
     """For each reducible loss (nats/token; default: fractions of the largest model's), the N that L(N)
     says reaches it and the compute at which that N is compute-optimal by the frontier's N_opt(C)
     (C = C0 N^(1/a)), with the tokens D = C / 6N. Not L(C) solved for the loss: L(C) is fitted to the
@@ -291,7 +392,10 @@ def _forecast(law, frontier, n, tokens_per_item, reducible=None) -> list[dict]:
             return []
         reducible = [largest * fraction for fraction in FORECAST_FRACTIONS]
     with np.errstate(over="ignore"):  # bootstrap draws with tiny alpha forecast N = inf: it only widens the interval
-        return [_forecast_row(law, frontier, float(eps), tokens_per_item) for eps in reducible]
+        rows = [_forecast_row(law, frontier, float(eps), tokens_per_item) for eps in reducible]
+    for row in rows:
+        row["caveats"] = forecast_caveats(row, float(n.max()), unique_tokens)
+    return rows
 
 
 def _forecast_row(law, frontier, eps, tokens_per_item) -> dict:
@@ -304,33 +408,55 @@ def _forecast_row(law, frontier, eps, tokens_per_item) -> dict:
     }
 
 
-def _noise(runs, n_bootstrap) -> dict:
+def forecast_caveats(row: dict, largest_n: float, unique_tokens: float | None) -> list[str]:
+    """What a forecast row extrapolates beyond: intervals over more than a decade, an N past the sizes
+    trained, and tokens past the training set (the law was measured on fresh or barely repeated data;
+    repeating it, the loss falls more slowly: Muennighoff et al. 2023)."""
+    caveats = []
+    for name in ("N", "C"):
+        e = row[name]
+        if e is not None and not (0 < e["low"] and np.isfinite(e["high"]) and e["high"] / e["low"] <= WIDE_INTERVAL):
+            span = f"{np.log10(e['high'] / e['low']):.1f} decades" if 0 < e["low"] and np.isfinite(e["high"]) else "an unbounded range"
+            caveats.append(f"the {name} interval spans {span}")
+    if row["N"]["value"] > largest_n:
+        caveats.append(f"N is {row['N']['value'] / largest_n:.3g}x the largest size trained")
+    if row["D"] is not None and unique_tokens and row["D"] > unique_tokens:
+        caveats.append(f"D = {row['D']:.3g} tokens is {row['D'] / unique_tokens:.2g} epochs of the {unique_tokens:,.0f} training tokens: "
+                       "the forecast assumes fresh data, and repeated data is worth less")
+    return caveats
+
+
+def _noise(runs, n_bootstrap):
+    """The noise-scale section, and B_crit(L)'s fit (None where not fitted) for the plot."""
     series = noise_scales(runs)
-    out = {"per_run": {name: {"step": s[:, 0].tolist(), "loss": s[:, 1].tolist(), "noise_scale": s[:, 2].tolist()} for name, s in series.items()}}
+    out, fit = {"per_run": {name: {"step": s[:, 0].tolist(), "loss": s[:, 1].tolist(), "noise_scale": s[:, 2].tolist()} for name, s in series.items()}}, None
     if series:
         # the EMA's first values are dominated by its start: use each run's second half
         points = np.concatenate([s[len(s) // 2 :] for s in series.values()])
         points = points[np.isfinite(points).all(axis=1) & (points[:, 2] > 0)]
         try:
-            out["B_crit_of_L"] = fit_critical_batch_vs_loss(points[:, 1], points[:, 2], n_bootstrap=n_bootstrap, seed=SEED).summary()
+            fit = fit_critical_batch_vs_loss(points[:, 1], points[:, 2], n_bootstrap=n_bootstrap, seed=SEED)
+            out["B_crit_of_L"] = fit.summary()
         except FitInputError as error:
             out["B_crit_of_L"] = {"error": str(error)}
-    return out
+    return out, fit
 
 
 def _plots(fits: dict, out: Path) -> list[str]:
-    from fastscale.fit.plots import plot_frontier, plot_law
+    from fastscale.fit.plots import plot_frontier, plot_noise_scale, plot_scaling
 
+    shorter = {f"budget {tokens:.3g} tokens (not fitted)": points for tokens, points in fits["shorter"].items()}
     names = []
     for suffix in (".png", ".svg"):
-        plot_law(fits["L_of_N"], fits["N"], fits["loss"], out / f"L_of_N{suffix}", xlabel="N (non-embedding parameters)", ylabel="final eval loss (nats/token)")
+        plot_scaling(fits["L_of_N"], fits["N"], fits["loss"], out / f"L_of_N{suffix}", xlabel="N (non-embedding parameters)",
+                     ylabel="final loss (nats/token)", holdout=fits["holdout"], others=shorter, names={"x0": "N0"})
         names.append(f"L_of_N{suffix}")
         if fits["frontier"] is not None:
             curves = fits["curves"]
             plot_frontier(fits["frontier"], curves["run"], curves["flops"], curves["loss"], out / f"frontier{suffix}", n_params=curves["n_params"])
             names.append(f"frontier{suffix}")
         if fits["noise"]:
-            _plot_noise(fits["noise"], out / f"noise_scale{suffix}")
+            plot_noise_scale(fits["noise"], fits["n_params"], fits["tokens"], out / f"noise_scale{suffix}", fits["noise_fit"])
             names.append(f"noise_scale{suffix}")
         if fits["isoflop"]:
             iso = fits["isoflop"]
@@ -343,20 +469,6 @@ def _plots(fits: dict, out: Path) -> list[str]:
 def _study_plots(report: dict, out: Path) -> list[str]:
     section = report.get("study")
     return study(section["kind"]).plots(section, out) if section else []
-
-
-def _plot_noise(series: dict, path: Path) -> None:
-    from matplotlib.figure import Figure
-
-    from fastscale.fit.plots import save_figure
-
-    figure = Figure(figsize=(5.5, 4.2), layout="constrained")
-    ax = figure.subplots()
-    for name, s in series.items():
-        ax.plot(s[:, 0], s[:, 2], label=name, lw=1)
-    ax.set_yscale("log"), ax.set_xlabel("step"), ax.set_ylabel("gradient noise scale B_simple (tokens)")
-    ax.grid(True, which="both", alpha=0.3), ax.legend(fontsize=7)
-    save_figure(figure, path)
 
 
 def _interval(summary: dict, name: str) -> str:
@@ -466,6 +578,64 @@ def _repeated_markdown(section: dict) -> list[str]:
     return lines
 
 
+def _seeds_text(law: dict) -> str:
+    spread = law["seed_spread"]
+    if not spread:
+        return "one seed per size: the intervals are a parametric bootstrap (noise drawn around the fitted law)"
+    sizes = "; ".join(f"N = {s['N']:.3g}: {s['runs']} seeds, mean {s['mean']:.4f}, std {s['std']:.4f}" for s in spread)
+    return f"seeds: {sizes}; the bootstrap resamples sizes, each with all its seeds"
+
+
+def _l_inf_text(report: dict) -> str:
+    """What L_inf includes: the limit in N at these runs' tokens and data, not the data's entropy."""
+    law, unique = report["L_of_N"], report["repeated_data"]["unique_tokens"]
+    known = [e for e in law["epochs"] if e is not None]
+    epochs = f", {min(known):.2f} to {max(known):.2f} epochs of the {max(unique):,.0f} unique training tokens" if known and unique else ""
+    text = (f"What L_inf includes: it is the limit N -> infinity at these runs' training, D = {min(law['tokens']):,.0f} to {max(law['tokens']):,.0f} "
+            f"tokens{epochs}, stopped at a token budget rather than converged or early-stopped (as Kaplan et al.'s L(N)). So it holds the "
+            "data-limited loss of D tokens (Chinchilla's B/D^beta) besides the data's entropy, and a longer budget lowers it.")
+    nd = report["L_of_N_D"]
+    if nd and "params" in nd:
+        p, d = nd["params"], max(law["tokens"])
+        text += (f" L(N, D) below puts the limit of both at E = {p['E']:.4g} nats/token, and B/D^beta = {p['B'] / d ** p['beta']:.4g} at "
+                 f"D = {d:,.0f}.")
+    return text
+
+
+def _extrapolation_markdown(ext: dict) -> list[str]:
+    """The check on the total loss and, what the law is about, on the reducible loss."""
+    lines = ["", "## Extrapolation check", ""]
+    if "error" in ext:
+        return lines + [f"Not done: {ext['error']}"]
+    held = f"N = {ext['held_out_N'][0]:.3g}" + (f", {len(ext['held_out_N'])} seeds" if len(ext["held_out_N"]) > 1 else "")
+    lines += [f"L(N) fitted without the largest size ({held}; alpha without it: {_interval(ext['fit'], 'alpha')}, "
+              f"L_inf {_interval(ext['fit'], 'L_inf')}):", "",
+              "| | predicted [95%] | observed | relative error |", "|---|---|---|---|"]
+    for i in range(len(ext["held_out_N"])):
+        lines += [f"| total loss | {ext['predicted'][i]:.4f} [{ext['low'][i]:.4f}, {ext['high'][i]:.4f}] | {ext['observed'][i]:.4f} | "
+                  f"{ext['relative_error'][i]:+.2%} |",
+                  f"| reducible loss (observed: loss - L_inf of this fit) | {ext['reducible_predicted'][i]:.4f} | {ext['reducible_observed'][i]:.4f} | "
+                  f"{ext['reducible_relative_error'][i]:+.1%} |"]
+    return lines + ["", "The reducible loss is what the law predicts; a small error on the total loss, most of which is L_inf, can hide a "
+                    "large one on it."]
+
+
+def _chinchilla_markdown(section: dict | None) -> list[str]:
+    """L(N, D) and its compute-optimal exponents, when the grid has two budgets per size."""
+    if section is None:
+        return []
+    lines = ["", "## L(N, D): Chinchilla's law on every run", ""]
+    if "error" in section:
+        return lines + [f"Not fitted: {section['error']}"]
+    return lines + [
+        f"L(N, D) = E + A/N^alpha + B/D^beta (Hoffmann et al. 2022, approach 3: Huber loss on log L) on the final loss of all "
+        f"{section['runs']} runs (the {section['loss_kind']}), D the tokens each trained on:", "",
+        "- " + ", ".join(f"{name} = {_interval(section, name)}" for name in ("E", "A", "B", "alpha", "beta")),
+        f"- compute-optimal under C = 6ND: N_opt ~ C^a with a = beta/(alpha+beta) = {_interval(section, 'a')}, "
+        f"D_opt ~ C^b with b = alpha/(alpha+beta) = {_interval(section, 'b')} (Chinchilla: about 0.5 and 0.5)",
+        f"- flags: {'; '.join(section['flags']) or 'none'}"]
+
+
 def _forecast_markdown(rows: list[dict]) -> list[str]:
     """The forecast table, or why there is none."""
     if not rows:
@@ -481,7 +651,8 @@ def _forecast_markdown(rows: list[dict]) -> list[str]:
         per_image = f"{row['reducible_per_item']:.2f}" if row["reducible_per_item"] is not None else "-"
         lines.append(f"| {row['reducible']:.4f} | {per_image} | {row['loss']:.4f} | {row['N']['value']:.3g} [{row['N']['low']:.3g}, {row['N']['high']:.3g}] "
                      f"| {c_text} | {d_text} |")
-    return lines
+    caveats = [f"- reducible {row['reducible']:.4f}: " + "; ".join(row["caveats"]) for row in rows if row["caveats"]]
+    return lines + (["", "Caveats (extrapolations beyond what was measured):", *caveats] if caveats else [])
 
 
 def _markdown(report: dict) -> str:
@@ -491,30 +662,32 @@ def _markdown(report: dict) -> str:
              + (f"; per image = per token x {tpi}." if tpi else "."), "",
              *_compute_markdown(report["compute"]),
              *_skipped_markdown(report["skipped_lines"]),
-             "## L(N): final eval loss against non-embedding parameters", "",
-             _largest_budget_text(report), "", "![L(N)](L_of_N.png)", "",
-             "L(N) = L_inf + (N0/N)^alpha", "",
-             f"- alpha = {_interval(law, 'alpha')}", f"- L_inf (irreducible) = {_interval(law, 'L_inf')} nats/token"
+             "## L(N): final loss against non-embedding parameters", "",
+             _largest_budget_text(report), f" Final loss: the {law['loss_kind']}.", "", "![L(N)](L_of_N.png)", "",
+             "L(N) = L_inf + (N0/N)^alpha. Left: the loss; right: the reducible loss L - L_inf on log-log axes, where the law is a straight "
+             "line. The held-out point of the extrapolation check is marked; shorter token budgets are drawn hollow (not fitted).", "",
+             f"- alpha = {_interval(law, 'alpha')}", f"- L_inf = {_interval(law, 'L_inf')} nats/token"
              + (f" = {law['per_item']['L_inf']:.4g} nats/image" if tpi else ""),
-             f"- N0 = {_interval(law, 'x0')}", f"- converged: {law['converged']}; flags: {law['flags'] or 'none'}", "",
-             "| N | final eval loss | reducible (nats/token) | reducible (nats/image) |", "|---|---|---|---|"]
-    for n, loss, red in zip(law["N"], law["loss"], law["reducible"]):
-        lines.append(f"| {n:.3g} | {loss:.4f} | {red:.4f} | {red * tpi:.2f} |" if tpi else f"| {n:.3g} | {loss:.4f} | {red:.4f} | |")
-    ext = report["extrapolation"]
-    lines += ["", "## Extrapolation check", ""]
-    if "error" in ext:
-        lines.append(f"Not done: {ext['error']}")
-    else:
-        lines += [
-                  f"L(N) fitted without the largest model (N = {ext['held_out_N'][0]:.3g}) predicts {ext['predicted'][0]:.4f} "
-                  f"[{ext['low'][0]:.4f}, {ext['high'][0]:.4f}]; observed {ext['observed'][0]:.4f}; relative error {ext['relative_error'][0]:+.2%} "
-                  f"(alpha without it: {_interval(ext['fit'], 'alpha')})."]
+             f"- N0 = {_interval(law, 'x0')}", f"- converged: {law['converged']}; flags: {law['flags'] or 'none'}",
+             f"- {_seeds_text(law)}", "", _l_inf_text(report), "",
+             "| run | N | final loss | observed reducible L - L_inf | fitted reducible (N0/N)^alpha | fitted reducible (nats/image) |",
+             "|---|---|---|---|---|---|"]
+    for name, n, loss, observed, red in zip(law["runs"], law["N"], law["loss"], law["reducible_observed"], law["reducible"]):
+        lines.append(f"| {name} | {n:.3g} | {loss:.4f} | {observed:.4f} | {red:.4f} | {f'{red * tpi:.2f}' if tpi else '-'} |")
+    lines += _extrapolation_markdown(report["extrapolation"])
+    lines += _chinchilla_markdown(report["L_of_N_D"])
     lines += ["", "## L(C), the compute-efficient frontier and N_opt(C)", ""]
     frontier = report["frontier"]
     if "error" in frontier:
         lines.append(f"No frontier fit: {frontier['error']}")
     else:
-        lines += ["![frontier](frontier.png)", "", f"L(C) = L_inf + (C0/C)^alpha, C in FLOPs, on or below the lower envelope of the learning curves ({frontier['curves']} loss):", "",
+        lines += ["![frontier](frontier.png)", "",
+                  f"The frontier at C is the lowest loss any run reached with at most C (so it never rises), over the learning curves "
+                  f"({frontier['curves']} loss) without each run's first {frontier['drop_warmup']:.0%} of steps. A lower envelope of noisy curves "
+                  "sits below the noise-free one (it follows each curve's downward fluctuations): held-out curves keep that small."
+                  + (f" The same fit from the command line: `fastscale fit SWEEP_DIR/runs --law frontier --N n_params --C flops --loss eval_loss "
+                     f"--drop-warmup {frontier['drop_warmup']:g} --bootstrap {report['n_bootstrap']}`." if frontier["curves"] == "held-out" else ""), "",
+                  "L(C) = L_inf + (C0/C)^alpha, C in FLOPs, on or below the frontier:", "",
                   f"- alpha_C = {_interval(frontier['L_of_C'], 'alpha')}, L_inf = {_interval(frontier['L_of_C'], 'L_inf')}, C0 = {_interval(frontier['L_of_C'], 'x0')}",
                   f"- N_opt(C) = (C/C0)^a: a = {_interval(frontier['N_opt'], 'a')}, C0 = {_interval(frontier['N_opt'], 'C0')}",
                   f"- runs on the frontier ({len(frontier['frontier_runs'])}): {', '.join(frontier['frontier_runs'])}",
@@ -538,8 +711,10 @@ def _markdown(report: dict) -> str:
         lines.append("Not logged by these runs.")
     if report.get("study"):
         lines += [""] + study(report["study"]["kind"]).markdown(report["study"])
-    lines += ["", "## Runs", "", "C: FLOPs as the trainer counts them (see the top); 6ND without the attention term; budget: the run's compute budget.", "",
-              "| run | N | n_layer | d_model | n_head | tokens | epochs | C (FLOPs) | 6ND | C / 6ND | C / budget | final loss | final eval loss | tokens/s | MFU |",
+    lines += ["", "## Runs", "", "C: FLOPs as the trainer counts them (see the top); 6ND without the attention term; budget: the run's compute budget; "
+              f"train loss: the mean of the last {SMOOTH_FRACTION:.0%} of the logged steps' training losses; final eval loss: the held-out loss at "
+              "the last step.", "",
+              "| run | N | n_layer | d_model | n_head | tokens | epochs | C (FLOPs) | 6ND | C / 6ND | C / budget | train loss | final eval loss | tokens/s | MFU |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["runs"]:
         mfu = f"{r['mfu']:.3f}" if r["mfu"] is not None else "-"
@@ -548,7 +723,7 @@ def _markdown(report: dict) -> str:
         to_budget = f"{r['flops_over_budget']:.4f}" if r["flops_over_budget"] is not None else "-"
         epochs = f"{r['epochs']:.2f}" if r["epochs"] is not None else "-"
         lines.append(f"| {r['name']} | {r['n_params']:,} | {r['n_layer']} | {r['d_model']} | {r['n_head']} | {r['tokens']:,} | {epochs} | {r['flops']:.3g} | "
-                     f"{r['six_nd']:.3g} | {to_six_nd} | {to_budget} | {r['final_loss']:.4f} | {eval_loss} | {r['tokens_per_s']:.0f} | {mfu} |")
+                     f"{r['six_nd']:.3g} | {to_six_nd} | {to_budget} | {r['train_loss']:.4f} | {eval_loss} | {r['tokens_per_s']:.0f} | {mfu} |")
     return "\n".join(lines) + "\n"
 
 
