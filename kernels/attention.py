@@ -37,12 +37,13 @@ specialization, as FlashAttention-3 does).
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
+
+from fastscale.backends import interpreting
 
 DTYPES = (torch.bfloat16, torch.float16)
 MAX_HEAD_DIM = 256
@@ -184,10 +185,6 @@ INTERPRETER_CONFIG = KernelConfig(64, 32, 4, 1)
 DELTA_BLOCK = 64
 
 
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
 def width(head_dim: int) -> int:
     """The tile width (BLOCK_D) that serves head_dim."""
     return max(WIDTHS[0], triton.next_power_of_2(head_dim))
@@ -205,13 +202,15 @@ def config_for(kernel: str, head_dim: int, device: torch.device) -> KernelConfig
     return INTERPRETER_CONFIG if interpreting() else CONFIGS[arch(device)][kernel, width(head_dim)]
 
 
-def unsupported(dtype: torch.dtype, head_dim: int) -> str | None:
-    """Why the kernels cannot serve these inputs, or None."""
-    if dtype not in DTYPES:
+def unsupported(q: torch.Tensor) -> str | None:
+    """Why the kernels cannot serve q, or None (fastscale.backends has the contract)."""
+    if q.device.type != "cuda" and not interpreting():
+        return f"needs CUDA tensors (q is on {q.device}; set TRITON_INTERPRET=1 before import to interpret on CPU)"
+    if q.dtype not in DTYPES:
         # fp32 would run on CUDA cores, not tensor cores; torch's SDPA serves it (backend "auto" does).
-        return f"supports torch.bfloat16 and torch.float16 (got {dtype}; use backend='torch' for it)"
-    if head_dim > MAX_HEAD_DIM:
-        return f"supports head dims up to {MAX_HEAD_DIM} (got {head_dim})"
+        return f"supports torch.bfloat16 and torch.float16 (got {q.dtype}; use backend='torch' for it)"
+    if q.shape[-1] > MAX_HEAD_DIM:
+        return f"supports head dims up to {MAX_HEAD_DIM} (got {q.shape[-1]})"
     return None
 
 

@@ -63,15 +63,13 @@ tiles). Operands load with cp.async (LDGSTS), not TMA. All operand index arithme
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
-from fastscale.ops._checks import FLOAT_DTYPES
-from fastscale.ops.cross_entropy_torch import LossOptions, token_grad_scale
+from fastscale.backends import FLOAT_DTYPES, LossOptions, interpreting, token_grad_scale
 
 # At most this many bytes of logits per band of tokens in `gradients`.
 BAND_BYTES = 2**30
@@ -135,10 +133,6 @@ INTERPRETER_CONFIGS = {
     "d_hidden": TileConfig(128, 128, 1024, 4, 4, 1),
     "d_weight": TileConfig(1024, 128, 128, 4, 4, 1),
 }
-
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def config_arch(device: torch.device) -> int:
@@ -356,11 +350,13 @@ def _matmul_kernel(
     tl.store(c_ptrs, acc * tl.load(scale_ptr), mask=mask)
 
 
-def check_supported(hidden: torch.Tensor) -> None:
+def unsupported(hidden: torch.Tensor) -> str | None:
+    """Why the kernels cannot serve hidden, or None (fastscale.backends has the contract)."""
     if hidden.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"backend 'triton': hidden dtype {hidden.dtype} is not supported; expected one of {[str(d) for d in FLOAT_DTYPES]}")
+        return f"supports {', '.join(str(d) for d in FLOAT_DTYPES)} (got hidden dtype {hidden.dtype})"
     if not hidden.is_cuda and not interpreting():
-        raise ValueError(f"backend 'triton': tensors are on {hidden.device}; it needs CUDA tensors (or TRITON_INTERPRET=1 to interpret on the CPU)")
+        return f"needs CUDA tensors (hidden is on {hidden.device}; set TRITON_INTERPRET=1 before import to interpret on CPU)"
+    return None
 
 
 def _dot_precision(dtype: torch.dtype) -> str:

@@ -47,7 +47,7 @@ class Recorder:
 
 
 def _exercise_cross_entropy(module) -> None:
-    from fastscale.ops.cross_entropy_torch import LossOptions
+    from fastscale.backends import LossOptions
 
     n, vocab, d = 37, 101, 48
     targets = torch.randint(0, vocab, (n,))

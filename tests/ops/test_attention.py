@@ -181,13 +181,14 @@ def test_flash_attn_backend_passes_flash_attn_conventions(monkeypatch, causal, w
     import sys
     import types
 
-    op = sys.modules["fastscale.ops.attention"]  # the module; fastscale.ops.attention is the function
+    from fastscale.ops import attention_flash
+
     calls = []
     fake = types.ModuleType("flash_attn")
     fake.flash_attn_func = lambda q, k, v, **kw: calls.append(("dense", kw)) or q
     fake.flash_attn_varlen_func = lambda q, k, v, *args, **kw: calls.append(("varlen", args, kw)) or q
     monkeypatch.setitem(sys.modules, "flash_attn", fake)
-    monkeypatch.setitem(op._UNSUPPORTED, "flash_attn", lambda q: None)
+    monkeypatch.setattr(attention_flash, "unsupported", lambda q: None)
     expected = dict(softmax_scale=0.25, causal=causal, window_size=window_size, deterministic=True)
 
     attention(*_inputs(), causal=causal, window=window, backend="flash_attn")

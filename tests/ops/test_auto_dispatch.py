@@ -12,6 +12,7 @@ from fastscale.ops import _auto
 # fastscale.ops.attention is also the name of the op the package exports: take the modules by name.
 attention_op = importlib.import_module("fastscale.ops.attention")
 cross_entropy_op = importlib.import_module("fastscale.ops.cross_entropy")
+_dispatch = importlib.import_module("fastscale.ops._dispatch")
 
 
 @pytest.fixture
@@ -23,14 +24,16 @@ def test_cross_entropy_asks_the_estimate_with_the_callers_shape(hopper, monkeypa
     asked = []
     monkeypatch.setattr(_auto, "fastest_cross_entropy_backend", lambda *args: asked.append(args) or "triton")
     hidden = torch.randn(3, 5, 16, dtype=torch.bfloat16)
-    assert cross_entropy_op._fastest_on_cuda(hidden, 1000) == "triton"
+    assert cross_entropy_op._fastest_on_cuda(hidden, 1000, ("triton", "cuda")) == "triton"
     assert asked == [(15, 1000, 16, torch.bfloat16, (9, 0))]
 
 
 def test_cross_entropy_falls_back_to_triton_when_cuda_cannot_run(hopper, monkeypatch):
     monkeypatch.setattr(_auto, "fastest_cross_entropy_backend", lambda *args: "cuda")
+    hidden = torch.randn(4, 16, dtype=torch.bfloat16)
     # CPU tensors: the cuda backend refuses them, as it refuses a machine without fastscale._C.
-    assert cross_entropy_op._fastest_on_cuda(torch.randn(4, 16, dtype=torch.bfloat16), 1000) == "triton"
+    assert "needs CUDA tensors" in _dispatch.unsupported(cross_entropy_op._BACKENDS, "cuda", hidden)
+    assert cross_entropy_op._fastest_on_cuda(hidden, 1000, ("triton",)) == "triton"
 
 
 def test_cross_entropy_estimate_prefers_the_band_kernels_at_the_target_shape():

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import torch
 
-FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-
 
 def check_choice(name: str, value, allowed) -> None:
     if value not in allowed:

@@ -1,26 +1,52 @@
 """fastscale.ops.attention: scaled dot-product attention for training, causal or not, on batched or
-packed (cu_seqlens) sequences, with grouped-query heads and a sliding window. Validation, the
-autograd Function and backend dispatch live here; the math lives in the backends:
+packed (cu_seqlens) sequences, with grouped-query heads and a sliding window. Validation, backend
+dispatch live here; the math lives in the backends, each a module with `unsupported(q)` (see
+fastscale.backends) and attention(q, k, v, *, causal, cu_seqlens, max_seqlen, window, scale):
 
-- "torch":      ops/attention_torch.py, SDPA or a per-document loop (the CPU path and the reference)
-- "triton":     kernels/attention.py, FlashAttention-2-style forward and deterministic backward
-- "flash_attn": the flash-attn package, when it is installed and supports the inputs
+- "torch":      ops/attention_torch.py, SDPA or a per-document loop (the CPU path and the reference;
+                torch differentiates it and torch.compile traces it)
+- "triton":     ops/attention_triton.py, the custom ops "fastscale::attention_triton" (with its autograd
+                formula) and "fastscale::attention_triton_backward" around kernels/attention.py's
+                FlashAttention-2-style forward and deterministic backward
+- "flash_attn": ops/attention_flash.py, the flash-attn package (its own custom ops), when it is
+                installed and supports the inputs
 """
 
 from __future__ import annotations
 
-import importlib
-import logging
-import os
+import functools
 
 import torch
+from torch import Tensor
 
-from . import attention_torch
-from ._checks import FLOAT_DTYPES, check_choice, check_number, check_same, check_tensor
+from fastscale.backends import FLOAT_DTYPES
 
-log = logging.getLogger(__name__)
+from . import _dispatch
+from ._checks import check_choice, check_number, check_same, check_tensor
 
-BACKENDS = ("auto", "triton", "flash_attn", "torch")
+
+
+def _torch_backend():
+    from . import attention_torch
+
+    return attention_torch
+
+
+def _triton_backend():
+    from . import attention_triton
+
+    return attention_triton
+
+
+def _flash_attn_backend():
+    from . import attention_flash
+
+    return attention_flash
+
+
+# "torch" first: _dispatch.choose runs it off CUDA.
+_BACKENDS = {"torch": _torch_backend, "triton": _triton_backend, "flash_attn": _flash_attn_backend}
+BACKENDS = ("auto", *_BACKENDS)
 
 
 def attention(q, k, v, *, causal=True, cu_seqlens=None, max_seqlen=None, window=None, scale=None, backend="auto"):
@@ -31,10 +57,15 @@ def attention(q, k, v, *, causal=True, cu_seqlens=None, max_seqlen=None, window=
     torch backend) and device; Hq is a multiple of Hkv (GQA/MQA: query head h reads key/value head
     h // (Hq // Hkv)). With cu_seqlens (int32 [n_docs + 1], 0 first, non-decreasing, total_tokens
     last) q/k/v are packed [total_tokens, H, D] and no token attends across a document boundary;
-    max_seqlen (at least the longest document) is computed from cu_seqlens when not given. cu_seqlens
-    is validated on every call that reads it on the host: always on CPU; on CUDA unless max_seqlen
-    is given and the backend is triton, whose kernels stay inside the tensors whatever the offsets
-    (see _reads_offsets: pass max_seqlen to keep the step free of device synchronizations).
+    max_seqlen is at least the longest document's length: the launch grid and the backend choice need
+    it on the host. Pass it (a data pipeline knows it on the CPU: data/packing.py) and the call reads
+    nothing from the device; without it the op computes it from cu_seqlens, a device synchronization
+    on CUDA, and under torch.compile it is required. cu_seqlens's values are validated (an error
+    names the first bad offset) on every call that reads them on the host: always on CPU outside
+    torch.compile; on CUDA unless max_seqlen is given and the backend is triton, whose kernels stay
+    inside the tensors whatever the offsets (see _reads_offsets). Under torch.compile they are not
+    read; the torch backend's packed path reads them to split the documents, so it breaks the graph
+    there (pass backend="triton" or batched input for fullgraph=True).
     causal: query i sees keys j <= i. window=W: query i sees key j only if i - W < j (and j < i + W
     when not causal), so at most W keys on its left, itself included (flash-attn's
     window_size=(W-1, 0) when causal, (W-1, W-1) when not). scale defaults to 1/sqrt(D).
@@ -46,23 +77,22 @@ def attention(q, k, v, *, causal=True, cu_seqlens=None, max_seqlen=None, window=
     check_choice("backend", backend, BACKENDS)
     _check_tensors(q, k, v, packed=cu_seqlens is not None)
     _check_options(causal, window, scale)
+    validated = False
     if cu_seqlens is not None:
         _check_cu_seqlens_form(cu_seqlens, max_seqlen, q)
+        if max_seqlen is None:
+            max_seqlen = _longest_document(cu_seqlens, q.shape[0])
+            validated = True
     elif max_seqlen is not None:
         raise ValueError(f"max_seqlen={max_seqlen!r}: only meaningful with cu_seqlens (packed input); pass None")
-    validated = cu_seqlens is not None and max_seqlen is None
-    if validated:  # the backend choice and the launch grid need the longest document
-        max_seqlen = _check_cu_seqlens(cu_seqlens, q.shape[0], None)
     if scale is None:
         scale = q.shape[-1] ** -0.5
-    backend = _choose_backend(backend, q, k, v, causal, cu_seqlens, max_seqlen)
-    if cu_seqlens is not None and not validated and _reads_offsets(cu_seqlens, backend):
+    name = _dispatch.choose("attention", backend, _BACKENDS, q,
+                            functools.partial(_fastest_on_cuda, q, k, v, causal, cu_seqlens, max_seqlen))
+    if cu_seqlens is not None and not validated and _reads_offsets(cu_seqlens, name):
         _check_cu_seqlens(cu_seqlens, q.shape[0], max_seqlen)
-    if backend == "torch":
-        return attention_torch.attention(q, k, v, causal=causal, cu_seqlens=cu_seqlens, window=window, scale=scale)
-    if backend == "flash_attn":
-        return _flash_attn(q, k, v, causal, cu_seqlens, max_seqlen, window, scale)
-    return _triton(q, k, v, causal, cu_seqlens, max_seqlen, window, scale)
+    return _BACKENDS[name]().attention(
+        q, k, v, causal=causal, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, window=window, scale=scale)
 
 
 # ---------------------------------------------------------------------------------------------- checks
@@ -115,6 +145,14 @@ def _check_cu_seqlens_form(cu_seqlens, max_seqlen, q) -> None:
         raise ValueError(f"max_seqlen={max_seqlen}: expected None or an int >= 1 (the longest document's length)")
 
 
+def _longest_document(cu_seqlens: Tensor, total: int) -> int:
+    """max_seqlen of offsets the caller did not give it for: validated and read on the host."""
+    if torch.compiler.is_compiling():
+        raise ValueError("max_seqlen=None with cu_seqlens under torch.compile: the longest document's length must "
+                         "be known on the host; pass max_seqlen (data/packing.py computes it with the offsets)")
+    return _check_cu_seqlens(cu_seqlens, total, None)
+
+
 def _reads_offsets(cu_seqlens, backend: str) -> bool:
     """Whether a call given max_seqlen validates cu_seqlens anyway (one without it always does).
 
@@ -122,12 +160,14 @@ def _reads_offsets(cu_seqlens, backend: str) -> bool:
     that they have not changed since (a numpy array shared through torch.from_numpy, a `.data` write
     or another view changes them behind the tensor's version counter) short of reading them again.
     Reading costs nothing on CPU. On CUDA it is a device synchronization, paid only where the call
-    needs the offsets on the host anyway: max_seqlen not given (the launch grid needs the longest
-    document), the torch backend (it splits q, k, v by document) and flash-attn (its kernels trust
-    their offsets). The triton backend on CUDA with max_seqlen given launches without reading them:
-    its kernels clamp every document into the packed tokens, so offsets validation would have
+    needs the offsets on the host anyway: the torch backend (it splits q, k, v by document) and
+    flash-attn (its kernels trust their offsets). The triton backend on CUDA launches without reading
+    them: its kernels clamp every document into the packed tokens, so offsets validation would have
     refused give wrong values for that batch, never an access outside the tensors. A model that
-    passes the max_seqlen its data pipeline computed on the CPU (data/packing.py) runs sync-free."""
+    passes the max_seqlen its data pipeline computed on the CPU (data/packing.py) runs sync-free.
+    Under torch.compile nothing is read: a traced graph cannot raise on values."""
+    if torch.compiler.is_compiling():
+        return False
     return cu_seqlens.device.type == "cpu" or backend != "triton"
 
 
@@ -159,55 +199,6 @@ def _check_cu_seqlens(cu_seqlens, total: int, max_seqlen: int | None) -> int:
 # ---------------------------------------------------------------------------------------------- backends
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def _triton_unsupported(q) -> str | None:
-    if q.device.type != "cuda" and not _interpreting():
-        return f"needs CUDA tensors (q is on {q.device}; set TRITON_INTERPRET=1 before import to interpret on CPU)"
-    from fastscale.kernels import attention as kernels
-
-    return kernels.unsupported(q.dtype, q.shape[-1])
-
-
-def _flash_attn_unsupported(q) -> str | None:
-    try:
-        importlib.import_module("flash_attn")
-    except ImportError:
-        return "the flash-attn package is not installed (pip install 'fastscale[flash]' on a CUDA machine)"
-    if q.device.type != "cuda":
-        return f"needs CUDA tensors (q is on {q.device})"
-    if q.dtype not in (torch.float16, torch.bfloat16):
-        return f"supports float16 and bfloat16 only (got {q.dtype})"
-    if q.shape[-1] > 256 or q.shape[-1] % 8:
-        return f"supports head dims that are multiples of 8 up to 256 (got {q.shape[-1]})"
-    return None
-
-
-_UNSUPPORTED = {"triton": _triton_unsupported, "flash_attn": _flash_attn_unsupported}
-
-
-def _choose_backend(backend: str, q, k, v, causal, cu_seqlens, max_seqlen) -> str:
-    if backend == "torch":
-        return backend
-    if backend != "auto":
-        reason = _UNSUPPORTED[backend](q)
-        if reason:
-            raise NotImplementedError(f"backend={backend!r} cannot serve these inputs: it {reason}")
-        return backend
-    if q.device.type != "cuda":
-        return "torch"
-    available = []
-    for candidate in ("triton", "flash_attn"):
-        reason = _UNSUPPORTED[candidate](q)
-        if reason is None:
-            available.append(candidate)
-        else:
-            log.debug("attention: backend %s skipped: it %s", candidate, reason)
-    return _fastest_on_cuda(q, k, v, causal, cu_seqlens, max_seqlen, tuple(available))
-
-
 def _fastest_on_cuda(q, k, v, causal, cu_seqlens, max_seqlen, available) -> str:
     """The available backend with the best estimate from the compiled code for this shape
     (ops/_auto.py), until a GPU measurement replaces it."""
@@ -218,46 +209,3 @@ def _fastest_on_cuda(q, k, v, causal, cu_seqlens, max_seqlen, available) -> str:
     backward = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
     return _auto.fastest_attention_backend(batch_tokens, seqlen, q.shape[-2], q.shape[-1], q.dtype, causal,
                                            torch.cuda.get_device_capability(q.device), available, backward=backward)
-
-
-def _flash_attn(q, k, v, causal, cu_seqlens, max_seqlen, window, scale):
-    import flash_attn
-
-    left = -1 if window is None else window - 1
-    window_size = (left, 0 if causal and window is not None else left)
-    common = dict(softmax_scale=scale, causal=causal, window_size=window_size, deterministic=True)
-    if cu_seqlens is None:
-        return flash_attn.flash_attn_func(q, k, v, **common)
-    return flash_attn.flash_attn_varlen_func(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, **common)
-
-
-class _TritonAttention(torch.autograd.Function):
-    """Saves q, k, v, the output and the per-row logsumexp; backward recomputes the probabilities."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, cu_seqlens, max_seqlen, causal, window, scale):
-        from fastscale.kernels import attention as kernels
-
-        out, lse = kernels.forward(q, k, v, cu_seqlens, max_seqlen, causal=causal, window=window, scale=scale)
-        ctx.save_for_backward(q, k, v, out, lse, cu_seqlens)
-        ctx.options = dict(max_seqlen=max_seqlen, causal=causal, window=window, scale=scale)
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):
-        from fastscale.kernels import attention as kernels
-
-        q, k, v, out, lse, cu_seqlens = ctx.saved_tensors
-        dq, dk, dv = kernels.backward(grad_out, q, k, v, out, lse, cu_seqlens, **ctx.options)
-        return dq, dk, dv, None, None, None, None, None
-
-
-def _triton(q, k, v, causal, cu_seqlens, max_seqlen, window, scale):
-    if cu_seqlens is not None:
-        return _TritonAttention.apply(q, k, v, cu_seqlens, max_seqlen, causal, window, scale)
-    # A batch is a pack of equal documents; reshape is a view for contiguous or fused-qkv layouts.
-    batch, tokens = q.shape[:2]
-    packed = [x.reshape(batch * tokens, *x.shape[2:]) for x in (q, k, v)]
-    out = _TritonAttention.apply(*packed, None, tokens, causal, window, scale)
-    return out.view(batch, tokens, *out.shape[1:])

@@ -47,7 +47,14 @@ def attention_packed(q, k, v, cu_seqlens: torch.Tensor, *, causal: bool, window:
     return torch.cat(pieces)
 
 
-def attention(q, k, v, *, causal: bool, cu_seqlens, window: int | None, scale: float | None) -> torch.Tensor:
+def unsupported(q: torch.Tensor) -> str | None:
+    """The reference serves every dtype the op accepts, on every device."""
+    return None
+
+
+def attention(q, k, v, *, causal: bool, cu_seqlens, max_seqlen: int | None, window: int | None,
+              scale: float | None) -> torch.Tensor:
+    """The backend contract (ops/attention.py); max_seqlen goes unused: the loop reads each length."""
     if cu_seqlens is None:
         return attention_dense(q, k, v, causal=causal, window=window, scale=scale)
     return attention_packed(q, k, v, cu_seqlens, causal=causal, window=window, scale=scale)

@@ -19,8 +19,9 @@ import math
 
 import torch
 
-from ._checks import FLOAT_DTYPES
-from .cross_entropy_torch import LossOptions, chunk_rows, normalize_token_grad
+from fastscale.backends import FLOAT_DTYPES, LossOptions, normalize_token_grad
+
+from .cross_entropy_torch import chunk_rows
 
 try:
     from fastscale import _C
@@ -35,16 +36,14 @@ MIN_SPLIT_COLUMNS = 2048
 BLOCKS_PER_SM = 4
 
 
-def check_supported(hidden: torch.Tensor) -> None:
+def unsupported(hidden: torch.Tensor) -> str | None:
     if hidden.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"backend 'cuda': hidden dtype {hidden.dtype} is not supported; expected one of {[str(d) for d in FLOAT_DTYPES]}")
+        return f"supports {', '.join(str(d) for d in FLOAT_DTYPES)} (got hidden dtype {hidden.dtype})"
     if not hidden.is_cuda:
-        raise ValueError(f"backend 'cuda': tensors are on {hidden.device}; it needs CUDA tensors")
+        return f"needs CUDA tensors (hidden is on {hidden.device})"
     if _C is None:
-        raise RuntimeError(
-            f"backend 'cuda': fastscale._C is not built ({_IMPORT_ERROR}); "
-            "install with nvcc on PATH or FASTSCALE_BUILD_CUDA=1"
-        )
+        return f"needs fastscale._C, which is not built ({_IMPORT_ERROR}); install with nvcc on PATH or FASTSCALE_BUILD_CUDA=1"
+    return None
 
 
 def forward(hidden, weight, bias, targets, opts: LossOptions):

@@ -19,9 +19,9 @@ float16 (whose smallest subnormal is 6e-8) before any loss scale could lift it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
+
+from fastscale.backends import LossOptions, normalize_token_grad
 
 # One [chunk, V] float32 logits buffer. On a 2-core CPU at V=128k, d=1024, 32 MB chunks (64 rows)
 # ran 1.3x slower than eager PyTorch (small-M matmuls re-read the weight per chunk); 128 MB ran
@@ -29,12 +29,9 @@ import torch
 CHUNK_BYTES = 128 * 2**20
 
 
-@dataclass(frozen=True)
-class LossOptions:
-    ignore_index: int = -100
-    label_smoothing: float = 0.0
-    z_loss: float = 0.0
-    softcap: float | None = None
+def unsupported(hidden: torch.Tensor) -> str | None:
+    """The reference serves every dtype the op accepts, on every device."""
+    return None
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -129,15 +126,3 @@ def gradients(hidden, weight, bias, targets, token_grad, opts: LossOptions):
         if grad is not None:
             grad.mul_(scale)
     return d_hidden, d_weight, d_bias, loss, lse_out
-
-
-def token_grad_scale(token_grad: torch.Tensor) -> torch.Tensor:
-    """s = max|token_grad| as a 0-dim tensor (no host sync), 1 where all are 0."""
-    scale = token_grad.abs().amax() if token_grad.numel() else token_grad.new_ones(())
-    return torch.where(scale > 0, scale, 1.0)
-
-
-def normalize_token_grad(token_grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(token_grad / s, s) with s = token_grad_scale(token_grad)."""
-    scale = token_grad_scale(token_grad)
-    return token_grad / scale, scale
