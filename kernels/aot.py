@@ -464,7 +464,9 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
     args = parser.parse_args(argv)
     args.arch = args.arch or list(ARCHS)
-    if args.labels and os.environ.get("TRITON_INTERPRET") == "1":
+    from fastscale.backends import interpreting
+
+    if args.labels and interpreting():
         parser.error("--labels needs TRITON_INTERPRET unset: kernel modules cannot build specs from interpreted kernels")
     if args.labels:
         json.dump([[m, a, s.label] for m in args.modules for a in args.arch for s in _shipped(m, a)], sys.stdout)

@@ -202,15 +202,13 @@ def config_for(kernel: str, head_dim: int, device: torch.device) -> KernelConfig
     return INTERPRETER_CONFIG if interpreting() else CONFIGS[arch(device)][kernel, width(head_dim)]
 
 
-def unsupported(q: torch.Tensor) -> str | None:
-    """Why the kernels cannot serve q, or None (fastscale.backends has the contract)."""
-    if q.device.type != "cuda" and not interpreting():
-        return f"needs CUDA tensors (q is on {q.device}; set TRITON_INTERPRET=1 before import to interpret on CPU)"
-    if q.dtype not in DTYPES:
+def unsupported(dtype: torch.dtype, head_dim: int) -> str | None:
+    """Why the kernels cannot serve inputs of this dtype and head dim, or None."""
+    if dtype not in DTYPES:
         # fp32 would run on CUDA cores, not tensor cores; torch's SDPA serves it (backend "auto" does).
-        return f"supports torch.bfloat16 and torch.float16 (got {q.dtype}; use backend='torch' for it)"
-    if q.shape[-1] > MAX_HEAD_DIM:
-        return f"supports head dims up to {MAX_HEAD_DIM} (got {q.shape[-1]})"
+        return f"supports torch.bfloat16 and torch.float16 (got {dtype}; use backend='torch' for it)"
+    if head_dim > MAX_HEAD_DIM:
+        return f"supports head dims up to {MAX_HEAD_DIM} (got {head_dim})"
     return None
 
 

@@ -12,11 +12,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from fastscale.backends import interpreting
+
 
 def unsupported(q: Tensor) -> str | None:
+    if q.device.type != "cuda" and not interpreting():
+        return f"needs CUDA tensors (q is on {q.device}; set TRITON_INTERPRET=1 before import to interpret on CPU)"
     from fastscale.kernels import attention as kernels
 
-    return kernels.unsupported(q)
+    return kernels.unsupported(q.dtype, q.shape[-1])
 
 
 @torch.library.custom_op("fastscale::attention_triton", mutates_args=())
