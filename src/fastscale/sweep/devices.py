@@ -243,7 +243,9 @@ def _reason(placements: dict, inventory: Inventory) -> str:
         need = max(placements[n].device_bytes for n in names)
         runs = f"{len(names)} run(s) {names[0]}{' .. ' + names[-1] if len(names) > 1 else ''}"
         if inventory.kind == "cpu":
-            clauses.append(f"{runs}: {per_device} at a time, each needs <= {_size(need)} of host memory by the planner "
+            least = min(placements[n].device_bytes for n in names)
+            each = _size(need) if least == need else f"{_size(least)} to {_size(need)}"
+            clauses.append(f"{runs}: {per_device} at a time, each needs {each} of host memory by the planner "
                            f"(incl. {_size(PROCESS_HOST_BYTES)} per process); capped by {limit}")
         elif gpus > 1:
             clauses.append(f"{runs}: on {gpus} GPUs each with {choice.describe()}, <= {_size(need)} per GPU by the planner; {limit}")
