@@ -4,7 +4,10 @@ Attention goes through fastscale.nn.Attention (fastscale.ops.attention underneat
 fastscale.nn.LinearCrossEntropyLoss (fastscale.ops.linear_cross_entropy), so training never materializes the [tokens, vocab] logits. Rows may
 be packed documents: pass cu_seqlens (boundaries in the flattened batch) and positions (index of each
 token inside its document); no token then attends across a boundary. Nothing here knows about
-DeepSpeed, ZeRO or activation checkpointing: train/ applies them.
+DeepSpeed, ZeRO or activation checkpointing: train/ applies them. torch.compile(GPT(config),
+fullgraph=True) traces it whole (both ops are torch.library custom ops; tests/model/test_compile.py);
+packed rows then need max_seqlen, and attention_backend="triton" (the torch backend splits documents
+on the host).
 """
 
 from __future__ import annotations
