@@ -113,11 +113,14 @@ def test_noise_scale_and_run_table(sweep):
     for i in range(6):
         series = report["noise_scale"]["per_run"][f"run{i}"]
         assert series["step"] == [float(s) for s in range(10, 101, 10)]
+        clean = sweep[3][i]  # each step's loss as generated (the killed attempt's +1.0 retrained away)
+        smoothed = [clean[max(0, s - 10) : s].mean() for s in range(10, 101, 10)]  # trailing mean over 10% of 100 steps
+        np.testing.assert_allclose(series["loss"], smoothed, rtol=1e-12)
+        np.testing.assert_allclose(series["noise_scale"], [300.0 / clean[s - 1] ** 2 for s in range(10, 101, 10)], rtol=1e-12)
         losses += series["loss"][5:]
         scales += series["noise_scale"][5:]
-    np.testing.assert_allclose(scales, 300.0 / np.array(losses) ** 2)
     expected = fit_critical_batch_vs_loss(np.array(losses), np.array(scales), n_bootstrap=BOOT, seed=0)
-    assert report["noise_scale"]["B_crit_of_L"]["params"]["alpha_B"] == pytest.approx(0.5, rel=1e-6)  # B = 300 / L^2
+    assert report["noise_scale"]["B_crit_of_L"]["params"]["alpha_B"] == pytest.approx(0.5, abs=0.05)  # B = 300 / L^2, L smoothed
     assert report["noise_scale"]["B_crit_of_L"]["params"] == pytest.approx(expected.params, rel=1e-9)
     assert [r["n_params"] for r in report["runs"]] == [int(n) for n in N]
     assert [r["tokens_per_s"] for r in report["runs"]] == [1000.0 + i for i in range(6)]

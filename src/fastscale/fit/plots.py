@@ -84,13 +84,15 @@ def save_figure(figure, path) -> Path:
 
 def _finished(figure):
     for ax in figure.axes:
-        _readable_log_ticks(ax)
+        if getattr(ax, "_colorbar", None) is None:  # a colour bar keeps the ticks it was given (size_colorbar)
+            _readable_log_ticks(ax)
     return figure
 
 
 def _readable_log_ticks(ax) -> None:
-    """No minor tick labels, and log axes spanning under ~1.5 decades get major labels at chosen mantissas:
-    matplotlib's default labels minor ticks there (2, 3, 4, 6 x 10^k), which collide on a narrow panel.
+    """No minor tick labels, and log axes spanning under two decades get major labels at chosen mantissas:
+    matplotlib's default labels minor ticks there (2, 3, 4, 6 x 10^k), which collide on a narrow panel,
+    or (from ~1.5 decades) only the one or two powers of ten inside, too few to read a value off.
     Under half a decade, mantissas leave one or two labels, so the ticks are linear ones (AutoLocator)."""
     from matplotlib.ticker import AutoLocator, FuncFormatter, LogLocator, NullFormatter
 
@@ -99,7 +101,7 @@ def _readable_log_ticks(ax) -> None:
             continue
         low, high = sorted(axis.get_view_interval())
         axis.set_minor_formatter(NullFormatter())
-        if high / low >= 30:
+        if high / low >= 100:
             continue
         if high / low < 3:
             axis.set_major_locator(AutoLocator())
@@ -428,11 +430,16 @@ def figure_scaling(fit, x, y, *, xlabel: str, ylabel: str = LOSS_LABEL, holdout=
     _draw_law(ax, fit, x, "fit")
     ax.axhline(l_inf, color="0.4", ls=":", lw=1, label=f"L_inf = {_number(l_inf)}")
     grid = np.geomspace(x.min() / 3, x.max() * 3, GRID_POINTS)
-    reducible.plot(grid, fit.reducible(grid), color=FIT_COLOR, zorder=4, label=f"fit: ({(names or {}).get('x0', 'x0')}/x)^alpha")
+    line = fit.reducible(grid)
+    reducible.plot(grid, line, color=FIT_COLOR, zorder=4, label=f"fit: ({(names or {}).get('x0', 'x0')}/x)^alpha")
+    # the band's lower edge reaches L_inf (0 on this axis) where the draws' asymptotes lie above the fit's:
+    # the axis stops at half the smallest reducible loss drawn, not at the band's edge
+    floor = 0.5 * min(line.min(), *(y - l_inf)[y > l_inf])
     if len(fit.samples):
         low, high = fit.predict_interval(grid)  # the band of L, less the fitted L_inf: the uncertainty of the curve drawn on the left
-        reducible.fill_between(grid, np.maximum(low - l_inf, 1e-300), np.maximum(high - l_inf, 1e-300), color=FIT_COLOR, alpha=BAND_ALPHA,
+        reducible.fill_between(grid, np.maximum(low - l_inf, floor), np.maximum(high - l_inf, floor), color=FIT_COLOR, alpha=BAND_ALPHA,
                                label=BAND_LABEL.format(level=fit.level) + " of L, less L_inf")
+    reducible.set_ylim(bottom=floor)
     if holdout is not None:
         _draw_predictions(ax, x[holdout.held_out], holdout, holdout.fit.level)
     below = int(np.sum(y <= l_inf))

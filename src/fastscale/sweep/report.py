@@ -170,10 +170,15 @@ def _smoothed_train_curve(metrics: list[dict]):
 
 
 def noise_scales(runs: list[dict]) -> dict:
-    """Per run: (step, smoothed train loss, gradient noise scale) where the trainer measured it."""
+    """Per run: (step, smoothed train loss, gradient noise scale) where the trainer measured it. The loss
+    is the training curve's trailing mean (as for the frontier, over SMOOTH_FRACTION of the steps): the
+    noise scale is an EMA over many steps, and one step's batch loss beside it scattered B_crit(L)'s
+    points by nats along L."""
     out = {}
     for r in runs:
-        points = [(m["step"], m["loss"], m["noise_scale"]) for m in r["metrics"] if m.get("noise_scale") is not None and m.get("loss") is not None]
+        steps, _, smoothed = _smoothed_train_curve(r["metrics"])
+        at = {step: loss for step, loss in zip(steps, smoothed)}
+        points = [(m["step"], at[m["step"]], m["noise_scale"]) for m in r["metrics"] if m.get("noise_scale") is not None and m["step"] in at]
         if points:
             out[r["name"]] = np.array(points, dtype=np.float64)
     return out
