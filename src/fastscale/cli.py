@@ -87,6 +87,12 @@ def run_report(args: argparse.Namespace) -> int:
     return run_report_command(args)
 
 
+def run_sample(args: argparse.Namespace) -> int:
+    from fastscale.sample import run
+
+    return run(args)
+
+
 def run_doctor(args: argparse.Namespace) -> int:
     from fastscale import doctor
 
@@ -137,6 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="write the scaling-law report of a sweep", description="Fit L(N), L(C), the frontier, N_opt(C), forecasts and the extrapolation check; write report.md, report.json and plots.")
     add_report_arguments(report)
     report.set_defaults(handler=run_report)
+
+    from fastscale.sample import add_arguments as add_sample_arguments  # numpy only until it runs
+
+    sample = commands.add_parser("sample", help="draw samples from a trained run, decoded with its tokenizer",
+                                 description="Sample from a run's newest checkpoint: images as a PNG grid, text as text.")
+    add_sample_arguments(sample)
+    sample.set_defaults(handler=run_sample)
 
     doctor = commands.add_parser(
         "doctor", help="check versions, devices, and each backend's numerics and speed here",

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 
 from fastscale.io import write_json
 
-from .plan import GiB, deepspeed_config, parse_bytes, plan
+from .plan import GiB, deepspeed_config, no_fit_reason, parse_bytes, plan
 
 
 def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,15 +31,16 @@ def run_plan(args: argparse.Namespace) -> int:
 
     try:
         config = preset(args.params, vocab_size=args.vocab_size, seq_len=args.seq_len)
-        memory = parse_bytes(args.memory)
-        host = parse_bytes(args.host_memory) if args.host_memory else None
+        memory = parse_bytes(args.memory, "--memory")
+        host = parse_bytes(args.host_memory, "--host-memory") if args.host_memory else None
+        disk = shutil.disk_usage(args.nvme_path).free if args.nvme_path and os.path.isdir(args.nvme_path) else None
         for name in ("gpus", "nodes", "micro_batch"):
             if getattr(args, name) < (0 if name == "gpus" else 1):
                 raise ValueError(f"--{name.replace('_', '-')}={getattr(args, name)}; expected a positive integer")
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    rows = plan(config, memory=memory, host=host, gpus=args.gpus, nodes=args.nodes, micro_batch=args.micro_batch, bf16=not args.fp32, allow_nvme=bool(args.nvme_path))
+    rows = plan(config, memory=memory, host=host, disk=disk, gpus=args.gpus, nodes=args.nodes, micro_batch=args.micro_batch, bf16=not args.fp32, allow_nvme=bool(args.nvme_path))
     print(f"GPT preset for N={args.params:.3g}: n_layer={config.n_layer} d_model={config.d_model} n_head={config.n_head}; "
           f"{config.n_params_total:,} parameters in all ({config.n_params:,} non-embedding)")
     print(f"{'choice':<62} {'device GiB':>10} {'host GiB':>9} {'disk GiB':>9}  fits")
@@ -46,7 +48,7 @@ def run_plan(args: argparse.Namespace) -> int:
         print(f"{row['choice'].describe():<62} {row['device'] / GiB:>10.1f} {row['host'] / GiB:>9.1f} {row['nvme'] / GiB:>9.1f}  {'yes' if row['fits'] else 'no'}")
     pick = next((row for row in rows if row["fits"]), None)
     if pick is None:
-        print("nothing fits" + ("" if args.nvme_path else "; pass --nvme-path to consider offloading to disk"))
+        print(f"nothing fits: {no_fit_reason(rows)}" + ("" if args.nvme_path else " (pass --nvme-path DIR to consider it)"))
         return 1
     print(f"pick: {pick['choice'].describe()} (the fastest choice that fits)")
     if args.out:
