@@ -169,3 +169,10 @@ def test_a_clip_decodes_to_its_frames():
     clip = np.random.default_rng(2).integers(0, 256, (2, 2, 2, 3), dtype=np.uint8)
     assert sample.new_tokens(tokenizer, 64, 1, None) == 24
     np.testing.assert_array_equal(sample.decode(tokenizer, tokenizer.encode(clip)[None], 1)[0], clip)
+
+
+def test_fastscale_sample_is_a_command(image_run, capsys):
+    from fastscale.cli import main
+
+    assert main(["sample", str(image_run), "--n", "0"]) == 2
+    assert "--n=0; expected a positive integer" in capsys.readouterr().err

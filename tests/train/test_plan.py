@@ -81,3 +81,15 @@ def test_no_fit_reason_refuses_rows_of_which_one_fits():
     rows = plan(GPTConfig(vocab_size=257, seq_len=64, n_layer=1, d_model=32, n_head=2), memory=parse_bytes("80GiB"), host=parse_bytes("64GiB"))
     with pytest.raises(ValueError, match="a choice fits"):
         no_fit_reason(rows)
+
+
+def test_fastscale_plan_names_the_limit_and_refuses_a_bare_number(capsys):
+    from fastscale.cli import main
+
+    assert main(["plan", "--params", "1.3e9", "--memory", "24GiB", "--gpus", "1", "--host-memory", "24GiB"]) == 1
+    out = capsys.readouterr().out
+    assert "nothing fits: host memory is the limit: the closest choice, ZeRO-2 + optimizer->cpu" in out and "pass --nvme-path DIR" in out
+    assert main(["plan", "--params", "1.3e9", "--memory", "24", "--gpus", "1"]) == 2
+    assert "--memory='24' has no unit" in capsys.readouterr().err
+    assert main(["plan", "--params", "1e6", "--memory", "24GiB", "--host-memory", "64"]) == 2
+    assert "--host-memory='64' has no unit" in capsys.readouterr().err
