@@ -220,7 +220,7 @@ def test_frontier_learning_curves_coloured_by_their_size(frontier):
     figure = plots.figure_frontier(fit, run, compute, loss, n_params=n, holdout=check)
     ax = figure.axes[0]
     (colorbar,) = colorbars(figure)
-    assert "N parameters" in colorbar.ax.get_ylabel()
+    assert "N (parameters)" in colorbar.ax.get_ylabel()
     norm, cmap = colorbar.norm, colorbar.cmap
     assert norm.vmin == pytest.approx(n.min()) and norm.vmax == pytest.approx(n.max())
     curves = {line.get_gid(): line for line in ax.lines if line.get_gid()}
