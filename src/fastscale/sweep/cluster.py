@@ -90,8 +90,9 @@ def _alive_nodes() -> list[dict]:
 
 def cluster_inventory() -> Inventory:
     """The cluster as one Inventory for the placement: all its CPUs (one run per CPU on CPU), the smallest
-    node's memory, its GPUs as one pool (GPU memory read on a GPU node). Ray then places each run on
-    one node where its request fits."""
+    node's memory (a run the placement fits in it fits on every node: Ray would hold a task that fits
+    no node pending for ever), its GPUs as one pool (GPU memory read on a GPU node). Ray then places
+    each run on a node where its request fits."""
     import ray
 
     nodes = _alive_nodes()
@@ -275,7 +276,7 @@ class RayRun:
     LOST = -1
 
     def __init__(self, refs: list, group=None):
-        self.refs, self.group, self.returncode = refs, group, None
+        self.refs, self.group, self.returncode, self.terminating = refs, group, None, False
         self.codes: dict[int, int] = {}
 
     def poll(self) -> int | None:
@@ -319,11 +320,14 @@ class RayRun:
         """Ask the tasks to stop their processes (KeyboardInterrupt in each task); wait() insists."""
         if self.returncode is None:
             self._cancel(force=False)
+            self.terminating = True
 
     def wait(self) -> int:
+        """The exit code once every task has ended; after terminate(), tasks still running STOP_WAIT_S
+        later are killed."""
         import ray
 
-        if self.returncode is None and len(ray.wait(self.refs, num_returns=len(self.refs), timeout=STOP_WAIT_S)[0]) < len(self.refs):
+        if self.terminating and len(ray.wait(self.refs, num_returns=len(self.refs), timeout=STOP_WAIT_S)[0]) < len(self.refs):
             self._cancel(force=True)  # their workers are killed; each trainer gets SIGTERM (PR_SET_PDEATHSIG)
         while self.poll() is None:
             ray.wait(self.refs, num_returns=len(self.refs))
