@@ -595,8 +595,8 @@ def _l_inf_text(report: dict) -> str:
     """What L_inf includes: the limit in N at these runs' tokens and data, not the data's entropy."""
     law, unique = report["L_of_N"], report["repeated_data"]["unique_tokens"]
     known = [e for e in law["epochs"] if e is not None]
-    epochs = f", {min(known):.2f} to {max(known):.2f} epochs of the {max(unique):,.0f} unique training tokens" if known and unique else ""
-    text = (f"What L_inf includes: it is the limit N -> infinity at these runs' training, D = {min(law['tokens']):,.0f} to {max(law['tokens']):,.0f} "
+    epochs = f", {_range(known, '.2f')} epochs of the {max(unique):,.0f} unique training tokens" if known and unique else ""
+    text = (f"What L_inf includes: it is the limit N -> infinity at these runs' training, D = {_range(law['tokens'], ',.0f')} "
             f"tokens{epochs}, stopped at a token budget rather than converged or early-stopped (as Kaplan et al.'s L(N)). So it holds the "
             "data-limited loss of D tokens (Chinchilla's B/D^beta) besides the data's entropy, and a longer budget lowers it.")
     nd = report["L_of_N_D"]
@@ -605,6 +605,11 @@ def _l_inf_text(report: dict) -> str:
         text += (f" L(N, D) below puts the limit of both at E = {p['E']:.4g} nats/token, and B/D^beta = {p['B'] / d ** p['beta']:.4g} at "
                  f"D = {d:,.0f}.")
     return text
+
+
+def _range(values, spec: str) -> str:
+    low, high = format(min(values), spec), format(max(values), spec)
+    return low if low == high else f"{low} to {high}"
 
 
 def _extrapolation_markdown(ext: dict) -> list[str]:
@@ -668,7 +673,7 @@ def _markdown(report: dict) -> str:
              *_compute_markdown(report["compute"]),
              *_skipped_markdown(report["skipped_lines"]),
              "## L(N): final loss against non-embedding parameters", "",
-             _largest_budget_text(report), f" Final loss: the {law['loss_kind']}.", "", "![L(N)](L_of_N.png)", "",
+             _largest_budget_text(report) + f" Final loss: the {law['loss_kind']}.", "", "![L(N)](L_of_N.png)", "",
              "L(N) = L_inf + (N0/N)^alpha. Left: the loss; right: the reducible loss L - L_inf on log-log axes, where the law is a straight "
              "line. The held-out point of the extrapolation check is marked; shorter token budgets are drawn hollow (not fitted).", "",
              f"- alpha = {_interval(law, 'alpha')}", f"- L_inf = {_interval(law, 'L_inf')} nats/token"
