@@ -15,8 +15,8 @@ measured on a GPU), beside published FlashAttention-2/3 and Triton numbers.
 from __future__ import annotations
 
 import argparse
-import logging
 import random
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -24,8 +24,6 @@ import torch.nn.functional as F
 from fastscale.benchmarks import harness
 from fastscale.kernels import roofline
 from fastscale.ops import _auto, attention
-
-log = logging.getLogger(__name__)
 
 GOAL = ("H100 bf16, head dim 128, T 8k: forward >= 450 TFLOP/s, forward+backward >= 330 TFLOP/s; "
         "packed documents within 10% of the same tokens unpacked")
@@ -139,31 +137,35 @@ def estimates(head_dim: int) -> list:
     return out
 
 
-def flash_attn_available() -> bool:
+def flash_attn_missing(device) -> str | None:
+    """Why flash-attn is not measured here, or None when it is."""
+    if device.type != "cuda":
+        return "needs a CUDA GPU"
     try:
         import flash_attn  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    except ImportError as error:
+        return f"cannot import it: {error} (pip install flash-attn)"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------- sections
 
 
 def row(m: harness.Measurement, work: float, baseline: harness.Measurement | None, gpu: bool) -> list[str]:
+    """Times as min / median / max over the repeats; the ratio and the throughput from the medians."""
     if m.error:
-        return [m.name, "-", "-", "-", "-", m.error]
-    ms = m.median_s * 1e3
+        return [m.name, "-", "-", "-", "-", "-", "-", m.error]
+    times = [f"{t * 1e3:.2f}" for t in (m.min_s, m.median_s, m.max_s)]
     ratio = f"{baseline.median_s / m.median_s:.2f}x" if baseline and not baseline.error else "-"
     if not gpu:
-        return [m.name, f"{ms:.2f}", ratio, f"{m.peak_bytes / 2**20:.0f}", f"{work / m.median_s / 1e9:.1f} GFLOP/s", ""]
+        return [m.name, *times, ratio, f"{m.peak_bytes / 2**20:.0f}", f"{work / m.median_s / 1e9:.1f} GFLOP/s", ""]
     peak = harness.device_peak()
     tflops = work / m.median_s / 1e12
     share = f"{tflops / peak[0]:.0%} of peak" if peak else "peak unknown"
-    return [m.name, f"{ms:.2f}", ratio, f"{m.peak_bytes / 2**20:.0f}", f"{tflops:.0f} TFLOP/s ({share})", ""]
+    return [m.name, *times, ratio, f"{m.peak_bytes / 2**20:.0f}", f"{tflops:.0f} TFLOP/s ({share})", ""]
 
 
-HEADER = ["method", "median ms", "speed vs baseline", "peak MiB", "throughput", "note"]
+HEADER = ["method", "min ms", "median ms", "max ms", "speed vs baseline", "peak MiB", "throughput", "note"]
 
 
 def measure_all(cases, inputs_for, passes, work, device, repeats):
@@ -176,6 +178,14 @@ def measure_all(cases, inputs_for, passes, work, device, repeats):
     return results, rows
 
 
+def print_section(title: str, rows, skipped: list[harness.Skipped]) -> None:
+    print("\n".join([f"\n{title}", harness.format_table(HEADER, rows), *harness.skipped_lines(skipped)]))
+
+
+def section_record(results, skipped: list[harness.Skipped], **fields) -> dict:
+    return dict(**fields, rows=[harness.as_record(m) for m in results], skipped=[vars(s) for s in skipped])
+
+
 def packed_section(args, device, dtype, rng) -> dict:
     """A packed batch of uneven documents: fastscale against masks in SDPA and FlexAttention."""
     lengths = document_lengths(args.tokens, args.shortest, args.longest, rng)
@@ -185,23 +195,28 @@ def packed_section(args, device, dtype, rng) -> dict:
     backend = "triton" if device.type == "cuda" else "torch"
     ours = lambda q, k, v: attention(q, k, v, causal=args.causal, cu_seqlens=cu, max_seqlen=max(lengths), backend=backend)
     flex, flex_build_s = flex_document(lengths, args.causal, device)
-    sections = {}
+    sections, failed = {}, []
+    no_flash = flash_attn_missing(device)
     for passes in args.passes:
         cases = [("SDPA, dense [N, N] document mask", sdpa_dense_mask(mask)), (f"fastscale attention ({backend}, cu_seqlens)", ours)]
-        if device.type == "cuda" and flash_attn_available():
+        skipped = [harness.Skipped("flash-attn varlen", no_flash)] if no_flash else []
+        if not no_flash:
             cases.append(("flash-attn varlen", lambda q, k, v: attention(q, k, v, causal=args.causal, cu_seqlens=cu, max_seqlen=max(lengths), backend="flash_attn")))
-        if passes == "fwd" or device.type == "cuda":  # FlexAttention has no backward on CPU
+        if passes == "fwd" or device.type == "cuda":
             cases.append(("FlexAttention (compiled), document block mask", flex))
+        else:
+            skipped.append(harness.Skipped("FlexAttention (compiled), document block mask", "FlexAttention has no backward on CPU"))
         work = flops(lengths, heads, d, causal=args.causal, passes=passes)
         inputs_for = lambda: leaves((args.tokens, heads, d), (args.tokens, heads_kv, d), dtype, device, passes != "fwd")
         results, rows = measure_all(cases, inputs_for, passes, work, device, args.repeats)
         title = (f"packed, {passes}: {len(lengths)} documents of {min(lengths)}..{max(lengths)} tokens, {args.tokens} tokens, "
                  f"Hq={heads} Hkv={heads_kv} D={d}, {str(dtype)[6:]}, causal={args.causal}")
-        print(f"\n{title}\n{harness.format_table(HEADER, rows)}")
-        sections[f"packed {passes}"] = dict(title=title, lengths=lengths, flops=work, rows=[_record(m) for m in results])
+        print_section(title, rows, skipped)
+        sections[f"packed {passes}"] = section_record(results, skipped, title=title, lengths=lengths, flops=work)
+        failed += harness.failures(results)
     print(f"FlexAttention block mask built in {flex_build_s * 1e3:.1f} ms (not in the times above)")
     sections["flex_block_mask_build_s"] = flex_build_s
-    return sections
+    return sections, failed
 
 
 def packing_overhead_section(args, device, dtype) -> dict:
@@ -213,20 +228,23 @@ def packing_overhead_section(args, device, dtype) -> dict:
     unpacked = lambda q, k, v: attention(q.view(batch, length, heads, d), k.view(batch, length, heads_kv, d),
                                          v.view(batch, length, heads_kv, d), causal=args.causal, backend=backend)
     packed = lambda q, k, v: attention(q, k, v, causal=args.causal, cu_seqlens=cu, max_seqlen=length, backend=backend)
-    sections = {}
+    sections, failed = {}, []
     for passes in args.passes:
         work = flops([length] * batch, heads, d, causal=args.causal, passes=passes)
         inputs_for = lambda: leaves((batch * length, heads, d), (batch * length, heads_kv, d), dtype, device, passes != "fwd")
         results, rows = measure_all([("unpacked [B, T]", unpacked), ("packed, cu_seqlens", packed)], inputs_for, passes, work, device, args.repeats)
         title = f"packing overhead, {passes}: B={batch} x T={length} ({backend}), Hq={heads} Hkv={heads_kv} D={d}, {str(dtype)[6:]}"
-        print(f"\n{title}\n{harness.format_table(HEADER, rows)}")
-        sections[f"packing {passes}"] = dict(title=title, flops=work, rows=[_record(m) for m in results])
-    return sections
+        print_section(title, rows, [])
+        sections[f"packing {passes}"] = section_record(results, [], title=title, flops=work)
+        failed += harness.failures(results)
+    return sections, failed
 
 
 def gpu_sweep_section(args, device) -> dict:
     """flash-attn's benchmark grid: 16k tokens per batch, model width 2048, bf16."""
-    sections = {}
+    sections, failed = {}, []
+    no_flash = flash_attn_missing(device)
+    skipped = [harness.Skipped("flash-attn", no_flash)] if no_flash else []
     for d in (64, 128):
         heads = 2048 // d
         for causal in (False, True):
@@ -235,64 +253,85 @@ def gpu_sweep_section(args, device) -> dict:
                 shape = (batch, t, heads, d)
                 cases = [("SDPA", lambda q, k, v: sdpa_bthd(q, k, v, causal)),
                          ("fastscale triton", lambda q, k, v: attention(q, k, v, causal=causal, backend="triton"))]
-                if flash_attn_available():
+                if not no_flash:
                     cases.append(("flash-attn", lambda q, k, v: attention(q, k, v, causal=causal, backend="flash_attn")))
                 for passes in args.passes:
                     work = flops([t] * batch, heads, d, causal=causal, passes=passes)
                     inputs_for = lambda: leaves(shape, shape, torch.bfloat16, device, passes != "fwd")
                     results, rows = measure_all(cases, inputs_for, passes, work, device, args.repeats)
                     title = f"{passes}: B={batch} T={t} H={heads} D={d} bf16 causal={causal}"
-                    print(f"\n{title}\n{harness.format_table(HEADER, rows)}")
-                    sections[title] = dict(flops=work, rows=[_record(m) for m in results])
-    return sections
-
-
-def _record(m: harness.Measurement) -> dict:
-    return dict(name=m.name, median_s=m.median_s, times_s=m.times_s, peak_bytes=m.peak_bytes, error=m.error)
+                    print_section(title, rows, skipped)
+                    sections[title] = section_record(results, skipped, flops=work)
+                    failed += harness.failures(results)
+    return sections, failed
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fastscale bench attention", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda" if harness.has_gpu() else "cpu")
+    from fastscale.cli import HelpFormatter
+
+    p = argparse.ArgumentParser(prog="fastscale bench attention", description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--device", default="cuda" if harness.has_gpu() else "cpu", help="torch device")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None, help="default: bfloat16 on GPU, float32 on CPU")
     p.add_argument("--tokens", type=int, default=None, help="tokens per packed batch (default 16384 GPU, 4096 CPU)")
     p.add_argument("--shortest", type=int, default=32, help="shortest document of the packed batch")
     p.add_argument("--longest", type=int, default=None, help="longest document (default 4096 GPU, 1024 CPU)")
     p.add_argument("--unpacked-length", type=int, default=None, help="T of the packed-vs-unpacked comparison (default 2048 GPU, 512 CPU)")
-    p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--heads-kv", type=int, default=8)
-    p.add_argument("--head-dim", type=int, default=64)
-    p.add_argument("--non-causal", dest="causal", action="store_false")
-    p.add_argument("--passes", nargs="+", choices=list(PASSES), default=["fwd", "fwd+bwd"])
-    p.add_argument("--repeats", type=int, default=None, help="timed runs per case (default 20 GPU, 5 CPU)")
+    p.add_argument("--heads", type=int, default=8, help="query heads")
+    p.add_argument("--heads-kv", type=int, default=None, help="key/value heads, dividing --heads (default: --heads, no grouping)")
+    p.add_argument("--head-dim", type=int, default=64, help="head dimension D")
+    p.add_argument("--non-causal", dest="causal", action="store_false", help="attend to the whole document, not only the past")
+    p.add_argument("--passes", nargs="+", choices=list(PASSES), default=["fwd", "fwd+bwd"], help="forward alone and/or forward+backward")
+    p.add_argument("--repeats", type=int, default=None, help="timed runs per case; min, median and max reported (default 20 GPU, 5 CPU)")
     p.add_argument("--no-sweep", action="store_true", help="GPU: skip the head dim x T x causal sweep")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the document lengths and the inputs")
     p.add_argument("--json", default="bench_attention.json", help="where to write the results")
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    device = torch.device(args.device)
-    gpu = device.type == "cuda"
-    dtype = getattr(torch, args.dtype or ("bfloat16" if gpu else "float32"))
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The options with their device-dependent defaults filled in, checked together."""
+    p = build_parser()
+    args = p.parse_args(argv)
+    gpu = torch.device(args.device).type == "cuda"
     args.tokens = args.tokens or (16384 if gpu else 4096)
     args.longest = args.longest or (4096 if gpu else 1024)
     args.unpacked_length = args.unpacked_length or (2048 if gpu else 512)
     args.repeats = args.repeats or (20 if gpu else 5)
+    args.heads_kv = args.heads_kv or args.heads
+    for name in ("tokens", "shortest", "longest", "unpacked_length", "heads", "heads_kv", "head_dim", "repeats"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} {getattr(args, name)}: expected a positive integer")
+    if args.heads % args.heads_kv:
+        p.error(f"--heads {args.heads} --heads-kv {args.heads_kv}: --heads-kv must divide --heads (grouped-query attention)")
+    if args.shortest > args.longest:
+        p.error(f"--shortest {args.shortest} --longest {args.longest}: the shortest document is longer than the longest")
+    if args.tokens % args.unpacked_length:
+        p.error(f"--tokens {args.tokens} --unpacked-length {args.unpacked_length}: --unpacked-length must divide --tokens")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    gpu = device.type == "cuda"
+    dtype = getattr(torch, args.dtype or ("bfloat16" if gpu else "float32"))
     env = harness.environment()
     print(harness.describe_environment(env))
     if not gpu:
         print(harness.no_gpu_notice(GOAL))
     torch.manual_seed(args.seed)
     results = dict(environment=env, gpu=gpu, goal=GOAL, args=vars(args))
-    results.update(packed_section(args, device, dtype, random.Random(args.seed)))
-    results.update(packing_overhead_section(args, device, dtype))
+    packed, failed = packed_section(args, device, dtype, random.Random(args.seed))
+    overhead, overhead_failed = packing_overhead_section(args, device, dtype)
+    results.update(**packed, **overhead)
+    failed += overhead_failed
     if gpu and not args.no_sweep:
-        results["sweep"] = gpu_sweep_section(args, device)
+        results["sweep"], sweep_failed = gpu_sweep_section(args, device)
+        failed += sweep_failed
     harness.write_json(args.json, results)
     print(f"\nresults written to {args.json}")
     if not gpu:
         print(harness.no_gpu_notice(GOAL))
         print(harness.estimate_section(estimates(args.head_dim), roofline.ATTENTION_ANCHORS))
-    return 0
+    print("\n".join(failed), file=sys.stderr)
+    return 1 if failed else 0

@@ -35,35 +35,53 @@ def eager(h, w, t):
     return F.cross_entropy(F.linear(h, w).float(), t)
 
 
+CHUNKED = "F.linear_cross_entropy (chunked)"
+GPU_METHODS = ("fastscale triton", "fastscale cuda", "liger-kernel", "cut-cross-entropy")
+
+
+def _has_chunked() -> bool:
+    return hasattr(F, "linear_cross_entropy") and hasattr(torch.nn, "LinearCrossEntropyOptions")
+
+
 def baselines(device: torch.device) -> dict:
-    """name -> loss function (hidden, weight, targets) -> scalar loss, for what this machine has."""
+    """name -> loss function (hidden, weight, targets) -> scalar loss, for what this machine has
+    (skipped() says what is left out and why)."""
     methods = {"eager (full logits)": eager, "torch.compile": torch.compile(eager)}
-    if hasattr(F, "linear_cross_entropy") and hasattr(torch.nn, "LinearCrossEntropyOptions"):
+    if _has_chunked():
         options = torch.nn.LinearCrossEntropyOptions()
-        methods["F.linear_cross_entropy (chunked)"] = lambda h, w, t: F.linear_cross_entropy(h, w, t, options=options)
+        methods[CHUNKED] = lambda h, w, t: F.linear_cross_entropy(h, w, t, options=options)
     methods["fastscale torch"] = lambda h, w, t: linear_cross_entropy(h, w, t, backend="torch")
     if device.type == "cuda":
         methods["fastscale triton"] = lambda h, w, t: linear_cross_entropy(h, w, t, backend="triton")
         methods["fastscale cuda"] = lambda h, w, t: linear_cross_entropy(h, w, t, backend="cuda")
-        methods.update(_installed_gpu_baselines())
+        methods.update(_installed_gpu_baselines()[0])
     return methods
 
 
-def _installed_gpu_baselines() -> dict:
-    methods = {}
+def skipped(device: torch.device) -> list[harness.Skipped]:
+    """The methods baselines(device) leaves out, each with the reason."""
+    out = [] if _has_chunked() else [harness.Skipped(CHUNKED, f"not in torch {torch.__version__}")]
+    if device.type != "cuda":
+        return out + [harness.Skipped(name, "needs a CUDA GPU") for name in GPU_METHODS]
+    return out + _installed_gpu_baselines()[1]
+
+
+def _installed_gpu_baselines() -> tuple[dict, list[harness.Skipped]]:
+    """(the Liger-Kernel and Cut Cross-Entropy methods that import, the others with their import error)."""
+    methods, missing = {}, []
     try:
         from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
 
         methods["liger-kernel"] = lambda h, w, t: liger_fused_linear_cross_entropy(h, w, t)
-    except ImportError:
-        pass
+    except ImportError as error:
+        missing.append(harness.Skipped("liger-kernel", f"cannot import it: {error} (pip install liger-kernel)"))
     try:
         from cut_cross_entropy import linear_cross_entropy as cce
 
         methods["cut-cross-entropy"] = lambda h, w, t: cce(h, w, t)
-    except ImportError:
-        pass
-    return methods
+    except ImportError as error:
+        missing.append(harness.Skipped("cut-cross-entropy", f"cannot import it: {error} (pip install cut-cross-entropy)"))
+    return methods, missing
 
 
 def estimates(tokens: int, vocab: int, d: int) -> list:
@@ -88,15 +106,21 @@ def make_step(loss_fn, hidden, weight, targets):
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="fastscale bench cross-entropy", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokens", type=int, default=4096)
-    parser.add_argument("--d", type=int, default=1024)
-    parser.add_argument("--vocab", type=int, default=131072)
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per method (median reported)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    from fastscale.cli import HelpFormatter
+
+    parser = argparse.ArgumentParser(prog="fastscale bench cross-entropy", description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--tokens", type=int, default=4096, help="rows of the hidden states (tokens of a batch)")
+    parser.add_argument("--d", type=int, default=1024, help="hidden size (columns of hidden and weight)")
+    parser.add_argument("--vocab", type=int, default=131072, help="vocabulary size V (rows of the weight)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="dtype of hidden and weight")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per method (min, median and max reported)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     parser.add_argument("--out", default="bench-results/cross_entropy.json", help="JSON results file")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for name in ("tokens", "d", "vocab", "repeats"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} {getattr(args, name)}: expected a positive integer")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     env = harness.environment()
     print(harness.describe_environment(env))
-    print(f"problem: tokens {args.tokens}, d {args.d}, V {args.vocab}, {args.dtype}, forward + backward, median of {args.repeats}")
+    print(f"problem: tokens {args.tokens}, d {args.d}, V {args.vocab}, {args.dtype}, forward + backward, {args.repeats} timed runs each")
     hidden = torch.randn(args.tokens, args.d, device=device, dtype=dtype, requires_grad=True)
     weight = (torch.randn(args.vocab, args.d, device=device) / args.d**0.5).to(dtype).requires_grad_()
     targets = torch.randint(0, args.vocab, (args.tokens,), device=device)
@@ -114,23 +138,30 @@ def main(argv: list[str] | None = None) -> int:
     for name, loss_fn in baselines(device).items():
         print(f"  running {name} ...", file=sys.stderr, flush=True)
         results.append(harness.measure(name, make_step(loss_fn, hidden, weight, targets), device, repeats=args.repeats))
+    left_out = skipped(device)
 
     print(render(results, grad_bytes, flops(args.tokens, args.d, args.vocab), device))
+    print("\n".join(harness.skipped_lines(left_out)))
     if device.type != "cuda":
         print(harness.no_gpu_notice(GPU_GOAL))
         print(harness.estimate_section(estimates(args.tokens, args.vocab, args.d), roofline.CROSS_ENTROPY_ANCHORS))
     harness.write_json(args.out, {
         "benchmark": "cross_entropy", "environment": env, "problem": vars(args), "flops": flops(args.tokens, args.d, args.vocab),
         "gradient_bytes": grad_bytes, "results": [harness.as_record(r) for r in results],
+        "skipped": [vars(s) for s in left_out],
     })
     print(f"wrote {args.out}")
-    return 0
+    failed = harness.failures(results)
+    print("\n".join(failed), file=sys.stderr)
+    return 1 if failed else 0
 
 
 def render(results, grad_bytes: int, n_flops: float, device: torch.device) -> str:
+    """Times as min / median / max over the repeats (ratios from the medians); memory beyond the inputs,
+    and beyond the inputs and gradients."""
     base = results[0]
     peak = harness.device_peak()
-    header = ["method", "time s", "x eager", "peak extra MB", "beyond grads MB", "x eager"]
+    header = ["method", "min s", "median s", "max s", "x eager", "peak extra MB", "beyond grads MB", "x eager"]
     if device.type == "cuda":
         header += ["TFLOP/s", "% of peak" if peak else "% of peak (unknown device)"]
     rows = []
@@ -140,7 +171,7 @@ def render(results, grad_bytes: int, n_flops: float, device: torch.device) -> st
             continue
         beyond = r.peak_bytes - grad_bytes
         row = [
-            r.name, f"{r.median_s:.3f}", f"{r.median_s / base.median_s:.2f}", f"{r.peak_bytes / 2**20:.0f}",
+            r.name, f"{r.min_s:.3f}", f"{r.median_s:.3f}", f"{r.max_s:.3f}", f"{r.median_s / base.median_s:.2f}", f"{r.peak_bytes / 2**20:.0f}",
             f"{beyond / 2**20:.0f}", f"{beyond / (base.peak_bytes - grad_bytes):.3f}",
         ]
         if device.type == "cuda":

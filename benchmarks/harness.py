@@ -180,9 +180,36 @@ class Measurement:
     def median_s(self) -> float:
         return statistics.median(self.times_s) if self.times_s else float("nan")
 
+    @property
+    def min_s(self) -> float:
+        return min(self.times_s, default=float("nan"))
+
+    @property
+    def max_s(self) -> float:
+        return max(self.times_s, default=float("nan"))
+
 
 def as_record(m: Measurement) -> dict:
-    return {"name": m.name, "median_s": m.median_s, "times_s": m.times_s, "peak_bytes": m.peak_bytes, "error": m.error}
+    """A measurement in a results file: the spread over its repeats (min, median, max) beside every time."""
+    return {"name": m.name, "min_s": m.min_s, "median_s": m.median_s, "max_s": m.max_s, "times_s": m.times_s, "peak_bytes": m.peak_bytes,
+            "error": m.error}
+
+
+@dataclass
+class Skipped:
+    """A baseline not run here, and why (not installed, needs a GPU, not in this torch)."""
+
+    name: str
+    reason: str
+
+
+def skipped_lines(skipped: list[Skipped]) -> list[str]:
+    return [f"skipped: {s.name} ({s.reason})" for s in skipped]
+
+
+def failures(measurements: list[Measurement]) -> list[str]:
+    """One line per case that failed; a benchmark with any exits non-zero."""
+    return [f"FAILED: {m.name}: {m.error}" for m in measurements if m.error]
 
 
 def _timed(fn: Callable[[], object], device: torch.device) -> float:

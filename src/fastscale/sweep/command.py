@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import shlex
 import sys
 import time
+from pathlib import Path
 
 from .devices import DEFAULT_JOBS
+from .index import TRAINED
 from .spec import PRESETS
 
 
@@ -37,9 +40,109 @@ def _add_report_options(p: argparse.ArgumentParser) -> None:
                    help="reducible losses (nats/token) to forecast N and C for (default: 1/2, 1/4 and 1/10 of the largest model's)")
 
 
-def run_sweep_command(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+class SweepProgress:
+    """The progress bars of `fastscale sweep`, fed by run_sweep's callbacks. Line 0 is the sweep:
+    tokens trained of all its runs' budgets, so its ETA is the tokens left at this invocation's rate
+    (runs differ in size by orders of magnitude: a count of runs says little about the time left), and
+    the runs done in its postfix. Below it one line per running run, a finished run's line reused by
+    the next. What earlier invocations trained (runs done, the steps a resumed run starts from) is
+    counted at the start, as tqdm's `initial`, so rates count only this invocation's work. Every step
+    poll redraws the bars at most once a REFRESH_S, so the elapsed times run on between events."""
 
+    REFRESH_S = 1.0
+
+    def __init__(self, runs, name: str, *, bar=None, clock=time.monotonic) -> None:
+        from tqdm import tqdm
+
+        self.bar, self.clock, self.name = bar or tqdm, clock, name
+        self.budget = {run.name: float(run.tokens) for run in runs}
+        self.trained = dict.fromkeys(self.budget, 0.0)  # tokens per run, as far as seen
+        self.done: set[str] = set()
+        self.failed: set[str] = set()
+        self.lines: dict[str, int] = {}  # running run -> its line
+        self.bars: dict[str, object] = {}  # running run -> its bar, from its first step (or its evaluation) on
+        self.sweep = None
+        self.drawn = -float("inf")
+
+    def start(self, reason: str, states: dict[str, str]) -> None:
+        """on_layout: the placement line, then the sweep's bar; states: each known run's state (results.json)."""
+        self.bar.write(f"placement: {reason}")
+        for name, state in states.items():
+            if name in self.budget and state in TRAINED:
+                self.trained[name] = self.budget[name]
+                if state == "done":
+                    self.done.add(name)
+        self.sweep = self.bar(total=sum(self.budget.values()), initial=sum(self.trained.values()), unit="tok", unit_scale=True, smoothing=0,
+                              desc=f"sweep {self.name}", position=0, dynamic_ncols=True)
+        self._postfix()
+
+    def update(self, name: str, state: str) -> None:
+        """on_update: a run's process started (running, evaluating) or ended (trained, done, failed)."""
+        if state in ("running", "evaluating"):
+            self.lines[name] = next(line for line in itertools.count(1) if line not in self.lines.values())
+            self.failed.discard(name)
+            if state == "running" and self.trained[name]:  # trained before, now again (--retrain): its steps are counted as it goes
+                self._count_trained(name, 0.0, as_initial=True)
+                self.done.discard(name)
+            if state == "evaluating":
+                self.bars[name] = self.bar(desc=f"{name}: evaluating its study", bar_format="{desc} [{elapsed}]", position=self.lines[name], leave=False)
+        else:
+            self.lines.pop(name, None)
+            bar = self.bars.pop(name, None)
+            if bar is not None:
+                bar.close()
+            if state in TRAINED:
+                self._count_trained(name, self.budget[name])
+            {"done": self.done, "failed": self.failed}.get(state, set()).add(name)
+        self._postfix()
+        self._redraw(force=True)
+
+    def step(self, name: str, step: int, steps: int) -> None:
+        """on_step: a training run's newest logged step."""
+        bar = self.bars.get(name)
+        tokens = self.budget[name] * step / steps
+        if bar is None:  # its first poll: steps trained before (a resumed run) count as done, not as this invocation's rate
+            self.bars[name] = self.bar(total=steps, initial=step, unit="step", desc=name, position=self.lines[name], leave=False, dynamic_ncols=True)
+            self._count_trained(name, tokens, as_initial=True)
+        elif step != bar.n:  # tqdm redraws on any update, even of 0 steps: the timer below does that
+            bar.update(step - bar.n)
+            self._count_trained(name, tokens)
+        self._redraw()
+
+    def close(self) -> None:
+        for bar in [*self.bars.values(), *([self.sweep] if self.sweep is not None else [])]:
+            bar.close()
+        self.bars.clear()
+
+    def summary(self) -> str:
+        return f"{len(self.done)}/{len(self.budget)} runs done"
+
+    def _count_trained(self, name: str, tokens: float, *, as_initial: bool = False) -> None:
+        change, self.trained[name] = tokens - self.trained[name], tokens
+        if as_initial:
+            self.sweep.initial += change
+        self.sweep.n += change
+
+    def _postfix(self) -> None:
+        failed = f", {len(self.failed)} failed" if self.failed else ""
+        self.sweep.set_postfix_str(f"{self.summary()}{failed}, {len(self.lines)} running", refresh=False)
+
+    def _redraw(self, force: bool = False) -> None:
+        now = self.clock()
+        if force or now - self.drawn >= self.REFRESH_S:
+            self.drawn = now
+            for bar in [self.sweep, *self.bars.values()]:
+                bar.refresh()
+
+
+def _states(out_dir: str) -> dict[str, str]:
+    """Each run's state in the sweep's results index, as run_sweep has just checked it (empty for a new sweep)."""
+    from .index import ResultsIndex
+
+    return {name: entry["state"] for name, entry in ResultsIndex(Path(out_dir) / "results.json").runs.items()}
+
+
+def run_sweep_command(args: argparse.Namespace) -> int:
     from fastscale.fit import FitInputError
 
     from .report import check_forecast_reducible
@@ -56,45 +159,24 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     start = time.time()
-    bars = {}  # None: the sweep's, from the placement on (a damaged state file stops the sweep before); below it one per running run
-
-    def layout(reason: str) -> None:
-        tqdm.write(f"placement: {reason}")
-        bars[None] = tqdm(total=len(runs), unit="run", desc=f"sweep {spec.name}", dynamic_ncols=True, position=0)
-
-    def update(name: str, state: str) -> None:
-        if state in ("running", "evaluating"):  # a process starts
-            taken = {b.pos for b in bars.values()}
-            free = next(position for position in itertools.count(1) if position not in taken)
-            unit, desc = ("step", name) if state == "running" else ("run", f"{name} (study)")
-            bars[name] = tqdm(unit=unit, desc=desc, dynamic_ncols=True, position=free, leave=False)
-        else:
-            bars.pop(name).close()
-            if state in ("done", "failed"):
-                bars[None].update(1)
-        bars[None].set_postfix_str(f"{name}: {state}")
-
-    def step(name: str, step: int, steps: int) -> None:
-        run_bar = bars[name]
-        run_bar.total = steps
-        run_bar.update(step - run_bar.n)
-
+    progress = SweepProgress(runs, spec.name)
+    command = shlex.join(getattr(args, "command_line", None) or ["fastscale", "sweep", args.out_dir, "--preset", args.preset])
     try:
-        index = run_sweep(spec, args.out_dir, jobs=args.jobs, launcher=args.launcher, retrain=tuple(args.retrain), on_layout=layout,
-                          on_update=update, on_step=step)
+        index = run_sweep(spec, args.out_dir, jobs=args.jobs, launcher=args.launcher, retrain=tuple(args.retrain),
+                          on_layout=lambda reason: progress.start(reason, _states(args.out_dir)), on_update=progress.update, on_step=progress.step)
     except SweepError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"\ninterrupted: rerun `fastscale sweep {args.out_dir} --preset {args.preset}` to resume", file=sys.stderr)
+        progress.close()
+        print(f"\ninterrupted with {progress.summary()}; resume with: {command}", file=sys.stderr)
         return 130
     finally:
-        for bar in bars.values():
-            bar.close()
+        progress.close()
     done, failed = index.count("done"), index.count("failed")
     print(f"sweep {spec.name}: {done}/{len(runs)} runs done, {failed} failed, {time.time() - start:.0f} s; results index {args.out_dir}/results.json")
     if failed:
-        print(f"rerun `fastscale sweep {args.out_dir} --preset {args.preset}` to retry the failed runs (see their train.log)", file=sys.stderr)
+        print(f"rerun `{command}` to retry the failed runs (see their train.log)", file=sys.stderr)
         return 1
     return 0 if args.no_report else _report(args.out_dir, args)
 
