@@ -13,7 +13,10 @@ MAX_RUNS_PER_GPU and by the host's cores. A run that fits no single GPU spans th
 it fits (ZeRO partitions its states over them) and has them to itself.
 
 Host memory per run includes the trainer process's own (fastscale.train.plan.PROCESS_HOST_BYTES,
-measured on CPU): on the image8 sizes the CPU placement line is within 3% of each run's measured peak RSS.
+measured on CPU): on the image8 sizes each run's estimate was within 3% of its measured peak RSS (421.5
+to 499.1 MiB estimated; measured on the development machine at two commits). A machine short of memory
+evicts the processes' library pages, which lowers their RSS: under such pressure the same runs measured
+up to 16% below the estimate.
 What this module cannot know without a GPU (none was available when it was written): the real memory
 of each process on a GPU (context, allocator slack) and whether 4 runs per GPU actually keep it busier
 than 1-2.
