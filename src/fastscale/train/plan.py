@@ -102,7 +102,8 @@ def activation_bytes(config: GPTConfig, micro_batch: int, bytes_per_value: int, 
 
 
 def estimate(config: GPTConfig, choice: Choice, *, world_size: int = 1, micro_batch: int = 1, bf16: bool = True, gpus: int = 1) -> dict:
-    """Bytes per rank by place (device, host, nvme) and by component."""
+    """Bytes per rank by place (device, host, nvme) and by component, the process itself (PROCESS_HOST_BYTES,
+    on the host) included."""
     P = config.n_params_total
     W = world_size
     p_bytes = 2 if bf16 else 4
