@@ -284,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=None, help="timed runs per case; min, median and max reported (default 20 GPU, 5 CPU)")
     p.add_argument("--no-sweep", action="store_true", help="GPU: skip the head dim x T x causal sweep")
     p.add_argument("--seed", type=int, default=0, help="seed of the document lengths and the inputs")
-    p.add_argument("--json", default="bench_attention.json", help="where to write the results")
+    p.add_argument("--json", default="bench-results/attention.json", help="where to write the results")
     return p
 
 

@@ -1,0 +1,67 @@
+"""The `fastscale` command line itself: --version, a --help for users, every option explained with its
+default, Ctrl-C in any command one line and exit 130."""
+
+import argparse
+from importlib import metadata
+
+import pytest
+
+from fastscale import cli
+from fastscale.benchmarks import bench_attention, bench_cross_entropy
+
+
+def parsers():
+    """(command, parser) of fastscale, each subcommand and the benchmarks' own."""
+    found = [("fastscale", cli.build_parser())]
+    for action in found[0][1]._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            found += [(f"fastscale {name}", parser) for name, parser in action.choices.items()]
+    return found + [("fastscale bench attention", bench_attention.build_parser())]
+
+
+def test_version_is_the_installed_distributions(capsys):
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["--version"])
+    assert exit.value.code == 0
+    assert capsys.readouterr().out.strip() == f"fastscale {metadata.version('fastscale')}"
+
+
+def test_help_is_written_for_users(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    text = capsys.readouterr().out
+    assert "fastscale sweep runs/image8" in text and "fastscale COMMAND --help" in text
+    assert "this module prints" not in text
+
+
+@pytest.mark.parametrize("command, parser", parsers(), ids=lambda x: x if isinstance(x, str) else "")
+def test_every_option_has_help_and_shows_its_default(command, parser, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")  # argparse wraps at the terminal's width, hyphens included
+    for action in parser._actions:
+        if isinstance(action, (argparse._HelpAction, argparse._VersionAction, argparse._SubParsersAction)):
+            continue
+        assert action.help, f"{command} {'/'.join(action.option_strings) or action.dest} has no help"
+    text = parser.format_help()
+    for action in parser._actions:
+        shown = action.option_strings and action.default not in (None, False, (), [], argparse.SUPPRESS)
+        if shown and "default" not in (action.help or ""):
+            assert f"(default: {action.default})" in text, f"{command} {action.option_strings[0]}"
+
+
+def test_cross_entropy_bench_options_show_their_defaults(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")
+    with pytest.raises(SystemExit):
+        bench_cross_entropy.parse_args(["--help"])
+    text = capsys.readouterr().out
+    for option, default in (("--tokens", 4096), ("--d", 1024), ("--vocab", 131072), ("--repeats", 3)):
+        assert f"{option} {option[2:].upper()} " in text and f"(default: {default})" in text
+
+
+def test_ctrl_c_in_any_command_is_one_line_and_exit_130(monkeypatch, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "run_report", interrupted)
+    assert cli.main(["report", "no-such-sweep"]) == 130
+    printed = capsys.readouterr()
+    assert printed.err.strip() == "interrupted: fastscale report" and "Traceback" not in printed.err
