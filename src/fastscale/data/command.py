@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vocab", type=int, help="text with --bpe: vocabulary size, 257 to 262,144 (e.g. 8192; 32768 and up for GPUs)")
     parser.add_argument("--tokenizer", help="text: encode with this tokenizer.json instead (copied to OUT/tokenizer.json)")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="fraction of documents held out (default 0.1)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the held-out split and of generated documents (video pans, captions, math)")
 
 
 def _difficulty(text: str):
