@@ -67,10 +67,9 @@ as a text editor numbers them: the CSV line (the header is line 1), or the run's
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EPILOG
     parser.add_argument("data", metavar="DATA", help="CSV file, run directory or directory of run directories")
-    parser.add_argument("--law", required=True, choices=LAWS)
+    parser.add_argument("--law", required=True, choices=LAWS, help="the law to fit (its columns and formula below)")
     for name, text in (
         ("--x", "column of the variable (N, D, C or steps)"),
         ("--y", "column of the fitted quantity (loss, N_opt, examples)"),
