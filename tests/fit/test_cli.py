@@ -552,7 +552,7 @@ def test_critical_batch_holdout_holds_out_the_lowest_losses(capsys, tmp_path):
         capsys, tmp_path / "run", "--law", "critical-batch", "--loss", "loss", "--noise-scale", "noise_scale",
         "--bootstrap", "0", "--holdout-largest", "2",
     )
-    assert code == 0 and "holdout: mean |relative error| on the 2 points of lowest loss" in out and "  row " in out
+    assert code == 0 and "holdout: mean |relative error| on the 2 points of lowest loss" in out and "/run/metrics.jsonl step " in out
     code, _, err = run_cli(capsys, tmp_path / "run", "--law", "critical-batch", "--x", "step", "--y", "tokens", "--holdout-largest", "2")
     assert code == 2 and err.startswith("fastscale fit: error: --holdout-largest: --law critical-batch without --loss") and err.count("\n") == 1
 
