@@ -306,7 +306,8 @@ class RayRun:
         try:
             return ray.get(ref)
         except ray.exceptions.RayError as error:
-            logger.warning("a Ray task of the sweep ended without an exit code: %s", str(error).splitlines()[0])
+            lines = str(error).strip().splitlines()
+            logger.warning("a Ray task of the sweep ended without an exit code: %s", lines[0] if len(lines) < 2 else f"{lines[0]} ... {lines[-1]}")
             return RayRun.LOST
 
     def _cancel(self, force: bool) -> None:
