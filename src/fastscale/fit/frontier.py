@@ -43,6 +43,7 @@ class Frontier:
     loss: np.ndarray  # [G] lowest loss at each grid compute
     run: np.ndarray  # [G] label of the run that attains it
     n_params: np.ndarray  # [G] its model size
+    reached: np.ndarray  # [G] True where that run reaches the loss at this compute; False where it is carried from less compute
 
 
 @dataclass(frozen=True)
@@ -85,9 +86,10 @@ def compute_frontier(run, n_params, compute, loss, *, n_grid: int = 100) -> Fron
     best = np.argmin(curves, axis=0)
     lowest = curves[best, np.arange(len(grid))]
     # the lowest loss with at most this compute: where it rises, the earlier grid point's run keeps it
-    attained = np.maximum.accumulate(np.where(lowest <= np.minimum.accumulate(lowest), np.arange(len(grid)), 0))
+    reached = lowest <= np.minimum.accumulate(lowest)
+    attained = np.maximum.accumulate(np.where(reached, np.arange(len(grid)), 0))
     best = best[attained]
-    return Frontier(grid, lowest[attained], runs[best], sizes[best])
+    return Frontier(grid, lowest[attained], runs[best], sizes[best], reached)
 
 
 def early_rows(run, compute, fraction: float) -> np.ndarray:

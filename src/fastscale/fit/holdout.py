@@ -104,7 +104,7 @@ def holdout_largest_runs(run, n_params, compute, loss, k: int, *, n_grid: int = 
     held_rows = n >= sizes[-k]
     held_runs = np.unique(labels[held_rows])
     full = compute_frontier(labels, n, c, y, n_grid=n_grid)
-    attained = np.isin(full.run, held_runs)
+    attained = np.isin(full.run, held_runs) & full.reached  # where a held-out run reaches the frontier, not where its loss is carried
     if not attained.any():
         raise FitInputError(
             f"holdout_largest={k}: the held-out runs {[str(r) for r in held_runs]} never reach the frontier of all runs, "
