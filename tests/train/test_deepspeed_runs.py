@@ -47,7 +47,7 @@ def launch(tmp: Path, out: Path, ds: str | dict, *extra, fault_at=None, check=Tr
         path.write_text(json.dumps(ds))
         ds = str(path)
     # a killed run: train.py's run through a test entry whose callback kills rank 0 after step fault_at
-    script = [str(ROOT / "train.py")] if fault_at is None else [str(KILLER), str(fault_at)]
+    script = [str(ROOT / "train.py")] if fault_at is None else [str(KILLER), "--kill-after", str(fault_at)]
     command = [
         sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(processes.free_port()),
         *script, "--config", str(config), "--deepspeed_config", ds, "--out", str(out), "--no-progress", *extra,
