@@ -159,7 +159,7 @@ def test_sweep_with_a_node_killed_mid_run_ends_with_the_same_numbers(ray_cluster
         sweep = threading.Thread(target=lambda: _run_catching(failure, spec, out))
         sweep.start()
         try:
-            victim = _wait_for(lambda: _checkpointed_run_on(out, worker.node_id), 180, "a run on the worker node with a checkpoint")
+            victim = _wait_for(lambda: _checkpointed_run_on(out, worker.node_id), 900, "a run on the worker node with a checkpoint")
         finally:
             ray_cluster.remove_node(worker)  # its raylet and workers are killed; the run's trainer gets SIGTERM
             sweep.join(timeout=600)
