@@ -65,3 +65,9 @@ def test_ctrl_c_in_any_command_is_one_line_and_exit_130(monkeypatch, capsys):
     assert cli.main(["report", "no-such-sweep"]) == 130
     printed = capsys.readouterr()
     assert printed.err.strip() == "interrupted: fastscale report" and "Traceback" not in printed.err
+
+
+def test_sweep_refuses_a_ray_address_without_the_ray_launcher(tmp_path, capsys):
+    assert cli.main(["sweep", str(tmp_path / "s"), "--address", "auto", "--no-report"]) == 2
+    assert "address='auto' is the Ray cluster's; it needs launcher='ray', got launcher='auto'" in capsys.readouterr().err
+    assert not (tmp_path / "s" / "results.json").exists()

@@ -19,8 +19,11 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="image8", help=f"a preset ({', '.join(sorted(PRESETS))}) or a sweep JSON file (default image8)")
     p.add_argument("--jobs", type=int, help=f"runs at a time (default: on CPU {DEFAULT_JOBS}, one per core, one thread each; on GPUs as many "
                    "as fit, packed several per GPU where small; printed at the start)")
-    p.add_argument("--launcher", choices=("auto", "process", "deepspeed"), default="auto",
-                   help="how each run starts: its own trainer process, or under DeepSpeed's launcher (auto: deepspeed on GPUs, process on CPU)")
+    p.add_argument("--launcher", choices=("auto", "process", "deepspeed", "ray"), default="auto",
+                   help="how each run starts: its own trainer process, under DeepSpeed's launcher, or as a task on a Ray cluster "
+                        "(ray: pip install 'fastscale[cluster]', OUT_DIR on storage every node sees) (auto: deepspeed on GPUs, process on CPU)")
+    p.add_argument("--address", help="with --launcher ray, the Ray cluster: auto (the one `ray start` started here, or RAY_ADDRESS), "
+                                     "HOST:PORT, or ray://HOST:PORT (Ray Client); default auto")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     p.add_argument("--restore-state", action="store_true",
                    help="put back the previous good version of a damaged results.json or sweep.json (FILE.prev) and stop")
@@ -162,7 +165,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     progress = SweepProgress(runs, spec.name)
     command = shlex.join(getattr(args, "command_line", None) or ["fastscale", "sweep", args.out_dir, "--preset", args.preset])
     try:
-        index = run_sweep(spec, args.out_dir, jobs=args.jobs, launcher=args.launcher, retrain=tuple(args.retrain),
+        index = run_sweep(spec, args.out_dir, jobs=args.jobs, launcher=args.launcher, address=args.address, retrain=tuple(args.retrain),
                           on_layout=lambda reason: progress.start(reason, _states(args.out_dir)), on_update=progress.update, on_step=progress.step)
     except SweepError as error:
         print(f"error: {error}", file=sys.stderr)
