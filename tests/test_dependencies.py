@@ -13,7 +13,8 @@ DISTRIBUTION = {"PIL": "pillow", "sklearn": "scikit-learn", "flash_attn": "flash
 
 
 # optional distributions (an extra's) -> the only place of the package that may import them
-OPTIONAL = {"flash-attn": "src/fastscale/ops/", "transformers": "src/fastscale/integrations/transformers/"}
+OPTIONAL = {"flash-attn": "src/fastscale/ops/", "transformers": "src/fastscale/integrations/transformers/",
+            "ray": "src/fastscale/sweep/cluster.py"}
 
 
 def python_files() -> list[Path]:

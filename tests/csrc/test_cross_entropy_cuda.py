@@ -111,7 +111,7 @@ class FakeExtension:
 def fake_extension(monkeypatch):
     fake = FakeExtension()
     monkeypatch.setattr(cross_entropy_cuda, "_C", fake)
-    monkeypatch.setattr(cross_entropy_cuda, "check_supported", lambda hidden: None)
+    monkeypatch.setattr(cross_entropy_cuda, "unsupported", lambda hidden: None)
     monkeypatch.setattr(cross_entropy_cuda, "_stream", lambda device: 0)
     monkeypatch.setattr(cross_entropy_cuda, "_vocab_splits", lambda rows, vocab, device: 2)
     monkeypatch.setattr(cross_entropy_cuda, "chunk_rows", lambda vocab, dtype: 3)  # several chunks
