@@ -55,6 +55,15 @@ def test_bad_model_fields(tmp_path):
         build_run({**GOOD, "model": {**GOOD["model"], "vocab_size": 10}}, DS, tmp_path)
 
 
+def test_the_run_configs_monitor_reaches_the_trainer(tmp_path, monkeypatch):
+    """train.py / fastscale train / the sweep build every run here: the monitor section must get through."""
+    given = {}
+    monkeypatch.setattr("fastscale.train.launch.Trainer", lambda *args, **kwargs: given.update(kwargs))
+    monitor = {"csv_monitor": {"enabled": True, "job_name": "csv"}}
+    build_run({**GOOD, "monitor": monitor}, DS, tmp_path)
+    assert given["monitor"] == monitor
+
+
 def test_train_py_exits_with_a_clear_message(tmp_path):
     config = tmp_path / "run.json"
     config.write_text(json.dumps({**GOOD, "data": {"path": str(tmp_path / "missing")}}))
@@ -127,3 +136,14 @@ def test_trainer_drives_a_users_module_in_one_process(tmp_path):
     assert "flops" not in records[-1]  # no FLOP count was given for this module
     tags = sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.is_dir())
     assert tags == ["step00000025", "step00000040"]  # every 25 steps and the final one
+
+
+def test_progress_bar_counts_steps_without_a_loss_between_log_steps(tmp_path, capsys):
+    """With log_interval > 1 the records of other steps have no loss: the bar still counts them."""
+    from fastscale.train.launch import Progress
+
+    progress = Progress(3, bar=True, resume=False, checkpoints=tmp_path)
+    for record in ({"step": 1, "tokens": 8, "lr": 0.1}, {"step": 2, "tokens": 16, "lr": 0.1, "loss": 2.5}, {"step": 3, "tokens": 24, "lr": 0.1}):
+        progress(record)
+    assert progress.bar.n == 3 and progress.bar.postfix == "loss=2.5000"
+    progress.close()

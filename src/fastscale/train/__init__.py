@@ -4,10 +4,11 @@ with exact resume, metrics, the gradient noise scale and the memory planner.
 Torch and DeepSpeed are imported on first use of Trainer / check_deepspeed_config, so the `fastscale`
 command line (and `fastscale fit` on a machine without them) does not pay for them."""
 
-from .noise_scale import GradientNoiseScale, two_batch_estimates
 from .schedule import lr_multiplier
 
 _LAZY = {
+    "GradientNoiseScale": "noise_scale",
+    "two_batch_estimates": "noise_scale",
     "Trainer": "trainer",
     "NonFiniteError": "trainer",
     "CheckpointError": "checkpoint",

@@ -91,6 +91,7 @@ def build_run(run: RunConfig | dict | str, deepspeed_config, out_dir, *, memory_
         n_params=config.n_params,
         checkpoint_modules=list(model.blocks),
         run_info=info,
+        monitor=run.monitor,
     )
 
 
@@ -166,7 +167,8 @@ class Progress:
             self.bar = tqdm(total=self.total_steps, initial=record["step"] - 1, unit="step", dynamic_ncols=True)
         self.step = record["step"]
         if self.bar is not None:
-            self.bar.set_postfix(progress_postfix(record), refresh=False)
+            if "loss" in record:  # a log step's record; the others carry step, tokens and lr only
+                self.bar.set_postfix(progress_postfix(record), refresh=False)
             self.bar.update(1)
 
     def say(self, line: str) -> None:
