@@ -64,3 +64,14 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def training_env(**extra) -> dict:
+    """The environment for a training run started by a test: one thread per rank, DeepSpeed's op cache
+    where the test run's is (TORCH_EXTENSIONS_DIR, else a fastscale one under ~/.cache), no rank
+    variables inherited from the test process."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
+    env.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(os.path.expanduser("~"), ".cache", "fastscale_torch_extensions"))
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    return env

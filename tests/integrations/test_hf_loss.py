@@ -13,7 +13,7 @@ pytest.importorskip("transformers")
 
 from hf_models import KINDS, VOCAB, assert_close, assert_same_gradients, config, model_pair  # noqa: E402
 
-from fastscale.integrations.transformers import SUPPORTED, FusedLinearHead, apply_fastscale  # noqa: E402
+from fastscale.integrations.transformers import FusedLinearHead, apply_fastscale  # noqa: E402
 from fastscale.ops import cross_entropy_torch  # noqa: E402
 
 

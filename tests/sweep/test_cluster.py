@@ -21,6 +21,7 @@ import time
 import pytest
 
 import processes
+from sweeps import curves, wait_for
 
 from fastscale.sweep import SweepSpec, run_sweep
 from fastscale.sweep.cluster import RayRun, check_storage, submit_across_nodes
@@ -88,18 +89,6 @@ def on_two_nodes(ray_cluster, tmp_path_factory):
     return out, time.perf_counter() - started
 
 
-def curves(sweep_dir):
-    """Each run's learning curve, the last record of each step (a resumed run appends)."""
-    out = {}
-    for run_dir in sorted((sweep_dir / "runs").iterdir()):
-        by_step = {}
-        for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-            record = json.loads(line)
-            by_step[record["step"]] = (record["loss"], record.get("eval_loss"))
-        out[run_dir.name] = by_step
-    return out
-
-
 def summaries(sweep_dir):
     runs = json.loads((sweep_dir / "results.json").read_text())["runs"]
     return {name: (entry["state"], entry["summary"]["steps"], entry["summary"]["final_loss"], entry["summary"]["final_eval_loss"])
@@ -159,7 +148,7 @@ def test_sweep_with_a_node_killed_mid_run_ends_with_the_same_numbers(ray_cluster
         sweep = threading.Thread(target=lambda: _run_catching(failure, spec, out))
         sweep.start()
         try:
-            victim = _wait_for(lambda: _checkpointed_run_on(out, worker.node_id), 900, "a run on the worker node with a checkpoint")
+            victim = wait_for(lambda: _checkpointed_run_on(out, worker.node_id), 900, "a run on the worker node with a checkpoint")
         finally:
             ray_cluster.remove_node(worker)  # its raylet and workers are killed; the run's trainer gets SIGTERM
             sweep.join(timeout=600)
@@ -194,16 +183,6 @@ def _checkpointed_run_on(out, node_id):
         if (run_dir / "train.log").is_file() and nodes_of(run_dir) == [node_id] and any((run_dir / "checkpoints").glob("*/*")):
             return run_dir.name
     return None
-
-
-def _wait_for(value, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        found = value()
-        if found:
-            return found
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def test_a_node_that_cannot_see_out_dir_is_refused(ray_cluster, tmp_path, monkeypatch):

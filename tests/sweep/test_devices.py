@@ -23,7 +23,7 @@ from fastscale.train.config import TrainSettings, check_deepspeed_config
 from fastscale.train.plan import PROCESS_HOST_BYTES, GiB, Choice, estimate
 
 from processes import started
-from test_resume import TINY, _trainers_of, _wait_for, curves
+from sweeps import TINY, curves, trainers_of, wait_for
 
 H100_NODE = Inventory("cuda", host_memory=2048 * GiB, cores=96, gpu_memory=80 * GiB, device_ids=tuple(str(i) for i in range(8)))
 ONE_24GB = Inventory("cuda", host_memory=128 * GiB, cores=16, gpu_memory=24 * GiB, device_ids=("0",))
@@ -184,12 +184,12 @@ def _kill_and_resume_under_deepspeed(tmp_path, tiny, spec_file):
     # the sweep alone is killed (its launcher must follow); the whole group only if the test fails
     with started(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as sweep:
         try:
-            _wait_for(lambda: metrics.is_file() and metrics.stat().st_size > 0, 90, "the first logged step under the deepspeed launcher")
+            wait_for(lambda: metrics.is_file() and metrics.stat().st_size > 0, 90, "the first logged step under the deepspeed launcher")
         finally:
             os.kill(sweep.pid, signal.SIGKILL)
             sweep.wait()
         # the launcher gets SIGTERM at its parent's death and terminates its rank
-        _wait_for(lambda: not any(_trainers_of(out)), 40, "the killed sweep's launcher and rank to exit")
+        wait_for(lambda: not any(trainers_of(out)), 40, "the killed sweep's launcher and rank to exit")
 
     run_sweep(SweepSpec.from_dict(tiny), out, launcher="deepspeed")
 

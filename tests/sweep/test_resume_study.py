@@ -14,7 +14,7 @@ from fastscale.sweep import SweepSpec, run_sweep
 from fastscale.sweep.report import write_report
 
 from processes import started
-from test_resume import _trainers_of, _wait_for  # tests/sweep is on sys.path (rootdir-relative, no package)
+from sweeps import trainers_of, wait_for
 
 TINY_MATH = {
     "name": "tiny-math", "data": {"dataset": "math", "difficulty": [1, 2], "count": 3000, "seed": 0}, "seq_len": 32,
@@ -56,7 +56,7 @@ def test_killed_during_evaluation_resumes_to_the_same_results(tmp_path, uninterr
     # the sweep alone is killed (its children must follow); the whole group only if the test fails
     with started(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as sweep:
         try:
-            _wait_for(evaluating, 180, "a run in its study evaluation")
+            wait_for(evaluating, 180, "a run in its study evaluation")
         finally:
             os.kill(sweep.pid, signal.SIGKILL)
             sweep.wait()
@@ -65,7 +65,7 @@ def test_killed_during_evaluation_resumes_to_the_same_results(tmp_path, uninterr
         finished = {n for n, e in before.items() if e["state"] == "done"}
         assert killed
         stamps = {n: (out / "runs" / n / "study.json").stat().st_mtime_ns for n in finished}
-        _wait_for(lambda: not any(_trainers_of(out)), 30, "the killed sweep's processes to exit")
+        wait_for(lambda: not any(trainers_of(out)), 30, "the killed sweep's processes to exit")
 
     index = run_sweep(SweepSpec.from_dict(TINY_MATH), out, jobs=2)
 

@@ -19,7 +19,7 @@ import processes
 from fastscale.data.prepare import prepare
 from fastscale.data.shards import TokenShard, write_shard
 from fastscale.fit import fit_power_law
-from fastscale.model import GPT, GPTConfig
+from fastscale.model import GPT
 from fastscale.sweep.evaluation import load_trained
 from fastscale.sweep.presets import PRESETS
 from fastscale.sweep.spec import SweepError, SweepSpec

@@ -10,7 +10,6 @@ import json
 import re
 import os
 import sys
-from pathlib import Path
 
 import pytest
 

@@ -6,8 +6,6 @@ Each DeepSpeed start costs ~10 s, so the runs are made once per module and share
 """
 
 import json
-import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -31,14 +29,6 @@ RUN = {
 }
 
 
-def env(**extra):
-    e = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
-    e.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "fastscale_torch_extensions"))
-    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        e.pop(key, None)
-    return e
-
-
 def launch(tmp: Path, out: Path, ds: str | dict, *extra, fault_at=None, check=True):
     config = tmp / "run.json"
     config.write_text(json.dumps(RUN))
@@ -52,7 +42,7 @@ def launch(tmp: Path, out: Path, ds: str | dict, *extra, fault_at=None, check=Tr
         sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(processes.free_port()),
         *script, "--config", str(config), "--deepspeed_config", ds, "--out", str(out), "--no-progress", *extra,
     ]
-    result = processes.run(command, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
+    result = processes.run(command, cwd=ROOT, env=processes.training_env(), capture_output=True, text=True, timeout=600)
     if check and result.returncode != 0:
         raise AssertionError(f"run failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 import processes
-from test_deepspeed_runs import env  # the 2-rank runs' environment: one thread, no inherited rank variables
 
 ROOT = Path(__file__).resolve().parents[2]
 pytest.importorskip("deepspeed")
@@ -54,12 +53,12 @@ def configs(tmp_path_factory):
 def test_two_nodes_one_rank_each_equal_one_node_two_ranks(configs):
     tmp, files = configs
     one_node, two_nodes = tmp / "one_node", tmp / "two_nodes"
-    processes.run(launcher({"localhost": [0, 1]}, 0, processes.free_port(), one_node, files), cwd=ROOT, env=env(), timeout=600, check=True,
+    processes.run(launcher({"localhost": [0, 1]}, 0, processes.free_port(), one_node, files), cwd=ROOT, env=processes.training_env(), timeout=600, check=True,
                   capture_output=True)
     port = processes.free_port()
     world = {"node0": [0], "node1": [0]}
-    with processes.started(launcher(world, 1, port, two_nodes, files), cwd=ROOT, env=env()) as second:
-        first = processes.run(launcher(world, 0, port, two_nodes, files), cwd=ROOT, env=env(), timeout=600, capture_output=True, text=True)
+    with processes.started(launcher(world, 1, port, two_nodes, files), cwd=ROOT, env=processes.training_env()) as second:
+        first = processes.run(launcher(world, 0, port, two_nodes, files), cwd=ROOT, env=processes.training_env(), timeout=600, capture_output=True, text=True)
         assert second.wait(timeout=120) == 0
     assert first.returncode == 0, first.stderr[-3000:]
     assert "nnodes=2, num_local_procs=1, node_rank=0" in first.stderr + first.stdout

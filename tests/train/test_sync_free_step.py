@@ -11,7 +11,6 @@ timeline was measured.
 import csv
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -27,9 +26,7 @@ LOG_STEPS = [1, 4, 5, 6, 8, 10]  # noise (before steps 0 and 5), log_interval 4,
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("sync") / "run"
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "fastscale_torch_extensions"))
+    env = processes.training_env()
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(processes.free_port()), str(WORKER), str(out)]
     result = processes.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"

@@ -7,7 +7,6 @@ by the Trainer's callback right after step K's record, before that step's checkp
 import argparse
 import os
 import signal
-import sys
 
 from fastscale.train.launch import build_run, parser
 

@@ -305,8 +305,8 @@ def format_laws(report: dict) -> list:
         lines.append(f"{r['law']:<24}{r['points']:>7}{r['draws']:>7}{r['seconds']:>9.2f}{r['cpu_seconds']:>8.2f}{boot:>6}{big}{rows:>6}{r['flags']:>7}  {r['what']}")
         if "rows_error" in r:
             lines.append(f"{'':<24}failed on {r['rows']:,} rows: {r['rows_error']}")
-    lines.append(f"<=5s, <=10s: issue 12's targets (CPU seconds; 1,000 draws on <= 500 points; the estimate on 1e6 rows);"
-                 f" '-': not decided by the sizes timed")
+    lines.append("<=5s, <=10s: issue 12's targets (CPU seconds; 1,000 draws on <= 500 points; the estimate on 1e6 rows);"
+                 " '-': not decided by the sizes timed")
     return lines
 
 
