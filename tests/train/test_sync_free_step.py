@@ -46,8 +46,24 @@ def test_the_trainer_never_waits_between_log_steps(run):
     assert _syncs_between_log_steps(run, "train") == {2: [], 3: [], 7: [], 9: []}
 
 
-def test_the_model_and_ops_never_wait_between_log_steps(run):
-    assert _syncs_between_log_steps(run, "model and ops") == {2: [], 3: [], 7: [], 9: []}
+# The ops' reads of CPU tensors on their CPU-only paths, which on CUDA read nothing (tests/ops/test_target_range.py
+# and test_attention.py test those device paths with a recorder): the target-range check (on CUDA it is on
+# the device), the validation of cu_seqlens (with the triton backend and max_seqlen given, nothing is read)
+# and the torch backend's split into documents (the CPU backend; on CUDA the triton one serves packed rows).
+CPU_ONLY_READS = {
+    "host read __bool__ at ops/cross_entropy.py",  # _check_target_range
+    "host read tolist at ops/attention.py",  # _check_cu_seqlens
+    "host read tolist at ops/attention_torch.py",  # attention_packed
+}
+
+
+def test_the_model_and_ops_read_only_on_their_cpu_paths_between_log_steps(run):
+    """On this CPU-only machine the ops run their CPU paths; the reads there are of CPU tensors (no device
+    to wait for). Any other read in the model or the ops, or a new one, fails this test."""
+    reads = _syncs_between_log_steps(run, "model and ops")
+    assert sorted(reads) == [2, 3, 7, 9]
+    for step, syncs in reads.items():
+        assert {sync.rsplit(":", 1)[0] for sync in syncs} == CPU_ONLY_READS, step
 
 
 def _metrics(run: Path) -> list[dict]:
