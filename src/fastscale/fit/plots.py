@@ -85,11 +85,11 @@ def save_figure(figure, path) -> Path:
 def _finished(figure):
     for ax in figure.axes:
         if getattr(ax, "_colorbar", None) is None:  # a colour bar keeps the ticks it was given (size_colorbar)
-            _readable_log_ticks(ax)
+            readable_log_ticks(ax)
     return figure
 
 
-def _readable_log_ticks(ax) -> None:
+def readable_log_ticks(ax) -> None:
     """No minor tick labels, and log axes spanning under two decades get major labels at chosen mantissas:
     matplotlib's default labels minor ticks there (2, 3, 4, 6 x 10^k), which collide on a narrow panel,
     or (from ~1.5 decades) only the one or two powers of ten inside, too few to read a value off.

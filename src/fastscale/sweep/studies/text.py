@@ -308,9 +308,8 @@ def plots(section: dict, out_dir: Path) -> list[str]:
     from matplotlib import colormaps
     from matplotlib.colors import LogNorm
     from matplotlib.figure import Figure
-    from matplotlib.ticker import NullFormatter
 
-    from fastscale.fit.plots import save_figure
+    from fastscale.fit.plots import readable_log_ticks, save_figure, size_colorbar
 
     figure = Figure(figsize=(14, 4.2), layout="constrained")
     axes = figure.subplots(1, 3)
@@ -324,7 +323,7 @@ def plots(section: dict, out_dir: Path) -> list[str]:
         _draw_pure(ax, section["L_of_N"][key], x, "alpha_N")
         ax.set_xscale("log"), ax.set_yscale("log"), ax.grid(True, which="both", alpha=0.3)
         ax.set_xlabel(label), ax.set_ylabel("held-out loss (nats/token)"), ax.legend(fontsize=7)
-    figure.colorbar(points, ax=axes[:2], label="n_layer")
+    size_colorbar(figure, points, axes[:2], depths, "n_layer")
     lod = section["L_of_D"]
     d, loss = np.array(lod["D"], dtype=np.float64), np.array(lod["loss"])
     axes[2].scatter(d, loss, s=14, color="C1", zorder=3, label=lod["run"])
@@ -332,7 +331,7 @@ def plots(section: dict, out_dir: Path) -> list[str]:
     axes[2].set_xscale("log"), axes[2].set_yscale("log"), axes[2].grid(True, which="both", alpha=0.3)
     axes[2].set_xlabel("D (tokens seen)"), axes[2].set_ylabel("held-out loss (nats/token)"), axes[2].legend(fontsize=7)
     for ax in axes:
-        ax.xaxis.set_minor_formatter(NullFormatter())  # labelled minor ticks overlap within a decade
+        readable_log_ticks(ax)
     names = []
     for suffix in (".png", ".svg"):
         save_figure(figure, Path(out_dir) / f"text_laws{suffix}")
