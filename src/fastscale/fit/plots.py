@@ -440,6 +440,11 @@ def figure_scaling(fit, x, y, *, xlabel: str, ylabel: str = LOSS_LABEL, holdout=
         reducible.fill_between(grid, np.maximum(low - l_inf, floor), np.maximum(high - l_inf, floor), color=FIT_COLOR, alpha=BAND_ALPHA,
                                label=BAND_LABEL.format(level=fit.level) + " of L, less L_inf")
     reducible.set_ylim(bottom=floor)
+    # a band of an undetermined law can span decades above the data: the axes stop a little above the
+    # points and the curve, so the data stay readable (the band runs off the top, and the flags say why)
+    shown = [y, fit.predict(grid), *(np.asarray(other_y, dtype=np.float64) for _, other_y in (others or {}).values())]
+    _cap_top(ax, max(float(np.max(v)) for v in shown), 1.5)
+    _cap_top(reducible, max(float(np.max(v - l_inf)) for v in shown), 3.0)
     if holdout is not None:
         _draw_predictions(ax, x[holdout.held_out], holdout, holdout.fit.level)
     below = int(np.sum(y <= l_inf))
@@ -451,6 +456,12 @@ def figure_scaling(fit, x, y, *, xlabel: str, ylabel: str = LOSS_LABEL, holdout=
     reducible.set_xlabel(xlabel), reducible.set_ylabel(f"L - L_inf ({ylabel.split('(')[-1].rstrip(')') if '(' in ylabel else 'nats/token'})")
     reducible.legend(fontsize=7)
     return _finished(figure)
+
+
+def _cap_top(ax, highest: float, factor: float) -> None:
+    top = highest * factor
+    if ax.get_ylim()[1] > top:
+        ax.set_ylim(top=top)
 
 
 def plot_scaling(fit, x, y, path, **options) -> Path:
