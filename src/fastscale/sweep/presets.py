@@ -23,12 +23,13 @@ PRESETS = {
     # 8x8x3 images (scikit-learn's digits and sample-photo patches, 192 tokens + BOS each), seven sizes
     # over two decades whose widths all differ (head_dim 16: d_model 32, 48, 64, 80, 96, 128, 160; with
     # head_dim 32, pairs of sizes shared a width and the deeper one was no better at this scale), each
-    # trained on ~one epoch of the 3,372 training images (389 steps of 8 rows) and on a third of it
-    # (130 steps, its own full schedule): with one budget every run ends at C = 6 N D for the same D and
-    # the frontier orders the runs by N almost by construction (N_opt ~ C^0.94 measured); the short runs
-    # of each size compete at the compute of the long runs of a 3x smaller one.
+    # trained on ~one epoch of the 3,372 training images (389 steps of 8 rows), on two thirds and on a
+    # third of it (259 and 130 steps, each its own full schedule): with one budget every run ends at
+    # C = 6 N D for the same D and the frontier orders the runs by N almost by construction; the short
+    # runs of each size compete at the compute of the long runs of a smaller one. Three token budgets,
+    # not two: Chinchilla's L(N, D) = E + A/N^alpha + B/D^beta cannot tell E from B/D^beta with two.
     # Evaluation: 94 batches of 4 rows = the whole held-out set of 375 images, every 26 steps: 15 points
-    # per long run and 5 per short one, the learning curves of the frontier. The smoothed training loss
+    # per long run, 10 and 5 per shorter one, the learning curves of the frontier. The smoothed training loss
     # of 8-row batches (digits and photographs mixed) put L(C)'s L_inf at 1.89 nats/token, below L(N)'s
     # 1.995; the held-out curves give 2.01 [1.92, 2.01], for 285 s of training instead of 210 (quiet).
     # Seeds: a second one for the three smallest sizes (their runs are the cheapest), so the report's
@@ -40,7 +41,7 @@ PRESETS = {
         "seq_len": 193,
         "tokens_per_item": 192,
         "sizes": [1e4, 2e4, 5e4, 7e4, 2e5, 4e5, 1e6],
-        "tokens": [2e5, 6e5],
+        "tokens": [2e5, 4e5, 6e5],
         "seeds": [[0, 1], [0, 1], [0, 1], [0], [0], [0], [0]],
         "model": {"head_dim": 16},
         "lr": "kaplan",
