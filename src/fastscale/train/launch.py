@@ -208,9 +208,6 @@ def run(args: argparse.Namespace) -> int:
         print("error: --deepspeed_config DS.json is required (see configs/ds/)", file=sys.stderr)
         return 2
     rank = int(os.environ.get("RANK", "0"))
-    threads = set_cpu_threads()
-    if threads and rank == 0:
-        print(f"OMP_NUM_THREADS is unset: training with {threads} thread per rank (set OMP_NUM_THREADS to choose)", file=sys.stderr)
     progress = None
     try:
         try:
@@ -222,6 +219,9 @@ def run(args: argparse.Namespace) -> int:
         except (ConfigError, FileNotFoundError, ValueError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
+        threads = set_cpu_threads()  # after the checks: a refused config prints its error alone
+        if threads and rank == 0:
+            print(f"OMP_NUM_THREADS is unset: training with {threads} thread per rank (set OMP_NUM_THREADS to choose)", file=sys.stderr)
         progress = Progress(run_config.train.steps, bar=not args.no_progress, resume=args.resume, checkpoints=trainer.ckpt_dir)
         summary = _fit(trainer, progress, args.resume)
     except KeyboardInterrupt:
