@@ -202,3 +202,20 @@ def test_monitor_sections_are_checked_by_deepspeeds_model_and_for_their_package(
     with pytest.raises(ConfigError, match=r"monitor.tensorboard.enabled=true needs the tensorboard package \(pip install tensorboard\)"):
         monitor.check_sections({"tensorboard": {"enabled": True}})
     monitor.check_sections({"tensorboard": {"enabled": False}})  # a disabled monitor needs nothing
+
+
+def test_peak_rss_is_the_programs_own_not_that_of_the_process_it_was_forked_from():
+    """A sweep inside pytest forks each trainer from a large process (preexec_fn: fork + exec, not vfork):
+    ru_maxrss then carries the parent's size; VmHWM is the program's own."""
+    import subprocess
+    import sys
+
+    ballast = b"\x01" * 2**30  # 1 GiB of touched pages in the parent
+    code = ("import resource; from fastscale.train.trainer import peak_rss_bytes; "
+            "print(peak_rss_bytes(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, preexec_fn=lambda: None, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    own, inherited = map(int, result.stdout.split())
+    assert inherited >= len(ballast)  # the quirk: the parent's high-water mark
+    assert own < len(ballast) / 2  # the child's own: the interpreter and torch (~250 MiB)
+    del ballast

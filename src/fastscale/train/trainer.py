@@ -145,6 +145,21 @@ class StepResult:
     noise: tuple[float, float, float, float] | None  # measured before the step (a log step)
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory since it started its program: /proc/self/status VmHWM.
+    Not ru_maxrss: Linux carries the high-water mark of the memory a process had before exec into it
+    (exec_mmap), so a trainer forked from a large process (a sweep run inside a long pytest session)
+    reported that process's size (767 MiB where its own peak was ~420). ru_maxrss where there is no /proc."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 @dataclass
 class Totals:
     """The counters a checkpoint carries besides the engine (its client state, with the noise scale)."""
@@ -626,7 +641,7 @@ class Trainer:
             "elapsed_s": totals.elapsed,
             "tokens_per_s": totals.tokens / totals.elapsed if totals.elapsed else None,
             "noise_scale": noise.b_simple,
-            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "peak_rss_bytes": peak_rss_bytes(),
             "peak_flops_source": self.peak_description,
             "skipped_steps": totals.skipped,
             "stopped": stopped,
