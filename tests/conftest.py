@@ -21,6 +21,13 @@ import torch  # noqa: E402
 INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def pytest_configure(config):
+    # CI runs every test; `pytest -m "not slow"` is the inner loop (<= 3 minutes on 2 cores).
+    config.addinivalue_line(
+        "markers", "slow: takes more than ~10 s on 2 cores; deselect with -m 'not slow'"
+    )
+
+
 def _patch_interpreter() -> None:
     """Three gaps of Triton 3.9's interpreter, patched so kernels are judged by what the GPU computes:
     tl.dot multiplies the raw bit patterns of bfloat16 operands (triton issue 11584); it runs
