@@ -27,6 +27,7 @@ from fastscale.sweep import SweepSpec, run_sweep
 from fastscale.sweep.cluster import RayRun, check_storage, submit_across_nodes
 from fastscale.sweep.runner import _deepspeed_launch, _trainer_command
 from fastscale.sweep.spec import SweepError
+from fastscale.train.checkpoint import complete_tags
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs ray (the [cluster] extra)")
 
@@ -180,7 +181,7 @@ def _run_catching(failure, spec, out):
 
 def _checkpointed_run_on(out, node_id):
     for run_dir in sorted((out / "runs").glob("*")) if (out / "runs").is_dir() else ():
-        if (run_dir / "train.log").is_file() and nodes_of(run_dir) == [node_id] and any((run_dir / "checkpoints").glob("*/*")):
+        if (run_dir / "train.log").is_file() and nodes_of(run_dir) == [node_id] and complete_tags(run_dir / "checkpoints"):
             return run_dir.name
     return None
 
