@@ -144,10 +144,11 @@ PRESETS = {
     },
     # Kaplan et al. 2020's language setting at CPU scale: the running Python's standard library (source and
     # pydoc topics, ~11.8 MB after deduplication, PSF licence; no download), a byte-level BPE of 8,192 tokens
-    # learned from the training split (2.8M training tokens, 0.31M held out). Five sizes at aspect ratio 4
-    # with head_dim 16 take two widths and five depths (d_model 16: 3 and 6 layers; d_model 32: 3, 7 and 13),
-    # so runs of one width share nearly one total N (the embedding and the output projection, 2 x 8,192 x
-    # d_model, dominate it) and differ in non-embedding N: the contrast of Kaplan's Figure 6. Two token budgets
+    # learned from the training split (2.8M training tokens, 0.31M held out). Four sizes, each at two aspect
+    # ratios (d_model / n_layer targets 2 and 16, Kaplan's Figure 5): with head_dim 8 a deep narrow shape
+    # (7 to 13 layers of width 16 to 32) and a shallow wide one (2 to 4 layers of width 32 to 56). Total N is
+    # dominated by the embedding and the output projection (2 x 8,192 x d_model), so the wide shapes carry
+    # 1.6 to 2.3 times the total N of the deep ones at nearly the same non-embedding N: the contrast of Kaplan's Figure 6. Two token budgets
     # per size (2e5, 6e5: under a quarter of an epoch, no token repeated), held-out evaluations every 20
     # steps for the learning curves of L(D) and L(N, D). The study measures the loss's memory per micro-batch
     # (1,024 tokens) fused against eager. V up to 131,072 works on GPUs ("vocab" in "data").
@@ -156,10 +157,11 @@ PRESETS = {
         "description": "Python standard library text, byte-level BPE of 8,192 tokens: L(N) non-embedding vs total, L(D), L(N, D), B_crit(L), loss memory",
         "data": {"dataset": "text", "bpe": True, "vocab": 8192},
         "seq_len": 128,
-        "sizes": [1e4, 2e4, 4e4, 8e4, 1.6e5],
+        "sizes": [2e4, 4e4, 8e4, 1.6e5],
         "tokens": [2e5, 6e5],
         "seeds": [0],
-        "model": {"head_dim": 16, "aspect_ratio": 4},
+        "model": {"head_dim": 8},
+        "aspect_ratios": [2, 16],
         "lr": "kaplan",
         "train": {**TRAIN, "eval_interval": 20, "eval_batches": 12, "checkpoint_interval": 100},
         "deepspeed": _deepspeed(16, 8),

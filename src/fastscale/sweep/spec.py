@@ -9,6 +9,7 @@ A sweep file is JSON:
      "tokens": [6e5] or "compute": [1e13],              # budgets: D per run, or C per run (FLOPs, see below)
      "seeds": [0],                                      # every size; or one list per entry of "sizes"
      "model": {"head_dim": 32},                         # from_params options
+     "aspect_ratios": [2, 16],                          # optional: each size at each d_model / n_layer (Kaplan's Fig. 5)
      "lr": "kaplan" or 3e-3,                            # Kaplan et al. eq. D.1 by size, or one value
      "train": {...},                                    # TrainSettings fields (steps come from the budget)
      "deepspeed": {...},                                # DeepSpeed config of every run (batch sizes)
@@ -35,8 +36,8 @@ from fastscale.model.config import GPTConfig
 
 from .presets import PRESETS
 
-KEYS = {"name", "description", "data", "seq_len", "tokens_per_item", "sizes", "tokens", "compute", "seeds", "model", "lr", "train", "deepspeed",
-        "packing", "study"}
+KEYS = {"name", "description", "data", "seq_len", "tokens_per_item", "sizes", "tokens", "compute", "seeds", "model", "aspect_ratios", "lr",
+        "train", "deepspeed", "packing", "study"}
 COMPUTE_TOLERANCE = 0.01  # the largest relative distance of a run's counted C from its compute budget
 
 
@@ -70,6 +71,18 @@ def _seeds_per_size(seeds, n_sizes: int) -> list[list[int]]:
     return [seeds] * n_sizes
 
 
+def _aspect_ratios(raw: dict) -> list[float] | None:
+    """The sweep's aspect ratios (d_model / n_layer targets of GPTConfig.from_params), or None."""
+    if "aspect_ratios" not in raw:
+        return None
+    ratios = _positive_list(raw, "aspect_ratios")
+    _require(len(set(ratios)) == len(ratios), "aspect_ratios", raw["aspect_ratios"], "distinct values")
+    model = raw.get("model", {})
+    _require(not (isinstance(model, dict) and "aspect_ratio" in model), "model.aspect_ratio", model.get("aspect_ratio") if isinstance(model, dict) else None,
+             "no value when aspect_ratios is given (each run takes its ratio from aspect_ratios)")
+    return ratios
+
+
 def kaplan_lr(n_params: float) -> float:
     """Kaplan et al. (2020) eq. D.1: the learning rate that worked across their sizes."""
     return 0.003239 - 0.0001395 * math.log(n_params)
@@ -78,7 +91,8 @@ def kaplan_lr(n_params: float) -> float:
 @dataclass
 class Run:
     """One point of the grid: tokens is the budget's D (steps round it to whole optimizer steps);
-    compute is the budget's C in FLOPs, None under a token budget."""
+    compute is the budget's C in FLOPs, None under a token budget; aspect_ratio is the shape's
+    d_model / n_layer target when the sweep lists several (None: the model options decide)."""
 
     name: str
     n_target: float
@@ -87,6 +101,7 @@ class Run:
     steps: int
     lr: float
     compute: float | None = None
+    aspect_ratio: float | None = None
 
 
 @dataclass
@@ -105,6 +120,7 @@ class SweepSpec:
     deepspeed: dict = field(default_factory=dict)
     packing: str | None = None
     study: dict | None = None
+    aspect_ratios: list | None = None
     raw: dict = field(default_factory=dict)
 
     @classmethod
@@ -124,13 +140,15 @@ class SweepSpec:
         train = raw.get("train", {})
         _require("steps" not in train, "train.steps", train.get("steps"), "no value: steps come from the token or compute budget")
         _require("seed" not in train, "train.seed", train.get("seed"), "no value: seeds come from 'seeds'")
+        aspect_ratios = _aspect_ratios(raw)
         study = raw.get("study")
         if study is not None:
             _check_study(study, raw["data"])
         return cls(
             name=str(raw.get("name", "sweep")), data=raw["data"], seq_len=raw["seq_len"], sizes=sizes,
             budgets=_positive_list(raw, kind), budget_kind=kind, seeds=seeds, tokens_per_item=raw.get("tokens_per_item"),
-            model=raw.get("model", {}), lr=lr, train=train, deepspeed=raw["deepspeed"], packing=raw.get("packing"), study=study, raw=raw,
+            model=raw.get("model", {}), lr=lr, train=train, deepspeed=raw["deepspeed"], packing=raw.get("packing"), study=study,
+            aspect_ratios=aspect_ratios, raw=raw,
         )
 
     @classmethod
@@ -151,38 +169,45 @@ class SweepSpec:
         _require(isinstance(batch, int) and batch >= 1, "deepspeed.train_batch_size", batch, "a positive integer (steps come from it)")
         return batch * self.seq_len
 
-    def flops_per_token(self, n_target: float) -> int:
-        """Training FLOPs per token of the shape a run of size n_target builds: GPTConfig.from_params
-        with this sweep's seq_len and model options, merged as run_config merges them (the trainer's
-        fastscale.train.launch.model_config builds the same shape). The vocabulary, which only the
-        prepared data knows, is a placeholder: flops_per_token counts no embedding, so it cannot change it."""
-        options = {"params": n_target, **self.model}
+    def flops_per_token(self, n_target: float, aspect_ratio: float | None = None) -> int:
+        """Training FLOPs per token of the shape a run of size n_target (and aspect_ratio, if the sweep
+        lists several) builds: GPTConfig.from_params with this sweep's seq_len and model options, merged
+        as run_config merges them (the trainer's fastscale.train.launch.model_config builds the same shape).
+        The vocabulary, which only the prepared data knows, is a placeholder: flops_per_token counts no
+        embedding, so it cannot change it."""
+        options = self._model_options(n_target, aspect_ratio)
         try:
             shape = GPTConfig.from_params(float(options.pop("params")), 1, self.seq_len, **options)
         except (TypeError, ValueError) as error:
             raise SweepError(f"sweep: model={self.model!r} at size {n_target:g}: {error}") from None
         return shape.flops_per_token()
 
+    def _model_options(self, n_target: float, aspect_ratio: float | None) -> dict:
+        options = {"params": n_target, **self.model}
+        return options if aspect_ratio is None else {**options, "aspect_ratio": aspect_ratio}
+
     def runs(self) -> list[Run]:
-        """The grid, smallest models first (the runner starts the largest first)."""
+        """The grid, smallest models first (the runner starts the largest first). With aspect_ratios,
+        each size and budget is trained at every aspect ratio (run names gain _a{ratio})."""
         runs = []
         for n, seeds in sorted(zip(self.sizes, self.seeds)):
-            for budget in self.budgets:
-                label = f"{self.budget_kind[0]}{budget:.3g}".replace("+", "")
-                name = f"N{n:.3g}_{label}".replace("+", "")
-                tokens, steps, compute = self._budget(name, n, budget)
-                for seed in seeds:
-                    runs.append(Run(f"{name}_s{seed}", n, tokens, seed, steps, kaplan_lr(n) if self.lr == "kaplan" else float(self.lr), compute))
+            for aspect in self.aspect_ratios or [None]:
+                for budget in self.budgets:
+                    label = f"{self.budget_kind[0]}{budget:.3g}" + ("" if aspect is None else f"_a{aspect:g}")
+                    name = f"N{n:.3g}_{label}".replace("+", "")
+                    tokens, steps, compute = self._budget(name, n, budget, aspect)
+                    lr = kaplan_lr(n) if self.lr == "kaplan" else float(self.lr)
+                    runs += [Run(f"{name}_s{seed}", n, tokens, seed, steps, lr, compute, aspect) for seed in seeds]
         names = [r.name for r in runs]
         _require(len(set(names)) == len(names), "sizes/budgets", names, "distinct runs (two grid points round to the same name)")
         return runs
 
-    def _budget(self, name: str, n_target: float, budget: float) -> tuple[float, int, float | None]:
+    def _budget(self, name: str, n_target: float, budget: float, aspect_ratio: float | None) -> tuple[float, int, float | None]:
         """(tokens, steps, compute) of one grid point: the nearest whole number of steps to the budget's D."""
         per_step = self.tokens_per_step()
         if self.budget_kind == "tokens":
             return budget, max(1, round(budget / per_step)), None
-        per_token = self.flops_per_token(n_target)
+        per_token = self.flops_per_token(n_target, aspect_ratio)
         tokens = budget / per_token
         steps = max(1, round(tokens / per_step))
         counted = per_token * per_step * steps
@@ -195,7 +220,7 @@ class SweepSpec:
     def run_config(self, run: Run, data: dict) -> dict:
         """The trainer's run config (fastscale.train.RunConfig) of one grid point."""
         train = {**self.train, "steps": run.steps, "seed": run.seed, "lr": run.lr}
-        config = {"model": {"params": run.n_target, **self.model}, "data": data, "seq_len": self.seq_len, "train": train}
+        config = {"model": self._model_options(run.n_target, run.aspect_ratio), "data": data, "seq_len": self.seq_len, "train": train}
         return config if self.packing is None else {**config, "packing": self.packing}
 
 
