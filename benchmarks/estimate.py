@@ -29,6 +29,7 @@ import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from fastscale.benchmarks import harness
 from fastscale.io import json_text, write_atomically
 from fastscale.kernels import roofline
 
@@ -269,13 +270,10 @@ def _family(estimate: roofline.Estimate) -> str:
 
 
 def table(estimates: list[roofline.Estimate], ratios: dict[str, float]) -> str:
-    rows = [["kernel", "shape", "GPU", "est. ms", "est. TFLOP/s", "% of peak", "calibrated TFLOP/s", "bound"]]
-    for e in estimates:
-        rows.append([e.kernel, e.shape, e.gpu.name, f"{e.seconds * 1e3:.2f}", f"{e.tflops:.0f}", f"{100 * e.fraction_of_peak:.0f}%",
-                     f"{e.tflops / ratios[_family(e)]:.0f}", e.bound])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
-    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
+    header = ["kernel", "shape", "GPU", "est. ms", "est. TFLOP/s", "% of peak", "calibrated TFLOP/s", "bound"]
+    rows = [[e.kernel, e.shape, e.gpu.name, f"{e.seconds * 1e3:.2f}", f"{e.tflops:.0f}", f"{100 * e.fraction_of_peak:.0f}%",
+             f"{e.tflops / ratios[_family(e)]:.0f}", e.bound] for e in estimates]
+    return harness.format_table(header, rows)
 
 
 def calibration_lines(pairs) -> list[str]:

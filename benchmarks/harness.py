@@ -21,19 +21,7 @@ from typing import Callable
 import torch
 
 import fastscale.io
-
-# Dense bf16/fp16 tensor-core peak (TFLOP/s) and memory bandwidth (TB/s) by device-name substring.
-GPU_PEAKS = {
-    "H100 SXM": (989.0, 3.35),
-    "H100 NVL": (835.0, 3.9),
-    "H100 PCIe": (756.0, 2.0),
-    "H200": (989.0, 4.8),
-    "B200": (2250.0, 8.0),
-    "A100-SXM4-80GB": (312.0, 2.039),
-    "A100-SXM4-40GB": (312.0, 1.555),
-    "A100-PCIE": (312.0, 1.935),
-    "L40S": (362.0, 0.864),
-}
+from fastscale import hardware
 
 BASELINE_PACKAGES = ("torch", "triton", "liger-kernel", "cut-cross-entropy", "flash-attn", "fastscale")
 
@@ -43,24 +31,14 @@ def has_gpu() -> bool:
 
 
 def device_peak() -> tuple[float, float] | None:
-    """(TFLOP/s, TB/s) of the current GPU, or None without a GPU or for an unlisted device."""
+    """(TFLOP/s, TB/s) of the current GPU from the hardware table (fastscale.hardware), or None
+    without a GPU or for a device whose peaks the table lacks."""
     if not has_gpu():
         return None
-    name = torch.cuda.get_device_name()
-    for key, peak in GPU_PEAKS.items():
-        if all(part in name for part in key.split()):
-            return peak
-    return None
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    row = hardware.accelerator(torch.cuda.get_device_name())
+    if row is None or row.tflops is None or row.tb_per_s is None:
+        return None
+    return row.tflops, row.tb_per_s
 
 
 def environment() -> dict:
@@ -72,7 +50,7 @@ def environment() -> dict:
         except metadata.PackageNotFoundError:
             versions[name] = None
     env = {
-        "cpu": cpu_model(),
+        "cpu": hardware.cpu_model(),
         "cpu_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name() if has_gpu() else None,
         "python": platform.python_version(),

@@ -177,7 +177,7 @@ def test_noise_scale_from_run_directory(capsys, tmp_path):
 
 def test_fit_layer_imports_without_torch():
     code = (
-        "import sys, fastscale.fit, fastscale.fit.command, fastscale.fit.plots; "
+        "import sys, fastscale.fit, fastscale.fit.command, fastscale.fit.plots, fastscale.fit.benchmark, fastscale.units, fastscale.hardware; "
         "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'deepspeed', 'matplotlib')]; "
         "sys.exit(f'imported {bad}' if bad else 0)"
     )
@@ -406,10 +406,9 @@ def test_isoflop_holdout_largest_holds_out_the_largest_budgets(capsys, tmp_path)
     assert f"  C={sorted(minima)[-1]:.4g}: observed" in out
 
 
-def test_isoflop_reports_each_budgets_minimum_with_its_interval(capsys, tmp_path):
+def test_isoflop_reports_each_budgets_minimum_with_its_interval(capsys, tmp_path, rng):
     # Chinchilla's law (Hoffmann et al. 2022, eq. 10) on 4 budgets x 9 sizes, 0.3% noise: the JSON and the
     # table give each budget's N_opt and loss with fit_isoflop's intervals; the holdout keeps them for the rest.
-    rng = np.random.default_rng()
     rows = []
     for c in np.geomspace(1e18, 1e21, 4):
         for n in np.geomspace(3e7, 3e9, 9):
@@ -572,7 +571,7 @@ def test_forecast_reports_the_draws_left_out_of_its_interval(capsys, tmp_path):
     assert code == 0 and f"{forecast['draws_not_finite']} bootstrap draws not finite, left out)" in out
 
 
-def test_conventional_column_names_need_no_options_and_the_report_says_which_it_took(capsys, tmp_path):
+def test_conventional_column_names_need_no_options_and_the_report_says_which_it_took(capsys, tmp_path, rng):
     data = write_power_csv(tmp_path / "runs.csv")  # columns N, loss, name
     code, out, err = run_cli(capsys, data, "--law", "power", "--bootstrap", "0", "--json")
     assert code == 0, err
@@ -581,7 +580,6 @@ def test_conventional_column_names_need_no_options_and_the_report_says_which_it_
     _, explicit, _ = run_cli(capsys, data, "--law", "power", "--x", "N", "--y", "loss", "--bootstrap", "0", "--json")
     assert report["params"] == json.loads(explicit)["params"]
     # N and D both there: which one is x is the user's choice, and the error says what is missing
-    rng = np.random.default_rng()
     rows = [(n, 20 * n, 1.7 + (1e4 / n) ** 0.3 + (1e6 / (20 * n)) ** 0.3 + rng.normal(0, 0.001)) for n in np.geomspace(1e5, 1e8, 12)]
     both = tmp_path / "nd.csv"
     both.write_text("N,D,loss\n" + "".join(f"{n},{d},{y}\n" for n, d, y in rows))

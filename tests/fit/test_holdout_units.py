@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from fastscale.fit import FitInputError, fit_power_law, holdout_largest, units
+from fastscale import units
+from fastscale.fit import FitInputError, fit_power_law, holdout_largest
 
 
 def test_holdout_on_exact_data_predicts_the_largest_exactly():

@@ -10,7 +10,7 @@ from importlib import metadata
 
 import torch
 
-from fastscale.benchmarks import harness
+from fastscale import hardware
 
 PACKAGES = ("torch", "triton", "deepspeed", "liger-kernel", "cut-cross-entropy", "flash-attn", "fastscale")
 # Where a backend's check runs: on the GPU, on the CPU (torch), or under Triton's interpreter.
@@ -34,7 +34,7 @@ def devices() -> dict:
             props = torch.cuda.get_device_properties(index)
             gpus.append({"index": index, "name": props.name, "capability": f"{props.major}.{props.minor}",
                          "memory_bytes": props.total_memory, "multiprocessors": props.multi_processor_count})
-    return {"cpu": harness.cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpus": gpus}
+    return {"cpu": hardware.cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpus": gpus}
 
 
 def _extension():

@@ -9,7 +9,7 @@ Laws: power (Henighan et al. 2020; Kaplan et al. 2020), broken (Caballero et al.
 (Muennighoff et al. 2023), frontier, allocation / isoflop and critical_batch; `holdout` fits without the
 largest runs and predicts them (`holdout_largest`, and `holdout_largest_runs` for the frontier).
 Units: N is whatever the data counts (Kaplan and Henighan: non-embedding parameters; Hoffmann: all),
-C in FLOPs unless stated (`units` converts PF-days), losses in nats per token.
+C in FLOPs unless stated (`fastscale.units` converts PF-days), losses in nats per token.
 """
 
 from fastscale.fit._checks import FitInputError

@@ -47,29 +47,22 @@ from fastscale.fit.io import column, drop_highest_loss, read_table
 from fastscale.fit.kaplan import fit_kaplan_nd, fit_kaplan_ns
 from fastscale.fit.overtrain import fit_overtrain
 from fastscale.fit.power import fit_power_law
-from fastscale.fit.units import flops_to_pf_days, pf_days_to_flops
+from fastscale.units import flops_to_pf_days, pf_days_to_flops
+from fastscale import hardware
 from fastscale.io import write_atomically
 
 DEFAULT_DATA = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "scaling" / "chinchilla-epoch" / "svg_extracted_data.csv"
 
 
 def environment() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")), platform.processor())
     return {
-        "cpu": cpu,
+        "cpu": hardware.cpu_model(),
         "cores": os.cpu_count(),
         "load_average_1_5_15_min": list(os.getloadavg()),
         "python": platform.python_version(),
         "numpy": np.__version__,
         "scipy": scipy.__version__,
     }
-
-
-def _cpuinfo():
-    try:
-        return Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return []
 
 
 def load_epoch(path) -> tuple:

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from fastscale.fit import units
+from fastscale import units
 from fastscale.fit._checks import FitInputError
 from fastscale.fit.allocation import fit_allocation, fit_isoflop
 from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP, DEFAULT_RESAMPLING, RESAMPLING

@@ -63,8 +63,8 @@ from fastscale.fit import (
     holdout_largest,
 )
 from fastscale.fit.frontier import early_rows
-from fastscale.fit.units import per_item
 from fastscale.io import read_metrics, write_atomically, write_json
+from fastscale.units import per_item
 
 from .index import read_state
 from .isoflop import epochs, flops_per_parameter, plot_profiles, profiles_section, repeated_data_section

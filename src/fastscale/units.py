@@ -1,4 +1,5 @@
-"""Units and conventions of the seed papers.
+"""Units and conventions of the seed papers, in one place for the fit layer, the trainer and the
+reports (numpy only: the fit layer stays free of torch).
 
 Compute: Kaplan and Henighan quote C in PF-days (1 PF-day = 1e15 FLOP/s * 86,400 s = 8.64e19 FLOP);
 Hoffmann and Porian in FLOPs. Training compute C = 6 N D (forward + backward, non-embedding N).
