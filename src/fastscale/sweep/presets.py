@@ -142,6 +142,51 @@ PRESETS = {
         "deepspeed": _deepspeed(8, 8),
         "study": {"kind": "classify", "steps": 150, "batch_size": 32, "lr": 3e-3, "weight_decay": 0.0, "seed": 0, "baseline": True},
     },
+    # Video (Henighan et al. 2020): 2,000 clips of 4 frames of 8x8 RGB (fastscale.data.sources.photo_pans: a
+    # window panning across a sample photograph; 1,800 for training, 1.38M tokens), BOS and 768 pixel tokens a
+    # clip, "documents" packing so each row is one whole clip. image8's six smallest sizes (distinct widths,
+    # head_dim 16), each trained on 8e5 tokens (260 steps of 4 clips, 0.58 epoch: no clip repeated), held-out
+    # evaluations of 40 clips every 26 steps for the frontier's learning curves. The study scores all 200
+    # held-out clips: the loss of frame 1 alone and of each later frame given the earlier ones, against N.
+    "video": {
+        "name": "video",
+        "description": "4-frame 8x8 video clips: L(N), and each frame's loss given the earlier frames against N",
+        "data": {"dataset": "video", "frames": 4, "resolution": 8, "count": 2000},
+        "seq_len": 769,
+        "tokens_per_item": 768,
+        "packing": "documents",
+        "sizes": [1e4, 2e4, 5e4, 7e4, 2e5, 4e5],
+        "tokens": [8e5],
+        "seeds": [0],
+        "model": {"head_dim": 16},
+        "lr": "kaplan",
+        "train": {**TRAIN, "eval_interval": 26, "eval_batches": 10, "checkpoint_interval": 100},
+        "deepspeed": _deepspeed(4, 4),
+        "study": {"kind": "video"},
+    },
+    # The same images at several resolutions (Henighan et al. 2020, section 2): the 1,950 photo patches
+    # (32x32 pixels of scikit-learn's two sample photographs, area-downsampled; digits are 8x8 at the source
+    # and would only be upsampled), 1,755 for training. This entry is the 8x8 grid; `fastscale resolutions
+    # OUT` trains it at every resolution of the study's list (fastscale.sweep.domains.resolution_specs:
+    # seq_len 3 r^2 + 1, the token budget scaled by the seq_len, so every resolution trains 220 steps of 8
+    # images, one epoch) and compares them. Five sizes of distinct widths (head_dim 16). 32x32 (3,073-token
+    # rows) would take hours on a CPU: `--resolutions 8 16 32` on a GPU.
+    "resolutions": {
+        "name": "resolutions",
+        "description": "photo patches at 8x8 (and 16x16 with `fastscale resolutions`): L(N) per resolution in nats per image, N forecasts",
+        "data": {"dataset": "photos", "resolution": 8},
+        "seq_len": 193,
+        "tokens_per_item": 192,
+        "packing": "documents",
+        "sizes": [1e4, 2e4, 5e4, 7e4, 2e5],
+        "tokens": [3.4e5],
+        "seeds": [0],
+        "model": {"head_dim": 16},
+        "lr": "kaplan",
+        "train": {**TRAIN, "eval_interval": 22, "eval_batches": 12, "checkpoint_interval": 100},
+        "deepspeed": _deepspeed(8, 4),
+        "study": {"kind": "resolutions", "resolutions": [8, 16]},
+    },
     # Kaplan et al. 2020's language setting at CPU scale: the running Python's standard library (source and
     # pydoc topics, ~11.8 MB after deduplication, PSF licence; no download), a byte-level BPE of 8,192 tokens
     # learned from the training split (2.8M training tokens, 0.31M held out). Four sizes, each at two aspect

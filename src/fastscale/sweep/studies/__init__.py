@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import importlib
 
-KINDS = ("multimodal", "math", "classify", "text")
+KINDS = ("multimodal", "math", "classify", "text", "video", "resolutions")
 
 
 def study(kind: str):
