@@ -19,7 +19,7 @@ from fastscale.sweep import SweepSpec, run_sweep
 from fastscale.sweep.devices import Inventory, place_runs
 from fastscale.sweep.spec import SweepError
 from fastscale.train.confinement import confine_deepspeed_config, direct_monitor_files
-from fastscale.train.config import ConfigError
+from fastscale.train.config import ConfigError, DeepSpeedSettings
 
 pytest.importorskip("deepspeed")
 
@@ -112,7 +112,8 @@ def test_sweep_refuses_nvme_offload():
     from fastscale.model.config import GPTConfig
 
     with pytest.raises(SweepError, match=r"zero_optimization\.offload_optimizer\.device='nvme'.*/local_nvme"):
-        place_runs({"a": GPTConfig(vocab_size=16, seq_len=8, n_layer=1, d_model=8, n_head=1)}, ds, Inventory("cpu", 2**34, 2))
+        place_runs({"a": GPTConfig(vocab_size=16, seq_len=8, n_layer=1, d_model=8, n_head=1)}, DeepSpeedSettings.parse(ds, 1, device_type="cpu"),
+                   Inventory("cpu", 2**34, 2))
 
 
 SWEEP = {

@@ -3,7 +3,7 @@ share one device.
 
 CPU: the host is one device with `jobs` slots (default one per core: each run is one thread), fewer for
 runs whose planner estimate of host memory does not allow that many at once. Every run keeps the
-sweep's DeepSpeed config as written.
+sweep's DeepSpeed config as written (its batch sizes resolved for one rank).
 
 CUDA GPUs: each run gets the planner's DeepSpeed config (fastscale.train.plan) merged under the sweep's
 "deepspeed" section: the sweep's batch sizes and every key it sets explicitly win; the planner fills the
@@ -28,11 +28,15 @@ import math
 import os
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import TYPE_CHECKING
 
 from fastscale.model.config import GPTConfig
-from fastscale.train.plan import CHOICES, PROCESS_HOST_BYTES, GiB, Choice, choice_of, deepspeed_config, estimate, host_memory
+from fastscale.train.plan import CHOICES, PROCESS_HOST_BYTES, GiB, Choice, deepspeed_config, estimate, host_memory
 
 from .spec import SweepError
+
+if TYPE_CHECKING:
+    from fastscale.train.config import DeepSpeedSettings
 
 # Without MPS the kernels of different processes never run at the same time: the GPU time-slices
 # between their contexts. Packing small runs therefore pays only by filling the gaps in which one run's
@@ -107,16 +111,16 @@ class Layout:
     reason: str
 
 
-def place_runs(models: dict[str, GPTConfig], ds: dict, inventory: Inventory, *, jobs: int | None = None) -> Layout:
-    """Each run's placement (models: run name -> its GPTConfig; ds: the sweep's DeepSpeed section) and a
-    one-line reason of what shares a device and why. Raises SweepError for a run that fits nowhere."""
+def place_runs(models: dict[str, GPTConfig], ds: DeepSpeedSettings, inventory: Inventory, *, jobs: int | None = None) -> Layout:
+    """Each run's placement (models: run name -> its GPTConfig; ds: the sweep's DeepSpeed section, parsed
+    for one rank) and a one-line reason of what shares a device and why. Raises SweepError for a run
+    that fits nowhere."""
     if jobs is not None and (not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1):
         raise SweepError(f"jobs={jobs!r}; expected a positive integer")
     _refuse_nvme_offload(ds)
-    micro_batch = _micro_batch(ds, 1)
     if inventory.kind == "cpu":
         slots = jobs or inventory.cores
-        placements = {name: _place_on_host(name, config, ds, micro_batch, inventory, slots) for name, config in models.items()}
+        placements = {name: _place_on_host(name, config, ds, inventory, slots) for name, config in models.items()}
     else:
         placements = {name: _place_on_gpus(name, config, ds, inventory) for name, config in models.items()}
     reason = _reason(placements, inventory)
@@ -125,59 +129,47 @@ def place_runs(models: dict[str, GPTConfig], ds: dict, inventory: Inventory, *, 
     return Layout(inventory, placements, reason)
 
 
-def _refuse_nvme_offload(ds: dict) -> None:
+def _refuse_nvme_offload(ds: DeepSpeedSettings) -> None:
     """A sweep runs several runs at once from one DeepSpeed section, and DeepSpeed clears and refills
     nvme_path/zero_stage_*/ of each: they would share, and destroy, one swap directory outside OUT."""
-    zero = ds.get("zero_optimization") or {}
-    for section in ("offload_optimizer", "offload_param"):
-        offload = zero.get(section) or {}
-        if offload.get("device") == "nvme":
-            raise SweepError(f"sweep deepspeed section: zero_optimization.{section}.device='nvme' (nvme_path={offload.get('nvme_path')!r}): "
+    for section, device in (("offload_optimizer", ds.choice.offload_optimizer), ("offload_param", ds.choice.offload_param)):
+        if device == "nvme":
+            raise SweepError(f"sweep deepspeed section: zero_optimization.{section}.device='nvme' (nvme_path={ds.nvme_path(section)!r}): "
                              "a sweep's runs would share one swap directory outside the sweep's directory; offload to 'cpu', or train "
                              "that model alone with train.py --deepspeed_config and your nvme_path")
 
 
-def _micro_batch(ds: dict, world_size: int) -> int | None:
+def _micro_batch(ds: DeepSpeedSettings, world_size: int) -> int | None:
     """The micro batch per rank, or None when the sweep's batch sizes do not divide over world_size."""
-    from fastscale.train.config import ConfigError, resolve_batch
+    from fastscale.train.config import ConfigError
 
     try:
-        return resolve_batch(ds, world_size)["train_micro_batch_size_per_gpu"]
-    except ConfigError as error:
-        if world_size == 1:
-            raise SweepError(str(error)) from None
+        return ds.for_world_size(world_size).micro_batch
+    except ConfigError:
         return None
 
 
-def _sixteen_bit(ds: dict) -> bool | None:
-    """The sweep's own precision, or None when it leaves it to the planner."""
-    if "bf16" not in ds and "fp16" not in ds:
-        return None
-    return any((ds.get(key) or {}).get("enabled", False) for key in ("bf16", "fp16"))
-
-
-def _place_on_host(name: str, config: GPTConfig, ds: dict, micro_batch: int, inventory: Inventory, slots: int) -> Placement:
-    bf16 = bool(_sixteen_bit(ds))
-    need = estimate(config, choice_of(ds), micro_batch=micro_batch, bf16=bf16, gpus=0)["host"]
+def _place_on_host(name: str, config: GPTConfig, ds: DeepSpeedSettings, inventory: Inventory, slots: int) -> Placement:
+    bf16 = ds.sixteen_bit
+    need = estimate(config, ds.choice, micro_batch=ds.micro_batch, bf16=bf16, gpus=0)["host"]
     fit = math.floor(HEADROOM * inventory.host_memory / max(need, 1))
     if fit < 1:
         raise SweepError(
-            f"sweep run {name}: {config.n_params_total:.3g} parameters with {choice_of(ds).describe()} need about {need / GiB:.1f} GiB "
+            f"sweep run {name}: {config.n_params_total:.3g} parameters with {ds.choice.describe()} need about {need / GiB:.1f} GiB "
             f"of host memory by the planner; this machine has {inventory.host_memory / GiB:.1f} GiB (90% usable)"
         )
     limit = f"the {slots} slot(s)" if slots <= fit else "host memory"
     return Placement(None, bf16, 1, min(slots, fit), need, limit)
 
 
-def _allowed(choice: Choice, ds: dict) -> bool:
+def _allowed(choice: Choice, ds: DeepSpeedSettings) -> bool:
     """A planner choice agrees with what the sweep's DeepSpeed section sets explicitly."""
-    zero = ds.get("zero_optimization") or {}
-    if "stage" in zero and choice.stage != zero["stage"]:
-        return False
-    for section, device in (("offload_optimizer", choice.offload_optimizer), ("offload_param", choice.offload_param)):
-        if section in zero and (zero[section] or {}).get("device", "none") != device:
-            return False
-    return "activation_checkpointing" not in ds or choice.checkpointing
+    own = ds.choice
+    agrees = {"zero_optimization.stage": choice.stage == own.stage,
+              "zero_optimization.offload_optimizer": choice.offload_optimizer == own.offload_optimizer,
+              "zero_optimization.offload_param": choice.offload_param == own.offload_param,
+              "activation_checkpointing": choice.checkpointing}
+    return all(ok for key, ok in agrees.items() if key in ds.written)
 
 
 def _widths(gpus: int) -> list[int]:
@@ -185,11 +177,11 @@ def _widths(gpus: int) -> list[int]:
     return sorted({2**k for k in range(gpus.bit_length()) if 2**k <= gpus} | {gpus})
 
 
-def _place_on_gpus(name: str, config: GPTConfig, ds: dict, inventory: Inventory) -> Placement:
-    bf16 = _sixteen_bit(ds)
-    bf16 = True if bf16 is None else bf16  # left to the planner: bf16 (Ampere and later)
+def _place_on_gpus(name: str, config: GPTConfig, ds: DeepSpeedSettings, inventory: Inventory) -> Placement:
+    # left to the planner: bf16 (Ampere and later)
+    bf16 = ds.sixteen_bit if ds.written & {"bf16", "fp16"} else True
     # nvme offload needs a fast disk's path, which a sweep does not have
-    candidates = [c for c in CHOICES if _allowed(c, ds) and "nvme" not in (c.offload_optimizer, c.offload_param)] or [choice_of(ds)]
+    candidates = [c for c in CHOICES if _allowed(c, ds) and "nvme" not in (c.offload_optimizer, c.offload_param)] or [ds.choice]
     capacity, host_capacity, best = HEADROOM * inventory.gpu_memory, HEADROOM * inventory.host_memory, None
     # Spanning more GPUs before offloading: offload moves states over PCIe every step, a wider run only
     # adds ZeRO's collectives between GPUs
@@ -262,21 +254,15 @@ def _size(n_bytes: float) -> str:
     return f"{n_bytes / GiB:.2f} GiB" if n_bytes >= GiB else f"{n_bytes / 2**20:.1f} MiB"
 
 
-def deepspeed_for(placement: Placement, ds: dict, train) -> dict:
-    """The DeepSpeed config of one run: the sweep's as written on CPU; on GPUs the planner's config of
-    the placement's choice under the sweep's explicit keys. train: the run's TrainSettings (the
-    optimizer an offload choice needs takes its lr, betas, eps and weight decay)."""
+def deepspeed_for(placement: Placement, ds: DeepSpeedSettings, train) -> dict:
+    """The DeepSpeed config of one run: the sweep's (batch sizes resolved for one rank) on CPU; on GPUs
+    the planner's config of the placement's choice under the sweep's explicit keys, the batch sizes
+    resolved for the GPUs the run spans. train: the run's TrainSettings (the optimizer an offload choice
+    needs takes its lr, betas, eps and weight decay)."""
     if placement.choice is None:
-        return ds
-    from fastscale.train.config import resolve_batch
-
-    batch = resolve_batch(ds, placement.gpus)
-    planned = deepspeed_config(placement.choice, micro_batch=batch["train_micro_batch_size_per_gpu"],
-                               accumulation=batch["gradient_accumulation_steps"], bf16=placement.bf16, lr=train.lr)
+        return ds.config
+    ds = ds.for_world_size(placement.gpus)
+    planned = deepspeed_config(placement.choice, micro_batch=ds.micro_batch, accumulation=ds.accumulation, bf16=placement.bf16, lr=train.lr)
     if "optimizer" in planned:
         planned["optimizer"]["params"].update(betas=list(train.betas), eps=train.eps, weight_decay=train.weight_decay)
-    if "fp16" in ds:  # the sweep chose fp16 (or fp32): the planner's bf16 key must not contradict it
-        planned.pop("bf16")
-    merged = {**planned, **ds, **batch}
-    merged["zero_optimization"] = {**planned["zero_optimization"], **(ds.get("zero_optimization") or {})}
-    return merged
+    return ds.written_over(planned)

@@ -15,6 +15,7 @@ from torch.nn import functional as F
 
 from fastscale.model import GPT, GPTConfig
 from fastscale.train import checkpoint as ckpt
+from fastscale.train.config import DeepSpeedSettings
 
 from .index import read_state
 
@@ -33,8 +34,8 @@ def trained_state(run_dir) -> dict:
     """The model's weights (fp32, CPU) from the newest intact checkpoint of any ZeRO stage, loaded as data
     only (fastscale.train.checkpoint.safe_load)."""
     tag_dir = newest_checkpoint(run_dir)
-    stage = (read_state(Path(run_dir) / "config.json")["deepspeed"].get("zero_optimization") or {}).get("stage", 0)
-    if stage == 3:  # partitioned: DeepSpeed's own consolidation
+    info = read_state(Path(run_dir) / "config.json")
+    if DeepSpeedSettings.read(info["deepspeed"], info["world_size"]).choice.stage == 3:  # partitioned: DeepSpeed's own consolidation
         return ckpt.zero3_fp32_state(tag_dir)
     state = ckpt.safe_load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu")["module"]
     return {name: tensor.float() for name, tensor in state.items()}

@@ -34,13 +34,16 @@ import time
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from fastscale.io import StateFileError, last_step, read_metrics, restore_previous, write_json
 
 from .devices import Inventory, Layout, Placement, deepspeed_for, place_runs
 from .index import SWEEP_FILES, ResultsIndex, read_state, write_state
 from .spec import Run, SweepError, SweepSpec, study_options
+
+if TYPE_CHECKING:
+    from fastscale.train.config import DeepSpeedSettings
 
 logger = logging.getLogger(__name__)
 
@@ -96,19 +99,21 @@ def restore_state(out_dir) -> list[Path]:
         lock.close()
 
 
-def _check_configs(spec: SweepSpec, runs: list[Run], device_type: str, out_dir: Path) -> None:
+def _check_configs(spec: SweepSpec, runs: list[Run], device_type: str, out_dir: Path) -> DeepSpeedSettings:
     """The trainer's own checks of every run config and of the DeepSpeed config (including where it
-    writes files: inside each run's directory), before any work starts."""
+    writes files: inside each run's directory), before any work starts; returns the DeepSpeed section
+    parsed for one rank."""
     from fastscale.train.confinement import confine_deepspeed_config
-    from fastscale.train.config import ConfigError, RunConfig, check_deepspeed_config
+    from fastscale.train.config import ConfigError, DeepSpeedSettings, RunConfig
 
     try:
-        check_deepspeed_config(spec.deepspeed, world_size=1, device_type=device_type)
+        ds = DeepSpeedSettings.parse(spec.deepspeed, world_size=1, device_type=device_type)
         for run in runs:
             RunConfig.from_dict(spec.run_config(run, spec.data), where=f"sweep run {run.name}")
             confine_deepspeed_config(spec.deepspeed, out_dir / "runs" / run.name)
     except ConfigError as error:
         raise SweepError(str(error)) from None
+    return ds
 
 
 def prepare_data(spec: SweepSpec, out_dir: Path) -> dict:
@@ -232,11 +237,11 @@ def _sweep(spec, out_dir, inventory, jobs, launcher, retrain, on_layout, on_upda
     """run_sweep under the sweep's lock, on inventory (this machine's devices or the Ray cluster's)."""
     launcher = launcher if launcher != "auto" else "deepspeed" if inventory.kind == "cuda" else "process"
     runs = spec.runs()
-    _check_configs(spec, runs, inventory.kind, out_dir)
+    ds = _check_configs(spec, runs, inventory.kind, out_dir)
     index = ResultsIndex(out_dir / "results.json")  # a damaged index stops the sweep before anything in OUT changes
     _check_same_sweep(out_dir, spec)
     data = prepare_data(spec, out_dir)
-    layout, deepspeed = _place(spec, runs, data, inventory, jobs, launcher)
+    layout, deepspeed = _place(spec, ds, runs, data, inventory, jobs, launcher)
     logger.info("placement: %s", layout.reason)
     on_layout and on_layout(layout.reason)
     for run in runs:
@@ -250,22 +255,23 @@ def _sweep(spec, out_dir, inventory, jobs, launcher, retrain, on_layout, on_upda
     return index
 
 
-def _place(spec: SweepSpec, runs: list[Run], data: dict, inventory: Inventory, jobs: int | None, launcher: str) -> tuple[Layout, dict]:
-    """Every run's placement and DeepSpeed config (run name -> config), checked by the trainer's own
-    checks before any run starts."""
+def _place(spec: SweepSpec, ds: DeepSpeedSettings, runs: list[Run], data: dict, inventory: Inventory, jobs: int | None,
+           launcher: str) -> tuple[Layout, dict]:
+    """Every run's placement and DeepSpeed config (run name -> config; ds: the sweep's section, parsed),
+    checked by the trainer's own checks before any run starts."""
     from fastscale.data import load
     from fastscale.train.config import ConfigError, RunConfig, check_deepspeed_config
     from fastscale.train.launch import model_config
 
     vocab_size = _check_rows(spec, *load(data))
     configs = {run.name: RunConfig.from_dict(spec.run_config(run, data)) for run in runs}
-    layout = place_runs({name: model_config(c, vocab_size) for name, c in configs.items()}, spec.deepspeed, inventory, jobs=jobs)
+    layout = place_runs({name: model_config(c, vocab_size) for name, c in configs.items()}, ds, inventory, jobs=jobs)
     deepspeed = {}
     for name, placement in layout.placements.items():
         if placement.gpus > 1 and launcher == "process":
             raise SweepError(f"sweep run {name} needs {placement.gpus} GPUs (devices: {layout.reason}); launcher='process' starts one rank: "
                              "use launcher 'deepspeed' or 'auto'")
-        deepspeed[name] = deepspeed_for(placement, spec.deepspeed, configs[name].train)
+        deepspeed[name] = deepspeed_for(placement, ds, configs[name].train)
         if launcher == "ray":
             from .cluster import nodes_for
 

@@ -1,7 +1,11 @@
-"""Run configuration (what to train: model, data, schedule, intervals) and early checks of the user's
-DeepSpeed configuration (how to train it: batch sizes, ZeRO stage, precision, offload, activation
-checkpointing). Every check runs before DeepSpeed starts and names the field, its value and what was
-expected."""
+"""Run configuration (what to train: model, data, schedule, intervals) and the user's DeepSpeed
+configuration (how to train it: batch sizes, ZeRO stage, precision, offload, activation checkpointing).
+
+The DeepSpeed config is checked once, before DeepSpeed starts (every check names the field, its value
+and what was expected), and read once into `DeepSpeedSettings`, a frozen typed view that the launcher,
+the memory planner, the Trainer and the sweep's placement pass along: nothing else reads the dict's
+sections. The dict itself, checked and with its batch sizes resolved, goes to `deepspeed.initialize`
+unchanged (`DeepSpeedSettings.config`)."""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from pathlib import Path
 from fastscale.data.packing import PACKINGS
 from fastscale.io import json_kind
 
+from .plan import Choice
 from .schedule import DECAYS
 
 
@@ -305,8 +310,7 @@ def check_deepspeed_config(ds: dict, world_size: int, *, device_type: str | None
         raise ConfigError(f"{where}: fp16 and bf16 are both enabled; choose one")
     _check_checkpoint_engine(ds, where)
     _check_activation_checkpointing(ds, where)
-    offload_optimizer = (zero.get("offload_optimizer") or {}).get("device", "none")
-    offload_param = (zero.get("offload_param") or {}).get("device", "none")
+    offload_optimizer, offload_param = _offload_device(zero, "offload_optimizer"), _offload_device(zero, "offload_param")
     _require(offload_optimizer in ("none", "cpu", "nvme"), where, "zero_optimization.offload_optimizer.device", offload_optimizer, "none, cpu or nvme")
     _require(offload_param in ("none", "cpu", "nvme"), where, "zero_optimization.offload_param.device", offload_param, "none, cpu or nvme")
     if offload_param != "none" and stage != 3:
@@ -324,6 +328,100 @@ def check_deepspeed_config(ds: dict, world_size: int, *, device_type: str | None
             if not path:
                 raise ConfigError(f"{where}: zero_optimization.{section}.device='nvme' needs nvme_path")
     return ds
+
+
+BATCH_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
+PRECISIONS = ("bf16", "fp16")
+# what a config may leave to fastscale's memory planner (the sweep on GPUs): its explicit settings win
+PLANNED_KEYS = ("bf16", "fp16", "zero_optimization.stage", "zero_optimization.offload_optimizer", "zero_optimization.offload_param",
+                "activation_checkpointing")
+
+
+@dataclass(frozen=True)
+class DeepSpeedSettings:
+    """What fastscale needs to know of a DeepSpeed config, read once from the checked config and passed
+    along (launcher, planner, Trainer, sweep placement), so no other module reads the dict's sections.
+
+    config: the checked config with its batch sizes resolved for world_size, as deepspeed.initialize
+    gets it (not to be changed; `with_config` makes a view of an edited copy). precision: "bf16", "fp16"
+    or "fp32". choice: the ZeRO stage, offload devices and activation checkpointing, as the planner
+    (fastscale.train.plan) names them. optimizer / scheduler: the config has that section (DeepSpeed
+    builds it; otherwise the Trainer supplies AdamW / its LR schedule); optimizer_lr: that section's
+    peak lr, if it sets one. written: which of PLANNED_KEYS the config sets itself. requested_batch: the
+    batch keys as written, from which `for_world_size` resolves the batch sizes for another world size.
+    """
+
+    config: dict
+    world_size: int
+    batch_size: int
+    micro_batch: int
+    accumulation: int
+    precision: str
+    choice: Choice
+    optimizer: bool
+    optimizer_lr: float | None
+    scheduler: bool
+    written: frozenset
+    requested_batch: dict
+
+    @classmethod
+    def parse(cls, source, world_size: int, *, device_type: str | None = None) -> "DeepSpeedSettings":
+        """Check the config (a path or a dict; check_deepspeed_config) and read it."""
+        written = load_deepspeed_config(source)
+        checked = check_deepspeed_config(written, world_size, device_type=device_type)
+        return cls.read(checked, world_size, requested_batch={key: written[key] for key in BATCH_KEYS if key in written})
+
+    @classmethod
+    def read(cls, config: dict, world_size: int, *, requested_batch: dict | None = None) -> "DeepSpeedSettings":
+        """The view of a config check_deepspeed_config already passed for world_size (a finished run's
+        config.json, say): read, not checked again."""
+        zero = config.get("zero_optimization") or {}
+        precision = next((key for key in PRECISIONS if (config.get(key) or {}).get("enabled")), "fp32")
+        choice = Choice(zero.get("stage", 0), _offload_device(zero, "offload_optimizer"), _offload_device(zero, "offload_param"),
+                        "activation_checkpointing" in config)
+        written = frozenset(key for key in PLANNED_KEYS if _has_key(config, key))
+        lr = ((config.get("optimizer") or {}).get("params") or {}).get("lr")
+        return cls(config, world_size, config["train_batch_size"], config["train_micro_batch_size_per_gpu"],
+                   config["gradient_accumulation_steps"], precision, choice, "optimizer" in config, None if lr is None else float(lr),
+                   "scheduler" in config, written, {key: config[key] for key in BATCH_KEYS} if requested_batch is None else requested_batch)
+
+    @property
+    def sixteen_bit(self) -> bool:
+        return self.precision != "fp32"
+
+    def nvme_path(self, section: str) -> str | None:
+        """The swap directory of zero_optimization.<section> ("offload_optimizer" or "offload_param")."""
+        return ((self.config.get("zero_optimization") or {}).get(section) or {}).get("nvme_path")
+
+    def for_world_size(self, world_size: int) -> "DeepSpeedSettings":
+        """This config's batch sizes resolved for another world size (resolve_batch: a ConfigError when
+        they do not divide over it)."""
+        batch = resolve_batch(self.requested_batch, world_size)
+        return dataclasses.replace(self, config={**self.config, **batch}, world_size=world_size, batch_size=batch["train_batch_size"],
+                                   micro_batch=batch["train_micro_batch_size_per_gpu"], accumulation=batch["gradient_accumulation_steps"])
+
+    def with_config(self, config: dict) -> "DeepSpeedSettings":
+        """The view of an edited copy of config that changes none of the fields read here (the run
+        directory's paths, fastscale.train.confinement)."""
+        return dataclasses.replace(self, config=config)
+
+    def written_over(self, base: dict) -> dict:
+        """base (the planner's config) with every key this config sets written over it: zero_optimization
+        merged key by key, and base's precision dropped when this config chooses its own."""
+        own_precision = bool(self.written & set(PRECISIONS))
+        merged = {key: value for key, value in base.items() if not (own_precision and key in PRECISIONS)}
+        merged.update(self.config)
+        merged["zero_optimization"] = {**(base.get("zero_optimization") or {}), **(self.config.get("zero_optimization") or {})}
+        return merged
+
+
+def _offload_device(zero: dict, section: str) -> str:
+    return (zero.get(section) or {}).get("device", "none")
+
+
+def _has_key(config: dict, dotted: str) -> bool:
+    section, _, key = dotted.partition(".")
+    return section in config and (not key or key in (config[section] or {}))
 
 
 def _check_numbers_the_trainer_relies_on(ds: dict) -> None:

@@ -18,7 +18,7 @@ from fastscale.data import collate, load
 from fastscale.data.packing import has_rows, pack_rows
 from fastscale.model import GPT, GPTConfig
 
-from .config import ConfigError, RunConfig, check_deepspeed_config, load_deepspeed_config
+from .config import ConfigError, DeepSpeedSettings, RunConfig
 from .checkpoint import CheckpointError, complete_tags, tag_for
 from .trainer import NonFiniteError, Trainer
 
@@ -40,11 +40,12 @@ def model_config(run: RunConfig, vocab_size: int) -> GPTConfig:
 
 
 def build_run(run: RunConfig | dict | str, deepspeed_config, out_dir, *, memory_check: bool = True) -> Trainer:
-    """Check the configs, load the data, build the model and return a ready Trainer."""
+    """Check the configs (the DeepSpeed config once: the Trainer gets its DeepSpeedSettings), load the
+    data, build the model and return a ready Trainer."""
     if not isinstance(run, RunConfig):
         run = RunConfig.from_dict(run) if isinstance(run, dict) else RunConfig.load(run)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    ds = check_deepspeed_config(load_deepspeed_config(deepspeed_config), world_size)
+    ds = DeepSpeedSettings.parse(deepspeed_config, world_size)
     train_shard, val_shard = load(run.data)
     config = model_config(run, train_shard.vocab_size)
     try:
@@ -57,9 +58,9 @@ def build_run(run: RunConfig | dict | str, deepspeed_config, out_dir, *, memory_
     if memory_check:
         from .plan import check_fits
 
-        check_fits(config, ds, world_size)
+        check_fits(config, ds)
     torch.manual_seed(run.train.seed)  # identical initial weights on every rank
-    if (ds.get("bf16") or {}).get("enabled"):
+    if ds.precision == "bf16":
         # built in bf16 directly: DeepSpeed would cast it anyway, and a billion-parameter model never
         # holds an fp32 copy in memory on the way
         default = torch.get_default_dtype()

@@ -23,8 +23,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fastscale.model.config import GPTConfig
+
+if TYPE_CHECKING:
+    from .config import DeepSpeedSettings
 
 GiB = 2**30
 MiB = 2**20
@@ -251,26 +255,15 @@ def deepspeed_config(choice: Choice, *, micro_batch: int = 1, accumulation: int 
     return config
 
 
-def choice_of(ds: dict) -> Choice:
-    zero = ds.get("zero_optimization") or {}
-    return Choice(
-        zero.get("stage", 0),
-        (zero.get("offload_optimizer") or {}).get("device", "none"),
-        (zero.get("offload_param") or {}).get("device", "none"),
-        "activation_checkpointing" in ds,
-    )
-
-
-def check_fits(config: GPTConfig, ds: dict, world_size: int) -> dict:
+def check_fits(config: GPTConfig, ds: DeepSpeedSettings) -> dict:
     """Raise ConfigError before any work starts when the run cannot fit in this machine's memory."""
     import torch
 
     from .config import ConfigError
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    choice = choice_of(ds)
-    bf16 = bool((ds.get("bf16") or {}).get("enabled")) or bool((ds.get("fp16") or {}).get("enabled"))
-    est = estimate(config, choice, world_size=world_size, micro_batch=ds["train_micro_batch_size_per_gpu"], bf16=bf16, gpus=gpus)
+    choice, world_size = ds.choice, ds.world_size
+    est = estimate(config, choice, world_size=world_size, micro_batch=ds.micro_batch, bf16=ds.sixteen_bit, gpus=gpus)
     ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
     need, have = est["host"] * ranks_here, host_memory()
     if need > have:

@@ -32,7 +32,7 @@ from fastscale.io import metrics_line, repair_metrics, write_atomically, write_j
 from fastscale.model.flops import mfu, peak_flops, pf_days
 
 from . import checkpoint as ckpt
-from .config import ConfigError, TrainSettings, check_deepspeed_config
+from .config import ConfigError, DeepSpeedSettings, TrainSettings
 from .confinement import confine_deepspeed_config, direct_monitor_files
 from .distributed import init_process_group
 from .loader import Layout, StepSampler, batch_loader, to_device
@@ -203,7 +203,8 @@ class Window:
 class Trainer:
     """Train `model` (forward(**batch) -> loss) on `train_data` (a map-style dataset: len() and
     [i]; batches are collate_fn(list of items)) with the DeepSpeed config `deepspeed_config` (a dict
-    or a path), writing the run directory `out_dir`.
+    or a path, checked here, or the DeepSpeedSettings of one checked for this world size), writing the
+    run directory `out_dir`.
 
     The batches come in the order fastscale.train.loader describes, a pure function of (seed, step),
     which is what makes resume exact; checkpoints hold the CPU generator and every CUDA device's.
@@ -238,14 +239,11 @@ class Trainer:
             settings = TrainSettings(**{**settings.__dict__, **overrides})
         self.settings = settings
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        self.ds_config = confine_deepspeed_config(check_deepspeed_config(deepspeed_config, self.world_size), out_dir)
-        direct_monitor_files(self.ds_config, out_dir)
+        ds = self._deepspeed_settings(deepspeed_config)
+        self.ds = ds.with_config(confine_deepspeed_config(ds.config, out_dir))
+        direct_monitor_files(self.ds.config, out_dir)
         check_sections(monitor or {})
         self.monitor_sections = enabled_sections(monitor)
-        self.micro = self.ds_config["train_micro_batch_size_per_gpu"]
-        self.accumulation = self.ds_config["gradient_accumulation_steps"]
-        self.batch_size = self.ds_config["train_batch_size"]
-        self.stage = (self.ds_config.get("zero_optimization") or {}).get("stage", 0)
         if len(train_data) < 1:
             raise ConfigError("Trainer: train_data is empty")
         if val_data is not None and len(val_data) < 1:
@@ -258,6 +256,14 @@ class Trainer:
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.run_info = run_info or {}
         self.engine = None
+
+    def _deepspeed_settings(self, deepspeed_config) -> DeepSpeedSettings:
+        if not isinstance(deepspeed_config, DeepSpeedSettings):
+            return DeepSpeedSettings.parse(deepspeed_config, self.world_size)
+        if deepspeed_config.world_size != self.world_size:
+            raise ConfigError(f"Trainer: deepspeed_config was checked for world_size={deepspeed_config.world_size}; expected "
+                              f"WORLD_SIZE={self.world_size}, this run's")
+        return deepspeed_config
 
     # ------------------------------------------------------------------ set-up
     def _param_groups(self):
@@ -282,37 +288,34 @@ class Trainer:
         self.rank = dist.get_rank()
         if dist.get_world_size() != self.world_size:
             raise ConfigError(f"Trainer: WORLD_SIZE={self.world_size} but the process group has {dist.get_world_size()} ranks")
-        if "activation_checkpointing" in self.ds_config:
+        if self.ds.choice.checkpointing:
             modules = self.checkpoint_modules
             if modules is None:
                 modules = [m for lst in self.model.modules() if isinstance(lst, torch.nn.ModuleList) for m in lst]
             logger.info("activation checkpointing on %d modules", recompute_in_backward(self.model, modules))
         s = self.settings
         optimizer = None
-        if "optimizer" in self.ds_config:
-            self.peak_lr = float(self.ds_config["optimizer"].get("params", {}).get("lr", s.lr))
-        else:
-            self.peak_lr = s.lr
+        self.peak_lr = s.lr if self.ds.optimizer_lr is None else self.ds.optimizer_lr
+        if not self.ds.optimizer:
             optimizer = torch.optim.AdamW(self._param_groups(), lr=s.lr, betas=s.betas, eps=s.eps)
             if s.nonfinite == "skip":
                 optimizer.register_step_pre_hook(self._withhold_nonfinite_update)
         scheduler = None
-        if "scheduler" not in self.ds_config:
+        if not self.ds.scheduler:
             scheduler = lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, self._schedule)  # noqa: E731
         self.engine, _, _, _ = deepspeed.initialize(
             model=self.model,
             optimizer=optimizer,
             model_parameters=self._param_groups() if optimizer is None else None,
             lr_scheduler=scheduler,
-            config=self.ds_config,
+            config=self.ds.config,
         )
         device = self.engine.device
         self.device = torch.device(device) if not isinstance(device, torch.device) else device
         self.peak, self.peak_description = peak_flops(self.device)
         if self.device.type != "cpu" and self.peak == self.peak:
             self.peak *= self.world_size  # one device per rank; a CPU estimate is already the machine's
-        self.dtype = torch.bfloat16 if (self.ds_config.get("bf16") or {}).get("enabled") else torch.float16 if (self.ds_config.get("fp16") or {}).get("enabled") else torch.float32
-        self.layout = Layout(len(self.train_data), s.seed, self.batch_size, self.micro, self.accumulation, self.world_size, self.rank)
+        self.layout = Layout(len(self.train_data), s.seed, self.ds.batch_size, self.ds.micro_batch, self.ds.accumulation, self.world_size, self.rank)
         self.monitor = Monitor(self.monitor_sections, self.out_dir) if self.monitor_sections and self.rank == 0 else None
 
     def _withhold_nonfinite_update(self, optimizer, args, kwargs) -> None:
@@ -379,9 +382,9 @@ class Trainer:
                     g /= self.world_size
             small_sq, big_sq = torch.stack([small, gradient_dot(grads, grads)]).tolist()
             return small_sq, big_sq, tokens, tokens * self.world_size
-        if self.micro < 2:
+        if self.ds.micro_batch < 2:
             return None
-        half = self.micro // 2
+        half = self.ds.micro_batch // 2
         a, b = self._batch(self.train_data, indices[:half]), self._batch(self.train_data, indices[half : 2 * half])
         tokens = self.token_count(a)
         small_sq, big_sq = two_batch_norms(self._gradients(a), self._gradients(b)).tolist()
@@ -397,15 +400,15 @@ class Trainer:
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         n = len(self.val_data)
         for i in range(self.settings.eval_batches):
-            first = (i * self.world_size + self.rank) * self.micro
-            total += call_model(self.engine, self._batch(self.val_data, [(first + j) % n for j in range(self.micro)])).detach()
+            first = (i * self.world_size + self.rank) * self.ds.micro_batch
+            total += call_model(self.engine, self._batch(self.val_data, [(first + j) % n for j in range(self.ds.micro_batch)])).detach()
         self.engine.train()
         return self._mean_over_ranks(total / self.settings.eval_batches).item()
 
     def _fused_grad_norm(self) -> torch.Tensor | None:
         """The gradient norm before clipping, as one fused norm on the device, where the engine steps a
         torch optimizer itself (ZeRO stage 0 in fp32: DeepSpeed keeps no norm there); else None."""
-        if self.stage != 0 or self.dtype != torch.float32:
+        if self.ds.choice.stage != 0 or self.ds.sixteen_bit:
             return None
         grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
         return torch.nn.utils.get_total_norm(grads) if grads else None
@@ -428,7 +431,7 @@ class Trainer:
             dist.barrier()
             files = ckpt.hash_step(tag_dir, collective=True)
             if self.rank == 0:
-                info = {"step": step, "world_size": self.world_size, "train_batch_size": self.batch_size, "files": files}
+                info = {"step": step, "world_size": self.world_size, "train_batch_size": self.ds.batch_size, "files": files}
                 ckpt.mark_complete(self.ckpt_dir, tag_dir.name, info, self.settings.keep_checkpoints)
         except Exception as error:
             shutil.rmtree(tag_dir, ignore_errors=True)
@@ -444,10 +447,10 @@ class Trainer:
             logger.warning("--resume: no complete checkpoint in %s; starting from scratch", self.ckpt_dir)
             return None
         step, tag, info = found
-        if info["train_batch_size"] != self.batch_size or info["world_size"] != self.world_size:
+        if info["train_batch_size"] != self.ds.batch_size or info["world_size"] != self.world_size:
             raise ConfigError(
                 f"--resume: checkpoint {tag} was written with world_size={info['world_size']}, train_batch_size="
-                f"{info['train_batch_size']}; this run has world_size={self.world_size}, train_batch_size={self.batch_size}"
+                f"{info['train_batch_size']}; this run has world_size={self.world_size}, train_batch_size={self.ds.batch_size}"
             )
         _, state = self.engine.load_checkpoint(str(self.ckpt_dir), tag=tag)
         if state is None:
@@ -477,12 +480,12 @@ class Trainer:
         tokens, grad_norm = 0, None
         lr = self.engine.get_lr()[0] if hasattr(self.engine, "get_lr") else None
         self._withheld = False
-        for micro in range(self.accumulation):
+        for micro in range(self.ds.accumulation):
             batch = to_device(next(batches), self.device)
             tokens += self.token_count(batch)
             loss = call_model(self.engine, batch)
             self.engine.backward(loss)
-            if micro == self.accumulation - 1:
+            if micro == self.ds.accumulation - 1:
                 grad_norm = self._fused_grad_norm()
             self.engine.step()
             loss_sum += loss.detach()
@@ -493,7 +496,7 @@ class Trainer:
         totals.tokens += tokens * self.world_size
         totals.flops += (self.flops_per_token or 0.0) * tokens * self.world_size
         applied = self.engine.was_step_applied() and not self._withheld
-        return StepResult(totals.step, loss_sum / self.accumulation, grad_norm, applied, lr, totals.tokens, totals.flops, noise)
+        return StepResult(totals.step, loss_sum / self.ds.accumulation, grad_norm, applied, lr, totals.tokens, totals.flops, noise)
 
     def _is_log_step(self, done: int) -> bool:
         """Steps whose values are read: every log_interval-th, the last, and those that evaluate,
@@ -508,7 +511,7 @@ class Trainer:
 
     def _noise_due(self, step: int) -> bool:
         s = self.settings
-        return bool(s.noise_scale_interval) and step % s.noise_scale_interval == 0 and self.stage < 3
+        return bool(s.noise_scale_interval) and step % s.noise_scale_interval == 0 and self.ds.choice.stage < 3
 
     def _read(self, pending: list[StepResult]) -> list[tuple[float, float | None]]:
         """(loss averaged over ranks, gradient norm) of every pending step: one collective and one read
@@ -527,7 +530,7 @@ class Trainer:
         s = self.settings
         records = []
         for result, (loss, grad_norm) in zip(pending, self._read(pending)):
-            outcome = step_outcome(loss, grad_norm, applied=result.applied, loss_scaling=self.dtype == torch.float16, mode=s.nonfinite)
+            outcome = step_outcome(loss, grad_norm, applied=result.applied, loss_scaling=self.ds.precision == "fp16", mode=s.nonfinite)
             totals.skips_in_a_row = totals.skips_in_a_row + 1 if outcome == "skipped" else 0
             totals.skipped += outcome == "skipped"
             stop = outcome == "stop" or totals.skips_in_a_row >= s.max_consecutive_skips
@@ -574,7 +577,7 @@ class Trainer:
     def _run_info(self) -> dict:
         return {
             **self.run_info,
-            "deepspeed": self.ds_config,
+            "deepspeed": self.ds.config,
             "train": dict(self.settings.__dict__),
             "world_size": self.world_size,
             "peak_lr": self.peak_lr,
@@ -594,7 +597,7 @@ class Trainer:
         if state:
             noise.load_state_dict(state["noise"])
         self._write_json("config.json", self._run_info())
-        if self.stage == 3 and s.noise_scale_interval:
+        if self.ds.choice.stage == 3 and s.noise_scale_interval:
             logger.warning("gradient noise scale is not measured under ZeRO stage 3 (parameters are partitioned)")
         metrics = self._open_metrics()
         batches = iter(self._loader(totals.step))
