@@ -6,6 +6,7 @@ run them natively with FASTSCALE_TEST_NATIVE_TRITON=1.
 """
 
 import os
+import random
 import zlib
 
 if os.environ.get("FASTSCALE_TEST_NATIVE_TRITON") != "1":
@@ -69,14 +70,28 @@ if INTERPRETING:
 
 
 def _test_seed(request) -> int:
-    """Random inputs differ from test to test but reproduce run to run: the seed is the test id's CRC."""
+    """Random inputs differ from test to test but reproduce run to run: the seed is the test id's CRC
+    (the module's id for module-scoped fixtures)."""
     return zlib.crc32(request.node.nodeid.encode())
+
+
+def _seed_global_generators(seed: int) -> None:
+    """torch's, numpy's legacy global and Python's random generators, so a test that draws from any of
+    them without a generator of its own still reproduces (and a module-scoped fixture does not depend
+    on which tests ran before it)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _module_seed(request):
+    _seed_global_generators(_test_seed(request))
 
 
 @pytest.fixture(autouse=True)
 def _fresh_seed(request):
-    torch.manual_seed(_test_seed(request))
-    yield
+    _seed_global_generators(_test_seed(request))
 
 
 @pytest.fixture

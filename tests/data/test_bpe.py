@@ -25,8 +25,7 @@ def words_corpus(rng, count):
     return [" ".join(rng.choice(words, size=int(rng.integers(10, 60)))) + "\n" for _ in range(count)]
 
 
-def test_bpe_trains_and_round_trips_any_text():
-    rng = np.random.default_rng()
+def test_bpe_trains_and_round_trips_any_text(rng):
     corpus = words_corpus(rng, 200)
     tok = BPETokenizer.train(corpus, 400)
     assert 257 <= tok.vocab_size <= 400
@@ -60,8 +59,7 @@ def test_bpe_refuses_bad_vocabularies_and_tokenizers(tmp_path):
 
 
 @pytest.mark.parametrize("vocab, dtype", [(65_536, np.uint16), (262_144, np.uint32)])
-def test_token_ids_are_stored_in_the_smallest_sufficient_dtype(tmp_path, vocab, dtype):
-    rng = np.random.default_rng()
+def test_token_ids_are_stored_in_the_smallest_sufficient_dtype(tmp_path, vocab, dtype, rng):
     docs = [rng.integers(0, vocab, size=int(rng.integers(1, 50))) for _ in range(20)]
     docs[3][0], docs[7][-1] = 0, vocab - 1  # both ends of the range
     shard = write_shard(tmp_path / "s", docs, vocab)
@@ -82,8 +80,7 @@ def _corpus_folder(tmp_path, rng, count=40, copies=3):
     return folder, set(texts)
 
 
-def test_prepare_bpe_trains_on_the_training_split_only_and_reloads(tmp_path, monkeypatch):
-    rng = np.random.default_rng()
+def test_prepare_bpe_trains_on_the_training_split_only_and_reloads(tmp_path, monkeypatch, rng):
     folder, distinct = _corpus_folder(tmp_path, rng)
     seen_by_training = []
     train = BPETokenizer.train.__func__
@@ -128,7 +125,7 @@ def test_text_options_fail_clearly(tmp_path):
         build("math", bpe=True, vocab=512)
 
 
-def test_standard_library_corpus_is_cut_losslessly_and_deduplicated():
+def test_standard_library_corpus_is_cut_losslessly_and_deduplicated(rng):
     files = sources.stdlib_files()
     assert len(files) > 100 and not any("test" in p.parts or "site-packages" in p.parts for p in files)
     for path in files[:: max(1, len(files) // 25)]:
@@ -137,7 +134,6 @@ def test_standard_library_corpus_is_cut_losslessly_and_deduplicated():
         assert b"".join(pieces) == data and all(0 < len(p) <= 1000 for p in pieces)
     topics = sources.pydoc_topics()
     assert len(topics) > 50 and all(topics)
-    rng = np.random.default_rng()
     unique = [bytes(rng.integers(0, 256, size=int(rng.integers(1, 30)), dtype=np.uint8)) + bytes([i]) for i in range(50)]
     picks = rng.integers(0, 50, size=200)
     kept, removed = sources.deduplicate([unique[i] for i in picks])
@@ -147,8 +143,8 @@ def test_standard_library_corpus_is_cut_losslessly_and_deduplicated():
     assert info["corpus"] == "python-stdlib" and info["licence"].startswith("PSF-2.0")
 
 
-def test_fastscale_data_text_bpe_command(tmp_path, capsys):
-    folder, _ = _corpus_folder(tmp_path, np.random.default_rng())
+def test_fastscale_data_text_bpe_command(tmp_path, capsys, rng):
+    folder, _ = _corpus_folder(tmp_path, rng)
     out = tmp_path / "d"
     assert main(["data", "text", "--input", str(folder), "--out", str(out), "--bpe", "--vocab", "300", "--doc-bytes", "0"]) == 0
     printed = capsys.readouterr().out

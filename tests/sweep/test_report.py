@@ -206,8 +206,7 @@ def test_fastscale_report_command_forecasts_the_losses_it_is_given(sweep):
     assert not (root / "never").exists()  # refused before any work
 
 
-def test_frontier_takes_the_held_out_curves_when_every_run_evaluated_often(tmp_path):
-    rng = np.random.default_rng()
+def test_frontier_takes_the_held_out_curves_when_every_run_evaluated_often(tmp_path, rng):
     (tmp_path / "sweep.json").write_text(json.dumps({"name": "evaluated"}))
     index, run, size, flops, held_out = {}, [], [], [], []
     for i, n in enumerate(N):
@@ -248,7 +247,7 @@ def test_the_report_states_the_flop_convention_and_shows_6nd_beside_c(sweep):
     assert report["isoflop"] is None and "IsoFLOP" not in text  # token budgets: no profiles
 
 
-def test_a_compute_sweeps_report_shows_each_runs_budget_and_its_distance(tmp_path):
+def test_a_compute_sweeps_report_shows_each_runs_budget_and_its_distance(tmp_path, rng):
     """A sweep directory as an IsoFLOP sweep's runs would leave it (no training): each run trained the
     steps its spec gives, and recorded C = flops_per_token of its built shape x tokens."""
     from fastscale.model import GPTConfig
@@ -257,7 +256,6 @@ def test_a_compute_sweeps_report_shows_each_runs_budget_and_its_distance(tmp_pat
     raw = {"name": "iso", "data": {"dataset": "images", "resolution": 8}, "seq_len": 193, "tokens_per_item": 192, "sizes": [1e4, 2e4, 5e4, 2e5],
            "compute": [3e11, 1e12], "model": {"head_dim": 16}, "deepspeed": {"train_batch_size": 8, "train_micro_batch_size_per_gpu": 4}}
     (tmp_path / "sweep.json").write_text(json.dumps(raw))
-    rng = np.random.default_rng()
     index, errors, ratios = {}, [], []
     for run in SweepSpec.from_dict(raw).runs():
         shape = GPTConfig.from_params(run.n_target, 256, 193, head_dim=16)
