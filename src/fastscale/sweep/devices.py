@@ -262,7 +262,6 @@ def deepspeed_for(placement: Placement, ds: DeepSpeedSettings, train) -> dict:
     if placement.choice is None:
         return ds.config
     ds = ds.for_world_size(placement.gpus)
-    planned = deepspeed_config(placement.choice, micro_batch=ds.micro_batch, accumulation=ds.accumulation, bf16=placement.bf16, lr=train.lr)
-    if "optimizer" in planned:
-        planned["optimizer"]["params"].update(betas=list(train.betas), eps=train.eps, weight_decay=train.weight_decay)
+    planned = deepspeed_config(placement.choice, micro_batch=ds.micro_batch, accumulation=ds.accumulation, bf16=placement.bf16, lr=train.lr,
+                               betas=train.betas, eps=train.eps, weight_decay=train.weight_decay)
     return ds.written_over(planned)

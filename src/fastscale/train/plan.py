@@ -220,8 +220,10 @@ def _ratio(row: dict, place: str) -> float:
     return need / usable if usable else float("inf")
 
 
-def deepspeed_config(choice: Choice, *, micro_batch: int = 1, accumulation: int = 1, bf16: bool = True, nvme_path: str | None = None, lr: float = 3e-4) -> dict:
-    """The DeepSpeed config of a choice (the planner's output file)."""
+def deepspeed_config(choice: Choice, *, micro_batch: int = 1, accumulation: int = 1, bf16: bool = True, nvme_path: str | None = None, lr: float = 3e-4,
+                     betas: tuple = (0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.1) -> dict:
+    """The DeepSpeed config of a choice (the planner's output file). lr, betas, eps and weight_decay go
+    to the AdamW section that optimizer offload needs (DeepSpeed steps it with DeepSpeedCPUAdam)."""
     zero: dict = {"stage": choice.stage}
     if choice.stage in (1, 2):
         zero.update(reduce_bucket_size=int(5e7), allgather_bucket_size=int(5e7), overlap_comm=False, contiguous_gradients=True)
@@ -247,7 +249,7 @@ def deepspeed_config(choice: Choice, *, micro_batch: int = 1, accumulation: int 
         "steps_per_print": 10**9,
     }
     if choice.offload_optimizer != "none":
-        config["optimizer"] = {"type": "AdamW", "params": {"lr": lr, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.1}}
+        config["optimizer"] = {"type": "AdamW", "params": {"lr": lr, "betas": list(betas), "eps": eps, "weight_decay": weight_decay}}
     if choice.offload_optimizer == "nvme" or choice.offload_param == "nvme":
         config["aio"] = {"block_size": 1048576, "queue_depth": 8, "thread_count": 1, "single_submit": False, "overlap_events": True}
     if choice.checkpointing:
