@@ -1,13 +1,32 @@
-"""The `fastscale` command line itself: --version, a --help for users, every option explained with its
-default, Ctrl-C in any command one line and exit 130."""
+"""The `fastscale` command line itself: --version, a --help for users that imports nothing heavy, every
+option explained with its default, Ctrl-C in any command one line and exit 130."""
 
 import argparse
+import subprocess
+import sys
+import tomllib
 from importlib import metadata
+from pathlib import Path
 
 import pytest
 
+import fastscale
 from fastscale import cli
 from fastscale.benchmarks import bench_attention, bench_cross_entropy
+
+ROOT = Path(__file__).resolve().parents[1]
+# what `--help` must not import: seconds of start-up (torch, triton, DeepSpeed) or an extra's package
+HEAVY = {"torch", "triton", "scipy", "deepspeed", "matplotlib", "sklearn", "PIL", "tokenizers", "pydantic", "threadpoolctl", "ray", "transformers"}
+# prints the help of sys.argv[1:] on stdout, then the top-level modules it imported on stderr
+HELP_PROBE = """
+import sys
+from fastscale import cli
+try:
+    cli.main(sys.argv[1:])
+except SystemExit as exit:
+    assert exit.code == 0, exit.code
+print(*sorted({name.split(".")[0] for name in sys.modules}), file=sys.stderr)
+"""
 
 
 def parsers():
@@ -19,11 +38,33 @@ def parsers():
     return found + [("fastscale bench attention", bench_attention.build_parser())]
 
 
-def test_version_is_the_installed_distributions(capsys):
+def test_version_is_written_once(capsys):
     with pytest.raises(SystemExit) as exit:
         cli.main(["--version"])
     assert exit.value.code == 0
-    assert capsys.readouterr().out.strip() == f"fastscale {metadata.version('fastscale')}"
+    assert capsys.readouterr().out.strip() == f"fastscale {fastscale.__version__}"
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "version" not in project["project"] and project["project"]["dynamic"] == ["version"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "fastscale.__version__"}
+    assert metadata.version("fastscale") == fastscale.__version__  # what pip installed is what the package says
+
+
+# fastscale/fit/command.py imports every law (and so scipy) at its top; the change that loads them
+# when a fit runs is /work/notes/s23/h1/fit_command_lazy.diff (its owner applies it and drops this mark)
+FIT_IMPORTS_SCIPY = pytest.mark.xfail(strict=True, reason="fastscale.fit.command imports the laws, and scipy, at its top")
+
+
+@pytest.mark.parametrize("command", [None, *(pytest.param(c, marks=FIT_IMPORTS_SCIPY) if c == "fit" else c for c in cli.COMMANDS)])
+def test_help_imports_nothing_heavy(command):
+    """`fastscale --help` imports no command's module, `fastscale COMMAND --help` only that command's
+    argument definitions: a fresh interpreter, as a user's shell starts it."""
+    argv = [command, "--help"] if command else ["--help"]
+    done = subprocess.run([sys.executable, "-c", HELP_PROBE, *argv], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "usage: fastscale" in done.stdout and "--help" in done.stdout
+    imported = set(done.stderr.strip().splitlines()[-1].split())  # the probe's last line
+    assert {"fastscale", "argparse"} <= imported
+    assert not imported & HEAVY, f"fastscale {' '.join(argv)} imported {sorted(imported & HEAVY)}"
 
 
 def test_help_is_written_for_users(capsys):
@@ -61,7 +102,9 @@ def test_ctrl_c_in_any_command_is_one_line_and_exit_130(monkeypatch, capsys):
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "run_report", interrupted)
+    from fastscale.sweep import command
+
+    monkeypatch.setattr(command, "run_report_command", interrupted)
     assert cli.main(["report", "no-such-sweep"]) == 130
     printed = capsys.readouterr()
     assert printed.err.strip() == "interrupted: fastscale report" and "Traceback" not in printed.err
