@@ -14,6 +14,7 @@ of a lower envelope: its constraints decide the refit, and a frontier has ~100 p
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Callable
@@ -22,7 +23,8 @@ import numpy as np
 
 from fastscale.fit._checks import positive_int
 from fastscale.fit._optimize import minimize_below, minimize_lbfgs
-from fastscale.fit.bootstrap import bootstrap_blocks, check_resampling
+from fastscale.fit import results
+from fastscale.fit.bootstrap import bootstrap_blocks, check_resampling, refit_draws
 
 log = logging.getLogger(__name__)
 
@@ -190,19 +192,30 @@ def bootstrap(model: LogModel, theta: np.ndarray, weights: np.ndarray, *, resamp
     the law at theta with the fit's weights) and refit each from theta. Options as `check_bootstrap` passed.
 
     Returns ([n_ok, P] refits that converged, number that did not)."""
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        log_pred = model.log_prediction(np.asarray(theta, dtype=np.float64)[None])[0][0]
     blocks = bootstrap_blocks(
-        resampling, log_y=model.log_y, log_pred=log_pred, weights=weights,
+        resampling, log_y=model.log_y, log_pred=_log_prediction(model, theta), weights=weights,
         n_params=len(theta), n_bootstrap=n_bootstrap, seed=seed, groups=groups,
     )
-    draws, failed = [np.zeros((0, len(theta)))], 0
-    for block in blocks:
-        for part in np.array_split(np.arange(len(block)), -(-block.weights.size // REFIT_CELLS)):
-            refits, converged = _refit_part(model, theta, block.weights[part], block.log_y[part])
-            draws.append(refits[converged])
-            failed += int(np.count_nonzero(~converged))
-    return np.concatenate(draws), failed
+    return refit_draws(blocks, functools.partial(_refit_part, model, theta), len(theta), REFIT_CELLS)
+
+
+def bootstrapped_result(cls, law: str, model: LogModel, solution: Solution, weights: np.ndarray, to_params, names: tuple, *,
+                        level: float, resampling: str, n_bootstrap: int, seed: int, groups=None, **fields):
+    """A least-squares law's result (`results.bootstrapped_result`): parameters `names` from the solution
+    by to_params ([R, P] thetas -> [R, len(names)]), the bootstrap draws refitted from it as `bootstrap`
+    does; fields: the rest of `results.fit_result`'s arguments (bounds, flags, residual_order, ...)."""
+    theta = solution.theta
+    return results.bootstrapped_result(
+        cls, log_y=model.log_y, log_pred=_log_prediction(model, theta), refit=functools.partial(_refit_part, model, theta),
+        n_params=len(theta), to_samples=to_params, resampling=resampling, n_bootstrap=n_bootstrap, seed=seed, weights=weights,
+        groups=groups, cells=REFIT_CELLS, law=law, params={name: float(v) for name, v in zip(names, to_params(theta[None])[0])},
+        level=level, converged=solution.converged, objective=solution.objective, **fields,
+    )
+
+
+def _log_prediction(model: LogModel, theta) -> np.ndarray:
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        return model.log_prediction(np.asarray(theta, dtype=np.float64)[None])[0][0]
 
 
 def _refit_part(model: LogModel, theta, weights, log_y):

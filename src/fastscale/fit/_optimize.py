@@ -21,6 +21,7 @@ Objective = Callable[..., tuple]
 # mean squares ~1e-5) it acts as an absolute tolerance: its default 2.2e-9 stops bootstrap refits
 # early enough to shrink intervals several-fold. These tolerances follow the valleys to their floor.
 POLISH_OPTIONS = {"maxiter": 15000, "ftol": 1e-15, "gtol": 1e-11, "maxcor": 20}
+REFIT_MAX_ITER = 2000  # batched L-BFGS iterations of a bootstrap refit, which starts at the estimate
 
 
 def minimize_lbfgs(objective: Objective, x0: np.ndarray, bounds=None) -> OptimizeResult:
@@ -101,6 +102,18 @@ def batched_lbfgs(
         active[idx] = ok & ~done
     log.debug("batched L-BFGS: %d starts, %d iterations, %d converged", n_starts, iteration, converged.sum())
     return BatchResult(x=x, f=f, converged=converged, iterations=iteration)
+
+
+def lbfgs_refit(objective_of: Callable, theta: np.ndarray) -> Callable:
+    """A bootstrap refit for `bootstrap.refit_draws`: every draw by `batched_lbfgs` from the estimate
+    theta, on the objective objective_of(weights [r, n], log_y [r, n]) of the draws."""
+
+    def refit(weights, log_y):
+        with np.errstate(over="ignore", invalid="ignore"):
+            batch = batched_lbfgs(objective_of(weights, log_y), np.repeat(theta[None], len(weights), axis=0), max_iter=REFIT_MAX_ITER)
+        return batch.x, batch.converged
+
+    return refit
 
 
 def _two_loop(g, s_hist, y_hist, rho, gamma, newest, memory):

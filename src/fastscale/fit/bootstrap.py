@@ -83,6 +83,21 @@ def bootstrap_blocks(resampling: str, *, log_y, log_pred, weights, n_params: int
     yield from _parametric_blocks(log_y, log_pred, weights, n_params, n_bootstrap, seed)
 
 
+def refit_draws(blocks, refit, n_params: int, cells: int | None = None) -> tuple[np.ndarray, int]:
+    """Every draw of `blocks` refitted: refit(weights [r, n], log_y [r, n]) -> (theta [r, P], converged [r]),
+    called on parts of at most `cells` draws x rows (None: a whole block at a time), so that a law whose
+    refit holds a jacobian per draw keeps it small on large data sets.
+    Returns ([n_ok, P] refits that converged, number that did not)."""
+    draws, failed = [np.zeros((0, n_params))], 0
+    for block in blocks:
+        parts = 1 if cells is None else -(-block.weights.size // cells)
+        for weights, log_y in zip(np.array_split(block.weights, parts), np.array_split(block.log_y, parts)):
+            refits, converged = refit(weights, log_y)
+            draws.append(refits[converged])
+            failed += int(np.count_nonzero(~converged))
+    return np.concatenate(draws), failed
+
+
 def noise_scale(log_y, log_pred, weights, n_params: int) -> float:
     """s, the fitted noise model's scale: sqrt(sum w r^2 / (n - p)) on log y (0 when n <= p)."""
     residual = np.asarray(log_y, dtype=np.float64) - np.asarray(log_pred, dtype=np.float64)

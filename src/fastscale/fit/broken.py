@@ -51,8 +51,8 @@ from scipy.special import expit
 
 from fastscale.fit._checks import as_values, enough_data, positive_int, same_length
 from fastscale.fit._optimize import batched_lbfgs
-from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP, DEFAULT_RESAMPLING, bootstrap_blocks, check_resampling, per_draw
-from fastscale.fit.results import NOT_DETERMINED_DECADES, Estimate, FitResult, fit_result
+from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP, DEFAULT_RESAMPLING, check_resampling, per_draw
+from fastscale.fit.results import NOT_DETERMINED_DECADES, Estimate, FitResult, bootstrapped_result
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ def fit_broken_power_law(
     `bootstrap`), all refitted at once from the estimate.
     """
     x, y = as_values("x", x, positive=True), as_values("y", y, positive=True)
-    size = same_length(x=x, y=y)
+    same_length(x=x, y=y)
     breaks = positive_int("breaks", breaks)
     n_params = 3 + 3 * breaks
     law = f"broken power law ({breaks} break{'s' * (breaks > 1)})"
@@ -167,26 +167,14 @@ def fit_broken_power_law(
     names = parameter_names(breaks)
     params = {name: float(v) for name, v in zip(names, space.params(theta[None])[0])}
     log_pred = np.log(BrokenPowerLawFit._law(params, x))
-    blocks = bootstrap_blocks(resampling, log_y=log_y, log_pred=log_pred, weights=np.ones(size), n_params=n_params, n_bootstrap=n_bootstrap, seed=seed)
-    draws, failed = _bootstrap(space, theta, blocks)
-    samples = space.params(draws)
     indices = range(1, breaks + 1)
     bounds = {"a": (0.0, None), **{f"d{i}": space.d_bounds for i in indices}, **{f"f{i}": space.f_bounds for i in indices}}
     log.info("%s: %d starts, objective %.10g", law, n_starts, objective)
-    return fit_result(
-        BrokenPowerLawFit,
-        law="broken",
-        params=params,
-        samples=samples,
-        level=level,
-        converged=converged,
-        failed_refits=failed,
-        bounds=bounds,
-        flags=_break_flags(params, samples, space, level),
-        residual_order=x,
-        residuals=log_y - log_pred,
-        objective=objective,
-        n_points=size,
+    return bootstrapped_result(
+        BrokenPowerLawFit, log_y=log_y, log_pred=log_pred, n_params=n_params, cells=BOOTSTRAP_CELLS, to_samples=space.params,
+        refit=lambda weights, draws_log_y: _refit(space, draws_log_y, theta, weights),
+        sample_flags=lambda samples: _break_flags(params, samples, space, level), resampling=resampling, n_bootstrap=n_bootstrap,
+        seed=seed, law="broken", params=params, level=level, converged=converged, bounds=bounds, residual_order=x, objective=objective,
         breaks=breaks,
     )
 
@@ -332,19 +320,6 @@ def _fit(space: _Space, log_y, y):
         theta, converged = _levenberg_marquardt(space, log_y, np.ones(len(log_y)), batch.x[best][None], max_iter=LM_POLISH_ITER)
         objective, _ = space.objective(log_y)(theta, np.zeros(1, dtype=int))
     return theta[0], float(objective[0]), bool(converged[0]), len(starts)
-
-
-def _bootstrap(space: _Space, theta, blocks):
-    """([n_ok, P] refits of the draws that converged, number that did not), BOOTSTRAP_CELLS draw rows
-    at a time so the jacobians stay small on large data sets."""
-    draws, failed = [np.zeros((0, len(theta)))], 0
-    for block in blocks:
-        parts = -(-block.weights.size // BOOTSTRAP_CELLS)
-        for weights, log_y in zip(np.array_split(block.weights, parts), np.array_split(block.log_y, parts)):
-            refits, converged = _refit(space, log_y, theta, weights)
-            draws.append(refits[converged])
-            failed += int(np.sum(~converged))
-    return np.concatenate(draws), failed
 
 
 def _refit(space: _Space, log_y, theta, weights):

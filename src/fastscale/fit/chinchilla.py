@@ -44,9 +44,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from fastscale.fit._checks import as_values, enough_data, positive_int, same_length
-from fastscale.fit._optimize import batched_lbfgs, minimize_lbfgs
-from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP, DEFAULT_RESAMPLING, bootstrap_blocks, check_resampling, per_draw
-from fastscale.fit.results import Estimate, FitResult, fit_result
+from fastscale.fit._optimize import batched_lbfgs, lbfgs_refit, minimize_lbfgs
+from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP, DEFAULT_RESAMPLING, check_resampling, per_draw
+from fastscale.fit.results import Estimate, FitResult, bootstrapped_result
 
 log = logging.getLogger(__name__)
 
@@ -223,22 +223,12 @@ def fit_chinchilla(
 
     params = dict(zip(PARAM_NAMES, _to_params(theta)))
     log_pred = np.log(ChinchillaFit._law(params, n, d))
-    blocks = bootstrap_blocks(resampling, log_y=log_y, log_pred=log_pred, weights=np.ones(size), n_params=5, n_bootstrap=n_bootstrap, seed=seed)
-    draws, failed = _bootstrap(log_n, log_d, theta, blocks, delta)
-    return fit_result(
-        ChinchillaFit,
-        law="chinchilla",
-        params=params,
-        samples=np.array([_to_params(t) for t in draws]).reshape(-1, len(PARAM_NAMES)),
-        level=level,
-        converged=converged,
-        failed_refits=failed,
-        flags=_exponent_flags(params),
-        residuals=log_y - log_pred,
-        objective=objective,
-        n_points=size,
-        n_starts=len(grid),
-        starts_at_optimum=at_optimum,
+    refit = lbfgs_refit(lambda weights, draws_log_y: huber_objective(log_n, log_d, draws_log_y, weights, delta), theta)
+    return bootstrapped_result(
+        ChinchillaFit, log_y=log_y, log_pred=log_pred, refit=refit, n_params=len(theta), resampling=resampling, n_bootstrap=n_bootstrap,
+        seed=seed, to_samples=lambda draws: np.array([_to_params(t) for t in draws]).reshape(-1, len(PARAM_NAMES)),
+        law="chinchilla", params=params, level=level, converged=converged, flags=_exponent_flags(params), objective=objective,
+        n_starts=len(grid), starts_at_optimum=at_optimum,
     )
 
 
@@ -249,18 +239,6 @@ def grid_rows(size: int, limit: int = GRID_ROWS) -> np.ndarray:
     if size <= limit:
         return np.arange(size)
     return np.sort(np.random.default_rng(0).choice(size, limit, replace=False))
-
-
-def _bootstrap(log_n, log_d, theta, blocks, delta):
-    """([n_ok, 5] refits of the draws that converged, number that did not), one batched run per block."""
-    draws, failed = [np.zeros((0, 5))], 0
-    for block in blocks:
-        objective = huber_objective(log_n, log_d, block.log_y, block.weights, delta)
-        with np.errstate(over="ignore", invalid="ignore"):
-            batch = batched_lbfgs(objective, np.repeat(theta[None], len(block), axis=0), max_iter=2000)
-        draws.append(batch.x[batch.converged])
-        failed += int(np.sum(~batch.converged))
-    return np.concatenate(draws), failed
 
 
 def _to_params(theta):

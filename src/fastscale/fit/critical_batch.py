@@ -16,7 +16,7 @@ import numpy as np
 from fastscale.fit import _lsq
 from fastscale.fit._checks import as_values, enough_data, same_length
 from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP, DEFAULT_RESAMPLING
-from fastscale.fit.results import FitResult, fit_result
+from fastscale.fit.results import FitResult
 
 
 @dataclass(frozen=True)
@@ -73,27 +73,16 @@ def fit_critical_batch(
     bounds = ((None, None), (log_b.min() - 10.0, log_b.max() + 10.0))
     model = _lsq.LogModel(("log S_min", "log B_crit"), np.log(s), log_prediction, bounds, (start,))
     weights = np.ones(size)
-    solution = _lsq.solve(model, weights)
-    draws, failed = _lsq.bootstrap(model, solution.theta, weights, resampling=resampling, n_bootstrap=n_bootstrap, seed=seed)
 
     def to_params(theta):
         s_min, b_crit = np.exp(theta).T
         return np.column_stack([s_min, s_min * b_crit, b_crit])
 
-    params = {name: float(v) for name, v in zip(("S_min", "E_min", "B_crit"), to_params(solution.theta[None])[0])}
-    return fit_result(
-        CriticalBatchFit,
-        law="critical-batch",
-        params=params,
-        samples=to_params(draws),
-        level=level,
-        converged=solution.converged,
-        failed_refits=failed,
+    return _lsq.bootstrapped_result(
+        CriticalBatchFit, "critical-batch", model, _lsq.solve(model, weights), weights, to_params, ("S_min", "E_min", "B_crit"),
+        level=level, resampling=resampling, n_bootstrap=n_bootstrap, seed=seed,
         bounds={"B_crit": tuple(np.exp(bounds[1]))},  # more than e^10 outside the batch sizes tried
         residual_order=e / s,
-        residuals=np.log(s) - np.log(CriticalBatchFit._law(params, e / s)),
-        objective=solution.objective,
-        n_points=size,
     )
 
 
@@ -121,25 +110,13 @@ def fit_critical_batch_vs_loss(
 
     model = _lsq.LogModel(("k", "1/alpha_B"), np.log(b), log_prediction, bounds, (np.array([intercept, max(-slope, 1e-3)]),))
     weights = np.ones(size)
-    solution = _lsq.solve(model, weights)
-    draws, failed = _lsq.bootstrap(model, solution.theta, weights, resampling=resampling, n_bootstrap=n_bootstrap, seed=seed)
 
     def to_params(theta):
         k, inverse_alpha = theta.T  # log B = k - (1/alpha_B)(log L - center)
         return np.column_stack([np.exp(k + inverse_alpha * center), 1.0 / inverse_alpha])
 
-    params = {name: float(v) for name, v in zip(("B_star", "alpha_B"), to_params(solution.theta[None])[0])}
-    return fit_result(
-        CriticalBatchLossFit,
-        law="critical-batch-vs-loss",
-        params=params,
-        samples=to_params(draws),
-        level=level,
-        converged=solution.converged,
-        failed_refits=failed,
-        bounds={"alpha_B": (None, 1.0 / inverse_alpha_bound)},
-        residual_order=y,
-        residuals=np.log(b) - np.log(CriticalBatchLossFit._law(params, y)),
-        objective=solution.objective,
-        n_points=size,
+    return _lsq.bootstrapped_result(
+        CriticalBatchLossFit, "critical-batch-vs-loss", model, _lsq.solve(model, weights), weights, to_params, ("B_star", "alpha_B"),
+        level=level, resampling=resampling, n_bootstrap=n_bootstrap, seed=seed,
+        bounds={"alpha_B": (None, 1.0 / inverse_alpha_bound)}, residual_order=y,
     )

@@ -58,10 +58,10 @@ import numpy as np
 from scipy.optimize import nnls
 
 from fastscale.fit._checks import FitInputError, as_values, enough_data, positive_int, same_length
-from fastscale.fit._optimize import batched_lbfgs, minimize_lbfgs
-from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP, DEFAULT_RESAMPLING, bootstrap_blocks, check_resampling, per_draw
+from fastscale.fit._optimize import batched_lbfgs, lbfgs_refit, minimize_lbfgs
+from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP, DEFAULT_RESAMPLING, check_resampling, per_draw
 from fastscale.fit.chinchilla import HUBER_DELTA, grid_rows
-from fastscale.fit.results import FitResult, fit_result
+from fastscale.fit.results import FitResult, bootstrapped_result
 
 log = logging.getLogger(__name__)
 
@@ -278,7 +278,7 @@ def fit_data_constrained(
     d = as_values("d", d, positive=True)
     u_d = as_values("unique_d", unique_d, positive=True)
     y = as_values("loss", loss, positive=True)
-    size = same_length(n=n, d=d, unique_d=u_d, loss=y)
+    same_length(n=n, d=d, unique_d=u_d, loss=y)
     _unique_within("unique_d", u_d, "d", d)
     u_n = None if unique_n is None else as_values("unique_n", unique_n, positive=True)
     if u_n is not None:
@@ -296,24 +296,13 @@ def fit_data_constrained(
     theta, objective, converged, n_starts = _fit(runs, base, delta)
     params = _to_params(theta, base)
     log_pred = np.log(data_constrained_loss(params, n, d, u_d, u_n))
-    blocks = bootstrap_blocks(resampling, log_y=runs.log_y, log_pred=log_pred, weights=np.ones(size), n_params=len(theta),
-                              n_bootstrap=n_bootstrap, seed=seed)
-    draws, failed = _bootstrap(runs, base, theta, blocks, delta)
-    return fit_result(
-        DataConstrainedFit,
-        law="data-constrained",
-        params=params,
-        samples=np.array([list(_to_params(t, base).values()) for t in draws]).reshape(-1, len(PARAM_NAMES)),
-        level=level,
-        converged=converged,
-        failed_refits=failed,
-        fixed=BASE_NAMES if base is not None else (),
-        flags=_flags(params, n, d, u_d, u_n),
-        residuals=runs.log_y - log_pred,
-        objective=objective,
-        n_points=size,
-        n_starts=n_starts,
-        base_fixed=base is not None,
+    refit = lbfgs_refit(lambda weights, log_y: loss_objective(runs, weights, base, delta, log_y=log_y), theta)
+    return bootstrapped_result(
+        DataConstrainedFit, log_y=runs.log_y, log_pred=log_pred, refit=refit, n_params=len(theta),
+        to_samples=lambda draws: np.array([list(_to_params(t, base).values()) for t in draws]).reshape(-1, len(PARAM_NAMES)),
+        resampling=resampling, n_bootstrap=n_bootstrap, seed=seed, law="data-constrained", params=params, level=level,
+        converged=converged, fixed=BASE_NAMES if base is not None else (), flags=_flags(params, n, d, u_d, u_n), objective=objective,
+        n_starts=n_starts, base_fixed=base is not None,
     )
 
 
@@ -440,18 +429,6 @@ def _subsample(runs: _Runs, size: int) -> _Runs:
         return runs
     rows = grid_rows(len(runs.log_y), size)
     return _Runs(*(None if v is None else v[rows] for v in (runs.log_n, runs.log_unique_d, runs.repetitions_d, runs.log_y, runs.log_unique_n)))
-
-
-def _bootstrap(runs, base, theta, blocks, delta):
-    """([n_ok, P] refits of the draws that converged, number that did not), one batched run per block."""
-    draws, failed = [np.zeros((0, len(theta)))], 0
-    for block in blocks:
-        objective = loss_objective(runs, block.weights, base, delta, log_y=block.log_y)
-        with np.errstate(over="ignore", invalid="ignore"):
-            batch = batched_lbfgs(objective, np.repeat(theta[None], len(block), axis=0), max_iter=2000)
-        draws.append(batch.x[batch.converged])
-        failed += int(np.sum(~batch.converged))
-    return np.concatenate(draws), failed
 
 
 def _to_theta(p):

@@ -19,7 +19,7 @@ import numpy as np
 from fastscale.fit import _lsq
 from fastscale.fit._checks import as_values, enough_data, same_length
 from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP, DEFAULT_RESAMPLING
-from fastscale.fit.results import FitResult, fit_result
+from fastscale.fit.results import FitResult
 
 EXPONENT_BOUNDS = (1e-4, 5.0)
 START_EXPONENTS = (0.05, 0.1, 0.3, 0.7)
@@ -68,14 +68,7 @@ def fit_kaplan_nd(
 ) -> KaplanNDFit:
     """Fit L(N, D) = [(Nc/N)^(alpha_N/alpha_D) + Dc/D]^alpha_D to final (early-stopped) losses.
     resampling: the bootstrap scheme (`bootstrap.bootstrap_blocks`)."""
-    n = as_values("n_params", n_params, positive=True)
-    d = as_values("n_tokens", n_tokens, positive=True)
-    y = as_values("loss", loss, positive=True)
-    same_length(n_params=n, n_tokens=d, loss=y)
-    _lsq.check_bootstrap(resampling, n_bootstrap)
-    enough_data("kaplan-nd", 4, 3, n_params=n, n_tokens=d)
-    mn, md = np.log(n).mean(), np.log(d).mean()
-    vn, vd, log_y = np.log(n) - mn, np.log(d) - md, np.log(y)
+    n, (mn, md), (vn, vd), log_y = _centred_logs("kaplan-nd", resampling, n_bootstrap, n_params=n_params, n_tokens=n_tokens, loss=loss)
 
     def to_params(theta):
         k_n, k_d, alpha_n, alpha_d = theta.T
@@ -84,7 +77,7 @@ def fit_kaplan_nd(
 
     names = ("Nc", "Dc", "alpha_N", "alpha_D")
     build = functools.partial(_nd_model, vn, vd, log_y)
-    return _finish(KaplanNDFit, "kaplan-nd", names, build, to_params, (n, d), y, n_bootstrap, level, seed, resampling)
+    return _finish(KaplanNDFit, "kaplan-nd", names, build, to_params, n, n_bootstrap, level, seed, resampling)
 
 
 def fit_kaplan_ns(
@@ -93,14 +86,7 @@ def fit_kaplan_ns(
 ) -> KaplanNSFit:
     """Fit L(N, S_min) = (Nc/N)^alpha_N + (Sc/S_min)^alpha_S (learning-curve points, S_min from `minimum_steps`).
     resampling: the bootstrap scheme (`bootstrap.bootstrap_blocks`)."""
-    n = as_values("n_params", n_params, positive=True)
-    s = as_values("min_steps", min_steps, positive=True)
-    y = as_values("loss", loss, positive=True)
-    same_length(n_params=n, min_steps=s, loss=y)
-    _lsq.check_bootstrap(resampling, n_bootstrap)
-    enough_data("kaplan-ns", 4, 3, n_params=n, min_steps=s)
-    mn, ms = np.log(n).mean(), np.log(s).mean()
-    vn, vs, log_y = np.log(n) - mn, np.log(s) - ms, np.log(y)
+    n, (mn, ms), (vn, vs), log_y = _centred_logs("kaplan-ns", resampling, n_bootstrap, n_params=n_params, min_steps=min_steps, loss=loss)
 
     def to_params(theta):
         k_n, k_s, alpha_n, alpha_s = theta.T
@@ -109,7 +95,21 @@ def fit_kaplan_ns(
 
     names = ("Nc", "Sc", "alpha_N", "alpha_S")
     build = functools.partial(_ns_model, vn, vs, log_y)
-    return _finish(KaplanNSFit, "kaplan-ns", names, build, to_params, (n, s), y, n_bootstrap, level, seed, resampling)
+    return _finish(KaplanNSFit, "kaplan-ns", names, build, to_params, n, n_bootstrap, level, seed, resampling)
+
+
+def _centred_logs(law: str, resampling: str, n_bootstrap, **columns) -> tuple:
+    """(N, the means of log N and log x, log N and log x less their means, log loss) of the columns N, x
+    and the loss, checked: positive, of one length, with enough distinct (N, x) for the law's 4
+    parameters, and the bootstrap's options too. Centred logs make the exponents nearly uncorrelated
+    with the scales, so L-BFGS converges quickly."""
+    values = {name: as_values(name, column, positive=True) for name, column in columns.items()}
+    same_length(**values)
+    _lsq.check_bootstrap(resampling, n_bootstrap)
+    enough_data(law, 4, 3, **dict(list(values.items())[:2]))
+    n, x, loss = values.values()
+    means = np.log(n).mean(), np.log(x).mean()
+    return n, means, (np.log(n) - means[0], np.log(x) - means[1]), np.log(loss)
 
 
 def _nd_model(vn, vd, log_y, rows) -> _lsq.LogModel:
@@ -153,26 +153,13 @@ def _ns_model(vn, vs, log_y, rows) -> _lsq.LogModel:
     return _lsq.LogModel(("k_N", "k_S", "alpha_N", "alpha_S"), log_y, log_prediction, bounds, starts)
 
 
-def _finish(cls, law, names, build, to_params, inputs, y, n_bootstrap, level, seed, resampling):
-    """Solve (starts screened on large data, `_lsq.screened_solve`), bootstrap and package a two-variable law."""
-    weights = np.ones(len(y))
-    model, solution = _lsq.screened_solve(build, weights, inputs[0])
-    draws, failed = _lsq.bootstrap(model, solution.theta, weights, resampling=resampling, n_bootstrap=n_bootstrap, seed=seed)
-    params = {name: float(v) for name, v in zip(names, to_params(solution.theta[None])[0])}
+def _finish(cls, law, names, build, to_params, n, n_bootstrap, level, seed, resampling):
+    """Solve (starts screened on large data along N, `_lsq.screened_solve`), bootstrap and package a two-variable law."""
+    weights = np.ones(len(n))
+    model, solution = _lsq.screened_solve(build, weights, n)
     exponents = [name for name in names if name.startswith("alpha")]
-    return fit_result(
-        cls,
-        law=law,
-        params=params,
-        samples=to_params(draws),
-        level=level,
-        converged=solution.converged,
-        failed_refits=failed,
-        bounds=dict.fromkeys(exponents, EXPONENT_BOUNDS),
-        residuals=np.log(y) - np.log(cls._law(params, *inputs)),
-        objective=solution.objective,
-        n_points=len(y),
-    )
+    return _lsq.bootstrapped_result(cls, law, model, solution, weights, to_params, names, level=level, resampling=resampling,
+                                    n_bootstrap=n_bootstrap, seed=seed, bounds=dict.fromkeys(exponents, EXPONENT_BOUNDS))
 
 
 def compute_efficient_exponents(alpha_n: float, alpha_s: float, alpha_b: float) -> dict:

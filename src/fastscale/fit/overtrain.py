@@ -39,10 +39,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from fastscale.fit._checks import as_values, enough_data, positive_int, same_length
-from fastscale.fit._optimize import batched_lbfgs, minimize_lbfgs
-from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP, DEFAULT_RESAMPLING, bootstrap_blocks, check_resampling
+from fastscale.fit._optimize import batched_lbfgs, lbfgs_refit, minimize_lbfgs
+from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP, DEFAULT_RESAMPLING, check_resampling, resample_count_chunks
 from fastscale.fit.chinchilla import grid_rows, huber_objective
-from fastscale.fit.results import Estimate, FitResult, fit_result
+from fastscale.fit.results import Estimate, FitResult, bootstrapped_result
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def fit_overtrain(
     n = as_values("n", n, positive=True)
     d = as_values("d", d, positive=True)
     y = as_values("loss", loss, positive=True)
-    size = same_length(n=n, d=d, loss=y)
+    same_length(n=n, d=d, loss=y)
     enough_data("overtrain", N_PARAMS, 3, n=n, d=d)
     check_resampling(resampling)
     n_bootstrap = positive_int("n_bootstrap", n_bootstrap, minimum=0)
@@ -157,21 +157,14 @@ def fit_overtrain(
     to_params = _parameters(centre_n, centre_d)
     params = dict(zip(PARAM_NAMES, to_params(theta)))
     log_pred = np.log(OvertrainFit._law(params, n, d))
-    blocks = bootstrap_blocks(resampling, log_y=log_y, log_pred=log_pred, weights=np.ones(size), n_params=N_PARAMS, n_bootstrap=n_bootstrap, seed=seed)
     labels = _run_labels(n, d) if resampling == "rows" else None
-    draws, failed, short = _bootstrap(u, v, theta, blocks, labels)
-    return fit_result(
-        OvertrainFit,
-        law="overtrain",
-        params=params,
-        samples=np.array([to_params(t) for t in draws]).reshape(-1, len(PARAM_NAMES)),
-        level=level,
-        converged=converged,
-        failed_refits=failed,
-        flags=_exponent_flags(params) + _underdetermined_flags(short, n_bootstrap, labels),
-        residuals=log_y - log_pred,
-        objective=objective,
-        n_points=size,
+    short = 0 if labels is None else _short_resamples(labels, n_bootstrap, seed)
+    return bootstrapped_result(
+        OvertrainFit, log_y=log_y, log_pred=log_pred, n_params=N_PARAMS, cells=BOOTSTRAP_CELLS,
+        refit=lbfgs_refit(lambda weights, draws_log_y: tied_objective(u, v, draws_log_y, weights), theta),
+        to_samples=lambda draws: np.array([to_params(t) for t in draws]).reshape(-1, len(PARAM_NAMES)),
+        resampling=resampling, n_bootstrap=n_bootstrap, seed=seed, law="overtrain", params=params, level=level, converged=converged,
+        flags=_exponent_flags(params) + _underdetermined_flags(short, n_bootstrap, labels), objective=objective,
     )
 
 
@@ -198,25 +191,6 @@ def _best_of_grid(u, v, log_y):
     return theta, float(min(polished.fun, at_start)), converged
 
 
-def _bootstrap(u, v, theta, blocks, labels):
-    """Refit every draw from theta in batched runs of at most BOOTSTRAP_CELLS draws x rows.
-
-    Returns ([n_ok, 4] draws that converged, number that did not, number of row resamples that drew
-    fewer than N_PARAMS + 1 distinct runs); labels: each row's run (None: not counted, as for
-    parametric draws, which keep every run)."""
-    draws, failed, short = [np.zeros((0, N_PARAMS))], 0, 0
-    for block in blocks:
-        if labels is not None:
-            short += _short_resamples(block.weights, labels)
-        parts = -(-block.weights.size // BOOTSTRAP_CELLS)
-        for weights, log_y in zip(np.array_split(block.weights, parts), np.array_split(block.log_y, parts)):
-            with np.errstate(over="ignore", invalid="ignore"):
-                batch = batched_lbfgs(tied_objective(u, v, log_y, weights), np.repeat(theta[None], len(weights), axis=0), max_iter=2000)
-            draws.append(batch.x[batch.converged])
-            failed += int(np.sum(~batch.converged))
-    return np.concatenate(draws), failed, short
-
-
 def _parameters(centre_n, centre_d):
     """theta -> (E, A, B, alpha, a, b, eta): k_N - alpha u = log(A N^-alpha) gives A = exp(k_N + alpha centre_n)."""
 
@@ -235,13 +209,17 @@ def _run_labels(n, d) -> np.ndarray:
     return np.unique(np.stack([n, d], axis=1), axis=0, return_inverse=True)[1].ravel()
 
 
-def _short_resamples(weights, labels) -> int:
-    """How many row resamples (rows of weights) drew fewer than N_PARAMS + 1 distinct runs (0 beyond MANY_RUNS runs)."""
+def _short_resamples(labels, n_bootstrap: int, seed: int) -> int:
+    """How many of the "rows" bootstrap's resamples (the counts `bootstrap_blocks` draws with this seed)
+    hold fewer than N_PARAMS + 1 distinct runs (0 beyond MANY_RUNS runs)."""
     runs = int(labels.max()) + 1
     if runs > MANY_RUNS:
         return 0
-    drawn = np.stack([(weights[:, labels == run] > 0).any(axis=1) for run in range(runs)], axis=1)
-    return int(np.sum(drawn.sum(axis=1) < N_PARAMS + 1))
+    short = 0
+    for counts in resample_count_chunks(len(labels), n_bootstrap, seed):
+        drawn = np.stack([(counts[:, labels == run] > 0).any(axis=1) for run in range(runs)], axis=1)
+        short += int(np.sum(drawn.sum(axis=1) < N_PARAMS + 1))
+    return short
 
 
 def _underdetermined_flags(short: int, resamples: int, labels) -> list:

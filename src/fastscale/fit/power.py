@@ -16,7 +16,7 @@ import numpy as np
 from fastscale.fit import _lsq
 from fastscale.fit._checks import FitInputError, as_values, enough_data, same_length
 from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP, DEFAULT_RESAMPLING
-from fastscale.fit.results import Estimate, FitResult, fit_result
+from fastscale.fit.results import Estimate, FitResult
 
 MAX_ALPHA = 10.0
 L_INF_START_FRACTIONS = (0.0, 0.3, 0.6, 0.8, 0.9, 0.97)
@@ -91,25 +91,23 @@ def fit_power_law(
     center = np.log(x).mean()
     model, solution = _lsq.screened_solve(lambda rows: _model(x[rows], y[rows], irreducible, lower_envelope, w[rows], center),
                                           w, x)
-    draws, failed = _lsq.bootstrap(model, solution.theta, w, resampling=resampling, n_bootstrap=n_bootstrap, seed=seed,
-                                   groups=groups)
-    params = dict(zip(("L_inf", "x0", "alpha"), (float(v) for v in _to_params(solution.theta[None], irreducible, center)[0])))
-    residuals = np.log(y) - np.log(PowerLawFit._law(params, x))
-    return fit_result(
+    return _lsq.bootstrapped_result(
         PowerLawFit,
-        law="power" if irreducible else "pure power",
-        params=params,
-        samples=_to_params(draws, irreducible, center),
+        "power" if irreducible else "pure power",
+        model,
+        solution,
+        w,
+        lambda theta: _to_params(theta, irreducible, center),
+        ("L_inf", "x0", "alpha"),
         level=level,
-        converged=solution.converged,
-        failed_refits=failed,
+        resampling=resampling,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+        groups=groups,
         bounds={"L_inf": model.bounds[0], "alpha": model.bounds[-1]} if irreducible else {"alpha": model.bounds[-1]},
         fixed=() if irreducible else ("L_inf",),
         residual_order=None if lower_envelope else x,
         residual_weights=w,
-        residuals=residuals,
-        objective=solution.objective,
-        n_points=n,
     )
 
 

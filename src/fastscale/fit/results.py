@@ -39,6 +39,7 @@ import numpy as np
 from scipy import stats
 
 from fastscale.fit._checks import probability
+from fastscale.fit.bootstrap import bootstrap_blocks, refit_draws
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +186,24 @@ def fit_result(cls, *, law: str, params: dict, samples: np.ndarray, level: float
     for flag in flags:
         log.warning("%s: %s", law, flag)
     return cls(law=law, params=params, intervals=intervals, samples=samples, level=level, converged=converged, flags=tuple(flags), **fields)
+
+
+def bootstrapped_result(cls, *, log_y, log_pred, refit, n_params: int, to_samples, resampling: str, n_bootstrap: int, seed: int,
+                        weights=None, groups=None, cells: int | None = None, flags=(), sample_flags=None, **fields) -> FitResult:
+    """A law's result from its estimate, the one way every fit assembles one: `n_bootstrap` data sets
+    drawn around the estimate (`bootstrap.bootstrap_blocks`: log_y [n] observed, log_pred [n] the law
+    at the estimate, weights [n] the fit's, default 1; groups for the "rows" scheme), each refitted
+    (`bootstrap.refit_draws` with refit and cells; n_params: the length of the law's internal theta),
+    then `fit_result` with the samples to_samples([n_ok, n_params] thetas) -> [n_ok, len(params)], the
+    residuals log_y - log_pred and n_points; flags: the law's own, then sample_flags(samples)'s (a law
+    that judges its draws); fields: the rest of fit_result's arguments."""
+    weights = np.ones(len(log_y)) if weights is None else weights
+    blocks = bootstrap_blocks(resampling, log_y=log_y, log_pred=log_pred, weights=weights, n_params=n_params, n_bootstrap=n_bootstrap,
+                              seed=seed, groups=groups)
+    draws, failed = refit_draws(blocks, refit, n_params, cells)
+    samples = to_samples(draws)
+    flags = [*flags, *(sample_flags(samples) if sample_flags else ())]
+    return fit_result(cls, samples=samples, failed_refits=failed, flags=flags, residuals=log_y - log_pred, n_points=len(log_y), **fields)
 
 
 def _determination_flags(name: str, value: float, interval, bound, scale: bool, level: float) -> list:
