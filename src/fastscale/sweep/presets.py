@@ -1,8 +1,8 @@
 """The named sweeps (`fastscale sweep OUT --preset NAME`): the seed papers' studies at a scale a 2-core
 CPU runs in minutes. Every preset trains fp32 on one rank per run (ZeRO-0), Kaplan et al.'s learning
 rate by size (eq. D.1), a cosine schedule to a tenth of the peak, and logs every step with the gradient
-noise scale every 10 steps. Measured times are from the 2-core development machine; under load from
-other work they stretched up to 2.5x.
+noise scale every 10 steps. Their times and results are in the README (Results); the pilot
+measurements behind the choices below are in benchmarks/results/notes.md.
 """
 
 # what every preset shares; each sets its evaluation and checkpoint intervals
@@ -29,9 +29,9 @@ PRESETS = {
     # runs of each size compete at the compute of the long runs of a smaller one. Three token budgets,
     # not two: Chinchilla's L(N, D) = E + A/N^alpha + B/D^beta cannot tell E from B/D^beta with two.
     # Evaluation: 94 batches of 4 rows = the whole held-out set of 375 images, every 26 steps: 15 points
-    # per long run, 10 and 5 per shorter one, the learning curves of the frontier. The smoothed training loss
-    # of 8-row batches (digits and photographs mixed) put L(C)'s L_inf at 1.89 nats/token, below L(N)'s
-    # 1.995; the held-out curves give 2.01 [1.92, 2.01], for 285 s of training instead of 210 (quiet).
+    # per long run, 10 and 5 per shorter one, the learning curves of the frontier: the smoothed training loss
+    # of 8-row batches (digits and photographs mixed) put L(C)'s L_inf below L(N)'s, the held-out curves
+    # do not (notes.md), at the cost of the evaluations' time.
     # Seeds: a second one for the three smallest sizes (their runs are the cheapest), so the report's
     # bootstrap over sizes resamples each size with its seeds and the seed-to-seed spread is measured.
     "image8": {
@@ -51,11 +51,9 @@ PRESETS = {
     # IsoFLOP profiles (Hoffmann et al. 2022, approach 2) on image8's data and training settings: every
     # size at each of three compute budgets, so each budget's loss against N has a minimum inside the sizes.
     # At this scale the loss is limited by optimizer steps far more than by parameters, so compute-optimal
-    # models are tiny: on pilot sweeps (held-out loss, nats/token) the smallest size won at every budget
-    # from 1e10 to 3e11 FLOPs with sizes from 3,072 up (head_dim 16), and with head_dim 8 (one-layer
-    # widths 8, 16, 24, 32: N = 768, 3,072, 6,912, 12,288) 768 still won at 3e10 (2.29 against 2.39) while
-    # 3,072 won at 1e11 (2.00 against 2.09 and 2.09 on either side). These budgets sit where the minimum
-    # moves from 3,072 towards 6,912. Every run repeats the 650,796 training tokens (1.1 to 20 epochs):
+    # models are tiny: head_dim 8 gives one-layer widths 8, 16, 24, 32 (N = 768, 3,072, 6,912, 12,288),
+    # and on pilot sweeps these budgets sit where the minimum moves from 3,072 towards 6,912 (below them
+    # the smallest size wins: notes.md). Every run repeats the 650,796 training tokens (1.1 to 20 epochs):
     # the report's repeated-data section applies. Evaluations on the whole held-out set every 500 steps.
     "isoflop": {
         "name": "isoflop",
@@ -76,14 +74,11 @@ PRESETS = {
     # packing every row is one whole pair (padded; two never fit). Five sizes of distinct widths
     # (head_dim 16), each trained on 7.3e5 tokens = 400 steps of 8 rows (~2 epochs); the eval loss covers
     # all 180 held-out pairs (45 batches of 4 rows). Rotary positions: with learned absolute positions a
-    # pixel sits at a different position after a caption (of 5 to 33 bytes) than after BOS, and the same
-    # sweep measured L(image | caption) ~100 nats/image above L(image), all of it the cost of finding the
-    # pixel grid again; with rotary positions the two image losses agree to ~1 nat. No tokens_per_item: a
-    # document is an image and a caption, so the sweep report's per-token losses have no per-image reading
-    # (the study's section gives nats per image and per caption). Measured (load average 6 to 10): 352 s
-    # for the sweep and its report; I from the image side within +-1.2 nats of 0 at every size (below
-    # ln 10, the most the digit captions can tell), caption use ~0 up to N = 8e4 and 0.5 +- 0.3 nats at
-    # the two largest: at this scale the study does not resolve I, and its report says so.
+    # pixel sits at a different position after a caption (of 5 to 33 bytes) than after BOS, and finding
+    # the pixel grid again put L(image | caption) far above L(image), where with rotary positions the two
+    # image losses agree (notes.md). No tokens_per_item: a document is an image and a caption, so the sweep
+    # report's per-token losses have no per-image reading (the study's section gives nats per image and
+    # per caption).
     "multimodal": {
         "name": "multimodal",
         "description": "image+caption pairs in both orders: I(image; caption) = L(image) - L(image | caption) against N",
@@ -103,7 +98,6 @@ PRESETS = {
     # levels 1-5. seq_len 64 holds any problem up to level 9 (6k + 6 tokens with BOS), so "documents"
     # packing keeps every problem whole in a row (about five per row). Six sizes over 1.7 decades of
     # distinct widths (head_dim 16), each trained on 6e5 tokens (~1.4 epochs: 586 steps of 16 rows).
-    # Measured (load average 4 to 10): 277 s of training, 1-4 s of evaluation per run.
     "math": {
         "name": "math",
         "description": "train on arithmetic of levels 1-3, evaluate the loss per level 1-5 against N",
@@ -122,10 +116,7 @@ PRESETS = {
     # The digits alone (1,617 training images of 193 tokens), five sizes over 1.3 decades of distinct widths
     # (head_dim 16: d_model 32, 48, 64, 80, 96), each trained on ~one epoch (201 steps of 8 rows), then
     # fine-tuned for 150 steps of 32 digits (~3 epochs of the training digits; 16 digits a step left the
-    # loss ~0.4-0.6 nats higher) and scored on the 180 held-out digits, with the from-scratch baseline.
-    # Measured (load ~4.5): 335 s for the sweep, of which training took 98 run-seconds and fine-tuning
-    # 420 (the baseline 183 of them; 210 for the largest size alone). Classification loss 1.24 -> 0.535
-    # nats (error 46% -> 17%) against a flat ~1.06-1.26 from scratch.
+    # loss higher: notes.md) and scored on the 180 held-out digits, with the from-scratch baseline.
     "classify": {
         "name": "classify",
         "description": "generative pretraining on the digits, then fine-tuning on their labels: classification loss and error against N",

@@ -202,8 +202,8 @@ def build_report(sweep_dir, *, n_bootstrap: int = 1000, forecast_reducible=None)
 
     check_forecast_reducible(forecast_reducible)
 
-    # Thousands of tiny L-BFGS-B refits: with OpenBLAS's threads on a busy 2-core machine (training
-    # runs beside it) they spin-wait, and the same report took 20 s instead of 0.7 s (measured).
+    # Thousands of tiny L-BFGS-B refits: with OpenBLAS's threads on a machine busy with training runs
+    # they spin-wait, and the report takes many times longer (benchmarks/results/notes.md).
     with threadpool_limits(limits=1, user_api="blas"):
         return _build_report(Path(sweep_dir), n_bootstrap, forecast_reducible)
 
