@@ -36,7 +36,7 @@ GRADIENT_TOL = 1e-7  # a line search that cannot improve a point this flat has c
 # found no step that lowers its cost and did not converge.
 # A flat valley of an undetermined parameter (a loss that does not depend on x: alpha runs to 0 along
 # L_inf + exp(k) = const) takes Gauss-Newton thousands of steps; they are cheap, as only the draws
-# still moving take them (1,000 draws of 6 such points: 3 s, where scipy per draw took 33 s).
+# still moving take them (an order of magnitude faster than scipy per draw: benchmarks/results/notes.md).
 LM_MAX_ITER = 5000
 LM_POLISH_ITER = 100  # the estimate's polish on every row (1e6 rows: a few steps)
 LM_FTOL = 1e-12
@@ -119,8 +119,8 @@ def screened_solve(build: Callable, weights: np.ndarray, order: np.ndarray) -> t
     """(build(all rows), its optimum). On more than SCREEN_ROWS rows the starts race on the
     `spread_rows` of `order` (the law's input), all at once by Levenberg-Marquardt (`refit`), and only
     the winner goes on to all the rows: a subsample spanning the input already tells the basins apart,
-    and each start would cost dozens of passes over all the data (1e6 rows on this shared 2-core
-    machine at load ~13: a power law 4.8 s to 1.9 s, Kaplan L(N, D) 100 s to 2.3 s). scipy takes over
+    and each start would cost dozens of passes over all the data (times before and after:
+    benchmarks/results/notes.md). scipy takes over
     where the polish on all rows does not converge. build(rows) -> the LogModel of those rows (an index
     array, or slice(None))."""
     model = build(slice(None))

@@ -66,14 +66,13 @@ F_STARTS = (0.1, 0.5)
 # A d_i or f_i whose interval covers more than this share of its searched log range is not determined.
 NOT_LOCATED_SHARE = 0.5
 # Screening: on the paper's 3-break Figure 1 curve (700 points, 960 starts) keeping the 24 best starts
-# after 20 steps found the same optimum (the exact constants, to 1e-8) in 3.8 s as 50 steps did in
-# 5.8 s and running every start to convergence in 116 s (2 busy cores).
+# after 20 steps found the same optimum (the exact constants, to 1e-8) as 50 steps and as running every
+# start to convergence, in a fraction of their time (benchmarks/results/notes.md).
 SCREEN_ITERATIONS = 20
 KEEP_STARTS = 24
 # Rows the starts are screened on (evenly spaced in x). On 9 sets of 500 points (Figure 1's curve with 2
-# and 3 breaks, Figure 4's with 1; 1% noise) 250 rows led to the optimum 2,000 did, to 12 digits, and the
-# 3-break fit took 1.9 s instead of 3.2 s (CPU); on the noiseless 3-break curve of 700 points both found
-# the constants (to 2e-11 and 1e-9).
+# and 3 breaks, Figure 4's with 1; 1% noise) 250 rows led to the optimum 2,000 did, to 12 digits, in less
+# time (notes.md); on the noiseless 3-break curve of 700 points both found the constants (to 2e-11 and 1e-9).
 SCREEN_POINTS = 250
 # Levenberg-Marquardt refits (see _levenberg_marquardt): the tolerances match the batched L-BFGS's.
 LM_MAX_ITER = 50
@@ -342,9 +341,9 @@ def _levenberg_marquardt(space: _Space, log_y, weights, theta, max_iter: int = L
     """Weighted least squares on log y for every row of theta at once, by Levenberg-Marquardt.
 
     Why not the batched L-BFGS: from the estimate, a refit is a small-residual least-squares problem
-    where Gauss-Newton steps converge in a few iterations where L-BFGS needs hundreds. Measured on 300
-    resamples of 500 points: 0.16 s against 1.58 s (1 break), 0.43 s against 3.57 s (2 breaks), the
-    objectives equal to 5e-6 (relative) or lower, the percentile ends equal to 1e-4. Each row keeps its
+    where Gauss-Newton steps converge in a few iterations where L-BFGS needs hundreds (on 300 resamples
+    of 500 points about 10x faster, benchmarks/results/notes.md), with objectives equal to 5e-6
+    (relative) or lower and percentile ends equal to 1e-4. Each row keeps its
     own damping (divided by 3 after an accepted step, times 4 after a rejected one, Marquardt's diagonal scaling).
     A row stops when an accepted step lowers its cost by less than LM_FTOL (relative) or its gradient
     vanishes; rows whose damping runs away, or that reach max_iter, did not converge. log_y and

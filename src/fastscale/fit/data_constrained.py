@@ -82,8 +82,8 @@ PAPER_PARAMS = {
 EXPONENT_STARTS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.65, 0.8, 1.0)
 DECAY_STARTS = (0.5, 2.0, 8.0, 32.0, 128.0)  # R* starts: repetitions worth e^-1 after half an epoch ... 128
 GRADIENT_TOL = 1e-7
-# starts x rows per objective chunk: [chunk, n] float64 temporaries of 64 KiB stay in cache (measured on
-# 1,000 draws x 500 runs: a bootstrap 4x faster than with one [S, n] block)
+# starts x rows per objective chunk: [chunk, n] float64 temporaries of 64 KiB stay in cache (a bootstrap
+# several times faster than with one [S, n] block: benchmarks/results/notes.md)
 CHUNK_ELEMENTS = 8192
 SCREEN_ROWS = 5_000
 UNSEEN_DECAY = 0.01  # a decay constant is not determined when the runs' repetitions lose less than this
