@@ -115,9 +115,9 @@ def _function(path: str):
     return getattr(importlib.import_module(module), name)
 
 
-def build_parser(commands: Iterable[str] = tuple(COMMANDS)) -> argparse.ArgumentParser:
+def build_parser(commands: Iterable[str | None] = tuple(COMMANDS)) -> argparse.ArgumentParser:
     """The `fastscale` parser. Every command is listed, but only those in `commands` get their
-    arguments (and import their module): `main` passes the one on its command line."""
+    arguments (and import their module): `main` passes the one on its command line, if any."""
     parser = argparse.ArgumentParser(prog="fastscale", description=DESCRIPTION, formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     from fastscale.io import StateFileError
 
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser([name for name in [command_in(argv)] if name in COMMANDS]).parse_args(argv)
+    args = build_parser([command_in(argv)]).parse_args(argv)
     args.command_line = ["fastscale", *argv]  # for the commands that print how to resume
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     command = COMMANDS[args.command]
