@@ -2,8 +2,10 @@
 
 Everything fastscale writes goes through `write_atomically` (a temporary file in the same directory,
 fsync, rename), so a kill at any moment leaves the previous or the next version, never half a file; a
-full disk raises ENOSPC naming the path and the bytes, and leaves no temporary file behind. JSON is
-strict (`json_text`: no NaN/Infinity literals, which other tools refuse; a non-finite float is null).
+full disk raises ENOSPC naming the path and the bytes, and leaves no temporary file behind. A
+directory of files that belong together (a token shard, a sweep's prepared data) is written the same
+way by `atomic_directory`. JSON is strict (`json_text`: no NaN/Infinity literals, which other tools
+refuse; a non-finite float is null).
 
 metrics.jsonl is the trainer's append-only learning curve: one JSON object per logged step, and a
 resumed run appends again from its checkpoint's step, so the last record of a step wins. A kill can
@@ -30,6 +32,7 @@ import os
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from numbers import Real
 from pathlib import Path
@@ -64,6 +67,32 @@ def write_atomically(path, data: str | bytes, *, keep_previous: bool = False) ->
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def atomic_directory(path):
+    """Yields a new empty directory beside path to fill; when the block ends without an exception it
+    takes path's place, else it is removed and path is left as it was.
+
+    A directory cannot be renamed over a non-empty one, so a previous version is first renamed aside
+    (.NAME.old-PID) and removed after the new one is in place: a kill between the two renames leaves
+    no directory at path and the previous version whole beside it, never a mix of the two. A leftover
+    temporary directory of the same process id is removed first."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(temporary, ignore_errors=True)
+    temporary.mkdir()
+    try:
+        yield temporary
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    if path.exists():
+        path.rename(old)
+    temporary.rename(path)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def previous_version(path) -> Path:

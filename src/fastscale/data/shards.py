@@ -11,13 +11,12 @@ half-written shard.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
-from fastscale.io import read_json, write_json
+from fastscale.io import atomic_directory, read_json, write_json
 
 
 def dtype_for(vocab_size: int) -> np.dtype:
@@ -26,34 +25,23 @@ def dtype_for(vocab_size: int) -> np.dtype:
 
 def write_shard(path: str | os.PathLike, documents: Iterable[np.ndarray], vocab_size: int, **meta) -> "TokenShard":
     """Write documents (1-D integer arrays with values in [0, vocab_size)) as a shard at path."""
-    path = Path(path)
     dtype = dtype_for(vocab_size)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    offsets = [0]
-    with open(tmp / "tokens.bin", "wb") as f:
-        for i, doc in enumerate(documents):
-            doc = np.asarray(doc)
-            if doc.ndim != 1 or len(doc) == 0:
-                raise ValueError(f"write_shard: document {i} has shape {doc.shape}; expected a non-empty 1-D array")
-            if doc.min() < 0 or doc.max() >= vocab_size:
-                raise ValueError(f"write_shard: document {i} has tokens outside [0, {vocab_size}): min {doc.min()}, max {doc.max()}")
-            f.write(doc.astype(dtype).tobytes())
-            offsets.append(offsets[-1] + len(doc))
-        f.flush()
-        os.fsync(f.fileno())
-    np.save(tmp / "index.npy", np.asarray(offsets, dtype=np.int64))
-    info = {"dtype": dtype.name, "vocab_size": int(vocab_size), "n_docs": len(offsets) - 1, "n_tokens": offsets[-1], **meta}
-    write_json(tmp / "meta.json", info, indent=2)
-    if path.exists():
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
-        path.rename(old)
-        tmp.rename(path)
-        shutil.rmtree(old)
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.rename(path)
+    with atomic_directory(path) as tmp:
+        offsets = [0]
+        with open(tmp / "tokens.bin", "wb") as f:
+            for i, doc in enumerate(documents):
+                doc = np.asarray(doc)
+                if doc.ndim != 1 or len(doc) == 0:
+                    raise ValueError(f"write_shard: document {i} has shape {doc.shape}; expected a non-empty 1-D array")
+                if doc.min() < 0 or doc.max() >= vocab_size:
+                    raise ValueError(f"write_shard: document {i} has tokens outside [0, {vocab_size}): min {doc.min()}, max {doc.max()}")
+                f.write(doc.astype(dtype).tobytes())
+                offsets.append(offsets[-1] + len(doc))
+            f.flush()
+            os.fsync(f.fileno())
+        np.save(tmp / "index.npy", np.asarray(offsets, dtype=np.int64))
+        info = {"dtype": dtype.name, "vocab_size": int(vocab_size), "n_docs": len(offsets) - 1, "n_tokens": offsets[-1], **meta}
+        write_json(tmp / "meta.json", info, indent=2)
     return TokenShard(path)
 
 
