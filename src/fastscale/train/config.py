@@ -367,9 +367,9 @@ class DeepSpeedSettings:
     @classmethod
     def parse(cls, source, world_size: int, *, device_type: str | None = None) -> "DeepSpeedSettings":
         """Check the config (a path or a dict; check_deepspeed_config) and read it."""
-        written = load_deepspeed_config(source)
-        checked = check_deepspeed_config(written, world_size, device_type=device_type)
-        return cls.read(checked, world_size, requested_batch={key: written[key] for key in BATCH_KEYS if key in written})
+        as_written = load_deepspeed_config(source)
+        checked = check_deepspeed_config(as_written, world_size, device_type=device_type)
+        return cls.read(checked, world_size, requested_batch={key: as_written[key] for key in BATCH_KEYS if key in as_written})
 
     @classmethod
     def read(cls, config: dict, world_size: int, *, requested_batch: dict | None = None) -> "DeepSpeedSettings":
