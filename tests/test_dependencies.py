@@ -4,12 +4,14 @@ extra is missing says which `pip install "fastscale[EXTRA]"` to run instead of a
 
 import ast
 import functools
+import json
 import re
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fastscale.extras import EXTRAS, extra_of, missing_extra_message
@@ -89,6 +91,30 @@ for package in (fastscale, fastscale.kernels, fastscale.benchmarks):
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_fastscale_fit_runs_on_the_core_alone(rng, tmp_path):
+    """The numpy/scipy fitting layer needs no extra, and no torch: a noiseless power law comes back."""
+    blocked = sorted(m for modules in EXTRAS.values() for m in modules)
+    l_inf, x0, alpha = rng.uniform(1.0, 3.0), 10 ** rng.uniform(3, 5), rng.uniform(0.2, 0.5)
+    n = np.geomspace(1e5, 1e9, 9) * rng.uniform(0.8, 1.25, 9)
+    csv = tmp_path / "runs.csv"
+    csv.write_text("N,loss\n" + "".join(f"{x:.17g},{l_inf + (x0 / x) ** alpha:.17g}\n" for x in n))
+    script = f"""
+import sys
+for name in {blocked!r}:
+    sys.modules[name] = None
+from fastscale.cli import main
+code = main(sys.argv[1:])
+assert "torch" not in sys.modules, "fastscale fit imported torch"
+sys.exit(code)
+"""
+    done = subprocess.run([sys.executable, "-c", script, "fit", str(csv), "--law", "power", "--bootstrap", "0", "--json"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    params = json.loads(done.stdout)["params"]
+    assert params["L_inf"] == pytest.approx(l_inf, rel=1e-6) and params["x0"] == pytest.approx(x0, rel=1e-5)
+    assert params["alpha"] == pytest.approx(alpha, rel=1e-6)
 
 
 def test_optional_dependencies_are_imported_only_where_they_are_optional():
