@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastscale.extras import EXTRAS, extra_of, missing_extra_message
+from fastscale.extras import EXTRAS, extra_of, missing_extra_message, require
 
 ROOT = Path(__file__).resolve().parents[1]
 CORE = {"torch", "triton", "numpy", "scipy", "tqdm"}  # the core, nothing else
@@ -151,8 +151,12 @@ def test_a_missing_extra_names_its_pip_install(module, extra, command, tmp_path)
     assert not out.exists()
 
 
-def test_a_missing_core_module_is_not_blamed_on_an_extra():
-    error = ModuleNotFoundError("No module named 'scipy'", name="scipy")
-    assert missing_extra_message(error, "fastscale fit") is None  # the traceback is the better message
-    nested = ModuleNotFoundError("No module named 'deepspeed.ops'", name="deepspeed.ops")
-    assert missing_extra_message(nested, "fastscale train") == 'fastscale train needs deepspeed, which is not installed: pip install "fastscale[train]"'
+def test_only_an_uninstalled_extra_is_blamed_on_its_extra(monkeypatch):
+    core = ModuleNotFoundError("No module named 'scipy'", name="scipy")
+    assert missing_extra_message(core, "fastscale fit") is None  # the traceback is the better message
+    inside = ModuleNotFoundError("No module named 'deepspeed.nonexistent'", name="deepspeed.nonexistent")
+    assert missing_extra_message(inside, "fastscale train") is None  # DeepSpeed is installed: a version mismatch, not a missing extra
+    monkeypatch.setitem(sys.modules, "deepspeed", None)
+    assert missing_extra_message(inside, "fastscale train") == 'fastscale train needs deepspeed, which is not installed: pip install "fastscale[train]"'
+    with pytest.raises(ValueError, match="extra='trian': expected one of train, report, data"):
+        require("trian", "fastscale train")

@@ -43,11 +43,15 @@ def _message(module: str, extra: str, needed_by: str) -> str:
 
 def missing_extra_message(error: ModuleNotFoundError, needed_by: str) -> str | None:
     """What to tell the user when `error` is an optional dependency missing, or None when it is not
-    one (a missing core dependency or a bug: the traceback says more than a message would)."""
+    one: a missing core dependency, or a module missing inside an installed package (a version
+    mismatch or a bug), where the traceback says more than a message would."""
     if isinstance(error, MissingExtraError):
         return str(error)
-    extra = extra_of(error.name or "")
-    return _message(error.name.split(".")[0], extra, needed_by) if extra else None
+    top = (error.name or "").split(".")[0]
+    extra = extra_of(top)
+    if extra is None or importlib.util.find_spec(top) is not None:
+        return None
+    return _message(top, extra, needed_by)
 
 
 def require(extra: str, needed_by: str) -> None:
