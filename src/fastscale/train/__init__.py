@@ -13,6 +13,7 @@ _LAZY = {
     "NonFiniteError": "trainer",
     "CheckpointError": "checkpoint",
     "ConfigError": "config",
+    "DeepSpeedSettings": "config",
     "RunConfig": "config",
     "TrainSettings": "config",
     "check_deepspeed_config": "config",
@@ -29,6 +30,6 @@ def __getattr__(name):
 
 
 __all__ = [
-    "CheckpointError", "ConfigError", "GradientNoiseScale", "NonFiniteError", "RunConfig", "Trainer", "TrainSettings", "check_deepspeed_config",
+    "CheckpointError", "ConfigError", "DeepSpeedSettings", "GradientNoiseScale", "NonFiniteError", "RunConfig", "Trainer", "TrainSettings", "check_deepspeed_config",
     "lr_multiplier", "resolve_batch", "two_batch_estimates",
 ]

@@ -51,10 +51,11 @@ def check(options: dict) -> None:
 def evaluate(run_dir: Path, data_dir: Path, options: dict) -> dict:
     from fastscale.sweep.evaluation import load_trained
     from fastscale.sweep.index import read_state
+    from fastscale.train.config import DeepSpeedSettings
 
     config = read_state(Path(run_dir) / "config.json")
     model = load_trained(run_dir)
-    rows = int(config["deepspeed"]["train_micro_batch_size_per_gpu"])
+    rows = DeepSpeedSettings.read(config["deepspeed"], config["world_size"]).micro_batch
     idx, targets = held_out_rows(data_dir, rows, model.config.seq_len)
     c = model.config
     return {
