@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from float64_fits import independent_fit, law
+
 import fastscale.sweep.evaluation as evaluation
 import fastscale.sweep.report as sweep_report
 from fastscale.data.prepare import prepare
@@ -16,7 +18,6 @@ from fastscale.sweep.domains import resolution_specs, write_comparison
 from fastscale.sweep.presets import PRESETS
 from fastscale.sweep.spec import SweepError, SweepSpec
 from fastscale.sweep.studies import resolutions as study
-from test_study_video import independent_fit, law
 
 
 @pytest.mark.parametrize("resolution", [2, 3])

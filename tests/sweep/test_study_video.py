@@ -5,7 +5,8 @@ fits against an independent float64 least-squares fit, and its option and data c
 import numpy as np
 import pytest
 import torch
-from scipy.optimize import least_squares
+
+from float64_fits import independent_fit, law
 
 import fastscale.sweep.evaluation as evaluation
 from fastscale.data.prepare import prepare
@@ -64,22 +65,6 @@ def test_frame_losses_sums_each_frames_positions(rng):
     losses = rng.exponential(size=(3, FRAMES * 5))
     want = [[losses[c, f * 5 : (f + 1) * 5].sum() for f in range(FRAMES)] for c in range(3)]
     np.testing.assert_allclose(study.frame_losses(losses, FRAMES, 5), want, rtol=1e-14)
-
-
-def law(n, l_inf, x0, alpha):
-    return l_inf + (x0 / n) ** alpha
-
-
-def independent_fit(n, y) -> np.ndarray:
-    """(L_inf, x0, alpha) by float64 least squares on log y, from scipy, started at a few L_inf."""
-    best = None
-    for fraction in (0.0, 0.5, 0.9):
-        start = [fraction * y.min(), np.log(n.min()), 0.5]  # x0 as log x0
-        fit = least_squares(lambda p: np.log(law(n, p[0], np.exp(p[1]), p[2])) - np.log(y), start,
-                            bounds=([0, -np.inf, 1e-8], [y.max(), np.inf, 10]), xtol=1e-15, ftol=1e-15, gtol=1e-15)
-        if best is None or fit.cost < best.cost:
-            best = fit
-    return np.array([best.x[0], np.exp(best.x[1]), best.x[2]])
 
 
 def fake_runs(rng, laws, sizes, seeds=(0,)):
