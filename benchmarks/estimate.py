@@ -29,9 +29,9 @@ import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from fastscale.benchmarks import harness
 from fastscale.io import json_text, write_atomically
 from fastscale.kernels import roofline
+from fastscale.tables import format_table
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ATTENTION_SHAPE = dict(batch=2, heads=16, seqlen=8192, head_dim=128)
@@ -273,7 +273,7 @@ def table(estimates: list[roofline.Estimate], ratios: dict[str, float]) -> str:
     header = ["kernel", "shape", "GPU", "est. ms", "est. TFLOP/s", "% of peak", "calibrated TFLOP/s", "bound"]
     rows = [[e.kernel, e.shape, e.gpu.name, f"{e.seconds * 1e3:.2f}", f"{e.tflops:.0f}", f"{100 * e.fraction_of_peak:.0f}%",
              f"{e.tflops / ratios[_family(e)]:.0f}", e.bound] for e in estimates]
-    return harness.format_table(header, rows)
+    return format_table(header, rows)
 
 
 def calibration_lines(pairs) -> list[str]:

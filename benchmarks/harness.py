@@ -22,6 +22,7 @@ import torch
 
 import fastscale.io
 from fastscale import hardware
+from fastscale.tables import format_table  # noqa: F401 (the benchmarks print their tables with it)
 
 BASELINE_PACKAGES = ("torch", "triton", "liger-kernel", "cut-cross-entropy", "flash-attn", "fastscale")
 
@@ -212,12 +213,6 @@ def measure(name: str, fn: Callable[[], object], device: torch.device, *, repeat
     except Exception as exc:  # a baseline that cannot run is reported, not fatal
         result.error = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
     return result
-
-
-def format_table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
-    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
 def write_json(path: str | os.PathLike, payload: dict) -> None:

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
-from fastscale.benchmarks import harness
 from fastscale.io import write_json
+from fastscale.tables import format_table
 
 from . import numerics, speed, system
 
@@ -127,7 +127,7 @@ def _render_checks(report: dict) -> str:
     for c in report["checks"]:
         detail = c["reason"] if c["status"] in ("error", "unsupported") else f"{c['worst']}: {c['error']:.2g} <= {c['bound']:.2g}" if c["status"] == "passed" else f"{c['worst']}: {c['error']:.2g} > {c['bound']:.2g}"
         rows.append([c["op"], c["backend"], c["device"], c["dtype"], c["shape"], c["status"], detail])
-    return "numerics against float64 (the tests' criteria)\n" + harness.format_table(["op", "backend", "device", "dtype", "shape", "result", "worst error / bound"], rows)
+    return "numerics against float64 (the tests' criteria)\n" + format_table(["op", "backend", "device", "dtype", "shape", "result", "worst error / bound"], rows)
 
 
 def _render_benchmark(bench: dict) -> str:
@@ -140,7 +140,7 @@ def _render_benchmark(bench: dict) -> str:
         throughput = f"{r['tflops']:.0f} TFLOP/s" if "tflops" in r else f"{r['gflops']:.1f} GFLOP/s"
         rows.append([r["name"], f"{r['median_s'] * 1e3:.2f}", speedup, throughput, f"{r['peak_bytes'] / 2**20:.0f}", ""])
     header = ["method", "median ms", "speed vs first row", "throughput", "peak MiB", "note"]
-    return f"speed: {bench['op']}, {bench['problem']}\n" + harness.format_table(header, rows)
+    return f"speed: {bench['op']}, {bench['problem']}\n" + format_table(header, rows)
 
 
 def _render_verdict(report: dict) -> str:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import platform
@@ -49,7 +48,7 @@ from fastscale.fit.overtrain import fit_overtrain
 from fastscale.fit.power import fit_power_law
 from fastscale.units import flops_to_pf_days, pf_days_to_flops
 from fastscale import hardware
-from fastscale.io import write_atomically
+from fastscale.io import json_text, write_atomically
 
 DEFAULT_DATA = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "scaling" / "chinchilla-epoch" / "svg_extracted_data.csv"
 
@@ -364,7 +363,7 @@ def main(argv=None) -> int:
     rows_of = dict(_law_rows(parser, item) for item in args.rows_of)
     with fit_warnings_silenced():  # the synthetic fits' flags are counted in the table
         report = run(args.laws, args.points, args.draws, args.rows, rows_of, args.data, args.baseline_starts, args.repeats)
-    text = json.dumps(report, indent=2)
+    text = json_text(report, indent=2)
     print(text if args.json else format_report(report))
     if args.write:
         args.write.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,7 @@ from fastscale.fit.kaplan import fit_kaplan_nd
 from fastscale.fit.overtrain import fit_overtrain
 from fastscale.fit.power import fit_power_law
 from fastscale.io import json_text, write_atomically
+from fastscale.tables import format_table
 
 LAWS = ("power", "broken", "chinchilla", "kaplan-nd", "overtrain", "data-constrained", "frontier", "critical-batch", "allocation", "isoflop")
 EPILOG = """laws, their columns, and the law fitted:
@@ -162,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
     text = json_text(_plain(report), indent=2)
     if args.out:
         write_atomically(args.out, text + "\n")
-    print(text if args.json else format_table(report))
+    print(text if args.json else format_report(report))
     holdout_flags = [f"holdout fit: {f}" for f in report.get("holdout", {}).get("flags", [])]
     for warning in report.get("skipped_lines", []) + report.get("flags", []) + holdout_flags:
         print(f"warning: {warning}", file=sys.stderr)
@@ -646,17 +647,15 @@ def _ci_text(interval) -> str:
     return f"[{low:.4g}, {high:.4g}]" if np.isfinite(low) and np.isfinite(high) else "(no interval)"
 
 
-def format_table(report: dict) -> str:
+def format_report(report: dict) -> str:
     lines = [f"law: {report['law']}    data: {report['data']}"]
     if "n_points" in report:
         lines.append(f"points: {report['n_points']}    bootstrap resamples: {report['n_bootstrap']} ({report['resampling']})    rms log residual: {report['rms_log_residual']:.4g}")
-    level = f"{report['level']:.0%} CI"
-    lines.append(f"{'param':<10} {'value':>14} {level:>32}")
-    for name, value in report["params"].items():
-        low, high = report["ci"].get(name, (float("nan"), float("nan")))
-        lines.append(f"{name:<10} {value:>14.6g}   [{low:>13.6g}, {high:>13.6g}]")
-    for i, segment in enumerate(report.get("segment_exponents", [])):
-        lines.append(f"segment {i} exponent {segment['value']:>12.6g}   [{segment['low']:>13.6g}, {segment['high']:>13.6g}]{_interval_notes(segment)}")
+    no_interval = (float("nan"), float("nan"))
+    rows = [[name, f"{value:.6g}", "[{:.6g}, {:.6g}]".format(*report["ci"].get(name, no_interval))] for name, value in report["params"].items()]
+    rows += [[f"segment {i} exponent", f"{segment['value']:.6g}", f"[{segment['low']:.6g}, {segment['high']:.6g}]{_interval_notes(segment)}"]
+             for i, segment in enumerate(report.get("segment_exponents", []))]
+    lines.append(format_table(["param", "value", f"{report['level']:.0%} CI"], rows))
     for row in report.get("minima", [])[:MAX_TABLE_ROWS]:
         lines.append(f"budget C={row['C']:.4g}: N_opt {row['N_opt']:.4g} {_ci_text(row['N_opt_ci'])}  loss there {row['loss']:.4g} "
                      f"{_ci_text(row['loss_ci'])}  ({len(row['sizes'])} runs in its parabola)")
