@@ -20,7 +20,7 @@ def test_rows_come_from_every_sweep_report_under_the_folder(tmp_path, capsys):
     write_report(tmp_path / "image8", {"sweep": "image8", "tokens_per_item": 192, "frontier": {"N_opt": allocation(0.71, 0.49, 0.91)}})
     write_report(tmp_path / "res" / "r16", {"sweep": "resolutions16", "study": {"kind": "resolutions"}, "frontier": {"N_opt": allocation(0.4, 0.3, 0.5)}})
     write_report(tmp_path / "isoflop", {"sweep": "isoflop", "frontier": {"error": "2 runs on the frontier"},
-                                        "isoflop": {"N_opt": allocation(0.62, 0.5, 0.8)}})
+                                        "isoflop": {"N_opt": allocation(0.62, -0.5, 1.8)}})
     write_report(tmp_path / "res" / "comparison", {"resolutions": []})  # not a sweep report: no frontier, no row
     rows, path = write_frontier_table(tmp_path, tmp_path / "out")
     assert [(r["report"], r["method"]) for r in rows] == [("image8", "frontier of learning curves"), ("isoflop", "frontier of learning curves"),
@@ -31,6 +31,7 @@ def test_rows_come_from_every_sweep_report_under_the_folder(tmp_path, capsys):
     assert "| image8 | image8 | - | frontier of learning curves | 0.710 [0.490, 0.910] | 7 | yes | none |" in text
     assert "| res/r16 | resolutions16 | resolutions | frontier of learning curves | 0.400 [0.300, 0.500] | 7 | no | none |" in text
     assert "no fit: 2 runs on the frontier" in text
+    assert "| isoflop | isoflop | - | IsoFLOP profiles | 0.620 [-0.500, 1.800] | 7 | interval too wide to tell | none |" in text
     assert json.loads((tmp_path / "out" / "frontier_table.json").read_text())["rows"][2]["a"] == 0.62
     assert run_frontier(argparse.Namespace(root=str(tmp_path), out=None)) == 0
     assert "image8 (frontier of learning curves): a = 0.710 [0.490, 0.910]" in capsys.readouterr().out

@@ -20,6 +20,7 @@ from fastscale.io import read_json, write_json
 # that are nearly universal across all data domains" (images, video, image<->text, math), about 0.7.
 HENIGHAN_EXPONENT = 0.7
 TABLE_STEM = "frontier_table"
+WIDEST_TELLING = 1.0  # an interval of a wider than this holds 0.7 and its opposites alike: it cannot tell
 
 
 # -- resolutions ---------------------------------------------------------------------------------------
@@ -147,8 +148,8 @@ def frontier_markdown(rows: list[dict]) -> str:
     lines = ["# The compute-efficient frontier across domains", "",
              "N_opt(C) = (C/C0)^a of every sweep report found: approach 1 fits it to the runs on the frontier of the learning "
              "curves (the smallest loss at each compute), approach 2 to the vertices of IsoFLOP profiles. Henighan et al. 2020 "
-             f"found the exponent nearly universal across domains, a ~ {HENIGHAN_EXPONENT}; the last column says whether each "
-             "95% bootstrap interval holds that value. These sweeps span one to two decades of N on a CPU, so their intervals "
+             f"found the exponent nearly universal across domains, a ~ {HENIGHAN_EXPONENT}; the column 'holds 0.7' says whether each "
+             f"95% bootstrap interval holds that value (not said of an interval wider than {WIDEST_TELLING:g}). These sweeps span one to two decades of N on a CPU, so their intervals "
              "are wide.", "", "| report | sweep | study | method | a [95% interval] | points | holds 0.7 | flags |", "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         head = f"| {row['report']} | {row['sweep']} | {row['study'] or '-'} | {row['method']} |"
@@ -156,7 +157,7 @@ def frontier_markdown(rows: list[dict]) -> str:
             lines.append(f"{head} no fit: {row['error']} | - | - | - |")
             continue
         low, high = row["ci"] if row["ci"] else (float("nan"), float("nan"))
-        holds = "yes" if low <= HENIGHAN_EXPONENT <= high else "no"
+        holds = "interval too wide to tell" if not high - low <= WIDEST_TELLING else "yes" if low <= HENIGHAN_EXPONENT <= high else "no"
         lines.append(f"{head} {row['a']:.3f} [{low:.3f}, {high:.3f}] | {row['n_points']} | {holds} | {'; '.join(row['flags']) or 'none'} |")
     if not rows:
         lines.append("| (no sweep report found) | | | | | | | |")
