@@ -212,8 +212,8 @@ def markdown(section: dict) -> list[str]:
     lines = ["## Resolutions: L(N) in nats per image", ""]
     if "error" in section:
         return lines + [f"No resolutions study results: {section['error']}.", ""]
-    return lines + _resolution_lines(section) + _forecast_lines([section]) + ["This sweep is one resolution; `fastscale resolutions` "
-                                                                              "trains every resolution and compares them.", ""]
+    return (lines + ["![L(N) of this resolution](resolution_L_of_N.png)", ""] + _resolution_lines(section) + _forecast_lines([section])
+            + ["This sweep is one resolution; `fastscale resolutions` trains every resolution and compares them.", ""])
 
 
 def _forecast_lines(sections: list[dict]) -> list[str]:
