@@ -7,6 +7,7 @@ import torch
 
 from fastscale.sweep.spec import SweepError
 from fastscale.sweep.studies import text
+from fastscale.train.plan import vocabulary_bytes
 
 V = 8192
 
@@ -121,11 +122,11 @@ def test_loss_memory_fused_holds_less_than_eager_logits():
     # eager holds the logits and their gradient (and log-softmax) at once; the fused op one chunk of logits
     assert m["eager_bytes"] >= 2 * m["logits_bytes"]
     assert 0 < m["fused_bytes"] < m["eager_bytes"]
-    # the closed form the planner can use, against the measurement
-    formula = text.vocabulary_bytes(4096, 16, 256)
+    # the planner's closed form, against the measurement
+    formula = vocabulary_bytes(4096, 16, 256)
     assert m["eager_bytes"] == pytest.approx(formula["eager_loss"], rel=0.05)
     assert m["fused_bytes"] == pytest.approx(formula["fused_loss"], rel=0.05)
-    tied = text.vocabulary_bytes(4096, 16, 256, tie_embeddings=True)
+    tied = vocabulary_bytes(4096, 16, 256, tie_embeddings=True)
     assert tied["weights"] == 4096 * 16 * 4 and formula["optimizer"] == 2 * 4096 * 16 * 8
 
 

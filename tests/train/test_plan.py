@@ -93,3 +93,30 @@ def test_fastscale_plan_names_the_limit_and_refuses_a_bare_number(capsys):
     assert "--memory='24' has no unit" in capsys.readouterr().err
     assert main(["plan", "--params", "1e6", "--memory", "24GiB", "--host-memory", "64"]) == 2
     assert "--host-memory='64' has no unit" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("vocab, tie", [(50257, False), (131072, True)])
+def test_the_vocabulary_line_counts_its_states_and_the_logits_the_fused_loss_avoids(capsys, vocab, tie):
+    """Written out from the shapes: V x d weights (twice untied), bf16 weights and gradients, 12 bytes of
+    fp32 optimizer state per parameter; eager holds three float32 [tokens, V] arrays (logits, log-softmax,
+    gradient), the fused loss one chunk of at most 128 MiB of float32 logits plus two gradients."""
+    from fastscale.cli import main
+    from fastscale.train.plan import vocabulary_bytes
+
+    config = GPTConfig(vocab_size=vocab, seq_len=1024, n_layer=2, d_model=256, n_head=4, tie_embeddings=tie)
+    tokens = 4 * 1024
+    v = vocabulary_bytes(vocab, 256, tokens, tie_embeddings=tie, bf16=True)
+    matrices = 1 if tie else 2
+    assert (v["weights"], v["gradients"], v["optimizer"]) == (matrices * vocab * 256 * 2, matrices * vocab * 256 * 2, matrices * vocab * 256 * 12)
+    assert v["eager_loss"] == 3 * tokens * vocab * 4
+    rows = min(tokens, 128 * 2**20 // (vocab * 4))
+    assert v["fused_loss"] == (rows * vocab + vocab * 256 + tokens * 256) * 4 < v["eager_loss"] / 3
+    assert estimate(config, Choice(0), micro_batch=4)["components"]["logits"] == v["fused_loss"]
+
+    assert main(["plan", "--params", "1e8", "--vocab-size", str(vocab), "--micro-batch", "4", "--memory", "80GiB", "--host-memory", "64GiB"]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("vocabulary"))
+    shape = preset(1e8, vocab_size=vocab, seq_len=1024)
+    untied = vocabulary_bytes(vocab, shape.d_model, 4 * shape.seq_len, tie_embeddings=shape.tie_embeddings, bf16=True)
+    assert f"vocabulary {vocab:,} x d_model {shape.d_model}" in line
+    assert f"instead of eager logits' {untied['eager_loss'] / 2**20:,.0f} MiB" in line
+    assert f"{(untied['eager_loss'] - untied['fused_loss']) / 2**20:,.0f} MiB avoided" in line

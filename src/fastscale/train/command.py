@@ -9,7 +9,7 @@ import sys
 
 from fastscale.io import write_json
 
-from .plan import GiB, deepspeed_config, no_fit_reason, parse_bytes, plan
+from .plan import GiB, MiB, deepspeed_config, no_fit_reason, parse_bytes, plan, vocabulary_bytes
 
 
 def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,6 +24,16 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fp32", action="store_true", help="plan for fp32 instead of bf16 mixed precision")
     parser.add_argument("--nvme-path", help="directory for ZeRO-Infinity offload to disk (enables the nvme choices)")
     parser.add_argument("--out", help="write the DeepSpeed config of the pick here")
+
+
+def _vocabulary_line(config, micro_batch: int, *, bf16: bool) -> str:
+    """What the vocabulary costs each choice below (before ZeRO partitions it), and the logits the fused loss avoids."""
+    tokens = micro_batch * config.seq_len
+    v = vocabulary_bytes(config.vocab_size, config.d_model, tokens, tie_embeddings=config.tie_embeddings, bf16=bf16)
+    states = (v["weights"] + v["gradients"] + v["optimizer"]) / GiB
+    return (f"vocabulary {config.vocab_size:,} x d_model {config.d_model}: weights, gradients and optimizer state {states:.2f} GiB (in the estimates); "
+            f"the fused loss holds {v['fused_loss'] / MiB:,.0f} MiB per micro-batch of {tokens:,} tokens (counted) instead of eager logits' "
+            f"{v['eager_loss'] / MiB:,.0f} MiB (not counted: {(v['eager_loss'] - v['fused_loss']) / MiB:,.0f} MiB avoided)")
 
 
 def run_plan(args: argparse.Namespace) -> int:
@@ -43,6 +53,7 @@ def run_plan(args: argparse.Namespace) -> int:
     rows = plan(config, memory=memory, host=host, disk=disk, gpus=args.gpus, nodes=args.nodes, micro_batch=args.micro_batch, bf16=not args.fp32, allow_nvme=bool(args.nvme_path))
     print(f"GPT preset for N={args.params:.3g}: n_layer={config.n_layer} d_model={config.d_model} n_head={config.n_head}; "
           f"{config.n_params_total:,} parameters in all ({config.n_params:,} non-embedding)")
+    print(_vocabulary_line(config, args.micro_batch, bf16=not args.fp32))
     print(f"{'choice':<62} {'device GiB':>10} {'host GiB':>9} {'disk GiB':>9}  fits")
     for row in rows:
         print(f"{row['choice'].describe():<62} {row['device'] / GiB:>10.1f} {row['host'] / GiB:>9.1f} {row['nvme'] / GiB:>9.1f}  {'yes' if row['fits'] else 'no'}")

@@ -105,6 +105,27 @@ def activation_bytes(config: GPTConfig, micro_batch: int, bytes_per_value: int, 
     return int(L * full_layer)
 
 
+def vocabulary_bytes(vocab_size: int, d_model: int, tokens: int, *, tie_embeddings: bool = False, bf16: bool = False) -> dict:
+    """What the vocabulary costs a training step on one rank before ZeRO partitions it, closed form: its
+    weights (the token embedding and, untied, the output projection: V x d each), their gradients and
+    optimizer state at the estimate's bytes per parameter, and the loss's peak at `tokens` tokens per
+    micro-batch either way. Eager: the float32 logits [tokens, V], their log-softmax and its gradient
+    are alive together (3 arrays; the text study measures exactly that on CPU). Fused
+    (fastscale.ops.linear_cross_entropy, torch backend): one float32 chunk of logits overwritten in place
+    by its gradient (chunk_rows rows, at most `tokens`), plus the gradients of the output weight and of
+    the hidden states it writes. eager_loss - fused_loss is the memory the fused loss saves per micro-batch;
+    the estimate counts fused_loss (its "logits")."""
+    import torch
+
+    from fastscale.ops.cross_entropy_torch import chunk_rows
+
+    weights = (1 if tie_embeddings else 2) * vocab_size * d_model
+    p_bytes = 2 if bf16 else 4
+    rows = min(tokens, chunk_rows(vocab_size, torch.float32))
+    return {"weights": weights * p_bytes, "gradients": weights * p_bytes, "optimizer": weights * (12 if bf16 else 8),
+            "eager_loss": 3 * tokens * vocab_size * 4, "fused_loss": (rows * vocab_size + vocab_size * d_model + tokens * d_model) * 4}
+
+
 def estimate(config: GPTConfig, choice: Choice, *, world_size: int = 1, micro_batch: int = 1, bf16: bool = True, gpus: int = 1) -> dict:
     """Bytes per rank by place (device, host, nvme) and by component, the process itself (PROCESS_HOST_BYTES,
     on the host) included."""
@@ -133,7 +154,7 @@ def estimate(config: GPTConfig, choice: Choice, *, world_size: int = 1, micro_ba
         "grads_fp32": grads_fp32,
         "gathered_params": working,
         "activations": activation_bytes(config, micro_batch, p_bytes, choice.checkpointing),
-        "logits": 2 * micro_batch * config.seq_len * min(config.vocab_size, 8192) * 4,  # chunked loss: one chunk and its gradient
+        "logits": vocabulary_bytes(config.vocab_size, config.d_model, micro_batch * config.seq_len, bf16=bf16)["fused_loss"],
         "buffers": buffers,
         "process": PROCESS_HOST_BYTES,
     }

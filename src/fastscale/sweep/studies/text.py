@@ -22,8 +22,8 @@ report (numpy, fastscale.fit):
 - L(N, D) = [(Nc/N)^(alpha_N/alpha_D) + Dc/D]^alpha_D (fastscale.fit.fit_kaplan_nd) on every run's
   held-out evaluations after EARLY_FRACTION: two token budgets give two final D per size, too few for
   the law's D term, so the intermediate evaluations supply D, with the same caveat as L(D).
-- The loss memory per size: fused and eager bytes and their ratio, beside vocabulary_bytes' closed
-  form of the same two peaks (the formula `fastscale plan` can count the vocabulary with).
+- The loss memory per size: fused and eager bytes and their ratio, beside fastscale.train.plan.vocabulary_bytes' closed
+  form of the same two peaks (the formula `fastscale plan` counts the vocabulary with).
 B_crit(L) from the gradient noise scale is the sweep report's own section (every sweep has it).
 """
 
@@ -117,31 +117,6 @@ def peak_bytes(fn, hidden, weight) -> int:
     return int(max(0, np.cumsum([e.nbytes() for e in events]).max())) if events else 0
 
 
-def vocabulary_bytes(vocab_size: int, d_model: int, tokens: int, *, tie_embeddings: bool = False, bytes_per_param: int = 4,
-                     optimizer_bytes_per_param: int = 8) -> dict:
-    """What the vocabulary costs a training step, in bytes, closed form: its weights (the token embedding
-    and, untied, the output projection: V x d each), their gradients and optimizer state (Adam's m and v
-    in fp32: 8 bytes per parameter), and the loss's peak at `tokens` tokens per micro-batch either way.
-    Eager: the float32 logits [tokens, V], their log-softmax and its gradient are alive together (3 arrays;
-    measured exactly so on CPU, 3 x 32 MiB at 1,024 tokens and V 8,192). Fused
-    (fastscale.ops.linear_cross_entropy, torch backend): one float32 chunk of logits, overwritten in
-    place by its gradient (fastscale.ops.cross_entropy_torch.chunk_rows rows, at most `tokens`), plus the
-    gradients of the output weight and the hidden states it writes. The difference is the memory the
-    fused loss saves per micro-batch."""
-    from fastscale.ops.cross_entropy_torch import chunk_rows
-
-    weights = (1 if tie_embeddings else 2) * vocab_size * d_model
-    rows = min(tokens, chunk_rows(vocab_size, _float32()))
-    return {"weights": weights * bytes_per_param, "gradients": weights * bytes_per_param, "optimizer": weights * optimizer_bytes_per_param,
-            "eager_loss": 3 * tokens * vocab_size * 4, "fused_loss": (rows * vocab_size + vocab_size * d_model + tokens * d_model) * 4}
-
-
-def _float32():
-    import torch
-
-    return torch.float32
-
-
 # -- report (numpy, fastscale.fit) -------------------------------------------------------------------
 
 
@@ -211,13 +186,15 @@ def l_of_nd(runs: list[dict], rows: list[dict], n_bootstrap: int, seed: int) -> 
 
 def memory_rows(rows: list[dict]) -> list[dict]:
     """Per shape, the loss memory of its runs (every run of a shape measures the same shapes: the first is shown)."""
+    from fastscale.train.plan import vocabulary_bytes
+
     seen, out = set(), []
     for row in sorted(rows, key=lambda r: (r["N"], r["n_layer"])):
         key = (row["N"], row["n_layer"])
         if key not in seen:
             seen.add(key)
             m = row["loss_memory"]
-            formula = vocabulary_bytes(m["vocab_size"], m["d_model"], m["tokens"])
+            formula = vocabulary_bytes(m["vocab_size"], m["d_model"], m["tokens"])  # fp32, as the study's runs train
             out.append({"run": row["run"], "N": row["N"], **m, "ratio": m["eager_bytes"] / m["fused_bytes"] if m["fused_bytes"] else None,
                         "eager_estimate": formula["eager_loss"], "fused_estimate": formula["fused_loss"]})
     return out
