@@ -239,21 +239,36 @@ def _refit_one_by_one(model: LogModel, theta, weights, log_y):
 
 def refit(model: LogModel, theta, weights, log_y, max_iter: int = LM_MAX_ITER):
     """Weighted least squares of every draw (rows of weights [R, n] and log_y [R, n]) at once, from theta
-    ([P], or [R, P]: one start per draw), by Levenberg-Marquardt projected on the bounds. Returns
-    (theta [R, P], converged [R]).
+    ([P], or [R, P]: one start per draw), by `levenberg_marquardt` projected on the model's bounds.
+    Returns (theta [R, P], converged [R])."""
+    return levenberg_marquardt(model.log_prediction, theta, weights, log_y, bounds=model.bounds, max_iter=max_iter)
 
-    Bounds: a parameter on a bound whose descent direction points out of the box is held there for the
-    step (its row and column leave the normal equations, as in projected Newton methods), the others
-    take the damped Gauss-Newton step and the trial point is clipped into the box. So a draw can end on
-    a bound, as scipy's L-BFGS-B would, and `fit_result` sees it (`<p>_at_bound`). Each draw keeps its
-    own damping (divided by 3 after an accepted step, times 4 after a rejected one, Marquardt's diagonal
-    scaling); see the LM_* constants for when a draw stops."""
-    low = np.array([-np.inf if b is None else b for b, _ in model.bounds], dtype=np.float64)
-    high = np.array([np.inf if b is None else b for _, b in model.bounds], dtype=np.float64)
+
+def levenberg_marquardt(log_prediction: Callable, theta, weights, log_y, *, bounds=None, max_iter: int = LM_MAX_ITER,
+                        ftol: float = LM_FTOL, gtol: float = LM_GTOL, curvature: Callable | None = None):
+    """Weighted least squares on log y of every draw (rows of weights [R, n] and log_y [R, n]) at once,
+    from theta ([P], or [R, P]: one start per draw), by Levenberg-Marquardt: log_prediction(theta
+    [S, P]) -> (log prediction [S, n], jacobian [S, n, P]). Returns (theta [R, P], converged [R]).
+
+    Each draw keeps its own damping (divided by 3 after an accepted step, times 4 after a rejected one,
+    Marquardt's diagonal scaling). A draw stops when an accepted step lowers its cost by less than ftol
+    (relative) or its projected gradient falls below gtol times its total weight; a draw whose damping
+    passes LM_MAX_DAMPING found no step that lowers its cost and did not converge.
+
+    bounds: (low, high) per parameter, None for an open side. A parameter on a bound whose descent
+    direction points out of the box is held there for the step (its row and column leave the normal
+    equations, as in projected Newton methods), the others take the damped Gauss-Newton step and the
+    trial point is clipped into the box. So a draw can end on a bound, as scipy's L-BFGS-B would, and
+    `fit_result` sees it (`<p>_at_bound`). curvature(theta [S, P], descent [S, P]) -> [S, P]: what a
+    law adds to the normal matrix's diagonal, the second-order term a Gauss-Newton step leaves out
+    (a change of variables' curvature: broken.py)."""
+    n_params = np.shape(theta)[-1]
+    low = np.array([-np.inf if b is None else b for b, _ in bounds or [(None, None)] * n_params], dtype=np.float64)
+    high = np.array([np.inf if b is None else b for _, b in bounds or [(None, None)] * n_params], dtype=np.float64)
     weights, log_y = np.asarray(weights, dtype=np.float64), np.asarray(log_y, dtype=np.float64)
     x = np.array(np.broadcast_to(np.clip(np.asarray(theta, dtype=np.float64), low, high), (len(weights), len(low))))
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        log_pred, jacobian = model.log_prediction(x)
+        log_pred, jacobian = log_prediction(x)
         jacobian = np.array(np.broadcast_to(jacobian, (*log_y.shape, x.shape[1])))
         r = log_y - log_pred
         cost = np.einsum("rn,rn->r", weights * r, r)
@@ -265,13 +280,13 @@ def refit(model: LogModel, theta, weights, log_y, max_iter: int = LM_MAX_ITER):
             idx = np.flatnonzero(active)
             if idx.size == 0:
                 break
-            step, flat = _step(jacobian[idx], weights[idx], r[idx], x[idx], low, high, damping[idx], total[idx])
+            step, flat = _step(jacobian[idx], weights[idx], r[idx], x[idx], low, high, damping[idx], gtol * total[idx], curvature)
             trial = np.clip(x[idx] + step, low, high)
-            trial_log_pred, trial_jacobian = model.log_prediction(trial)
+            trial_log_pred, trial_jacobian = log_prediction(trial)
             trial_r = log_y[idx] - trial_log_pred
             trial_cost = np.einsum("rn,rn->r", weights[idx] * trial_r, trial_r)
             better = np.isfinite(trial_cost) & (trial_cost <= cost[idx])
-            small = better & (cost[idx] - trial_cost <= LM_FTOL * cost[idx])
+            small = better & (cost[idx] - trial_cost <= ftol * cost[idx])
             accept = idx[better]
             x[accept], r[accept], cost[accept] = trial[better], trial_r[better], trial_cost[better]
             jacobian[accept] = np.broadcast_to(trial_jacobian, (len(idx), *jacobian.shape[1:]))[better]
@@ -281,16 +296,18 @@ def refit(model: LogModel, theta, weights, log_y, max_iter: int = LM_MAX_ITER):
     return x, converged
 
 
-def _step(jacobian, weights, r, x, low, high, damping, total):
+def _step(jacobian, weights, r, x, low, high, damping, flat_below, curvature):
     """The damped Gauss-Newton step of each draw with parameters pushed against a bound held fixed,
-    and whether its projected gradient already vanishes."""
+    and whether its projected gradient already vanishes (falls below flat_below)."""
     weighted = jacobian * weights[:, :, None]
     normal = np.matmul(weighted.transpose(0, 2, 1), jacobian)
     descent = np.einsum("rnp,rn->rp", weighted, r)  # minus half the gradient of the cost
     held = ((x <= low) & (descent < 0)) | ((x >= high) & (descent > 0))
     free = ~held
-    flat = np.abs(descent * free).max(axis=1) <= LM_GTOL * total
-    diagonal = np.einsum("rpp->rp", normal)
+    flat = np.abs(descent * free).max(axis=1) <= flat_below
+    diagonal = np.einsum("rpp->rp", normal)  # a writeable view: a law's curvature is added in place
+    if curvature is not None:
+        diagonal += curvature(x, descent)
     floor = 1e-12 * diagonal.max(axis=1, keepdims=True) + 1e-300
     system = normal * (free[:, :, None] & free[:, None, :])
     system += np.eye(x.shape[1]) * (damping[:, None] * (diagonal + floor) + held)[:, :, None]

@@ -49,6 +49,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import expit
 
+from fastscale.fit import _lsq
 from fastscale.fit._checks import as_values, enough_data, positive_int, same_length
 from fastscale.fit._optimize import batched_lbfgs
 from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP, DEFAULT_RESAMPLING, check_resampling, per_draw
@@ -78,8 +79,6 @@ SCREEN_POINTS = 250
 LM_MAX_ITER = 50
 LM_POLISH_ITER = 500  # the estimate's final refinement on every row
 BOOTSTRAP_CELLS = 500_000  # resamples x rows refitted at once: jacobians of <= 50 MB
-LM_START_DAMPING = 1e-3
-LM_MAX_DAMPING = 1e12
 LM_FTOL = 1e-10
 LM_GTOL = 1e-9
 # Bootstrap refits start this far (in the unit box of the sin^2 variables) inside a bound the estimate
@@ -316,7 +315,7 @@ def _fit(space: _Space, log_y, y):
         keep = np.argsort(np.where(np.isfinite(screen.f), screen.f, np.inf))[:KEEP_STARTS]
         batch = batched_lbfgs(batched, screen.x[keep], max_iter=2000)
         best = int(np.argmin(np.where(np.isfinite(batch.f), batch.f, np.inf)))
-        theta, converged = _levenberg_marquardt(space, log_y, np.ones(len(log_y)), batch.x[best][None], max_iter=LM_POLISH_ITER)
+        theta, converged = _levenberg_marquardt(space, log_y[None], np.ones((1, len(log_y))), batch.x[best][None], max_iter=LM_POLISH_ITER)
         objective, _ = space.objective(log_y)(theta, np.zeros(1, dtype=int))
     return theta[0], float(objective[0]), bool(converged[0]), len(starts)
 
@@ -338,51 +337,16 @@ def _refit(space: _Space, log_y, theta, weights):
 
 
 def _levenberg_marquardt(space: _Space, log_y, weights, theta, max_iter: int = LM_MAX_ITER):
-    """Weighted least squares on log y for every row of theta at once, by Levenberg-Marquardt.
+    """Weighted least squares on log y for every row of theta at once (log_y, weights: [S, n]), by
+    `_lsq.levenberg_marquardt` with the change of variables' curvature (`_Space.bend`) on the normal
+    matrix's diagonal. Returns (theta [S, P], converged [S]).
 
     Why not the batched L-BFGS: from the estimate, a refit is a small-residual least-squares problem
     where Gauss-Newton steps converge in a few iterations where L-BFGS needs hundreds (on 300 resamples
     of 500 points about 10x faster, benchmarks/results/notes.md), with objectives equal to 5e-6
-    (relative) or lower and percentile ends equal to 1e-4. Each row keeps its
-    own damping (divided by 3 after an accepted step, times 4 after a rejected one, Marquardt's diagonal scaling).
-    A row stops when an accepted step lowers its cost by less than LM_FTOL (relative) or its gradient
-    vanishes; rows whose damping runs away, or that reach max_iter, did not converge. log_y and
-    weights: [n] or [S, n], one row per row of theta (see bootstrap.per_draw).
-    Returns (theta [S, P], converged [S])."""
-    theta = theta.copy()
-    log_pred, jacobian = space.log_prediction(theta)
-    r = log_y - log_pred
-    cost = np.einsum("sn,sn->s", weights * r, r)
-    damping = np.full(len(theta), LM_START_DAMPING)
-    converged = np.zeros(len(theta), dtype=bool)
-    active = np.isfinite(cost)
-    for _ in range(max_iter):
-        idx = np.flatnonzero(active)
-        if idx.size == 0:
-            break
-        w = per_draw(weights, idx)
-        weighted = jacobian[idx] * w[..., None]
-        normal = np.matmul(weighted.transpose(0, 2, 1), jacobian[idx])
-        gradient = np.einsum("snp,sn->sp", weighted, r[idx])
-        diagonal = np.einsum("spp->sp", normal)  # a writeable view: the bend's curvature is added in place
-        diagonal += np.maximum(-gradient * space.bend(theta[idx]), 0.0)
-        floor = 1e-12 * diagonal.max(axis=1, keepdims=True) + 1e-300
-        system = normal + np.eye(theta.shape[1]) * (damping[idx, None] * (diagonal + floor))[:, :, None]
-        step = np.linalg.solve(system, gradient[:, :, None])[:, :, 0]
-        trial = theta[idx] + step
-        trial_log_pred, trial_jacobian = space.log_prediction(trial)
-        trial_r = per_draw(log_y, idx) - trial_log_pred
-        trial_cost = np.einsum("sn,sn->s", w * trial_r, trial_r)
-        better = np.isfinite(trial_cost) & (trial_cost <= cost[idx])
-        flat = np.abs(gradient).max(axis=1) <= LM_GTOL * np.sum(w, axis=-1)
-        small = better & (cost[idx] - trial_cost <= LM_FTOL * cost[idx])
-        accept = idx[better]
-        theta[accept], r[accept], cost[accept] = trial[better], trial_r[better], trial_cost[better]
-        jacobian[accept] = trial_jacobian[better]
-        damping[idx] = np.where(better, damping[idx] / 3, damping[idx] * 4)
-        converged[idx] = flat | small
-        active[idx] = ~(flat | small) & (damping[idx] < LM_MAX_DAMPING)
-    return theta, converged
+    (relative) or lower and percentile ends equal to 1e-4."""
+    return _lsq.levenberg_marquardt(space.log_prediction, theta, weights, log_y, max_iter=max_iter, ftol=LM_FTOL, gtol=LM_GTOL,
+                                    curvature=lambda x, descent: np.maximum(-descent * space.bend(x), 0.0))
 
 
 def _break_flags(params, samples, space: _Space, level) -> list:
