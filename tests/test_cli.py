@@ -49,12 +49,7 @@ def test_version_is_written_once(capsys):
     assert metadata.version("fastscale") == fastscale.__version__  # what pip installed is what the package says
 
 
-# fastscale/fit/command.py imports every law (and so scipy) at its top; the change that loads them
-# when a fit runs is /work/notes/s23/h1/fit_command_lazy.diff (its owner applies it and drops this mark)
-FIT_IMPORTS_SCIPY = pytest.mark.xfail(strict=True, reason="fastscale.fit.command imports the laws, and scipy, at its top")
-
-
-@pytest.mark.parametrize("command", [None, *(pytest.param(c, marks=FIT_IMPORTS_SCIPY) if c == "fit" else c for c in cli.COMMANDS)])
+@pytest.mark.parametrize("command", [None, *cli.COMMANDS])
 def test_help_imports_nothing_heavy(command):
     """`fastscale --help` imports no command's module, `fastscale COMMAND --help` only that command's
     argument definitions: a fresh interpreter, as a user's shell starts it."""

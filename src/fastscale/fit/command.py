@@ -14,20 +14,11 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from fastscale import fit as laws  # lazy (fastscale/fit/__init__.py): scipy loads when a law runs, not for --help
 from fastscale import units
 from fastscale.fit._checks import FitInputError
-from fastscale.fit.allocation import fit_allocation, fit_isoflop
 from fastscale.fit.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOTSTRAP, DEFAULT_RESAMPLING, RESAMPLING
-from fastscale.fit.broken import fit_broken_power_law
-from fastscale.fit.chinchilla import fit_chinchilla
-from fastscale.fit.critical_batch import fit_critical_batch, fit_critical_batch_vs_loss
-from fastscale.fit.data_constrained import fit_data_constrained
-from fastscale.fit.frontier import early_rows, fit_frontier
-from fastscale.fit.holdout import holdout_largest, holdout_largest_runs
 from fastscale.fit.io import Table, column, drop_highest_loss, read_table
-from fastscale.fit.kaplan import fit_kaplan_nd
-from fastscale.fit.overtrain import fit_overtrain
-from fastscale.fit.power import fit_power_law
 from fastscale.io import json_text, write_atomically
 from fastscale.tables import format_table
 
@@ -305,10 +296,10 @@ def run_power(args, table):
     x, y = column(table, args.x, option="--x"), column(table, args.y, option="--y")
     keep = _rows(args, y)
     with rows_named(table, keep):
-        fit = fit_power_law(x[keep], y[keep], irreducible=not args.pure, **_options(args))
+        fit = laws.fit_power_law(x[keep], y[keep], irreducible=not args.pure, **_options(args))
     report, check = _fit_report(fit), None
     if args.holdout_largest:
-        check = holdout_largest(fit_power_law, (x[keep],), y[keep], args.holdout_largest, irreducible=not args.pure, **_options(args))
+        check = laws.holdout_largest(laws.fit_power_law, (x[keep],), y[keep], args.holdout_largest, irreducible=not args.pure, **_options(args))
         report["holdout"] = _holdout_report(check, (args.x,), table.origin[keep], f"--x {args.x!r}")
     report.update(_power_readings(args, fit, args.x))
     _maybe_plot(args, lambda plots: plots.plot_law(fit, x[keep], y[keep], args.plot, xlabel=args.x, ylabel=args.y, holdout=check))
@@ -335,12 +326,12 @@ def run_broken(args, table):
     keep = _rows(args, y)
     options = {**_options(args), "breaks": 1 if args.breaks is None else args.breaks}
     with rows_named(table, keep):
-        fit = fit_broken_power_law(x[keep], y[keep], **options)
+        fit = laws.fit_broken_power_law(x[keep], y[keep], **options)
     report = _fit_report(fit)
     report["segment_exponents"] = [_estimate(segment) for segment in fit.segment_exponents()]
     check = None
     if args.holdout_largest:
-        check = holdout_largest(fit_broken_power_law, (x[keep],), y[keep], args.holdout_largest, **options)
+        check = laws.holdout_largest(laws.fit_broken_power_law, (x[keep],), y[keep], args.holdout_largest, **options)
         report["holdout"] = _holdout_report(check, (args.x,), table.origin[keep], f"--x {args.x!r}")
     _maybe_plot(args, lambda plots: plots.plot_law(fit, x[keep], y[keep], args.plot, xlabel=args.x, ylabel=args.y, holdout=check))
     return report
@@ -354,21 +345,24 @@ def run_allocation(args, table):
     keep = ~np.isnan(n)
     weights = None if args.sigma is None else 1.0 / column(table, args.sigma, option="--sigma")[keep] ** 2
     with rows_named(table, keep):
-        fit = fit_allocation(c[keep], n[keep], weights=weights, **_options(args))
+        fit = laws.fit_allocation(c[keep], n[keep], weights=weights, **_options(args))
     report = _fit_report(fit)
     if not keep.all():
         report["skipped_rows"] = {"count": int((~keep).sum()), "reason": f"empty --y {args.y!r}"}
     check = None
     if args.holdout_largest:
-        check = holdout_largest(fit_allocation, (c[keep],), n[keep], args.holdout_largest, per_row={"weights": weights}, **_options(args))
+        check = laws.holdout_largest(laws.fit_allocation, (c[keep],), n[keep], args.holdout_largest, per_row={"weights": weights}, **_options(args))
         report["holdout"] = _holdout_report(check, (args.x,), table.origin[keep], f"--x {args.x!r}")
     labels = {"xlabel": f"C (column {args.x!r})", "ylabel": f"N_opt (parameters, column {args.y!r})"}
     _maybe_plot(args, lambda plots: plots.plot_law(fit, c[keep], n[keep], args.plot, holdout=check, **labels))
     return report
 
 
-def run_two_variable(fit_function):
+def run_two_variable(law: str):
+    """The runner of the law fastscale.fit.`law` (a name: the law and scipy load when it runs)."""
+
     def runner(args, table):
+        fit_function = getattr(laws, law)
         _need(args, "N", "loss")
         _refuse(args, "--forecast-reducible", "--tokens-per-item", "--pure")
         n, d = _tokens(args, table)
@@ -378,7 +372,7 @@ def run_two_variable(fit_function):
             fit = fit_function(n[keep], d[keep], loss[keep], **_options(args))
         report, check = _fit_report(fit), None
         if args.holdout_largest:
-            check = holdout_largest(fit_function, (n[keep], d[keep]), loss[keep], args.holdout_largest, **_options(args))
+            check = laws.holdout_largest(fit_function, (n[keep], d[keep]), loss[keep], args.holdout_largest, **_options(args))
             report["holdout"] = _holdout_report(check, ("N", "D"), table.origin[keep], "N")
         if args.forecast_loss is not None:
             if not hasattr(fit, "compute_for_loss"):
@@ -398,10 +392,10 @@ def run_data_constrained(args, table):
     loss = column(table, args.loss, option="--loss")
     keep = _rows(args, loss)
     with rows_named(table, keep):
-        fit = fit_data_constrained(n[keep], d[keep], unique_d[keep], loss[keep], **_options(args))
+        fit = laws.fit_data_constrained(n[keep], d[keep], unique_d[keep], loss[keep], **_options(args))
     report, check = _fit_report(fit), None
     if args.holdout_largest:
-        check = holdout_largest(fit_data_constrained, (n[keep], d[keep], unique_d[keep]), loss[keep], args.holdout_largest, **_options(args))
+        check = laws.holdout_largest(laws.fit_data_constrained, (n[keep], d[keep], unique_d[keep]), loss[keep], args.holdout_largest, **_options(args))
         report["holdout"] = _holdout_report(check, ("N", "D", "unique_D"), table.origin[keep], "N")
     _maybe_plot(args, lambda plots: plots.plot_data_constrained(fit, n[keep], d[keep], unique_d[keep], loss[keep], args.plot, holdout=check))
     return report
@@ -415,7 +409,7 @@ def run_isoflop(args, table):
     keep = _rows(args, loss)
     n, c, loss = n[keep], c[keep], loss[keep]
     with rows_named(table, keep):
-        minima = fit_isoflop(n, c, loss, **_options(args))
+        minima = laws.fit_isoflop(n, c, loss, **_options(args))
     report = _fit_report(minima.allocation)
     report["minima"] = [_parabola_report(p) for p in minima.parabolas]
     report["flags"] = report["flags"] + [f"C {p.compute:.4g}: {flag}" for p in minima.parabolas for flag in p.flags]
@@ -426,9 +420,9 @@ def run_isoflop(args, table):
         # gives their vertices unchanged and the line (with fit_isoflop's intervals) without the largest.
         def fit_without(compute_kept, _n_opt, **options):
             rows = np.isin(c, compute_kept)
-            return fit_isoflop(n[rows], c[rows], loss[rows], **options).allocation
+            return laws.fit_isoflop(n[rows], c[rows], loss[rows], **options).allocation
 
-        check = holdout_largest(fit_without, (minima.compute,), minima.n_opt, args.holdout_largest, **_options(args))
+        check = laws.holdout_largest(fit_without, (minima.compute,), minima.n_opt, args.holdout_largest, **_options(args))
         report["holdout"] = _holdout_report(check, ("C",), None, "C (budgets with an interior minimum)")
     labels = {"xlabel": f"C (budget, column {args.C!r})", "ylabel": "N_opt (parameters at the budget's minimum loss)"}
     _maybe_plot(args, lambda plots: plots.plot_law(minima.allocation, minima.compute, minima.n_opt, args.plot, holdout=check, **labels))
@@ -445,6 +439,8 @@ def _parabola_report(parabola) -> dict:
 
 
 def run_frontier(args, table):
+    from fastscale.fit.frontier import early_rows
+
     _need(args, "N", "C", "loss")
     runs = table.get(args.run or "run")
     if runs is None:
@@ -456,7 +452,7 @@ def run_frontier(args, table):
     keep[keep] = ~early_rows(runs[keep], c[keep], args.drop_warmup)
     keep[keep] = _rows(args, loss[keep])
     with rows_named(table, keep):
-        fit = fit_frontier(runs[keep], n[keep], c[keep], loss[keep], irreducible=not args.pure, **_options(args))
+        fit = laws.fit_frontier(runs[keep], n[keep], c[keep], loss[keep], irreducible=not args.pure, **_options(args))
     loss_report, allocation_report = _fit_report(fit.loss_fit), _fit_report(fit.allocation)
     report = {
         "law": "frontier",
@@ -470,7 +466,7 @@ def run_frontier(args, table):
     check = None
     if args.holdout_largest:
         options = {**_options(args), "irreducible": not args.pure}
-        check = holdout_largest_runs(runs[keep], n[keep], c[keep], loss[keep], args.holdout_largest, **options)
+        check = laws.holdout_largest_runs(runs[keep], n[keep], c[keep], loss[keep], args.holdout_largest, **options)
         report["holdout"] = _frontier_holdout_report(check, args.holdout_largest)
     report.update(_power_readings(args, fit.loss_fit, "C"))
     drawing = {"n_params": n[keep], "clabel": f"compute (column {args.C!r})", "holdout": check}
@@ -485,7 +481,7 @@ def run_critical_batch(args, table):
         loss, noise = column(table, args.loss, option="--loss"), column(table, args.noise_scale, option="--noise-scale")
         finite = np.isfinite(loss) & np.isfinite(noise)  # noise scales are logged on some steps only
         with rows_named(table, finite):
-            fit = fit_critical_batch_vs_loss(loss[finite], noise[finite], **_options(args))
+            fit = laws.fit_critical_batch_vs_loss(loss[finite], noise[finite], **_options(args))
         report, check = _with_lowest_loss_holdout(_fit_report(fit), args, loss[finite], noise[finite], table.origin[finite])
         _maybe_plot(args, lambda plots: plots.plot_law(fit, loss[finite], noise[finite], args.plot, holdout=check, **CRITICAL_BATCH_LABELS))
         return report
@@ -496,13 +492,13 @@ def run_critical_batch(args, table):
             raise FitInputError(
                 "--holdout-largest: --law critical-batch without --loss fits one (steps, examples) curve; give --loss targets to hold out the lowest"
             )
-        fit = fit_critical_batch(steps, examples, **_options(args))
+        fit = laws.fit_critical_batch(steps, examples, **_options(args))
         labels = {"xlabel": "batch size (examples per step)", "ylabel": "steps to the target loss"}
         _maybe_plot(args, lambda plots: plots.plot_law(fit, examples / steps, steps, args.plot, **labels))
         return _fit_report(fit)
     targets = column(table, args.loss, option="--loss")
     per_target = {float(t): _fit_target(t, steps[targets == t], examples[targets == t], args) for t in np.unique(targets)}
-    by_loss = fit_critical_batch_vs_loss(list(per_target), [f.params["B_crit"] for f in per_target.values()], **_options(args))
+    by_loss = laws.fit_critical_batch_vs_loss(list(per_target), [f.params["B_crit"] for f in per_target.values()], **_options(args))
     report = _fit_report(by_loss)
     report["per_target"] = [{"loss": t, **_fit_report(f)} for t, f in per_target.items()]
     report["flags"] = report["flags"] + [f"loss {t}: {flag}" for t, f in per_target.items() for flag in f.flags]
@@ -522,14 +518,14 @@ def _with_lowest_loss_holdout(report, args, loss, critical_batch, origin):
     Returns the report and the check (None without --holdout-largest), which the plot draws."""
     if not args.holdout_largest:
         return report, None
-    check = holdout_largest(fit_critical_batch_vs_loss, (loss,), critical_batch, args.holdout_largest, lowest=True, **_options(args))
+    check = laws.holdout_largest(laws.fit_critical_batch_vs_loss, (loss,), critical_batch, args.holdout_largest, lowest=True, **_options(args))
     report["holdout"] = _holdout_report(check, ("loss",), origin, "loss", lowest=True)
     return report, check
 
 
 def _fit_target(target, steps, examples, args):
     try:
-        return fit_critical_batch(steps, examples, **_options(args))
+        return laws.fit_critical_batch(steps, examples, **_options(args))
     except FitInputError as error:
         raise FitInputError(f"--loss {args.loss!r} = {target:g}: {error}", error.argument) from None
 
@@ -538,9 +534,9 @@ LAW_RUNNERS = {
     "power": run_power,
     "broken": run_broken,
     "allocation": run_allocation,
-    "chinchilla": run_two_variable(fit_chinchilla),
-    "kaplan-nd": run_two_variable(fit_kaplan_nd),
-    "overtrain": run_two_variable(fit_overtrain),
+    "chinchilla": run_two_variable("fit_chinchilla"),
+    "kaplan-nd": run_two_variable("fit_kaplan_nd"),
+    "overtrain": run_two_variable("fit_overtrain"),
     "data-constrained": run_data_constrained,
     "isoflop": run_isoflop,
     "frontier": run_frontier,
