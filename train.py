@@ -9,7 +9,14 @@ On a CPU, start two ranks with OMP_NUM_THREADS=1. See `python train.py --help`.
 
 import sys
 
-from fastscale.train.launch import main
+from fastscale.extras import MissingExtraError, require
 
 if __name__ == "__main__":
+    try:
+        require("train", "train.py")
+    except MissingExtraError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    from fastscale.train.launch import main
+
     sys.exit(main())

@@ -151,6 +151,15 @@ def test_a_missing_extra_names_its_pip_install(module, extra, command, tmp_path)
     assert not out.exists()
 
 
+def test_train_py_without_deepspeed_names_its_pip_install(tmp_path):
+    script = f"import runpy, sys; sys.modules['deepspeed'] = None; sys.argv = sys.argv[1:]; runpy.run_path({str(ROOT / 'train.py')!r}, run_name='__main__')"
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-c", script, "train.py", "--config", "RUN.json", "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip() == 'error: train.py needs deepspeed, which is not installed: pip install "fastscale[train]"'
+    assert not out.exists()
+
+
 def test_only_an_uninstalled_extra_is_blamed_on_its_extra(monkeypatch):
     core = ModuleNotFoundError("No module named 'scipy'", name="scipy")
     assert missing_extra_message(core, "fastscale fit") is None  # the traceback is the better message
