@@ -173,7 +173,7 @@ def plots(section: dict, out_dir: Path) -> list[str]:
     for k, fit in enumerate(section["frame_fits"]):
         loss = np.array([s["frame_loss"][k] for s in section["sizes"]])
         left.scatter(n, loss, color=f"C{k}", s=16, zorder=3)
-        label = f"frame {k + 1}" + (" (alone)" if k == 0 else f" (given 1..{k})")
+        label = f"frame {k + 1}" + (" (alone)" if k == 0 else " (given frame 1)" if k == 1 else f" (given frames 1-{k})")
         if "params" in fit and np.isfinite(list(fit["params"].values())).all():
             grid = np.geomspace(n.min(), n.max(), 100)
             p = fit["params"]
