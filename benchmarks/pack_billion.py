@@ -16,7 +16,6 @@ import argparse
 import os
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,13 +28,8 @@ from harness import describe_environment, environment, format_table, write_json 
 
 from fastscale.io import read_json, read_metrics, write_atomically  # noqa: E402
 from fastscale.model import preset  # noqa: E402
+from fastscale.train.distributed import free_port  # noqa: E402
 from fastscale.train.plan import GiB, deepspeed_config, host_memory, plan  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def mem_available() -> int:

@@ -194,9 +194,10 @@ def _master_address() -> tuple[str, int]:
     """On node 0 of a group: its address and a port free there now (rank 0 binds it moments later)."""
     import ray
 
-    from .runner import _free_port
+    from fastscale.train.distributed import free_port
 
-    return ray.util.get_node_ip_address(), _free_port(set())
+
+    return ray.util.get_node_ip_address(), free_port()
 
 
 @functools.cache
@@ -213,13 +214,15 @@ def _run_on_node(command: list[str], run_dir: str, log_name: str, group: dict | 
     The process holds the run's trainer lock (node 0 of a group: the others cannot start without it)."""
     import ray
 
-    from .runner import _deepspeed_launch, _free_port, _spawn
+    from fastscale.train.distributed import free_port
+
+    from .runner import _deepspeed_launch, _spawn
 
     gpus = [str(g) for g in ray.get_gpu_ids()]
     if group is not None:
         command = _node_of_group(command, group, gpus, _deepspeed_launch)
     elif len(gpus) > 1:
-        command = _deepspeed_launch(command, {"localhost": gpus}, _free_port(set()))
+        command = _deepspeed_launch(command, {"localhost": gpus}, free_port())
     log = Path(run_dir) / log_name
     with _trainer_lock(Path(run_dir)) if group is None or group["node_rank"] == 0 else contextlib.nullcontext() as lock:
         with open(log, "a") as handle:  # which node ran which attempt, for whoever reads the log after a failure

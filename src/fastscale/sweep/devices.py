@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import TYPE_CHECKING
 
+from fastscale.hardware import usable_cores
 from fastscale.model.config import GPTConfig
 from fastscale.train.plan import CHOICES, PROCESS_HOST_BYTES, GiB, Choice, deepspeed_config, estimate, host_memory
 
@@ -51,7 +52,7 @@ PROCESS_DEVICE_BYTES = GiB
 HEADROOM = 0.9  # as fastscale.train.plan.plan: fit within 90% of each capacity
 # On CPU, one run per core: each trainer process runs one thread (OMP_NUM_THREADS=1), and models of
 # 1e4-1e6 parameters gain little from a second thread (per-op overhead dominates).
-DEFAULT_JOBS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+DEFAULT_JOBS = usable_cores()
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from fastscale.io import StateFileError, last_step, read_metrics, restore_previous, write_json
+from fastscale.train.distributed import free_port
 
 from .devices import Inventory, Layout, Placement, deepspeed_for, place_runs
 from .index import SWEEP_FILES, ResultsIndex, read_state, write_state
@@ -143,16 +143,6 @@ def _spawn(args: list[str], log_path: Path, devices: dict | None = None, keep_fd
         return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent, pass_fds=keep_fds)
     finally:
         log.close()
-
-
-def _free_port(taken: set[int]) -> int:
-    """A port no other process listens on now and no running run of this sweep was given."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in taken:
-            return port
 
 
 def _deepspeed_launch(command: list[str], world: dict[str, list[str]], port: int, *, node_rank: int = 0,
@@ -346,8 +336,7 @@ class _Slots:
 
 def _longest_first(task: tuple[str, Run]) -> tuple[int, float]:
     """Evaluations (short) first, then training by decreasing work, N x steps: started last, the largest
-    run would train alone while the other slots idle (measured on image8: 14 runs in 581 s smallest
-    first under load, the 1e6 run alone for its last 3 minutes)."""
+    run would train alone at the end while the other slots idle (benchmarks/results/notes.md)."""
     kind, run = task
     return (kind == "train", -run.n_target * run.steps)
 
@@ -401,7 +390,7 @@ def _start(spec, out_dir, data, index, task: str, run: Run, held: tuple[list[int
         command = _evaluation_command(run_dir, spec.study, data)
         process = _submit(command, run_dir, "study.log", task, run, slots) if slots.launcher == "ray" else _spawn(command, run_dir / "study.log")
         return _Active(task, run, process, devices, share, None)
-    port = _free_port(ports - {None}) if slots.launcher == "deepspeed" else None
+    port = free_port(ports - {None}) if slots.launcher == "deepspeed" else None
     if slots.launcher == "ray":  # always --resume: a task Ray retries after its node died continues from its checkpoint
         command = _trainer_command(run_dir, spec.run_config(run, data), slots.deepspeed[run.name], resume=True)
         process = _submit(command, run_dir, "train.log", task, run, slots)

@@ -46,6 +46,17 @@ LOOPBACK_BACKENDS = ("gloo", "nccl")
 WATCH_INTERVAL_S = 5.0  # how soon a run that waits on a build lock started after its own check says so
 
 
+def free_port(taken=frozenset()) -> int:
+    """A TCP port no process listens on now on the loopback interface and not in taken (ports already
+    handed to processes that have not bound them yet), for a rendezvous's MASTER_PORT."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in taken:
+            return port
+
+
 def ensure_distributed_env() -> None:
     """A single process started without a launcher: set what torch.distributed's env:// init needs
     (MASTER_PORT 0: the rendezvous picks a free port and writes it back)."""
