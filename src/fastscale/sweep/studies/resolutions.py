@@ -234,8 +234,8 @@ def comparison_markdown(comparison: dict) -> str:
     sections = [s for s in comparison["resolutions"] if "error" not in s]
     lines = ["# Resolutions: the same images at several resolutions", "",
              f"Intervals are 95% bootstrap ({comparison['n_bootstrap']} draws). Losses are held-out images scored whole, in nats per "
-             "token and per image (per token x 3 r^2). L_inf per image grows with the pixels; alpha says how fast the reducible "
-             "loss falls with N.", "", "![L(N) per resolution](resolutions_L_of_N.png)", "",
+             "token and per image (per token x 3 r^2: L_inf per image is L_inf per token times the tokens per image, and "
+             "alpha is the same in both units); alpha says how fast the reducible loss falls with N.", "", "![L(N) per resolution](resolutions_L_of_N.png)", "",
              "| resolution | tokens/image | sizes | alpha | L_inf (nats/token) | L_inf (nats/image) | flags |", "|---|---|---|---|---|---|---|"]
     for s in comparison["resolutions"]:
         if "error" in s:
