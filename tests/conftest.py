@@ -8,6 +8,8 @@ run them natively with FASTSCALE_TEST_NATIVE_TRITON=1.
 import os
 import random
 import zlib
+from pathlib import Path
+from typing import NamedTuple
 
 if os.environ.get("FASTSCALE_TEST_NATIVE_TRITON") != "1":
     os.environ["TRITON_INTERPRET"] = "1"
@@ -98,3 +100,28 @@ def _fresh_seed(request):
 def rng(request) -> np.random.Generator:
     """numpy's generator for the test, seeded like torch's."""
     return np.random.default_rng(_test_seed(request))
+
+
+class TrainedRun(NamedTuple):
+    run_dir: Path
+    data_dir: Path
+    config: dict  # the run config it was trained with
+    deepspeed: dict  # and the DeepSpeed config
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory) -> TrainedRun:
+    """A one-layer GPT trained 6 steps on the prepared 8x8 digits (one process, ZeRO 0, micro-batches
+    of 2 whole documents; eval at step 6 on 2 micro-batches; checkpoints at steps 3 and 6): trained
+    once per session for the tests that only read a trained run (the studies' evaluation, the classify
+    study). Copy it before changing anything in it."""
+    import processes
+    from fastscale.data.prepare import prepare
+
+    root = tmp_path_factory.mktemp("digits_run")
+    prepare("digits", root / "data")
+    config = {"model": {"n_layer": 1, "d_model": 16, "n_head": 2}, "data": {"path": str(root / "data")}, "seq_len": 193,
+              "train": {"steps": 6, "lr": 3e-3, "warmup_steps": 1, "seed": 0, "eval_interval": 6, "eval_batches": 2,
+                        "checkpoint_interval": 3, "noise_scale_interval": 0}}
+    deepspeed = {"train_batch_size": 4, "train_micro_batch_size_per_gpu": 2, "zero_optimization": {"stage": 0}, "steps_per_print": 10**9}
+    return TrainedRun(processes.train(root, config, deepspeed), root / "data", config, deepspeed)

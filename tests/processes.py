@@ -4,16 +4,19 @@ DeepSpeed rank, a launcher's child, a ninja build) outlives the test that starte
 
 subprocess.run's own timeout kills only the direct child: a launcher's ranks kept running (and kept
 the output pipes open, so the test then waited for them too). Also: a free TCP port for a
-process group's rendezvous.
+process group's rendezvous, and the one way a test trains a tiny GPT in a process of its own.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
 import subprocess
+import sys
+from pathlib import Path
 
 
 def kill_group(process: subprocess.Popen) -> None:
@@ -75,3 +78,22 @@ def training_env(**extra) -> dict:
     for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
     return env
+
+
+# train.py's entry point as a `python -c` program: no path to the repository's file needed.
+TRAINER = "import sys; from fastscale.train.launch import main; sys.exit(main())"
+
+
+def train(folder: Path, config: dict, deepspeed: dict, *, timeout: float = 300) -> Path:
+    """Train the run config `config` under the DeepSpeed config `deepspeed` in one process (the configs
+    written to folder/run.json and folder/ds.json) into folder/run, and return that directory; a failed
+    run raises with the end of what the trainer printed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "run.json").write_text(json.dumps(config))
+    (folder / "ds.json").write_text(json.dumps(deepspeed))
+    command = [sys.executable, "-c", TRAINER, "--config", str(folder / "run.json"), "--deepspeed_config", str(folder / "ds.json"),
+               "--out", str(folder / "run"), "--no-progress"]
+    result = run(command, env=training_env(), capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise AssertionError(f"the trainer failed ({result.returncode}):\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
+    return folder / "run"

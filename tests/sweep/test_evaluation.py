@@ -5,9 +5,7 @@ one-document-at-a-time float64 computation."""
 
 import copy
 import json
-import os
 import shutil
-import sys
 
 import numpy as np
 import pytest
@@ -16,30 +14,17 @@ import torch
 from fastscale.data import build
 from fastscale.model import GPT, GPTConfig
 from fastscale.sweep.evaluation import load_trained, newest_checkpoint, token_losses, token_scores
+import processes
 from fastscale.train import checkpoint as ckpt
-from processes import run
-
-TRAINER = "import sys; from fastscale.train.launch import main; sys.exit(main())"
-# digits: every document is BOS + 192 pixels = seq_len, so each val row is one whole document
-RUN = {"model": {"n_layer": 1, "d_model": 16, "n_head": 2}, "data": {"dataset": "digits"}, "seq_len": 193,
-       "train": {"steps": 6, "lr": 3e-3, "warmup_steps": 1, "eval_interval": 6, "eval_batches": 2, "checkpoint_interval": 3, "noise_scale_interval": 0}}
-
-
-def train(tmp_path, stage):
-    (tmp_path / "run.json").write_text(json.dumps(RUN))
-    (tmp_path / "ds.json").write_text(json.dumps({"train_batch_size": 4, "train_micro_batch_size_per_gpu": 2, "zero_optimization": {"stage": stage},
-                                                  "steps_per_print": 10**9}))
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-    out = tmp_path / "run"
-    run([sys.executable, "-c", TRAINER, "--config", str(tmp_path / "run.json"), "--deepspeed_config", str(tmp_path / "ds.json"),
-         "--out", str(out), "--no-progress"], env={**env, "OMP_NUM_THREADS": "1"}, check=True, capture_output=True, timeout=300)
-    return out
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """One trained run per ZeRO stage (checkpoints at steps 3 and 6), shared by the tests: copy before changing."""
-    return {stage: train(tmp_path_factory.mktemp(f"zero{stage}"), stage) for stage in (0, 3)}
+def runs(digits_run, tmp_path_factory):
+    """The session's digits run (ZeRO 0) and the same run trained under ZeRO 3 (checkpoints at steps 3 and
+    6; digits: every document is BOS + 192 pixels = seq_len, so each val row is one whole document),
+    shared by the tests: copy before changing."""
+    zero3 = {**digits_run.deepspeed, "zero_optimization": {"stage": 3}}
+    return {0: digits_run.run_dir, 3: processes.train(tmp_path_factory.mktemp("zero3"), digits_run.config, zero3)}
 
 
 @pytest.mark.parametrize("stage", [0, 3])

@@ -5,16 +5,12 @@ fastscale.fit on hand-made runs."""
 import copy
 import json
 import math
-import os
-import sys
 
 import numpy as np
 import pytest
 import torch
 from scipy.special import logsumexp
 from sklearn.datasets import load_digits
-
-import processes
 
 from fastscale.data.prepare import prepare
 from fastscale.data.shards import TokenShard, write_shard
@@ -25,26 +21,13 @@ from fastscale.sweep.presets import PRESETS
 from fastscale.sweep.spec import SweepError, SweepSpec
 from fastscale.sweep.studies import classify
 
-TRAINER = "import sys; from fastscale.train.launch import main; sys.exit(main())"
 OPTIONS = {"steps": 6, "batch_size": 16, "lr": 3e-3, "seed": 3, "baseline": True}
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """(run_dir, data_dir): a one-layer GPT trained 12 steps on the digits, with a final checkpoint."""
-    root = tmp_path_factory.mktemp("classify")
-    data_dir = root / "data"
-    prepare("digits", data_dir)
-    config = {"model": {"params": 3e3, "head_dim": 8}, "data": {"path": str(data_dir)}, "seq_len": 193,
-              "train": {"steps": 12, "lr": 3e-3, "warmup_steps": 2, "log_interval": 4, "eval_interval": 0, "checkpoint_interval": 12, "seed": 0}}
-    ds = {"train_batch_size": 4, "train_micro_batch_size_per_gpu": 4, "zero_optimization": {"stage": 0}, "steps_per_print": 10**9}
-    (root / "run.json").write_text(json.dumps(config))
-    (root / "ds.json").write_text(json.dumps(ds))
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-    env.update(OMP_NUM_THREADS="1")
-    processes.run([sys.executable, "-c", TRAINER, "--config", str(root / "run.json"), "--deepspeed_config", str(root / "ds.json"),
-                   "--out", str(root / "run"), "--no-progress"], check=True, env=env, capture_output=True, timeout=300)
-    return root / "run", data_dir
+def trained(digits_run):
+    """(run_dir, data_dir): the session's one-layer GPT trained on the prepared digits, with a final checkpoint."""
+    return digits_run.run_dir, digits_run.data_dir
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,6 @@
 made by hand, and its option checks."""
 
 import json
-import os
-import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -21,7 +19,6 @@ from fastscale.sweep.presets import PRESETS
 from fastscale.sweep.spec import SweepError, SweepSpec
 from fastscale.sweep.studies import math as study
 
-TRAINER = "import sys; from fastscale.train.launch import main; sys.exit(main())"
 DATA = {"count": 600, "difficulty": [1, 2], "seed": 3}
 OPTIONS = {"eval_levels": [1, 2, 3], "eval_count": 40, "eval_seed": 11}
 
@@ -34,12 +31,7 @@ def trained(tmp_path_factory):
     run = {"model": {"params": 3e3, "head_dim": 8}, "data": {"path": str(root / "data")}, "seq_len": 32,
            "train": {"steps": 20, "lr": 3e-3, "warmup_steps": 2, "eval_interval": 0, "checkpoint_interval": 10, "noise_scale_interval": 0}}
     ds = {"train_batch_size": 4, "train_micro_batch_size_per_gpu": 4, "zero_optimization": {"stage": 0}, "steps_per_print": 1000000000}
-    (root / "run.json").write_text(json.dumps(run))
-    (root / "ds.json").write_text(json.dumps(ds))
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-    processes.run([sys.executable, "-c", TRAINER, "--config", str(root / "run.json"), "--deepspeed_config", str(root / "ds.json"),
-                   "--out", str(root / "run"), "--no-progress"], check=True, env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, timeout=300)
-    return root / "run", root / "data"
+    return processes.train(root, run, ds), root / "data"
 
 
 def reference_level(model, texts):

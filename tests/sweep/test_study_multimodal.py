@@ -3,8 +3,6 @@ against fastscale.fit and plain numpy on hand-made runs, the preset, and bad opt
 
 import json
 import math
-import os
-import sys
 from collections import Counter
 
 import numpy as np
@@ -22,8 +20,6 @@ from fastscale.sweep.presets import PRESETS
 from fastscale.sweep.spec import SweepError, SweepSpec
 from fastscale.sweep.studies import multimodal
 
-RANK_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-TRAINER = "import sys; from fastscale.train.launch import main; sys.exit(main())"
 PIXELS, BOS, SEP = 192, 512, 513
 
 
@@ -31,13 +27,7 @@ def train_tiny(data_dir, out):
     run = {"model": {"n_layer": 1, "d_model": 32, "n_head": 2}, "data": {"path": str(data_dir)}, "seq_len": 227, "packing": "documents",
            "train": {"steps": 12, "lr": 3e-3, "warmup_steps": 2, "eval_interval": 0, "checkpoint_interval": 12, "noise_scale_interval": 0}}
     ds = {"train_batch_size": 8, "train_micro_batch_size_per_gpu": 8, "zero_optimization": {"stage": 0}, "steps_per_print": 10**9}
-    (out / "run.json").write_text(json.dumps(run))
-    (out / "ds.json").write_text(json.dumps(ds))
-    env = {k: v for k, v in os.environ.items() if k not in RANK_VARIABLES}
-    env["OMP_NUM_THREADS"] = "1"
-    processes.run([sys.executable, "-c", TRAINER, "--config", str(out / "run.json"), "--deepspeed_config", str(out / "ds.json"),
-                   "--out", str(out / "run"), "--no-progress"], check=True, env=env, capture_output=True, timeout=300)
-    return out / "run"
+    return processes.train(out, run, ds)
 
 
 @pytest.fixture(scope="module")
