@@ -19,6 +19,13 @@ def require(ok: bool, name: str, value, expectation: str) -> None:
         raise SweepError(f"sweep: study.{name}={value!r}; expected {expectation}")
 
 
+def checked_options(options: dict, defaults: dict) -> dict:
+    """A study's options over its defaults, refusing keys it does not have."""
+    unknown = sorted(set(options) - set(defaults))
+    require(not unknown, "options", unknown, f"only {sorted(defaults)}")
+    return {**defaults, **options}
+
+
 def is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 

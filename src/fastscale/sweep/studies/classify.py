@@ -38,7 +38,7 @@ import numpy as np
 from fastscale.data.prepare import LABELLED_DOMAINS
 
 from ..index import read_state
-from ._common import fit_loss_law, interval_text, is_int, is_number, require, runs_by_size
+from ._common import checked_options, fit_loss_law, interval_text, is_int, is_number, require, runs_by_size
 
 logger = logging.getLogger(__name__)
 
@@ -56,9 +56,7 @@ def _options(options: dict) -> dict:
 
 
 def check(options: dict) -> None:
-    unknown = sorted(set(options) - set(DEFAULTS))
-    require(not unknown, "options", unknown, f"only {sorted(DEFAULTS)}")
-    o = _options(options)
+    o = checked_options(options, DEFAULTS)
     require(is_int(o["steps"]) and 1 <= o["steps"] <= MAX_STEPS, "steps", o["steps"], f"an integer from 1 to {MAX_STEPS} (fine-tuning steps)")
     require(is_int(o["batch_size"]) and 1 <= o["batch_size"] <= MAX_BATCH, "batch_size", o["batch_size"], f"an integer from 1 to {MAX_BATCH} (digits per step)")
     require(is_number(o["lr"]) and 0 < o["lr"] <= 1, "lr", o["lr"], "a number in (0, 1]")

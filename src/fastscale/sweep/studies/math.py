@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import fit_loss_law, interval_text, is_int, require, runs_by_size
+from ._common import checked_options, fit_loss_law, interval_text, is_int, require, runs_by_size
 
 DOMAINS = ("math",)
 DEFAULTS = {"eval_levels": [1, 2, 3, 4, 5], "eval_count": 256, "eval_seed": 1000}
@@ -47,9 +47,7 @@ def _options(options: dict) -> dict:
 
 
 def check(options: dict) -> None:
-    unknown = sorted(set(options) - set(DEFAULTS))
-    require(not unknown, "options", unknown, f"only {sorted(DEFAULTS)}")
-    o = _options(options)
+    o = checked_options(options, DEFAULTS)
     levels = o["eval_levels"]
     require(isinstance(levels, list) and levels and all(is_int(k) and 1 <= k <= MAX_LEVEL for k in levels) and len(set(levels)) == len(levels),
             "eval_levels", levels, f"a non-empty list of distinct integer levels from 1 to {MAX_LEVEL}")
