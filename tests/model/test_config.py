@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from fastscale.model import LADDER, GPT, GPTConfig, mfu, peak_flops, pf_days, preset
+from fastscale.model import LADDER, GPT, GPTConfig, mfu, peak_flops, preset
+from fastscale.units import flops_to_pf_days
 
 
 def hand_count(L, d, V, T, ff, bias=True, learned=True, tied=False, kv=None):
@@ -58,7 +59,7 @@ def test_flops_per_token_hand_count():
     # backward twice the forward
     assert config.flops_per_token() == 3 * (2 * n + 2 * 2 * 64 * 32) == 6 * n + 6 * 2 * 64 * 32
     assert config.flops_per_token(context=10) == 6 * n + 6 * 2 * 10 * 32
-    assert pf_days(8.64e19) == pytest.approx(1.0)
+    assert flops_to_pf_days(8.64e19) == pytest.approx(1.0)
 
 
 def test_forward_flops_agree_with_counted_matmuls():

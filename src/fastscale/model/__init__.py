@@ -3,7 +3,7 @@ the plain torch.nn model (it knows nothing of parallelism; see DESIGN.md). GPTCo
 need no torch; GPT is imported on first use."""
 
 from .config import LADDER, GPTConfig, preset
-from .flops import PF_DAY, PEAK_FLOPS, mfu, peak_flops, pf_days
+from .flops import mfu, peak_flops
 
 
 def __getattr__(name):
@@ -14,4 +14,4 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["GPT", "GPTConfig", "LADDER", "PEAK_FLOPS", "PF_DAY", "mfu", "peak_flops", "pf_days", "preset"]
+__all__ = ["GPT", "GPTConfig", "LADDER", "mfu", "peak_flops", "preset"]

@@ -13,12 +13,8 @@ import logging
 import os
 
 from fastscale import hardware
-from fastscale.units import PF_DAY_FLOPS as PF_DAY  # noqa: F401 (fastscale.model exports both names)
-from fastscale.units import flops_to_pf_days as pf_days  # noqa: F401
 
 logger = logging.getLogger(__name__)
-
-PEAK_FLOPS = hardware.ACCELERATORS  # fastscale.model exports it
 
 
 def peak_flops(device=None) -> tuple[float, str]:

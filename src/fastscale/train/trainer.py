@@ -29,7 +29,8 @@ from typing import Callable, Sequence
 import torch
 
 from fastscale.io import metrics_line, repair_metrics, write_atomically, write_json
-from fastscale.model.flops import mfu, peak_flops, pf_days
+from fastscale.model.flops import mfu, peak_flops
+from fastscale.units import flops_to_pf_days
 
 from . import checkpoint as ckpt
 from .config import ConfigError, DeepSpeedSettings, TrainSettings
@@ -545,7 +546,7 @@ class Trainer:
     def _record(self, result: StepResult, loss: float, grad_norm: float | None, skipped: int, noise: GradientNoiseScale) -> dict:
         record = {"step": result.step, "tokens": result.tokens, "loss": loss, "lr": result.lr, "grad_norm": grad_norm, "skipped_steps": skipped}
         if self.flops_per_token:
-            record.update(flops=result.flops, pf_days=pf_days(result.flops))
+            record.update(flops=result.flops, pf_days=flops_to_pf_days(result.flops))
         if result.noise:
             # a NaN measurement would poison the moving average for the rest of the run
             usable = all(math.isfinite(v) for v in result.noise[:2])
@@ -638,7 +639,7 @@ class Trainer:
             "steps": s.steps,
             "tokens": totals.tokens,
             "flops": totals.flops,
-            "pf_days": pf_days(totals.flops),
+            "pf_days": flops_to_pf_days(totals.flops),
             "final_loss": loss_value,
             "final_eval_loss": last_eval,
             "elapsed_s": totals.elapsed,
