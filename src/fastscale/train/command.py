@@ -8,6 +8,7 @@ import shutil
 import sys
 
 from fastscale.io import write_json
+from fastscale.tables import format_table
 
 from .plan import GiB, MiB, deepspeed_config, no_fit_reason, parse_bytes, plan, vocabulary_bytes
 
@@ -54,9 +55,9 @@ def run_plan(args: argparse.Namespace) -> int:
     print(f"GPT preset for N={args.params:.3g}: n_layer={config.n_layer} d_model={config.d_model} n_head={config.n_head}; "
           f"{config.n_params_total:,} parameters in all ({config.n_params:,} non-embedding)")
     print(_vocabulary_line(config, args.micro_batch, bf16=not args.fp32))
-    print(f"{'choice':<62} {'device GiB':>10} {'host GiB':>9} {'disk GiB':>9}  fits")
-    for row in rows:
-        print(f"{row['choice'].describe():<62} {row['device'] / GiB:>10.1f} {row['host'] / GiB:>9.1f} {row['nvme'] / GiB:>9.1f}  {'yes' if row['fits'] else 'no'}")
+    print(format_table(["choice", "device GiB", "host GiB", "disk GiB", "fits"],
+                       [[row["choice"].describe(), *(f"{row[place] / GiB:.1f}" for place in ("device", "host", "nvme")), "yes" if row["fits"] else "no"]
+                        for row in rows]))
     pick = next((row for row in rows if row["fits"]), None)
     if pick is None:
         print(f"nothing fits: {no_fit_reason(rows)}" + ("" if args.nvme_path else " (pass --nvme-path DIR to consider it)"))
