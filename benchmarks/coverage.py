@@ -41,7 +41,7 @@ from fastscale.fit import (
 )
 from fastscale.fit.benchmark import environment, fit_warnings_silenced
 from fastscale.fit.bootstrap import RESAMPLING
-from fastscale.io import write_atomically
+from fastscale.io import write_atomically, write_json
 from fastscale.fit.data_constrained import PAPER_PARAMS, data_constrained_loss
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -297,7 +297,7 @@ def main(argv=None) -> int:
     def record(entries):
         date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         merged = merge(args.out / "coverage.json", entries, {**stamp, "date": date})
-        write_atomically(args.out / "coverage.json", json.dumps({"environment": env, "entries": merged}, indent=1) + "\n")
+        write_json(args.out / "coverage.json", {"environment": env, "entries": merged}, indent=1)
         write_atomically(args.out / "coverage.md", markdown(merged))
 
     with fit_warnings_silenced():  # each fit's flags are counted in the table instead (the pool's workers inherit the level)
