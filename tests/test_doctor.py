@@ -29,6 +29,7 @@ def quick_run(tmp_path_factory):
     return done, report
 
 
+@pytest.mark.slow
 def test_quick_run_succeeds_and_prints_every_section(quick_run):
     done, report = quick_run
     assert done.returncode == 0, done.stdout + done.stderr
@@ -37,6 +38,7 @@ def test_quick_run_succeeds_and_prints_every_section(quick_run):
     assert report is not None
 
 
+@pytest.mark.slow
 def test_report_structure(quick_run):
     _, report = quick_run
     assert set(report["versions"]) == {"python", *system.PACKAGES}
@@ -53,6 +55,7 @@ def test_report_structure(quick_run):
     assert report["failed"] == 0
 
 
+@pytest.mark.slow
 def test_extension_versions_are_reported(quick_run):
     _, report = quick_run
     try:
@@ -65,6 +68,7 @@ def test_extension_versions_are_reported(quick_run):
         assert report["cuda"]["extension_problem"].startswith("fastscale._C: no CUDA device is available")
 
 
+@pytest.mark.slow
 def test_torch_backends_pass_their_checks(quick_run):
     _, report = quick_run
     for op in OPS:
@@ -76,6 +80,7 @@ def test_torch_backends_pass_their_checks(quick_run):
             assert all(0 <= error <= bound for error, bound in c["errors"].values())
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the Triton backends run natively")
 def test_triton_backends_are_checked_under_the_interpreter(quick_run):
     _, report = quick_run
@@ -87,6 +92,7 @@ def test_triton_backends_are_checked_under_the_interpreter(quick_run):
         assert {c["dtype"] for c in checks} == ({"float32", "float16"} if op == "linear_cross_entropy" else {"float16"})
 
 
+@pytest.mark.slow
 def test_benchmark_times_the_torch_backends_beside_the_baselines(quick_run):
     _, report = quick_run
     for bench in report["benchmarks"]:

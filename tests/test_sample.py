@@ -66,6 +66,7 @@ def tiles(path, n, scale, columns, shape=(3, 3, 3), gap=2):
     return [grid[gap + (i // columns) * (h + gap):][:h, gap + (i % columns) * (w + gap):][:, :w] for i in range(n)]
 
 
+@pytest.mark.slow
 def test_greedy_images_match_a_float64_greedy_decode_pixel_for_pixel(image_run, tmp_path, capsys):
     out = tmp_path / "grid.png"
     out.write_bytes(b"poison")
@@ -76,6 +77,7 @@ def test_greedy_images_match_a_float64_greedy_decode_pixel_for_pixel(image_run, 
     assert f"3 sample(s) from {image_run / 'checkpoints' / 'step00000003'} " in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_sampled_images_are_the_seeded_generate_draws_in_grid_order(image_run, tmp_path):
     out = tmp_path / "grid.png"
     assert command(image_run, "--n", 5, "--seed", 11, "--temperature", 0.7, "--out", out) == 0
@@ -89,6 +91,7 @@ def test_sampled_images_are_the_seeded_generate_draws_in_grid_order(image_run, t
     assert len({r.tobytes() for r in rows}) == 5  # five different samples, not one repeated
 
 
+@pytest.mark.slow
 def test_same_seed_same_samples_and_the_callers_random_state_is_left_alone(image_run):
     model = load_trained(image_run)
     before = torch.random.get_rng_state()
@@ -98,6 +101,7 @@ def test_same_seed_same_samples_and_the_callers_random_state_is_left_alone(image
     assert not np.array_equal(first, sample.draw(model, np.array([BOS]), n=2, max_new_tokens=20, seed=6))
 
 
+@pytest.mark.slow
 def test_text_samples_continue_the_prompt_in_the_runs_tokenizer(text_run, tmp_path, capsys):
     out = tmp_path / "samples.txt"
     assert command(text_run, "--n", 2, "--prompt", "ab", "--tokens", 20, "--top-k", 1, "--out", out) == 0
@@ -125,6 +129,7 @@ def test_clips_are_grid_rows_of_frames_and_grey_images_have_one_channel():
     assert np.asarray(Image.open(io.BytesIO(sample.png_bytes(grid)))).shape == (11, 17)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argv, message", [
     (["--n", 0], "--n=0; expected a positive integer"),
     (["--top-k", 0], "--top-k=0; expected a positive integer"),
@@ -136,6 +141,7 @@ def test_bad_arguments_are_refused_naming_them(image_run, argv, message, capsys)
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_run_without_a_checkpoint_is_refused(image_run, tmp_path, capsys):
     run_dir = tmp_path / "run"
     shutil.copytree(image_run, run_dir, ignore=shutil.ignore_patterns("checkpoints"))
@@ -162,6 +168,7 @@ def test_a_clip_decodes_to_its_frames():
     np.testing.assert_array_equal(sample.decode(tokenizer, tokenizer.encode(clip)[None], 1)[0], clip)
 
 
+@pytest.mark.slow
 def test_fastscale_sample_is_a_command(image_run, capsys):
     from fastscale.cli import main
 

@@ -12,6 +12,9 @@ import pytest
 
 import processes
 
+# every test reads one two-rank Hugging Face Trainer run
+pytestmark = pytest.mark.slow
+
 pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 pytest.importorskip("deepspeed")

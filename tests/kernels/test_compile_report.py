@@ -52,6 +52,7 @@ def reports():
     return {(e["module"], e["arch"], e["label"]): e for e in aot.report()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("configuration", CONFIGURATIONS)
 def test_shipped_kernel(reports, configuration):
     module, arch, label = configuration
@@ -83,6 +84,7 @@ def test_labels_name_one_configuration_each():
     assert {c[0] for c in listed} == set(aot.KERNEL_MODULES)
 
 
+@pytest.mark.slow
 def test_report_recompiles_from_its_json_alone(reports):
     """A reader recompiles entries from kernel/signature/constexprs/attrs (+ warps, stages, arch) and
     gets the same registers, resources and SASS: one entry per module and one per arch."""
@@ -123,6 +125,7 @@ def launches():
     return json.loads(result.stdout)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module", aot.KERNEL_MODULES)
 @pytest.mark.parametrize("arch", aot.ARCHS)
 def test_every_launch_is_shipped(launches, module, arch):
@@ -141,6 +144,7 @@ def test_every_launch_is_shipped(launches, module, arch):
 STAND_IN = {86: 80, 89: 80, 120: 80}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module", aot.KERNEL_MODULES)
 @pytest.mark.parametrize("capability", STAND_IN)
 def test_smaller_gpus_launch_shipped_kernels_that_fit_them(reports, launches, module, capability):
@@ -170,6 +174,7 @@ def samples():
     return {entry["label"]: entry for entry in json.loads(result.stdout)}
 
 
+@pytest.mark.slow
 def test_command_line_prints_the_documented_keys(samples):
     assert len(samples) == 5
     for entry in samples.values():
@@ -177,6 +182,7 @@ def test_command_line_prints_the_documented_keys(samples):
         assert entry["module"] == "sample_kernels" and entry["arch"] == 90
 
 
+@pytest.mark.slow
 def test_acq_rel_atomics_fail_and_relaxed_pass(samples):
     fenced, relaxed = samples["atomic acq_rel"], samples["atomic relaxed"]
     assert fenced["sass"]["MEMBAR"].get("MEMBAR.ALL.GPU", 0) > 0 and fenced["sass"]["ATOMG"] > 0
@@ -186,6 +192,7 @@ def test_acq_rel_atomics_fail_and_relaxed_pass(samples):
     assert aot.problems(relaxed) == []
 
 
+@pytest.mark.slow
 def test_wide_hgmma_passes_and_narrow_fails(samples):
     wide, narrow = samples["matmul wide"], samples["matmul narrow"]
     assert wide["tl_dots"] == {"bf16": 1} and wide["sass"]["HGMMA"] == {"64x128x16": 4} and wide["sass"]["HMMA"] == 0
@@ -195,6 +202,7 @@ def test_wide_hgmma_passes_and_narrow_fails(samples):
     assert aot.problems(narrow) == ["HGMMA narrower than N=64: " + str(narrow["sass"]["HGMMA"])]
 
 
+@pytest.mark.slow
 def test_spills_and_shared_memory_over_the_limit_fail(samples):
     huge = samples["matmul huge"]
     # 128x256 fp32 accumulator over 128 threads is 256 registers a thread before anything else, and

@@ -100,6 +100,7 @@ def fresh_entries():
     return estimate.compile_reports(list(estimate.MODULES.values()), every_head_dim=True)
 
 
+@pytest.mark.slow
 def test_auto_constants_match_the_compiled_kernels(fresh_entries):
     from fastscale.benchmarks import estimate
     from fastscale.ops import _auto
@@ -109,6 +110,7 @@ def test_auto_constants_match_the_compiled_kernels(fresh_entries):
         "`python -m fastscale.benchmarks.estimate --auto-constants`")
 
 
+@pytest.mark.slow
 def test_the_estimate_command_reads_the_shipped_kernels_and_their_tables(fresh_entries):
     from fastscale.benchmarks import estimate
 

@@ -74,6 +74,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES)
 def test_compiled_gpt_trains_like_eager(case):
     options, dtype, packed, steps, ops, tolerance = CASES[case]

@@ -12,6 +12,9 @@ import pytest
 
 import processes
 
+# every test reads one two-rank ZeRO-3 run
+pytestmark = pytest.mark.slow
+
 pytest.importorskip("deepspeed")
 
 WORKER = Path(__file__).with_name("zero3_worker.py")

@@ -101,6 +101,7 @@ def nodes_of(run_dir):
     return re.findall(r"started on Ray node ([0-9a-f]+)", (run_dir / "train.log").read_text())
 
 
+@pytest.mark.slow
 def test_every_ray_process_is_on_loopback(ray_cluster):
     import psutil
     import ray
@@ -126,6 +127,7 @@ def _is_loopback(ip):
     return (getattr(address, "ipv4_mapped", None) or address).is_loopback
 
 
+@pytest.mark.slow
 def test_sweep_on_two_nodes_equals_the_single_node_sweep(on_two_nodes, single_node, ray_cluster):
     out, seconds = on_two_nodes
     reference, reference_seconds = single_node
@@ -137,6 +139,7 @@ def test_sweep_on_two_nodes_equals_the_single_node_sweep(on_two_nodes, single_no
     print(f"3 runs: single node (process launcher, 2 at a time) {reference_seconds:.0f} s, two Ray nodes of 1 CPU {seconds:.0f} s")
 
 
+@pytest.mark.slow
 def test_sweep_with_a_node_killed_mid_run_ends_with_the_same_numbers(ray_cluster, single_node, tmp_path):
     import ray
 
@@ -186,6 +189,7 @@ def _checkpointed_run_on(out, node_id):
     return None
 
 
+@pytest.mark.slow
 def test_a_node_that_cannot_see_out_dir_is_refused(ray_cluster, tmp_path, monkeypatch):
     """Every node of this cluster shares this machine's files: the nodes are made to look for the token
     at a path where it is not."""
@@ -208,6 +212,7 @@ def test_address_needs_the_ray_launcher(tmp_path):
         run_sweep(SweepSpec.from_dict(TINY), tmp_path, launcher="process", address="auto")
 
 
+@pytest.mark.slow
 def test_a_task_that_dies_without_exit_code_is_lost(ray_cluster):
     import ray
 
@@ -223,6 +228,7 @@ def test_a_task_that_dies_without_exit_code_is_lost(ray_cluster):
         ray.shutdown()
 
 
+@pytest.mark.slow
 def test_a_run_across_two_nodes_equals_its_two_ranks_on_one_node(ray_cluster, tmp_path):
     """What the sweep does for a run needing more GPUs than a node has, on CPU ranks: a placement group
     of one bundle per node, DeepSpeed's per-node launcher on each with its node_rank and node 0 as

@@ -120,6 +120,7 @@ def tiny_sweep(tmp_path_factory):
     return out, spec, budget
 
 
+@pytest.mark.slow
 def test_a_real_sweep_records_the_budget_it_was_given(tiny_sweep):
     """What the trainer recorded: tokens = steps x 2 rows x 32, C = flops_per_token x tokens within 1% of the budget."""
     out, spec, budget = tiny_sweep
@@ -135,6 +136,7 @@ def test_a_real_sweep_records_the_budget_it_was_given(tiny_sweep):
     assert {r.steps for r in spec.runs()} == {60, round(60.3 * spec.flops_per_token(1.2e4) / spec.flops_per_token(3e3))}
 
 
+@pytest.mark.slow
 def test_the_report_rows_of_a_real_sweep_show_c_beside_6nd_and_the_budget(tiny_sweep):
     out, spec, budget = tiny_sweep
     rows = run_rows(json.loads((out / "sweep.json").read_text()), load_runs(out))

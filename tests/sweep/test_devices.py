@@ -164,6 +164,7 @@ def tiny_sweeps(tmp_path_factory):
     return reference, tmp_path / "deepspeed", lines
 
 
+@pytest.mark.slow
 def test_deepspeed_launcher_on_cpu_dies_with_its_sweep_and_matches_the_process_launcher(tiny_sweeps):
     reference, out, _ = tiny_sweeps
     (entry,) = json.loads((out / "results.json").read_text())["runs"].values()
@@ -172,6 +173,7 @@ def test_deepspeed_launcher_on_cpu_dies_with_its_sweep_and_matches_the_process_l
     assert curves(out) == curves(reference)  # fp32, same seed: identical losses step by step
 
 
+@pytest.mark.slow
 def test_the_placement_line_is_within_a_quarter_of_each_runs_measured_peak_rss(tiny_sweeps):
     """The host memory the placement line promises per run (the planner's estimate with the process
     baseline) against the peak RSS the trainer measured (ru_maxrss) under either launcher."""

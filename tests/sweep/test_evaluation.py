@@ -27,6 +27,7 @@ def runs(digits_run, tmp_path_factory):
     return {0: digits_run.run_dir, 3: processes.train(tmp_path_factory.mktemp("zero3"), digits_run.config, zero3)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", [0, 3])
 def test_trained_model_reproduces_the_trainers_eval_loss(runs, stage):
     run_dir = runs[stage]
@@ -73,6 +74,7 @@ class Payload:
         return (exec, (f"open({self.marker!r}, 'w').write('the payload ran')",))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["zero_pp_rank_0_mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt"])
 def test_a_planted_pickle_never_runs_in_zero3_consolidation(runs, tmp_path, name):
     """DeepSpeed's zero_to_fp32 loads both files with weights_only=False; through load_trained it may not."""
@@ -93,6 +95,7 @@ def test_a_planted_pickle_never_runs_in_zero3_consolidation(runs, tmp_path, name
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_a_damaged_newest_checkpoint_is_named_and_the_previous_one_loaded(runs, tmp_path, caplog):
     run_dir = tmp_path / "run"
     shutil.copytree(runs[0], run_dir)

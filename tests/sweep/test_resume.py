@@ -15,6 +15,9 @@ from sweeps import TINY, curves, trainers_of, wait_for
 from fastscale.sweep import SweepSpec, run_sweep
 from fastscale.sweep.report import write_report
 
+# every test starts or reads real sweeps
+pytestmark = pytest.mark.slow
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     out = tmp_path_factory.mktemp("uninterrupted")

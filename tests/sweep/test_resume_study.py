@@ -16,6 +16,9 @@ from fastscale.sweep.report import write_report
 from processes import started
 from sweeps import trainers_of, wait_for
 
+# every test starts or reads real sweeps
+pytestmark = pytest.mark.slow
+
 TINY_MATH = {
     "name": "tiny-math", "data": {"dataset": "math", "difficulty": [1, 2], "count": 3000, "seed": 0}, "seq_len": 32,
     "sizes": [3e3, 7e3, 1.2e4, 1.9e4], "tokens": [6e3], "seeds": [0], "model": {"head_dim": 8}, "lr": 3e-3,

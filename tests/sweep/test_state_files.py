@@ -158,6 +158,7 @@ def _cli(*args) -> subprocess.CompletedProcess:
     return run([sys.executable, "-m", "fastscale.cli", *args], timeout=600, capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_a_real_sweep_directory_restored_and_retrained_after_damage(trained, tmp_path):
     out = tmp_path / "sweep"
     shutil.copytree(trained, out)

@@ -71,12 +71,14 @@ def without_timing(record: dict) -> dict:
     return record
 
 
+@pytest.mark.slow
 def test_evaluate_is_deterministic(trained, measured):
     again = classify.evaluate(*trained, OPTIONS)
     assert without_timing(again) == without_timing(measured.record)
     json.dumps(again)  # JSON-ready
 
 
+@pytest.mark.slow
 def test_fine_tunes_on_training_digits_and_scores_held_out_digits_with_their_true_labels(trained, measured):
     _, data_dir = trained
     train, val = TokenShard(data_dir / "train"), TokenShard(data_dir / "val")
@@ -108,6 +110,7 @@ def float64_logits(classifier, tokens: np.ndarray) -> np.ndarray:
         return (standardized @ model["head"].weight.T + model["head"].bias).numpy()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["fine_tuned", "baseline"])
 def test_loss_and_error_recomputed_in_float64_from_the_fine_tuned_model(measured, which):
     classifier, logits, record = ((measured.classifier, measured.logits, measured.record) if which == "fine_tuned"
@@ -121,6 +124,7 @@ def test_loss_and_error_recomputed_in_float64_from_the_fine_tuned_model(measured
     assert 0 < record["classification_loss"] and 0 <= record["error"] <= 1
 
 
+@pytest.mark.slow
 def test_baseline_starts_from_a_random_initialization(trained, measured):
     pretrained = load_trained(trained[0]).state_dict()
     tuned, base = measured.classifier["gpt"].state_dict(), measured.baseline_classifier["gpt"].state_dict()
@@ -132,6 +136,7 @@ def test_baseline_starts_from_a_random_initialization(trained, measured):
     assert untouched and all(torch.equal(fresh[name], base[name]) for name in untouched)
 
 
+@pytest.mark.slow
 def test_generative_loss_is_the_pretrained_models_on_the_held_out_digits(trained, measured):
     model = load_trained(trained[0]).double()
     tokens = torch.from_numpy(measured.heldout.tokens)
@@ -154,12 +159,14 @@ def test_digits_among_photos_are_found_in_their_shards_with_their_labels(tmp_pat
     np.testing.assert_array_equal(counts, np.bincount(load_digits().target, minlength=10))
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_data_without_digit_labels(tmp_path, trained):
     prepare("photos", tmp_path / "photos")
     with pytest.raises(ValueError, match=r"data_dir=.*domain 'photos'.*needs the bundled digits"):
         classify.labelled_digits(tmp_path / "photos")
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_shards_that_are_not_builds_split(tmp_path, trained):
     _, data_dir = trained
     train, val = TokenShard(data_dir / "train"), TokenShard(data_dir / "val")

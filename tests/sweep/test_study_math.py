@@ -69,6 +69,7 @@ def greedy_decode(model, prompt, max_chars):
     return out
 
 
+@pytest.mark.slow
 def test_evaluate_matches_an_independent_float64_computation(trained):
     run_dir, data_dir = trained
     result = study.evaluate(run_dir, data_dir, OPTIONS)
@@ -190,6 +191,7 @@ def test_check_names_the_bad_option(options, name):
     study.check({})
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_the_training_seed_and_problems_longer_than_seq_len(trained):
     run_dir, data_dir = trained
     with pytest.raises(ValueError, match=r"eval_seed=3.*different seed"):

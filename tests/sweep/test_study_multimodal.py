@@ -66,6 +66,7 @@ def direct_scores(model, pixels, caption):
     return out
 
 
+@pytest.mark.slow
 def test_evaluate_matches_a_direct_float64_computation(trained):
     run_dir, data_dir = trained
     result = multimodal.evaluate(run_dir, data_dir, {"max_pairs": 24})
@@ -130,6 +131,7 @@ def test_information_is_zero_when_image_and_caption_are_independent():
     assert min(result["order_nats"].values()) > 0.01  # the order guess was there to take out
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_data_without_captions(tmp_path, trained):
     prepare("digits", tmp_path / "digits")
     with pytest.raises(ValueError, match=r"data_dir=.*digits.*needs image\+caption data.*'image'"):

@@ -100,6 +100,7 @@ def plant(path: Path, marker: Path) -> None:
     (path.parent / ckpt.MARKER).write_text(json.dumps(info))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [MODEL_STATES, OPTIMIZER_STATES, RNG])
 def test_a_planted_pickle_never_runs_on_resume(copy, tmp_path, name):
     path = tag_dir(copy, STEPS) / name
@@ -113,6 +114,7 @@ def test_a_planted_pickle_never_runs_on_resume(copy, tmp_path, name):
     assert (copy / "metrics.jsonl").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_a_planted_pickle_never_runs_in_a_study_evaluation(copy, tmp_path):
     from fastscale.sweep.evaluation import load_trained
 
@@ -124,6 +126,7 @@ def test_a_planted_pickle_never_runs_in_a_study_evaluation(copy, tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_a_planted_pickle_never_runs_on_a_sweep_rerun(tmp_path):
     """A sweep's run, interrupted (results.json: failed after one attempt) with a payload in its newest
     checkpoint: the rerun resumes it with --resume, which refuses the file; the run is marked failed."""
@@ -170,6 +173,7 @@ def test_deepspeeds_loads_go_through_the_safe_engine_and_other_engines_are_refus
         ckpt.install_safe_engine(asynchronous)
 
 
+@pytest.mark.slow
 def test_a_file_that_is_not_a_checkpoint_is_named(copy):
     path = tag_dir(copy, STEPS) / RNG
     truncate(path)
@@ -203,6 +207,7 @@ DAMAGE = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", DAMAGE)
 def test_each_kind_of_damage_is_named_and_the_previous_checkpoint_used(copy, caplog, kind):
     damage, where, what = DAMAGE[kind]
@@ -217,6 +222,7 @@ def test_each_kind_of_damage_is_named_and_the_previous_checkpoint_used(copy, cap
     assert faults[0] in caplog.text
 
 
+@pytest.mark.slow
 def test_no_intact_checkpoint_is_an_error_naming_each(copy):
     for step in range(2, STEPS + 1, 2):
         truncate(tag_dir(copy, step) / MODEL_STATES)
@@ -228,6 +234,7 @@ def test_no_intact_checkpoint_is_an_error_naming_each(copy):
         assert f"{tag_dir(copy, step) / MODEL_STATES}: " in message
 
 
+@pytest.mark.slow
 def test_resume_skips_damaged_checkpoints_and_reproduces_the_uninterrupted_curve(copy, reference):
     """Steps 10, 8, 6 and 4 damaged four ways: the resumed run warns about each, continues from step 2,
     prunes a torn older directory, and its steps 3-10 equal the uninterrupted run's."""
@@ -304,6 +311,7 @@ SMALL_DISK = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_a_full_disk_during_a_save_is_named_and_loses_nothing(tmp_path):
     out = tmp_path / "run"
     result = run([sys.executable, "-c", SMALL_DISK, str(out)], env=environment(), capture_output=True, text=True, timeout=300)

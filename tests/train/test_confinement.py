@@ -122,6 +122,7 @@ SWEEP = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("monitor", [{"output_path": "../escape"}, {"output_path": "", "job_name": "../../x"}])
 def test_sweep_file_cannot_write_outside_its_run(tmp_path, monitor):
     """A sweep whose DeepSpeed section points csv_monitor outside is refused before any run starts: the
@@ -164,6 +165,7 @@ def csv_run(tmp_path_factory):
     return root, json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_real_run_csv_monitor_writes_only_under_run_directory(csv_run):
     root, _ = csv_run
     assert sorted(p.name for p in root.iterdir()) == ["cwd", "out"]
@@ -174,6 +176,7 @@ def test_real_run_csv_monitor_writes_only_under_run_directory(csv_run):
     assert config["deepspeed"]["csv_monitor"]["output_path"] == str((root / "out" / "monitor").resolve())
 
 
+@pytest.mark.slow
 def test_real_run_rendezvous_listens_on_loopback_only(csv_run):
     _, listening = csv_run
     assert listening, "a single-process run still runs a rendezvous store: it must listen somewhere"

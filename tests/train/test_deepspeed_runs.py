@@ -13,6 +13,9 @@ import pytest
 
 import processes
 
+# every test starts or reads two-rank DeepSpeed runs
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 KILLER = Path(__file__).with_name("train_then_kill.py")
 pytest.importorskip("deepspeed")

@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 import processes
 
 from fastscale.train.launch import resume_command
@@ -34,6 +36,7 @@ def _last_step(metrics: Path) -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_ctrl_c_prints_one_line_with_the_resume_command_and_resume_names_its_checkpoint(tmp_path):
     config = tmp_path / "run.json"
     config.write_text(json.dumps(RUN))

@@ -14,6 +14,9 @@ import pytest
 
 import processes
 
+# two launcher runs of two ranks each
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 pytest.importorskip("deepspeed")
 

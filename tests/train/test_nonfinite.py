@@ -83,6 +83,7 @@ def checkpoints(out: Path) -> list[str]:
     return sorted(p.name for p in (out / "checkpoints").iterdir() if p.is_dir()) if (out / "checkpoints").is_dir() else []
 
 
+@pytest.mark.slow
 def test_a_non_finite_loss_stops_the_run_after_writing_its_step(tmp_path):
     out = tmp_path / "run"
     result = train(out, {"steps": 8, "checkpoint_interval": 2, "keep_checkpoints": 5}, poison=[4])
@@ -99,6 +100,7 @@ def test_a_non_finite_loss_stops_the_run_after_writing_its_step(tmp_path):
     assert summary["final_loss"] is None and summary["tokens"] == 4 * 16 * 8  # tokens: the elements of x
 
 
+@pytest.mark.slow
 def test_between_log_steps_a_non_finite_step_is_found_at_the_next_log_step(tmp_path):
     """The loop reads losses only on log steps: a non-finite step 5 under log_interval=4 is judged at
     step 8, which then records step 5 (and nothing after it), names it and writes no checkpoint of 8."""
@@ -114,6 +116,7 @@ def test_between_log_steps_a_non_finite_step_is_found_at_the_next_log_step(tmp_p
     assert summary["stopped"]["step"] == 5 and summary["tokens"] == 8 * 16 * 8  # steps 6-8 ran before the read
 
 
+@pytest.mark.slow
 def test_skip_mode_withholds_updates_and_stops_after_too_many_in_a_row(tmp_path):
     out = tmp_path / "run"
     train_settings = {"steps": 12, "nonfinite": "skip", "max_consecutive_skips": 3, "checkpoint_interval": 5, "noise_scale_interval": 1}
@@ -135,6 +138,7 @@ def test_skip_mode_withholds_updates_and_stops_after_too_many_in_a_row(tmp_path)
     assert summary["skipped_steps"] == 4 and summary["stopped"]["step"] == 8
 
 
+@pytest.mark.slow
 def test_bf16_steps_deepspeed_withholds_are_counted_as_skipped(tmp_path):
     """Under bf16 DeepSpeed itself withholds an update with non-finite gradients (bf16.check_grad_overflow);
     the trainer reads that from the engine and counts the step. The optimizer is DeepSpeed's own (an
@@ -151,6 +155,7 @@ def test_bf16_steps_deepspeed_withholds_are_counted_as_skipped(tmp_path):
     assert strict_json(out / "summary.json")["stopped"] is None
 
 
+@pytest.mark.slow
 def test_skip_mode_stops_when_the_update_could_not_be_withheld(tmp_path):
     """DeepSpeed's own optimizer (an "optimizer" section) under fp32 and ZeRO stage 0 applies whatever
     gradients it gets and the trainer's hook is not on it: the weights are then NaN, so skip mode stops."""
@@ -163,6 +168,7 @@ def test_skip_mode_stops_when_the_update_could_not_be_withheld(tmp_path):
     assert checkpoints(out) == ["step00000001"]
 
 
+@pytest.mark.slow
 def test_a_torn_metrics_line_is_cut_before_a_resumed_run_appends(tmp_path):
     settings = {"steps": 8, "checkpoint_interval": 4}
     reference = tmp_path / "reference"

@@ -18,6 +18,9 @@ import pytest
 
 import processes
 
+# every test reads one two-rank training run
+pytestmark = pytest.mark.slow
+
 pytest.importorskip("deepspeed")
 WORKER = Path(__file__).with_name("sync_worker.py")
 LOG_STEPS = [1, 4, 5, 6, 8, 10]  # noise (before steps 0 and 5), log_interval 4, checkpoints 5 and 10, eval 8, the last
