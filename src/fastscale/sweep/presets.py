@@ -139,6 +139,10 @@ PRESETS = {
     # head_dim 16), each trained on 8e5 tokens (260 steps of 4 clips, 0.58 epoch: no clip repeated), held-out
     # evaluations of 40 clips every 26 steps for the frontier's learning curves. The study scores all 200
     # held-out clips: the loss of frame 1 alone and of each later frame given the earlier ones, against N.
+    # Measured: 18 min for the sweep and its report at load 10-21 (other work and the resolutions study beside
+    # it; ~6 min of training when quiet, estimated from the runs' tokens/s). At this scale the earlier frames
+    # remove 0.3-0.5% of frame 2's loss and nothing of frames 3-4; rotary positions (10 min at load 3-10)
+    # gave 0.3-0.9% for frame 2 at higher losses (768 against 716 nats/frame at N = 3.9e5).
     "video": {
         "name": "video",
         "description": "4-frame 8x8 video clips: L(N), and each frame's loss given the earlier frames against N",
@@ -161,7 +165,8 @@ PRESETS = {
     # OUT` trains it at every resolution of the study's list (fastscale.sweep.domains.resolution_specs:
     # seq_len 3 r^2 + 1, the token budget scaled by the seq_len, so every resolution trains 220 steps of 8
     # images, one epoch) and compares them. Five sizes of distinct widths (head_dim 16). 32x32 (3,073-token
-    # rows) would take hours on a CPU: `--resolutions 8 16 32` on a GPU.
+    # rows) would take hours on a CPU: `--resolutions 8 16 32` on a GPU. Measured: 18 min for both grids, their
+    # reports and the comparison at load 9-20 (the video preset and other work beside it; 8x8 took 6 min of it).
     "resolutions": {
         "name": "resolutions",
         "description": "photo patches at 8x8 (and 16x16 with `fastscale resolutions`): L(N) per resolution in nats per image, N forecasts",
