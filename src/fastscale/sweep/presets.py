@@ -141,7 +141,7 @@ PRESETS = {
     # held-out clips: the loss of frame 1 alone and of each later frame given the earlier ones, against N.
     # Measured: 18 min for the sweep and its report at load 10-21 (other work and the resolutions study beside
     # it; ~6 min of training when quiet, estimated from the runs' tokens/s). At this scale the earlier frames
-    # remove 0.3-0.5% of frame 2's loss and nothing of frames 3-4; rotary positions (10 min at load 3-10)
+    # remove 0.3-0.5% of frame 2's loss and nothing of frames 3-4; rotary positions (10 min at load 7-11)
     # gave 0.3-0.9% for frame 2 at higher losses (768 against 716 nats/frame at N = 3.9e5).
     "video": {
         "name": "video",
