@@ -3,6 +3,7 @@ per-resolution fits and forecasts against an independent float64 least-squares f
 N = N0 (eps / T)^(-1/alpha), the grids `fastscale resolutions` derives, and the comparison's files."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -120,3 +121,18 @@ def test_write_comparison_puts_the_resolutions_side_by_side(tmp_path, rng, monke
     text = (tmp_path / "out" / "report.md").read_text()
     assert "| 8x8 | 192 | 5 |" in text and "| 16x16 | 768 | 5 |" in text and "| 16x16 | 0.01 |" in text
     assert json.loads((tmp_path / "out" / "report.json").read_text())["resolutions"][1]["tokens_per_image"] == 768
+
+
+def test_committed_resolutions_results_refit_independently():
+    """benchmarks/results/resolutions: each resolution's fit, refitted in float64 by scipy from the report's saved per-size losses."""
+    comparison = json.loads((Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "resolutions" / "report.json").read_text())
+    assert [s["resolution"] for s in comparison["resolutions"]] == [8, 16]
+    for section in comparison["resolutions"]:
+        t = section["tokens_per_image"]
+        assert t == 3 * section["resolution"] ** 2
+        token_loss = np.array([s["token_loss"] for s in section["sizes"]])
+        np.testing.assert_allclose(token_loss, [s["image_loss"] / t for s in section["sizes"]], rtol=1e-12)
+        fit = section["L_of_N"]
+        want = independent_fit(np.array([s["N"] for s in section["sizes"]]), token_loss)
+        assert [fit["params"][p] for p in ("L_inf", "x0", "alpha")] == pytest.approx(want, rel=1e-4)
+        assert fit["per_image"]["params"]["L_inf"] == pytest.approx(t * want[0], rel=1e-4)

@@ -2,6 +2,9 @@
 (one clip at a time, log-softmax in float64, frames summed by explicit slices), its report's per-position
 fits against an independent float64 least-squares fit, and its option and data checks."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -17,6 +20,7 @@ from fastscale.sweep.studies import video as study
 
 FRAMES, RESOLUTION = 4, 3  # 27 tokens a frame, 109 a clip with BOS
 TOKENS = 3 * RESOLUTION**2
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 
 
 @pytest.fixture(scope="module")
@@ -136,3 +140,12 @@ def test_preset_rows_are_whole_clips_and_no_clip_repeats():
     train_clips = preset["data"]["count"] * 0.9
     assert max(spec.budgets) / spec.seq_len < train_clips  # under one epoch
     assert len(spec.sizes) >= 4  # L_inf + (N0/N)^alpha per frame position needs four
+
+
+def test_committed_video_results_refit_independently():
+    """benchmarks/results/video: each frame position's fit, refitted in float64 by scipy from the report's saved per-size frame losses."""
+    section = json.loads((RESULTS / "video" / "report.json").read_text())["study"]
+    n = np.array([s["N"] for s in section["sizes"]])
+    for k, fit in enumerate(section["frame_fits"]):
+        want = independent_fit(n, np.array([s["frame_loss"][k] for s in section["sizes"]]))
+        assert [fit["params"][p] for p in ("L_inf", "x0", "alpha")] == pytest.approx(want, rel=1e-4)
