@@ -28,6 +28,7 @@ def test_chinchilla_truth_is_hoffmann_approach_3_and_its_data_follow_it():
     assert len(loss) >= 100 and len(np.unique(n)) >= 5 and len(np.unique(d)) >= 5
 
 
+@pytest.mark.slow
 def test_a_small_study_writes_counts_that_match_its_replicates(tmp_path):
     argv = ["--laws", "bcrit", "kaplan-n", "--replicates", "5", "--draws", "40", "--noise", "0.03", "--jobs", "1", "--out", str(tmp_path)]
     assert coverage.main(argv) == 0

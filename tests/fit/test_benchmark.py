@@ -7,6 +7,7 @@ import pytest
 from fastscale.fit import benchmark
 
 
+@pytest.mark.slow
 def test_quick_bench_reports_every_law_and_the_chinchilla_comparison(tmp_path, capsys):
     assert benchmark.main(["--quick", "--write", str(tmp_path)]) == 0
     printed = capsys.readouterr().out

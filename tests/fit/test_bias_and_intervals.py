@@ -42,6 +42,7 @@ def power_law_rows(seed, n, *, l_inf=2.0, x0=1e7, alpha=0.5, noise=0.02, x=None)
     return x, (l_inf + (x0 / x) ** alpha) * np.exp(rng.normal(0.0, noise, len(x)))
 
 
+@pytest.mark.slow
 def test_a_million_noisy_rows_recover_the_asymptote_within_the_interval():
     rng = np.random.default_rng(7)
     x = np.exp(rng.uniform(np.log(1e5), np.log(1e9), 1_000_000))

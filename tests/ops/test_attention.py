@@ -219,7 +219,8 @@ def poisoned(monkeypatch):
 
 
 TRITON_BATCHED = [
-    *[(torch.bfloat16, causal, length) for causal in (True, False) for length in (1, 7, 129, 300)],
+    *[(torch.bfloat16, causal, length) for causal in (True, False) for length in (1, 7, 129)],
+    *[pytest.param(torch.bfloat16, causal, 300, marks=pytest.mark.slow) for causal in (True, False)],
     (torch.float16, True, 129),
     (torch.float16, False, 7),
 ]

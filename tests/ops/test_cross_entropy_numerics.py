@@ -29,7 +29,7 @@ from fastscale.ops import linear_cross_entropy
 # takes ~25 s of CPU per case at 32k tokens, so it runs one case per path, both of which hand the backend
 # token gradients of 1/32k.
 CASES = [("torch", reduction, scale) for reduction in ("mean", "none") for scale in (1.0, 1024.0)]
-CASES += [("triton", "mean", 1024.0), ("triton", "none", 1.0)]
+CASES += [pytest.param("triton", "mean", 1024.0, marks=pytest.mark.slow), pytest.param("triton", "none", 1.0, marks=pytest.mark.slow)]  # 32768 tokens in the interpreter
 TOKENS, VOCAB, D = 32768, 37, 13
 FREQUENT = 4  # classes 0..3 are the targets; 4..36 are never seen
 U16 = 2.0**-11  # float16's unit roundoff

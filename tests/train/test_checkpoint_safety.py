@@ -8,7 +8,6 @@ The reference run is made once per module and copied per test.
 """
 
 import json
-import os
 import shutil
 import sys
 import textwrap
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from fastscale.train import checkpoint as ckpt
-from processes import run
+from processes import run, training_env
 
 pytest.importorskip("deepspeed")
 
@@ -33,19 +32,13 @@ MODEL_STATES, OPTIMIZER_STATES, RNG = "mp_rank_00_model_states.pt", "zero_pp_ran
 CURVE_KEYS = ("loss", "lr", "tokens", "grad_norm", "eval_loss")
 
 
-def environment(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "fastscale_torch_extensions"))
-    return {**env, "OMP_NUM_THREADS": "1", **extra}
-
-
 def train(out: Path, *extra, check=True):
     out.parent.mkdir(parents=True, exist_ok=True)
     (out.parent / "run.json").write_text(json.dumps(RUN))
     (out.parent / "ds.json").write_text(json.dumps(DS))
     command = [sys.executable, str(ROOT / "train.py"), "--config", str(out.parent / "run.json"),
                "--deepspeed_config", str(out.parent / "ds.json"), "--out", str(out), "--no-progress", *extra]
-    result = run(command, cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=300)
+    result = run(command, cwd=ROOT, env=training_env(), capture_output=True, text=True, timeout=300)
     if check and result.returncode != 0:
         raise AssertionError(f"train.py failed ({result.returncode}):\n{result.stderr[-3000:]}")
     return result
@@ -314,7 +307,7 @@ SMALL_DISK = textwrap.dedent(
 @pytest.mark.slow
 def test_a_full_disk_during_a_save_is_named_and_loses_nothing(tmp_path):
     out = tmp_path / "run"
-    result = run([sys.executable, "-c", SMALL_DISK, str(out)], env=environment(), capture_output=True, text=True, timeout=300)
+    result = run([sys.executable, "-c", SMALL_DISK, str(out)], env=training_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     failed = tag_dir(out, 20)
     message = result.stderr.splitlines()[-1]

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from processes import run
+from processes import run, training_env
 
 from fastscale.sweep import SweepSpec, run_sweep
 from fastscale.sweep.devices import Inventory, place_runs
@@ -158,8 +158,7 @@ def csv_run(tmp_path_factory):
     config = {"model": {"n_layer": 1, "d_model": 16, "n_head": 2}, "data": {"dataset": "digits"}, "seq_len": 33,
               "train": {"steps": 3, "log_interval": 1, "checkpoint_interval": 0, "eval_interval": 0, "noise_scale_interval": 0}}
     ds = {**DS, "csv_monitor": {"enabled": True, "job_name": "job"}, "steps_per_print": 1}
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-    result = run([sys.executable, "-c", RUN, json.dumps(config), json.dumps(ds), str(out)], cwd=cwd, env={**env, "OMP_NUM_THREADS": "1"},
+    result = run([sys.executable, "-c", RUN, json.dumps(config), json.dumps(ds), str(out)], cwd=cwd, env=training_env(),
                  timeout=300, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     return root, json.loads(result.stdout.strip().splitlines()[-1])

@@ -2,7 +2,8 @@
 loss, fp32 stages agree with each other, a killed run resumed from its checkpoint reproduces the
 uninterrupted curve step for step, and the run directory holds what the contract promises.
 
-Each DeepSpeed start costs ~10 s, so the runs are made once per module and shared by the assertions.
+Every DeepSpeed start imports DeepSpeed in each of its processes, so the runs are made once per module
+and shared by the assertions.
 """
 
 import json

@@ -49,6 +49,7 @@ def is_loopback(ip: str) -> bool:
     return (getattr(address, "ipv4_mapped", None) or address).is_loopback
 
 
+@pytest.mark.slow
 def test_two_ranks_rendezvous_and_gloo_listen_on_loopback_only():
     """Two ranks as DeepSpeed's single-node launcher starts them (MASTER_ADDR=127.0.0.1, LOCAL_SIZE=2):
     the store and gloo's sockets listen on loopback only (before: the store listened on [::]), the
@@ -96,6 +97,7 @@ print("started")
 """
 
 
+@pytest.mark.slow
 def test_stale_lock_of_a_killed_build_no_longer_hangs_a_run(tmp_path):
     """The newcomer's hang: a killed build left `lock` in the extension directory, and DeepSpeed polled
     it forever. Now the start removes it, says so naming it, and the process group comes up. (On a copy

@@ -77,6 +77,7 @@ def test_train_py_exits_with_a_clear_message(tmp_path):
     assert not (tmp_path / "o").exists()  # nothing started
 
 
+@pytest.mark.slow
 def test_train_py_stops_a_diverging_run_with_one_error_line(tmp_path):
     """lr 1e30 is finite, so the config passes; the first update blows the weights up and step 2's loss
     is NaN: train.py says so in one line (no traceback), exits 1, and keeps the metrics it wrote."""
@@ -123,10 +124,9 @@ SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_trainer_drives_a_users_module_in_one_process(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "fastscale_torch_extensions"))
-    result = processes.run([sys.executable, "-c", SCRIPT, str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
+    result = processes.run([sys.executable, "-c", SCRIPT, str(tmp_path)], capture_output=True, text=True, env=processes.training_env(), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(1, 41))

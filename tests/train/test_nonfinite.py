@@ -12,7 +12,6 @@ step_outcome, the function the loop asks.
 
 import json
 import math
-import os
 import sys
 import textwrap
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from fastscale.train.trainer import step_outcome
-from processes import run
+from processes import run, training_env
 
 pytest.importorskip("deepspeed")
 
@@ -60,10 +59,7 @@ SCRIPT = textwrap.dedent(
 
 def train(out: Path, train: dict, *, poison=(), ds=None, resume=False, fault_at=None):
     spec = {"out": str(out), "train": train, "poison": list(poison), "ds": ds or {}, "resume": resume, "fault_at": fault_at}
-    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "fastscale_torch_extensions"))
-    env.update(OMP_NUM_THREADS="1")
-    return run([sys.executable, "-c", SCRIPT, json.dumps(spec)], capture_output=True, text=True, env=env, timeout=300)
+    return run([sys.executable, "-c", SCRIPT, json.dumps(spec)], capture_output=True, text=True, env=training_env(), timeout=300)
 
 
 def refuse_constant(name):
