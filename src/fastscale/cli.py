@@ -70,6 +70,15 @@ COMMANDS = {
                       "write the scaling-law report of a sweep",
                       "Fit L(N), L(C), the frontier, N_opt(C), forecasts and the extrapolation check; write report.md, report.json and plots.",
                       requires=("report",)),
+    "resolutions": Command("fastscale.sweep.domains:add_resolutions_arguments", "fastscale.sweep.domains:run_resolutions",
+                           "train one grid per image resolution and compare L(N) in nats per image",
+                           "Train the resolutions preset (or a sweep file with a resolutions study) once per resolution into OUT_DIR/r{R} "
+                           "(resumable), then compare L(N), L_inf and alpha per resolution and forecast the N each needs; writes OUT_DIR/report.md.",
+                           requires=("train", "report")),
+    "frontier": Command("fastscale.sweep.domains:add_frontier_arguments", "fastscale.sweep.domains:run_frontier",
+                        "tabulate the N_opt(C) exponent of every sweep report under a folder",
+                        "Collect the N_opt(C) exponent (frontier and IsoFLOP) of every report.json under DIR into DIR/frontier_table.md "
+                        "and .json, beside Henighan et al.'s ~0.7."),
     "sample": Command("fastscale.sample:add_arguments", "fastscale.sample:run", "draw samples from a trained run, decoded with its tokenizer",
                       "Sample from a run's newest checkpoint: images as a PNG grid, text as text."),
     "doctor": Command("fastscale.cli:add_doctor_arguments", "fastscale.cli:run_doctor",

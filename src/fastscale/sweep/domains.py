@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 from pathlib import Path
 
-from fastscale.io import read_json, write_json
+from fastscale.io import read_json, write_atomically, write_json
 
 # Henighan et al. 2020 (abstract): the compute-optimal model size grows as a power of the compute "with exponents
 # that are nearly universal across all data domains" (images, video, image<->text, math), about 0.7.
@@ -65,7 +64,7 @@ def write_comparison(sweep_dirs, out_dir, *, n_bootstrap: int = 1000, seed: int 
         comparison = compare(sweep_dirs, n_bootstrap, seed)
     comparison["plots"] = comparison_plots(comparison, out_dir)
     write_json(out_dir / "report.json", comparison, indent=2)
-    (out_dir / "report.md").write_text(comparison_markdown(comparison), encoding="utf-8")
+    write_atomically(out_dir / "report.md", comparison_markdown(comparison))
     return comparison
 
 
@@ -95,7 +94,7 @@ def run_resolutions(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for r, spec in specs.items():
         path = out / f"sweep_r{r}.json"
-        path.write_text(json.dumps(spec, indent=2), encoding="utf-8")
+        write_json(path, spec, indent=2)
         print(f"resolution {r}x{r}: {out / f'r{r}'}")
         sweep = argparse.Namespace(out_dir=str(out / f"r{r}"), preset=str(path), jobs=args.jobs, launcher="auto", address=None, no_report=False,
                                    restore_state=False, retrain=(), bootstrap=args.bootstrap, forecast_reducible=None)
@@ -171,7 +170,7 @@ def write_frontier_table(root, out_dir=None) -> tuple[list[dict], Path]:
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / f"{TABLE_STEM}.json", {"henighan_exponent": HENIGHAN_EXPONENT, "rows": rows}, indent=2)
     path = out / f"{TABLE_STEM}.md"
-    path.write_text(frontier_markdown(rows), encoding="utf-8")
+    write_atomically(path, frontier_markdown(rows))
     return rows, path
 
 
