@@ -125,7 +125,7 @@ def no_budget_check(monkeypatch):
     """The synthetic runs' sizes are not shapes GPTConfig builds: give every run the FLOPs its name says."""
     from fastscale.sweep import spec
 
-    monkeypatch.setattr(spec.SweepSpec, "flops_per_token", lambda self, n: 7.0 * n)
+    monkeypatch.setattr(spec.SweepSpec, "flops_per_token", lambda self, n, aspect_ratio=None: 7.0 * n)
     monkeypatch.setattr(spec.SweepSpec, "tokens_per_step", lambda self: 1)
 
 
