@@ -208,6 +208,11 @@ def build_report(sweep_dir, *, n_bootstrap: int = 1000, forecast_reducible=None)
         return _build_report(Path(sweep_dir), n_bootstrap, forecast_reducible)
 
 
+def item_name(spec: dict) -> str:
+    """What tokens_per_item tokens make in this sweep's data: a 4-frame video clip, else an image."""
+    return "clip" if (spec.get("data") or {}).get("dataset") == "video" else "image"
+
+
 def _build_report(sweep_dir: Path, n_bootstrap: int, forecast_reducible) -> tuple[dict, dict]:
     spec = read_state(sweep_dir / "sweep.json")
     tokens_per_item = spec.get("tokens_per_item")
@@ -217,7 +222,7 @@ def _build_report(sweep_dir: Path, n_bootstrap: int, forecast_reducible) -> tupl
     longest = longest_runs(runs)
     n, loss = final_losses(longest)
     rows = run_rows(spec, runs)
-    report = {"sweep": spec.get("name"), "tokens_per_item": tokens_per_item, "n_bootstrap": n_bootstrap, "runs": rows, "compute": compute_section(rows),
+    report = {"sweep": spec.get("name"), "tokens_per_item": tokens_per_item, "item": item_name(spec), "n_bootstrap": n_bootstrap, "runs": rows, "compute": compute_section(rows),
               "skipped_lines": {r["name"]: r["skipped"] for r in runs if r["skipped"]}}
     report["one_token_budget"] = len(spec.get("tokens", [])) == 1
     law = fit_power_law(n, loss, n_bootstrap=n_bootstrap, seed=SEED, **seed_groups(n))
@@ -646,14 +651,14 @@ def _chinchilla_markdown(section: dict | None) -> list[str]:
         f"- flags: {'; '.join(section['flags']) or 'none'}"]
 
 
-def _forecast_markdown(rows: list[dict]) -> list[str]:
+def _forecast_markdown(rows: list[dict], item: str) -> list[str]:
     """The forecast table, or why there is none."""
     if not rows:
         return ["", "## Forecast", "", "None: L(N) has no reducible loss at the largest model (its loss does not fall with N), so no size to forecast."]
     lines = ["", "## Forecast", "", "The model size L(N) needs for a reducible loss, and the compute at which that size is compute-optimal "
               "(N_opt(C) inverted; its interval is over the N_opt(C) fit at the point N). D is C / 6N: it leaves out the attention term "
               "C counts, so it overstates the tokens by C / 6ND (the runs table gives that ratio at the sizes trained).", "",
-              "| reducible (nats/token) | reducible (nats/image) | loss | N [95%] | C FLOPs [95%] | D = C / 6N tokens |", "|---|---|---|---|---|---|"]
+              f"| reducible (nats/token) | reducible (nats/{item}) | loss | N [95%] | C FLOPs [95%] | D = C / 6N tokens |", "|---|---|---|---|---|---|"]
     for row in rows:
         c = row["C"]
         c_text = f"{c['value']:.3g} [{c['low']:.3g}, {c['high']:.3g}]" if c else "-"
@@ -666,10 +671,10 @@ def _forecast_markdown(rows: list[dict]) -> list[str]:
 
 
 def _markdown(report: dict) -> str:
-    law, tpi = report["L_of_N"], report["tokens_per_item"]
+    law, tpi, item = report["L_of_N"], report["tokens_per_item"], report.get("item", "image")
     lines = [f"# Scaling report: sweep `{report['sweep']}`", "",
              f"{len(report['runs'])} finished runs; intervals are 95% bootstrap ({report['n_bootstrap']} draws). Losses in nats per token"
-             + (f"; per image = per token x {tpi}." if tpi else "."), "",
+             + (f"; per {item} = per token x {tpi}." if tpi else "."), "",
              *_compute_markdown(report["compute"]),
              *_skipped_markdown(report["skipped_lines"]),
              "## L(N): final loss against non-embedding parameters", "",
@@ -677,10 +682,10 @@ def _markdown(report: dict) -> str:
              "L(N) = L_inf + (N0/N)^alpha. Left: the loss; right: the reducible loss L - L_inf on log-log axes, where the law is a straight "
              "line. The held-out point of the extrapolation check is marked; shorter token budgets are drawn hollow (not fitted).", "",
              f"- alpha = {_interval(law, 'alpha')}", f"- L_inf = {_interval(law, 'L_inf')} nats/token"
-             + (f" = {law['per_item']['L_inf']:.4g} nats/image" if tpi else ""),
+             + (f" = {law['per_item']['L_inf']:.4g} nats/{item}" if tpi else ""),
              f"- N0 = {_interval(law, 'x0')}", f"- converged: {law['converged']}; flags: {law['flags'] or 'none'}",
              f"- {_seeds_text(law)}", "", _l_inf_text(report), "",
-             "| run | N | final loss | observed reducible L - L_inf | fitted reducible (N0/N)^alpha | fitted reducible (nats/image) |",
+             f"| run | N | final loss | observed reducible L - L_inf | fitted reducible (N0/N)^alpha | fitted reducible (nats/{item}) |",
              "|---|---|---|---|---|---|"]
     for name, n, loss, observed, red in zip(law["runs"], law["N"], law["loss"], law["reducible_observed"], law["reducible"]):
         lines.append(f"| {name} | {n:.3g} | {loss:.4f} | {observed:.4f} | {red:.4f} | {f'{red * tpi:.2f}' if tpi else '-'} |")
@@ -708,7 +713,7 @@ def _markdown(report: dict) -> str:
                       "Several token budgets per size (or runs to convergence) measure N_opt(C)."]
     lines += _isoflop_markdown(report["isoflop"], report["compute"])
     lines += _repeated_markdown(report["repeated_data"])
-    lines += _forecast_markdown(report["forecast"])
+    lines += _forecast_markdown(report["forecast"], item)
     noise = report["noise_scale"]
     lines += ["", "## Gradient noise scale", ""]
     if noise["per_run"]:
