@@ -19,6 +19,7 @@ def run_cli(capsys, *argv):
     return code, out, err
 
 
+@pytest.mark.slow
 def test_chinchilla_json_prints_the_published_fit(capsys, epoch_csv):
     code, out, err = run_cli(
         capsys, epoch_csv, "--law", "chinchilla", "--N", "Model Size", "--C", "Training FLOP", "--loss", "loss",

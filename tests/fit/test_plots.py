@@ -70,6 +70,7 @@ def frontier(rng):
     return fit, run, n, c, loss, holdout_largest_runs(run, n, c, loss, 1, n_bootstrap=N_BOOTSTRAP)
 
 
+@pytest.mark.slow
 def test_every_plot_writes_png_and_svg(tmp_path, rng, power, overtrain, frontier):
     fit, x, y, check = power
     broken_x = np.geomspace(1e3, 1e9, 20)

@@ -190,6 +190,7 @@ def test_bad_forecast_losses_are_refused_before_any_fit(sweep, bad):
         build_report(root, n_bootstrap=BOOT, forecast_reducible=bad)
 
 
+@pytest.mark.slow
 def test_fastscale_report_command_forecasts_the_losses_it_is_given(sweep):
     import sys
 
@@ -247,6 +248,7 @@ def test_the_report_states_the_flop_convention_and_shows_6nd_beside_c(sweep):
     assert report["isoflop"] is None and "IsoFLOP" not in text  # token budgets: no profiles
 
 
+@pytest.mark.slow
 def test_a_compute_sweeps_report_shows_each_runs_budget_and_its_distance(tmp_path, rng):
     """A sweep directory as an IsoFLOP sweep's runs would leave it (no training): each run trained the
     steps its spec gives, and recorded C = flops_per_token of its built shape x tokens."""

@@ -204,6 +204,7 @@ def test_monitor_sections_are_checked_by_deepspeeds_model_and_for_their_package(
     monitor.check_sections({"tensorboard": {"enabled": False}})  # a disabled monitor needs nothing
 
 
+@pytest.mark.slow
 def test_peak_rss_is_the_programs_own_not_that_of_the_process_it_was_forked_from():
     """A sweep inside pytest forks each trainer from a large process (preexec_fn: fork + exec, not vfork):
     ru_maxrss then carries the parent's size; VmHWM is the program's own."""
