@@ -127,7 +127,7 @@ def test_loss_memory_fused_holds_less_than_eager_logits():
     assert m["eager_bytes"] == pytest.approx(formula["eager_loss"], rel=0.05)
     assert m["fused_bytes"] == pytest.approx(formula["fused_loss"], rel=0.05)
     tied = vocabulary_bytes(4096, 16, 256, tie_embeddings=True)
-    assert tied["weights"] == 4096 * 16 * 4 and formula["optimizer"] == 2 * 4096 * 16 * 8
+    assert tied["weights"] == 4096 * 16 * 4 and formula["optimizer_state"] == 2 * 4096 * 16 * 8
 
 
 @pytest.mark.parametrize("tie", [False, True])

@@ -107,7 +107,7 @@ def test_the_vocabulary_line_counts_its_states_and_the_logits_the_fused_loss_avo
     tokens = 4 * 1024
     v = vocabulary_bytes(vocab, 256, tokens, tie_embeddings=tie, bf16=True)
     matrices = 1 if tie else 2
-    assert (v["weights"], v["gradients"], v["optimizer"]) == (matrices * vocab * 256 * 2, matrices * vocab * 256 * 2, matrices * vocab * 256 * 12)
+    assert (v["weights"], v["gradients"], v["optimizer_state"]) == (matrices * vocab * 256 * 2, matrices * vocab * 256 * 2, matrices * vocab * 256 * 12)
     assert v["eager_loss"] == 3 * tokens * vocab * 4
     rows = min(tokens, 128 * 2**20 // (vocab * 4))
     assert v["fused_loss"] == (rows * vocab + vocab * 256 + tokens * 256) * 4 < v["eager_loss"] / 3

@@ -31,7 +31,7 @@ def _vocabulary_line(config, micro_batch: int, *, bf16: bool) -> str:
     """What the vocabulary costs each choice below (before ZeRO partitions it), and the logits the fused loss avoids."""
     tokens = micro_batch * config.seq_len
     v = vocabulary_bytes(config.vocab_size, config.d_model, tokens, tie_embeddings=config.tie_embeddings, bf16=bf16)
-    states = (v["weights"] + v["gradients"] + v["optimizer"]) / GiB
+    states = (v["weights"] + v["gradients"] + v["optimizer_state"]) / GiB
     return (f"vocabulary {config.vocab_size:,} x d_model {config.d_model}: weights, gradients and optimizer state {states:.2f} GiB (in the estimates); "
             f"the fused loss holds {v['fused_loss'] / MiB:,.0f} MiB per micro-batch of {tokens:,} tokens (counted) instead of eager logits' "
             f"{v['eager_loss'] / MiB:,.0f} MiB (not counted: {(v['eager_loss'] - v['fused_loss']) / MiB:,.0f} MiB avoided)")

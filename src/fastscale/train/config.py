@@ -347,7 +347,7 @@ class DeepSpeedSettings:
     or "fp32". choice: the ZeRO stage, offload devices and activation checkpointing, as the planner
     (fastscale.train.plan) names them. optimizer / scheduler: the config has that section (DeepSpeed
     builds it; otherwise the Trainer supplies AdamW / its LR schedule); optimizer_lr: that section's
-    peak lr, if it sets one. written: which of PLANNED_KEYS the config sets itself. requested_batch: the
+    peak lr, if it sets one. gradient_clipping: the max gradient norm (0: no clipping). written: which of PLANNED_KEYS the config sets itself. requested_batch: the
     batch keys as written, from which `for_world_size` resolves the batch sizes for another world size.
     """
 
@@ -363,6 +363,7 @@ class DeepSpeedSettings:
     scheduler: bool
     written: frozenset
     requested_batch: dict
+    gradient_clipping: float = 0.0
 
     @classmethod
     def parse(cls, source, world_size: int, *, device_type: str | None = None) -> "DeepSpeedSettings":
@@ -383,7 +384,8 @@ class DeepSpeedSettings:
         lr = ((config.get("optimizer") or {}).get("params") or {}).get("lr")
         return cls(config, world_size, config["train_batch_size"], config["train_micro_batch_size_per_gpu"],
                    config["gradient_accumulation_steps"], precision, choice, "optimizer" in config, None if lr is None else float(lr),
-                   "scheduler" in config, written, {key: config[key] for key in BATCH_KEYS} if requested_batch is None else requested_batch)
+                   "scheduler" in config, written, {key: config[key] for key in BATCH_KEYS} if requested_batch is None else requested_batch,
+                   float(config.get("gradient_clipping", 0.0)))
 
     @property
     def sixteen_bit(self) -> bool:

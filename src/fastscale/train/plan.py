@@ -122,7 +122,7 @@ def vocabulary_bytes(vocab_size: int, d_model: int, tokens: int, *, tie_embeddin
     weights = (1 if tie_embeddings else 2) * vocab_size * d_model
     p_bytes = 2 if bf16 else 4
     rows = min(tokens, chunk_rows(vocab_size, torch.float32))
-    return {"weights": weights * p_bytes, "gradients": weights * p_bytes, "optimizer": weights * (12 if bf16 else 8),
+    return {"weights": weights * p_bytes, "gradients": weights * p_bytes, "optimizer_state": weights * (12 if bf16 else 8),
             "eager_loss": 3 * tokens * vocab_size * 4, "fused_loss": (rows * vocab_size + vocab_size * d_model + tokens * d_model) * 4}
 
 

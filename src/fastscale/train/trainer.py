@@ -309,8 +309,11 @@ class Trainer:
             optimizer=optimizer,
             model_parameters=self._param_groups() if optimizer is None else None,
             lr_scheduler=scheduler,
-            config=self.ds.config,
+            config={**self.ds.config, "gradient_clipping": 0.0} if self._clips_itself() else self.ds.config,
         )
+        if self.world_size == 1 and self._steps_plainly():
+            # one rank: DeepSpeed's all-reduce would flatten every gradient, reduce it over this rank alone and copy it back
+            self.engine.enable_backward_allreduce = False
         device = self.engine.device
         self.device = torch.device(device) if not isinstance(device, torch.device) else device
         self.peak, self.peak_description = peak_flops(self.device)
@@ -406,13 +409,28 @@ class Trainer:
         self.engine.train()
         return self._mean_over_ranks(total / self.settings.eval_batches).item()
 
+    def _steps_plainly(self) -> bool:
+        """The engine steps a torch optimizer on the module's own gradients (ZeRO stage 0 in fp32), so
+        the Trainer can read, and clip, them where DeepSpeed keeps no norm."""
+        return self.ds.choice.stage == 0 and not self.ds.sixteen_bit
+
+    def _clips_itself(self) -> bool:
+        """Clipping with the one fused norm the Trainer computes anyway, instead of DeepSpeed's second
+        norm (one per parameter, then an all-reduce)."""
+        return self._steps_plainly() and self.ds.gradient_clipping > 0
+
     def _fused_grad_norm(self) -> torch.Tensor | None:
-        """The gradient norm before clipping, as one fused norm on the device, where the engine steps a
-        torch optimizer itself (ZeRO stage 0 in fp32: DeepSpeed keeps no norm there); else None."""
-        if self.ds.choice.stage != 0 or self.ds.sixteen_bit:
+        """The gradient norm before clipping, as one fused norm on the device, clipping the gradients
+        with it when the Trainer clips; None where the engine keeps its own norm."""
+        if not self._steps_plainly():
             return None
-        grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
-        return torch.nn.utils.get_total_norm(grads) if grads else None
+        params = [p for p in self.engine.module.parameters() if p.grad is not None]
+        if not params:
+            return None
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        if self._clips_itself():
+            torch.nn.utils.clip_grads_with_norm_(params, self.ds.gradient_clipping, norm)
+        return norm
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, step: int, state: dict) -> None:
