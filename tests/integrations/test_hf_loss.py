@@ -43,6 +43,7 @@ def test_loss_and_gradients_equal_stock(kind):
     assert_same_gradients(ref, fast)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_gradient_accumulation_with_num_items_in_batch(kind):
     """Two micro-batches, each loss summed and divided by the targets of both, as the Trainer does."""

@@ -103,7 +103,7 @@ def test_torch_batched(dtype, causal, length):
     check_against_reference("torch", dtype, [length, length], heads_q=4, heads_kv=2, head_dim=32, causal=causal, window=None, packed=False)
 
 
-@pytest.mark.parametrize("heads_q,heads_kv", [(2, 2), (4, 2), (8, 1)])
+@pytest.mark.parametrize("heads_q,heads_kv", [(2, 2), (4, 2), pytest.param(8, 1, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("window", [None, 1, 5, 64])
 def test_torch_packed(heads_q, heads_kv, causal, window):
