@@ -77,6 +77,7 @@ def _per_document(model, documents, weights):
     return total
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_packed_documents_equal_each_document_alone(kind, kernel_calls):
     """One row of documents 4, 6 and 3 tokens long (longer than the window of 3), position_ids

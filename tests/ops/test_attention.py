@@ -280,6 +280,7 @@ def _shipped_tiles():
 SHIPPED = _shipped_tiles()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch,block_d", SHIPPED, ids=lambda x: str(x))
 def test_triton_shipped_tiles(poisoned, monkeypatch, arch, block_d):
     """Each architecture's own tile shapes (CONFIGS[arch]), not the interpreter's, on ragged packed

@@ -98,6 +98,7 @@ def _error(capsys) -> str:
     return err[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", sorted(FAULTS))
 def test_a_damaged_sweep_state_file_is_one_error_line_and_the_previous_version_restores_it(written, fault, capsys, tmp_path):
     damage, name, problem = FAULTS[fault]
