@@ -129,6 +129,7 @@ def no_budget_check(monkeypatch):
     monkeypatch.setattr(spec.SweepSpec, "tokens_per_step", lambda self: 1)
 
 
+@pytest.mark.slow
 def test_report_of_an_isoflop_sweep(tmp_path, no_budget_check, monkeypatch, capsys, rng):
     from argparse import Namespace
 
@@ -184,6 +185,7 @@ def test_repeated_data_section_says_what_the_data_constrained_fit_lacks(tmp_path
     assert f"Not fitted on these runs: {error}" in _markdown(report)
 
 
+@pytest.mark.slow
 def test_a_sweep_without_repeats_says_so(tmp_path, no_budget_check):
     runs = [(n, c, 2.0 + 0.05 * np.log(n / 1e4) ** 2 + 1e1 / c**0.1) for c in (1e9, 1e10) for n in (2.5e3, 5e3, 1e4, 2e4)]
     write_sweep(tmp_path, runs, unique_tokens=1e12)

@@ -12,6 +12,9 @@ from fastscale.cli import main
 from fastscale.fit import fit_chinchilla, fit_power_law
 from fastscale.sweep.report import SMOOTH_FRACTION, build_report, write_report
 
+# every test reads one synthetic sweep's report, fitted with bootstraps
+pytestmark = pytest.mark.slow
+
 SIZES = [1e4, 2e4, 5e4, 1e5, 3e5, 1e6]
 SEEDS = {1e4: (0, 1), 2e4: (0, 1)}
 STEPS = {1e5: 100, 2e5: 200, 3e5: 300}  # token budget -> steps of 1,000 tokens
