@@ -25,9 +25,10 @@ INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def pytest_configure(config):
-    # CI runs every test; `pytest -m "not slow"` is the inner loop (<= 3 minutes on 2 cores).
+    # CI runs every test; `pytest -m "not slow"` is the inner loop.
     config.addinivalue_line(
-        "markers", "slow: takes more than ~10 s on 2 cores; deselect with -m 'not slow'"
+        "markers", "slow: starts a training run, sweep, compile or subprocess, or runs a long interpreter case; "
+                   "deselect with -m 'not slow'"
     )
 
 
