@@ -11,12 +11,15 @@ import sys
 
 from fastscale.extras import MissingExtraError, require
 
-if __name__ == "__main__":
-    try:
-        require("train", "train.py")
-    except MissingExtraError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-    from fastscale.train.launch import main
+try:
+    require("train", "train.py")
+except MissingExtraError as error:
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
 
+# at module level, not under __main__: imported only there, a Ctrl-C printed a traceback from
+# multiprocessing's resource sharer (the DataLoader workers' file-descriptor passing; test_launch_interrupt)
+from fastscale.train.launch import main  # noqa: E402
+
+if __name__ == "__main__":
     sys.exit(main())
