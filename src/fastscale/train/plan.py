@@ -105,6 +105,12 @@ def activation_bytes(config: GPTConfig, micro_batch: int, bytes_per_value: int, 
     return int(L * full_layer)
 
 
+def state_bytes(bf16: bool) -> tuple[int, int]:
+    """(bytes per parameter of the weights and of their gradients, bytes per parameter of the optimizer
+    state): 2 and 12 in mixed precision (fp32 master, Adam's m and v), 4 and 8 in fp32 (the module docstring)."""
+    return (2, 12) if bf16 else (4, 8)
+
+
 def vocabulary_bytes(vocab_size: int, d_model: int, tokens: int, *, tie_embeddings: bool = False, bf16: bool = False) -> dict:
     """What the vocabulary costs a training step on one rank before ZeRO partitions it, closed form: its
     weights (the token embedding and, untied, the output projection: V x d each), their gradients and
@@ -120,9 +126,9 @@ def vocabulary_bytes(vocab_size: int, d_model: int, tokens: int, *, tie_embeddin
     from fastscale.ops.cross_entropy_torch import chunk_rows
 
     weights = (1 if tie_embeddings else 2) * vocab_size * d_model
-    p_bytes = 2 if bf16 else 4
+    p_bytes, optimizer_bytes = state_bytes(bf16)
     rows = min(tokens, chunk_rows(vocab_size, torch.float32))
-    return {"weights": weights * p_bytes, "gradients": weights * p_bytes, "optimizer_state": weights * (12 if bf16 else 8),
+    return {"weights": weights * p_bytes, "gradients": weights * p_bytes, "optimizer_state": weights * optimizer_bytes,
             "eager_loss": 3 * tokens * vocab_size * 4, "fused_loss": (rows * vocab_size + vocab_size * d_model + tokens * d_model) * 4}
 
 
@@ -131,8 +137,8 @@ def estimate(config: GPTConfig, choice: Choice, *, world_size: int = 1, micro_ba
     on the host) included."""
     P = config.n_params_total
     W = world_size
-    p_bytes = 2 if bf16 else 4
-    params, grads, optim = p_bytes * P, p_bytes * P, (12 if bf16 else 8) * P
+    p_bytes, optimizer_bytes = state_bytes(bf16)
+    params, grads, optim = p_bytes * P, p_bytes * P, optimizer_bytes * P
     grads_fp32 = 4 * P if bf16 or choice.offload_optimizer != "none" else 0
     if choice.stage >= 1:
         optim /= W
