@@ -18,6 +18,7 @@ from fastscale.fit import fit_power_law
 from fastscale.model import GPT
 from fastscale.sweep.evaluation import load_trained
 from fastscale.sweep.presets import PRESETS
+from fastscale.sweep.report import study_section
 from fastscale.sweep.spec import SweepError, SweepSpec
 from fastscale.sweep.studies import classify
 
@@ -213,7 +214,7 @@ def test_report_averages_seeds_and_fits_like_fastscale_fit(rng):
     assert same(section["fit"], fit_power_law(sizes, loss, n_bootstrap=50, seed=4).summary())
     base = np.array([mean("classification_loss", n, "baseline") for n in sizes])
     assert same(section["baseline_fit"], fit_power_law(sizes, base, n_bootstrap=50, seed=4).summary())
-    assert section["options"] == classify.DEFAULTS and section["not_evaluated"] == []
+    assert section["options"] == classify.DEFAULTS
     json.dumps(section)
 
 
@@ -225,9 +226,9 @@ def test_report_falls_back_to_a_pure_power_law_then_to_an_error_never_crashing(t
     assert same({k: v for k, v in three["fit"].items() if k != "fallback"}, expected)
     assert "pure power law (L_inf = 0): power law: got 3 points" in three["fit"]["fallback"]
     assert any("fallback: pure power law (L_inf = 0)" in line for line in classify.markdown(three))
-    one = classify.report(hand_made_runs(rng, [1e4], seeds=1) + [{"name": "N2e4_s0", "config": {"n_params": 20000}}], {}, 20, 0)
+    one = study_section({"kind": "classify"}, hand_made_runs(rng, [1e4], seeds=1) + [{"name": "N2e4_s0", "config": {"n_params": 20000}}], 20, 0)
     assert "error" in one["fit"] and "pure power law" in one["fit"]["error"]
-    assert one["not_evaluated"] == ["N2e4_s0"]
+    assert one["missing"] == ["N2e4_s0"]
     assert any("no fit" in line for line in classify.markdown(one))
     assert classify.plots(one, tmp_path) == ["classify.png", "classify.svg"]
 

@@ -16,6 +16,7 @@ from fastscale.data.sources import math_problems
 from fastscale.fit import fit_power_law
 from fastscale.sweep.evaluation import load_trained, token_scores
 from fastscale.sweep.presets import PRESETS
+from fastscale.sweep.report import study_markdown, study_section
 from fastscale.sweep.spec import SweepError, SweepSpec
 from fastscale.sweep.studies import math as study
 
@@ -165,14 +166,15 @@ def test_report_falls_back_when_a_level_cannot_be_fitted(tmp_path, rng):
     for r in runs[1:]:
         r["study"]["levels"] = r["study"]["levels"][:2]  # level 3 at one size only
     runs.append({"name": "unevaluated", "config": {"n_params": 3e6}})
-    section = study.report(runs, OPTIONS, n_bootstrap=20, seed=0)
+    section = study_section({"kind": "math", **OPTIONS}, runs, n_bootstrap=20, seed=0)
     fallback = section["levels"][0]["fits"]["answer_loss"]
     losses = [r["study"]["levels"][0]["answer_loss"] for r in runs[:3]]
     expected = fit_power_law(np.array(sizes), np.array(losses), irreducible=False, n_bootstrap=20, seed=0)
     assert "pure power law" in fallback["fallback"] and fallback["params"] == pytest.approx(expected.summary()["params"], rel=1e-9)
     assert "error" in section["levels"][2]["fits"]["answer_loss"]
     assert section["missing"] == ["unevaluated"]
-    lines = study.markdown(section)
+    lines = study_markdown(section)
+    assert "Runs without a study evaluation (left out): unevaluated." in lines
     assert sum(line.startswith("| 3 | extrapolated |") for line in lines) == 3  # answer, exact match, fits
     assert any("no fit" in line for line in lines)
     assert study.plots(section, tmp_path) == ["math_loss_vs_N.png", "math_loss_vs_N.svg"]

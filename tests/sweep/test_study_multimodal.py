@@ -17,6 +17,7 @@ from fastscale.fit import fit_power_law
 from fastscale.fit.bootstrap import resample_counts
 from fastscale.sweep.evaluation import load_trained
 from fastscale.sweep.presets import PRESETS
+from fastscale.sweep.report import study_markdown, study_section
 from fastscale.sweep.spec import SweepError, SweepSpec
 from fastscale.sweep.studies import multimodal
 
@@ -200,18 +201,18 @@ def test_report_numbers_against_fastscale_fit_and_numpy():
 def test_report_markdown_and_plots(tmp_path):
     runs = hand_made_runs(1)
     runs[0] = {**runs[0], "study": None}
-    section = multimodal.report(runs, {}, n_bootstrap=50, seed=0)
+    section = study_section({"kind": "multimodal"}, runs, n_bootstrap=50, seed=0)
     assert section["missing"] == [runs[0]["name"]]
-    text = "\n".join(multimodal.markdown(section))
+    text = "\n".join(study_markdown(section))
     slope = section["I_of_N"]["slope_per_decade"]
     assert f"b = {slope['value']:.3g} [{slope['low']:.3g}, {slope['high']:.3g}]" in text
     assert f"{section['sizes'][-1]['infogain']:.4f}" in text and runs[0]["name"] in text and "ln 10" in text
     assert section["positions"] == ["learned"] and "Caveat: these models use learned absolute positions" in text
     assert "below zero" not in text  # every hand-made I is positive
     runs[1]["study"] = {**runs[1]["study"], "information_from_caption": -1.0, "information_from_caption_se": 0.1}  # the only run of its N
-    text = "\n".join(multimodal.markdown(multimodal.report(runs, {}, n_bootstrap=10, seed=0)))
+    text = "\n".join(multimodal.markdown(multimodal.report(runs[1:], {}, n_bootstrap=10, seed=0)))
     assert f"below zero by more than two standard errors at N = {runs[1]['config']['n_params']:.3g}:" in text
-    rotary = [{**r, "config": {**r["config"], "model": {"positions": "rotary"}}} for r in runs]
+    rotary = [{**r, "config": {**r["config"], "model": {"positions": "rotary"}}} for r in runs[1:]]
     assert "Caveat" not in "\n".join(multimodal.markdown(multimodal.report(rotary, {}, n_bootstrap=10, seed=0)))
     names = multimodal.plots(section, tmp_path)
     assert sorted(names) == sorted(f"multimodal_{k}{s}" for k in ("information", "losses") for s in (".png", ".svg"))
@@ -224,7 +225,9 @@ def test_report_with_too_few_sizes_says_why():
     assert "2 model sizes; L(N) has 3 parameters and needs at least 3" in section["L_of_N"]["image_alone"]["error"]
     assert "2 model sizes" in section["I_of_N"]["error"] and section["I_asymptote_from_fits"] is None
     assert "not fitted" in "\n".join(multimodal.markdown(section))
-    assert "no run has a multimodal study" in multimodal.report([{**runs[0], "study": None}], {}, 20, 0)["error"]
+    unevaluated = study_section({"kind": "multimodal"}, [{**runs[0], "study": None}], 20, 0)
+    assert "no run has a multimodal study" in unevaluated["error"]
+    assert f"No multimodal study results: {unevaluated['error']}." in study_markdown(unevaluated)
 
 
 @pytest.mark.parametrize("options, message", [

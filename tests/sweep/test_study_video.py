@@ -15,6 +15,7 @@ import fastscale.sweep.evaluation as evaluation
 from fastscale.data.prepare import prepare
 from fastscale.model import GPT, GPTConfig
 from fastscale.sweep.presets import PRESETS
+from fastscale.sweep.report import study_markdown, study_section
 from fastscale.sweep.spec import SweepError, SweepSpec
 from fastscale.sweep.studies import video as study
 
@@ -111,7 +112,7 @@ def test_report_markdown_and_plot(tmp_path, rng):
     assert "| frame | alpha | L_inf (nats/frame)" in text and "| 2 |" in text and "later (mean of 2..)" in text
     assert study.plots(section, tmp_path) == ["video_frames.png", "video_frames.svg"]
     assert (tmp_path / "video_frames.png").stat().st_size > 0
-    assert "No video study results" in "\n".join(study.markdown(study.report([{"name": "a", "config": {"n_params": 1e4}}], {}, 10, 0)))
+    assert "No video study results" in "\n".join(study_markdown(study_section({"kind": "video"}, [{"name": "a", "config": {"n_params": 1e4}}], 10, 0)))
 
 
 def test_too_few_sizes_fall_back_with_the_reason(rng):

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from fastscale.sweep.report import study_markdown, study_section
 from fastscale.sweep.spec import SweepError
 from fastscale.sweep.studies import text
 from fastscale.train.plan import vocabulary_bytes
@@ -90,13 +91,13 @@ def test_l_of_d_and_l_of_nd_use_the_held_out_curves_after_warmup(study):
 def test_memory_rows_and_markdown(rng):
     runs = fake_runs(rng)
     runs[0] = {k: v for k, v in runs[0].items() if k != "study"}
-    section = text.report(runs, {}, n_bootstrap=2, seed=0)
+    section = study_section({"kind": "text"}, runs, n_bootstrap=2, seed=0)
     assert section["missing"] == [runs[0]["name"]]
     assert len(section["memory"]) == 7 and all(m["ratio"] == pytest.approx(100_000_000 / (35_000_000 + m["d_model"])) for m in section["memory"])
-    lines = "\n".join(text.markdown(section))
+    lines = "\n".join(study_markdown(section))
     assert "| non-embedding |" in lines and "| total |" in lines and "alpha_N = 0.076" in lines and "text_laws.png" in lines
     assert "Runs without a study evaluation (left out)" in lines
-    assert text.report([runs[0]], {}, 10, 0)["error"].startswith("no run has a text study evaluation")
+    assert study_section({"kind": "text"}, [runs[0]], 10, 0)["error"].startswith("no run has a text study evaluation")
 
 
 def test_plot_is_written(tmp_path, study):

@@ -241,8 +241,7 @@ def _build_report(sweep_dir: Path, n_bootstrap: int, forecast_reducible) -> tupl
     report["forecast"] = _forecast(law, frontier, n, tokens_per_item, forecast_reducible, unique)
     report["noise_scale"], noise_fit = _noise(runs, n_bootstrap)
     if spec.get("study"):
-        options = study_options(spec["study"])
-        report["study"] = {"kind": spec["study"]["kind"], **study(spec["study"]["kind"]).report(runs, options, n_bootstrap, SEED)}
+        report["study"] = study_section(spec["study"], runs, n_bootstrap)
     fits = {"L_of_N": law, "N": n, "loss": loss, "holdout": holdout, "shorter": _shorter_runs(runs, longest), "frontier": frontier, "curves": curves,
             "noise": noise_scales(runs), "noise_fit": noise_fit, "n_params": {r["name"]: r["config"]["n_params"] for r in runs},
             "tokens": {r["name"]: r["summary"]["tokens"] for r in runs}, "isoflop": isoflop}
@@ -476,9 +475,32 @@ def _plots(fits: dict, out: Path) -> list[str]:
     return names
 
 
+def study_section(study_spec: dict, runs: list[dict], n_bootstrap: int, seed: int = SEED) -> dict:
+    """The study's section: its own report on the runs it evaluated (those with a study.json), the others
+    named in "missing"; with none evaluated, an "error" instead."""
+    kind = study_spec["kind"]
+    evaluated = [r for r in runs if r.get("study")]
+    missing = [r["name"] for r in runs if not r.get("study")]
+    if missing:
+        logger.warning("%s study: %d runs have no study.json (not evaluated): %s", kind, len(missing), ", ".join(missing))
+    if not evaluated:
+        return {"kind": kind, "error": f"no run has a {kind} study evaluation (runs: {missing})", "missing": missing}
+    return {"kind": kind, **study(kind).report(evaluated, study_options(study_spec), n_bootstrap, seed), "missing": missing}
+
+
+def study_markdown(section: dict) -> list[str]:
+    """The study's report.md lines, with the runs it left out."""
+    if "error" in section:
+        return [f"## The {section['kind']} study", "", f"No {section['kind']} study results: {section['error']}.", ""]
+    lines = study(section["kind"]).markdown(section)
+    if section["missing"]:
+        lines += ["", f"Runs without a study evaluation (left out): {', '.join(section['missing'])}.", ""]
+    return lines
+
+
 def _study_plots(report: dict, out: Path) -> list[str]:
     section = report.get("study")
-    return study(section["kind"]).plots(section, out) if section else []
+    return study(section["kind"]).plots(section, out) if section and "error" not in section else []
 
 
 def _interval(summary: dict, name: str) -> str:
@@ -725,7 +747,7 @@ def _markdown(report: dict) -> str:
     else:
         lines.append("Not logged by these runs.")
     if report.get("study"):
-        lines += [""] + study(report["study"]["kind"]).markdown(report["study"])
+        lines += [""] + study_markdown(report["study"])
     lines += ["", "## Runs", "", "C: FLOPs as the trainer counts them (see the top); 6ND without the attention term; budget: the run's compute budget; "
               f"train loss: the mean of the last {SMOOTH_FRACTION:.0%} of the logged steps' training losses; final eval loss: the held-out loss at "
               "the last step.", "",

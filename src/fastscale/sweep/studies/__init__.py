@@ -10,8 +10,9 @@ run starts), and five functions:
         torch side, in its own process after the run trained: loads the trained model
         (fastscale.sweep.evaluation.load_trained) and returns JSON-ready measurements
     report(runs: list[dict], options: dict, n_bootstrap: int, seed: int) -> dict
-        numpy/scipy/fastscale.fit only (no torch): runs as fastscale.sweep.report.load_runs gives
-        them, each with run["study"] = what evaluate returned; returns the JSON-ready section
+        numpy/scipy/fastscale.fit only (no torch): the evaluated runs (at least one) as
+        fastscale.sweep.report.load_runs gives them, each with run["study"] = what evaluate returned;
+        returns the JSON-ready section (fastscale.sweep.report.study_section names the runs left out)
     markdown(section: dict) -> list[str]
         the report.md lines of the section
     plots(section: dict, out_dir: Path) -> list[str]

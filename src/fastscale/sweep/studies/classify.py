@@ -267,19 +267,13 @@ def by_size(runs: list[dict]) -> list[dict]:
 
 
 def report(runs: list[dict], options: dict, n_bootstrap: int, seed: int) -> dict:
-    evaluated = [r for r in runs if r.get("study")]
-    missing = [r["name"] for r in runs if not r.get("study")]
-    if missing:
-        logger.warning("classify: %d runs have no study.json (not evaluated): %s", len(missing), ", ".join(missing))
-    rows = by_size(evaluated)
+    rows = by_size(runs)
     n = np.array([row["N"] for row in rows], dtype=np.float64)
-    section = {"options": _options(options), "sizes": rows, "not_evaluated": missing,
+    first = runs[0]["study"]
+    section = {"options": _options(options), "sizes": rows, "finetune_examples": first["finetune"]["examples"], "heldout_examples": first["heldout_examples"],
                "fit": fit_loss_law("classify", n, np.array([row["classification_loss"] for row in rows]), n_bootstrap, seed)}
-    if rows and all("baseline" in row for row in rows):
+    if all("baseline" in row for row in rows):
         section["baseline_fit"] = fit_loss_law("classify", n, np.array([row["baseline"]["classification_loss"] for row in rows]), n_bootstrap, seed)
-    if evaluated:
-        first = evaluated[0]["study"]
-        section["finetune_examples"], section["heldout_examples"] = first["finetune"]["examples"], first["heldout_examples"]
     return section
 
 
@@ -295,8 +289,6 @@ def _fit_line(label: str, fit: dict) -> str:
 def markdown(section: dict) -> list[str]:
     o = section["options"]
     lines = ["## Classification: the generative models fine-tuned on the digit labels", ""]
-    if not section["sizes"]:
-        return lines + ["No run was evaluated."]
     lines += [f"Each trained GPT gets a linear head on the mean of its final hidden states over the image, and all its weights are "
               f"fine-tuned with AdamW ({o['steps']} steps of {o['batch_size']} digits, lr {o['lr']:g} decaying linearly to 0, weight decay "
               f"{o['weight_decay']:g}, seed {o['seed']}) on the {section['finetune_examples']} labelled digits of the generative training split; "
@@ -311,8 +303,6 @@ def markdown(section: dict) -> list[str]:
         base = row.get("baseline")
         base_text = f"{base['classification_loss']:.4f} | {base['error']:.2%}" if base else "- | -"
         lines.append(f"| {row['N']:.3g} | {row['generative_loss_per_image']:.2f} | {row['classification_loss']:.4f} | {row['error']:.2%} | {base_text} | {row['seconds']:.1f} |")
-    if section["not_evaluated"]:
-        lines += ["", f"Not evaluated (no study.json): {', '.join(section['not_evaluated'])}."]
     return lines
 
 

@@ -159,12 +159,8 @@ def by_size(runs: list[dict]) -> list[dict]:
 
 def report(runs: list[dict], options: dict, n_bootstrap: int, seed: int) -> dict:
     o = _options(options)
-    evaluated = [r for r in runs if r.get("study")]
-    missing = [r["name"] for r in runs if not r.get("study")]
-    if not evaluated:
-        return {"error": f"no run has a math study evaluation (runs: {missing})", "missing": missing}
-    trained_levels = evaluated[0]["study"]["trained_levels"]
-    sizes = by_size(evaluated)
+    trained_levels = runs[0]["study"]["trained_levels"]
+    sizes = by_size(runs)
     levels = []
     for level in o["eval_levels"]:
         present = [s for s in sizes if level in s["levels"]]
@@ -174,8 +170,8 @@ def report(runs: list[dict], options: dict, n_bootstrap: int, seed: int) -> dict
             entry[metric] = [s["levels"][level][metric] for s in present]
         entry["fits"] = {metric: fit_loss_law("math", n, entry[metric], n_bootstrap, seed) for metric in METRICS}
         levels.append(entry)
-    return {"trained_levels": trained_levels, "eval_seed": evaluated[0]["study"]["eval_seed"], "eval_count": evaluated[0]["study"]["eval_count"],
-            "n_bootstrap": n_bootstrap, "sizes": [{"N": s["N"], "runs": s["runs"]} for s in sizes], "levels": levels, "missing": missing}
+    return {"trained_levels": trained_levels, "eval_seed": runs[0]["study"]["eval_seed"], "eval_count": runs[0]["study"]["eval_count"],
+            "n_bootstrap": n_bootstrap, "sizes": [{"N": s["N"], "runs": s["runs"]} for s in sizes], "levels": levels}
 
 
 def _fit_note(fit: dict) -> str:
@@ -197,8 +193,6 @@ def _table(section: dict, metric: str, fmt: str) -> list[str]:
 
 def markdown(section: dict) -> list[str]:
     lines = ["## Math: loss per difficulty level against N", ""]
-    if "error" in section:
-        return lines + [f"No math study results: {section['error']}.", ""]
     low, high = section["trained_levels"]
     lines += [f"Trained on levels {low}-{high}; evaluated on {section['eval_count']} held-out problems per level (seed {section['eval_seed']}); "
               f"runs of the same N are averaged (runs per N: {', '.join(str(len(s['runs'])) for s in section['sizes'])}). "
@@ -213,8 +207,6 @@ def markdown(section: dict) -> list[str]:
         fit = entry["fits"]["answer_loss"]
         seen = max(entry["seen_in_training"]) if entry["seen_in_training"] else float("nan")
         lines.append(f"| {entry['level']} | {entry['status']} | {seen:.0%} | {interval_text(fit, 'alpha')} | {interval_text(fit, 'L_inf')} | {_fit_note(fit)} |")
-    if section["missing"]:
-        lines += ["", f"Runs without a study evaluation (left out): {', '.join(section['missing'])}."]
     return lines + [""]
 
 
@@ -224,8 +216,6 @@ STYLES = {"trained": ("-", "o"), "extrapolated": ("--", "^"), "easier, not train
 def plots(section: dict, out_dir: Path) -> list[str]:
     """math_loss_vs_N.{png,svg}: answer and problem loss against N, one line per level (solid: trained,
     dashed: extrapolated), each with its fitted law where there is one."""
-    if "error" in section:
-        return []
     from matplotlib.figure import Figure
     from matplotlib.ticker import NullFormatter
 

@@ -208,28 +208,23 @@ def weighted_line(x, y, counts) -> tuple[float, float]:
 
 
 def report(runs: list[dict], options: dict, n_bootstrap: int, seed: int) -> dict:
-    evaluated = [r for r in runs if r.get("study")]
-    missing = [r["name"] for r in runs if not r.get("study")]
-    if not evaluated:
-        return {"error": f"no run has a multimodal study evaluation (runs: {missing})", "missing": missing}
-    n = np.array([float(r["config"]["n_params"]) for r in evaluated])
-    per_run = {name: np.array([r["study"][name] for r in evaluated]) for name in (*LOSSES, *INFORMATION)}
+    n = np.array([float(r["config"]["n_params"]) for r in runs])
+    per_run = {name: np.array([r["study"][name] for r in runs]) for name in (*LOSSES, *INFORMATION)}
     fits = {name: fit_law(n, per_run[name], n_bootstrap, seed) for name in ("image_alone", "image_given_caption")}
     asymptote = None
     if all("params" in f for f in fits.values()):
         asymptote = fits["image_alone"]["params"]["L_inf"] - fits["image_given_caption"]["params"]["L_inf"]
-    first = evaluated[0]["study"]
+    first = runs[0]["study"]
     return {
         "pairs": first["pairs"], "tokens_per_image": first["tokens_per_image"], "caption_bytes": first["caption_bytes"],
         "bundled_digits": first.get("bundled_digits", False), "n_bootstrap": n_bootstrap,
-        "positions": sorted({r["config"].get("model", {}).get("positions", "learned") for r in evaluated}),
-        "sizes": by_size(evaluated),
+        "positions": sorted({r["config"].get("model", {}).get("positions", "learned") for r in runs}),
+        "sizes": by_size(runs),
         "runs": [{"name": r["name"], "N": float(r["config"]["n_params"]), **{k: r["study"][k] for k in (*LOSSES, *DIFFERENCES)},
-                  "order_nats": r["study"]["order_nats"]} for r in evaluated],
+                  "order_nats": r["study"]["order_nats"]} for r in runs],
         "L_of_N": fits,
         "I_of_N": fit_information(n, per_run["information_from_image"], n_bootstrap, seed),
         "I_asymptote_from_fits": asymptote,
-        "missing": missing,
     }
 
 
@@ -239,8 +234,6 @@ def _estimate(e: dict) -> str:
 
 def markdown(section: dict) -> list[str]:
     lines = ["## Multimodal: the information a caption gives about its image", ""]
-    if "error" in section:
-        return lines + [f"No multimodal study results: {section['error']}.", ""]
     lines += [
         f"Each of {section['pairs']} held-out image+caption pairs scored in both orders; losses are sums over a part, nats per image "
         f"({section['tokens_per_image']} pixel tokens) or per caption ({section['caption_bytes']:.1f} bytes on average), with the guess "
@@ -255,8 +248,6 @@ def markdown(section: dict) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [_size_row(s) for s in section["sizes"]] + _fit_lines(section) + _caveats(section)
-    if section["missing"]:
-        lines += ["", f"Runs without a study evaluation (left out): {', '.join(section['missing'])}."]
     return lines + [""]
 
 
@@ -311,8 +302,6 @@ def _caveats(section: dict) -> list[str]:
 def plots(section: dict, out_dir: Path) -> list[str]:
     """multimodal_information.{png,svg}: both I estimates and the caption use against N, with the fitted line;
     multimodal_losses.{png,svg}: L(image) and L(image | caption) against N with their L(N) fits."""
-    if "error" in section:
-        return []
     from matplotlib.figure import Figure
 
     from fastscale.fit.plots import save_figure

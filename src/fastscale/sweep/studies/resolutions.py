@@ -153,28 +153,23 @@ def _training_data(runs: list[dict]) -> tuple[float | None, int | None]:
 
 def report(runs: list[dict], options: dict, n_bootstrap: int, seed: int) -> dict:
     """One resolution's section (the sweep's own report): its losses, L(N) and forecasts."""
-    evaluated = [r for r in runs if r.get("study")]
-    missing = [r["name"] for r in runs if not r.get("study")]
-    if not evaluated:
-        return {"error": f"no run has a resolutions study evaluation (runs: {missing})", "missing": missing}
-    first = evaluated[0]["study"]
-    sizes = by_size(evaluated)
+    first = runs[0]["study"]
+    sizes = by_size(runs)
     n = np.array([s["N"] for s in sizes])
     fit_summary, fit = fit_resolution(n, [s["token_loss"] for s in sizes], first["tokens_per_image"], n_bootstrap, seed)
-    passes, train_images = _training_data(evaluated)
+    passes, train_images = _training_data(runs)
     return {"resolution": first["resolution"], "tokens_per_image": first["tokens_per_image"], "images": first["images"],
             "epochs": passes, "train_images": train_images, "n_bootstrap": n_bootstrap, "sizes": sizes, "L_of_N": fit_summary,
-            "forecast": forecast(fit, first["tokens_per_image"], float(n.max()), passes, train_images) if fit is not None else [],
-            "missing": missing}
+            "forecast": forecast(fit, first["tokens_per_image"], float(n.max()), passes, train_images) if fit is not None else []}
 
 
 def compare(sweep_dirs, n_bootstrap: int, seed: int) -> dict:
     """Every resolution's section, from the finished sweeps in sweep_dirs, smallest resolution first."""
-    from fastscale.sweep.report import load_runs
+    from fastscale.sweep.report import load_runs, study_section
 
     sections = []
     for sweep_dir in sweep_dirs:
-        section = report(load_runs(sweep_dir), {}, n_bootstrap, seed)
+        section = study_section({"kind": "resolutions"}, load_runs(sweep_dir), n_bootstrap, seed)
         sections.append({"sweep_dir": str(sweep_dir), **section})
     return {"n_bootstrap": n_bootstrap, "resolutions": sorted(sections, key=lambda s: s.get("resolution", 0))}
 
@@ -210,8 +205,6 @@ def _resolution_lines(section: dict) -> list[str]:
 def markdown(section: dict) -> list[str]:
     """One resolution's section (in its sweep's report.md)."""
     lines = ["## Resolutions: L(N) in nats per image", ""]
-    if "error" in section:
-        return lines + [f"No resolutions study results: {section['error']}.", ""]
     return (lines + ["![L(N) of this resolution](resolution_L_of_N.png)", ""] + _resolution_lines(section) + _forecast_lines([section])
             + ["This sweep is one resolution; `fastscale resolutions` trains every resolution and compares them.", ""])
 
@@ -252,8 +245,6 @@ def comparison_markdown(comparison: dict) -> str:
 
 def plots(section: dict, out_dir: Path) -> list[str]:
     """resolution_L_of_N.{png,svg}: this resolution's loss per image against N with its law."""
-    if "error" in section:
-        return []
     return _draw([section], Path(out_dir), "resolution_L_of_N")
 
 

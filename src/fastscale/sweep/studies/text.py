@@ -201,11 +201,7 @@ def memory_rows(rows: list[dict]) -> list[dict]:
 
 
 def report(runs: list[dict], options: dict, n_bootstrap: int, seed: int) -> dict:
-    evaluated = [r for r in runs if r.get("study")]
-    missing = [r["name"] for r in runs if not r.get("study")]
-    if not evaluated:
-        return {"error": f"no run has a text study evaluation (runs: {missing})", "missing": missing}
-    rows = run_rows(evaluated)
+    rows = run_rows(runs)
     final = [row for row in longest(rows) if row["loss"] is not None]
     loss = [row["loss"] for row in final]
     return {
@@ -213,10 +209,9 @@ def report(runs: list[dict], options: dict, n_bootstrap: int, seed: int) -> dict
         "L_of_N": {"runs": [row["run"] for row in final],
                    "non_embedding": fit_pure([row["N"] for row in final], loss, n_bootstrap, seed),
                    "total": fit_pure([row["N_total"] for row in final], loss, n_bootstrap, seed)},
-        "L_of_D": l_of_d(evaluated, rows, n_bootstrap, seed),
-        "L_of_ND": l_of_nd(evaluated, rows, n_bootstrap, seed),
+        "L_of_D": l_of_d(runs, rows, n_bootstrap, seed),
+        "L_of_ND": l_of_nd(runs, rows, n_bootstrap, seed),
         "memory": memory_rows(rows),
-        "missing": missing,
     }
 
 
@@ -242,8 +237,6 @@ def finding(section: dict) -> str:
 
 def markdown(section: dict) -> list[str]:
     lines = ["## Text: Kaplan et al.'s language laws on a BPE vocabulary", ""]
-    if "error" in section:
-        return lines + [f"No text study results: {section['error']}.", ""]
     lof = section["L_of_N"]
     lines += [f"Byte-level BPE vocabulary of {section['vocab_size']:,} tokens. Kaplan et al. 2020 (WebText2, 50k BPE): "
               f"alpha_N = {KAPLAN['alpha_N']}, alpha_D = {KAPLAN['alpha_D']}; different data and a far smaller scale, so compare the "
@@ -273,16 +266,12 @@ def markdown(section: dict) -> list[str]:
         lines.append(f"| {m['N']:,} | {m['tokens']:,} | {m['vocab_size']:,} | {m['d_model']} | {m['fused_bytes'] / 2**20:.1f} ({m['fused_estimate'] / 2**20:.1f}) | "
                      f"{m['eager_bytes'] / 2**20:.1f} ({m['eager_estimate'] / 2**20:.1f}) | {ratio} | {(m['eager_bytes'] - m['fused_bytes']) / 2**20:.1f} |")
     lines += ["", "B_crit(L) from the gradient noise scale: the sweep's 'Gradient noise scale' section."]
-    if section["missing"]:
-        lines += ["", f"Runs without a study evaluation (left out): {', '.join(section['missing'])}."]
     return lines + [""]
 
 
 def plots(section: dict, out_dir: Path) -> list[str]:
     """text_laws.{png,svg}: held-out loss against non-embedding N and against total N (colour: depth),
     each with its fitted law, and the L(D) learning curve with its fit."""
-    if "error" in section:
-        return []
     from matplotlib import colormaps
     from matplotlib.colors import LogNorm
     from matplotlib.figure import Figure

@@ -101,17 +101,13 @@ def by_size(runs: list[dict]) -> list[dict]:
 
 
 def report(runs: list[dict], options: dict, n_bootstrap: int, seed: int) -> dict:
-    evaluated = [r for r in runs if r.get("study")]
-    missing = [r["name"] for r in runs if not r.get("study")]
-    if not evaluated:
-        return {"error": f"no run has a video study evaluation (runs: {missing})", "missing": missing}
-    first = evaluated[0]["study"]
-    sizes = by_size(evaluated)
+    first = runs[0]["study"]
+    sizes = by_size(runs)
     n = np.array([s["N"] for s in sizes])
     fits = [fit_loss_law("video", n, [s["frame_loss"][k] for s in sizes], n_bootstrap, seed) for k in range(first["frames"])]
     later = fit_loss_law("video", n, [s["later_frames"] for s in sizes], n_bootstrap, seed) if first["frames"] > 1 else None
     return {"clips": first["clips"], "frames": first["frames"], "tokens_per_frame": first["tokens_per_frame"], "n_bootstrap": n_bootstrap,
-            "sizes": sizes, "frame_fits": fits, "later_frames_fit": later, "missing": missing}
+            "sizes": sizes, "frame_fits": fits, "later_frames_fit": later}
 
 
 def _fit_note(fit: dict) -> str:
@@ -132,8 +128,6 @@ def _per_token(fit: dict, tokens_per_frame: int) -> str:
 
 def markdown(section: dict) -> list[str]:
     lines = ["## Video: the loss of each frame given the earlier ones", ""]
-    if "error" in section:
-        return lines + [f"No video study results: {section['error']}.", ""]
     frames, t = section["frames"], section["tokens_per_frame"]
     lines += [f"Each of {section['clips']} held-out clips of {frames} frames ({t} tokens a frame) scored whole; losses in nats per frame "
               "(a frame's summed token losses), averaged over the clips and over the runs of one N (+- one standard error over the clips). "
@@ -153,16 +147,12 @@ def markdown(section: dict) -> list[str]:
     for name, fit in named:
         lines.append(f"| {name} | {interval_text(fit, 'alpha')} | {interval_text(fit, 'L_inf')} | {_per_token(fit, t)} | "
                      f"{interval_text(fit, 'x0')} | {_fit_note(fit)} |")
-    if section["missing"]:
-        lines += ["", f"Runs without a study evaluation (left out): {', '.join(section['missing'])}."]
     return lines + [""]
 
 
 def plots(section: dict, out_dir: Path) -> list[str]:
     """video_frames.{png,svg}: each frame position's loss against N with its fitted law (left), and the
     share of frame 1's loss the earlier frames remove (right)."""
-    if "error" in section:
-        return []
     from matplotlib.figure import Figure
 
     from fastscale.fit.plots import readable_log_ticks, save_figure
