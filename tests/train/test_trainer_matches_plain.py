@@ -29,7 +29,7 @@ SCRIPT = textwrap.dedent(
     plain = GPT(config)
     groups = [{"params": [p for p in plain.parameters() if p.ndim >= 2], "weight_decay": settings.weight_decay},
               {"params": [p for p in plain.parameters() if p.ndim < 2], "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(groups, lr=settings.lr, betas=settings.betas, eps=settings.eps)
+    optimizer = torch.optim.AdamW(groups, lr=settings.lr, betas=settings.betas, eps=settings.eps, fused=True)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(
         s, total_steps=STEPS, warmup_steps=settings.warmup_steps, decay=settings.decay, min_lr_ratio=settings.min_lr_ratio))
     losses, norms = [], []
