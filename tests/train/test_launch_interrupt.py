@@ -15,7 +15,8 @@ import pytest
 
 import processes
 
-from fastscale.train.launch import resume_command
+from fastscale.train.checkpoint import interrupts_held
+from fastscale.train.launch import Progress, resume_command
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN = {
@@ -72,3 +73,25 @@ def test_the_resume_command_drops_the_launchers_local_rank(monkeypatch):
     assert resume_command([*words, "--resume"]) == "python train.py --config 'a b.json' --out o --resume"
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert resume_command(words) == "deepspeed <launcher options> train.py --config 'a b.json' --out o --resume"
+
+
+def test_a_ctrl_c_during_a_checkpoint_save_takes_effect_when_the_save_ends():
+    before, saved = signal.getsignal(signal.SIGINT), []
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_held():
+            signal.raise_signal(signal.SIGINT)
+            saved.append("the rest of the save ran")
+    assert saved == ["the rest of the save ran"]
+    assert signal.getsignal(signal.SIGINT) is before
+    with interrupts_held():
+        saved.append("no Ctrl-C, no interrupt")
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_a_ctrl_c_lost_in_a_finalizer_is_raised_again_at_the_next_step(tmp_path):
+    progress = Progress(10, bar=False, resume=False, checkpoints=tmp_path)
+    progress({"step": 1, "tokens": 64, "lr": 1e-3})  # no Ctrl-C: a step goes by
+    with pytest.raises(KeyboardInterrupt):
+        progress.interrupt(signal.SIGINT, None)  # as if raised where Python drops it
+    with pytest.raises(KeyboardInterrupt):
+        progress({"step": 2, "tokens": 128, "lr": 1e-3})

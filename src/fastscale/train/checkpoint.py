@@ -27,7 +27,10 @@ import logging
 import os
 import re
 import shutil
+import signal
+import threading
 import types
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -91,6 +94,24 @@ def _unsafe_globals(path) -> list[str]:
         return torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
     except Exception:  # not a readable torch.save zip: no pickle to name
         return []
+
+
+@contextmanager
+def interrupts_held():
+    """A Ctrl-C (SIGINT) during the block takes effect when it ends: one inside torch.save leaves a torn
+    file, and the writer's RuntimeError ("unexpected pos") replaces the KeyboardInterrupt. Only in the
+    main thread, where Python runs signal handlers, and only over a handler Python installed."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
+        yield
+        return
+    pending = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if pending:
+            signal.raise_signal(signal.SIGINT)
 
 
 class SafeCheckpointEngine:

@@ -10,6 +10,7 @@ import errno
 import logging
 import os
 import shlex
+import signal
 import sys
 
 import torch
@@ -156,9 +157,17 @@ class Progress:
 
     def __init__(self, total_steps: int, *, bar: bool, resume: bool, checkpoints) -> None:
         self.total_steps, self.show_bar, self.resume, self.checkpoints = total_steps, bar, resume, checkpoints
-        self.bar, self.step = None, None
+        self.bar, self.step, self.interrupted = None, None, False
+
+    def interrupt(self, signum, frame) -> None:
+        """The SIGINT handler during the run: KeyboardInterrupt, remembered, because Python drops one
+        raised while a finalizer runs ("Exception ignored in ..."); the next step raises it again."""
+        self.interrupted = True
+        raise KeyboardInterrupt
 
     def __call__(self, record: dict) -> None:
+        if self.interrupted:
+            raise KeyboardInterrupt
         if self.step is None and self.resume and record["step"] > 1:
             self.say(f"resumed from checkpoint {self.checkpoints / tag_for(record['step'] - 1)} (step {record['step'] - 1})")
         if self.step is None and self.show_bar:
@@ -224,7 +233,11 @@ def run(args: argparse.Namespace) -> int:
         if threads and rank == 0:
             print(f"OMP_NUM_THREADS is unset: training with {threads} thread per rank (set OMP_NUM_THREADS to choose)", file=sys.stderr)
         progress = Progress(run_config.train.steps, bar=not args.no_progress, resume=args.resume, checkpoints=trainer.ckpt_dir)
-        summary = _fit(trainer, progress, args.resume)
+        previous = signal.signal(signal.SIGINT, progress.interrupt)
+        try:
+            summary = _fit(trainer, progress, args.resume)
+        finally:
+            signal.signal(signal.SIGINT, previous)
     except KeyboardInterrupt:
         if progress is not None:
             progress.close()

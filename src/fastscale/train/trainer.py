@@ -441,7 +441,8 @@ class Trainer:
     def save_checkpoint(self, step: int, state: dict) -> None:
         """Every rank writes its part of checkpoints/stepNNNNNNNN (DeepSpeed's files, its RNG state) and
         hashes a share of the files; rank 0 writes COMPLETE with each file's SHA-256 and prunes. A failed
-        save (a full disk, say) removes the partial directory and raises naming the file and the fault."""
+        save (a full disk, say) removes the partial directory and raises naming the file and the fault; a
+        Ctrl-C waits for the save to end (checkpoint.interrupts_held)."""
         import torch.distributed as dist
 
         ckpt.install_safe_engine(self.engine)
@@ -449,17 +450,18 @@ class Trainer:
         if self.rank == 0 and tag_dir.exists():
             shutil.rmtree(tag_dir)  # this step's directory from an earlier attempt: torn, damaged or stale
         dist.barrier()
-        try:
-            self.engine.save_checkpoint(str(self.ckpt_dir), tag=tag_dir.name, client_state=state, save_latest=False)
-            write_atomically(tag_dir / ckpt.rng_name(self.rank), ckpt.rng_bytes())
-            dist.barrier()
-            files = ckpt.hash_step(tag_dir, collective=True)
-            if self.rank == 0:
-                info = {"step": step, "world_size": self.world_size, "train_batch_size": self.ds.batch_size, "files": files}
-                ckpt.mark_complete(self.ckpt_dir, tag_dir.name, info, self.settings.keep_checkpoints)
-        except Exception as error:
-            shutil.rmtree(tag_dir, ignore_errors=True)
-            raise ckpt.save_failed(error, tag_dir) from error
+        with ckpt.interrupts_held():
+            try:
+                self.engine.save_checkpoint(str(self.ckpt_dir), tag=tag_dir.name, client_state=state, save_latest=False)
+                write_atomically(tag_dir / ckpt.rng_name(self.rank), ckpt.rng_bytes())
+                dist.barrier()
+                files = ckpt.hash_step(tag_dir, collective=True)
+                if self.rank == 0:
+                    info = {"step": step, "world_size": self.world_size, "train_batch_size": self.ds.batch_size, "files": files}
+                    ckpt.mark_complete(self.ckpt_dir, tag_dir.name, info, self.settings.keep_checkpoints)
+            except Exception as error:
+                shutil.rmtree(tag_dir, ignore_errors=True)
+                raise ckpt.save_failed(error, tag_dir) from error
         dist.barrier()
 
     def _resume(self) -> dict | None:
