@@ -4,6 +4,8 @@ float64 concatenation, recomputation against the plain model, the CUDA generator
 this machine has no GPU, so no CUDA generator is exercised), and the monitor's config checks."""
 
 import logging
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -220,3 +222,32 @@ def test_peak_rss_is_the_programs_own_not_that_of_the_process_it_was_forked_from
     assert inherited >= len(ballast)  # the quirk: the parent's high-water mark
     assert own < len(ballast) / 2  # the child's own: the interpreter and torch (~250 MiB)
     del ballast
+
+
+FAULTS_OF_STEPS = """
+import resource, sys, torch
+from fastscale.train.trainer import keep_freed_host_memory
+if sys.argv[1] == "kept":
+    assert keep_freed_host_memory()
+def step():  # a step's worth of activations: written, then all freed
+    return [torch.ones(2 * 1024 * 1024) for _ in range(8)]  # 8 x 8 MiB
+step()  # the first step faults its pages in either way
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+    step()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's mallopt")
+def test_a_cpu_step_reuses_the_memory_the_previous_step_freed():
+    """keep_freed_host_memory (the Trainer on a CPU): five more 64 MiB steps reuse the first step's pages;
+    by default glibc gives some back after each step, so that every step faults at least one 8 MiB block
+    (2,048 pages of 4 KiB) in again."""
+    faults = {}
+    for mode in ("default", "kept"):
+        result = subprocess.run([sys.executable, "-c", FAULTS_OF_STEPS, mode], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr[-2000:]
+        faults[mode] = int(result.stdout)
+    assert faults["default"] >= 5 * 2048, faults
+    assert faults["kept"] <= faults["default"] / 4, faults

@@ -148,6 +148,25 @@ class StepResult:
     noise: tuple[float, float, float, float] | None  # measured before the step (a log step)
 
 
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+HEAP_TENSOR_BYTES = 32 * 1024 * 1024  # the largest block glibc's own adaptive threshold serves from the heap on 64-bit
+
+
+def keep_freed_host_memory() -> bool:
+    """Make glibc keep the memory a CPU training step frees for the next step: blocks up to 32 MiB come
+    from the heap and its freed top is never given back to the OS. By default glibc trims the heap and
+    unmaps large blocks as a step's activations and gradients are freed, so the next step faults the
+    same pages in again, zero-filled (benchmarks/results/trainer.md). Peak RSS is unchanged: the memory
+    kept is memory the step had already used. Returns whether the settings took (glibc only)."""
+    import ctypes
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(None)
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, HEAP_TENSOR_BYTES)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+
+
 def peak_rss_bytes() -> int:
     """This process's peak resident memory since it started its program: /proc/self/status VmHWM.
     Not ru_maxrss: Linux carries the high-water mark of the memory a process had before exec into it
@@ -322,6 +341,8 @@ class Trainer:
         device = self.engine.device
         self.device = torch.device(device) if not isinstance(device, torch.device) else device
         self.peak, self.peak_description = peak_flops(self.device)
+        if self.device.type == "cpu":
+            keep_freed_host_memory()
         if self.device.type != "cpu" and self.peak == self.peak:
             self.peak *= self.world_size  # one device per rank; a CPU estimate is already the machine's
         self.layout = Layout(len(self.train_data), s.seed, self.ds.batch_size, self.ds.micro_batch, self.ds.accumulation, self.world_size, self.rank)
