@@ -41,6 +41,15 @@ def test_the_view_holds_what_the_config_says(extra, device_type, expected):
     assert ds.config == {**BATCH, **extra, "gradient_accumulation_steps": 4}
 
 
+def test_gradient_clipping_is_what_deepspeed_will_clip_at():
+    """Without the key DeepSpeed clips at its own default (1.0 in 0.19), not at 0: the view says so."""
+    from deepspeed.runtime.config import get_gradient_clipping
+
+    for extra in ({}, {"gradient_clipping": 0}, {"gradient_clipping": 0.5}):
+        ds = DeepSpeedSettings.parse({**BATCH, **extra}, 1, device_type="cpu")
+        assert ds.gradient_clipping == get_gradient_clipping({**BATCH, **extra}), extra
+
+
 def test_a_path_and_a_dict_give_the_same_view_and_the_view_is_frozen(tmp_path):
     path = tmp_path / "ds.json"
     path.write_text(json.dumps({**BATCH, "zero_optimization": OFFLOAD, "optimizer": {"type": "AdamW", "params": {"lr": 1e-3}}}))

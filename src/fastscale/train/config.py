@@ -337,6 +337,10 @@ PLANNED_KEYS = ("bf16", "fp16", "zero_optimization.stage", "zero_optimization.of
                 "activation_checkpointing")
 
 
+# What DeepSpeed clips at when its config has no "gradient_clipping" (deepspeed.runtime.constants.GRADIENT_CLIPPING_DEFAULT)
+DEEPSPEED_GRADIENT_CLIPPING = 1.0
+
+
 @dataclass(frozen=True)
 class DeepSpeedSettings:
     """What fastscale needs to know of a DeepSpeed config, read once from the checked config and passed
@@ -347,7 +351,8 @@ class DeepSpeedSettings:
     or "fp32". choice: the ZeRO stage, offload devices and activation checkpointing, as the planner
     (fastscale.train.plan) names them. optimizer / scheduler: the config has that section (DeepSpeed
     builds it; otherwise the Trainer supplies AdamW / its LR schedule); optimizer_lr: that section's
-    peak lr, if it sets one. gradient_clipping: the max gradient norm (0: no clipping). written: which of PLANNED_KEYS the config sets itself. requested_batch: the
+    peak lr, if it sets one. gradient_clipping: the max gradient norm (0: no clipping; a config without
+    the key clips at DeepSpeed's default, DEEPSPEED_GRADIENT_CLIPPING). written: which of PLANNED_KEYS the config sets itself. requested_batch: the
     batch keys as written, from which `for_world_size` resolves the batch sizes for another world size.
     """
 
@@ -385,7 +390,7 @@ class DeepSpeedSettings:
         return cls(config, world_size, config["train_batch_size"], config["train_micro_batch_size_per_gpu"],
                    config["gradient_accumulation_steps"], precision, choice, "optimizer" in config, None if lr is None else float(lr),
                    "scheduler" in config, written, {key: config[key] for key in BATCH_KEYS} if requested_batch is None else requested_batch,
-                   float(config.get("gradient_clipping", 0.0)))
+                   float(config.get("gradient_clipping", DEEPSPEED_GRADIENT_CLIPPING)))
 
     @property
     def sixteen_bit(self) -> bool:
