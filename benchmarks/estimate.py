@@ -105,6 +105,12 @@ def compile_reports(modules: list[str], archs=ARCHS, path: str | None = None, jo
         return [entry for group in groups for entry in group.result()]
 
 
+def estimated_entries(entries: list[dict], every_head_dim: bool = False) -> list[dict]:
+    """The entries of a full aot report (fastscale.kernels.aot.report) that compile_reports would compile
+    for MODULES: the same configurations, without compiling them again."""
+    return [e for e in entries if e["module"] in MODULES.values() and e["arch"] in ARCHS and _wanted(e["signature"], e["constexprs"], every_head_dim)]
+
+
 def modules_at(revision: str, directory: str) -> dict[str, str]:
     """Writes the kernel modules as they were at a git revision into `directory` (as importable
     before_<name> modules) and returns {benchmark: module name}."""

@@ -92,12 +92,27 @@ def test_every_printed_number_is_labelled_an_estimate():
 
 
 @pytest.fixture(scope="module")
-def fresh_entries():
-    """Report entries of one compile (2 processes) of the shipped configurations the estimates and
+def fresh_entries(shipped_reports):
+    """Report entries of this session's compile of the shipped configurations the estimates and
     ops/_auto.py read: bf16, plain variants, every head dim, sm_90 and sm_80."""
     from fastscale.benchmarks import estimate
 
-    return estimate.compile_reports(list(estimate.MODULES.values()), every_head_dim=True)
+    return estimate.estimated_entries(shipped_reports, every_head_dim=True)
+
+
+@pytest.mark.slow
+def test_the_estimates_take_from_a_full_report_what_they_would_compile(shipped_reports, fresh_entries):
+    """estimated_entries against compile_reports itself, on the cross-entropy kernels for sm_90."""
+    from fastscale.benchmarks import estimate
+
+    module = estimate.MODULES["cross-entropy"]
+    compiled = estimate.compile_reports([module], archs=(90,), every_head_dim=True)
+    chosen = [e for e in fresh_entries if e["module"] == module and e["arch"] == 90]
+    key = lambda e: (e["kernel"], e["label"])  # noqa: E731
+    assert sorted(map(key, chosen)) == sorted(map(key, compiled)) and len(compiled) > 0
+    for entry in compiled:
+        assert {k: v for k, v in entry.items() if k != "sass"} == next(
+            {k: v for k, v in e.items() if k != "sass"} for e in chosen if key(e) == key(entry))
 
 
 @pytest.mark.slow
