@@ -10,7 +10,10 @@ in the Trainer's callback at its log steps, in alternating order): each loop run
 would alone, while a shared machine's changing load falls on all three. Every step is timed: a
 Trainer step is the time between two calls of its callback (data, step and bookkeeping included).
 Tokens/s is reported from the total time of the steps after --warmup and from the median step (robust
-to the stalls of a shared machine). Goal: Trainer >= 1.0x the plain loop with the default AdamW. With
+to the stalls of a shared machine). On a CPU the Trainer makes glibc keep the memory a step frees
+(fastscale.train.trainer.keep_freed_host_memory); the setting is process-wide, so the plain loops here
+run with it too and the ratio measures the Trainer's own overhead. Goal: Trainer >= 1.0x the plain
+loop with the default AdamW. With
 --data-workers 1 (the Trainer's default) a DataLoader worker collates the Trainer's next batches while
 it steps; --data-workers 0 collates in the training process, as the plain loops do.
 """
