@@ -156,8 +156,9 @@ def keep_freed_host_memory() -> bool:
     """Make glibc keep the memory a CPU training step frees for the next step: blocks up to 32 MiB come
     from the heap and its freed top is never given back to the OS. By default glibc trims the heap and
     unmaps large blocks as a step's activations and gradients are freed, so the next step faults the
-    same pages in again, zero-filled (benchmarks/results/trainer.md). Peak RSS is unchanged: the memory
-    kept is memory the step had already used. Returns whether the settings took (glibc only)."""
+    same pages in again, zero-filled (benchmarks/results/trainer.md). The memory kept was in use at the
+    step's peak, so it adds nothing to peak RSS itself; what heap fragmentation may add at billions of
+    parameters has not been measured. Returns whether the settings took (glibc only)."""
     import ctypes
     import platform
 
