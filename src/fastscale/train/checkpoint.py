@@ -99,8 +99,10 @@ def _unsafe_globals(path) -> list[str]:
 @contextmanager
 def interrupts_held():
     """A Ctrl-C (SIGINT) during the block takes effect when it ends: one inside torch.save leaves a torn
-    file, and the writer's RuntimeError ("unexpected pos") replaces the KeyboardInterrupt. Only in the
-    main thread, where Python runs signal handlers, and only over a handler Python installed."""
+    file, and the writer's RuntimeError ("unexpected pos") replaces the KeyboardInterrupt; one inside
+    a DataLoader's receipt of a batch resets the worker's connection, and the worker prints a
+    traceback. Only in the main thread, where Python runs signal handlers, and only over a handler
+    Python installed."""
     if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
         yield
         return

@@ -529,7 +529,8 @@ class Trainer:
         lr = self.engine.get_lr()[0] if hasattr(self.engine, "get_lr") else None
         self._withheld = False
         for micro in range(self.ds.accumulation):
-            batch = to_device(next(batches), self.device)
+            with ckpt.interrupts_held():  # a Ctrl-C cutting off a worker's hand-over of a batch makes the worker print a traceback
+                batch = to_device(next(batches), self.device)
             tokens += self.token_count(batch)
             loss = call_model(self.engine, batch)
             self.engine.backward(loss)
