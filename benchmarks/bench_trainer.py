@@ -13,9 +13,9 @@ Tokens/s is reported from the total time of the steps after --warmup and from th
 to the stalls of a shared machine). On a CPU the Trainer makes glibc keep the memory a step frees
 (fastscale.train.trainer.keep_freed_host_memory); the setting is process-wide, so the plain loops here
 run with it too and the ratio measures the Trainer's own overhead. Goal: Trainer >= 1.0x the plain
-loop with the default AdamW. With
---data-workers 1 (the Trainer's default) a DataLoader worker collates the Trainer's next batches while
-it steps; --data-workers 0 collates in the training process, as the plain loops do.
+loop with the default AdamW. The Trainer collates its batches in the training process on a CPU, as
+the plain loops do (its default there); with --data-workers 1 a DataLoader worker collates them ahead
+and hands them over, which costs these small batches more time than it saves (bench_loader.py).
 """
 
 from __future__ import annotations
@@ -30,12 +30,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import describe_environment, environment, format_table, write_json  # noqa: E402
+from harness import describe_environment, environment, format_table, has_gpu, write_json  # noqa: E402
 
 from fastscale.io import read_metrics  # noqa: E402
 from fastscale.data import PackedRows, collate, load, rows_for  # noqa: E402
 from fastscale.model import GPT, GPTConfig  # noqa: E402
 from fastscale.train import Trainer, TrainSettings, lr_multiplier  # noqa: E402
+from fastscale.train.loader import worker_count  # noqa: E402
 
 
 class PlainLoop:
@@ -113,7 +114,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=10, help="steps left out of the throughput (a multiple of --log-interval)")
     parser.add_argument("--log-interval", type=int, default=10, help="the Trainer's train.log_interval")
-    parser.add_argument("--data-workers", type=int, default=1, help="the Trainer's train.data_workers")
+    parser.add_argument("--data-workers", type=int, help="the Trainer's train.data_workers (default: the Trainer's, none on a CPU)")
     parser.add_argument("--json", help="write results here")
     args = parser.parse_args(argv)
     env = environment()
@@ -123,11 +124,12 @@ def main(argv=None) -> int:
     config = GPTConfig.from_params(args.params, train.vocab_size, args.seq_len, head_dim=32)
     if args.warmup % args.log_interval or args.steps <= args.warmup:
         parser.error(f"--warmup={args.warmup}: expected a multiple of --log-interval={args.log_interval} below --steps={args.steps}")
+    workers = worker_count(args.data_workers, torch.device("cuda" if has_gpu() else "cpu"))
     settings = TrainSettings(steps=args.steps, warmup_steps=5, lr=3e-3, noise_scale_interval=0, eval_interval=0, checkpoint_interval=0,
                              log_interval=args.log_interval, data_workers=args.data_workers)
     print(f"GPT n_layer={config.n_layer} d_model={config.d_model} n_head={config.n_head} (N={config.n_params:,}), "
           f"batch {args.batch} x {args.seq_len} tokens, {args.steps} steps ({args.warmup} warm-up), log interval {args.log_interval}, "
-          f"data workers {args.data_workers}, torch threads {torch.get_num_threads()}")
+          f"data workers {workers}, torch threads {torch.get_num_threads()}")
     times, differences, records = compare(config, rows, settings, args.batch)
     tokens = args.batch * args.seq_len
     # the Trainer's first timed step is its second (its first began inside fit, with the set-up)
@@ -135,7 +137,7 @@ def main(argv=None) -> int:
                 "trainer": throughput(times["trainer"][args.warmup - 1:], tokens)}
     plain = measured["plain"]
     names = {"plain": "plain PyTorch loop (torch AdamW, default implementation)", "plain_fused": "plain PyTorch loop (torch AdamW, fused)",
-             "trainer": f"fastscale Trainer (DeepSpeed ZeRO-0, 1 rank, fused AdamW, {args.data_workers} data worker(s))"}
+             "trainer": f"fastscale Trainer (DeepSpeed ZeRO-0, 1 rank, fused AdamW, {workers} data worker(s))"}
     table = [[names[name], f"{m['tokens_per_s']:,.0f}", f"{m['tokens_per_s'] / plain['tokens_per_s']:.3f}x",
               f"{m['median_tokens_per_s']:,.0f}", f"{m['median_tokens_per_s'] / plain['median_tokens_per_s']:.3f}x"] for name, m in measured.items()]
     print(format_table(["loop", "tokens/s (total time)", "vs plain", "tokens/s (median step)", "vs plain"], table))
@@ -146,7 +148,7 @@ def main(argv=None) -> int:
           f"{differences['plain']:.2e} from the default AdamW (rounding apart)")
     if args.json:
         write_json(args.json, {"environment": env, "config": config.to_dict(), "batch": args.batch, "log_interval": args.log_interval,
-                               "data_workers": args.data_workers, "warmup": args.warmup, "step_seconds": times, "loss_differences": differences,
+                               "data_workers": workers, "warmup": args.warmup, "step_seconds": times, "loss_differences": differences,
                                "throughput": measured, "trainer_records_tokens_per_s": own})
     return 0
 

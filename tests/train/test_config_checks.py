@@ -56,6 +56,8 @@ def run_config(**train) -> RunConfig:
         ("decay", ["cosine"], "train: decay=['cosine']; expected one of"),
         ("nonfinite", "ignore", "train: nonfinite='ignore'; expected one of ('stop', 'skip')"),
         ("max_consecutive_skips", 0, "train: max_consecutive_skips=0; expected a positive integer"),
+        ("data_workers", -1, "train: data_workers=-1; expected an integer >= 0 (0: collate in the training process), or null"),
+        ("data_workers", "2", "train: data_workers='2' is a string; expected an integer >= 0"),
     ],
 )
 def test_bad_train_values_name_the_key_the_value_and_the_expectation(key, value, message):
@@ -69,6 +71,7 @@ def test_good_train_values_are_kept():
     assert settings.lr == 1 and settings.betas == (0.8, 0.99) and settings.min_lr_ratio == 0
     assert settings.nonfinite == "skip" and settings.max_consecutive_skips == 3
     assert run_config().train.nonfinite == "stop"
+    assert run_config().train.data_workers is None and run_config(data_workers=0).train.data_workers == 0
 
 
 def test_run_config_shapes():

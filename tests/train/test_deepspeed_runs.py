@@ -30,6 +30,7 @@ RUN = {
     "train": {
         "steps": STEPS, "lr": 3e-3, "warmup_steps": 3, "min_lr_ratio": 0.1, "seed": 7,
         "eval_interval": 6, "eval_batches": 2, "checkpoint_interval": 4, "keep_checkpoints": 2, "noise_scale_interval": 3,
+        "data_workers": 1,  # not the CPU's default: the resumed curve is checked through a worker's loader too
     },
 }
 

@@ -24,7 +24,7 @@ RUN = {
     "data": {"dataset": "digits"},
     "seq_len": 193,
     "train": {"steps": 400, "seed": 0, "lr": 3e-3, "warmup_steps": 2, "log_interval": 1, "eval_interval": 0, "checkpoint_interval": 5,
-              "keep_checkpoints": 2, "noise_scale_interval": 0},
+              "keep_checkpoints": 2, "noise_scale_interval": 0, "data_workers": 1},  # a worker: its hand-over of a batch must not be cut off
 }
 INTERRUPTED = re.compile(r"^interrupted at step (\d+) \(newest checkpoint: step (\d+)\); resume with: (.+)$")
 

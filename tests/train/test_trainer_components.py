@@ -14,7 +14,7 @@ import torch
 from fastscale.train import ConfigError
 from fastscale.train import checkpoint as ckpt
 from fastscale.train.config import RunConfig, check_deepspeed_config
-from fastscale.train.loader import Layout, StepSampler, batch_loader
+from fastscale.train.loader import Layout, StepSampler, batch_loader, worker_count
 from fastscale.train.noise_scale import gradient_dot, two_batch_norms
 from fastscale.train.trainer import recompute_in_backward
 
@@ -60,6 +60,12 @@ def test_loader_workers_keep_the_order_and_leave_the_global_generator_alone():
     batches = [b[:, 0].tolist() for b in loader]
     assert torch.equal(torch.get_rng_state(), before)  # dropout after a resume draws what it drew before
     assert batches == list(StepSampler(layout, 1, 5))
+
+
+def test_batches_are_collated_in_the_process_on_a_cpu_and_by_a_worker_on_a_gpu_unless_set():
+    assert worker_count(None, torch.device("cpu")) == 0
+    assert worker_count(None, torch.device("cuda", 1)) == 1
+    assert worker_count(3, torch.device("cpu")) == 3 and worker_count(0, torch.device("cuda")) == 0
 
 
 # ------------------------------------------------------------------ noise scale

@@ -87,7 +87,8 @@ class TrainSettings:
     count as skipped steps in either mode, and never stop the run on their own.
 
     data_workers: DataLoader worker processes collating batches ahead of the step (0: in the training
-    process), each holding prefetch_batches micro-batches ready.
+    process), each holding prefetch_batches micro-batches ready; None (the default) is 0 when training
+    on a CPU and 1 on a GPU (fastscale.train.loader.worker_count says why).
     """
 
     steps: int = 100
@@ -108,15 +109,17 @@ class TrainSettings:
     noise_scale_ema: float = 0.9
     nonfinite: str = "stop"
     max_consecutive_skips: int = 20
-    data_workers: int = 1
+    data_workers: int | None = None
     prefetch_batches: int = 2
 
     def __post_init__(self) -> None:
         w = "train"
         for name in ("steps", "log_interval", "eval_batches", "keep_checkpoints", "max_consecutive_skips", "prefetch_batches"):
             check_integer(w, name, getattr(self, name), 1, "a positive integer")
-        for name in ("warmup_steps", "eval_interval", "checkpoint_interval", "noise_scale_interval", "seed", "data_workers"):
+        for name in ("warmup_steps", "eval_interval", "checkpoint_interval", "noise_scale_interval", "seed"):
             check_integer(w, name, getattr(self, name), 0, "an integer >= 0 (0 turns it off)" if name != "seed" else "an integer >= 0")
+        if self.data_workers is not None:
+            check_integer(w, "data_workers", self.data_workers, 0, "an integer >= 0 (0: collate in the training process), or null for the default")
         check_number(w, "lr", self.lr, lambda v: v > 0, "a finite learning rate > 0")
         check_number(w, "eps", self.eps, lambda v: v > 0, "a finite number > 0")
         check_number(w, "weight_decay", self.weight_decay, lambda v: v >= 0, "a finite number >= 0")

@@ -4,10 +4,10 @@ Sample k of the infinite stream (epochs of seeded permutations, `fastscale.data.
 to global step k // train_batch_size; within a step, rank r's micro-batch m holds the samples
 first = step * train_batch_size + (m * world_size + r) * micro, ..., first + micro - 1. `StepSampler`
 yields exactly these index lists, starting at any step, so a resumed run reads the rows the
-uninterrupted one read. The DataLoader collates in worker processes (their RNG seeded from a generator
-of their own, so building the loader leaves the global generator, and with it dropout, untouched),
-prefetches, and pins host memory when the batches go to a GPU, so the copy to the device overlaps
-compute (non_blocking).
+uninterrupted one read. The DataLoader collates in worker processes (by default one on a GPU and none
+on a CPU: `worker_count`; their RNG seeded from a generator of their own, so building the loader
+leaves the global generator, and with it dropout, untouched), prefetches, and pins host memory when
+the batches go to a GPU, so the copy to the device overlaps compute (non_blocking).
 """
 
 from __future__ import annotations
@@ -66,6 +66,17 @@ def batch_loader(dataset, sampler: StepSampler, collate_fn: Callable, *, workers
         generator=torch.Generator().manual_seed(seed),
         **options,
     )
+
+
+def worker_count(requested: int | None, device: torch.device) -> int:
+    """train.data_workers, or when it is None: none on a CPU, one on a GPU. Receiving a batch from a
+    worker (each tensor handed over through shared memory) costs the training process more than
+    collating a small batch itself, and less for a large one (benchmarks/bench_loader.py). A CPU trains
+    small models on small batches, so there the batch is collated in the process (set data_workers for
+    large ones); on a GPU the worker keeps the collation off the process that feeds the device."""
+    if requested is not None:
+        return requested
+    return 0 if device.type == "cpu" else 1
 
 
 def to_device(batch, device: torch.device):

@@ -9,8 +9,8 @@ has an "optimizer" section), the LR schedule (unless it has a "scheduler" sectio
 The loop is four parts: `_step` (one optimizer step; its loss and gradient norm stay on the device),
 `_settle` (on log steps only: one read of the device for every step since the last, the outcome of
 each step, the records for metrics.jsonl and the monitor), `evaluate` and `save_checkpoint`. Between
-log steps nothing waits for the device: no .item(), no collective of the trainer's own, batches
-collated ahead by DataLoader workers. Tests and tools act on the run through `callback`.
+log steps nothing waits for the device: no .item(), no collective of the trainer's own, and on a GPU
+batches collated ahead by a DataLoader worker. Tests and tools act on the run through `callback`.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from . import checkpoint as ckpt
 from .config import ConfigError, DeepSpeedSettings, TrainSettings
 from .confinement import confine_deepspeed_config, direct_monitor_files
 from .distributed import init_process_group
-from .loader import Layout, StepSampler, batch_loader, to_device
+from .loader import Layout, StepSampler, batch_loader, to_device, worker_count
 from .monitor import Monitor, check_sections, enabled_sections
 from .noise_scale import GradientNoiseScale, gradient_dot, two_batch_norms
 from .schedule import lr_multiplier
@@ -377,7 +377,7 @@ class Trainer:
     def _loader(self, start: int):
         """This rank's micro-batches of steps start .. settings.steps - 1, collated ahead."""
         s = self.settings
-        return batch_loader(self.train_data, StepSampler(self.layout, start, s.steps), self.collate_fn, workers=s.data_workers,
+        return batch_loader(self.train_data, StepSampler(self.layout, start, s.steps), self.collate_fn, workers=worker_count(s.data_workers, self.device),
                             prefetch=s.prefetch_batches, pin_memory=self.device.type == "cuda", seed=s.seed)
 
     def _batch(self, dataset, indices):
