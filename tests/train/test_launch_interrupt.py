@@ -75,7 +75,16 @@ def test_the_resume_command_drops_the_launchers_local_rank(monkeypatch):
     assert resume_command(words) == "deepspeed <launcher options> train.py --config 'a b.json' --out o --resume"
 
 
-def test_a_ctrl_c_during_a_checkpoint_save_takes_effect_when_the_save_ends():
+@pytest.fixture
+def python_sigint_handler():
+    """Python's own SIGINT handler, as under a terminal: a job started in the background (nohup ... &)
+    inherits SIGINT ignored, and Python then leaves it ignored."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+def test_a_ctrl_c_during_a_checkpoint_save_takes_effect_when_the_save_ends(python_sigint_handler):
     before, saved = signal.getsignal(signal.SIGINT), []
     with pytest.raises(KeyboardInterrupt):
         with interrupts_held():
